@@ -1,0 +1,24 @@
+//! The resource model of the mesh: resource types and their descriptors, typed specs, the
+//! Universal YAML/JSON form, validation, and views derived from resources.
+//!
+//! This crate does no I/O: no sockets, files or clock. Everything here is a pure function of its
+//! inputs so that it can be table-tested.
+
+pub mod descriptor;
+pub mod insights;
+pub mod resource;
+pub mod specs;
+pub mod validate;
+
+pub use descriptor::{Descriptor, KdsFlags, ResourceType, Scope};
+pub use resource::{
+    DocumentError, Meta, Resource, ResourceKey, Spec, format_time, parse_documents,
+    to_yaml_string,
+};
+pub use validate::{Violation, Violations, validate};
+
+/// The version of this build, reported by every binary and API.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The Mesh that a standalone zone or a global creates on first start.
+pub const DEFAULT_MESH: &str = "default";

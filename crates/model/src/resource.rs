@@ -1,0 +1,394 @@
+//! A resource: meta (type, name, mesh, labels, version, times) plus a typed spec, and its
+//! Universal YAML/JSON form (spec fields inline beside the meta fields).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::descriptor::ResourceType;
+use crate::specs::*;
+use crate::validate::{Violation, Violations};
+
+/// Identifies one stored resource. `mesh` is empty for global-scoped types.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKey {
+    pub resource_type: ResourceType,
+    pub mesh: String,
+    pub name: String,
+}
+
+impl ResourceKey {
+    pub fn new(resource_type: ResourceType, mesh: &str, name: &str) -> Self {
+        let mesh = if resource_type.is_mesh_scoped() {
+            mesh.to_string()
+        } else {
+            String::new()
+        };
+        ResourceKey {
+            resource_type,
+            mesh,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn global(resource_type: ResourceType, name: &str) -> Self {
+        Self::new(resource_type, "", name)
+    }
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.mesh.is_empty() {
+            write!(f, "{} {:?}", self.resource_type, self.name)
+        } else {
+            write!(
+                f,
+                "{} {:?} in mesh {:?}",
+                self.resource_type, self.name, self.mesh
+            )
+        }
+    }
+}
+
+/// Bookkeeping that the store owns; the user never writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    pub name: String,
+    /// Empty for global-scoped types.
+    pub mesh: String,
+    pub labels: BTreeMap<String, String>,
+    /// Optimistic-concurrency version; 0 for a resource not stored yet.
+    pub version: u64,
+    pub creation_time: Option<DateTime<Utc>>,
+    pub modification_time: Option<DateTime<Utc>>,
+    /// Deleting the owner deletes this resource too. Not part of the YAML form.
+    pub owner: Option<ResourceKey>,
+}
+
+impl Meta {
+    pub fn named(name: &str, mesh: &str) -> Self {
+        Meta {
+            name: name.to_string(),
+            mesh: mesh.to_string(),
+            labels: BTreeMap::new(),
+            version: 0,
+            creation_time: None,
+            modification_time: None,
+            owner: None,
+        }
+    }
+}
+
+/// The typed spec of every resource type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    Mesh(MeshSpec),
+    Dataplane(DataplaneSpec),
+    DataplaneInsight(DataplaneInsightSpec),
+    ZoneIngress(ZoneIngressSpec),
+    ZoneEgress(ZoneEgressSpec),
+    Zone(ZoneSpec),
+    ZoneInsight(ZoneInsightSpec),
+    Secret(SecretSpec),
+    GlobalSecret(SecretSpec),
+    ServiceInsight(ServiceInsightSpec),
+}
+
+impl Spec {
+    pub fn resource_type(&self) -> ResourceType {
+        match self {
+            Spec::Mesh(_) => ResourceType::Mesh,
+            Spec::Dataplane(_) => ResourceType::Dataplane,
+            Spec::DataplaneInsight(_) => ResourceType::DataplaneInsight,
+            Spec::ZoneIngress(_) => ResourceType::ZoneIngress,
+            Spec::ZoneEgress(_) => ResourceType::ZoneEgress,
+            Spec::Zone(_) => ResourceType::Zone,
+            Spec::ZoneInsight(_) => ResourceType::ZoneInsight,
+            Spec::Secret(_) => ResourceType::Secret,
+            Spec::GlobalSecret(_) => ResourceType::GlobalSecret,
+            Spec::ServiceInsight(_) => ResourceType::ServiceInsight,
+        }
+    }
+
+    fn to_fields(&self) -> Result<Value, serde_json::Error> {
+        match self {
+            Spec::Mesh(s) => serde_json::to_value(s),
+            Spec::Dataplane(s) => serde_json::to_value(s),
+            Spec::DataplaneInsight(s) => serde_json::to_value(s),
+            Spec::ZoneIngress(s) => serde_json::to_value(s),
+            Spec::ZoneEgress(s) => serde_json::to_value(s),
+            Spec::Zone(s) => serde_json::to_value(s),
+            Spec::ZoneInsight(s) => serde_json::to_value(s),
+            Spec::Secret(s) | Spec::GlobalSecret(s) => serde_json::to_value(s),
+            Spec::ServiceInsight(s) => serde_json::to_value(s),
+        }
+    }
+
+    /// Parses the spec fields of a type. Errors carry the field path.
+    pub fn from_fields(resource_type: ResourceType, fields: Value) -> Result<Spec, Violation> {
+        Ok(match resource_type {
+            ResourceType::Mesh => Spec::Mesh(typed(fields)?),
+            ResourceType::Dataplane => Spec::Dataplane(typed(fields)?),
+            ResourceType::DataplaneInsight => Spec::DataplaneInsight(typed(fields)?),
+            ResourceType::ZoneIngress => Spec::ZoneIngress(typed(fields)?),
+            ResourceType::ZoneEgress => Spec::ZoneEgress(typed(fields)?),
+            ResourceType::Zone => Spec::Zone(typed(fields)?),
+            ResourceType::ZoneInsight => Spec::ZoneInsight(typed(fields)?),
+            ResourceType::Secret => Spec::Secret(typed(fields)?),
+            ResourceType::GlobalSecret => Spec::GlobalSecret(typed(fields)?),
+            ResourceType::ServiceInsight => Spec::ServiceInsight(typed(fields)?),
+        })
+    }
+}
+
+fn typed<T: DeserializeOwned>(fields: Value) -> Result<T, Violation> {
+    serde_path_to_error::deserialize(fields).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        Violation::new(field, strip_serde_position(&e.into_inner().to_string()))
+    })
+}
+
+fn strip_serde_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// A resource: meta plus typed spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub meta: Meta,
+    pub spec: Spec,
+}
+
+
+impl Resource {
+    pub fn new(meta: Meta, spec: Spec) -> Self {
+        Resource { meta, spec }
+    }
+
+    pub fn resource_type(&self) -> ResourceType {
+        self.spec.resource_type()
+    }
+
+    pub fn key(&self) -> ResourceKey {
+        ResourceKey::new(self.resource_type(), &self.meta.mesh, &self.meta.name)
+    }
+
+    /// The Universal JSON form: `type`, `mesh` (mesh-scoped only), `name`, times, `labels`, then
+    /// the spec fields inline.
+    pub fn to_value(&self) -> Value {
+        let mut out = Map::new();
+        out.insert("type".into(), Value::from(self.resource_type().name()));
+        if self.resource_type().is_mesh_scoped() {
+            out.insert("mesh".into(), Value::from(self.meta.mesh.clone()));
+        }
+        out.insert("name".into(), Value::from(self.meta.name.clone()));
+        if let Some(t) = self.meta.creation_time {
+            out.insert("creationTime".into(), Value::from(format_time(t)));
+        }
+        if let Some(t) = self.meta.modification_time {
+            out.insert("modificationTime".into(), Value::from(format_time(t)));
+        }
+        if !self.meta.labels.is_empty() {
+            out.insert(
+                "labels".into(),
+                serde_json::to_value(&self.meta.labels).unwrap_or_default(),
+            );
+        }
+        // Spec types serialize to objects by construction.
+        if let Ok(Value::Object(fields)) = self.spec.to_fields() {
+            out.extend(fields);
+        }
+        Value::Object(out)
+    }
+
+    /// The spec fields alone, as JSON text (what the store persists).
+    pub fn spec_json(&self) -> String {
+        self.spec
+            .to_fields()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| "{}".into())
+    }
+
+    pub fn to_yaml(&self) -> String {
+        to_yaml_string(&self.to_value())
+    }
+
+    /// Parses the Universal form. Spec fields may be inline (Kuma's Universal form) or nested
+    /// under `spec:` (as the seed's `Zone` example writes them). Only structure is checked here;
+    /// call [`crate::validate`] for the rules.
+    pub fn from_value(value: Value) -> Result<Resource, Violations> {
+        let Value::Object(mut map) = value else {
+            return Err(Violations::one("", "a resource must be a map of fields"));
+        };
+        let mut violations = Violations::default();
+        let type_name = match map.remove("type") {
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(Violations::one("type", "must be a string")),
+            None => return Err(Violations::one("type", "field is required")),
+        };
+        let resource_type: ResourceType = type_name
+            .parse()
+            .map_err(|e: crate::descriptor::UnknownType| Violations::one("type", e.to_string()))?;
+        let name = take_string(&mut map, "name", &mut violations);
+        let mesh = take_string(&mut map, "mesh", &mut violations);
+        let labels = match map.remove("labels") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(v) => match serde_json::from_value::<BTreeMap<String, String>>(v) {
+                Ok(l) => l,
+                Err(_) => {
+                    violations.push("labels", "must be a map of strings to strings");
+                    BTreeMap::new()
+                }
+            },
+        };
+        let creation_time = take_time(&mut map, "creationTime", &mut violations);
+        let modification_time = take_time(&mut map, "modificationTime", &mut violations);
+        if let Some(Value::Object(nested)) = map.remove("spec") {
+            for (k, v) in nested {
+                if map.contains_key(&k) {
+                    violations.push(
+                        format!("spec.{k}"),
+                        "field is given both inline and under spec",
+                    );
+                }
+                map.insert(k, v);
+            }
+        }
+        let spec = match Spec::from_fields(resource_type, Value::Object(map)) {
+            Ok(spec) => Some(spec),
+            Err(v) => {
+                violations.violations.push(v);
+                None
+            }
+        };
+        violations.into_result()?;
+        let mesh = mesh.unwrap_or_default();
+        let spec = spec.ok_or_else(|| Violations::one("", "spec could not be parsed"))?;
+        Ok(Resource {
+            meta: Meta {
+                name: name.unwrap_or_default(),
+                mesh,
+                labels,
+                version: 0,
+                creation_time,
+                modification_time,
+                owner: None,
+            },
+            spec,
+        })
+    }
+}
+
+fn take_string(map: &mut Map<String, Value>, key: &str, v: &mut Violations) -> Option<String> {
+    match map.remove(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            v.push(key, "must be a string");
+            None
+        }
+    }
+}
+
+fn take_time(map: &mut Map<String, Value>, key: &str, v: &mut Violations) -> Option<DateTime<Utc>> {
+    match map.remove(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match DateTime::parse_from_rfc3339(&s) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => {
+                v.push(key, "must be an RFC 3339 time");
+                None
+            }
+        },
+        Some(_) => {
+            v.push(key, "must be an RFC 3339 time");
+            None
+        }
+    }
+}
+
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Renders any serializable value as YAML.
+pub fn to_yaml_string<T: Serialize>(value: &T) -> String {
+    serde_norway::to_string(value).unwrap_or_default()
+}
+
+/// Why a document could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("document {index}: not valid YAML: {message}")]
+    Syntax { index: usize, message: String },
+    #[error("document {index}: {violations}")]
+    Invalid {
+        index: usize,
+        violations: Violations,
+    },
+}
+
+/// Splits a YAML (or JSON) text into its documents, as JSON values. Empty documents are skipped.
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, DocumentError> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(doc).map_err(|e| DocumentError::Syntax {
+            index: i + 1,
+            message: e.to_string(),
+        })?;
+        if !value.is_null() {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_fields_under_spec_are_hoisted() {
+        let v: Value = serde_norway::from_str("type: Zone\nname: zone-1\nspec:\n  enabled: false\n")
+            .expect("yaml");
+        let r = Resource::from_value(v).expect("valid");
+        assert_eq!(
+            r.spec,
+            Spec::Zone(ZoneSpec {
+                enabled: Some(false)
+            })
+        );
+        assert_eq!(r.meta.name, "zone-1");
+    }
+
+    #[test]
+    fn unknown_field_names_its_path() {
+        let v: Value = serde_norway::from_str(
+            "type: Dataplane\nmesh: default\nname: a\nnetworking:\n  address: 1.1.1.1\n  bogus: 1\n",
+        )
+        .expect("yaml");
+        let err = Resource::from_value(v).unwrap_err();
+        let first = &err.violations[0];
+        assert_eq!(first.field, "networking.bogus");
+        assert!(first.message.contains("unknown field"), "{}", first.message);
+    }
+
+    #[test]
+    fn multi_document_text() {
+        let docs = parse_documents("type: Mesh\nname: a\n---\n---\ntype: Mesh\nname: b\n").expect("ok");
+        assert_eq!(docs.len(), 2);
+        assert!(matches!(
+            parse_documents("type: [").unwrap_err(),
+            DocumentError::Syntax { index: 1, .. }
+        ));
+    }
+}

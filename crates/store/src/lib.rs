@@ -1,0 +1,271 @@
+//! Resource storage: the [`Backend`] contract, the strict [`Store`] wrapper that every caller
+//! uses (validation, versions, times, change events), and two backends: [`MemoryBackend`] for
+//! tests and [`SqliteBackend`], the durable default in the work directory.
+//!
+//! Backends are dumb and atomic: each call is one transaction. Cascades (owner references and the
+//! contents of a deleted Mesh) happen inside the backend's delete, so a crash never leaves half of
+//! a cascade behind. This crate knows nothing about HTTP, KDS or xDS.
+
+mod memory;
+mod sqlite;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::Utc;
+use meshzone_model::{Resource, ResourceKey, ResourceType, Violations};
+use tokio::sync::broadcast;
+
+pub use memory::MemoryBackend;
+pub use sqlite::SqliteBackend;
+
+/// What went wrong in a store call. Each variant names the resource involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} was not found")]
+    NotFound(ResourceKey),
+    #[error("{0} already exists")]
+    AlreadyExists(ResourceKey),
+    #[error(
+        "{key} was changed by someone else (expected version {expected}, stored version {actual}); read it again and retry"
+    )]
+    Conflict {
+        key: ResourceKey,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("mesh {0:?} does not exist")]
+    MeshNotFound(String),
+    #[error("owner {0} does not exist")]
+    OwnerNotFound(ResourceKey),
+    #[error("resource is not valid: {0}")]
+    Invalid(Violations),
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The contract every storage backend fulfils. Each call is atomic.
+pub trait Backend: Send + Sync + 'static {
+    fn get(&self, key: &ResourceKey) -> impl Future<Output = Result<Option<Resource>>> + Send;
+
+    /// Resources of one type, ordered by mesh then name; `mesh` narrows to one mesh.
+    fn list(
+        &self,
+        resource_type: ResourceType,
+        mesh: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Resource>>> + Send;
+
+    /// Stores a new resource. Fails with `AlreadyExists`, `MeshNotFound` (mesh-scoped type
+    /// whose Mesh is absent) or `OwnerNotFound`.
+    fn create(&self, resource: Resource) -> impl Future<Output = Result<()>> + Send;
+
+    /// Replaces a resource whose stored version is `expected_version`; `Conflict` otherwise.
+    fn update(
+        &self,
+        resource: Resource,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deletes a resource, everything it owns (transitively) and, for a Mesh, everything in the
+    /// mesh. Returns every deleted key, the requested one first.
+    fn delete(
+        &self,
+        key: &ResourceKey,
+        expected_version: Option<u64>,
+    ) -> impl Future<Output = Result<Vec<ResourceKey>>> + Send;
+}
+
+/// Either backend, chosen at start-up by `KUMA_STORE_TYPE`.
+pub enum AnyBackend {
+    Memory(MemoryBackend),
+    Sqlite(SqliteBackend),
+}
+
+impl AnyBackend {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            AnyBackend::Memory(_) => "memory",
+            AnyBackend::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+impl Backend for AnyBackend {
+    async fn get(&self, key: &ResourceKey) -> Result<Option<Resource>> {
+        match self {
+            AnyBackend::Memory(b) => b.get(key).await,
+            AnyBackend::Sqlite(b) => b.get(key).await,
+        }
+    }
+    async fn list(&self, rt: ResourceType, mesh: Option<&str>) -> Result<Vec<Resource>> {
+        match self {
+            AnyBackend::Memory(b) => b.list(rt, mesh).await,
+            AnyBackend::Sqlite(b) => b.list(rt, mesh).await,
+        }
+    }
+    async fn create(&self, resource: Resource) -> Result<()> {
+        match self {
+            AnyBackend::Memory(b) => b.create(resource).await,
+            AnyBackend::Sqlite(b) => b.create(resource).await,
+        }
+    }
+    async fn update(&self, resource: Resource, expected: u64) -> Result<()> {
+        match self {
+            AnyBackend::Memory(b) => b.update(resource, expected).await,
+            AnyBackend::Sqlite(b) => b.update(resource, expected).await,
+        }
+    }
+    async fn delete(&self, key: &ResourceKey, expected: Option<u64>) -> Result<Vec<ResourceKey>> {
+        match self {
+            AnyBackend::Memory(b) => b.delete(key, expected).await,
+            AnyBackend::Sqlite(b) => b.delete(key, expected).await,
+        }
+    }
+}
+
+/// What happened to a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Updated,
+    Deleted,
+}
+
+/// A change, sent to subscribers after it is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreEvent {
+    pub kind: EventKind,
+    pub key: ResourceKey,
+}
+
+/// The store every component uses: validates, assigns versions and times, and tells
+/// subscribers about every change. Cheap to clone.
+pub struct Store<B = AnyBackend> {
+    backend: Arc<B>,
+    events: broadcast::Sender<StoreEvent>,
+}
+
+impl<B> Clone for Store<B> {
+    fn clone(&self) -> Self {
+        Store {
+            backend: self.backend.clone(),
+            events: self.events.clone(),
+        }
+    }
+}
+
+const EVENT_BUFFER: usize = 16 * 1024;
+
+impl<B: Backend> Store<B> {
+    pub fn new(backend: B) -> Self {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Store {
+            backend: Arc::new(backend),
+            events,
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Changes from now on. A receiver that falls behind gets `Lagged` and must re-list.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
+    pub async fn get(&self, key: &ResourceKey) -> Result<Resource> {
+        self.backend
+            .get(key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))
+    }
+
+    pub async fn find(&self, key: &ResourceKey) -> Result<Option<Resource>> {
+        self.backend.get(key).await
+    }
+
+    pub async fn list(&self, rt: ResourceType, mesh: Option<&str>) -> Result<Vec<Resource>> {
+        self.backend.list(rt, mesh).await
+    }
+
+    /// Creates a resource at version 1. Its `creationTime` is now.
+    pub async fn create(&self, mut resource: Resource) -> Result<Resource> {
+        meshzone_model::validate(&resource).map_err(StoreError::Invalid)?;
+        let now = Utc::now();
+        resource.meta.version = 1;
+        resource.meta.creation_time = Some(now);
+        resource.meta.modification_time = Some(now);
+        self.backend.create(resource.clone()).await?;
+        self.emit(EventKind::Created, resource.key());
+        Ok(resource)
+    }
+
+    /// Updates a resource read earlier: its `meta.version` must still be the stored one.
+    /// Keeps `creationTime` and the owner of the stored copy.
+    pub async fn update(&self, mut resource: Resource) -> Result<Resource> {
+        meshzone_model::validate(&resource).map_err(StoreError::Invalid)?;
+        let expected = resource.meta.version;
+        let stored = self.get(&resource.key()).await?;
+        if stored.meta.version != expected {
+            return Err(StoreError::Conflict {
+                key: resource.key(),
+                expected,
+                actual: stored.meta.version,
+            });
+        }
+        resource.meta.version = expected + 1;
+        resource.meta.creation_time = stored.meta.creation_time;
+        resource.meta.modification_time = Some(Utc::now());
+        if resource.meta.owner.is_none() {
+            resource.meta.owner = stored.meta.owner;
+        }
+        self.backend.update(resource.clone(), expected).await?;
+        self.emit(EventKind::Updated, resource.key());
+        Ok(resource)
+    }
+
+    /// Creates the resource, or replaces the stored spec and labels if it exists. With
+    /// `expected_version`, the write only happens if the stored version matches.
+    /// Returns the stored resource and whether it was created.
+    pub async fn upsert(
+        &self,
+        resource: Resource,
+        expected_version: Option<u64>,
+    ) -> Result<(Resource, bool)> {
+        let key = resource.key();
+        match (self.find(&key).await?, expected_version) {
+            (None, None) => self.create(resource).await.map(|r| (r, true)),
+            (None, Some(_)) => Err(StoreError::NotFound(key)),
+            (Some(stored), expected) => {
+                let mut next = resource;
+                next.meta.version = expected.unwrap_or(stored.meta.version);
+                next.meta.owner = next.meta.owner.or(stored.meta.owner);
+                self.update(next).await.map(|r| (r, false))
+            }
+        }
+    }
+
+    /// Deletes a resource and its cascade; returns every deleted key.
+    pub async fn delete(
+        &self,
+        key: &ResourceKey,
+        expected_version: Option<u64>,
+    ) -> Result<Vec<ResourceKey>> {
+        let deleted = self.backend.delete(key, expected_version).await?;
+        for k in &deleted {
+            self.emit(EventKind::Deleted, k.clone());
+        }
+        Ok(deleted)
+    }
+
+    fn emit(&self, kind: EventKind, key: ResourceKey) {
+        // No subscriber is fine.
+        let _ = self.events.send(StoreEvent { kind, key });
+    }
+}
+
+#[cfg(test)]
+mod contract_tests;
