@@ -1,1 +1,493 @@
-//! placeholder
+//! The REST API of the control plane, with Kuma's paths: `/meshes[/{name}]`,
+//! `/meshes/{mesh}/{type}[/{name}]` for mesh-scoped types, `/{type}[/{name}]` for global-scoped
+//! ones, plus `dataplanes+insights` and `service-insights` views.
+//!
+//! It validates and authorizes requests and maps errors to HTTP; it owns no state beyond the
+//! store handle and does no KDS/xDS work.
+
+mod error;
+mod metrics;
+mod views;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use meshzone_model::{Resource, ResourceKey, ResourceType, Scope, Violations};
+use meshzone_store::Store;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub use error::ApiError;
+pub use metrics::ApiMetrics;
+
+/// How this control plane runs; decides who may write what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CpMode {
+    Global,
+    /// A zone; `federated` when it is connected to a global control plane.
+    Zone { name: String, federated: bool },
+}
+
+impl CpMode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CpMode::Global => "global",
+            CpMode::Zone { .. } => "zone",
+        }
+    }
+}
+
+/// Facts the API reports about the control plane it serves.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub mode: CpMode,
+    pub instance_id: String,
+    pub hostname: String,
+    /// The effective configuration, shown by `GET /config`.
+    pub config: Value,
+    pub store_type: String,
+}
+
+struct Inner {
+    store: Store,
+    settings: ApiSettings,
+    metrics: ApiMetrics,
+}
+
+/// Shared state of every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiContext(Arc<Inner>);
+
+impl ApiContext {
+    pub fn new(store: Store, settings: ApiSettings, metrics: ApiMetrics) -> Self {
+        ApiContext(Arc::new(Inner {
+            store,
+            settings,
+            metrics,
+        }))
+    }
+}
+
+/// The whole REST API.
+pub fn router(ctx: ApiContext) -> Router {
+    let metrics = ctx.0.metrics.clone();
+    Router::new()
+        .route("/", get(index))
+        .route("/config", get(config))
+        .route("/meshes", get(list_meshes))
+        .route(
+            "/meshes/{name}",
+            get(get_mesh).put(put_mesh).delete(delete_mesh),
+        )
+        .route("/meshes/{mesh}/{ws}", get(list_in_mesh))
+        .route(
+            "/meshes/{mesh}/{ws}/{name}",
+            get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
+        )
+        .route("/{ws}", get(list_top))
+        .route("/{ws}/{name}", get(get_top).put(put_top).delete(delete_top))
+        .fallback(|| async { ApiError::not_found("no such path") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                "this path does not accept that method",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::count_requests,
+        ))
+        .with_state(ctx)
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+async fn index(State(ctx): State<ApiContext>) -> Json<Value> {
+    let s = &ctx.0.settings;
+    let mut body = json!({
+        "hostname": s.hostname,
+        "tagline": "Kuma",
+        "product": "meshzone",
+        "version": meshzone_model::VERSION,
+        "instanceId": s.instance_id,
+        "mode": s.mode.name(),
+        "storeType": s.store_type,
+    });
+    if let CpMode::Zone { name, federated } = &s.mode {
+        body["zone"] = json!(name);
+        body["federated"] = json!(federated);
+    }
+    Json(body)
+}
+
+async fn config(State(ctx): State<ApiContext>) -> Json<Value> {
+    Json(ctx.0.settings.config.clone())
+}
+
+// --- path resolution ---------------------------------------------------------------------------
+
+fn resolve(ws: &str, in_mesh: bool) -> ApiResult<ResourceType> {
+    let rt = ResourceType::from_ws_path(ws)
+        .ok_or_else(|| ApiError::not_found(format!("unknown resource path {ws:?}")))?;
+    match (rt.scope(), in_mesh) {
+        (Scope::Mesh, true) | (Scope::Global, false) => Ok(rt),
+        (Scope::Mesh, false) => Err(ApiError::not_found(format!(
+            "{rt} is mesh-scoped: use /meshes/{{mesh}}/{ws}"
+        ))),
+        (Scope::Global, true) => Err(ApiError::not_found(format!(
+            "{rt} is not mesh-scoped: use /{ws}"
+        ))),
+    }
+}
+
+/// Who may write what: zone-owned types only in zones, global-owned types only on global (or a
+/// standalone zone), computed types never.
+fn authorize_write(ctx: &ApiContext, rt: ResourceType) -> ApiResult<()> {
+    let d = rt.descriptor();
+    if d.read_only {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed",
+            format!("{rt} is computed by the control plane and cannot be written"),
+        ));
+    }
+    match &ctx.0.settings.mode {
+        CpMode::Global if d.kds.zone_to_global && !d.kds.global_to_zone => {
+            Err(ApiError::bad_request(format!(
+                "On global control plane you can not modify {rt} resources; they are created by zone control planes. Apply this on the zone control plane that owns it"
+            )))
+        }
+        CpMode::Zone {
+            federated: true, ..
+        } if d.kds.global_to_zone && rt != ResourceType::Secret => Err(ApiError::bad_request(
+            format!(
+                "On zone control plane you can only modify zone resources; {rt} is owned by the global control plane: apply this on the global control plane"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+// --- list --------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    size: Option<String>,
+    offset: Option<String>,
+}
+
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 10_000;
+
+struct Page {
+    size: usize,
+    offset: usize,
+}
+
+fn page(q: &PageQuery) -> ApiResult<Page> {
+    let parse = |field: &str, v: &Option<String>, default: usize| -> ApiResult<usize> {
+        match v {
+            None => Ok(default),
+            Some(s) => s.parse::<usize>().map_err(|_| {
+                ApiError::invalid_field(field, format!("{s:?} is not a non-negative integer"))
+            }),
+        }
+    };
+    let size = parse("size", &q.size, DEFAULT_PAGE_SIZE)?;
+    if size == 0 || size > MAX_PAGE_SIZE {
+        return Err(ApiError::invalid_field(
+            "size",
+            format!("must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
+    }
+    Ok(Page {
+        size,
+        offset: parse("offset", &q.offset, 0)?,
+    })
+}
+
+fn paged(items: Vec<Value>, p: Page, headers: &HeaderMap, path: &str) -> Response {
+    let total = items.len();
+    let end = p.offset.saturating_add(p.size).min(total);
+    let next = (end < total).then(|| {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| format!("http://{h}"))
+            .unwrap_or_default();
+        format!("{host}{path}?offset={end}&size={}", p.size)
+    });
+    let items: Vec<Value> = items
+        .into_iter()
+        .skip(p.offset)
+        .take(p.size)
+        .collect();
+    Json(json!({ "total": total, "items": items, "next": next })).into_response()
+}
+
+async fn list_values(ctx: &ApiContext, rt: ResourceType, mesh: Option<&str>) -> ApiResult<Vec<Value>> {
+    Ok(ctx
+        .0
+        .store
+        .list(rt, mesh)
+        .await?
+        .iter()
+        .map(Resource::to_value)
+        .collect())
+}
+
+async fn list_meshes(
+    State(ctx): State<ApiContext>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = page(&q)?;
+    let items = list_values(&ctx, ResourceType::Mesh, None).await?;
+    Ok(paged(items, p, &headers, "/meshes"))
+}
+
+async fn list_top(
+    State(ctx): State<ApiContext>,
+    Path(ws): Path<String>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = page(&q)?;
+    let rt = ResourceType::from_ws_path(&ws)
+        .ok_or_else(|| ApiError::not_found(format!("unknown resource path {ws:?}")))?;
+    // Mesh-scoped types may also be listed across all meshes.
+    let items = list_values(&ctx, rt, None).await?;
+    Ok(paged(items, p, &headers, &format!("/{ws}")))
+}
+
+async fn list_in_mesh(
+    State(ctx): State<ApiContext>,
+    Path((mesh, ws)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let p = page(&q)?;
+    let path = format!("/meshes/{mesh}/{ws}");
+    let items = match ws.as_str() {
+        "dataplanes+insights" => {
+            views::dataplane_overviews(&ctx.0.store, &mesh).await?
+        }
+        "service-insights" => views::service_insights(&ctx.0.store, &mesh)
+            .await?
+            .into_values()
+            .collect(),
+        _ => {
+            let rt = resolve(&ws, true)?;
+            list_values(&ctx, rt, Some(&mesh)).await?
+        }
+    };
+    Ok(paged(items, p, &headers, &path))
+}
+
+// --- get ---------------------------------------------------------------------------------------
+
+fn with_etag(resource: &Resource, status: StatusCode) -> Response {
+    let mut resp = (status, Json(resource.to_value())).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", resource.meta.version)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+async fn get_one(ctx: &ApiContext, key: ResourceKey) -> ApiResult {
+    let resource = ctx.0.store.get(&key).await?;
+    Ok(with_etag(&resource, StatusCode::OK))
+}
+
+async fn get_mesh(State(ctx): State<ApiContext>, Path(name): Path<String>) -> ApiResult {
+    get_one(&ctx, ResourceKey::global(ResourceType::Mesh, &name)).await
+}
+
+async fn get_top(
+    State(ctx): State<ApiContext>,
+    Path((ws, name)): Path<(String, String)>,
+) -> ApiResult {
+    let rt = resolve(&ws, false)?;
+    get_one(&ctx, ResourceKey::global(rt, &name)).await
+}
+
+async fn get_in_mesh(
+    State(ctx): State<ApiContext>,
+    Path((mesh, ws, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    if ws == "service-insights" {
+        let mut all = views::service_insights(&ctx.0.store, &mesh).await?;
+        return all
+            .remove(&name)
+            .map(|v| Json(v).into_response())
+            .ok_or_else(|| {
+                ApiError::not_found(format!("service {name:?} not found in mesh {mesh:?}"))
+            });
+    }
+    let rt = resolve(&ws, true)?;
+    get_one(&ctx, ResourceKey::new(rt, &mesh, &name)).await
+}
+
+// --- put ---------------------------------------------------------------------------------------
+
+/// `If-Match: "<version>"` makes a write conditional on the stored version.
+fn expected_version(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = raw.to_str().unwrap_or("").trim().trim_matches('"');
+    text.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::bad_request(format!(
+            "If-Match must be a version as returned in ETag, got {text:?}"
+        ))
+    })
+}
+
+fn parse_body(body: &Bytes) -> ApiResult<Value> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("request body is empty: send the resource as JSON"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+}
+
+async fn put_one(
+    ctx: &ApiContext,
+    rt: ResourceType,
+    mesh: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    authorize_write(ctx, rt)?;
+    let expected = expected_version(headers)?;
+    let mut value = parse_body(&body)?;
+    // The path decides type, mesh and name; the body may repeat them but not contradict them.
+    let mut v = Violations::default();
+    if let Some(obj) = value.as_object_mut() {
+        match obj.get("type").and_then(Value::as_str) {
+            Some(t) if t != rt.name() => match t.parse::<ResourceType>() {
+                Err(unknown) => v.push("type", unknown.to_string()),
+                Ok(_) => v.push(
+                    "type",
+                    format!("{t:?} does not match the path, which is for {rt}"),
+                ),
+            },
+            _ => {}
+        }
+        obj.insert("type".into(), Value::from(rt.name()));
+        match obj.get("name").and_then(Value::as_str) {
+            Some(n) if n != name => v.push(
+                "name",
+                format!("{n:?} does not match the name in the path ({name:?})"),
+            ),
+            _ => {}
+        }
+        obj.insert("name".into(), Value::from(name));
+        if rt.is_mesh_scoped() {
+            match obj.get("mesh").and_then(Value::as_str) {
+                Some(m) if m != mesh => v.push(
+                    "mesh",
+                    format!("{m:?} does not match the mesh in the path ({mesh:?})"),
+                ),
+                _ => {}
+            }
+            obj.insert("mesh".into(), Value::from(mesh));
+        }
+    }
+    v.into_result().map_err(ApiError::invalid)?;
+    let resource = Resource::from_value(value).map_err(ApiError::invalid)?;
+    meshzone_model::validate(&resource).map_err(ApiError::invalid)?;
+    let (stored, created) = ctx.0.store.upsert(resource, expected).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(with_etag(&stored, status))
+}
+
+async fn put_mesh(
+    State(ctx): State<ApiContext>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    put_one(&ctx, ResourceType::Mesh, "", &name, &headers, body).await
+}
+
+async fn put_top(
+    State(ctx): State<ApiContext>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let rt = resolve(&ws, false)?;
+    put_one(&ctx, rt, "", &name, &headers, body).await
+}
+
+async fn put_in_mesh(
+    State(ctx): State<ApiContext>,
+    Path((mesh, ws, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let rt = resolve(&ws, true)?;
+    put_one(&ctx, rt, &mesh, &name, &headers, body).await
+}
+
+// --- delete ------------------------------------------------------------------------------------
+
+async fn delete_one(ctx: &ApiContext, key: ResourceKey, headers: &HeaderMap) -> ApiResult {
+    authorize_write(ctx, key.resource_type)?;
+    let expected = expected_version(headers)?;
+    let deleted = ctx.0.store.delete(&key, expected).await?;
+    let cascaded: Vec<BTreeMap<&str, String>> = deleted
+        .iter()
+        .skip(1)
+        .map(|k| {
+            BTreeMap::from([
+                ("type", k.resource_type.name().to_string()),
+                ("mesh", k.mesh.clone()),
+                ("name", k.name.clone()),
+            ])
+        })
+        .collect();
+    Ok(Json(json!({ "deleted": cascaded.len() + 1, "cascaded": cascaded })).into_response())
+}
+
+async fn delete_mesh(
+    State(ctx): State<ApiContext>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    delete_one(&ctx, ResourceKey::global(ResourceType::Mesh, &name), &headers).await
+}
+
+async fn delete_top(
+    State(ctx): State<ApiContext>,
+    Path((ws, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let rt = resolve(&ws, false)?;
+    delete_one(&ctx, ResourceKey::global(rt, &name), &headers).await
+}
+
+async fn delete_in_mesh(
+    State(ctx): State<ApiContext>,
+    Path((mesh, ws, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let rt = resolve(&ws, true)?;
+    delete_one(&ctx, ResourceKey::new(rt, &mesh, &name), &headers).await
+}
+
+#[cfg(test)]
+mod tests;

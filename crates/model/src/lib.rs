@@ -8,6 +8,7 @@ pub mod descriptor;
 pub mod insights;
 pub mod resource;
 pub mod specs;
+pub mod testdata;
 pub mod validate;
 
 pub use descriptor::{Descriptor, KdsFlags, ResourceType, Scope};
