@@ -1,0 +1,214 @@
+//! In-process tests of the router over a memory store.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use meshzone_model::testdata::invalid_documents;
+use meshzone_model::{Meta, Resource, ResourceType, Spec, parse_documents};
+use meshzone_store::{AnyBackend, MemoryBackend, Store};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::*;
+
+async fn app(mode: CpMode) -> Router {
+    let store = Store::new(AnyBackend::Memory(MemoryBackend::new()));
+    store
+        .create(Resource::new(
+            Meta::named("default", ""),
+            Spec::Mesh(Default::default()),
+        ))
+        .await
+        .expect("default mesh");
+    let settings = ApiSettings {
+        mode,
+        instance_id: "test-1".into(),
+        hostname: "host".into(),
+        config: json!({"mode": "zone"}),
+        store_type: "memory".into(),
+    };
+    router(ApiContext::new(store, settings, ApiMetrics::default()))
+}
+
+fn standalone() -> CpMode {
+    CpMode::Zone {
+        name: "zone-1".into(),
+        federated: false,
+    }
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    if_match: Option<&str>,
+) -> (StatusCode, Option<String>, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(v) = if_match {
+        req = req.header("if-match", v);
+    }
+    let body = body.map(|b| Body::from(b.to_string())).unwrap_or_default();
+    let resp = app
+        .clone()
+        .oneshot(req.body(body).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, etag, value)
+}
+
+fn dataplane(name: &str, port: u16) -> Value {
+    json!({
+        "type": "Dataplane", "mesh": "default", "name": name,
+        "networking": {"address": "10.0.0.1", "inbound": [{"port": port, "tags": {"kuma.io/service": "web"}}]}
+    })
+}
+
+#[tokio::test]
+async fn create_get_update_list_delete() {
+    let app = app(standalone()).await;
+    let (s, etag, body) = call(&app, "PUT", "/meshes/default/dataplanes/dp-1", Some(dataplane("dp-1", 8080)), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert_eq!(etag.as_deref(), Some("\"1\""));
+    let (s, _, _) = call(&app, "PUT", "/meshes/default/dataplanes/dp-1", Some(dataplane("dp-1", 8081)), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, etag, body) = call(&app, "GET", "/meshes/default/dataplanes/dp-1", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(etag.as_deref(), Some("\"2\""));
+    assert_eq!(body["networking"]["inbound"][0]["port"], 8081);
+    assert!(body["creationTime"].is_string());
+
+    for i in 2..=5 {
+        let name = format!("dp-{i}");
+        call(&app, "PUT", &format!("/meshes/default/dataplanes/{name}"), Some(dataplane(&name, 8080)), None).await;
+    }
+    let (s, _, body) = call(&app, "GET", "/meshes/default/dataplanes?size=2&offset=2", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["total"], 5);
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(body["items"][0]["name"], "dp-3");
+    assert!(body["next"].as_str().is_some_and(|n| n.ends_with("offset=4&size=2")), "{body}");
+    let (s, _, body) = call(&app, "GET", "/meshes/default/dataplanes?size=x", None, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(body["causes"][0]["field"], "size");
+
+    let (s, _, body) = call(&app, "DELETE", "/meshes/default/dataplanes/dp-1", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, _, body) = call(&app, "GET", "/meshes/default/dataplanes/dp-1", None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(body["title"], "Not found");
+    assert!(body["details"].as_str().is_some_and(|d| d.contains("dp-1")));
+}
+
+#[tokio::test]
+async fn conditional_writes_conflict() {
+    let app = app(standalone()).await;
+    call(&app, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 1)), None).await;
+    let (s, _, _) = call(&app, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 2)), Some("\"1\"")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, body) = call(&app, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 3)), Some("\"1\"")).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["title"], "Conflict");
+    let (s, _, _) = call(&app, "DELETE", "/meshes/default/dataplanes/dp", None, Some("\"1\"")).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn invalid_corpus_is_rejected_over_rest_and_nothing_is_stored() {
+    let app = app(standalone()).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/invalid");
+    for doc in invalid_documents(&dir).expect("corpus") {
+        let value = parse_documents(&doc.text).expect("yaml").remove(0);
+        // Over REST the name is part of the URL, so a document without one cannot be sent.
+        let Some(name) = value["name"].as_str().map(str::to_string) else {
+            continue;
+        };
+        let rt = value["type"]
+            .as_str()
+            .and_then(|t| t.parse::<ResourceType>().ok())
+            .unwrap_or(ResourceType::Dataplane);
+        let ws = rt.descriptor().ws_path;
+        let path = if rt.is_mesh_scoped() {
+            let mesh = value["mesh"].as_str().unwrap_or("default");
+            format!("/meshes/{mesh}/{ws}/{name}")
+        } else {
+            format!("/{ws}/{name}")
+        };
+        let (s, _, body) = call(&app, "PUT", &path, Some(value), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{}: {body}", doc.path.display());
+        let causes = body["causes"].as_array().cloned().unwrap_or_default();
+        assert!(
+            causes.iter().any(|c| c["field"] == doc.field.as_str()
+                && c["message"].as_str().is_some_and(|m| m.contains(&doc.message))),
+            "{}: expected {}: {}, got {body}",
+            doc.path.display(),
+            doc.field,
+            doc.message
+        );
+        let (s, _, _) = call(&app, "GET", &path, None, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{} was stored", doc.path.display());
+    }
+}
+
+#[tokio::test]
+async fn body_must_agree_with_path() {
+    let app = app(standalone()).await;
+    let (s, _, body) = call(&app, "PUT", "/meshes/default/dataplanes/other", Some(dataplane("dp", 1)), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(body["causes"][0]["field"], "name");
+    let (s, _, body) = call(&app, "PUT", "/meshes/default/dataplanes/dp", Some(json!("text")), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    let (s, _, _) = call(&app, "PUT", "/meshes/default/nothings/x", Some(json!({})), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = call(&app, "GET", "/zones/x/y/z/w", None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn authority_follows_the_mode() {
+    let global = app(CpMode::Global).await;
+    let (s, _, body) = call(&global, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 1)), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(body["details"].as_str().is_some_and(|d| d.starts_with("On global control plane")));
+    let (s, _, _) = call(&global, "PUT", "/meshes/m2", Some(json!({"type": "Mesh", "name": "m2"})), None).await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    let federated = app(CpMode::Zone { name: "z".into(), federated: true }).await;
+    let (s, _, body) = call(&federated, "PUT", "/meshes/m2", Some(json!({"type": "Mesh", "name": "m2"})), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(body["details"].as_str().is_some_and(|d| d.starts_with("On zone control plane you can only modify zone resources")));
+    let (s, _, _) = call(&federated, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 1)), None).await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    let (s, _, body) = call(&federated, "PUT", "/zone-insights/z", Some(json!({})), None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+}
+
+#[tokio::test]
+async fn views_and_index() {
+    let app = app(standalone()).await;
+    call(&app, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 1)), None).await;
+    let (s, _, body) = call(&app, "GET", "/meshes/default/dataplanes+insights", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["items"][0]["type"], "DataplaneOverview");
+    assert_eq!(body["items"][0]["dataplane"]["networking"]["address"], "10.0.0.1");
+    let (_, _, body) = call(&app, "GET", "/meshes/default/service-insights", None, None).await;
+    assert_eq!(body["items"][0]["name"], "web");
+    assert_eq!(body["items"][0]["status"], "offline");
+    assert_eq!(body["items"][0]["dataplanes"]["total"], 1);
+    let (s, _, _) = call(&app, "GET", "/meshes/default/service-insights/web", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, _, body) = call(&app, "GET", "/", None, None).await;
+    assert_eq!(body["mode"], "zone");
+    assert_eq!(body["instanceId"], "test-1");
+    let (_, _, body) = call(&app, "GET", "/dataplanes", None, None).await;
+    assert_eq!(body["total"], 1);
+}
