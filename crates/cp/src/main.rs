@@ -1,1 +1,262 @@
-fn main() {}
+//! `kuma-cp`: the control plane. Reads its configuration, opens the store, and serves the REST
+//! API and diagnostics, as a global or a zone control plane.
+//!
+//! This binary only wires components together; the logic lives in the library crates.
+
+mod config;
+mod diagnostics;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use meshzone_api::{ApiContext, ApiMetrics, ApiSettings, CpMode};
+use meshzone_model::{DEFAULT_MESH, Meta, Resource, Spec};
+use meshzone_store::{AnyBackend, MemoryBackend, SqliteBackend, Store, StoreError};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::{Config, Role, env_name};
+
+#[derive(Parser)]
+#[command(name = "kuma-cp", version = meshzone_model::VERSION, about = "Control plane of the multi-zone service mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane (global or zone, chosen by KUMA_MODE).
+    Run {
+        /// YAML configuration; see kuma-cp.defaults.yaml for every key. KUMA_* variables win.
+        #[arg(short = 'c', long)]
+        config_file: Option<PathBuf>,
+        /// Log level: error, warn, info, debug, trace.
+        #[arg(long, default_value = "info", env = "KUMA_LOG_LEVEL")]
+        log_level: String,
+    },
+    /// Print the version.
+    Version,
+    /// Print the default configuration.
+    Defaults,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Version => {
+            println!("kuma-cp {}", meshzone_model::VERSION);
+            Ok(())
+        }
+        Command::Defaults => {
+            print!("{}", config::DEFAULTS_YAML);
+            Ok(())
+        }
+        Command::Run {
+            config_file,
+            log_level,
+        } => run(config_file, &log_level),
+    };
+    if let Err(e) = result {
+        eprintln!("kuma-cp: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(config_file: Option<PathBuf>, log_level: &str) -> anyhow::Result<()> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let file_text = match &config_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let file_name = config_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let config = config::load(
+        file_text.as_deref().map(|t| (file_name.as_str(), t)),
+        &env,
+    )
+    .context("invalid configuration")?;
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(log_level)
+                .map_err(|e| anyhow!("--log-level {log_level:?}: {e}"))?,
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, env))
+}
+
+async fn bind(ip: &str, port: u16, key: &str) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = format!("{ip}:{port}")
+        .parse()
+        .map_err(|_| anyhow!("{ip}:{port} is not a socket address ({key})"))?;
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow!(
+                "port {port} is already in use ({}); stop the other process or choose another port",
+                env_name(key)
+            )
+        } else {
+            anyhow!("cannot listen on {addr} ({}): {e}", env_name(key))
+        }
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<()> {
+    let home = env.get("HOME").cloned().unwrap_or_else(|| "/root".into());
+    let role = config.role();
+
+    // Bind first: a busy port is reported before anything is written.
+    let api_listener = bind(
+        &config.api_server.http.interface,
+        config.api_server.http.port,
+        "apiServer.http.port",
+    )
+    .await?;
+    let diag_listener = bind(
+        "0.0.0.0",
+        config.diagnostics.server_port,
+        "diagnostics.serverPort",
+    )
+    .await?;
+
+    let backend = match config.store.store_type.as_str() {
+        "memory" => AnyBackend::Memory(MemoryBackend::new()),
+        _ => {
+            let path = config.sqlite_path(&home);
+            let backend = SqliteBackend::open(&path).await.with_context(|| {
+                format!(
+                    "cannot open the store at {} (KUMA_STORE_SQLITE_PATH / KUMA_GENERAL_WORK_DIR)",
+                    path.display()
+                )
+            })?;
+            info!(path = %path.display(), "opened SQLite store");
+            AnyBackend::Sqlite(backend)
+        }
+    };
+    let store_type = backend.type_name().to_string();
+    let store = Store::new(backend);
+
+    let host = hostname();
+    let instance_id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let mode = match &role {
+        Role::Global => CpMode::Global,
+        Role::StandaloneZone { name } => CpMode::Zone {
+            name: name.clone(),
+            federated: false,
+        },
+        Role::FederatedZone { name, global } => {
+            warn!(
+                zone = %name,
+                global = %format!("{}:{}", global.host, global.port),
+                "KDS sync with the global control plane is not built yet: this zone serves its own store and refuses writes of global-owned types"
+            );
+            CpMode::Zone {
+                name: name.clone(),
+                federated: true,
+            }
+        }
+    };
+
+    if !config.defaults.skip_mesh && !matches!(role, Role::FederatedZone { .. }) {
+        ensure_default_mesh(&store).await?;
+    }
+
+    let mut registry = prometheus_client::registry::Registry::with_prefix("kuma_cp");
+    let metrics = ApiMetrics::register(&mut registry);
+    let settings = ApiSettings {
+        mode,
+        instance_id: instance_id.clone(),
+        hostname: host,
+        config: serde_json::to_value(&config).unwrap_or_default(),
+        store_type,
+    };
+    let api = meshzone_api::router(ApiContext::new(store.clone(), settings, metrics));
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let diag = diagnostics::router(ready.clone(), Arc::new(registry));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api_addr = api_listener.local_addr().ok();
+    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let api_task = tokio::spawn(
+        axum::serve(api_listener, api)
+            .with_graceful_shutdown(shutdown(stop_rx.clone()))
+            .into_future(),
+    );
+    let diag_task = tokio::spawn(
+        axum::serve(diag_listener, diag)
+            .with_graceful_shutdown(shutdown(stop_rx.clone()))
+            .into_future(),
+    );
+    ready.store(true, Ordering::SeqCst);
+    info!(
+        mode = config.mode,
+        instance = %instance_id,
+        api = ?api_addr,
+        "kuma-cp is ready"
+    );
+
+    wait_for_signal().await?;
+    info!("shutting down");
+    ready.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let (a, d) = tokio::join!(api_task, diag_task);
+    a.context("API server task")?.context("API server")?;
+    d.context("diagnostics task")?.context("diagnostics server")?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn ensure_default_mesh(store: &Store) -> anyhow::Result<()> {
+    let mesh = Resource::new(
+        Meta::named(DEFAULT_MESH, ""),
+        Spec::Mesh(Default::default()),
+    );
+    match store.create(mesh).await {
+        Ok(_) => {
+            info!("created Mesh \"default\"");
+            Ok(())
+        }
+        Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(anyhow!("cannot create the default Mesh: {e}")),
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

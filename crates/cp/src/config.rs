@@ -1,0 +1,558 @@
+//! kuma-cp configuration: defaults ← `--config-file` YAML ← `KUMA_*` environment, then checked.
+//! [`load`] is a pure function of its inputs; tests call it with a map.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    pub mode: String,
+    pub general: General,
+    pub store: StoreConfig,
+    pub api_server: ApiServer,
+    pub dp_server: DpServer,
+    pub diagnostics: Diagnostics,
+    pub multizone: Multizone,
+    pub dns_server: DnsServer,
+    pub defaults: Defaults,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct General {
+    /// Where the CP keeps its database and generated certificates.
+    pub work_dir: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StoreConfig {
+    #[serde(rename = "type")]
+    pub store_type: String,
+    pub sqlite: SqliteConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SqliteConfig {
+    /// Database file; empty means `<workDir>/kuma-cp.db`.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiServer {
+    pub http: HttpListener,
+    pub https: HttpsListener,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpListener {
+    pub port: u16,
+    pub interface: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpsListener {
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DpServer {
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Diagnostics {
+    pub server_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Multizone {
+    pub global: GlobalMultizone,
+    pub zone: ZoneMultizone,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GlobalMultizone {
+    pub kds: GlobalKds,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GlobalKds {
+    pub grpc_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ZoneMultizone {
+    pub name: String,
+    pub global_address: String,
+    pub kds: ZoneKds,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ZoneKds {
+    pub root_ca_file: String,
+    pub tls_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsServer {
+    pub port: u16,
+    #[serde(rename = "CIDR")]
+    pub cidr: String,
+    pub domain: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Defaults {
+    /// Do not create the `default` Mesh on start.
+    pub skip_mesh: bool,
+}
+
+/// The committed defaults file; a unit test keeps it equal to [`Config::default`].
+pub const DEFAULTS_YAML: &str = include_str!("../kuma-cp.defaults.yaml");
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: "zone".into(),
+            general: General {
+                work_dir: "~/.kuma".into(),
+            },
+            store: StoreConfig {
+                store_type: "sqlite".into(),
+                sqlite: SqliteConfig {
+                    path: String::new(),
+                },
+            },
+            api_server: ApiServer {
+                http: HttpListener {
+                    port: 5681,
+                    interface: "0.0.0.0".into(),
+                },
+                https: HttpsListener { port: 5682 },
+            },
+            dp_server: DpServer { port: 5678 },
+            diagnostics: Diagnostics { server_port: 5680 },
+            multizone: Multizone {
+                global: GlobalMultizone {
+                    kds: GlobalKds { grpc_port: 5685 },
+                },
+                zone: ZoneMultizone {
+                    name: String::new(),
+                    global_address: String::new(),
+                    kds: ZoneKds {
+                        root_ca_file: String::new(),
+                        tls_skip_verify: false,
+                    },
+                },
+            },
+            dns_server: DnsServer {
+                port: 5653,
+                cidr: "240.0.0.0/4".into(),
+                domain: "mesh".into(),
+            },
+            defaults: Defaults { skip_mesh: false },
+        }
+    }
+}
+
+/// How a value is written in the environment.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Port,
+    Bool,
+}
+
+/// Every environment variable, the config key it sets, and its kind.
+const ENV: &[(&str, &str, Kind)] = &[
+    ("KUMA_MODE", "mode", Kind::Text),
+    ("KUMA_GENERAL_WORK_DIR", "general.workDir", Kind::Text),
+    ("KUMA_STORE_TYPE", "store.type", Kind::Text),
+    ("KUMA_STORE_SQLITE_PATH", "store.sqlite.path", Kind::Text),
+    ("KUMA_API_SERVER_HTTP_PORT", "apiServer.http.port", Kind::Port),
+    ("KUMA_API_SERVER_HTTP_INTERFACE", "apiServer.http.interface", Kind::Text),
+    ("KUMA_API_SERVER_HTTPS_PORT", "apiServer.https.port", Kind::Port),
+    ("KUMA_DP_SERVER_PORT", "dpServer.port", Kind::Port),
+    ("KUMA_DIAGNOSTICS_SERVER_PORT", "diagnostics.serverPort", Kind::Port),
+    ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", "multizone.global.kds.grpcPort", Kind::Port),
+    ("KUMA_MULTIZONE_ZONE_NAME", "multizone.zone.name", Kind::Text),
+    ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", "multizone.zone.globalAddress", Kind::Text),
+    ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", "multizone.zone.kds.rootCaFile", Kind::Text),
+    ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "multizone.zone.kds.tlsSkipVerify", Kind::Bool),
+    ("KUMA_DNS_SERVER_PORT", "dnsServer.port", Kind::Port),
+    ("KUMA_DNS_SERVER_CIDR", "dnsServer.CIDR", Kind::Text),
+    ("KUMA_DNS_SERVER_DOMAIN", "dnsServer.domain", Kind::Text),
+    ("KUMA_DEFAULTS_SKIP_MESH", "defaults.skipMesh", Kind::Bool),
+];
+
+/// The environment variable that sets a config key (for error messages).
+pub fn env_name(key: &str) -> &'static str {
+    ENV.iter()
+        .find(|(_, k, _)| *k == key)
+        .map(|(e, _, _)| *e)
+        .unwrap_or("")
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("config file {file}: {message}")]
+    File { file: String, message: String },
+    #[error("{var}={value:?}: {message}")]
+    Env {
+        var: String,
+        value: String,
+        message: String,
+    },
+    #[error("{key} ({env}): {message}")]
+    Invalid {
+        key: String,
+        env: String,
+        message: String,
+    },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        env: env_name(key).to_string(),
+        message: message.into(),
+    }
+}
+
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn set_path(root: &mut Value, key: &str, value: Value) {
+    let mut cur = root;
+    for part in key.split('.') {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        let Value::Object(map) = cur else { return };
+        cur = map.entry(part.to_string()).or_insert(Value::Null);
+    }
+    *cur = value;
+}
+
+/// Builds the configuration from the config file (name and text) and the environment.
+pub fn load(file: Option<(&str, &str)>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+    let mut value = serde_json::to_value(Config::default()).unwrap_or_default();
+    if let Some((name, text)) = file {
+        let overlay: Value = serde_norway::from_str(text).map_err(|e| ConfigError::File {
+            file: name.to_string(),
+            message: e.to_string(),
+        })?;
+        if !overlay.is_null() {
+            merge(&mut value, overlay);
+        }
+        serde_path_to_error::deserialize::<_, Config>(value.clone()).map_err(|e| {
+            ConfigError::File {
+                file: name.to_string(),
+                message: format!("{}: {}", e.path(), e.inner()),
+            }
+        })?;
+    }
+    for (var, key, kind) in ENV {
+        let Some(raw) = env.get(*var) else { continue };
+        let env_err = |message: &str| ConfigError::Env {
+            var: var.to_string(),
+            value: raw.clone(),
+            message: message.to_string(),
+        };
+        let v = match kind {
+            Kind::Text => Value::from(raw.clone()),
+            Kind::Port => Value::from(
+                raw.trim()
+                    .parse::<u16>()
+                    .map_err(|_| env_err("not a port number (1-65535)"))?,
+            ),
+            Kind::Bool => Value::from(match raw.trim() {
+                "true" | "1" => true,
+                "false" | "0" | "" => false,
+                _ => return Err(env_err("expected true or false")),
+            }),
+        };
+        set_path(&mut value, key, v);
+    }
+    let config: Config = serde_path_to_error::deserialize(value).map_err(|e| ConfigError::File {
+        file: "(merged)".into(),
+        message: format!("{}: {}", e.path(), e.inner()),
+    })?;
+    config.check()?;
+    Ok(config)
+}
+
+/// How the CP runs, derived from a checked config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Global,
+    /// A zone without a global address: a single-zone mesh.
+    StandaloneZone { name: String },
+    /// A zone that syncs with a global control plane.
+    FederatedZone { name: String, global: GlobalAddress },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalAddress {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Parses `grpcs://host:port` or `grpc://host:port`.
+pub fn parse_global_address(s: &str) -> Result<GlobalAddress, String> {
+    let (tls, rest) = if let Some(r) = s.strip_prefix("grpcs://") {
+        (true, r)
+    } else if let Some(r) = s.strip_prefix("grpc://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "{s:?} must start with grpcs:// (TLS) or grpc:// (plaintext), e.g. grpcs://global.example.com:5685"
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} has no port, e.g. grpcs://{rest}:5685"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{s:?} has an invalid port {port:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(GlobalAddress {
+        tls,
+        host: host.to_string(),
+        port,
+    })
+}
+
+impl Config {
+    fn check(&self) -> Result<(), ConfigError> {
+        if !matches!(self.mode.as_str(), "global" | "zone") {
+            return Err(invalid(
+                "mode",
+                format!("unknown mode {:?}; expected global or zone", self.mode),
+            ));
+        }
+        if !matches!(self.store.store_type.as_str(), "memory" | "sqlite") {
+            return Err(invalid(
+                "store.type",
+                format!(
+                    "unknown store type {:?}; expected sqlite (durable, default) or memory",
+                    self.store.store_type
+                ),
+            ));
+        }
+        for (key, port) in [
+            ("apiServer.http.port", self.api_server.http.port),
+            ("apiServer.https.port", self.api_server.https.port),
+            ("dpServer.port", self.dp_server.port),
+            ("diagnostics.serverPort", self.diagnostics.server_port),
+            ("multizone.global.kds.grpcPort", self.multizone.global.kds.grpc_port),
+            ("dnsServer.port", self.dns_server.port),
+        ] {
+            if port == 0 {
+                return Err(invalid(key, "port must be in the range from 1 to 65535"));
+            }
+        }
+        if self.api_server.http.interface.parse::<IpAddr>().is_err() {
+            return Err(invalid(
+                "apiServer.http.interface",
+                format!("{:?} is not an IP address", self.api_server.http.interface),
+            ));
+        }
+        if self.general.work_dir.is_empty() {
+            return Err(invalid("general.workDir", "cannot be empty"));
+        }
+        check_cidr(&self.dns_server.cidr).map_err(|m| invalid("dnsServer.CIDR", m))?;
+        let zone = &self.multizone.zone;
+        if !zone.name.is_empty() && !meshzone_model::validate::is_dns_label(&zone.name) {
+            return Err(invalid(
+                "multizone.zone.name",
+                format!(
+                    "{:?} must be a DNS label: at most 63 lowercase letters, digits and '-'",
+                    zone.name
+                ),
+            ));
+        }
+        if self.mode == "zone" && !zone.global_address.is_empty() {
+            parse_global_address(&zone.global_address)
+                .map_err(|m| invalid("multizone.zone.globalAddress", m))?;
+            if zone.name.is_empty() {
+                return Err(invalid(
+                    "multizone.zone.name",
+                    "is required when a global address is set: name this zone",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn role(&self) -> Role {
+        let zone = &self.multizone.zone;
+        if self.mode == "global" {
+            return Role::Global;
+        }
+        let name = if zone.name.is_empty() {
+            "default".to_string()
+        } else {
+            zone.name.clone()
+        };
+        match parse_global_address(&zone.global_address) {
+            Ok(global) if !zone.global_address.is_empty() => Role::FederatedZone { name, global },
+            _ => Role::StandaloneZone { name },
+        }
+    }
+
+    /// The work directory with `~` expanded.
+    pub fn work_dir(&self, home: &str) -> PathBuf {
+        match self.general.work_dir.strip_prefix("~/") {
+            Some(rest) => PathBuf::from(home).join(rest),
+            None if self.general.work_dir == "~" => PathBuf::from(home),
+            None => PathBuf::from(&self.general.work_dir),
+        }
+    }
+
+    pub fn sqlite_path(&self, home: &str) -> PathBuf {
+        if self.store.sqlite.path.is_empty() {
+            self.work_dir(home).join("kuma-cp.db")
+        } else {
+            PathBuf::from(&self.store.sqlite.path)
+        }
+    }
+}
+
+fn check_cidr(s: &str) -> Result<(), String> {
+    let (ip, bits) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR such as 240.0.0.0/4"))?;
+    let ip: IpAddr = ip.parse().map_err(|_| format!("{s:?}: bad address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match bits.parse::<u8>() {
+        Ok(b) if b <= max => Ok(()),
+        _ => Err(format!("{s:?}: prefix length must be 0 to {max}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn committed_defaults_file_matches_the_code() {
+        let from_file: Config = serde_norway::from_str(DEFAULTS_YAML).expect("defaults parse");
+        assert_eq!(from_file, Config::default());
+        assert_eq!(load(None, &env(&[])).expect("defaults"), Config::default());
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let file = "apiServer:\n  http:\n    port: 6000\nmode: global\n";
+        let c = load(
+            Some(("cp.yaml", file)),
+            &env(&[("KUMA_API_SERVER_HTTP_PORT", "7000"), ("KUMA_STORE_TYPE", "memory")]),
+        )
+        .expect("load");
+        assert_eq!(c.api_server.http.port, 7000);
+        assert_eq!(c.mode, "global");
+        assert_eq!(c.store.store_type, "memory");
+        assert_eq!(c.role(), Role::Global);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let e = load(None, &env(&[("KUMA_MODE", "remote")])).unwrap_err();
+        assert_eq!(e.to_string(), "mode (KUMA_MODE): unknown mode \"remote\"; expected global or zone");
+        let e = load(None, &env(&[("KUMA_API_SERVER_HTTP_PORT", "99999")])).unwrap_err();
+        assert!(e.to_string().starts_with("KUMA_API_SERVER_HTTP_PORT=\"99999\""), "{e}");
+        let e = load(
+            None,
+            &env(&[
+                ("KUMA_MULTIZONE_ZONE_NAME", "z1"),
+                ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", "https://g:5685"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS"), "{e}");
+        assert!(e.to_string().contains("grpcs://"), "{e}");
+        let e = load(Some(("cp.yaml", "apiServer:\n  htp: {}\n")), &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("apiServer.htp") || e.to_string().contains("unknown field `htp`"), "{e}");
+        let e = load(None, &env(&[("KUMA_DIAGNOSTICS_SERVER_PORT", "0")])).unwrap_err();
+        assert!(e.to_string().contains("diagnostics.serverPort (KUMA_DIAGNOSTICS_SERVER_PORT)"), "{e}");
+    }
+
+    #[test]
+    fn roles() {
+        let c = load(
+            None,
+            &env(&[
+                ("KUMA_MULTIZONE_ZONE_NAME", "zone-1"),
+                ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", "grpcs://10.0.0.1:5685"),
+            ]),
+        )
+        .expect("zone");
+        assert_eq!(
+            c.role(),
+            Role::FederatedZone {
+                name: "zone-1".into(),
+                global: GlobalAddress {
+                    tls: true,
+                    host: "10.0.0.1".into(),
+                    port: 5685
+                }
+            }
+        );
+        assert!(matches!(load(None, &env(&[])).expect("d").role(), Role::StandaloneZone { .. }));
+        let e = load(None, &env(&[("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", "grpc://g:5685")])).unwrap_err();
+        assert!(e.to_string().contains("KUMA_MULTIZONE_ZONE_NAME"), "{e}");
+    }
+
+    #[test]
+    fn work_dir_expands_home() {
+        let c = Config::default();
+        assert_eq!(c.sqlite_path("/home/u"), PathBuf::from("/home/u/.kuma/kuma-cp.db"));
+    }
+}
