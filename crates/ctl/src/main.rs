@@ -1,1 +1,337 @@
-fn main() {}
+//! `kumactl`: the command-line client of the control plane's REST API.
+//!
+//! Every failure ends with one line on stderr (`Error: …`) and a non-zero exit.
+
+mod client;
+mod config;
+mod tables;
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow, bail};
+use chrono::Utc;
+use clap::{Parser, Subcommand, ValueEnum};
+use meshzone_model::{Resource, ResourceType, parse_documents, to_yaml_string, validate};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::client::ApiClient;
+use crate::config::CtlConfig;
+
+#[derive(Parser)]
+#[command(name = "kumactl", version = meshzone_model::VERSION, about = "Manage the multi-zone service mesh")]
+struct Cli {
+    /// kumactl configuration file.
+    #[arg(long, global = true, env = "KUMACTL_CONFIG_FILE")]
+    config_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage kumactl's own configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Create or update resources from a YAML file (several documents allowed) or stdin (-).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: String,
+    },
+    /// Show resources: `get dataplanes`, `get dataplane NAME`, `get meshes`, `get zones`…
+    Get {
+        /// Resource type (plural to list, singular with a NAME).
+        #[arg(value_name = "TYPE")]
+        resource: String,
+        name: Option<String>,
+        #[arg(short = 'm', long, default_value = meshzone_model::DEFAULT_MESH)]
+        mesh: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Delete a resource: `delete dataplane NAME`, `delete zone NAME`…
+    Delete {
+        #[arg(value_name = "TYPE")]
+        resource: String,
+        name: String,
+        #[arg(short = 'm', long, default_value = meshzone_model::DEFAULT_MESH)]
+        mesh: String,
+    },
+    /// Show status views: `inspect dataplanes`, `inspect services`.
+    Inspect {
+        #[arg(value_name = "WHAT")]
+        what: String,
+        #[arg(short = 'm', long, default_value = meshzone_model::DEFAULT_MESH)]
+        mesh: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Print the versions of kumactl and of the control plane.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    #[command(name = "control-planes")]
+    ControlPlanes {
+        #[command(subcommand)]
+        command: ControlPlanesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ControlPlanesCommand {
+    /// Add a control plane and make it the current one.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// API address, e.g. http://localhost:5681
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// List the configured control planes.
+    List,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow!("cannot start the async runtime: {e}"))
+        .and_then(|rt| rt.block_on(run(cli)));
+    if let Err(e) = result {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_path = cli.config_file.clone().unwrap_or_else(config::default_path);
+    let mut config = CtlConfig::load(&config_path)?;
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::ControlPlanes { command },
+        } => match command {
+            ControlPlanesCommand::Add {
+                name,
+                address,
+                overwrite,
+            } => {
+                if !(address.starts_with("http://") || address.starts_with("https://")) {
+                    bail!("--address {address:?} must be an http:// or https:// URL, e.g. http://localhost:5681");
+                }
+                let client = ApiClient::new(&address)?;
+                let index = client.get("/").await?;
+                if index["instanceId"].is_null() && index["version"].is_null() {
+                    bail!("{address} does not look like a kuma-cp API server");
+                }
+                config.add(&name, &address, overwrite)?;
+                config.save(&config_path)?;
+                println!("added Control Plane {name:?}");
+                println!("switched active Control Plane to {name:?}");
+                Ok(())
+            }
+            ControlPlanesCommand::List => {
+                let rows: Vec<Vec<String>> = config
+                    .control_planes
+                    .iter()
+                    .map(|cp| {
+                        let active = if config
+                            .contexts
+                            .iter()
+                            .any(|c| c.name == config.current_context && c.control_plane == cp.name)
+                        {
+                            "*"
+                        } else {
+                            ""
+                        };
+                        vec![active.to_string(), cp.name.clone(), cp.coordinates.api_server.url.clone()]
+                    })
+                    .collect();
+                print!("{}", tables::render(&["ACTIVE", "NAME", "ADDRESS"], &rows));
+                Ok(())
+            }
+        },
+        Command::Apply { file } => apply(&ApiClient::new(&config.current_url()?)?, &file).await,
+        Command::Get {
+            resource,
+            name,
+            mesh,
+            output,
+        } => get(&ApiClient::new(&config.current_url()?)?, &resource, name.as_deref(), &mesh, output).await,
+        Command::Delete {
+            resource,
+            name,
+            mesh,
+        } => delete(&ApiClient::new(&config.current_url()?)?, &resource, &name, &mesh).await,
+        Command::Inspect { what, mesh, output } => {
+            inspect(&ApiClient::new(&config.current_url()?)?, &what, &mesh, output).await
+        }
+        Command::Version => {
+            println!("Client: kumactl {}", meshzone_model::VERSION);
+            let client = ApiClient::new(&config.current_url()?)?;
+            match client.get("/").await {
+                Ok(index) => println!(
+                    "Control Plane: kuma-cp {} ({} mode) at {}",
+                    index["version"].as_str().unwrap_or("unknown"),
+                    index["mode"].as_str().unwrap_or("unknown"),
+                    client.base()
+                ),
+                Err(e) => println!("Control Plane: unavailable ({e})"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn resource_type(word: &str) -> anyhow::Result<ResourceType> {
+    ResourceType::from_cli_name(word).ok_or_else(|| {
+        let known: Vec<&str> = ResourceType::all().map(|t| t.descriptor().cli_plural).collect();
+        anyhow!("unknown resource type {word:?}; known: {}", known.join(", "))
+    })
+}
+
+fn item_path(rt: ResourceType, mesh: &str, name: &str) -> String {
+    let ws = rt.descriptor().ws_path;
+    if rt.is_mesh_scoped() {
+        format!("/meshes/{mesh}/{ws}/{name}")
+    } else {
+        format!("/{ws}/{name}")
+    }
+}
+
+fn list_path(rt: ResourceType, mesh: &str) -> String {
+    let ws = rt.descriptor().ws_path;
+    if rt.is_mesh_scoped() {
+        format!("/meshes/{mesh}/{ws}")
+    } else {
+        format!("/{ws}")
+    }
+}
+
+fn print_value(v: &Value, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        _ => print!("{}", to_yaml_string(v)),
+    }
+    Ok(())
+}
+
+fn label(resource: &Value, index: usize) -> String {
+    match (resource["type"].as_str(), resource["name"].as_str()) {
+        (Some(t), Some(n)) => format!("{t} {n:?}"),
+        (Some(t), None) => format!("{t} (document {index})"),
+        _ => format!("document {index}"),
+    }
+}
+
+async fn apply(client: &ApiClient, file: &str) -> anyhow::Result<()> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
+    };
+    let docs = parse_documents(&text).with_context(|| format!("{file}"))?;
+    if docs.is_empty() {
+        bail!("{file} holds no resource");
+    }
+    // Check every document before writing any, so a bad file changes nothing.
+    let mut resources = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let what = label(&doc, i + 1);
+        let resource = Resource::from_value(doc)
+            .and_then(|r| validate(&r).map(|()| r))
+            .map_err(|v| anyhow!("{file}: {what} is not valid: {v}"))?;
+        resources.push((what, resource));
+    }
+    for (what, resource) in resources {
+        let path = item_path(resource.resource_type(), &resource.meta.mesh, &resource.meta.name);
+        let mut body = resource.to_value();
+        if let Some(o) = body.as_object_mut() {
+            o.remove("creationTime");
+            o.remove("modificationTime");
+        }
+        client
+            .call(Method::PUT, &path, Some(&body))
+            .await
+            .map_err(|e| anyhow!("{file}: {what} was not applied: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn get(
+    client: &ApiClient,
+    word: &str,
+    name: Option<&str>,
+    mesh: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    let rt = resource_type(word)?;
+    let now = Utc::now();
+    match name {
+        Some(name) => {
+            let v = client.get(&item_path(rt, mesh, name)).await?;
+            match output {
+                Output::Table => print!("{}", tables::get_table(rt, &[v], now)),
+                _ => print_value(&v, output)?,
+            }
+        }
+        None => {
+            if word == rt.descriptor().cli_singular && word != rt.descriptor().cli_plural {
+                bail!("kumactl get {word} needs a NAME; use kumactl get {} to list", rt.descriptor().cli_plural);
+            }
+            let items = client.list_all(&list_path(rt, mesh)).await?;
+            match output {
+                Output::Table => print!("{}", tables::get_table(rt, &items, now)),
+                _ => print_value(&json!({ "total": items.len(), "items": items, "next": null }), output)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete(client: &ApiClient, word: &str, name: &str, mesh: &str) -> anyhow::Result<()> {
+    let rt = resource_type(word)?;
+    client.call(Method::DELETE, &item_path(rt, mesh, name), None).await?;
+    println!("deleted {rt} {name:?}");
+    Ok(())
+}
+
+async fn inspect(client: &ApiClient, what: &str, mesh: &str, output: Output) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let (items, table) = match what {
+        "dataplanes" | "dataplane" => {
+            let items = client.list_all(&format!("/meshes/{mesh}/dataplanes+insights")).await?;
+            let t = tables::inspect_dataplanes(&items, now);
+            (items, t)
+        }
+        "services" | "service" => {
+            let items = client.list_all(&format!("/meshes/{mesh}/service-insights")).await?;
+            let t = tables::inspect_services(&items);
+            (items, t)
+        }
+        other => bail!("kumactl inspect {other:?} is not supported; try dataplanes or services"),
+    };
+    match output {
+        Output::Table => print!("{table}"),
+        _ => print_value(&json!({ "total": items.len(), "items": items, "next": null }), output)?,
+    }
+    Ok(())
+}

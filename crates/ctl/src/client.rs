@@ -1,0 +1,135 @@
+//! HTTP client of the REST API. Turns transport failures and API error bodies into one-line
+//! errors that name the control plane's address.
+
+use anyhow::anyhow;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| anyhow!("cannot build HTTP client: {e}"))?;
+        Ok(ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<(StatusCode, Value)> {
+        let url = if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut req = self.http.request(method, &url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| anyhow!("reading the answer of {url}: {e}"))?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).map_err(|_| {
+                anyhow!(
+                    "{url} did not answer with JSON (HTTP {status}); is {} a kuma-cp API address?",
+                    self.base
+                )
+            })?
+        };
+        Ok((status, value))
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> anyhow::Error {
+        let mut cause = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            cause = s.to_string();
+            src = s.source();
+        }
+        if e.is_connect() {
+            anyhow!(
+                "could not connect to the control plane at {}: {cause} (is kuma-cp running there? see kumactl config control-planes add)",
+                self.base
+            )
+        } else if e.is_timeout() {
+            anyhow!("the control plane at {} did not answer in time", self.base)
+        } else {
+            anyhow!("request to the control plane at {} failed: {cause}", self.base)
+        }
+    }
+
+    /// Sends a request and returns the JSON body of a 2xx answer; anything else is an error
+    /// carrying the API's own explanation.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let (status, value) = self.send(method, path, body).await?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(anyhow!(describe_error(status, &value)))
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// Fetches every page of a list.
+    pub async fn list_all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
+        let mut items = Vec::new();
+        let mut next = Some(format!("{path}?size=1000"));
+        while let Some(p) = next.take() {
+            let page = self.get(&p).await?;
+            if let Some(arr) = page["items"].as_array() {
+                items.extend(arr.iter().cloned());
+            }
+            next = page["next"].as_str().map(str::to_string);
+        }
+        Ok(items)
+    }
+}
+
+/// One line from an API error body: `details: field: message; field: message`.
+pub fn describe_error(status: StatusCode, body: &Value) -> String {
+    let details = body["details"]
+        .as_str()
+        .or(body["title"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let causes: Vec<String> = body["causes"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    let field = c["field"].as_str().unwrap_or("");
+                    let msg = c["message"].as_str().unwrap_or("");
+                    if field.is_empty() {
+                        msg.to_string()
+                    } else {
+                        format!("{field}: {msg}")
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if causes.is_empty() {
+        details
+    } else {
+        format!("{details}: {}", causes.join("; "))
+    }
+}

@@ -1,0 +1,299 @@
+//! Table layouts of `kumactl get` and `kumactl inspect`. Pure functions of the API's JSON and
+//! the current time, so golden tests pin them.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use meshzone_model::ResourceType;
+use serde_json::Value;
+
+/// Renders rows under a header with columns aligned by spaces (three between columns).
+pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut tw = tabwriter::TabWriter::new(Vec::new()).padding(3);
+    let _ = writeln!(tw, "{}", header.join("\t"));
+    for row in rows {
+        let _ = writeln!(tw, "{}", row.join("\t"));
+    }
+    let _ = tw.flush();
+    let bytes = tw.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn time(v: &Value) -> Option<DateTime<Utc>> {
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// `5s`, `3m`, `2h`, `4d`; `never` when there is no time.
+pub fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    let Some(t) = t else {
+        return "never".into();
+    };
+    let secs = (now - t).num_seconds().max(0);
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn on_off(v: &Value) -> String {
+    if v.as_bool().unwrap_or(false) {
+        "on".into()
+    } else {
+        "off".into()
+    }
+}
+
+/// `k=v` pairs of every inbound's tags (or the gateway's), deduplicated, sorted.
+fn dataplane_tags(networking: &Value) -> String {
+    let mut pairs = BTreeSet::new();
+    let mut add = |tags: &Value| {
+        if let Some(m) = tags.as_object() {
+            for (k, v) in m {
+                pairs.insert(format!("{k}={}", s(v)));
+            }
+        }
+    };
+    if let Some(inbounds) = networking["inbound"].as_array() {
+        for i in inbounds {
+            add(&i["tags"]);
+        }
+    }
+    add(&networking["gateway"]["tags"]);
+    pairs.into_iter().collect::<Vec<_>>().join(" ")
+}
+
+fn host_port(addr: &Value, port: &Value) -> String {
+    if addr.is_null() && port.is_null() {
+        return "-".into();
+    }
+    format!("{}:{}", s(addr), s(port))
+}
+
+/// `kumactl get <type>`.
+pub fn get_table(rt: ResourceType, items: &[Value], now: DateTime<Utc>) -> String {
+    let age = |r: &Value| ago(time(&r["creationTime"]), now);
+    match rt {
+        ResourceType::Mesh => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| {
+                    let mtls = match r["mtls"]["enabledBackend"].as_str() {
+                        Some(b) if !b.is_empty() => {
+                            let kind = r["mtls"]["backends"]
+                                .as_array()
+                                .and_then(|bs| bs.iter().find(|x| x["name"] == b))
+                                .map(|x| s(&x["type"]))
+                                .unwrap_or_default();
+                            format!("{kind}/{b}")
+                        }
+                        _ => "off".into(),
+                    };
+                    let enabled = |section: &str| {
+                        if r[section].is_null() { "off".into() } else { "on".to_string() }
+                    };
+                    vec![
+                        s(&r["name"]),
+                        mtls,
+                        enabled("metrics"),
+                        enabled("logging"),
+                        enabled("tracing"),
+                        on_off(&r["routing"]["localityAwareLoadBalancing"]),
+                        on_off(&r["routing"]["zoneEgress"]),
+                        age(r),
+                    ]
+                })
+                .collect();
+            render(
+                &["NAME", "mTLS", "METRICS", "LOGGING", "TRACING", "LOCALITY", "ZONEEGRESS", "AGE"],
+                &rows,
+            )
+        }
+        ResourceType::Dataplane => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| {
+                    vec![
+                        s(&r["mesh"]),
+                        s(&r["name"]),
+                        dataplane_tags(&r["networking"]),
+                        s(&r["networking"]["address"]),
+                        age(r),
+                    ]
+                })
+                .collect();
+            render(&["MESH", "NAME", "TAGS", "ADDRESS", "AGE"], &rows)
+        }
+        ResourceType::ZoneIngress => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| {
+                    let n = &r["networking"];
+                    let advertised = if n["advertisedAddress"].is_null() {
+                        "not advertised".to_string()
+                    } else {
+                        host_port(&n["advertisedAddress"], &n["advertisedPort"])
+                    };
+                    let zone = r["zone"].as_str().filter(|z| !z.is_empty()).unwrap_or("-");
+                    vec![
+                        s(&r["name"]),
+                        zone.to_string(),
+                        host_port(&n["address"], &n["port"]),
+                        advertised,
+                        r["availableServices"].as_array().map_or(0, Vec::len).to_string(),
+                        age(r),
+                    ]
+                })
+                .collect();
+            render(&["NAME", "ZONE", "ADDRESS", "ADVERTISED", "SERVICES", "AGE"], &rows)
+        }
+        ResourceType::ZoneEgress => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| {
+                    let zone = r["zone"].as_str().filter(|z| !z.is_empty()).unwrap_or("-");
+                    vec![
+                        s(&r["name"]),
+                        zone.to_string(),
+                        host_port(&r["networking"]["address"], &r["networking"]["port"]),
+                        age(r),
+                    ]
+                })
+                .collect();
+            render(&["NAME", "ZONE", "ADDRESS", "AGE"], &rows)
+        }
+        ResourceType::Zone => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| {
+                    let enabled = r["enabled"].as_bool().unwrap_or(true);
+                    vec![s(&r["name"]), enabled.to_string(), age(r)]
+                })
+                .collect();
+            render(&["NAME", "ENABLED", "AGE"], &rows)
+        }
+        _ if rt.is_mesh_scoped() => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| vec![s(&r["mesh"]), s(&r["name"]), age(r)])
+                .collect();
+            render(&["MESH", "NAME", "AGE"], &rows)
+        }
+        _ => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| vec![s(&r["name"]), age(r)])
+                .collect();
+            render(&["NAME", "AGE"], &rows)
+        }
+    }
+}
+
+fn status_word(online: bool) -> &'static str {
+    if online { "Online" } else { "Offline" }
+}
+
+/// `kumactl inspect dataplanes`, from `dataplanes+insights` items.
+pub fn inspect_dataplanes(items: &[Value], now: DateTime<Utc>) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|r| {
+            let insight = &r["dataplaneInsight"];
+            let subs = insight["subscriptions"].as_array().cloned().unwrap_or_default();
+            let online = subs
+                .iter()
+                .any(|s| !s["connectTime"].is_null() && s["disconnectTime"].is_null());
+            let last = subs.last();
+            let last_connected = last.and_then(|s| time(&s["connectTime"]));
+            let last_updated = last.and_then(|s| time(&s["status"]["lastUpdateTime"]));
+            let (mut updates, mut errors) = (0u64, 0u64);
+            for sub in &subs {
+                updates += sub["status"]["total"]["responsesSent"].as_u64().unwrap_or(0);
+                errors += sub["status"]["total"]["responsesRejected"].as_u64().unwrap_or(0);
+            }
+            let mtls = &insight["mTLS"];
+            let expiration = time(&mtls["certificateExpirationTime"])
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_else(|| "-".into());
+            let dp_version = last
+                .map(|sub| s(&sub["version"]["kumaDp"]["version"]))
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "-".into());
+            vec![
+                s(&r["mesh"]),
+                s(&r["name"]),
+                dataplane_tags(&r["dataplane"]["networking"]),
+                status_word(online).to_string(),
+                ago(last_connected, now),
+                ago(last_updated, now),
+                updates.to_string(),
+                errors.to_string(),
+                ago(time(&mtls["lastCertificateRegeneration"]), now),
+                expiration,
+                mtls["certificateRegenerations"].as_u64().unwrap_or(0).to_string(),
+                mtls["issuedBackend"].as_str().filter(|b| !b.is_empty()).unwrap_or("-").to_string(),
+                dp_version,
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "MESH",
+            "NAME",
+            "TAGS",
+            "STATUS",
+            "LAST CONNECTED AGO",
+            "LAST UPDATED AGO",
+            "TOTAL UPDATES",
+            "TOTAL ERRORS",
+            "CERT REGENERATED AGO",
+            "CERT EXPIRATION",
+            "CERT REGENERATIONS",
+            "CERT BACKEND",
+            "KUMA-DP",
+        ],
+        &rows,
+    )
+}
+
+/// `kumactl inspect services`, from `service-insights` items.
+pub fn inspect_services(items: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|r| {
+            let status = match r["status"].as_str().unwrap_or("") {
+                "online" => "Online",
+                "offline" => "Offline",
+                "partially_degraded" => "Partially degraded",
+                "not_available" => "Not available",
+                other => other,
+            };
+            let d = &r["dataplanes"];
+            vec![
+                s(&r["name"]),
+                status.to_string(),
+                format!(
+                    "{}/{}",
+                    d["online"].as_u64().unwrap_or(0),
+                    d["total"].as_u64().unwrap_or(0)
+                ),
+            ]
+        })
+        .collect();
+    render(&["SERVICE", "STATUS", "DATAPLANES"], &rows)
+}
+
+#[cfg(test)]
+mod tests;

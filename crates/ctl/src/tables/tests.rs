@@ -1,0 +1,88 @@
+//! Golden files for table output (`testdata/kumactl/*.txt`).
+//! Regenerate with `UPDATE_GOLDEN=1 cargo test -p kumactl`.
+
+use chrono::{TimeZone, Utc};
+use meshzone_model::{Resource, ResourceType, parse_documents};
+use serde_json::{Value, json};
+
+use super::*;
+
+fn golden(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/kumactl")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(actual, expected, "{name} differs");
+}
+
+fn fixture(file: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/resources")
+        .join(file);
+    let text = std::fs::read_to_string(path).expect("fixture");
+    let mut v = Resource::from_value(parse_documents(&text).expect("yaml").remove(0))
+        .expect("valid")
+        .to_value();
+    v["creationTime"] = json!("2026-11-24T04:00:00Z");
+    v
+}
+
+fn now() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, 6, 30, 0).single().expect("time")
+}
+
+#[test]
+fn get_tables() {
+    let cases = [
+        (ResourceType::Mesh, "mesh.yaml", "get-meshes.txt"),
+        (ResourceType::Dataplane, "dataplane.yaml", "get-dataplanes.txt"),
+        (ResourceType::ZoneIngress, "zone-ingress.yaml", "get-zone-ingresses.txt"),
+        (ResourceType::ZoneEgress, "zone-egress.yaml", "get-zoneegresses.txt"),
+        (ResourceType::Zone, "zone.yaml", "get-zones.txt"),
+        (ResourceType::Secret, "secret.yaml", "get-secrets.txt"),
+        (ResourceType::GlobalSecret, "global-secret.yaml", "get-global-secrets.txt"),
+    ];
+    for (rt, input, out) in cases {
+        let mut second = fixture(input);
+        second["name"] = json!(format!("{}-2", second["name"].as_str().unwrap_or("x")));
+        second["creationTime"] = json!("2026-11-20T06:29:50Z");
+        golden(out, &get_table(rt, &[fixture(input), second], now()));
+    }
+}
+
+#[test]
+fn inspect_tables() {
+    let dp = fixture("dataplane.yaml");
+    let insight = fixture("dataplane-insight.yaml");
+    let overview = json!({
+        "type": "DataplaneOverview", "mesh": "default", "name": "echo-server-1",
+        "dataplane": {"networking": dp["networking"]},
+        "dataplaneInsight": {"subscriptions": insight["subscriptions"], "mTLS": insight["mTLS"]},
+    });
+    let offline = json!({
+        "type": "DataplaneOverview", "mesh": "default", "name": "client-1",
+        "dataplane": {"networking": {"address": "10.0.0.3", "inbound": [{"port": 1, "tags": {"kuma.io/service": "client"}}]}},
+        "dataplaneInsight": {},
+    });
+    golden("inspect-dataplanes.txt", &inspect_dataplanes(&[overview, offline], now()));
+    let services = [
+        json!({"name": "echo-service_echo-example_svc_1010", "status": "online", "dataplanes": {"online": 1, "total": 1}}),
+        json!({"name": "client", "status": "partially_degraded", "dataplanes": {"online": 1, "total": 2}}),
+    ];
+    golden("inspect-services.txt", &inspect_services(&services));
+}
+
+#[test]
+fn ago_units() {
+    let n = now();
+    assert_eq!(ago(None, n), "never");
+    assert_eq!(ago(Some(n - chrono::Duration::seconds(5)), n), "5s");
+    assert_eq!(ago(Some(n - chrono::Duration::minutes(3)), n), "3m");
+    assert_eq!(ago(Some(n - chrono::Duration::hours(2)), n), "2h");
+    assert_eq!(ago(Some(n - chrono::Duration::days(4)), n), "4d");
+}
