@@ -31,7 +31,10 @@ pub use metrics::ApiMetrics;
 pub enum CpMode {
     Global,
     /// A zone; `federated` when it is connected to a global control plane.
-    Zone { name: String, federated: bool },
+    Zone {
+        name: String,
+        federated: bool,
+    },
 }
 
 impl CpMode {
@@ -166,11 +169,11 @@ fn authorize_write(ctx: &ApiContext, rt: ResourceType) -> ApiResult<()> {
         }
         CpMode::Zone {
             federated: true, ..
-        } if d.kds.global_to_zone && rt != ResourceType::Secret => Err(ApiError::bad_request(
-            format!(
+        } if d.kds.global_to_zone && rt != ResourceType::Secret => {
+            Err(ApiError::bad_request(format!(
                 "On zone control plane you can only modify zone resources; {rt} is owned by the global control plane: apply this on the global control plane"
-            ),
-        )),
+            )))
+        }
         _ => Ok(()),
     }
 }
@@ -224,15 +227,15 @@ fn paged(items: Vec<Value>, p: Page, headers: &HeaderMap, path: &str) -> Respons
             .unwrap_or_default();
         format!("{host}{path}?offset={end}&size={}", p.size)
     });
-    let items: Vec<Value> = items
-        .into_iter()
-        .skip(p.offset)
-        .take(p.size)
-        .collect();
+    let items: Vec<Value> = items.into_iter().skip(p.offset).take(p.size).collect();
     Json(json!({ "total": total, "items": items, "next": next })).into_response()
 }
 
-async fn list_values(ctx: &ApiContext, rt: ResourceType, mesh: Option<&str>) -> ApiResult<Vec<Value>> {
+async fn list_values(
+    ctx: &ApiContext,
+    rt: ResourceType,
+    mesh: Option<&str>,
+) -> ApiResult<Vec<Value>> {
     Ok(ctx
         .0
         .store
@@ -276,9 +279,7 @@ async fn list_in_mesh(
     let p = page(&q)?;
     let path = format!("/meshes/{mesh}/{ws}");
     let items = match ws.as_str() {
-        "dataplanes+insights" => {
-            views::dataplane_overviews(&ctx.0.store, &mesh).await?
-        }
+        "dataplanes+insights" => views::dataplane_overviews(&ctx.0.store, &mesh).await?,
         "service-insights" => views::service_insights(&ctx.0.store, &mesh)
             .await?
             .into_values()
@@ -352,7 +353,9 @@ fn expected_version(headers: &HeaderMap) -> ApiResult<Option<u64>> {
 
 fn parse_body(body: &Bytes) -> ApiResult<Value> {
     if body.is_empty() {
-        return Err(ApiError::bad_request("request body is empty: send the resource as JSON"));
+        return Err(ApiError::bad_request(
+            "request body is empty: send the resource as JSON",
+        ));
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
@@ -468,7 +471,12 @@ async fn delete_mesh(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    delete_one(&ctx, ResourceKey::global(ResourceType::Mesh, &name), &headers).await
+    delete_one(
+        &ctx,
+        ResourceKey::global(ResourceType::Mesh, &name),
+        &headers,
+    )
+    .await
 }
 
 async fn delete_top(

@@ -75,10 +75,24 @@ fn dataplane(name: &str, port: u16) -> Value {
 #[tokio::test]
 async fn create_get_update_list_delete() {
     let app = app(standalone()).await;
-    let (s, etag, body) = call(&app, "PUT", "/meshes/default/dataplanes/dp-1", Some(dataplane("dp-1", 8080)), None).await;
+    let (s, etag, body) = call(
+        &app,
+        "PUT",
+        "/meshes/default/dataplanes/dp-1",
+        Some(dataplane("dp-1", 8080)),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED, "{body}");
     assert_eq!(etag.as_deref(), Some("\"1\""));
-    let (s, _, _) = call(&app, "PUT", "/meshes/default/dataplanes/dp-1", Some(dataplane("dp-1", 8081)), None).await;
+    let (s, _, _) = call(
+        &app,
+        "PUT",
+        "/meshes/default/dataplanes/dp-1",
+        Some(dataplane("dp-1", 8081)),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let (s, etag, body) = call(&app, "GET", "/meshes/default/dataplanes/dp-1", None, None).await;
     assert_eq!(s, StatusCode::OK);
@@ -88,19 +102,45 @@ async fn create_get_update_list_delete() {
 
     for i in 2..=5 {
         let name = format!("dp-{i}");
-        call(&app, "PUT", &format!("/meshes/default/dataplanes/{name}"), Some(dataplane(&name, 8080)), None).await;
+        call(
+            &app,
+            "PUT",
+            &format!("/meshes/default/dataplanes/{name}"),
+            Some(dataplane(&name, 8080)),
+            None,
+        )
+        .await;
     }
-    let (s, _, body) = call(&app, "GET", "/meshes/default/dataplanes?size=2&offset=2", None, None).await;
+    let (s, _, body) = call(
+        &app,
+        "GET",
+        "/meshes/default/dataplanes?size=2&offset=2",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(body["total"], 5);
     assert_eq!(body["items"].as_array().map(Vec::len), Some(2));
     assert_eq!(body["items"][0]["name"], "dp-3");
-    assert!(body["next"].as_str().is_some_and(|n| n.ends_with("offset=4&size=2")), "{body}");
+    assert!(
+        body["next"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("offset=4&size=2")),
+        "{body}"
+    );
     let (s, _, body) = call(&app, "GET", "/meshes/default/dataplanes?size=x", None, None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(body["causes"][0]["field"], "size");
 
-    let (s, _, body) = call(&app, "DELETE", "/meshes/default/dataplanes/dp-1", None, None).await;
+    let (s, _, body) = call(
+        &app,
+        "DELETE",
+        "/meshes/default/dataplanes/dp-1",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let (s, _, body) = call(&app, "GET", "/meshes/default/dataplanes/dp-1", None, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -111,13 +151,41 @@ async fn create_get_update_list_delete() {
 #[tokio::test]
 async fn conditional_writes_conflict() {
     let app = app(standalone()).await;
-    call(&app, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 1)), None).await;
-    let (s, _, _) = call(&app, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 2)), Some("\"1\"")).await;
+    call(
+        &app,
+        "PUT",
+        "/meshes/default/dataplanes/dp",
+        Some(dataplane("dp", 1)),
+        None,
+    )
+    .await;
+    let (s, _, _) = call(
+        &app,
+        "PUT",
+        "/meshes/default/dataplanes/dp",
+        Some(dataplane("dp", 2)),
+        Some("\"1\""),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _, body) = call(&app, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 3)), Some("\"1\"")).await;
+    let (s, _, body) = call(
+        &app,
+        "PUT",
+        "/meshes/default/dataplanes/dp",
+        Some(dataplane("dp", 3)),
+        Some("\"1\""),
+    )
+    .await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["title"], "Conflict");
-    let (s, _, _) = call(&app, "DELETE", "/meshes/default/dataplanes/dp", None, Some("\"1\"")).await;
+    let (s, _, _) = call(
+        &app,
+        "DELETE",
+        "/meshes/default/dataplanes/dp",
+        None,
+        Some("\"1\""),
+    )
+    .await;
     assert_eq!(s, StatusCode::CONFLICT);
 }
 
@@ -147,26 +215,54 @@ async fn invalid_corpus_is_rejected_over_rest_and_nothing_is_stored() {
         let causes = body["causes"].as_array().cloned().unwrap_or_default();
         assert!(
             causes.iter().any(|c| c["field"] == doc.field.as_str()
-                && c["message"].as_str().is_some_and(|m| m.contains(&doc.message))),
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(&doc.message))),
             "{}: expected {}: {}, got {body}",
             doc.path.display(),
             doc.field,
             doc.message
         );
         let (s, _, _) = call(&app, "GET", &path, None, None).await;
-        assert_eq!(s, StatusCode::NOT_FOUND, "{} was stored", doc.path.display());
+        assert_eq!(
+            s,
+            StatusCode::NOT_FOUND,
+            "{} was stored",
+            doc.path.display()
+        );
     }
 }
 
 #[tokio::test]
 async fn body_must_agree_with_path() {
     let app = app(standalone()).await;
-    let (s, _, body) = call(&app, "PUT", "/meshes/default/dataplanes/other", Some(dataplane("dp", 1)), None).await;
+    let (s, _, body) = call(
+        &app,
+        "PUT",
+        "/meshes/default/dataplanes/other",
+        Some(dataplane("dp", 1)),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(body["causes"][0]["field"], "name");
-    let (s, _, body) = call(&app, "PUT", "/meshes/default/dataplanes/dp", Some(json!("text")), None).await;
+    let (s, _, body) = call(
+        &app,
+        "PUT",
+        "/meshes/default/dataplanes/dp",
+        Some(json!("text")),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
-    let (s, _, _) = call(&app, "PUT", "/meshes/default/nothings/x", Some(json!({})), None).await;
+    let (s, _, _) = call(
+        &app,
+        "PUT",
+        "/meshes/default/nothings/x",
+        Some(json!({})),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _, _) = call(&app, "GET", "/zones/x/y/z/w", None, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -175,17 +271,55 @@ async fn body_must_agree_with_path() {
 #[tokio::test]
 async fn authority_follows_the_mode() {
     let global = app(CpMode::Global).await;
-    let (s, _, body) = call(&global, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 1)), None).await;
+    let (s, _, body) = call(
+        &global,
+        "PUT",
+        "/meshes/default/dataplanes/dp",
+        Some(dataplane("dp", 1)),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(body["details"].as_str().is_some_and(|d| d.starts_with("On global control plane")));
-    let (s, _, _) = call(&global, "PUT", "/meshes/m2", Some(json!({"type": "Mesh", "name": "m2"})), None).await;
+    assert!(
+        body["details"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("On global control plane"))
+    );
+    let (s, _, _) = call(
+        &global,
+        "PUT",
+        "/meshes/m2",
+        Some(json!({"type": "Mesh", "name": "m2"})),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED);
 
-    let federated = app(CpMode::Zone { name: "z".into(), federated: true }).await;
-    let (s, _, body) = call(&federated, "PUT", "/meshes/m2", Some(json!({"type": "Mesh", "name": "m2"})), None).await;
+    let federated = app(CpMode::Zone {
+        name: "z".into(),
+        federated: true,
+    })
+    .await;
+    let (s, _, body) = call(
+        &federated,
+        "PUT",
+        "/meshes/m2",
+        Some(json!({"type": "Mesh", "name": "m2"})),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(body["details"].as_str().is_some_and(|d| d.starts_with("On zone control plane you can only modify zone resources")));
-    let (s, _, _) = call(&federated, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 1)), None).await;
+    assert!(body["details"].as_str().is_some_and(|d| {
+        d.starts_with("On zone control plane you can only modify zone resources")
+    }));
+    let (s, _, _) = call(
+        &federated,
+        "PUT",
+        "/meshes/default/dataplanes/dp",
+        Some(dataplane("dp", 1)),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED);
 
     let (s, _, body) = call(&federated, "PUT", "/zone-insights/z", Some(json!({})), None).await;
@@ -195,16 +329,40 @@ async fn authority_follows_the_mode() {
 #[tokio::test]
 async fn views_and_index() {
     let app = app(standalone()).await;
-    call(&app, "PUT", "/meshes/default/dataplanes/dp", Some(dataplane("dp", 1)), None).await;
-    let (s, _, body) = call(&app, "GET", "/meshes/default/dataplanes+insights", None, None).await;
+    call(
+        &app,
+        "PUT",
+        "/meshes/default/dataplanes/dp",
+        Some(dataplane("dp", 1)),
+        None,
+    )
+    .await;
+    let (s, _, body) = call(
+        &app,
+        "GET",
+        "/meshes/default/dataplanes+insights",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(body["items"][0]["type"], "DataplaneOverview");
-    assert_eq!(body["items"][0]["dataplane"]["networking"]["address"], "10.0.0.1");
+    assert_eq!(
+        body["items"][0]["dataplane"]["networking"]["address"],
+        "10.0.0.1"
+    );
     let (_, _, body) = call(&app, "GET", "/meshes/default/service-insights", None, None).await;
     assert_eq!(body["items"][0]["name"], "web");
     assert_eq!(body["items"][0]["status"], "offline");
     assert_eq!(body["items"][0]["dataplanes"]["total"], 1);
-    let (s, _, _) = call(&app, "GET", "/meshes/default/service-insights/web", None, None).await;
+    let (s, _, _) = call(
+        &app,
+        "GET",
+        "/meshes/default/service-insights/web",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let (_, _, body) = call(&app, "GET", "/", None, None).await;
     assert_eq!(body["mode"], "zone");

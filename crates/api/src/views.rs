@@ -18,7 +18,14 @@ pub async fn dataplane_overviews(store: &Store, mesh: &str) -> Result<Vec<Value>
         .map(|r| {
             let mut v = r.to_value();
             if let Some(o) = v.as_object_mut() {
-                for k in ["type", "mesh", "name", "creationTime", "modificationTime", "labels"] {
+                for k in [
+                    "type",
+                    "mesh",
+                    "name",
+                    "creationTime",
+                    "modificationTime",
+                    "labels",
+                ] {
                     o.remove(k);
                 }
             }
@@ -30,7 +37,14 @@ pub async fn dataplane_overviews(store: &Store, mesh: &str) -> Result<Vec<Value>
         .map(|dp| {
             let mut spec = dp.to_value();
             if let Some(o) = spec.as_object_mut() {
-                for k in ["type", "mesh", "name", "creationTime", "modificationTime", "labels"] {
+                for k in [
+                    "type",
+                    "mesh",
+                    "name",
+                    "creationTime",
+                    "modificationTime",
+                    "labels",
+                ] {
                     o.remove(k);
                 }
             }
@@ -61,7 +75,9 @@ pub async fn service_insights(
     mesh: &str,
 ) -> Result<BTreeMap<String, Value>, StoreError> {
     let dataplanes = store.list(ResourceType::Dataplane, Some(mesh)).await?;
-    let insights = store.list(ResourceType::DataplaneInsight, Some(mesh)).await?;
+    let insights = store
+        .list(ResourceType::DataplaneInsight, Some(mesh))
+        .await?;
     let specs: Vec<(&str, &DataplaneSpec)> = dataplanes
         .iter()
         .filter_map(|r| match &r.spec {
@@ -82,7 +98,9 @@ pub async fn service_insights(
         .into_iter()
         .map(|(name, stat)| {
             let mut item = json!({ "type": "ServiceInsight", "mesh": mesh, "name": name });
-            if let (Some(o), Ok(Value::Object(s))) = (item.as_object_mut(), serde_json::to_value(&stat)) {
+            if let (Some(o), Ok(Value::Object(s))) =
+                (item.as_object_mut(), serde_json::to_value(&stat))
+            {
                 o.extend(s);
             }
             (name, item)

@@ -188,16 +188,52 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("KUMA_GENERAL_WORK_DIR", "general.workDir", Kind::Text),
     ("KUMA_STORE_TYPE", "store.type", Kind::Text),
     ("KUMA_STORE_SQLITE_PATH", "store.sqlite.path", Kind::Text),
-    ("KUMA_API_SERVER_HTTP_PORT", "apiServer.http.port", Kind::Port),
-    ("KUMA_API_SERVER_HTTP_INTERFACE", "apiServer.http.interface", Kind::Text),
-    ("KUMA_API_SERVER_HTTPS_PORT", "apiServer.https.port", Kind::Port),
+    (
+        "KUMA_API_SERVER_HTTP_PORT",
+        "apiServer.http.port",
+        Kind::Port,
+    ),
+    (
+        "KUMA_API_SERVER_HTTP_INTERFACE",
+        "apiServer.http.interface",
+        Kind::Text,
+    ),
+    (
+        "KUMA_API_SERVER_HTTPS_PORT",
+        "apiServer.https.port",
+        Kind::Port,
+    ),
     ("KUMA_DP_SERVER_PORT", "dpServer.port", Kind::Port),
-    ("KUMA_DIAGNOSTICS_SERVER_PORT", "diagnostics.serverPort", Kind::Port),
-    ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", "multizone.global.kds.grpcPort", Kind::Port),
-    ("KUMA_MULTIZONE_ZONE_NAME", "multizone.zone.name", Kind::Text),
-    ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", "multizone.zone.globalAddress", Kind::Text),
-    ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", "multizone.zone.kds.rootCaFile", Kind::Text),
-    ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "multizone.zone.kds.tlsSkipVerify", Kind::Bool),
+    (
+        "KUMA_DIAGNOSTICS_SERVER_PORT",
+        "diagnostics.serverPort",
+        Kind::Port,
+    ),
+    (
+        "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT",
+        "multizone.global.kds.grpcPort",
+        Kind::Port,
+    ),
+    (
+        "KUMA_MULTIZONE_ZONE_NAME",
+        "multizone.zone.name",
+        Kind::Text,
+    ),
+    (
+        "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
+        "multizone.zone.globalAddress",
+        Kind::Text,
+    ),
+    (
+        "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
+        "multizone.zone.kds.rootCaFile",
+        Kind::Text,
+    ),
+    (
+        "KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY",
+        "multizone.zone.kds.tlsSkipVerify",
+        Kind::Bool,
+    ),
     ("KUMA_DNS_SERVER_PORT", "dnsServer.port", Kind::Port),
     ("KUMA_DNS_SERVER_CIDR", "dnsServer.CIDR", Kind::Text),
     ("KUMA_DNS_SERVER_DOMAIN", "dnsServer.domain", Kind::Text),
@@ -267,7 +303,10 @@ fn set_path(root: &mut Value, key: &str, value: Value) {
 }
 
 /// Builds the configuration from the config file (name and text) and the environment.
-pub fn load(file: Option<(&str, &str)>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+pub fn load(
+    file: Option<(&str, &str)>,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, ConfigError> {
     let mut value = serde_json::to_value(Config::default()).unwrap_or_default();
     if let Some((name, text)) = file {
         let overlay: Value = serde_norway::from_str(text).map_err(|e| ConfigError::File {
@@ -306,10 +345,11 @@ pub fn load(file: Option<(&str, &str)>, env: &BTreeMap<String, String>) -> Resul
         };
         set_path(&mut value, key, v);
     }
-    let config: Config = serde_path_to_error::deserialize(value).map_err(|e| ConfigError::File {
-        file: "(merged)".into(),
-        message: format!("{}: {}", e.path(), e.inner()),
-    })?;
+    let config: Config =
+        serde_path_to_error::deserialize(value).map_err(|e| ConfigError::File {
+            file: "(merged)".into(),
+            message: format!("{}: {}", e.path(), e.inner()),
+        })?;
     config.check()?;
     Ok(config)
 }
@@ -319,9 +359,14 @@ pub fn load(file: Option<(&str, &str)>, env: &BTreeMap<String, String>) -> Resul
 pub enum Role {
     Global,
     /// A zone without a global address: a single-zone mesh.
-    StandaloneZone { name: String },
+    StandaloneZone {
+        name: String,
+    },
     /// A zone that syncs with a global control plane.
-    FederatedZone { name: String, global: GlobalAddress },
+    FederatedZone {
+        name: String,
+        global: GlobalAddress,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -384,7 +429,10 @@ impl Config {
             ("apiServer.https.port", self.api_server.https.port),
             ("dpServer.port", self.dp_server.port),
             ("diagnostics.serverPort", self.diagnostics.server_port),
-            ("multizone.global.kds.grpcPort", self.multizone.global.kds.grpc_port),
+            (
+                "multizone.global.kds.grpcPort",
+                self.multizone.global.kds.grpc_port,
+            ),
             ("dnsServer.port", self.dns_server.port),
         ] {
             if port == 0 {
@@ -493,7 +541,10 @@ mod tests {
         let file = "apiServer:\n  http:\n    port: 6000\nmode: global\n";
         let c = load(
             Some(("cp.yaml", file)),
-            &env(&[("KUMA_API_SERVER_HTTP_PORT", "7000"), ("KUMA_STORE_TYPE", "memory")]),
+            &env(&[
+                ("KUMA_API_SERVER_HTTP_PORT", "7000"),
+                ("KUMA_STORE_TYPE", "memory"),
+            ]),
         )
         .expect("load");
         assert_eq!(c.api_server.http.port, 7000);
@@ -505,9 +556,16 @@ mod tests {
     #[test]
     fn bad_values_name_the_setting() {
         let e = load(None, &env(&[("KUMA_MODE", "remote")])).unwrap_err();
-        assert_eq!(e.to_string(), "mode (KUMA_MODE): unknown mode \"remote\"; expected global or zone");
+        assert_eq!(
+            e.to_string(),
+            "mode (KUMA_MODE): unknown mode \"remote\"; expected global or zone"
+        );
         let e = load(None, &env(&[("KUMA_API_SERVER_HTTP_PORT", "99999")])).unwrap_err();
-        assert!(e.to_string().starts_with("KUMA_API_SERVER_HTTP_PORT=\"99999\""), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("KUMA_API_SERVER_HTTP_PORT=\"99999\""),
+            "{e}"
+        );
         let e = load(
             None,
             &env(&[
@@ -516,12 +574,23 @@ mod tests {
             ]),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS"), "{e}");
+        assert!(
+            e.to_string().contains("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS"),
+            "{e}"
+        );
         assert!(e.to_string().contains("grpcs://"), "{e}");
         let e = load(Some(("cp.yaml", "apiServer:\n  htp: {}\n")), &env(&[])).unwrap_err();
-        assert!(e.to_string().contains("apiServer.htp") || e.to_string().contains("unknown field `htp`"), "{e}");
+        assert!(
+            e.to_string().contains("apiServer.htp")
+                || e.to_string().contains("unknown field `htp`"),
+            "{e}"
+        );
         let e = load(None, &env(&[("KUMA_DIAGNOSTICS_SERVER_PORT", "0")])).unwrap_err();
-        assert!(e.to_string().contains("diagnostics.serverPort (KUMA_DIAGNOSTICS_SERVER_PORT)"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("diagnostics.serverPort (KUMA_DIAGNOSTICS_SERVER_PORT)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -530,7 +599,10 @@ mod tests {
             None,
             &env(&[
                 ("KUMA_MULTIZONE_ZONE_NAME", "zone-1"),
-                ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", "grpcs://10.0.0.1:5685"),
+                (
+                    "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
+                    "grpcs://10.0.0.1:5685",
+                ),
             ]),
         )
         .expect("zone");
@@ -545,14 +617,24 @@ mod tests {
                 }
             }
         );
-        assert!(matches!(load(None, &env(&[])).expect("d").role(), Role::StandaloneZone { .. }));
-        let e = load(None, &env(&[("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", "grpc://g:5685")])).unwrap_err();
+        assert!(matches!(
+            load(None, &env(&[])).expect("d").role(),
+            Role::StandaloneZone { .. }
+        ));
+        let e = load(
+            None,
+            &env(&[("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", "grpc://g:5685")]),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("KUMA_MULTIZONE_ZONE_NAME"), "{e}");
     }
 
     #[test]
     fn work_dir_expands_home() {
         let c = Config::default();
-        assert_eq!(c.sqlite_path("/home/u"), PathBuf::from("/home/u/.kuma/kuma-cp.db"));
+        assert_eq!(
+            c.sqlite_path("/home/u"),
+            PathBuf::from("/home/u/.kuma/kuma-cp.db")
+        );
     }
 }

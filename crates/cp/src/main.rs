@@ -81,11 +81,8 @@ fn run(config_file: Option<PathBuf>, log_level: &str) -> anyhow::Result<()> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let config = config::load(
-        file_text.as_deref().map(|t| (file_name.as_str(), t)),
-        &env,
-    )
-    .context("invalid configuration")?;
+    let config = config::load(file_text.as_deref().map(|t| (file_name.as_str(), t)), &env)
+        .context("invalid configuration")?;
 
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -230,7 +227,8 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     let _ = stop_tx.send(true);
     let (a, d) = tokio::join!(api_task, diag_task);
     a.context("API server task")?.context("API server")?;
-    d.context("diagnostics task")?.context("diagnostics server")?;
+    d.context("diagnostics task")?
+        .context("diagnostics server")?;
     info!("stopped");
     Ok(())
 }

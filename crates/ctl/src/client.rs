@@ -26,7 +26,12 @@ impl ApiClient {
         &self.base
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<(StatusCode, Value)> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
         let url = if path.starts_with("http://") || path.starts_with("https://") {
             path.to_string()
         } else {
@@ -70,13 +75,21 @@ impl ApiClient {
         } else if e.is_timeout() {
             anyhow!("the control plane at {} did not answer in time", self.base)
         } else {
-            anyhow!("request to the control plane at {} failed: {cause}", self.base)
+            anyhow!(
+                "request to the control plane at {} failed: {cause}",
+                self.base
+            )
         }
     }
 
     /// Sends a request and returns the JSON body of a 2xx answer; anything else is an error
     /// carrying the API's own explanation.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let (status, value) = self.send(method, path, body).await?;
         if status.is_success() {
             Ok(value)

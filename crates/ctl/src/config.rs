@@ -121,7 +121,13 @@ impl CtlConfig {
         self.control_planes
             .iter()
             .find(|cp| cp.name == ctx.control_plane)
-            .map(|cp| cp.coordinates.api_server.url.trim_end_matches('/').to_string())
+            .map(|cp| {
+                cp.coordinates
+                    .api_server
+                    .url
+                    .trim_end_matches('/')
+                    .to_string()
+            })
             .with_context(|| format!("control plane {:?} is not defined", ctx.control_plane))
     }
 }
@@ -134,7 +140,8 @@ mod tests {
     fn add_switches_and_refuses_duplicates() {
         let mut c = CtlConfig::local();
         assert_eq!(c.current_url().expect("url"), DEFAULT_URL);
-        c.add("zone-1", "http://10.0.0.1:5681/", false).expect("add");
+        c.add("zone-1", "http://10.0.0.1:5681/", false)
+            .expect("add");
         assert_eq!(c.current_url().expect("url"), "http://10.0.0.1:5681");
         assert!(c.add("zone-1", "http://x:1", false).is_err());
         c.add("zone-1", "http://x:1", true).expect("overwrite");

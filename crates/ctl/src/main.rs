@@ -131,7 +131,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 overwrite,
             } => {
                 if !(address.starts_with("http://") || address.starts_with("https://")) {
-                    bail!("--address {address:?} must be an http:// or https:// URL, e.g. http://localhost:5681");
+                    bail!(
+                        "--address {address:?} must be an http:// or https:// URL, e.g. http://localhost:5681"
+                    );
                 }
                 let client = ApiClient::new(&address)?;
                 let index = client.get("/").await?;
@@ -149,16 +151,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .control_planes
                     .iter()
                     .map(|cp| {
-                        let active = if config
-                            .contexts
-                            .iter()
-                            .any(|c| c.name == config.current_context && c.control_plane == cp.name)
-                        {
-                            "*"
-                        } else {
-                            ""
-                        };
-                        vec![active.to_string(), cp.name.clone(), cp.coordinates.api_server.url.clone()]
+                        let active =
+                            if config.contexts.iter().any(|c| {
+                                c.name == config.current_context && c.control_plane == cp.name
+                            }) {
+                                "*"
+                            } else {
+                                ""
+                            };
+                        vec![
+                            active.to_string(),
+                            cp.name.clone(),
+                            cp.coordinates.api_server.url.clone(),
+                        ]
                     })
                     .collect();
                 print!("{}", tables::render(&["ACTIVE", "NAME", "ADDRESS"], &rows));
@@ -171,14 +176,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             mesh,
             output,
-        } => get(&ApiClient::new(&config.current_url()?)?, &resource, name.as_deref(), &mesh, output).await,
+        } => {
+            get(
+                &ApiClient::new(&config.current_url()?)?,
+                &resource,
+                name.as_deref(),
+                &mesh,
+                output,
+            )
+            .await
+        }
         Command::Delete {
             resource,
             name,
             mesh,
-        } => delete(&ApiClient::new(&config.current_url()?)?, &resource, &name, &mesh).await,
+        } => {
+            delete(
+                &ApiClient::new(&config.current_url()?)?,
+                &resource,
+                &name,
+                &mesh,
+            )
+            .await
+        }
         Command::Inspect { what, mesh, output } => {
-            inspect(&ApiClient::new(&config.current_url()?)?, &what, &mesh, output).await
+            inspect(
+                &ApiClient::new(&config.current_url()?)?,
+                &what,
+                &mesh,
+                output,
+            )
+            .await
         }
         Command::Version => {
             println!("Client: kumactl {}", meshzone_model::VERSION);
@@ -199,8 +227,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn resource_type(word: &str) -> anyhow::Result<ResourceType> {
     ResourceType::from_cli_name(word).ok_or_else(|| {
-        let known: Vec<&str> = ResourceType::all().map(|t| t.descriptor().cli_plural).collect();
-        anyhow!("unknown resource type {word:?}; known: {}", known.join(", "))
+        let known: Vec<&str> = ResourceType::all()
+            .map(|t| t.descriptor().cli_plural)
+            .collect();
+        anyhow!(
+            "unknown resource type {word:?}; known: {}",
+            known.join(", ")
+        )
     })
 }
 
@@ -248,7 +281,7 @@ async fn apply(client: &ApiClient, file: &str) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
     };
-    let docs = parse_documents(&text).with_context(|| format!("{file}"))?;
+    let docs = parse_documents(&text).with_context(|| file.to_string())?;
     if docs.is_empty() {
         bail!("{file} holds no resource");
     }
@@ -262,7 +295,11 @@ async fn apply(client: &ApiClient, file: &str) -> anyhow::Result<()> {
         resources.push((what, resource));
     }
     for (what, resource) in resources {
-        let path = item_path(resource.resource_type(), &resource.meta.mesh, &resource.meta.name);
+        let path = item_path(
+            resource.resource_type(),
+            &resource.meta.mesh,
+            &resource.meta.name,
+        );
         let mut body = resource.to_value();
         if let Some(o) = body.as_object_mut() {
             o.remove("creationTime");
@@ -295,12 +332,18 @@ async fn get(
         }
         None => {
             if word == rt.descriptor().cli_singular && word != rt.descriptor().cli_plural {
-                bail!("kumactl get {word} needs a NAME; use kumactl get {} to list", rt.descriptor().cli_plural);
+                bail!(
+                    "kumactl get {word} needs a NAME; use kumactl get {} to list",
+                    rt.descriptor().cli_plural
+                );
             }
             let items = client.list_all(&list_path(rt, mesh)).await?;
             match output {
                 Output::Table => print!("{}", tables::get_table(rt, &items, now)),
-                _ => print_value(&json!({ "total": items.len(), "items": items, "next": null }), output)?,
+                _ => print_value(
+                    &json!({ "total": items.len(), "items": items, "next": null }),
+                    output,
+                )?,
             }
         }
     }
@@ -309,7 +352,9 @@ async fn get(
 
 async fn delete(client: &ApiClient, word: &str, name: &str, mesh: &str) -> anyhow::Result<()> {
     let rt = resource_type(word)?;
-    client.call(Method::DELETE, &item_path(rt, mesh, name), None).await?;
+    client
+        .call(Method::DELETE, &item_path(rt, mesh, name), None)
+        .await?;
     println!("deleted {rt} {name:?}");
     Ok(())
 }
@@ -318,12 +363,16 @@ async fn inspect(client: &ApiClient, what: &str, mesh: &str, output: Output) -> 
     let now = Utc::now();
     let (items, table) = match what {
         "dataplanes" | "dataplane" => {
-            let items = client.list_all(&format!("/meshes/{mesh}/dataplanes+insights")).await?;
+            let items = client
+                .list_all(&format!("/meshes/{mesh}/dataplanes+insights"))
+                .await?;
             let t = tables::inspect_dataplanes(&items, now);
             (items, t)
         }
         "services" | "service" => {
-            let items = client.list_all(&format!("/meshes/{mesh}/service-insights")).await?;
+            let items = client
+                .list_all(&format!("/meshes/{mesh}/service-insights"))
+                .await?;
             let t = tables::inspect_services(&items);
             (items, t)
         }
@@ -331,7 +380,10 @@ async fn inspect(client: &ApiClient, what: &str, mesh: &str, output: Output) -> 
     };
     match output {
         Output::Table => print!("{table}"),
-        _ => print_value(&json!({ "total": items.len(), "items": items, "next": null }), output)?,
+        _ => print_value(
+            &json!({ "total": items.len(), "items": items, "next": null }),
+            output,
+        )?,
     }
     Ok(())
 }

@@ -102,7 +102,11 @@ pub fn get_table(rt: ResourceType, items: &[Value], now: DateTime<Utc>) -> Strin
                         _ => "off".into(),
                     };
                     let enabled = |section: &str| {
-                        if r[section].is_null() { "off".into() } else { "on".to_string() }
+                        if r[section].is_null() {
+                            "off".into()
+                        } else {
+                            "on".to_string()
+                        }
                     };
                     vec![
                         s(&r["name"]),
@@ -117,7 +121,16 @@ pub fn get_table(rt: ResourceType, items: &[Value], now: DateTime<Utc>) -> Strin
                 })
                 .collect();
             render(
-                &["NAME", "mTLS", "METRICS", "LOGGING", "TRACING", "LOCALITY", "ZONEEGRESS", "AGE"],
+                &[
+                    "NAME",
+                    "mTLS",
+                    "METRICS",
+                    "LOGGING",
+                    "TRACING",
+                    "LOCALITY",
+                    "ZONEEGRESS",
+                    "AGE",
+                ],
                 &rows,
             )
         }
@@ -152,12 +165,18 @@ pub fn get_table(rt: ResourceType, items: &[Value], now: DateTime<Utc>) -> Strin
                         zone.to_string(),
                         host_port(&n["address"], &n["port"]),
                         advertised,
-                        r["availableServices"].as_array().map_or(0, Vec::len).to_string(),
+                        r["availableServices"]
+                            .as_array()
+                            .map_or(0, Vec::len)
+                            .to_string(),
                         age(r),
                     ]
                 })
                 .collect();
-            render(&["NAME", "ZONE", "ADDRESS", "ADVERTISED", "SERVICES", "AGE"], &rows)
+            render(
+                &["NAME", "ZONE", "ADDRESS", "ADVERTISED", "SERVICES", "AGE"],
+                &rows,
+            )
         }
         ResourceType::ZoneEgress => {
             let rows: Vec<Vec<String>> = items
@@ -192,10 +211,8 @@ pub fn get_table(rt: ResourceType, items: &[Value], now: DateTime<Utc>) -> Strin
             render(&["MESH", "NAME", "AGE"], &rows)
         }
         _ => {
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|r| vec![s(&r["name"]), age(r)])
-                .collect();
+            let rows: Vec<Vec<String>> =
+                items.iter().map(|r| vec![s(&r["name"]), age(r)]).collect();
             render(&["NAME", "AGE"], &rows)
         }
     }
@@ -211,7 +228,10 @@ pub fn inspect_dataplanes(items: &[Value], now: DateTime<Utc>) -> String {
         .iter()
         .map(|r| {
             let insight = &r["dataplaneInsight"];
-            let subs = insight["subscriptions"].as_array().cloned().unwrap_or_default();
+            let subs = insight["subscriptions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let online = subs
                 .iter()
                 .any(|s| !s["connectTime"].is_null() && s["disconnectTime"].is_null());
@@ -220,8 +240,12 @@ pub fn inspect_dataplanes(items: &[Value], now: DateTime<Utc>) -> String {
             let last_updated = last.and_then(|s| time(&s["status"]["lastUpdateTime"]));
             let (mut updates, mut errors) = (0u64, 0u64);
             for sub in &subs {
-                updates += sub["status"]["total"]["responsesSent"].as_u64().unwrap_or(0);
-                errors += sub["status"]["total"]["responsesRejected"].as_u64().unwrap_or(0);
+                updates += sub["status"]["total"]["responsesSent"]
+                    .as_u64()
+                    .unwrap_or(0);
+                errors += sub["status"]["total"]["responsesRejected"]
+                    .as_u64()
+                    .unwrap_or(0);
             }
             let mtls = &insight["mTLS"];
             let expiration = time(&mtls["certificateExpirationTime"])
@@ -242,8 +266,15 @@ pub fn inspect_dataplanes(items: &[Value], now: DateTime<Utc>) -> String {
                 errors.to_string(),
                 ago(time(&mtls["lastCertificateRegeneration"]), now),
                 expiration,
-                mtls["certificateRegenerations"].as_u64().unwrap_or(0).to_string(),
-                mtls["issuedBackend"].as_str().filter(|b| !b.is_empty()).unwrap_or("-").to_string(),
+                mtls["certificateRegenerations"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .to_string(),
+                mtls["issuedBackend"]
+                    .as_str()
+                    .filter(|b| !b.is_empty())
+                    .unwrap_or("-")
+                    .to_string(),
                 dp_version,
             ]
         })

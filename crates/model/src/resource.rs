@@ -167,7 +167,6 @@ pub struct Resource {
     pub spec: Spec,
 }
 
-
 impl Resource {
     pub fn new(meta: Meta, spec: Spec) -> Self {
         Resource { meta, spec }
@@ -358,8 +357,9 @@ mod tests {
 
     #[test]
     fn spec_fields_under_spec_are_hoisted() {
-        let v: Value = serde_norway::from_str("type: Zone\nname: zone-1\nspec:\n  enabled: false\n")
-            .expect("yaml");
+        let v: Value =
+            serde_norway::from_str("type: Zone\nname: zone-1\nspec:\n  enabled: false\n")
+                .expect("yaml");
         let r = Resource::from_value(v).expect("valid");
         assert_eq!(
             r.spec,
@@ -384,7 +384,8 @@ mod tests {
 
     #[test]
     fn multi_document_text() {
-        let docs = parse_documents("type: Mesh\nname: a\n---\n---\ntype: Mesh\nname: b\n").expect("ok");
+        let docs =
+            parse_documents("type: Mesh\nname: a\n---\n---\ntype: Mesh\nname: b\n").expect("ok");
         assert_eq!(docs.len(), 2);
         assert!(matches!(
             parse_documents("type: [").unwrap_err(),

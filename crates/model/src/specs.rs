@@ -481,10 +481,13 @@ pub struct MtlsInsight {
     pub supported_backends: Vec<String>,
 }
 
+/// When a subscription connected and, if it has ended, when it disconnected.
+pub type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// Something with subscriptions that may still be open.
 pub trait Subscriptions {
     /// Connect/disconnect times of every subscription, oldest first.
-    fn windows(&self) -> Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>;
+    fn windows(&self) -> Vec<Window>;
 
     /// Online iff some subscription connected and has not disconnected.
     fn is_online(&self) -> bool {
@@ -495,7 +498,7 @@ pub trait Subscriptions {
 }
 
 impl Subscriptions for ZoneInsightSpec {
-    fn windows(&self) -> Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+    fn windows(&self) -> Vec<Window> {
         self.subscriptions
             .iter()
             .map(|s| (s.connect_time, s.disconnect_time))
@@ -504,7 +507,7 @@ impl Subscriptions for ZoneInsightSpec {
 }
 
 impl Subscriptions for DataplaneInsightSpec {
-    fn windows(&self) -> Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+    fn windows(&self) -> Vec<Window> {
         self.subscriptions
             .iter()
             .map(|s| (s.connect_time, s.disconnect_time))

@@ -153,13 +153,19 @@ fn validate_mesh(m: &MeshSpec, v: &mut Violations) {
         } else if let Some(first) = seen.insert(b.name.as_str(), i) {
             v.push(
                 format!("{path}.name"),
-                format!("backend name {:?} is already used by mtls.backends[{first}]", b.name),
+                format!(
+                    "backend name {:?} is already used by mtls.backends[{first}]",
+                    b.name
+                ),
             );
         }
         if !matches!(b.backend_type.as_str(), "builtin" | "provided") {
             v.push(
                 format!("{path}.type"),
-                format!("unknown backend type {:?}; expected builtin or provided", b.backend_type),
+                format!(
+                    "unknown backend type {:?}; expected builtin or provided",
+                    b.backend_type
+                ),
             );
         }
         if let Some(mode) = &b.mode
@@ -454,7 +460,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         }
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let secs = match &rest[..unit_len] {
             "ms" => {
                 total += Duration::from_millis(n);
@@ -483,7 +491,10 @@ mod tests {
         assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5_400)));
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10y"), Some(Duration::from_secs(315_360_000)));
+        assert_eq!(
+            parse_duration("10y"),
+            Some(Duration::from_secs(315_360_000))
+        );
         for bad in ["", "h", "12", "1w", "-1h"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }

@@ -25,7 +25,10 @@ fn dataplane(mesh: &str, name: &str, port: u32) -> Resource {
 async fn create_get_list_update_delete<B: Backend>(store: Store<B>) {
     let mut events = store.subscribe();
     store.create(mesh("default")).await.expect("mesh");
-    let created = store.create(dataplane("default", "dp-1", 8080)).await.expect("dp");
+    let created = store
+        .create(dataplane("default", "dp-1", 8080))
+        .await
+        .expect("dp");
     assert_eq!(created.meta.version, 1);
     assert!(created.meta.creation_time.is_some());
 
@@ -56,7 +59,10 @@ async fn create_get_list_update_delete<B: Backend>(store: Store<B>) {
         other => panic!("expected conflict, got {other:?}"),
     }
 
-    store.create(dataplane("default", "dp-0", 8080)).await.expect("dp-0");
+    store
+        .create(dataplane("default", "dp-0", 8080))
+        .await
+        .expect("dp-0");
     let names: Vec<String> = store
         .list(ResourceType::Dataplane, Some("default"))
         .await
@@ -65,15 +71,30 @@ async fn create_get_list_update_delete<B: Backend>(store: Store<B>) {
         .map(|r| r.meta.name)
         .collect();
     assert_eq!(names, ["dp-0", "dp-1"]);
-    assert!(store.list(ResourceType::Dataplane, Some("other")).await.expect("list").is_empty());
+    assert!(
+        store
+            .list(ResourceType::Dataplane, Some("other"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
 
     assert!(matches!(
         store.delete(&key, Some(1)).await,
         Err(StoreError::Conflict { .. })
     ));
-    assert_eq!(store.delete(&key, Some(2)).await.expect("delete"), vec![key.clone()]);
-    assert!(matches!(store.get(&key).await, Err(StoreError::NotFound(_))));
-    assert!(matches!(store.delete(&key, None).await, Err(StoreError::NotFound(_))));
+    assert_eq!(
+        store.delete(&key, Some(2)).await.expect("delete"),
+        vec![key.clone()]
+    );
+    assert!(matches!(
+        store.get(&key).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete(&key, None).await,
+        Err(StoreError::NotFound(_))
+    ));
 
     let mut kinds = Vec::new();
     while let Ok(e) = events.try_recv() {
@@ -110,8 +131,20 @@ async fn invalid_and_orphans_are_refused<B: Backend>(store: Store<B>) {
         store.create(owned).await,
         Err(StoreError::OwnerNotFound(_))
     ));
-    assert!(store.list(ResourceType::Dataplane, None).await.expect("list").is_empty());
-    assert!(store.list(ResourceType::ZoneInsight, None).await.expect("list").is_empty());
+    assert!(
+        store
+            .list(ResourceType::Dataplane, None)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list(ResourceType::ZoneInsight, None)
+            .await
+            .expect("list")
+            .is_empty()
+    );
 }
 
 async fn deletes_cascade<B: Backend>(store: Store<B>) {
@@ -137,7 +170,13 @@ async fn deletes_cascade<B: Backend>(store: Store<B>) {
         .await
         .expect("delete zone");
     assert_eq!(deleted.len(), 3, "{deleted:?}");
-    assert!(store.list(ResourceType::ZoneInsight, None).await.expect("list").is_empty());
+    assert!(
+        store
+            .list(ResourceType::ZoneInsight, None)
+            .await
+            .expect("list")
+            .is_empty()
+    );
 
     let deleted = store
         .delete(&ResourceKey::global(ResourceType::Mesh, "a"), None)
@@ -157,12 +196,18 @@ async fn deletes_cascade<B: Backend>(store: Store<B>) {
         .iter()
         .map(Resource::key)
         .collect();
-    assert_eq!(left, vec![ResourceKey::new(ResourceType::Dataplane, "b", "dp")]);
+    assert_eq!(
+        left,
+        vec![ResourceKey::new(ResourceType::Dataplane, "b", "dp")]
+    );
 }
 
 async fn concurrent_updates_one_wins<B: Backend>(store: Store<B>) {
     store.create(mesh("default")).await.expect("mesh");
-    let base = store.create(dataplane("default", "dp", 1)).await.expect("dp");
+    let base = store
+        .create(dataplane("default", "dp", 1))
+        .await
+        .expect("dp");
     let mut tasks = Vec::new();
     for port in 2..10u32 {
         let store = store.clone();
@@ -217,7 +262,10 @@ async fn sqlite_survives_reopen() {
     {
         let store = Store::new(SqliteBackend::open(&path).await.expect("open"));
         store.create(mesh("default")).await.expect("mesh");
-        store.create(dataplane("default", "dp", 1)).await.expect("dp");
+        store
+            .create(dataplane("default", "dp", 1))
+            .await
+            .expect("dp");
     }
     let store = Store::new(SqliteBackend::open(&path).await.expect("reopen"));
     let dp = store

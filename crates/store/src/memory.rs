@@ -113,7 +113,11 @@ impl Backend for MemoryBackend {
 }
 
 /// Whether `child` is owned by `parent`, explicitly or as the content of a Mesh.
-pub(crate) fn is_child(parent: &ResourceKey, child: &ResourceKey, owner: Option<&ResourceKey>) -> bool {
+pub(crate) fn is_child(
+    parent: &ResourceKey,
+    child: &ResourceKey,
+    owner: Option<&ResourceKey>,
+) -> bool {
     owner == Some(parent)
         || (parent.resource_type == ResourceType::Mesh
             && child.resource_type.is_mesh_scoped()

@@ -95,8 +95,8 @@ fn decode(row: &SqliteRow) -> Result<Resource> {
     let name = get("name")?;
     let spec_value: serde_json::Value =
         serde_json::from_str(&get("spec")?).map_err(|e| corrupt(&e.to_string()))?;
-    let spec = Spec::from_fields(rt, spec_value)
-        .map_err(|v| corrupt(&format!("{rt} {name:?}: {v}")))?;
+    let spec =
+        Spec::from_fields(rt, spec_value).map_err(|v| corrupt(&format!("{rt} {name:?}: {v}")))?;
     let labels = serde_json::from_str(&get("labels")?).map_err(|e| corrupt(&e.to_string()))?;
     let time = |col: &str| -> Result<Option<DateTime<Utc>>> {
         let text = get(col)?;
@@ -152,7 +152,9 @@ async fn stored_version(
         .fetch_optional(&mut **tx)
         .await
         .map_err(backend_err("lookup"))?;
-    Ok(row.and_then(|r| r.try_get::<i64, _>(0).ok()).map(|v| v as u64))
+    Ok(row
+        .and_then(|r| r.try_get::<i64, _>(0).ok())
+        .map(|v| v as u64))
 }
 
 fn times(r: &Resource) -> (String, String) {

@@ -33,19 +33,37 @@ fn fixture(file: &str) -> Value {
 }
 
 fn now() -> chrono::DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 24, 6, 30, 0).single().expect("time")
+    Utc.with_ymd_and_hms(2026, 11, 24, 6, 30, 0)
+        .single()
+        .expect("time")
 }
 
 #[test]
 fn get_tables() {
     let cases = [
         (ResourceType::Mesh, "mesh.yaml", "get-meshes.txt"),
-        (ResourceType::Dataplane, "dataplane.yaml", "get-dataplanes.txt"),
-        (ResourceType::ZoneIngress, "zone-ingress.yaml", "get-zone-ingresses.txt"),
-        (ResourceType::ZoneEgress, "zone-egress.yaml", "get-zoneegresses.txt"),
+        (
+            ResourceType::Dataplane,
+            "dataplane.yaml",
+            "get-dataplanes.txt",
+        ),
+        (
+            ResourceType::ZoneIngress,
+            "zone-ingress.yaml",
+            "get-zone-ingresses.txt",
+        ),
+        (
+            ResourceType::ZoneEgress,
+            "zone-egress.yaml",
+            "get-zoneegresses.txt",
+        ),
         (ResourceType::Zone, "zone.yaml", "get-zones.txt"),
         (ResourceType::Secret, "secret.yaml", "get-secrets.txt"),
-        (ResourceType::GlobalSecret, "global-secret.yaml", "get-global-secrets.txt"),
+        (
+            ResourceType::GlobalSecret,
+            "global-secret.yaml",
+            "get-global-secrets.txt",
+        ),
     ];
     for (rt, input, out) in cases {
         let mut second = fixture(input);
@@ -69,7 +87,10 @@ fn inspect_tables() {
         "dataplane": {"networking": {"address": "10.0.0.3", "inbound": [{"port": 1, "tags": {"kuma.io/service": "client"}}]}},
         "dataplaneInsight": {},
     });
-    golden("inspect-dataplanes.txt", &inspect_dataplanes(&[overview, offline], now()));
+    golden(
+        "inspect-dataplanes.txt",
+        &inspect_dataplanes(&[overview, offline], now()),
+    );
     let services = [
         json!({"name": "echo-service_echo-example_svc_1010", "status": "online", "dataplanes": {"online": 1, "total": 1}}),
         json!({"name": "client", "status": "partially_degraded", "dataplanes": {"online": 1, "total": 2}}),

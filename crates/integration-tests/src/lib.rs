@@ -1,0 +1,182 @@
+//! Helpers for tests that run the real `kuma-cp` and `kumactl` binaries: locating the built
+//! binaries, free loopback ports, a control plane process with its own work directory, and
+//! polling with a deadline (never a bare sleep).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary (`kuma-cp`, `kumactl`, `kuma-dp`) next to the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `kuma-cp run` process on loopback with its own work directory. Killed on drop.
+pub struct ControlPlane {
+    pub child: Child,
+    pub api_port: u16,
+    pub diagnostics_port: u16,
+    pub work_dir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts a CP with the given extra environment and waits until `/ready` answers.
+    pub fn start(work_dir: &Path, extra_env: &[(&str, &str)]) -> ControlPlane {
+        let api_port = free_port();
+        let diagnostics_port = free_port();
+        let mut env: Vec<(String, String)> = vec![
+            ("HOME".into(), work_dir.display().to_string()),
+            (
+                "KUMA_GENERAL_WORK_DIR".into(),
+                work_dir.join("kuma").display().to_string(),
+            ),
+            ("KUMA_API_SERVER_HTTP_INTERFACE".into(), "127.0.0.1".into()),
+            ("KUMA_API_SERVER_HTTP_PORT".into(), api_port.to_string()),
+            (
+                "KUMA_DIAGNOSTICS_SERVER_PORT".into(),
+                diagnostics_port.to_string(),
+            ),
+        ];
+        for (k, v) in extra_env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut cp = ControlPlane {
+            child: spawn_cp(&env, &work_dir.join("kuma-cp.log")),
+            api_port,
+            diagnostics_port,
+            work_dir: work_dir.to_path_buf(),
+            env,
+            log: work_dir.join("kuma-cp.log"),
+        };
+        cp.wait_ready();
+        cp
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    fn wait_ready(&mut self) {
+        let url = format!("http://127.0.0.1:{}/ready", self.diagnostics_port);
+        let log = self.log.clone();
+        let child = &mut self.child;
+        wait_for("kuma-cp /ready", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "kuma-cp exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            reqwest::blocking::get(&url)
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same CP again (same ports, work dir and environment).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.child = spawn_cp(&self.env, &self.log);
+        self.wait_ready();
+    }
+
+    /// Runs kumactl against this CP with its own kumactl config file.
+    pub fn kumactl(&self, args: &[&str]) -> Output {
+        kumactl(&self.work_dir.join("kumactl.yaml"), args, None)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn_cp(env: &[(String, String)], log: &Path) -> Child {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(binary("kuma-cp"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn kuma-cp")
+}
+
+/// Runs kumactl with a given config file, optionally feeding stdin.
+pub fn kumactl(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(binary("kumactl"));
+    cmd.arg("--config-file").arg(config).args(args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn kumactl");
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).expect("stdin");
+    }
+    child.wait_with_output().expect("kumactl output")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,292 @@
+//! The real `kuma-cp` process on loopback, driven by the real `kumactl`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use meshzone_integration_tests::{ControlPlane, free_port, kumactl, stderr, stdout, wait_for};
+use meshzone_model::testdata::invalid_documents;
+use serde_json::Value;
+
+const RESOURCES: &str = r#"
+type: Mesh
+name: demo
+mtls:
+  enabledBackend: ca-1
+  backends:
+    - name: ca-1
+      type: builtin
+---
+type: Dataplane
+mesh: demo
+name: dp-1
+networking:
+  address: 127.0.0.1
+  inbound:
+    - port: 10001
+      servicePort: 9001
+      tags:
+        kuma.io/service: echo-server_echo-example_svc_1010
+---
+type: Dataplane
+mesh: demo
+name: dp-2
+networking:
+  address: 127.0.0.1
+  inbound:
+    - port: 10002
+      servicePort: 9002
+      tags:
+        kuma.io/service: echo-server_echo-example_svc_1010
+---
+type: Dataplane
+mesh: demo
+name: dp-3
+networking:
+  address: 127.0.0.1
+  inbound:
+    - port: 10003
+      tags:
+        kuma.io/service: client
+  outbound:
+    - port: 20012
+      tags:
+        kuma.io/service: echo-server_echo-example_svc_1010
+"#;
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "kumactl failed: {}{}",
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+fn json_of(o: &std::process::Output) -> Value {
+    serde_json::from_str(&ok(o)).expect("kumactl -o json prints JSON")
+}
+
+#[test]
+fn apply_list_survive_kill9_delete_and_conflicts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path(), &[]);
+    let url = cp.api_url();
+    ok(&cp.kumactl(&[
+        "config",
+        "control-planes",
+        "add",
+        "--name",
+        "test",
+        "--address",
+        &url,
+    ]));
+
+    let file = dir.path().join("resources.yaml");
+    std::fs::write(&file, RESOURCES).expect("write");
+    ok(&cp.kumactl(&["apply", "-f", &file.display().to_string()]));
+
+    let table = ok(&cp.kumactl(&["get", "dataplanes", "--mesh", "demo"]));
+    assert!(table.starts_with("MESH"), "{table}");
+    for name in ["dp-1", "dp-2", "dp-3"] {
+        assert!(table.contains(name), "{table}");
+    }
+    let list = json_of(&cp.kumactl(&["get", "dataplanes", "--mesh", "demo", "-o", "json"]));
+    assert_eq!(list["total"], 3);
+    let yaml = ok(&cp.kumactl(&["get", "dataplanes", "--mesh", "demo", "-o", "yaml"]));
+    assert!(yaml.contains("name: dp-2"), "{yaml}");
+    let one = json_of(&cp.kumactl(&["get", "dataplane", "dp-1", "--mesh", "demo", "-o", "json"]));
+    assert_eq!(one["networking"]["inbound"][0]["port"], 10001);
+    let meshes = ok(&cp.kumactl(&["get", "meshes"]));
+    assert!(
+        meshes.contains("demo") && meshes.contains("builtin/ca-1") && meshes.contains("default"),
+        "{meshes}"
+    );
+
+    let services = ok(&cp.kumactl(&["inspect", "services", "--mesh", "demo"]));
+    let header = services.lines().next().unwrap_or_default();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["SERVICE", "STATUS", "DATAPLANES"]
+    );
+    assert!(
+        services
+            .lines()
+            .any(|l| l.starts_with("echo-server_echo-example_svc_1010")
+                && l.contains("Offline")
+                && l.ends_with("0/2")),
+        "{services}"
+    );
+    let dps = ok(&cp.kumactl(&["inspect", "dataplanes", "--mesh", "demo"]));
+    assert_eq!(
+        dps.lines().filter(|l| l.contains("Offline")).count(),
+        3,
+        "{dps}"
+    );
+
+    // Every acknowledged write is on disk: SIGKILL and restart from the SQLite store.
+    cp.restart();
+    let after = json_of(&cp.kumactl(&["get", "dataplanes", "--mesh", "demo", "-o", "json"]));
+    assert_eq!(after["total"], 3);
+    assert_eq!(
+        after["items"], list["items"],
+        "resources changed across a restart"
+    );
+
+    let out = ok(&cp.kumactl(&["delete", "dataplane", "dp-2", "--mesh", "demo"]));
+    assert_eq!(out.trim(), "deleted Dataplane \"dp-2\"");
+    let gone = cp.kumactl(&["get", "dataplane", "dp-2", "--mesh", "demo"]);
+    assert!(!gone.status.success());
+    assert!(stderr(&gone).contains("dp-2"), "{}", stderr(&gone));
+    assert_eq!(
+        json_of(&cp.kumactl(&["get", "dataplanes", "--mesh", "demo", "-o", "json"]))["total"],
+        2
+    );
+
+    // Concurrent conditional writes from the same version: exactly one wins, the rest get 409.
+    let client = reqwest::blocking::Client::new();
+    let item = format!("{url}/meshes/demo/dataplanes/dp-1");
+    let etag = client.get(&item).send().expect("get").headers()["etag"]
+        .to_str()
+        .expect("etag")
+        .to_string();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let (client, item, etag, mut body) = (&client, &item, &etag, one.clone());
+                s.spawn(move || {
+                    body["networking"]["inbound"][0]["servicePort"] = Value::from(9100 + i);
+                    body.as_object_mut().map(|o| o.remove("creationTime"));
+                    client
+                        .put(item)
+                        .header("if-match", etag)
+                        .json(&body)
+                        .send()
+                        .expect("put")
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        5,
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn invalid_documents_are_refused_by_kumactl_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(dir.path(), &[("KUMA_STORE_TYPE", "memory")]);
+    ok(&cp.kumactl(&[
+        "config",
+        "control-planes",
+        "add",
+        "--name",
+        "t",
+        "--address",
+        &cp.api_url(),
+    ]));
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/invalid");
+    let docs = invalid_documents(&corpus).expect("corpus");
+    assert!(docs.len() >= 20);
+    for doc in docs {
+        let out = cp.kumactl(&["apply", "-f", &doc.path.display().to_string()]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{} accepted", doc.path.display());
+        assert!(
+            err.contains(&format!("{}: {}", doc.field, doc.message))
+                || (err.contains(&doc.field) && err.contains(&doc.message)),
+            "{}: expected {}: {}, got {err}",
+            doc.path.display(),
+            doc.field,
+            doc.message
+        );
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "one-line error expected: {err}"
+        );
+    }
+    let list = json_of(&cp.kumactl(&["get", "dataplanes", "-o", "json"]));
+    assert_eq!(list["total"], 0, "nothing may be stored");
+}
+
+#[test]
+fn clear_errors_for_unreachable_cp_busy_port_and_bad_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("kumactl.yaml");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let out = kumactl(
+        &config,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "x",
+            "--address",
+            &address,
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&address), "{}", stderr(&out));
+
+    let cp = ControlPlane::start(dir.path(), &[("KUMA_STORE_TYPE", "memory")]);
+    let busy = std::process::Command::new(meshzone_integration_tests::binary("kuma-cp"))
+        .arg("run")
+        .env("KUMA_STORE_TYPE", "memory")
+        .env("HOME", dir.path())
+        .env("KUMA_API_SERVER_HTTP_PORT", cp.api_port.to_string())
+        .env("KUMA_API_SERVER_HTTP_INTERFACE", "127.0.0.1")
+        .output()
+        .expect("second cp");
+    assert!(!busy.status.success());
+    let msg = stderr(&busy);
+    assert!(
+        msg.contains(&format!("port {} is already in use", cp.api_port))
+            && msg.contains("KUMA_API_SERVER_HTTP_PORT"),
+        "{msg}"
+    );
+
+    let bad = std::process::Command::new(meshzone_integration_tests::binary("kuma-cp"))
+        .arg("run")
+        .env("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", "http://global:5685")
+        .env("KUMA_MULTIZONE_ZONE_NAME", "zone-1")
+        .output()
+        .expect("bad cp");
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS"),
+        "{}",
+        stderr(&bad)
+    );
+
+    // Graceful stop on SIGTERM.
+    let pid = cp.child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut cp = cp;
+    let code = wait_for(
+        "kuma-cp to exit after SIGTERM",
+        Duration::from_secs(10),
+        || cp.child.try_wait().ok().flatten(),
+    );
+    assert!(code.success(), "exit status {code}");
+}
