@@ -216,7 +216,7 @@ fn page(q: &PageQuery) -> ApiResult<Page> {
     })
 }
 
-fn paged(items: Vec<Value>, p: Page, headers: &HeaderMap, path: &str) -> Response {
+fn paged<T: serde::Serialize>(items: Vec<T>, p: Page, headers: &HeaderMap, path: &str) -> Response {
     let total = items.len();
     let end = p.offset.saturating_add(p.size).min(total);
     let next = (end < total).then(|| {
@@ -227,23 +227,25 @@ fn paged(items: Vec<Value>, p: Page, headers: &HeaderMap, path: &str) -> Respons
             .unwrap_or_default();
         format!("{host}{path}?offset={end}&size={}", p.size)
     });
-    let items: Vec<Value> = items.into_iter().skip(p.offset).take(p.size).collect();
-    Json(json!({ "total": total, "items": items, "next": next })).into_response()
+    // end >= start: end = min(offset + size, total) and start = min(offset, total).
+    let start = p.offset.min(total);
+    let items = &items[start..end];
+    Json(ListBody { total, items, next }).into_response()
+}
+
+#[derive(serde::Serialize)]
+struct ListBody<'a, T> {
+    total: usize,
+    items: &'a [T],
+    next: Option<String>,
 }
 
 async fn list_values(
     ctx: &ApiContext,
     rt: ResourceType,
     mesh: Option<&str>,
-) -> ApiResult<Vec<Value>> {
-    Ok(ctx
-        .0
-        .store
-        .list(rt, mesh)
-        .await?
-        .iter()
-        .map(Resource::to_value)
-        .collect())
+) -> ApiResult<Vec<Resource>> {
+    Ok(ctx.0.store.list(rt, mesh).await?)
 }
 
 async fn list_meshes(
@@ -278,24 +280,34 @@ async fn list_in_mesh(
 ) -> ApiResult {
     let p = page(&q)?;
     let path = format!("/meshes/{mesh}/{ws}");
-    let items = match ws.as_str() {
-        "dataplanes+insights" => views::dataplane_overviews(&ctx.0.store, &mesh).await?,
-        "service-insights" => views::service_insights(&ctx.0.store, &mesh)
-            .await?
-            .into_values()
-            .collect(),
+    Ok(match ws.as_str() {
+        "dataplanes+insights" => {
+            let items = views::dataplane_overviews(&ctx.0.store, &mesh).await?;
+            paged(items, p, &headers, &path)
+        }
+        "service-insights" => {
+            let items: Vec<Value> = views::service_insights(&ctx.0.store, &mesh)
+                .await?
+                .into_values()
+                .collect();
+            paged(items, p, &headers, &path)
+        }
         _ => {
             let rt = resolve(&ws, true)?;
-            list_values(&ctx, rt, Some(&mesh)).await?
+            paged(
+                list_values(&ctx, rt, Some(&mesh)).await?,
+                p,
+                &headers,
+                &path,
+            )
         }
-    };
-    Ok(paged(items, p, &headers, &path))
+    })
 }
 
 // --- get ---------------------------------------------------------------------------------------
 
 fn with_etag(resource: &Resource, status: StatusCode) -> Response {
-    let mut resp = (status, Json(resource.to_value())).into_response();
+    let mut resp = (status, Json(resource)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", resource.meta.version)) {
         resp.headers_mut().insert(header::ETAG, v);
     }

@@ -160,6 +160,58 @@ fn strip_serde_position(message: &str) -> String {
     }
 }
 
+/// Serializes the spec fields of whichever type it is.
+impl Serialize for Spec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Spec::Mesh(x) => x.serialize(s),
+            Spec::Dataplane(x) => x.serialize(s),
+            Spec::DataplaneInsight(x) => x.serialize(s),
+            Spec::ZoneIngress(x) => x.serialize(s),
+            Spec::ZoneEgress(x) => x.serialize(s),
+            Spec::Zone(x) => x.serialize(s),
+            Spec::ZoneInsight(x) => x.serialize(s),
+            Spec::Secret(x) | Spec::GlobalSecret(x) => x.serialize(s),
+            Spec::ServiceInsight(x) => x.serialize(s),
+        }
+    }
+}
+
+/// The wire shape of a resource: meta fields first, then the spec fields inline.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a> {
+    #[serde(rename = "type")]
+    resource_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mesh: Option<&'a str>,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    creation_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    modification_time: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: &'a BTreeMap<String, String>,
+    #[serde(flatten)]
+    spec: &'a Spec,
+}
+
+impl Serialize for Resource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let rt = self.resource_type();
+        Wire {
+            resource_type: rt.name(),
+            mesh: rt.is_mesh_scoped().then_some(self.meta.mesh.as_str()),
+            name: &self.meta.name,
+            creation_time: self.meta.creation_time.map(format_time),
+            modification_time: self.meta.modification_time.map(format_time),
+            labels: &self.meta.labels,
+            spec: &self.spec,
+        }
+        .serialize(s)
+    }
+}
+
 /// A resource: meta plus typed spec.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
@@ -181,31 +233,9 @@ impl Resource {
     }
 
     /// The Universal JSON form: `type`, `mesh` (mesh-scoped only), `name`, times, `labels`, then
-    /// the spec fields inline.
+    /// the spec fields inline. Same as serializing the resource.
     pub fn to_value(&self) -> Value {
-        let mut out = Map::new();
-        out.insert("type".into(), Value::from(self.resource_type().name()));
-        if self.resource_type().is_mesh_scoped() {
-            out.insert("mesh".into(), Value::from(self.meta.mesh.clone()));
-        }
-        out.insert("name".into(), Value::from(self.meta.name.clone()));
-        if let Some(t) = self.meta.creation_time {
-            out.insert("creationTime".into(), Value::from(format_time(t)));
-        }
-        if let Some(t) = self.meta.modification_time {
-            out.insert("modificationTime".into(), Value::from(format_time(t)));
-        }
-        if !self.meta.labels.is_empty() {
-            out.insert(
-                "labels".into(),
-                serde_json::to_value(&self.meta.labels).unwrap_or_default(),
-            );
-        }
-        // Spec types serialize to objects by construction.
-        if let Ok(Value::Object(fields)) = self.spec.to_fields() {
-            out.extend(fields);
-        }
-        Value::Object(out)
+        serde_json::to_value(self).unwrap_or_default()
     }
 
     /// The spec fields alone, as JSON text (what the store persists).
