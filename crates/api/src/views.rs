@@ -15,39 +15,12 @@ pub async fn dataplane_overviews(store: &Store, mesh: &str) -> Result<Vec<Value>
         .list(ResourceType::DataplaneInsight, Some(mesh))
         .await?
         .into_iter()
-        .map(|r| {
-            let mut v = r.to_value();
-            if let Some(o) = v.as_object_mut() {
-                for k in [
-                    "type",
-                    "mesh",
-                    "name",
-                    "creationTime",
-                    "modificationTime",
-                    "labels",
-                ] {
-                    o.remove(k);
-                }
-            }
-            (r.meta.name, v)
-        })
+        .map(|r| (r.meta.name.clone(), spec_fields(&r.spec)))
         .collect();
     Ok(dataplanes
         .into_iter()
         .map(|dp| {
-            let mut spec = dp.to_value();
-            if let Some(o) = spec.as_object_mut() {
-                for k in [
-                    "type",
-                    "mesh",
-                    "name",
-                    "creationTime",
-                    "modificationTime",
-                    "labels",
-                ] {
-                    o.remove(k);
-                }
-            }
+            let spec = spec_fields(&dp.spec);
             let mut item = json!({
                 "type": "DataplaneOverview",
                 "mesh": dp.meta.mesh,
@@ -67,6 +40,11 @@ pub async fn dataplane_overviews(store: &Store, mesh: &str) -> Result<Vec<Value>
             item
         })
         .collect())
+}
+
+/// Only the spec fields of a resource, as JSON.
+fn spec_fields(spec: &Spec) -> Value {
+    serde_json::to_value(spec).unwrap_or_default()
 }
 
 /// `GET /meshes/{mesh}/service-insights`: one item per service, keyed by service name.

@@ -114,20 +114,6 @@ impl Spec {
         }
     }
 
-    fn to_fields(&self) -> Result<Value, serde_json::Error> {
-        match self {
-            Spec::Mesh(s) => serde_json::to_value(s),
-            Spec::Dataplane(s) => serde_json::to_value(s),
-            Spec::DataplaneInsight(s) => serde_json::to_value(s),
-            Spec::ZoneIngress(s) => serde_json::to_value(s),
-            Spec::ZoneEgress(s) => serde_json::to_value(s),
-            Spec::Zone(s) => serde_json::to_value(s),
-            Spec::ZoneInsight(s) => serde_json::to_value(s),
-            Spec::Secret(s) | Spec::GlobalSecret(s) => serde_json::to_value(s),
-            Spec::ServiceInsight(s) => serde_json::to_value(s),
-        }
-    }
-
     /// Parses the spec fields of a type. Errors carry the field path.
     pub fn from_fields(resource_type: ResourceType, fields: Value) -> Result<Spec, Violation> {
         Ok(match resource_type {
@@ -143,6 +129,32 @@ impl Spec {
             ResourceType::ServiceInsight => Spec::ServiceInsight(typed(fields)?),
         })
     }
+
+    /// Parses spec fields from JSON text (as [`Resource::spec_json`] writes them), without an
+    /// intermediate JSON tree.
+    pub fn from_json(resource_type: ResourceType, text: &str) -> Result<Spec, Violation> {
+        Ok(match resource_type {
+            ResourceType::Mesh => Spec::Mesh(typed_str(text)?),
+            ResourceType::Dataplane => Spec::Dataplane(typed_str(text)?),
+            ResourceType::DataplaneInsight => Spec::DataplaneInsight(typed_str(text)?),
+            ResourceType::ZoneIngress => Spec::ZoneIngress(typed_str(text)?),
+            ResourceType::ZoneEgress => Spec::ZoneEgress(typed_str(text)?),
+            ResourceType::Zone => Spec::Zone(typed_str(text)?),
+            ResourceType::ZoneInsight => Spec::ZoneInsight(typed_str(text)?),
+            ResourceType::Secret => Spec::Secret(typed_str(text)?),
+            ResourceType::GlobalSecret => Spec::GlobalSecret(typed_str(text)?),
+            ResourceType::ServiceInsight => Spec::ServiceInsight(typed_str(text)?),
+        })
+    }
+}
+
+fn typed_str<T: DeserializeOwned>(text: &str) -> Result<T, Violation> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        Violation::new(field, strip_serde_position(&e.into_inner().to_string()))
+    })
 }
 
 fn typed<T: DeserializeOwned>(fields: Value) -> Result<T, Violation> {
@@ -240,10 +252,7 @@ impl Resource {
 
     /// The spec fields alone, as JSON text (what the store persists).
     pub fn spec_json(&self) -> String {
-        self.spec
-            .to_fields()
-            .map(|v| v.to_string())
-            .unwrap_or_else(|_| "{}".into())
+        serde_json::to_string(&self.spec).unwrap_or_else(|_| "{}".into())
     }
 
     pub fn to_yaml(&self) -> String {
