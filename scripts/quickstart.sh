@@ -17,7 +17,8 @@ cleanup() {
   [ -n "${cp_pid:-}" ] && kill "$cp_pid" 2>/dev/null && wait "$cp_pid" 2>/dev/null
   rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 0' INT TERM
 
 echo "==> starting kuma-cp (zone, store: sqlite in $work/.kuma)"
 KUMA_MODE=zone KUMA_API_SERVER_HTTP_PORT="$api_port" "$bin/kuma-cp" run 2>"$work/kuma-cp.log" &

@@ -283,8 +283,14 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<8} {:>12} {:>12} {:>14} {:>14} {:>14}",
-        "STORE", "RSS BEFORE", "RSS AFTER", "GROWTH B/DP", "JSON B/DP", "OVERHEAD B/DP"
+        "{:<8} {:>12} {:>12} {:>16} {:>12} {:>11} {:>14}",
+        "STORE",
+        "RSS EMPTY",
+        "RSS HOLDING",
+        "RSS AFTER READS",
+        "GROWTH B/DP",
+        "JSON B/DP",
+        "OVERHEAD B/DP"
     );
     for m in &memory {
         println!(
