@@ -1,0 +1,392 @@
+//! The proxy side: turns received Envoy resources into the plain plan the proxy runs. Only the
+//! subset the proxy needs is read (TCP proxy listeners, static and EDS clusters with optional
+//! TLS, load assignments, TLS certificate and validation-context secrets); anything else is
+//! rejected per resource, which becomes the NACK message.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfigType;
+use envoy_types::pb::envoy::config::core::v3::{Address, DataSource, TransportSocket, data_source};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, Secret, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+use serde::Serialize;
+
+use crate::names::TypeUrl;
+
+/// Why one resource could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: {reason}")]
+pub struct DecodeError {
+    pub name: String,
+    pub reason: String,
+}
+
+fn err(name: &str, reason: impl Into<String>) -> DecodeError {
+    DecodeError {
+        name: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// How a peer's certificate must look: SPIFFE URI SAN equal to, or starting with, a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum SanMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl SanMatch {
+    pub fn matches(&self, san: &str) -> bool {
+        match self {
+            SanMatch::Exact(v) => san == v,
+            SanMatch::Prefix(p) => san.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// mTLS settings of a listener or cluster: which secrets to use and which peers to accept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsPlan {
+    pub identity_secret: String,
+    pub ca_secret: String,
+    pub peer: Vec<SanMatch>,
+    /// Client side only: the SNI to send.
+    pub sni: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenerPlan {
+    pub name: String,
+    pub address: SocketAddr,
+    pub cluster: String,
+    /// Inbound mTLS: terminate and require a client certificate.
+    pub tls: Option<TlsPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointPlan {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterPlan {
+    pub name: String,
+    /// Endpoints given in the cluster itself; `None` means they come by EDS.
+    pub static_endpoints: Option<Vec<EndpointPlan>>,
+    /// Outbound mTLS: originate TLS with our identity and check the server.
+    pub tls: Option<TlsPlan>,
+}
+
+/// A certificate with its key, or a trust anchor. `Serialize` (config dump) hides the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum SecretPlan {
+    Identity {
+        cert_pem: String,
+        #[serde(skip)]
+        key_pem: String,
+    },
+    TrustedCa {
+        ca_pem: String,
+    },
+}
+
+/// Everything the proxy runs, by resource name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProxyConfig {
+    pub listeners: BTreeMap<String, ListenerPlan>,
+    pub clusters: BTreeMap<String, ClusterPlan>,
+    pub endpoints: BTreeMap<String, Vec<EndpointPlan>>,
+    pub secrets: BTreeMap<String, SecretPlan>,
+}
+
+fn unpack<T: Message + Name + Default>(any: &Any) -> Result<T, String> {
+    if any.type_url != T::type_url() {
+        return Err(format!("expected {}, got {}", T::type_url(), any.type_url));
+    }
+    T::decode(any.value.as_slice()).map_err(|e| format!("cannot decode: {e}"))
+}
+
+fn socket_addr(name: &str, address: Option<&Address>) -> Result<SocketAddr, DecodeError> {
+    let Some(Address {
+        address: Some(AddressKind::SocketAddress(sa)),
+    }) = address
+    else {
+        return Err(err(name, "only socket addresses are supported"));
+    };
+    let ip: IpAddr = sa
+        .address
+        .parse()
+        .map_err(|_| err(name, format!("{:?} is not an IP address", sa.address)))?;
+    let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else {
+        return Err(err(name, "a port value is required"));
+    };
+    let port = u16::try_from(port).map_err(|_| err(name, format!("port {port} out of range")))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn inline_text(name: &str, ds: Option<&DataSource>) -> Result<String, DecodeError> {
+    match ds.and_then(|d| d.specifier.as_ref()) {
+        Some(data_source::Specifier::InlineBytes(b)) => {
+            String::from_utf8(b.clone()).map_err(|_| err(name, "inline bytes are not UTF-8 PEM"))
+        }
+        Some(data_source::Specifier::InlineString(s)) => Ok(s.clone()),
+        _ => Err(err(name, "only inline certificate data is supported")),
+    }
+}
+
+fn tls_plan(
+    name: &str,
+    common: Option<&CommonTlsContext>,
+    sni: Option<String>,
+) -> Result<TlsPlan, DecodeError> {
+    let common = common.ok_or_else(|| err(name, "TLS context without common_tls_context"))?;
+    let identity_secret = common
+        .tls_certificate_sds_secret_configs
+        .first()
+        .map(|s| s.name.clone())
+        .ok_or_else(|| err(name, "TLS context without an SDS certificate"))?;
+    let Some(ValidationContextType::CombinedValidationContext(combined)) =
+        &common.validation_context_type
+    else {
+        return Err(err(
+            name,
+            "TLS context must use a combined validation context",
+        ));
+    };
+    let ca_secret = combined
+        .validation_context_sds_secret_config
+        .as_ref()
+        .map(|s| s.name.clone())
+        .ok_or_else(|| err(name, "validation context without an SDS trust anchor"))?;
+    let mut peer = Vec::new();
+    if let Some(default) = &combined.default_validation_context {
+        for m in &default.match_typed_subject_alt_names {
+            match m.matcher.as_ref().and_then(|s| s.match_pattern.as_ref()) {
+                Some(MatchPattern::Exact(v)) => peer.push(SanMatch::Exact(v.clone())),
+                Some(MatchPattern::Prefix(v)) => peer.push(SanMatch::Prefix(v.clone())),
+                _ => {
+                    return Err(err(
+                        name,
+                        "only exact and prefix SAN matchers are supported",
+                    ));
+                }
+            }
+        }
+    }
+    if peer.is_empty() {
+        return Err(err(
+            name,
+            "mTLS without a peer identity matcher would accept anyone in the CA",
+        ));
+    }
+    Ok(TlsPlan {
+        identity_secret,
+        ca_secret,
+        peer,
+        sni,
+    })
+}
+
+fn transport_tls<T: Message + Name + Default>(
+    name: &str,
+    ts: Option<&TransportSocket>,
+) -> Result<Option<T>, DecodeError> {
+    match ts.and_then(|t| t.config_type.as_ref()) {
+        None => Ok(None),
+        Some(SocketConfigType::TypedConfig(any)) => {
+            unpack::<T>(any).map(Some).map_err(|e| err(name, e))
+        }
+    }
+}
+
+pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
+    let l: Listener = unpack(any).map_err(|e| err("listener", e))?;
+    let name = l.name.clone();
+    let address = socket_addr(&name, l.address.as_ref())?;
+    let [chain] = l.filter_chains.as_slice() else {
+        return Err(err(&name, "exactly one filter chain is supported"));
+    };
+    let [filter] = chain.filters.as_slice() else {
+        return Err(err(
+            &name,
+            "exactly one network filter (tcp_proxy) is supported",
+        ));
+    };
+    let Some(FilterConfigType::TypedConfig(cfg)) = &filter.config_type else {
+        return Err(err(&name, "filter without typed config"));
+    };
+    let tcp: TcpProxy = unpack(cfg).map_err(|e| err(&name, e))?;
+    let Some(ClusterSpecifier::Cluster(cluster)) = tcp.cluster_specifier else {
+        return Err(err(&name, "tcp_proxy must name one cluster"));
+    };
+    let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
+        None => None,
+        Some(d) => {
+            if !d.require_client_certificate.is_some_and(|b| b.value) {
+                return Err(err(&name, "inbound TLS must require a client certificate"));
+            }
+            Some(tls_plan(&name, d.common_tls_context.as_ref(), None)?)
+        }
+    };
+    Ok(ListenerPlan {
+        name,
+        address,
+        cluster,
+        tls,
+    })
+}
+
+fn endpoints_of(name: &str, cla: &ClusterLoadAssignment) -> Result<Vec<EndpointPlan>, DecodeError> {
+    let mut out = Vec::new();
+    for locality in &cla.endpoints {
+        let zone = locality
+            .locality
+            .as_ref()
+            .map(|l| l.zone.clone())
+            .filter(|z| !z.is_empty());
+        for e in &locality.lb_endpoints {
+            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                return Err(err(name, "endpoint without an address"));
+            };
+            out.push(EndpointPlan {
+                address: socket_addr(name, ep.address.as_ref())?,
+                weight: e
+                    .load_balancing_weight
+                    .as_ref()
+                    .map_or(1, |w| w.value.max(1)),
+                zone: zone.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
+    let c: Cluster = unpack(any).map_err(|e| err("cluster", e))?;
+    let name = c.name.clone();
+    let static_endpoints = match c.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Static as i32 => {
+            let cla = c
+                .load_assignment
+                .as_ref()
+                .ok_or_else(|| err(&name, "static cluster without load_assignment"))?;
+            Some(endpoints_of(&name, cla)?)
+        }
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32 => None,
+        _ => return Err(err(&name, "only STATIC and EDS clusters are supported")),
+    };
+    let tls = match transport_tls::<UpstreamTlsContext>(&name, c.transport_socket.as_ref())? {
+        None => None,
+        Some(u) => {
+            let sni = Some(u.sni.clone()).filter(|s| !s.is_empty());
+            Some(tls_plan(&name, u.common_tls_context.as_ref(), sni)?)
+        }
+    };
+    Ok(ClusterPlan {
+        name,
+        static_endpoints,
+        tls,
+    })
+}
+
+pub fn decode_assignment(any: &Any) -> Result<(String, Vec<EndpointPlan>), DecodeError> {
+    let cla: ClusterLoadAssignment = unpack(any).map_err(|e| err("cluster load assignment", e))?;
+    let endpoints = endpoints_of(&cla.cluster_name, &cla)?;
+    Ok((cla.cluster_name, endpoints))
+}
+
+pub fn decode_secret(any: &Any) -> Result<(String, SecretPlan), DecodeError> {
+    let s: Secret = unpack(any).map_err(|e| err("secret", e))?;
+    let name = s.name.clone();
+    let plan = match s.r#type {
+        Some(SecretType::TlsCertificate(t)) => SecretPlan::Identity {
+            cert_pem: inline_text(&name, t.certificate_chain.as_ref())?,
+            key_pem: inline_text(&name, t.private_key.as_ref())?,
+        },
+        Some(SecretType::ValidationContext(v)) => SecretPlan::TrustedCa {
+            ca_pem: inline_text(&name, v.trusted_ca.as_ref())?,
+        },
+        _ => {
+            return Err(err(
+                &name,
+                "only TLS certificates and validation contexts are supported",
+            ));
+        }
+    };
+    Ok((name, plan))
+}
+
+impl ProxyConfig {
+    /// Replaces every resource of one type with the given set (state-of-the-world). Resources
+    /// that fail to decode are skipped and returned; the rest apply.
+    pub fn apply(&mut self, type_url: TypeUrl, resources: &[Any]) -> Vec<DecodeError> {
+        let mut errors = Vec::new();
+        match type_url {
+            TypeUrl::Listener => {
+                self.listeners = resources
+                    .iter()
+                    .filter_map(|r| decode_listener(r).map_err(|e| errors.push(e)).ok())
+                    .map(|l| (l.name.clone(), l))
+                    .collect();
+            }
+            TypeUrl::Cluster => {
+                self.clusters = resources
+                    .iter()
+                    .filter_map(|r| decode_cluster(r).map_err(|e| errors.push(e)).ok())
+                    .map(|c| (c.name.clone(), c))
+                    .collect();
+            }
+            TypeUrl::ClusterLoadAssignment => {
+                self.endpoints = resources
+                    .iter()
+                    .filter_map(|r| decode_assignment(r).map_err(|e| errors.push(e)).ok())
+                    .collect();
+            }
+            TypeUrl::Secret => {
+                self.secrets = resources
+                    .iter()
+                    .filter_map(|r| decode_secret(r).map_err(|e| errors.push(e)).ok())
+                    .collect();
+            }
+        }
+        errors
+    }
+
+    /// Endpoints of a cluster: its own (static) or those assigned by EDS.
+    pub fn cluster_endpoints(&self, cluster: &str) -> &[EndpointPlan] {
+        match self
+            .clusters
+            .get(cluster)
+            .and_then(|c| c.static_endpoints.as_ref())
+        {
+            Some(eps) => eps,
+            None => self
+                .endpoints
+                .get(cluster)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+//! Generated configuration, decoded back by the proxy side, pinned by a golden file.
+//! Regenerate with `UPDATE_GOLDEN=1 cargo test -p meshzone-xds`.
+
+use std::collections::BTreeMap;
+
+use meshzone_model::{Resource, Spec, parse_documents};
+
+use super::*;
+use crate::generate::{EndpointInfo, ProxyInput, TlsMaterial, generate};
+
+fn fixture(name: &str) -> Resource {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/resources")
+        .join(name);
+    let text = std::fs::read_to_string(path).expect("fixture");
+    Resource::from_value(parse_documents(&text).expect("yaml").remove(0)).expect("valid")
+}
+
+fn decoded(tls: bool) -> (ProxyConfig, Vec<DecodeError>) {
+    let mesh = fixture("mesh.yaml");
+    let dp = fixture("dataplane.yaml");
+    let (Spec::Mesh(mesh_spec), Spec::Dataplane(dp_spec)) = (&mesh.spec, &dp.spec) else {
+        panic!("fixtures");
+    };
+    let endpoints = BTreeMap::from([(
+        "backend".to_string(),
+        vec![
+            EndpointInfo {
+                address: "10.0.0.5".into(),
+                port: 10001,
+                weight: 1,
+                zone: None,
+            },
+            EndpointInfo {
+                address: "10.0.0.6".into(),
+                port: 10001,
+                weight: 2,
+                zone: Some("zone-2".into()),
+            },
+        ],
+    )]);
+    let material = TlsMaterial {
+        identity_cert_pem: "IDENTITY CERT".into(),
+        identity_key_pem: "IDENTITY KEY".into(),
+        ca_cert_pem: "CA CERT".into(),
+    };
+    let snapshot = generate(&ProxyInput {
+        mesh: "default",
+        mesh_spec,
+        dataplane: dp_spec,
+        endpoints: &endpoints,
+        tls: tls.then_some(&material),
+    });
+    let mut config = ProxyConfig::default();
+    let mut errors = Vec::new();
+    for t in TypeUrl::ALL {
+        let resources: Vec<Any> = snapshot
+            .get(t)
+            .map(|s| s.resources.iter().map(|r| r.resource.clone()).collect())
+            .unwrap_or_default();
+        errors.extend(config.apply(t, &resources));
+    }
+    (config, errors)
+}
+
+#[test]
+fn generated_config_decodes_to_the_golden_plan() {
+    let (config, errors) = decoded(true);
+    assert!(errors.is_empty(), "{errors:?}");
+    let json = serde_json::to_string_pretty(&config).expect("json") + "\n";
+    assert!(
+        !json.contains("IDENTITY KEY"),
+        "config dump must not show private keys"
+    );
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/xds/dataplane-mtls.golden.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &json).expect("write");
+    }
+    assert_eq!(
+        json,
+        std::fs::read_to_string(&path).expect("golden; run with UPDATE_GOLDEN=1")
+    );
+    assert_eq!(config.cluster_endpoints("backend").len(), 2);
+    assert_eq!(config.cluster_endpoints("localhost:1010").len(), 1);
+}
+
+#[test]
+fn without_mtls_there_is_no_tls_and_no_secret() {
+    let (config, errors) = decoded(false);
+    assert!(errors.is_empty());
+    assert!(config.secrets.is_empty());
+    assert!(config.listeners.values().all(|l| l.tls.is_none()));
+    assert!(config.clusters.values().all(|c| c.tls.is_none()));
+}
+
+#[test]
+fn bad_resources_are_rejected_one_by_one() {
+    let good = envoy_types::util::pack_any(envoy_types::pb::envoy::config::cluster::v3::Cluster {
+        name: "ok".into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        ..Default::default()
+    });
+    let bad = envoy_types::util::pack_any(envoy_types::pb::envoy::config::cluster::v3::Cluster {
+        name: "logical".into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::LogicalDns as i32)),
+        ..Default::default()
+    });
+    let wrong_type = Any {
+        type_url: "type.googleapis.com/x.Y".into(),
+        value: vec![],
+    };
+    let mut config = ProxyConfig::default();
+    let errors = config.apply(TypeUrl::Cluster, &[good, bad, wrong_type]);
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0].name, "logical");
+    assert!(config.clusters.contains_key("ok"));
+}

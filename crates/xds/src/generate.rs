@@ -1,0 +1,402 @@
+//! Pure generation of a proxy's Envoy configuration from mesh state: one inbound listener per
+//! inbound, one outbound listener per outbound, an application cluster per inbound, an EDS cluster
+//! and a load assignment per outbound service, and (with mTLS) the identity certificate and mesh
+//! CA as SDS secrets. No I/O, no clock.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfigType;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, Locality, SocketAddress,
+    TransportSocket, data_source,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfigType;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
+    CombinedCertificateValidationContext, ValidationContextType,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use envoy_types::util::pack_any;
+use meshzone_model::specs::{DataplaneSpec, MeshSpec};
+
+use crate::names::{self, TypeUrl};
+
+/// One instance of a service that a proxy may connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub address: String,
+    pub port: u32,
+    pub weight: u32,
+    pub zone: Option<String>,
+}
+
+/// Certificates of a proxy when its mesh has mTLS on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsMaterial {
+    pub identity_cert_pem: String,
+    pub identity_key_pem: String,
+    pub ca_cert_pem: String,
+}
+
+/// Everything the configuration of one proxy depends on.
+#[derive(Debug, Clone)]
+pub struct ProxyInput<'a> {
+    pub mesh: &'a str,
+    pub mesh_spec: &'a MeshSpec,
+    pub dataplane: &'a DataplaneSpec,
+    /// Reachable instances of each service in the mesh.
+    pub endpoints: &'a BTreeMap<String, Vec<EndpointInfo>>,
+    pub tls: Option<&'a TlsMaterial>,
+}
+
+/// A named, packed resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedResource {
+    pub name: String,
+    pub resource: Any,
+}
+
+/// The complete configuration of a proxy, by type, each type with a content version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub types: BTreeMap<TypeUrl, TypeSnapshot>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TypeSnapshot {
+    /// FNV-1a of every resource's name and bytes: equal content, equal version.
+    pub version: String,
+    pub resources: Vec<NamedResource>,
+}
+
+impl Snapshot {
+    pub fn get(&self, type_url: TypeUrl) -> Option<&TypeSnapshot> {
+        self.types.get(&type_url)
+    }
+}
+
+fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(state, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn type_snapshot(mut resources: Vec<NamedResource>) -> TypeSnapshot {
+    resources.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut h = 0xcbf2_9ce4_8422_2325;
+    for r in &resources {
+        h = fnv1a(h, r.name.as_bytes());
+        h = fnv1a(h, &r.resource.value);
+    }
+    TypeSnapshot {
+        version: format!("{h:016x}"),
+        resources,
+    }
+}
+
+fn socket(address: &str, port: u32) -> Address {
+    Address {
+        address: Some(AddressKind::SocketAddress(SocketAddress {
+            address: address.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn sds(name: String) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name,
+        sds_config: Some(ads()),
+    }
+}
+
+fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(FilterConfigType::TypedConfig(pack_any(TcpProxy {
+            stat_prefix: stat_prefix.to_string(),
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
+            ..Default::default()
+        }))),
+    }
+}
+
+/// TLS settings shared by both directions: our identity, the mesh CA, and which peer SANs pass.
+fn common_tls(mesh: &str, san: StringMatcher) -> CommonTlsContext {
+    CommonTlsContext {
+        tls_certificate_sds_secret_configs: vec![sds(names::identity_secret(mesh))],
+        validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+            CombinedCertificateValidationContext {
+                default_validation_context: Some(CertificateValidationContext {
+                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                        san_type: SanType::Uri as i32,
+                        matcher: Some(san),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds(names::ca_secret(mesh))),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+fn transport_socket(config: Any) -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(SocketConfigType::TypedConfig(config)),
+    }
+}
+
+fn inline(text: &str) -> DataSource {
+    DataSource {
+        specifier: Some(data_source::Specifier::InlineBytes(
+            text.as_bytes().to_vec(),
+        )),
+        ..Default::default()
+    }
+}
+
+/// SNI a client sends for a service of a mesh (DNS-safe; see docs/adr/0002).
+pub fn sni(service: &str, mesh: &str) -> String {
+    format!("{service}.{mesh}.mesh")
+}
+
+/// Generates the whole configuration of one proxy.
+pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
+    let mesh = input.mesh;
+    let net = &input.dataplane.networking;
+    let mtls = input.tls.is_some() && input.mesh_spec.enabled_mtls_backend().is_some();
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    let mut assignments = Vec::new();
+
+    for inbound in &net.inbound {
+        let address = inbound.address.as_deref().unwrap_or(&net.address);
+        let name = names::inbound_listener(address, inbound.port);
+        let service_port = inbound.service_port.unwrap_or(inbound.port);
+        let service_address = inbound.service_address.as_deref().unwrap_or(address);
+        let app_cluster = names::app_cluster(service_port);
+        let mut chain = FilterChain {
+            filters: vec![tcp_proxy_filter(&name, &app_cluster)],
+            ..Default::default()
+        };
+        if mtls {
+            chain.transport_socket = Some(transport_socket(pack_any(DownstreamTlsContext {
+                common_tls_context: Some(common_tls(
+                    mesh,
+                    StringMatcher {
+                        match_pattern: Some(MatchPattern::Prefix(format!("spiffe://{mesh}/"))),
+                        ..Default::default()
+                    },
+                )),
+                require_client_certificate: Some(BoolValue { value: true }),
+                ..Default::default()
+            })));
+        }
+        listeners.push(NamedResource {
+            name: name.clone(),
+            resource: pack_any(Listener {
+                name: name.clone(),
+                address: Some(socket(address, inbound.port)),
+                filter_chains: vec![chain],
+                ..Default::default()
+            }),
+        });
+        clusters.push(NamedResource {
+            name: app_cluster.clone(),
+            resource: pack_any(Cluster {
+                name: app_cluster.clone(),
+                connect_timeout: Some(Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+                    DiscoveryType::Static as i32,
+                )),
+                load_assignment: Some(ClusterLoadAssignment {
+                    cluster_name: app_cluster.clone(),
+                    endpoints: vec![LocalityLbEndpoints {
+                        lb_endpoints: vec![lb_endpoint(service_address, service_port, 1)],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        });
+    }
+
+    let mut seen_services = std::collections::BTreeSet::new();
+    for outbound in &net.outbound {
+        let Some(service) = outbound.service() else {
+            continue;
+        };
+        let name = names::outbound_listener(outbound.address(), outbound.port);
+        listeners.push(NamedResource {
+            name: name.clone(),
+            resource: pack_any(Listener {
+                name: name.clone(),
+                address: Some(socket(outbound.address(), outbound.port)),
+                filter_chains: vec![FilterChain {
+                    filters: vec![tcp_proxy_filter(&name, service)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        });
+        if !seen_services.insert(service.to_string()) {
+            continue;
+        }
+        let mut cluster = Cluster {
+            name: service.to_string(),
+            connect_timeout: Some(Duration {
+                seconds: 5,
+                nanos: 0,
+            }),
+            lb_policy: LbPolicy::RoundRobin as i32,
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: service.to_string(),
+            }),
+            ..Default::default()
+        };
+        if mtls {
+            cluster.transport_socket = Some(transport_socket(pack_any(UpstreamTlsContext {
+                sni: sni(service, mesh),
+                common_tls_context: Some(common_tls(
+                    mesh,
+                    StringMatcher {
+                        match_pattern: Some(MatchPattern::Exact(meshzone_pki_spiffe(
+                            mesh, service,
+                        ))),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            })));
+        }
+        clusters.push(NamedResource {
+            name: service.to_string(),
+            resource: pack_any(cluster),
+        });
+        let endpoints = input
+            .endpoints
+            .get(service)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut by_zone: BTreeMap<Option<&str>, Vec<LbEndpoint>> = BTreeMap::new();
+        for e in endpoints {
+            by_zone
+                .entry(e.zone.as_deref())
+                .or_default()
+                .push(lb_endpoint(&e.address, e.port, e.weight));
+        }
+        assignments.push(NamedResource {
+            name: service.to_string(),
+            resource: pack_any(ClusterLoadAssignment {
+                cluster_name: service.to_string(),
+                endpoints: by_zone
+                    .into_iter()
+                    .map(|(zone, lb_endpoints)| LocalityLbEndpoints {
+                        locality: zone.map(|z| Locality {
+                            zone: z.to_string(),
+                            ..Default::default()
+                        }),
+                        lb_endpoints,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+        });
+    }
+
+    let mut secrets = Vec::new();
+    if let (true, Some(tls)) = (mtls, input.tls) {
+        secrets.push(NamedResource {
+            name: names::identity_secret(mesh),
+            resource: pack_any(Secret {
+                name: names::identity_secret(mesh),
+                r#type: Some(SecretType::TlsCertificate(TlsCertificate {
+                    certificate_chain: Some(inline(&tls.identity_cert_pem)),
+                    private_key: Some(inline(&tls.identity_key_pem)),
+                    ..Default::default()
+                })),
+            }),
+        });
+        secrets.push(NamedResource {
+            name: names::ca_secret(mesh),
+            resource: pack_any(Secret {
+                name: names::ca_secret(mesh),
+                r#type: Some(SecretType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: Some(inline(&tls.ca_cert_pem)),
+                        ..Default::default()
+                    },
+                )),
+            }),
+        });
+    }
+
+    let mut snapshot = Snapshot::default();
+    for (url, resources) in [
+        (TypeUrl::Listener, listeners),
+        (TypeUrl::Cluster, clusters),
+        (TypeUrl::ClusterLoadAssignment, assignments),
+        (TypeUrl::Secret, secrets),
+    ] {
+        snapshot.types.insert(url, type_snapshot(resources));
+    }
+    snapshot
+}
+
+fn meshzone_pki_spiffe(mesh: &str, service: &str) -> String {
+    format!("spiffe://{mesh}/{service}")
+}
+
+fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket(address, port)),
+            ..Default::default()
+        })),
+        load_balancing_weight: Some(UInt32Value {
+            value: weight.max(1),
+        }),
+        ..Default::default()
+    }
+}
