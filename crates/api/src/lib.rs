@@ -83,6 +83,7 @@ pub fn router(ctx: ApiContext) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/config", get(config))
+        .route("/tokens/dataplane", axum::routing::post(dataplane_token))
         .route("/meshes", get(list_meshes))
         .route(
             "/meshes/{name}",
@@ -132,6 +133,30 @@ async fn index(State(ctx): State<ApiContext>) -> Json<Value> {
 
 async fn config(State(ctx): State<ApiContext>) -> Json<Value> {
     Json(ctx.0.settings.config.clone())
+}
+
+/// `POST /tokens/dataplane` with `{mesh, name, type, tags, validFor}`: a signed token, as text.
+async fn dataplane_token(State(ctx): State<ApiContext>, body: Bytes) -> ApiResult {
+    let value = parse_body(&body)?;
+    let req: meshzone_identity::DataplaneTokenRequest = serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("token request: {e}")))?;
+    if req.mesh.is_empty() {
+        return Err(ApiError::invalid_field("mesh", "cannot be empty"));
+    }
+    let token =
+        meshzone_identity::issue_dataplane_token(&ctx.0.store, &req, std::time::SystemTime::now())
+            .await
+            .map_err(|e| match e.split_once(": ") {
+                Some((field, msg)) if field == "mesh" || field == "validFor" => {
+                    ApiError::invalid_field(field, msg)
+                }
+                _ => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal server error",
+                    e,
+                ),
+            })?;
+    Ok(([(header::CONTENT_TYPE, "text/plain")], token).into_response())
 }
 
 // --- path resolution ---------------------------------------------------------------------------

@@ -68,6 +68,13 @@ pub struct HttpsListener {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DpServer {
     pub port: u16,
+    /// PEM certificate of the DP server; empty: generated once into `<workDir>/kuma-cp.crt`.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// `dpToken` (default) or `none` (no authentication, for local experiments).
+    pub authn: String,
+    /// How long a Dataplane registered by a proxy outlives its stream, e.g. `10s`.
+    pub deregistration_delay: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,7 +156,13 @@ impl Default for Config {
                 },
                 https: HttpsListener { port: 5682 },
             },
-            dp_server: DpServer { port: 5678 },
+            dp_server: DpServer {
+                port: 5678,
+                tls_cert_file: String::new(),
+                tls_key_file: String::new(),
+                authn: "dpToken".into(),
+                deregistration_delay: "10s".into(),
+            },
             diagnostics: Diagnostics { server_port: 5680 },
             multizone: Multizone {
                 global: GlobalMultizone {
@@ -204,6 +217,26 @@ const ENV: &[(&str, &str, Kind)] = &[
         Kind::Port,
     ),
     ("KUMA_DP_SERVER_PORT", "dpServer.port", Kind::Port),
+    (
+        "KUMA_DP_SERVER_TLS_CERT_FILE",
+        "dpServer.tlsCertFile",
+        Kind::Text,
+    ),
+    (
+        "KUMA_DP_SERVER_TLS_KEY_FILE",
+        "dpServer.tlsKeyFile",
+        Kind::Text,
+    ),
+    (
+        "KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE",
+        "dpServer.authn",
+        Kind::Text,
+    ),
+    (
+        "KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY",
+        "dpServer.deregistrationDelay",
+        Kind::Text,
+    ),
     (
         "KUMA_DIAGNOSTICS_SERVER_PORT",
         "diagnostics.serverPort",
@@ -438,6 +471,28 @@ impl Config {
             if port == 0 {
                 return Err(invalid(key, "port must be in the range from 1 to 65535"));
             }
+        }
+        if !matches!(self.dp_server.authn.as_str(), "dpToken" | "none") {
+            return Err(invalid(
+                "dpServer.authn",
+                format!("{:?}: expected dpToken or none", self.dp_server.authn),
+            ));
+        }
+        if self.dp_server.tls_cert_file.is_empty() != self.dp_server.tls_key_file.is_empty() {
+            return Err(invalid(
+                "dpServer.tlsCertFile",
+                "set both the certificate and the key file (KUMA_DP_SERVER_TLS_KEY_FILE), or neither",
+            ));
+        }
+        if meshzone_model::validate::parse_duration(&self.dp_server.deregistration_delay).is_none()
+        {
+            return Err(invalid(
+                "dpServer.deregistrationDelay",
+                format!(
+                    "{:?} is not a duration such as 10s",
+                    self.dp_server.deregistration_delay
+                ),
+            ));
         }
         if self.api_server.http.interface.parse::<IpAddr>().is_err() {
             return Err(invalid(

@@ -5,6 +5,7 @@
 
 mod config;
 mod diagnostics;
+mod dp_server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -142,6 +143,11 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     )
     .await?;
 
+    let dp_listener = match role {
+        Role::Global => None,
+        _ => Some(bind("0.0.0.0", config.dp_server.port, "dpServer.port").await?),
+    };
+
     let backend = match config.store.store_type.as_str() {
         "memory" => AnyBackend::Memory(MemoryBackend::new()),
         _ => {
@@ -194,11 +200,42 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         store_type,
     };
     let api = meshzone_api::router(ApiContext::new(store.clone(), settings, metrics));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
+    let dp_task = match dp_listener {
+        None => None,
+        Some(listener) => {
+            let work_dir = config.work_dir(&home);
+            let (cert, key, cert_path) = dp_server::certificate(&config, &work_dir, &hostname())?;
+            info!(cert = %cert_path.display(), port = config.dp_server.port, "DP server (xDS) listening; kuma-dp verifies it with --ca-cert-file {}", cert_path.display());
+            // Inbounds carry `kuma.io/zone` once the zone has a name (multi-zone).
+            let zone = Some(config.multizone.zone.name.clone()).filter(|z| !z.is_empty());
+            let settings = meshzone_dp_server::DpServerSettings {
+                instance_id: instance_id.clone(),
+                require_token: config.dp_server.authn != "none",
+                deregistration_delay: meshzone_model::validate::parse_duration(
+                    &config.dp_server.deregistration_delay,
+                )
+                .unwrap_or(std::time::Duration::from_secs(10)),
+                zone,
+            };
+            let mut rx = stop_rx.clone();
+            let stop = async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            Some(tokio::spawn(dp_server::serve(
+                listener,
+                cert,
+                key,
+                store.clone(),
+                settings,
+                stop,
+            )))
+        }
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let diag = diagnostics::router(ready.clone(), Arc::new(registry));
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api_addr = api_listener.local_addr().ok();
     let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -225,6 +262,9 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     info!("shutting down");
     ready.store(false, Ordering::SeqCst);
     let _ = stop_tx.send(true);
+    if let Some(dp) = dp_task {
+        dp.await.context("DP server task")??;
+    }
     let (a, d) = tokio::join!(api_task, diag_task);
     a.context("API server task")?.context("API server")?;
     d.context("diagnostics task")?

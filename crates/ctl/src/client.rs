@@ -98,6 +98,28 @@ impl ApiClient {
         }
     }
 
+    /// POSTs JSON and returns the answer as text (tokens).
+    pub async fn post_text(&self, path: &str, body: &Value) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| anyhow!("reading the answer of {url}: {e}"))?;
+        if status.is_success() {
+            return Ok(text);
+        }
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Err(anyhow!(describe_error(status, &value)))
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(Method::GET, path, None).await
     }

@@ -78,6 +78,29 @@ enum Command {
     },
     /// Print the versions of kumactl and of the control plane.
     Version,
+    /// Generate tokens.
+    Generate {
+        #[command(subcommand)]
+        command: GenerateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenerateCommand {
+    /// A token a data plane proxy presents to its zone control plane (--dataplane-token-file).
+    #[command(name = "dataplane-token")]
+    DataplaneToken {
+        #[arg(short = 'm', long, default_value = meshzone_model::DEFAULT_MESH)]
+        mesh: String,
+        /// Name of the Dataplane; empty allows any name in the mesh.
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        proxy_type: String,
+        /// How long the token is valid, e.g. 24h.
+        #[arg(long, default_value = "")]
+        valid_for: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -207,6 +230,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 output,
             )
             .await
+        }
+        Command::Generate {
+            command:
+                GenerateCommand::DataplaneToken {
+                    mesh,
+                    name,
+                    proxy_type,
+                    valid_for,
+                },
+        } => {
+            let client = ApiClient::new(&config.current_url()?)?;
+            let body =
+                json!({"mesh": mesh, "name": name, "type": proxy_type, "validFor": valid_for});
+            let token = client.post_text("/tokens/dataplane", &body).await?;
+            println!("{token}");
+            Ok(())
         }
         Command::Version => {
             println!("Client: kumactl {}", meshzone_model::VERSION);

@@ -1,23 +1,37 @@
-//! `kuma-dp`: the data plane proxy. Its command line already follows the seed's
-//! (`kuma-dp run --proxy-type=… --cp-address=… --dataplane-file=…`), but the proxy itself
-//! is not built yet: `run` checks its arguments and stops with a clear message.
+//! `kuma-dp`: the data plane proxy. `kuma-dp run` connects to its zone control plane over
+//! ADS (gRPC/TLS), registers its Dataplane, and proxies the application's traffic with mTLS:
+//! outbound listeners send to the endpoints of a service, inbound listeners terminate mTLS and
+//! forward to the application. It keeps serving its last configuration if the CP goes away.
 
-use std::path::PathBuf;
+mod admin;
+mod proxy;
+mod runtime;
+mod stats;
+mod tls;
+mod xds_client;
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use meshzone_model::{Resource, ResourceType, parse_documents};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::proxy::{Drain, Listeners};
+use crate::runtime::Runtime;
+use crate::stats::Stats;
 
 #[derive(Parser)]
-#[command(
-    name = "kuma-dp",
-    version,
-    about = "Data plane proxy of the multi-zone service mesh"
-)]
+#[command(name = "kuma-dp", version = meshzone_model::VERSION, about = "Data plane proxy of the multi-zone service mesh")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum ProxyType {
     Dataplane,
     Ingress,
@@ -27,35 +41,231 @@ enum ProxyType {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
-    Run {
-        #[arg(long, value_enum, default_value = "dataplane")]
-        proxy_type: ProxyType,
-        /// Zone control plane DP server, e.g. https://zone-cp:5678
-        #[arg(long)]
-        cp_address: String,
-        #[arg(long)]
-        dataplane_file: Option<PathBuf>,
-        #[arg(long)]
-        dataplane_token_file: Option<PathBuf>,
-        #[arg(long)]
-        ca_cert_file: Option<PathBuf>,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        mesh: Option<String>,
-        #[arg(long, default_value_t = 9901)]
-        admin_port: u16,
-    },
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value = "dataplane")]
+    proxy_type: ProxyType,
+    /// Zone control plane DP server, e.g. https://zone-cp:5678
+    #[arg(long, env = "KUMA_CONTROL_PLANE_URL")]
+    cp_address: String,
+    /// Dataplane resource (YAML) to register.
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_RESOURCE_FILE")]
+    dataplane_file: Option<PathBuf>,
+    /// Dataplane resource inline (YAML or JSON).
+    #[arg(long)]
+    dataplane: Option<String>,
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_TOKEN_PATH")]
+    dataplane_token_file: Option<PathBuf>,
+    /// CA certificate of the control plane (its kuma-cp.crt).
+    #[arg(long, env = "KUMA_CONTROL_PLANE_CA_CERT_FILE")]
+    ca_cert_file: Option<PathBuf>,
+    /// Name of an existing Dataplane (without --dataplane-file).
+    #[arg(long, env = "KUMA_DATAPLANE_NAME")]
+    name: Option<String>,
+    #[arg(long, env = "KUMA_DATAPLANE_MESH")]
+    mesh: Option<String>,
+    /// Admin server port on 127.0.0.1.
+    #[arg(long, default_value_t = 9901, env = "KUMA_DATAPLANE_ADMIN_PORT")]
+    admin_port: u16,
+    /// On SIGTERM, how long live connections may take to finish.
+    #[arg(long, default_value = "30s")]
+    drain_time: String,
+    #[arg(long, default_value = "info", env = "KUMA_LOG_LEVEL")]
+    log_level: String,
 }
 
 fn main() {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run { cp_address, .. } => {
-            eprintln!(
-                "kuma-dp: the data plane proxy is not available in this build yet (it arrives with the data-plane work); cannot connect to {cp_address}"
-            );
-            std::process::exit(2);
+    let Command::Run(args) = cli.command;
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow!("cannot start the async runtime: {e}"))
+        .and_then(|rt| rt.block_on(run(args)));
+    if let Err(e) = result {
+        eprintln!("kuma-dp: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The proxy's identity and, when it registers itself, its Dataplane as JSON.
+fn dataplane(args: &RunArgs) -> anyhow::Result<(String, String, Option<String>)> {
+    let text = match (&args.dataplane_file, &args.dataplane) {
+        (Some(_), Some(_)) => bail!("give either --dataplane-file or --dataplane, not both"),
+        (Some(path), None) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --dataplane-file {}", path.display()))?,
+        ),
+        (None, Some(inline)) => Some(inline.clone()),
+        (None, None) => None,
+    };
+    let Some(text) = text else {
+        let name = args.name.clone().context(
+            "give --dataplane-file (or --dataplane), or --name and --mesh of an existing Dataplane",
+        )?;
+        return Ok((
+            args.mesh.clone().unwrap_or_else(|| "default".into()),
+            name,
+            None,
+        ));
+    };
+    let value = parse_documents(&text)
+        .context("the dataplane resource is not valid YAML")?
+        .into_iter()
+        .next()
+        .context("the dataplane resource is empty")?;
+    let resource = Resource::from_value(value)
+        .and_then(|r| meshzone_model::validate(&r).map(|()| r))
+        .map_err(|v| anyhow!("the dataplane resource is not valid: {v}"))?;
+    let expected = match args.proxy_type {
+        ProxyType::Dataplane => ResourceType::Dataplane,
+        ProxyType::Ingress => ResourceType::ZoneIngress,
+        ProxyType::Egress => ResourceType::ZoneEgress,
+    };
+    if resource.resource_type() != expected {
+        bail!(
+            "--proxy-type wants a {expected} resource, but the file describes a {}",
+            resource.resource_type()
+        );
+    }
+    if expected != ResourceType::Dataplane {
+        bail!("--proxy-type ingress and egress (zone proxies) are not available in this build yet");
+    }
+    let json = serde_json::to_string(&resource.to_value())?;
+    Ok((
+        resource.meta.mesh.clone(),
+        resource.meta.name.clone(),
+        Some(json),
+    ))
+}
+
+/// The CA that signs the control plane's certificate: `--ca-cert-file`, else the seed's
+/// same-machine default `~/.kuma/kuma-cp.crt`.
+fn control_plane_ca(args: &RunArgs) -> anyhow::Result<String> {
+    let path = match &args.ca_cert_file {
+        Some(p) => p.clone(),
+        None => {
+            let home = std::env::var("HOME").unwrap_or_default();
+            let default = Path::new(&home).join(".kuma").join("kuma-cp.crt");
+            if !default.exists() {
+                bail!(
+                    "cannot verify the control plane at {}: pass --ca-cert-file with the zone CP's certificate (kuma-cp.crt in its work dir, ~/.kuma/kuma-cp.crt by default)",
+                    args.cp_address
+                );
+            }
+            default
+        }
+    };
+    std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read --ca-cert-file {}", path.display()))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log_level)
+                .map_err(|e| anyhow!("--log-level {:?}: {e}", args.log_level))?,
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if !args.cp_address.starts_with("https://") {
+        bail!(
+            "--cp-address {:?} must be https://HOST:5678 (the DP server is TLS only)",
+            args.cp_address
+        );
+    }
+    let drain_time = meshzone_model::validate::parse_duration(&args.drain_time)
+        .with_context(|| format!("--drain-time {:?} is not a duration", args.drain_time))?;
+    let (mesh, name, dataplane_json) = dataplane(&args)?;
+    let ca_pem = control_plane_ca(&args)?;
+    let token = match &args.dataplane_token_file {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read --dataplane-token-file {}", p.display()))?
+            .trim()
+            .to_string(),
+        None => String::new(),
+    };
+
+    let stats = Arc::new(Stats::default());
+    let drain = Arc::new(Drain::default());
+    let (runtime_tx, runtime_rx) = watch::channel(Arc::new(Runtime::empty()));
+    let (ready_tx, ready_rx) = watch::channel(false);
+
+    let admin_listener = tokio::net::TcpListener::bind(("127.0.0.1", args.admin_port))
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot listen on 127.0.0.1:{} (--admin-port): {e}",
+                args.admin_port
+            )
+        })?;
+    tokio::spawn(
+        axum::serve(
+            admin_listener,
+            admin::router(stats.clone(), runtime_rx.clone(), ready_rx.clone()),
+        )
+        .into_future(),
+    );
+
+    let settings = xds_client::XdsSettings {
+        cp_address: args.cp_address.clone(),
+        ca_pem,
+        token,
+        mesh: mesh.clone(),
+        name: name.clone(),
+        dataplane_json,
+    };
+    let mut xds = tokio::spawn(xds_client::run(
+        settings,
+        runtime_tx,
+        ready_tx,
+        stats.clone(),
+    ));
+
+    let mut listeners = Listeners::new(stats.clone(), drain.clone());
+    let mut changes = runtime_rx.clone();
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    info!(mesh, name, cp = args.cp_address, "kuma-dp started");
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() { break; }
+                listeners.reconcile(&changes).await;
+            }
+            outcome = &mut xds => {
+                return match outcome {
+                    Ok(Err(refused)) => Err(refused.into()),
+                    Ok(Ok(())) => Ok(()),
+                    Err(e) => Err(anyhow!("xDS client stopped: {e}")),
+                };
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
         }
     }
+    info!(
+        active = drain.active(),
+        "stopping: no new connections; draining live ones for up to {drain_time:?}"
+    );
+    listeners.close_all();
+    xds.abort();
+    if tokio::time::timeout(drain_time, drain.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!(
+            active = drain.active(),
+            "drain time over; closing the remaining connections"
+        );
+    }
+    // Let the control plane see the stream end before the process exits.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
 }

@@ -50,11 +50,18 @@ fn secret_bytes(r: &Resource) -> Result<Vec<u8>> {
         Spec::Secret(s) => B64
             .decode(s.data.as_bytes())
             .map_err(|e| IdentityError::Damaged(r.key().to_string(), e.to_string())),
-        _ => Err(IdentityError::Damaged(r.key().to_string(), "not a Secret".into())),
+        _ => Err(IdentityError::Damaged(
+            r.key().to_string(),
+            "not a Secret".into(),
+        )),
     }
 }
 
-async fn read_secret<B: Backend>(store: &Store<B>, mesh: &str, name: &str) -> Result<Option<Vec<u8>>> {
+async fn read_secret<B: Backend>(
+    store: &Store<B>,
+    mesh: &str,
+    name: &str,
+) -> Result<Option<Vec<u8>>> {
     match store
         .find(&ResourceKey::new(ResourceType::Secret, mesh, name))
         .await?
@@ -233,10 +240,20 @@ pub async fn issue_dataplane_token<B: Backend>(
     } else {
         parse_duration(&req.valid_for)
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("validFor: {:?} is not a duration such as 24h", req.valid_for))?
+            .ok_or_else(|| {
+                format!(
+                    "validFor: {:?} is not a duration such as 24h",
+                    req.valid_for
+                )
+            })?
     };
     let mesh_key = ResourceKey::global(ResourceType::Mesh, &req.mesh);
-    if store.find(&mesh_key).await.map_err(|e| e.to_string())?.is_none() {
+    if store
+        .find(&mesh_key)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
         return Err(format!("mesh: mesh {:?} does not exist", req.mesh));
     }
     let key = match signing_keys(store, &req.mesh)
@@ -248,12 +265,14 @@ pub async fn issue_dataplane_token<B: Backend>(
         None => match rotate_signing_key(store, &req.mesh).await {
             Ok(k) => k,
             // Another request created the first key at the same moment: use it.
-            Err(IdentityError::Store(StoreError::AlreadyExists(_))) => signing_keys(store, &req.mesh)
-                .await
-                .map_err(|e| e.to_string())?
-                .pop()
-                .map(|(_, k)| k)
-                .ok_or("signing key vanished")?,
+            Err(IdentityError::Store(StoreError::AlreadyExists(_))) => {
+                signing_keys(store, &req.mesh)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .pop()
+                    .map(|(_, k)| k)
+                    .ok_or("signing key vanished")?
+            }
             Err(e) => return Err(e.to_string()),
         },
     };
@@ -342,7 +361,10 @@ mod tests {
     async fn store_with_mesh() -> Store<MemoryBackend> {
         let store = Store::new(MemoryBackend::new());
         store
-            .create(Resource::new(Meta::named("default", ""), Spec::Mesh(mtls_mesh())))
+            .create(Resource::new(
+                Meta::named("default", ""),
+                Spec::Mesh(mtls_mesh()),
+            ))
             .await
             .unwrap();
         store
@@ -352,10 +374,18 @@ mod tests {
     async fn mesh_ca_is_created_once() {
         let store = store_with_mesh().await;
         let now = SystemTime::now();
-        let a = ensure_mesh_ca(&store, "default", &mtls_mesh(), now).await.unwrap();
-        let b = ensure_mesh_ca(&store, "default", &mtls_mesh(), now).await.unwrap();
+        let a = ensure_mesh_ca(&store, "default", &mtls_mesh(), now)
+            .await
+            .unwrap();
+        let b = ensure_mesh_ca(&store, "default", &mtls_mesh(), now)
+            .await
+            .unwrap();
         assert_eq!(a, b);
-        assert!(ensure_mesh_ca(&store, "default", &MeshSpec::default(), now).await.is_err());
+        assert!(
+            ensure_mesh_ca(&store, "default", &MeshSpec::default(), now)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -369,9 +399,13 @@ mod tests {
             ..Default::default()
         };
         let token = issue_dataplane_token(&store, &req, now).await.unwrap();
-        let claims = verify_dataplane_token(&store, &token, "default", "dp-1", now).await.unwrap();
+        let claims = verify_dataplane_token(&store, &token, "default", "dp-1", now)
+            .await
+            .unwrap();
         assert_eq!(claims.name, "dp-1");
-        let wrong_name = verify_dataplane_token(&store, &token, "default", "dp-2", now).await.unwrap_err();
+        let wrong_name = verify_dataplane_token(&store, &token, "default", "dp-2", now)
+            .await
+            .unwrap_err();
         assert!(wrong_name.to_string().contains("\"dp-1\""), "{wrong_name}");
         let later = now + Duration::from_secs(7200);
         assert!(matches!(
@@ -379,7 +413,9 @@ mod tests {
             Err(TokenError::Expired(_))
         ));
         assert_eq!(
-            verify_dataplane_token(&store, "", "default", "dp-1", now).await.unwrap_err(),
+            verify_dataplane_token(&store, "", "default", "dp-1", now)
+                .await
+                .unwrap_err(),
             TokenError::Missing
         );
         store
@@ -387,15 +423,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            verify_dataplane_token(&store, &token, "default", "dp-1", now).await.unwrap_err(),
+            verify_dataplane_token(&store, &token, "default", "dp-1", now)
+                .await
+                .unwrap_err(),
             TokenError::Revoked
         );
         // A rotated key signs new tokens; tokens of the old key stay valid.
         rotate_signing_key(&store, "default").await.unwrap();
-        let req2 = DataplaneTokenRequest { name: "dp-2".into(), ..req };
+        let req2 = DataplaneTokenRequest {
+            name: "dp-2".into(),
+            ..req
+        };
         let t2 = issue_dataplane_token(&store, &req2, now).await.unwrap();
-        verify_dataplane_token(&store, &t2, "default", "dp-2", now).await.unwrap();
-        let bad = issue_dataplane_token(&store, &DataplaneTokenRequest { mesh: "nope".into(), ..Default::default() }, now).await;
+        verify_dataplane_token(&store, &t2, "default", "dp-2", now)
+            .await
+            .unwrap();
+        let bad = issue_dataplane_token(
+            &store,
+            &DataplaneTokenRequest {
+                mesh: "nope".into(),
+                ..Default::default()
+            },
+            now,
+        )
+        .await;
         assert!(bad.unwrap_err().contains("does not exist"));
     }
 }

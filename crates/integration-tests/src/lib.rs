@@ -52,6 +52,7 @@ pub struct ControlPlane {
     pub child: Child,
     pub api_port: u16,
     pub diagnostics_port: u16,
+    pub dp_port: u16,
     pub work_dir: PathBuf,
     pub env: Vec<(String, String)>,
     pub log: PathBuf,
@@ -62,6 +63,7 @@ impl ControlPlane {
     pub fn start(work_dir: &Path, extra_env: &[(&str, &str)]) -> ControlPlane {
         let api_port = free_port();
         let diagnostics_port = free_port();
+        let dp_port = free_port();
         let mut env: Vec<(String, String)> = vec![
             ("HOME".into(), work_dir.display().to_string()),
             (
@@ -83,6 +85,7 @@ impl ControlPlane {
             child: spawn_cp(&env, &work_dir.join("kuma-cp.log")),
             api_port,
             diagnostics_port,
+            dp_port,
             work_dir: work_dir.to_path_buf(),
             env,
             log: work_dir.join("kuma-cp.log"),

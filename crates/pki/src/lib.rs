@@ -155,11 +155,11 @@ pub fn self_signed_server_cert(
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "kuma-cp");
     params.distinguished_name = dn;
-    // Self-signed and used as its own trust anchor by clients.
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    // A self-signed leaf: clients trust it by adding it as their root (`--ca-cert-file`).
+    params.is_ca = IsCa::NoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     validity(&mut params, now, lifetime);

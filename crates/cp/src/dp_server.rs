@@ -1,0 +1,97 @@
+//! Starts the DP server (ADS over gRPC/TLS) of a zone control plane.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, anyhow};
+use meshzone_dp_server::{AdsService, DpServerSettings};
+use meshzone_store::Store;
+use tokio::net::TcpListener;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tracing::info;
+
+use crate::config::Config;
+
+/// Lifetime of a generated DP server certificate.
+const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Reads the configured certificate, or the one generated earlier into the work dir, or
+/// generates it there (the seed's `~/.kuma/kuma-cp.crt`, which kuma-dp uses by default).
+pub fn certificate(
+    config: &Config,
+    work_dir: &Path,
+    hostname: &str,
+) -> anyhow::Result<(String, String, PathBuf)> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    if !config.dp_server.tls_cert_file.is_empty() {
+        let cert = PathBuf::from(&config.dp_server.tls_cert_file);
+        let key = PathBuf::from(&config.dp_server.tls_key_file);
+        return Ok((read(&cert)?, read(&key)?, cert));
+    }
+    let cert_path = work_dir.join("kuma-cp.crt");
+    let key_path = work_dir.join("kuma-cp.key");
+    if cert_path.exists() && key_path.exists() {
+        return Ok((read(&cert_path)?, read(&key_path)?, cert_path));
+    }
+    let names = vec![
+        "localhost".to_string(),
+        hostname.to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let generated =
+        meshzone_pki::self_signed_server_cert(&names, SERVER_CERT_LIFETIME, SystemTime::now())
+            .context("cannot generate the DP server certificate")?;
+    std::fs::create_dir_all(work_dir)
+        .with_context(|| format!("cannot create {}", work_dir.display()))?;
+    write_private(&key_path, &generated.key_pem)?;
+    std::fs::write(&cert_path, &generated.cert_pem)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    info!(path = %cert_path.display(), "generated the DP server certificate");
+    Ok((generated.cert_pem, generated.key_pem, cert_path))
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Serves ADS on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    cert_pem: String,
+    key_pem: String,
+    store: Store,
+    settings: DpServerSettings,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    match meshzone_dp_server::close_stale_subscriptions(&store).await {
+        Ok(0) => {}
+        Ok(n) => info!(closed = n, "marked proxies of the previous run offline"),
+        Err(e) => return Err(anyhow!("cannot read insights: {e}")),
+    }
+    let service = AdsService::new(store, settings).into_server();
+    Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)))
+        .context("invalid DP server TLS configuration")?
+        .http2_keepalive_interval(Some(Duration::from_secs(15)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop,
+        )
+        .await
+        .context("DP server")
+}

@@ -1,0 +1,60 @@
+//! Admin server on 127.0.0.1: `/ready`, `/stats`, `/stats/prometheus`, `/config_dump`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::sync::watch;
+
+use crate::runtime::Runtime;
+use crate::stats::Stats;
+
+#[derive(Clone)]
+struct Admin {
+    stats: Arc<Stats>,
+    runtime: watch::Receiver<Arc<Runtime>>,
+    ready: watch::Receiver<bool>,
+}
+
+pub fn router(
+    stats: Arc<Stats>,
+    runtime: watch::Receiver<Arc<Runtime>>,
+    ready: watch::Receiver<bool>,
+) -> Router {
+    Router::new()
+        .route("/ready", get(ready_handler))
+        .route(
+            "/stats",
+            get(|State(a): State<Admin>| async move { a.stats.text() }),
+        )
+        .route(
+            "/stats/prometheus",
+            get(|State(a): State<Admin>| async move { a.stats.prometheus() }),
+        )
+        .route("/config_dump", get(config_dump))
+        .with_state(Admin {
+            stats,
+            runtime,
+            ready,
+        })
+}
+
+async fn ready_handler(State(a): State<Admin>) -> impl IntoResponse {
+    if *a.ready.borrow() {
+        (StatusCode::OK, "LIVE")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NOT READY: waiting for configuration",
+        )
+    }
+}
+
+/// The configuration the proxy runs (private keys are never included).
+async fn config_dump(State(a): State<Admin>) -> impl IntoResponse {
+    let rt = a.runtime.borrow().clone();
+    axum::Json(serde_json::to_value(&rt.config).unwrap_or_default())
+}

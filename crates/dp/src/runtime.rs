@@ -1,0 +1,200 @@
+//! What the proxy runs right now: the decoded configuration plus the TLS configurations built
+//! from its secrets. Replaced as a whole (behind `watch`) on every accepted update, so each
+//! connection works with one consistent version while new connections use the newest.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use meshzone_xds::decode::{
+    EndpointPlan, ListenerPlan, ProxyConfig, SanMatch, SecretPlan, TlsPlan,
+};
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::tls;
+
+/// Client side TLS of one cluster.
+pub struct UpstreamTls {
+    pub config: Arc<ClientConfig>,
+    pub sni: Option<String>,
+}
+
+/// Server side TLS of one listener.
+pub struct DownstreamTls {
+    pub config: Arc<ServerConfig>,
+    pub peer: Vec<SanMatch>,
+}
+
+pub struct Runtime {
+    pub config: ProxyConfig,
+    pub downstream: BTreeMap<String, DownstreamTls>,
+    pub upstream: BTreeMap<String, UpstreamTls>,
+    /// Round-robin position of each cluster.
+    cursors: BTreeMap<String, AtomicUsize>,
+}
+
+/// A problem that makes one listener or cluster unusable; the rest still runs.
+#[derive(Debug, Clone)]
+pub struct RuntimeProblem(pub String);
+
+fn material(
+    config: &ProxyConfig,
+    plan: &TlsPlan,
+) -> Result<(tls::Identity, Arc<rustls::RootCertStore>), String> {
+    let identity = match config.secrets.get(&plan.identity_secret) {
+        Some(SecretPlan::Identity { cert_pem, key_pem }) => {
+            tls::identity(&plan.identity_secret, cert_pem, key_pem).map_err(|e| e.to_string())?
+        }
+        _ => return Err(format!("secret {} has not arrived", plan.identity_secret)),
+    };
+    let roots = match config.secrets.get(&plan.ca_secret) {
+        Some(SecretPlan::TrustedCa { ca_pem }) => {
+            tls::roots(&plan.ca_secret, ca_pem).map_err(|e| e.to_string())?
+        }
+        _ => return Err(format!("secret {} has not arrived", plan.ca_secret)),
+    };
+    Ok((identity, roots))
+}
+
+impl Runtime {
+    pub fn empty() -> Self {
+        Self::build(ProxyConfig::default()).0
+    }
+
+    pub fn build(config: ProxyConfig) -> (Self, Vec<RuntimeProblem>) {
+        let mut problems = Vec::new();
+        let mut downstream = BTreeMap::new();
+        for l in config.listeners.values() {
+            let Some(plan) = &l.tls else { continue };
+            match material(&config, plan)
+                .and_then(|(id, roots)| tls::server_config(&id, roots).map_err(|e| e.to_string()))
+            {
+                Ok(cfg) => {
+                    downstream.insert(
+                        l.name.clone(),
+                        DownstreamTls {
+                            config: cfg,
+                            peer: plan.peer.clone(),
+                        },
+                    );
+                }
+                Err(e) => problems.push(RuntimeProblem(format!("listener {}: {e}", l.name))),
+            }
+        }
+        let mut upstream = BTreeMap::new();
+        for c in config.clusters.values() {
+            let Some(plan) = &c.tls else { continue };
+            match material(&config, plan).and_then(|(id, roots)| {
+                tls::client_config(&id, roots, plan.peer.clone()).map_err(|e| e.to_string())
+            }) {
+                Ok(cfg) => {
+                    upstream.insert(
+                        c.name.clone(),
+                        UpstreamTls {
+                            config: cfg,
+                            sni: plan.sni.clone(),
+                        },
+                    );
+                }
+                Err(e) => problems.push(RuntimeProblem(format!("cluster {}: {e}", c.name))),
+            }
+        }
+        let cursors = config
+            .clusters
+            .keys()
+            .map(|k| (k.clone(), AtomicUsize::new(0)))
+            .collect();
+        (
+            Runtime {
+                config,
+                downstream,
+                upstream,
+                cursors,
+            },
+            problems,
+        )
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&ListenerPlan> {
+        self.config.listeners.get(name)
+    }
+
+    /// Endpoints of a cluster in the order to try them: weighted round robin picks the first,
+    /// the others follow as fallbacks.
+    pub fn pick(&self, cluster: &str) -> Vec<SocketAddr> {
+        let endpoints = self.config.cluster_endpoints(cluster);
+        let total: usize = endpoints.iter().map(|e| e.weight.max(1) as usize).sum();
+        if total == 0 {
+            return Vec::new();
+        }
+        let n = self
+            .cursors
+            .get(cluster)
+            .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed))
+            % total;
+        let first = weighted_index(endpoints, n);
+        let mut order: Vec<SocketAddr> = Vec::with_capacity(endpoints.len());
+        order.push(endpoints[first].address);
+        for (i, e) in endpoints.iter().enumerate() {
+            if i != first {
+                order.push(e.address);
+            }
+        }
+        order
+    }
+}
+
+fn weighted_index(endpoints: &[EndpointPlan], mut n: usize) -> usize {
+    for (i, e) in endpoints.iter().enumerate() {
+        let w = e.weight.max(1) as usize;
+        if n < w {
+            return i;
+        }
+        n -= w;
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshzone_xds::decode::ClusterPlan;
+
+    #[test]
+    fn weighted_round_robin_follows_weights() {
+        let mut config = ProxyConfig::default();
+        config.clusters.insert(
+            "web".into(),
+            ClusterPlan {
+                name: "web".into(),
+                static_endpoints: None,
+                tls: None,
+            },
+        );
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        config.endpoints.insert(
+            "web".into(),
+            vec![
+                EndpointPlan {
+                    address: a,
+                    weight: 1,
+                    zone: None,
+                },
+                EndpointPlan {
+                    address: b,
+                    weight: 2,
+                    zone: None,
+                },
+            ],
+        );
+        let (rt, problems) = Runtime::build(config);
+        assert!(problems.is_empty());
+        let firsts: Vec<SocketAddr> = (0..6).map(|_| rt.pick("web")[0]).collect();
+        assert_eq!(firsts.iter().filter(|x| **x == a).count(), 2);
+        assert_eq!(firsts.iter().filter(|x| **x == b).count(), 4);
+        assert_eq!(rt.pick("web").len(), 2, "the other endpoint is a fallback");
+        assert!(rt.pick("none").is_empty());
+    }
+}

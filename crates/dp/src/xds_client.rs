@@ -1,0 +1,296 @@
+//! The ADS client: one gRPC/TLS stream to the zone control plane, state-of-the-world updates
+//! applied to the proxy's configuration, ACK or NACK per response, reconnect with jittered
+//! exponential backoff. The proxy keeps serving its last good configuration while disconnected.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshzone_xds::decode::ProxyConfig;
+use meshzone_xds::discovery::DiscoveryRequest;
+use meshzone_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use meshzone_xds::envoy_types::pb::envoy::config::core::v3::Node;
+use meshzone_xds::envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+use meshzone_xds::envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use meshzone_xds::envoy_types::pb::google::rpc::Status as RpcStatus;
+use meshzone_xds::names::{TypeUrl, node_id};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::{Code, Request};
+use tracing::{info, warn};
+
+use crate::runtime::Runtime;
+use crate::stats::Stats;
+
+pub struct XdsSettings {
+    pub cp_address: String,
+    pub ca_pem: String,
+    pub token: String,
+    pub mesh: String,
+    pub name: String,
+    /// The Dataplane to register, as JSON, when kuma-dp was given one.
+    pub dataplane_json: Option<String>,
+}
+
+/// A refusal that retrying cannot fix (bad token, unknown Dataplane, bad resource).
+#[derive(Debug, thiserror::Error)]
+#[error("the control plane at {address} refused this proxy: {message}")]
+pub struct Refused {
+    pub address: String,
+    pub message: String,
+}
+
+enum Ended {
+    /// The stream worked and then ended; reconnect.
+    AfterUpdates,
+    /// It never got going; reconnect after a backoff.
+    Failed(String),
+    Refused(Refused),
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+fn jitter(d: Duration) -> Duration {
+    // ±20 %, from the clock's nanoseconds: enough to spread reconnecting proxies.
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let factor = 0.8 + f64::from(nanos % 400) / 1000.0;
+    d.mul_f64(factor)
+}
+
+/// Runs until the process stops. Returns only when the control plane refuses the proxy before
+/// it ever received a configuration.
+pub async fn run(
+    settings: XdsSettings,
+    runtime: watch::Sender<Arc<Runtime>>,
+    ready: watch::Sender<bool>,
+    stats: Arc<Stats>,
+) -> Result<(), Refused> {
+    let mut backoff = BACKOFF_START;
+    let mut ever_connected = false;
+    loop {
+        match connect_once(&settings, &runtime, &ready, &stats).await {
+            Ended::AfterUpdates => {
+                ever_connected = true;
+                backoff = BACKOFF_START;
+                warn!(
+                    cp = settings.cp_address,
+                    "lost the control plane; serving the last configuration and reconnecting"
+                );
+            }
+            Ended::Refused(r) if !ever_connected => return Err(r),
+            Ended::Refused(r) => warn!("{r}; retrying"),
+            Ended::Failed(reason) => {
+                warn!(
+                    cp = settings.cp_address,
+                    reason, "cannot reach the control plane; retrying in {backoff:?}"
+                );
+            }
+        }
+        stats.inc("control_plane.reconnects");
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn node(settings: &XdsSettings) -> Node {
+    let mut fields = std::collections::BTreeMap::new();
+    if let Some(json) = &settings.dataplane_json {
+        fields.insert(
+            "dataplane.resource".to_string(),
+            Value {
+                kind: Some(Kind::StringValue(json.clone())),
+            },
+        );
+    }
+    Node {
+        id: node_id(&settings.mesh, &settings.name),
+        metadata: Some(Struct {
+            fields: fields.into_iter().collect(),
+        }),
+        user_agent_name: "kuma-dp".into(),
+        user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
+            meshzone_model::VERSION.into(),
+        )),
+        ..Default::default()
+    }
+}
+
+fn host_of(address: &str) -> String {
+    let rest = address
+        .split_once("://")
+        .map_or(address, |(_, r)| r)
+        .trim_end_matches('/');
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    if let Some(v6) = host_port.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6).to_string();
+    }
+    host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(h, _)| h)
+        .to_string()
+}
+
+async fn connect_once(
+    settings: &XdsSettings,
+    runtime: &watch::Sender<Arc<Runtime>>,
+    ready: &watch::Sender<bool>,
+    stats: &Stats,
+) -> Ended {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&settings.ca_pem))
+        .domain_name(host_of(&settings.cp_address));
+    let endpoint = match Channel::from_shared(settings.cp_address.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            return Ended::Refused(Refused {
+                address: settings.cp_address.clone(),
+                message: format!("invalid --cp-address: {e}"),
+            });
+        }
+    };
+    let endpoint = match endpoint.tls_config(tls) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true),
+        Err(e) => return Ended::Failed(format!("TLS setup: {e}")),
+    };
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            return Ended::Failed(msg);
+        }
+    };
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+    let node = node(settings);
+    for t in TypeUrl::ALL {
+        let _ = tx
+            .send(DiscoveryRequest {
+                node: Some(node.clone()),
+                type_url: t.as_str().to_string(),
+                ..Default::default()
+            })
+            .await;
+    }
+    let mut request = Request::new(ReceiverStream::new(rx));
+    if !settings.token.is_empty()
+        && let Ok(v) = format!("Bearer {}", settings.token).parse()
+    {
+        request.metadata_mut().insert("authorization", v);
+    }
+    let mut responses = match client.stream_aggregated_resources(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return classify(settings, status),
+    };
+    info!(cp = settings.cp_address, "connected to the control plane");
+    let mut config: ProxyConfig = runtime.borrow().config.clone();
+    let mut received: BTreeSet<TypeUrl> = BTreeSet::new();
+    let mut updates = 0u64;
+    loop {
+        let response = match responses.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(status) if updates == 0 => return classify(settings, status),
+            Err(status) => {
+                warn!(%status, "stream to the control plane ended");
+                break;
+            }
+        };
+        let Some(type_url) = TypeUrl::parse(&response.type_url) else {
+            continue;
+        };
+        let mut next = config.clone();
+        let errors = next.apply(type_url, &response.resources);
+        let (rt, problems) = Runtime::build(next.clone());
+        let mut reasons: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        reasons.extend(problems.into_iter().map(|p| p.0));
+        let ack = DiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            version_info: if errors.is_empty() {
+                response.version_info.clone()
+            } else {
+                String::new()
+            },
+            error_detail: (!errors.is_empty()).then(|| RpcStatus {
+                code: Code::InvalidArgument as i32,
+                message: reasons.join("; "),
+                details: vec![],
+            }),
+            ..Default::default()
+        };
+        if errors.is_empty() {
+            config = next;
+            runtime.send_replace(Arc::new(rt));
+            stats.inc(format!("control_plane.{}.update_success", type_url.short()));
+            if !reasons.is_empty() {
+                warn!(
+                    problems = reasons.join("; "),
+                    "configuration applied with problems"
+                );
+            }
+        } else {
+            stats.inc(format!(
+                "control_plane.{}.update_rejected",
+                type_url.short()
+            ));
+            warn!(
+                type_url = type_url.short(),
+                reasons = reasons.join("; "),
+                "rejected an update (NACK)"
+            );
+        }
+        updates += 1;
+        received.insert(type_url);
+        if received.len() == TypeUrl::ALL.len() {
+            ready.send_replace(true);
+        }
+        if tx.send(ack).await.is_err() {
+            break;
+        }
+    }
+    if updates == 0 {
+        Ended::Failed("stream ended before any configuration arrived".into())
+    } else {
+        Ended::AfterUpdates
+    }
+}
+
+fn classify(settings: &XdsSettings, status: tonic::Status) -> Ended {
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied | Code::NotFound | Code::InvalidArgument => {
+            Ended::Refused(Refused {
+                address: settings.cp_address.clone(),
+                message: status.message().to_string(),
+            })
+        }
+        _ => Ended::Failed(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_from_address() {
+        assert_eq!(host_of("https://zone-cp:5678"), "zone-cp");
+        assert_eq!(host_of("https://127.0.0.1:5678/"), "127.0.0.1");
+        assert_eq!(host_of("https://[::1]:5678"), "::1");
+    }
+}
