@@ -76,6 +76,7 @@ impl ControlPlane {
                 "KUMA_DIAGNOSTICS_SERVER_PORT".into(),
                 diagnostics_port.to_string(),
             ),
+            ("KUMA_DP_SERVER_PORT".into(), dp_port.to_string()),
         ];
         for (k, v) in extra_env {
             env.retain(|(key, _)| key != k);
