@@ -233,11 +233,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     info!(mesh, name, cp = args.cp_address, "kuma-dp started");
+    let mut updates_open = true;
     loop {
         tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() { break; }
-                listeners.reconcile(&changes).await;
+            changed = changes.changed(), if updates_open => {
+                // The sender lives in the xDS task; when it ends, its outcome comes next.
+                match changed {
+                    Ok(()) => listeners.reconcile(&changes).await,
+                    Err(_) => updates_open = false,
+                }
             }
             outcome = &mut xds => {
                 return match outcome {

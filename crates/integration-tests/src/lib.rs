@@ -184,3 +184,186 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A tiny HTTP/1.1 server that answers every request with its own name (keep-alive aware) and
+/// counts the requests it served. Stops when dropped.
+pub struct EchoServer {
+    pub port: u16,
+    pub name: String,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EchoServer {
+    pub fn start(name: &str) -> EchoServer {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+        let port = listener.local_addr().expect("addr").port();
+        let served = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st, n) = (served.clone(), stop.clone(), name.to_string());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (s, n) = (s.clone(), n.clone());
+                std::thread::spawn(move || {
+                    let Ok(mut writer) = conn.try_clone() else {
+                        return;
+                    };
+                    let mut reader = BufReader::new(conn);
+                    loop {
+                        let mut saw_request = false;
+                        let mut close = false;
+                        loop {
+                            let mut line = String::new();
+                            match reader.read_line(&mut line) {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            if line == "\r\n" || line == "\n" {
+                                break;
+                            }
+                            close |= line.to_ascii_lowercase().starts_with("connection: close");
+                            saw_request = true;
+                        }
+                        if !saw_request {
+                            continue;
+                        }
+                        s.fetch_add(1, Ordering::SeqCst);
+                        let body = format!("{n}\n");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if writer.write_all(resp.as_bytes()).is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        EchoServer {
+            port,
+            name: name.to_string(),
+            served,
+            stop,
+        }
+    }
+
+    pub fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// One HTTP GET over a new connection; the body, or why it failed.
+pub fn http_get(port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(format!("no HTTP answer: {out:?}")),
+    }
+}
+
+/// A `kuma-dp run` process. Killed on drop.
+pub struct DataPlane {
+    pub child: Child,
+    pub admin_port: u16,
+    pub log: PathBuf,
+}
+
+impl DataPlane {
+    /// Starts kuma-dp for the Dataplane YAML in `file`, with a token file (if any), against `cp`.
+    pub fn start(cp: &ControlPlane, file: &Path, token: Option<&Path>) -> DataPlane {
+        let admin_port = free_port();
+        let log = file.with_extension("log");
+        let mut cmd = Command::new(binary("kuma-dp"));
+        cmd.arg("run")
+            .arg(format!("--cp-address=https://127.0.0.1:{}", cp.dp_port))
+            .arg(format!("--dataplane-file={}", file.display()))
+            .arg(format!("--admin-port={admin_port}"))
+            .arg("--drain-time=2s")
+            .env("HOME", &cp.work_dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("dp log"));
+        cmd.arg(format!(
+            "--ca-cert-file={}",
+            cp.work_dir.join("kuma").join("kuma-cp.crt").display()
+        ));
+        if let Some(t) = token {
+            cmd.arg(format!("--dataplane-token-file={}", t.display()));
+        }
+        DataPlane {
+            child: cmd.spawn().expect("spawn kuma-dp"),
+            admin_port,
+            log,
+        }
+    }
+
+    pub fn admin(&self, path: &str) -> Option<String> {
+        reqwest::blocking::get(format!("http://127.0.0.1:{}{path}", self.admin_port))
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.text().ok())
+    }
+
+    pub fn wait_ready(&mut self) {
+        let log = self.log.clone();
+        let port = self.admin_port;
+        let child = &mut self.child;
+        wait_for("kuma-dp /ready", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "kuma-dp exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            reqwest::blocking::get(format!("http://127.0.0.1:{port}/ready"))
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+    }
+
+    /// Waits for the process to exit on its own; returns its status and log.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let child = &mut self.child;
+        let status = wait_for("kuma-dp to exit", timeout, || {
+            child.try_wait().ok().flatten()
+        });
+        (
+            status,
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+        )
+    }
+
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,407 @@
+//! A single zone as a real mesh: kuma-cp, HTTP echo apps and kuma-dp proxies on loopback.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use meshzone_integration_tests::{
+    ControlPlane, DataPlane, EchoServer, free_port, http_get, stderr, stdout, wait_for,
+};
+
+const MESH: &str = r#"
+type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+    - name: ca-1
+      type: builtin
+      dpCert:
+        rotation:
+          expiration: EXPIRATION
+"#;
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "kumactl failed: {}{}",
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+fn dataplane(
+    name: &str,
+    service: &str,
+    inbound: u16,
+    app: u16,
+    outbound: Option<(u16, &str)>,
+) -> String {
+    let mut y = format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {inbound}\n      servicePort: {app}\n      tags:\n        kuma.io/service: {service}\n"
+    );
+    if let Some((port, target)) = outbound {
+        y.push_str(&format!(
+            "  outbound:\n    - port: {port}\n      tags:\n        kuma.io/service: {target}\n"
+        ));
+    }
+    y
+}
+
+struct Mesh {
+    cp: ControlPlane,
+    dir: PathBuf,
+}
+
+impl Mesh {
+    fn start(dir: &Path, cert_expiration: &str, extra_env: &[(&str, &str)]) -> Mesh {
+        let cp = ControlPlane::start(dir, extra_env);
+        ok(&cp.kumactl(&[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "t",
+            "--address",
+            &cp.api_url(),
+        ]));
+        let mesh = write(
+            dir,
+            "mesh.yaml",
+            &MESH.replace("EXPIRATION", cert_expiration),
+        );
+        ok(&cp.kumactl(&["apply", "-f", &mesh.display().to_string()]));
+        Mesh {
+            cp,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn token(&self, name: &str, extra: &[&str]) -> PathBuf {
+        let mut args = vec!["generate", "dataplane-token", "--name", name];
+        args.extend_from_slice(extra);
+        let token = ok(&self.cp.kumactl(&args));
+        write(&self.dir, &format!("{name}.token"), token.trim())
+    }
+
+    fn proxy(&self, name: &str, yaml: &str) -> DataPlane {
+        let file = write(&self.dir, &format!("{name}.yaml"), yaml);
+        let token = self.token(name, &[]);
+        let mut dp = DataPlane::start(&self.cp, &file, Some(&token));
+        dp.wait_ready();
+        dp
+    }
+}
+
+#[test]
+fn mtls_traffic_identity_refusals_cp_outage_and_load_balancing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = Mesh::start(
+        dir.path(),
+        "24h",
+        &[("KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "60s")],
+    );
+    let echo1 = EchoServer::start("server-1");
+    let client_app = EchoServer::start("client-app");
+    let (in1, in_c, out) = (free_port(), free_port(), free_port());
+    let server1 = mesh.proxy(
+        "server-1",
+        &dataplane("server-1", "echo", in1, echo1.port, None),
+    );
+    let client = mesh.proxy(
+        "client-1",
+        &dataplane(
+            "client-1",
+            "client",
+            in_c,
+            client_app.port,
+            Some((out, "echo")),
+        ),
+    );
+
+    // curl, a real client, through the client's outbound listener.
+    let body = wait_for("echo through two proxies", Duration::from_secs(20), || {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "-m", "5", &format!("http://127.0.0.1:{out}/")])
+            .output()
+            .expect("curl");
+        o.status
+            .success()
+            .then(|| stdout(&o))
+            .filter(|b| !b.is_empty())
+    });
+    assert_eq!(body.trim(), "server-1");
+    let stats = server1.admin("/stats").expect("stats");
+    assert!(
+        stats.contains(&format!(
+            "listener.inbound:127.0.0.1:{in1}.peer.spiffe://default/client.cx_total"
+        )),
+        "server proxy should have seen the client's SPIFFE ID: {stats}"
+    );
+
+    eprintln!("step: Plain TCP to the inbound port");
+    // Plain TCP to the inbound port does not reach the application.
+    let served = echo1.served();
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", in1)).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = plain.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("server-1"),
+        "plaintext reached the app"
+    );
+
+    eprintln!("step: A certificate from another CA");
+    // A certificate from another CA, even with the right SPIFFE ID, is refused.
+    let now = SystemTime::now();
+    let rogue_ca =
+        meshzone_pki::generate_ca("default", Duration::from_secs(3600), now).expect("ca");
+    let rogue = meshzone_pki::issue_workload_cert(
+        &rogue_ca,
+        &["spiffe://default/client".to_string()],
+        Duration::from_secs(3600),
+        now,
+    )
+    .expect("cert");
+    assert!(
+        tls_get(in1, &rogue).is_err(),
+        "a foreign CA's certificate was accepted"
+    );
+    assert_eq!(
+        echo1.served(),
+        served,
+        "refused connections must not reach the app"
+    );
+
+    eprintln!("step: Tokens: wrong name");
+    // Tokens: wrong name, missing, expired — each refused with its reason.
+    let intruder = write(
+        &mesh.dir,
+        "intruder.yaml",
+        &dataplane("intruder", "echo", free_port(), echo1.port, None),
+    );
+    let wrong = mesh.dir.join("server-1.token");
+    let mut dp = DataPlane::start(&mesh.cp, &intruder, Some(&wrong));
+    let (status, log) = dp.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "{status}: {log}");
+    assert!(
+        log.contains("token is for data plane \"server-1\""),
+        "{log}"
+    );
+    let mut dp = DataPlane::start(&mesh.cp, &intruder, None);
+    let (status, log) = dp.wait_exit(Duration::from_secs(20));
+    assert!(
+        !status.success() && log.contains("no token was provided"),
+        "{log}"
+    );
+    let short = mesh.token("intruder", &["--valid-for", "1s"]);
+    let issued = SystemTime::now();
+    wait_for("the short token to expire", Duration::from_secs(5), || {
+        (SystemTime::now() > issued + Duration::from_millis(1500)).then_some(())
+    });
+    let mut dp = DataPlane::start(&mesh.cp, &intruder, Some(&short));
+    let (status, log) = dp.wait_exit(Duration::from_secs(20));
+    assert!(!status.success() && log.contains("token expired"), "{log}");
+
+    eprintln!("step: The control plane dies");
+    // The control plane dies: traffic keeps flowing on the proxies' last configuration.
+    let mut cp = mesh.cp;
+    cp.kill9();
+    let failures = (0..50).filter(|_| http_get(out).is_err()).count();
+    assert_eq!(failures, 0, "requests failed while the CP was down");
+
+    eprintln!("step: It comes back");
+    // It comes back: the proxies reconnect, and a new instance becomes reachable and shares load.
+    cp.restart();
+    let echo2 = EchoServer::start("server-2");
+    let mesh = Mesh { cp, dir: mesh.dir };
+    let server2 = mesh.proxy(
+        "server-2",
+        &dataplane("server-2", "echo", free_port(), echo2.port, None),
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 2 && Instant::now() < deadline {
+        if let Ok(b) = http_get(out) {
+            seen.insert(b.trim().to_string());
+        }
+    }
+    assert_eq!(seen.len(), 2, "only {seen:?} answered");
+    let (before1, before2) = (echo1.served(), echo2.served());
+    for _ in 0..40 {
+        http_get(out).expect("request");
+    }
+    let (d1, d2) = (echo1.served() - before1, echo2.served() - before2);
+    assert_eq!(d1 + d2, 40);
+    assert!(d1 >= 10 && d2 >= 10, "traffic not spread: {d1} vs {d2}");
+
+    eprintln!("step: A proxy that stops");
+    // A proxy that stops is shown offline; the others stay online.
+    server2.terminate();
+    wait_for("server-2 offline", Duration::from_secs(20), || {
+        let out = stdout(&mesh.cp.kumactl(&["inspect", "dataplanes"]));
+        out.lines()
+            .any(|l| l.contains("server-2") && l.contains("Offline"))
+            .then_some(())
+    });
+    let table = stdout(&mesh.cp.kumactl(&["inspect", "dataplanes"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("client-1") && l.contains("Online")),
+        "{table}"
+    );
+    drop(client);
+}
+
+#[test]
+fn long_lived_connection_survives_certificate_rotations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Certificates live 3 s and are renewed at 70 %, i.e. about every 2 s.
+    let mesh = Mesh::start(dir.path(), "3s", &[("KUMA_STORE_TYPE", "memory")]);
+    let echo = EchoServer::start("server");
+    let app = EchoServer::start("client-app");
+    let (in1, out) = (free_port(), free_port());
+    let _server = mesh.proxy("server", &dataplane("server", "echo", in1, echo.port, None));
+    let client = mesh.proxy(
+        "client",
+        &dataplane(
+            "client",
+            "client",
+            free_port(),
+            app.port,
+            Some((out, "echo")),
+        ),
+    );
+    wait_for("first request", Duration::from_secs(20), || {
+        http_get(out).ok()
+    });
+
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", out)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let regenerations = |dp: &str| -> u64 {
+        let o = mesh
+            .cp
+            .kumactl(&["get", "dataplane-insight", dp, "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&stdout(&o))
+            .ok()
+            .and_then(|v| v["mTLS"]["certificateRegenerations"].as_u64())
+            .unwrap_or(0)
+    };
+    let start = regenerations("client");
+    let mut answers = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while regenerations("client") < start + 2 && Instant::now() < deadline {
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write on the long-lived connection");
+        let mut buf = [0u8; 256];
+        let n = conn
+            .read(&mut buf)
+            .expect("read on the long-lived connection");
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("server"));
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        regenerations("client") >= start + 2,
+        "certificates were not rotated twice"
+    );
+    assert!(answers > 5);
+    // New connections work with the new certificates too.
+    assert_eq!(http_get(out).expect("new connection").trim(), "server");
+    drop(client);
+}
+
+/// Tries an HTTPS GET to a proxy's inbound with a given client certificate.
+fn tls_get(port: u16, cert: &meshzone_pki::CertifiedKey) -> Result<String, String> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+    #[derive(Debug)]
+    struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(
+        Arc::new(config),
+        ServerName::try_from("echo").map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    tls.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if out.starts_with("HTTP/1.1 200") {
+        Ok(out)
+    } else {
+        Err(format!("no answer: {out:?}"))
+    }
+}
