@@ -164,6 +164,10 @@ async fn handle(
     let plan = rt
         .listener(listener)
         .ok_or_else(|| "listener was removed".to_string())?;
+    if plan.permissive && !starts_with_tls(&conn).await {
+        stats.inc(format!("listener.{listener}.plaintext.cx_total"));
+        return forward(conn, &plan.cluster, rt, stats).await;
+    }
     match &plan.tls {
         None => forward(conn, &plan.cluster, rt, stats).await,
         Some(_) => {
@@ -190,6 +194,15 @@ async fn handle(
             forward(stream, &plan.cluster, rt, stats).await
         }
     }
+}
+
+/// Whether the client opens with a TLS handshake record (content type 22), without consuming it.
+async fn starts_with_tls(conn: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), conn.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x16
+    )
 }
 
 /// Connects to an endpoint of `cluster` (TLS if the cluster says so) and copies bytes.

@@ -405,3 +405,55 @@ fn tls_get(port: u16, cert: &meshzone_pki::CertifiedKey) -> Result<String, Strin
         Err(format!("no answer: {out:?}"))
     }
 }
+
+#[test]
+fn permissive_mesh_accepts_plaintext_next_to_mtls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = Mesh::start(dir.path(), "24h", &[("KUMA_STORE_TYPE", "memory")]);
+    let echo = EchoServer::start("server");
+    let app = EchoServer::start("client-app");
+    let (inbound, out) = (free_port(), free_port());
+    let server = mesh.proxy(
+        "server",
+        &dataplane("server", "echo", inbound, echo.port, None),
+    );
+    let _client = mesh.proxy(
+        "client",
+        &dataplane(
+            "client",
+            "client",
+            free_port(),
+            app.port,
+            Some((out, "echo")),
+        ),
+    );
+    wait_for("mTLS request", Duration::from_secs(20), || {
+        http_get(out).ok()
+    });
+    assert!(
+        http_get(inbound).is_err(),
+        "strict mode must refuse plaintext"
+    );
+
+    let permissive = write(
+        &mesh.dir,
+        "permissive.yaml",
+        &MESH
+            .replace("EXPIRATION", "24h")
+            .replace("type: builtin", "type: builtin\n      mode: permissive"),
+    );
+    ok(&mesh
+        .cp
+        .kumactl(&["apply", "-f", &permissive.display().to_string()]));
+    let body = wait_for("plaintext accepted", Duration::from_secs(20), || {
+        http_get(inbound).ok()
+    });
+    assert_eq!(body.trim(), "server");
+    assert_eq!(http_get(out).expect("mTLS still works").trim(), "server");
+    let stats = server.admin("/stats").unwrap_or_default();
+    assert!(stats.contains("plaintext.cx_total"), "{stats}");
+    assert!(
+        stats.contains("peer.spiffe://default/client.cx_total"),
+        "{stats}"
+    );
+}

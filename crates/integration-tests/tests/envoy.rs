@@ -218,6 +218,7 @@ fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
     let envoy_app = EchoServer::start("envoy-app");
     let kdp_app = EchoServer::start("kdp-app");
     let client_app = EchoServer::start("client-app");
+    let envoy_inbound = free_port();
     let mut envoy_server = Envoy::start(
         &cp,
         dir.path(),
@@ -225,7 +226,7 @@ fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
         &dp_json(
             "envoy-server",
             "behind-envoy",
-            free_port(),
+            envoy_inbound,
             envoy_app.port,
             None,
         ),
@@ -317,6 +318,26 @@ fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
             "{name} config_dump lacks our listeners"
         );
     }
+    // Permissive mTLS (TLS inspector + a plaintext chain) is accepted by Envoy too, and then a
+    // plaintext client reaches the app behind the Envoy sidecar.
+    std::fs::write(&mesh, "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n      mode: PERMISSIVE\n").expect("mesh");
+    ok(cp.kumactl(&["apply", "-f", &mesh.display().to_string()]));
+    let body = wait_for(
+        "plaintext through the permissive Envoy inbound",
+        Duration::from_secs(30),
+        || curl(envoy_inbound),
+    );
+    assert_eq!(body, "envoy-app");
+    let body = wait_for("mTLS still works", Duration::from_secs(10), || {
+        curl(e_to_envoy)
+    });
+    assert_eq!(body, "envoy-app");
+    let (rejected, _) = envoy_server.rejected_and_accepted();
+    assert!(
+        rejected.is_empty(),
+        "envoy-server rejected the permissive listener: {rejected:?}"
+    );
+
     // The control plane saw their ACKs and no NACK.
     for name in ["envoy-server", "envoy-client"] {
         // Insights are written at most once a second: poll until the ACKs are recorded.

@@ -78,6 +78,8 @@ pub struct ListenerPlan {
     pub cluster: String,
     /// Inbound mTLS: terminate and require a client certificate.
     pub tls: Option<TlsPlan>,
+    /// With `tls`: plaintext connections are accepted too (mesh mTLS mode `permissive`).
+    pub permissive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -222,8 +224,33 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
     let l: Listener = unpack(any).map_err(|e| err("listener", e))?;
     let name = l.name.clone();
     let address = socket_addr(&name, l.address.as_ref())?;
-    let [chain] = l.filter_chains.as_slice() else {
-        return Err(err(&name, "exactly one filter chain is supported"));
+    let (chain, permissive) = match l.filter_chains.as_slice() {
+        [chain] => (chain, false),
+        // Permissive: a TLS chain and a plaintext chain, told apart by the TLS inspector.
+        [a, b] => {
+            let proto = |c: &envoy_types::pb::envoy::config::listener::v3::FilterChain| {
+                c.filter_chain_match
+                    .as_ref()
+                    .map(|m| m.transport_protocol.clone())
+                    .unwrap_or_default()
+            };
+            match (proto(a).as_str(), proto(b).as_str()) {
+                ("tls", "raw_buffer") => (a, true),
+                ("raw_buffer", "tls") => (b, true),
+                _ => {
+                    return Err(err(
+                        &name,
+                        "two filter chains must be one \"tls\" and one \"raw_buffer\"",
+                    ));
+                }
+            }
+        }
+        _ => {
+            return Err(err(
+                &name,
+                "one filter chain (or a tls + raw_buffer pair) is supported",
+            ));
+        }
     };
     let [filter] = chain.filters.as_slice() else {
         return Err(err(
@@ -247,11 +274,18 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
             Some(tls_plan(&name, d.common_tls_context.as_ref(), None)?)
         }
     };
+    if permissive && tls.is_none() {
+        return Err(err(
+            &name,
+            "the \"tls\" filter chain has no TLS transport socket",
+        ));
+    }
     Ok(ListenerPlan {
         name,
         address,
         cluster,
         tls,
+        permissive,
     })
 }
 

@@ -22,7 +22,11 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfigType;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfigType;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
@@ -198,7 +202,12 @@ pub fn sni(service: &str, mesh: &str) -> String {
 pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
     let mesh = input.mesh;
     let net = &input.dataplane.networking;
-    let mtls = input.tls.is_some() && input.mesh_spec.enabled_mtls_backend().is_some();
+    let backend = input.mesh_spec.enabled_mtls_backend();
+    let mtls = input.tls.is_some() && backend.is_some();
+    // `mode: permissive` (any case): inbound also accepts plaintext, e.g. while migrating to mTLS.
+    let permissive = backend
+        .and_then(|b| b.mode.as_deref())
+        .is_some_and(|m| m.eq_ignore_ascii_case("permissive"));
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
     let mut assignments = Vec::new();
@@ -213,6 +222,30 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
             filters: vec![tcp_proxy_filter(&name, &app_cluster)],
             ..Default::default()
         };
+        let mut chains = Vec::new();
+        let mut listener_filters = Vec::new();
+        if mtls && permissive {
+            // Plaintext is accepted too: the TLS inspector picks the chain.
+            listener_filters.push(ListenerFilter {
+                name: "envoy.filters.listener.tls_inspector".into(),
+                config_type: Some(ListenerFilterConfigType::TypedConfig(pack_any(
+                    TlsInspector::default(),
+                ))),
+                ..Default::default()
+            });
+            chains.push(FilterChain {
+                filter_chain_match: Some(FilterChainMatch {
+                    transport_protocol: "raw_buffer".into(),
+                    ..Default::default()
+                }),
+                filters: vec![tcp_proxy_filter(&name, &app_cluster)],
+                ..Default::default()
+            });
+            chain.filter_chain_match = Some(FilterChainMatch {
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            });
+        }
         if mtls {
             chain.transport_socket = Some(transport_socket(pack_any(DownstreamTlsContext {
                 common_tls_context: Some(common_tls(
@@ -226,12 +259,14 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
                 ..Default::default()
             })));
         }
+        chains.insert(0, chain);
         listeners.push(NamedResource {
             name: name.clone(),
             resource: pack_any(Listener {
                 name: name.clone(),
                 address: Some(socket(address, inbound.port)),
-                filter_chains: vec![chain],
+                filter_chains: chains,
+                listener_filters,
                 ..Default::default()
             }),
         });

@@ -17,7 +17,16 @@ fn fixture(name: &str) -> Resource {
 }
 
 fn decoded(tls: bool) -> (ProxyConfig, Vec<DecodeError>) {
-    let mesh = fixture("mesh.yaml");
+    decoded_with(tls, None)
+}
+
+fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>) {
+    let mut mesh = fixture("mesh.yaml");
+    if let (Some(mode), Spec::Mesh(m)) = (mode, &mut mesh.spec) {
+        for b in &mut m.mtls.as_mut().expect("mtls").backends {
+            b.mode = Some(mode.to_string());
+        }
+    }
     let dp = fixture("dataplane.yaml");
     let (Spec::Mesh(mesh_spec), Spec::Dataplane(dp_spec)) = (&mesh.spec, &dp.spec) else {
         panic!("fixtures");
@@ -115,4 +124,26 @@ fn bad_resources_are_rejected_one_by_one() {
     assert_eq!(errors.len(), 2);
     assert_eq!(errors[0].name, "logical");
     assert!(config.clusters.contains_key("ok"));
+}
+
+#[test]
+fn permissive_mode_adds_a_plaintext_chain() {
+    let (strict, errors) = decoded_with(true, Some("STRICT"));
+    assert!(errors.is_empty());
+    assert!(strict.listeners.values().all(|l| !l.permissive));
+    let (permissive, errors) = decoded_with(true, Some("PERMISSIVE"));
+    assert!(errors.is_empty(), "{errors:?}");
+    let inbound = permissive
+        .listeners
+        .values()
+        .find(|l| l.name.starts_with("inbound:"))
+        .expect("inbound");
+    assert!(inbound.permissive && inbound.tls.is_some());
+    assert!(
+        permissive
+            .listeners
+            .values()
+            .filter(|l| l.name.starts_with("outbound:"))
+            .all(|l| !l.permissive)
+    );
 }
