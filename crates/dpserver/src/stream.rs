@@ -101,6 +101,8 @@ pub(crate) async fn start(
     let events = store.subscribe();
     let mut stream = ProxyStream::new(shared.clone(), key.clone(), tx);
     stream.version = node_version(&node);
+    // gRPC's own xDS client announces itself as "gRPC <language>".
+    stream.proxyless = node.user_agent_name.starts_with("gRPC");
     stream.open_insight().await;
     info!(mesh, name, registered, "data plane proxy connected");
     tokio::spawn(async move {
@@ -209,6 +211,7 @@ struct ProxyStream {
     counters: BTreeMap<TypeUrl, ResponseCounters>,
     insight_dirty: bool,
     version: Option<ComponentVersions>,
+    proxyless: bool,
 }
 
 /// What the proxy says it is: `kuma-dp` with its version, or Envoy.
@@ -259,6 +262,7 @@ impl ProxyStream {
             counters: BTreeMap::new(),
             insight_dirty: false,
             version: None,
+            proxyless: false,
         }
     }
 
@@ -392,12 +396,8 @@ impl ProxyStream {
             return Ok(());
         };
         let names = self.subscribed.get(&type_url).cloned().unwrap_or_default();
-        // LDS and CDS are wildcard; EDS and SDS name what they want.
-        let wanted = |n: &str| {
-            names.is_empty()
-                || matches!(type_url, TypeUrl::Listener | TypeUrl::Cluster)
-                || names.iter().any(|w| w == n || w == "*")
-        };
+        // An empty list (Envoy's LDS/CDS) or "*" is a wildcard; otherwise send what was named.
+        let wanted = |n: &str| names.is_empty() || names.iter().any(|w| w == n || w == "*");
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let response = DiscoveryResponse {
@@ -468,6 +468,7 @@ impl ProxyStream {
             dataplane: &own,
             endpoints: &endpoints,
             tls: material,
+            proxyless: self.proxyless,
         });
         Ok(())
     }

@@ -26,7 +26,20 @@ use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
 };
+use envoy_types::pb::envoy::config::listener::v3::ApiListener;
+use envoy_types::pb::envoy::config::route::v3::route::Action as RouteActionKind;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter,
+};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
@@ -72,6 +85,9 @@ pub struct ProxyInput<'a> {
     /// Reachable instances of each service in the mesh.
     pub endpoints: &'a BTreeMap<String, Vec<EndpointInfo>>,
     pub tls: Option<&'a TlsMaterial>,
+    /// A proxyless gRPC client (gRPC's own xDS support): it gets an API listener per outbound
+    /// service, named after the service (`xds:///<service>`), routing to that service's cluster.
+    pub proxyless: bool,
 }
 
 /// A named, packed resource.
@@ -299,6 +315,12 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
         let Some(service) = outbound.service() else {
             continue;
         };
+        if input.proxyless && !seen_services.contains(service) {
+            listeners.push(NamedResource {
+                name: service.to_string(),
+                resource: pack_any(api_listener(service)),
+            });
+        }
         let name = names::outbound_listener(outbound.address(), outbound.port);
         listeners.push(NamedResource {
             name: name.clone(),
@@ -367,9 +389,19 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
                 endpoints: by_zone
                     .into_iter()
                     .map(|(zone, lb_endpoints)| LocalityLbEndpoints {
-                        locality: zone.map(|z| Locality {
-                            zone: z.to_string(),
+                        // Always present (gRPC requires it), empty without a zone.
+                        locality: Some(Locality {
+                            zone: zone.unwrap_or_default().to_string(),
                             ..Default::default()
+                        }),
+                        // gRPC drops localities without a weight; Envoy ignores it unless
+                        // locality-weighted balancing is on.
+                        load_balancing_weight: Some(UInt32Value {
+                            value: lb_endpoints
+                                .iter()
+                                .map(|e| e.load_balancing_weight.as_ref().map_or(1, |w| w.value))
+                                .sum::<u32>()
+                                .max(1),
                         }),
                         lb_endpoints,
                         ..Default::default()
@@ -431,6 +463,49 @@ fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
         })),
         load_balancing_weight: Some(UInt32Value {
             value: weight.max(1),
+        }),
+        ..Default::default()
+    }
+}
+
+/// An API listener for a proxyless gRPC client: HTTP connection manager with an inline route
+/// sending every request to the service's cluster.
+fn api_listener(service: &str) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: service.to_string(),
+        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
+            name: service.to_string(),
+            virtual_hosts: vec![VirtualHost {
+                name: service.to_string(),
+                domains: vec!["*".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                        ..Default::default()
+                    }),
+                    action: Some(RouteActionKind::Route(RouteAction {
+                        cluster_specifier: Some(RouteCluster::Cluster(service.to_string())),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(HttpFilterConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: service.to_string(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack_any(hcm)),
         }),
         ..Default::default()
     }
