@@ -155,11 +155,18 @@ async fn load(port: u16, rate: u32, seconds: u64) -> anyhow::Result<Latency> {
             conn.set_nodelay(true)?;
             let mut buf = Vec::with_capacity(4096);
             let offset = per_conn.mul_f64(c as f64 / CONNECTIONS as f64);
+            let mut previous_done = start;
             for i in 0..total {
                 let scheduled = start + offset + per_conn * i as u32;
                 tokio::time::sleep_until(scheduled.into()).await;
+                // Open loop without the timer's slop: latency counts from the scheduled time only
+                // when the previous response on this connection made the request late.
+                let from = if previous_done > scheduled { scheduled } else { Instant::now() };
                 match request(&mut conn, "/", &mut buf).await {
-                    Ok(_) => samples.push(scheduled.elapsed()),
+                    Ok(_) => {
+                        previous_done = Instant::now();
+                        samples.push(from.elapsed());
+                    }
                     Err(_) => {
                         errors += 1;
                         conn = TcpStream::connect(("127.0.0.1", port)).await?;

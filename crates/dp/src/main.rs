@@ -75,13 +75,16 @@ struct RunArgs {
     drain_time: String,
     #[arg(long, default_value = "info", env = "KUMA_LOG_LEVEL")]
     log_level: String,
+    /// Worker threads of the proxy.
+    #[arg(long, default_value_t = 2, env = "KUMA_DATAPLANE_RUNTIME_CONCURRENCY")]
+    concurrency: usize,
 }
 
 fn main() {
     let cli = Cli::parse();
     let Command::Run(args) = cli.command;
     let result = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(args.concurrency.max(1))
         .enable_all()
         .build()
         .map_err(|e| anyhow!("cannot start the async runtime: {e}"))

@@ -18,6 +18,8 @@ use crate::runtime::Runtime;
 use crate::stats::Stats;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Copy buffer per direction: large enough for bulk transfers to move in few syscalls.
+const BUFFER: usize = 64 * 1024;
 
 /// Live connections, so a shutdown can wait for them to finish.
 #[derive(Default)]
@@ -234,7 +236,7 @@ where
         let copied = match rt.upstream.get(cluster) {
             None => {
                 let mut tcp = tcp;
-                tokio::io::copy_bidirectional(&mut downstream, &mut tcp).await
+                tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut tcp, BUFFER, BUFFER).await
             }
             Some(tls) => {
                 let name = tls
@@ -251,7 +253,8 @@ where
                         continue;
                     }
                 };
-                tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
+                tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut upstream, BUFFER, BUFFER)
+                    .await
             }
         };
         if let Ok((up, down)) = copied {
