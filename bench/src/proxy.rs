@@ -161,7 +161,11 @@ async fn load(port: u16, rate: u32, seconds: u64) -> anyhow::Result<Latency> {
                 tokio::time::sleep_until(scheduled.into()).await;
                 // Open loop without the timer's slop: latency counts from the scheduled time only
                 // when the previous response on this connection made the request late.
-                let from = if previous_done > scheduled { scheduled } else { Instant::now() };
+                let from = if previous_done > scheduled {
+                    scheduled
+                } else {
+                    Instant::now()
+                };
                 match request(&mut conn, "/", &mut buf).await {
                     Ok(_) => {
                         previous_done = Instant::now();

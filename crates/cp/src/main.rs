@@ -143,10 +143,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     )
     .await?;
 
-    let dp_listener = match role {
-        Role::Global => None,
-        _ => Some(bind("0.0.0.0", config.dp_server.port, "dpServer.port").await?),
-    };
+    let dp_listener = Some(bind("0.0.0.0", config.dp_server.port, "dpServer.port").await?);
 
     let backend = match config.store.store_type.as_str() {
         "memory" => AnyBackend::Memory(MemoryBackend::new()),
@@ -218,6 +215,9 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                 )
                 .unwrap_or(std::time::Duration::from_secs(10)),
                 zone,
+                refuse_all: matches!(role, Role::Global).then(|| {
+                    "global control plane does not accept data plane proxies; connect to a zone control plane".to_string()
+                }),
             };
             let mut rx = stop_rx.clone();
             let stop = async move {

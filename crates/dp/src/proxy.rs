@@ -236,7 +236,8 @@ where
         let copied = match rt.upstream.get(cluster) {
             None => {
                 let mut tcp = tcp;
-                tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut tcp, BUFFER, BUFFER).await
+                tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut tcp, BUFFER, BUFFER)
+                    .await
             }
             Some(tls) => {
                 let name = tls
@@ -253,8 +254,13 @@ where
                         continue;
                     }
                 };
-                tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut upstream, BUFFER, BUFFER)
-                    .await
+                tokio::io::copy_bidirectional_with_sizes(
+                    &mut downstream,
+                    &mut upstream,
+                    BUFFER,
+                    BUFFER,
+                )
+                .await
             }
         };
         if let Ok((up, down)) = copied {

@@ -273,12 +273,14 @@ async fn connect_once(
 
 fn classify(settings: &XdsSettings, status: tonic::Status) -> Ended {
     match status.code() {
-        Code::Unauthenticated | Code::PermissionDenied | Code::NotFound | Code::InvalidArgument => {
-            Ended::Refused(Refused {
-                address: settings.cp_address.clone(),
-                message: status.message().to_string(),
-            })
-        }
+        Code::Unauthenticated
+        | Code::PermissionDenied
+        | Code::NotFound
+        | Code::InvalidArgument
+        | Code::FailedPrecondition => Ended::Refused(Refused {
+            address: settings.cp_address.clone(),
+            message: status.message().to_string(),
+        }),
         _ => Ended::Failed(format!("{}: {}", status.code(), status.message())),
     }
 }

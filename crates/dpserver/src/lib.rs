@@ -35,6 +35,8 @@ pub struct DpServerSettings {
     pub deregistration_delay: Duration,
     /// The zone this CP serves; stamped as `kuma.io/zone` on registered inbounds.
     pub zone: Option<String>,
+    /// Set on a global control plane: every proxy is turned away with this explanation.
+    pub refuse_all: Option<String>,
 }
 
 /// Which stream currently owns each registered proxy, so a late deregistration of an old stream
@@ -128,6 +130,9 @@ impl AggregatedDiscoveryService for AdsService {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim_start_matches("Bearer ").trim().to_string())
             .unwrap_or_default();
+        if let Some(reason) = &self.shared.settings.refuse_all {
+            return Err(Status::failed_precondition(reason.clone()));
+        }
         let inbound = request.into_inner();
         let rx = stream::start(self.shared.clone(), token, inbound).await?;
         Ok(Response::new(ReceiverStream::new(rx)))

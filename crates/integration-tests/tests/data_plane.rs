@@ -457,3 +457,24 @@ fn permissive_mesh_accepts_plaintext_next_to_mtls() {
         "{stats}"
     );
 }
+
+#[test]
+fn global_control_plane_turns_data_plane_proxies_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(
+        dir.path(),
+        &[("KUMA_MODE", "global"), ("KUMA_STORE_TYPE", "memory")],
+    );
+    let file = write(
+        dir.path(),
+        "dp.yaml",
+        &dataplane("dp-1", "web", free_port(), free_port(), None),
+    );
+    let mut dp = DataPlane::start(&cp, &file, None);
+    let (status, log) = dp.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(
+        log.contains("global control plane does not accept data plane proxies; connect to a zone control plane"),
+        "{log}"
+    );
+}
