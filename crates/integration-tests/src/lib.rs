@@ -133,6 +133,31 @@ impl ControlPlane {
     pub fn kumactl(&self, args: &[&str]) -> Output {
         kumactl(&self.work_dir.join("kumactl.yaml"), args, None)
     }
+
+    /// Runs kumactl and returns its stdout; panics with its output if it failed.
+    pub fn kumactl_ok(&self, args: &[&str]) -> String {
+        let o = self.kumactl(args);
+        assert!(
+            o.status.success(),
+            "kumactl {args:?} failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    /// Points this CP's kumactl config at its API (`kumactl config control-planes add`).
+    pub fn configure_kumactl(&self) {
+        self.kumactl_ok(&[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "test",
+            "--address",
+            &self.api_url(),
+        ]);
+    }
 }
 
 impl Drop for ControlPlane {

@@ -72,15 +72,7 @@ fn apply_list_survive_kill9_delete_and_conflicts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cp = ControlPlane::start(dir.path(), &[]);
     let url = cp.api_url();
-    ok(&cp.kumactl(&[
-        "config",
-        "control-planes",
-        "add",
-        "--name",
-        "test",
-        "--address",
-        &url,
-    ]));
+    cp.configure_kumactl();
 
     let file = dir.path().join("resources.yaml");
     std::fs::write(&file, RESOURCES).expect("write");
@@ -189,15 +181,7 @@ fn apply_list_survive_kill9_delete_and_conflicts() {
 fn invalid_documents_are_refused_by_kumactl_and_change_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = ControlPlane::start(dir.path(), &[("KUMA_STORE_TYPE", "memory")]);
-    ok(&cp.kumactl(&[
-        "config",
-        "control-planes",
-        "add",
-        "--name",
-        "t",
-        "--address",
-        &cp.api_url(),
-    ]));
+    cp.configure_kumactl();
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/invalid");
     let docs = invalid_documents(&corpus).expect("corpus");
     assert!(docs.len() >= 20);

@@ -64,15 +64,7 @@ struct Mesh {
 impl Mesh {
     fn start(dir: &Path, cert_expiration: &str, extra_env: &[(&str, &str)]) -> Mesh {
         let cp = ControlPlane::start(dir, extra_env);
-        ok(&cp.kumactl(&[
-            "config",
-            "control-planes",
-            "add",
-            "--name",
-            "t",
-            "--address",
-            &cp.api_url(),
-        ]));
+        cp.configure_kumactl();
         let mesh = write(
             dir,
             "mesh.yaml",

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, EchoServer, free_port, stderr, stdout, wait_for,
+    ControlPlane, DataPlane, EchoServer, free_port, stdout, wait_for,
 };
 use serde_json::json;
 
@@ -192,24 +192,12 @@ fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
     envoy_binary();
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = ControlPlane::start(dir.path(), &[("KUMA_STORE_TYPE", "memory")]);
-    let ok = |o: std::process::Output| {
-        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-        stdout(&o)
-    };
-    ok(cp.kumactl(&[
-        "config",
-        "control-planes",
-        "add",
-        "--name",
-        "t",
-        "--address",
-        &cp.api_url(),
-    ]));
+    cp.configure_kumactl();
     let mesh = dir.path().join("mesh.yaml");
     std::fs::write(&mesh, "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n").expect("mesh");
-    ok(cp.kumactl(&["apply", "-f", &mesh.display().to_string()]));
+    cp.kumactl_ok(&["apply", "-f", &mesh.display().to_string()]);
     let token = |name: &str| {
-        ok(cp.kumactl(&["generate", "dataplane-token", "--name", name]))
+        cp.kumactl_ok(&["generate", "dataplane-token", "--name", name])
             .trim()
             .to_string()
     };
@@ -321,7 +309,7 @@ fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
     // Permissive mTLS (TLS inspector + a plaintext chain) is accepted by Envoy too, and then a
     // plaintext client reaches the app behind the Envoy sidecar.
     std::fs::write(&mesh, "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n      mode: PERMISSIVE\n").expect("mesh");
-    ok(cp.kumactl(&["apply", "-f", &mesh.display().to_string()]));
+    cp.kumactl_ok(&["apply", "-f", &mesh.display().to_string()]);
     let body = wait_for(
         "plaintext through the permissive Envoy inbound",
         Duration::from_secs(30),

@@ -40,19 +40,7 @@ fn grpc_proxyless_client_calls_a_mesh_service_through_our_xds() {
             ("KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE", "none"),
         ],
     );
-    let ok = |o: std::process::Output| {
-        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-        stdout(&o)
-    };
-    ok(cp.kumactl(&[
-        "config",
-        "control-planes",
-        "add",
-        "--name",
-        "t",
-        "--address",
-        &cp.api_url(),
-    ]));
+    cp.configure_kumactl();
 
     // A real gRPC server behind a kuma-dp sidecar.
     let app_port = free_port();
@@ -128,7 +116,7 @@ fn grpc_proxyless_client_calls_a_mesh_service_through_our_xds() {
         "{stats}"
     );
     // The CP recorded the gRPC client's ACKs and no NACK.
-    let insight = ok(cp.kumactl(&["get", "dataplane-insight", "grpc-client", "-o", "json"]));
+    let insight = cp.kumactl_ok(&["get", "dataplane-insight", "grpc-client", "-o", "json"]);
     assert!(!insight.contains("\"responsesRejected\": 1"), "{insight}");
     drop(server);
 }
