@@ -14,6 +14,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use meshzone_xds::decode::ListenerPlan;
+
 use crate::runtime::Runtime;
 use crate::stats::Stats;
 
@@ -147,7 +149,7 @@ async fn accept_loop(
             let _guard = guard;
             stats.inc(format!("listener.{name}.downstream_cx_total"));
             stats.inc(format!("listener.{name}.downstream_cx_active"));
-            if let Err(reason) = handle(&name, conn, &rt, &stats).await {
+            if let Err(reason) = handle(&name, conn, rt, stats.clone()).await {
                 stats.inc(format!("listener.{name}.downstream_cx_refused"));
                 debug!(listener = name, %peer, reason, "connection closed");
             }
@@ -160,41 +162,57 @@ async fn accept_loop(
 async fn handle(
     listener: &str,
     conn: TcpStream,
-    rt: &Runtime,
-    stats: &Stats,
+    rt: Arc<Runtime>,
+    stats: Arc<Stats>,
 ) -> Result<(), String> {
     let plan = rt
         .listener(listener)
+        .cloned()
         .ok_or_else(|| "listener was removed".to_string())?;
-    if plan.permissive && !starts_with_tls(&conn).await {
-        stats.inc(format!("listener.{listener}.plaintext.cx_total"));
-        return forward(conn, &plan.cluster, rt, stats).await;
-    }
-    match &plan.tls {
-        None => forward(conn, &plan.cluster, rt, stats).await,
-        Some(_) => {
-            let tls = rt
-                .downstream
-                .get(listener)
-                .ok_or_else(|| "TLS material has not arrived".to_string())?;
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-            let stream = acceptor.accept(conn).await.map_err(|e| {
-                stats.inc(format!("listener.{listener}.ssl.handshake_error"));
-                format!("TLS handshake: {e}")
-            })?;
-            let peer = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| crate::tls::peer_identity(c, &tls.peer));
-            let Some(peer) = peer else {
-                stats.inc(format!("listener.{listener}.rbac.denied"));
-                return Err("peer identity is not allowed".into());
-            };
-            stats.inc(format!("listener.{listener}.peer.{peer}.cx_total"));
-            forward(stream, &plan.cluster, rt, stats).await
+    let plaintext = plan.tls.is_none() || (plan.permissive && !starts_with_tls(&conn).await);
+    if plaintext {
+        if plan.tls.is_some() {
+            stats.inc(format!("listener.{listener}.plaintext.cx_total"));
         }
+        return carry(conn, &plan, rt, stats).await;
+    }
+    let tls = rt
+        .downstream
+        .get(listener)
+        .ok_or_else(|| "TLS material has not arrived".to_string())?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let stream = acceptor.accept(conn).await.map_err(|e| {
+        stats.inc(format!("listener.{listener}.ssl.handshake_error"));
+        format!("TLS handshake: {e}")
+    })?;
+    let peer = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| crate::tls::peer_identity(c, &tls.peer));
+    let Some(peer) = peer else {
+        stats.inc(format!("listener.{listener}.rbac.denied"));
+        return Err("peer identity is not allowed".into());
+    };
+    stats.inc(format!("listener.{listener}.peer.{peer}.cx_total"));
+    carry(stream, &plan, rt, stats).await
+}
+
+/// Moves the connection's traffic: request by request for HTTP listeners, bytes otherwise.
+async fn carry<D>(
+    stream: D,
+    plan: &ListenerPlan,
+    rt: Arc<Runtime>,
+    stats: Arc<Stats>,
+) -> Result<(), String>
+where
+    D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if plan.http {
+        crate::http::serve(stream, plan.name.clone(), plan.cluster.clone(), rt, stats).await
+    } else {
+        forward(stream, &plan.cluster, &rt, &stats).await
     }
 }
 

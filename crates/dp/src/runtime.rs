@@ -30,6 +30,8 @@ pub struct Runtime {
     pub config: ProxyConfig,
     pub downstream: BTreeMap<String, DownstreamTls>,
     pub upstream: BTreeMap<String, UpstreamTls>,
+    /// Pooled HTTP clients of the clusters that HTTP listeners send to.
+    pub http_clients: BTreeMap<String, crate::http::HttpClient>,
     /// Round-robin position of each cluster.
     cursors: BTreeMap<String, AtomicUsize>,
 }
@@ -105,15 +107,33 @@ impl Runtime {
             .keys()
             .map(|k| (k.clone(), AtomicUsize::new(0)))
             .collect();
+        let http_clients = config
+            .listeners
+            .values()
+            .filter(|l| l.http)
+            .filter_map(|l| config.clusters.get(&l.cluster))
+            .map(|c| {
+                let tls = upstream
+                    .get(&c.name)
+                    .map(|u: &UpstreamTls| (u.config.clone(), u.sni.clone()));
+                (c.name.clone(), crate::http::client(tls, c.http2))
+            })
+            .collect();
         (
             Runtime {
                 config,
                 downstream,
                 upstream,
+                http_clients,
                 cursors,
             },
             problems,
         )
+    }
+
+    /// Whether a cluster's endpoints speak HTTP/2.
+    pub fn http2(&self, cluster: &str) -> bool {
+        self.config.clusters.get(cluster).is_some_and(|c| c.http2)
     }
 
     pub fn listener(&self, name: &str) -> Option<&ListenerPlan> {
@@ -170,6 +190,7 @@ mod tests {
                 name: "web".into(),
                 static_endpoints: None,
                 tls: None,
+                http2: false,
             },
         );
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();

@@ -460,6 +460,7 @@ impl ProxyStream {
             return Err(internal("stored Dataplane has another spec"));
         };
         let endpoints = endpoints_of(&dataplanes);
+        let protocols = protocols_of(&dataplanes);
         self.ensure_identity(&mesh, &own).await?;
         let material = self.identity.as_ref().map(|i| &i.material);
         self.snapshot = generate(&ProxyInput {
@@ -468,6 +469,7 @@ impl ProxyStream {
             dataplane: &own,
             endpoints: &endpoints,
             tls: material,
+            protocols: &protocols,
             proxyless: self.proxyless,
         });
         Ok(())
@@ -634,6 +636,36 @@ impl ProxyStream {
             }
         }
     }
+}
+
+/// The `kuma.io/protocol` of each service, when all its inbounds agree on one; otherwise tcp.
+fn protocols_of(dataplanes: &[Resource]) -> BTreeMap<String, String> {
+    let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for r in dataplanes {
+        let Spec::Dataplane(dp) = &r.spec else {
+            continue;
+        };
+        for inbound in &dp.networking.inbound {
+            let Some(service) = inbound.service() else {
+                continue;
+            };
+            let p = inbound
+                .tags
+                .get(meshzone_model::specs::PROTOCOL_TAG)
+                .cloned()
+                .unwrap_or_else(|| "tcp".into());
+            seen.entry(service.to_string())
+                .and_modify(|known| {
+                    if known.as_deref() != Some(p.as_str()) {
+                        *known = None;
+                    }
+                })
+                .or_insert(Some(p));
+        }
+    }
+    seen.into_iter()
+        .map(|(s, p)| (s, p.unwrap_or_else(|| "tcp".into())))
+        .collect()
 }
 
 /// Instances of every service in a mesh: each ready inbound of each Dataplane.

@@ -470,3 +470,69 @@ fn global_control_plane_turns_data_plane_proxies_away() {
         "{log}"
     );
 }
+
+#[test]
+fn http_services_are_balanced_per_request_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = Mesh::start(dir.path(), "24h", &[("KUMA_STORE_TYPE", "memory")]);
+    let (a, b, app) = (
+        EchoServer::start("a"),
+        EchoServer::start("b"),
+        EchoServer::start("client-app"),
+    );
+    let http = |name: &str, port: u16| {
+        dataplane(name, "web", free_port(), port, None).replace(
+            "kuma.io/service: web\n",
+            "kuma.io/service: web\n        kuma.io/protocol: http\n",
+        )
+    };
+    let _a = mesh.proxy("web-a", &http("web-a", a.port));
+    let _b = mesh.proxy("web-b", &http("web-b", b.port));
+    let out = free_port();
+    let client = mesh.proxy(
+        "client",
+        &dataplane(
+            "client",
+            "client",
+            free_port(),
+            app.port,
+            Some((out, "web")),
+        ),
+    );
+    wait_for(
+        "both instances known to the client",
+        Duration::from_secs(20),
+        || {
+            let dump = client.admin("/config_dump")?;
+            (dump.matches("\"weight\"").count() >= 2).then_some(())
+        },
+    );
+
+    // One keep-alive connection: an HTTP-aware proxy still spreads its requests.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", out)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..20 {
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+            .expect("write");
+        let mut buf = [0u8; 512];
+        let n = conn.read(&mut buf).expect("read");
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let body = text
+            .rsplit("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        *seen.entry(body).or_default() += 1;
+    }
+    assert_eq!(seen.get("a"), Some(&10), "{seen:?}");
+    assert_eq!(seen.get("b"), Some(&10), "{seen:?}");
+    let stats = client.admin("/stats").unwrap_or_default();
+    assert!(
+        stats.contains(&format!("http.outbound:127.0.0.1:{out}.rq_2xx: 20")),
+        "{stats}"
+    );
+}

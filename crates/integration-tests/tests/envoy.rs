@@ -220,19 +220,18 @@ fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
         ),
         &token("envoy-server"),
     );
+    // The kuma-dp side serves an HTTP service: Envoy's client gets an HTTP connection manager
+    // outbound for it, kuma-dp an HTTP-aware inbound.
     let kdp_yaml = dir.path().join("kdp-server.yaml");
-    std::fs::write(
-        &kdp_yaml,
-        dp_json(
-            "kdp-server",
-            "behind-kuma-dp",
-            free_port(),
-            kdp_app.port,
-            None,
-        )
-        .to_string(),
-    )
-    .expect("write");
+    let mut kdp_dp = dp_json(
+        "kdp-server",
+        "behind-kuma-dp",
+        free_port(),
+        kdp_app.port,
+        None,
+    );
+    kdp_dp["networking"]["inbound"][0]["tags"]["kuma.io/protocol"] = json!("http");
+    std::fs::write(&kdp_yaml, kdp_dp.to_string()).expect("write");
     let kdp_token = dir.path().join("kdp-server.token");
     std::fs::write(&kdp_token, token("kdp-server")).expect("write");
     let mut kdp_server = DataPlane::start(&cp, &kdp_yaml, Some(&kdp_token));

@@ -25,6 +25,16 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::envoy::config::route::v3::RouteAction;
+use envoy_types::pb::envoy::config::route::v3::route::Action as RouteActionKind;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig as ExplicitProtocol;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions,
+};
 use prost::{Message, Name};
 use serde::Serialize;
 
@@ -80,6 +90,8 @@ pub struct ListenerPlan {
     pub tls: Option<TlsPlan>,
     /// With `tls`: plaintext connections are accepted too (mesh mTLS mode `permissive`).
     pub permissive: bool,
+    /// HTTP-aware (an HTTP connection manager): requests are balanced and counted one by one.
+    pub http: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -96,6 +108,8 @@ pub struct ClusterPlan {
     pub static_endpoints: Option<Vec<EndpointPlan>>,
     /// Outbound mTLS: originate TLS with our identity and check the server.
     pub tls: Option<TlsPlan>,
+    /// Speak HTTP/2 (prior knowledge) to the endpoints, for HTTP listeners.
+    pub http2: bool,
 }
 
 /// A certificate with its key, or a trust anchor. `Serialize` (config dump) hides the key.
@@ -261,9 +275,14 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
     let Some(FilterConfigType::TypedConfig(cfg)) = &filter.config_type else {
         return Err(err(&name, "filter without typed config"));
     };
-    let tcp: TcpProxy = unpack(cfg).map_err(|e| err(&name, e))?;
-    let Some(ClusterSpecifier::Cluster(cluster)) = tcp.cluster_specifier else {
-        return Err(err(&name, "tcp_proxy must name one cluster"));
+    let (cluster, http) = if cfg.type_url == HttpConnectionManager::type_url() {
+        (hcm_cluster(&name, cfg)?, true)
+    } else {
+        let tcp: TcpProxy = unpack(cfg).map_err(|e| err(&name, e))?;
+        let Some(ClusterSpecifier::Cluster(cluster)) = tcp.cluster_specifier else {
+            return Err(err(&name, "tcp_proxy must name one cluster"));
+        };
+        (cluster, false)
     };
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
@@ -286,7 +305,34 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         cluster,
         tls,
         permissive,
+        http,
     })
+}
+
+/// The one cluster an HTTP connection manager routes everything to.
+fn hcm_cluster(name: &str, cfg: &Any) -> Result<String, DecodeError> {
+    let hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
+    let Some(RouteSpecifier::RouteConfig(rc)) = hcm.route_specifier else {
+        return Err(err(
+            name,
+            "HTTP listeners need an inline route configuration",
+        ));
+    };
+    let routes: Vec<_> = rc
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| v.routes.iter())
+        .collect();
+    let [route] = routes.as_slice() else {
+        return Err(err(name, "exactly one HTTP route is supported"));
+    };
+    match &route.action {
+        Some(RouteActionKind::Route(RouteAction {
+            cluster_specifier: Some(RouteCluster::Cluster(c)),
+            ..
+        })) => Ok(c.clone()),
+        _ => Err(err(name, "the HTTP route must send to one cluster")),
+    }
 }
 
 fn endpoints_of(name: &str, cla: &ClusterLoadAssignment) -> Result<Vec<EndpointPlan>, DecodeError> {
@@ -335,10 +381,25 @@ pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
             Some(tls_plan(&name, u.common_tls_context.as_ref(), sni)?)
         }
     };
+    let http2 = c
+        .typed_extension_protocol_options
+        .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+        .and_then(|any| unpack::<HttpProtocolOptions>(any).ok())
+        .is_some_and(|o| {
+            matches!(
+                o.upstream_protocol_options,
+                Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                    ExplicitHttpConfig {
+                        protocol_config: Some(ExplicitProtocol::Http2ProtocolOptions(_)),
+                    }
+                ))
+            )
+        });
     Ok(ClusterPlan {
         name,
         static_endpoints,
         tls,
+        http2,
     })
 }
 

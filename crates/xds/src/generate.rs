@@ -55,7 +55,12 @@ use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
-use meshzone_model::specs::{DataplaneSpec, MeshSpec};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig as ExplicitProtocol;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions,
+};
+use meshzone_model::specs::{DataplaneSpec, MeshSpec, PROTOCOL_TAG};
 
 use crate::names::{self, TypeUrl};
 
@@ -85,6 +90,8 @@ pub struct ProxyInput<'a> {
     /// Reachable instances of each service in the mesh.
     pub endpoints: &'a BTreeMap<String, Vec<EndpointInfo>>,
     pub tls: Option<&'a TlsMaterial>,
+    /// `kuma.io/protocol` of each service (absent: tcp).
+    pub protocols: &'a BTreeMap<String, String>,
     /// A proxyless gRPC client (gRPC's own xDS support): it gets an API listener per outbound
     /// service, named after the service (`xds:///<service>`), routing to that service's cluster.
     pub proxyless: bool,
@@ -158,6 +165,54 @@ fn sds(name: String) -> SdsSecretConfig {
         name,
         sds_config: Some(ads()),
     }
+}
+
+/// How traffic of a service is carried: bytes (tcp) or HTTP requests (L7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Tcp,
+    Http1,
+    /// `http2` and `grpc`: HTTP/2 towards the application too.
+    Http2,
+}
+
+fn protocol(tag: Option<&str>) -> Protocol {
+    match tag {
+        Some("http") => Protocol::Http1,
+        Some("http2") | Some("grpc") => Protocol::Http2,
+        _ => Protocol::Tcp,
+    }
+}
+
+/// The listener's network filter: a TCP proxy, or for HTTP an HTTP connection manager that
+/// routes every request to `cluster` (per-request balancing and statistics).
+fn network_filter(stat_prefix: &str, cluster: &str, protocol: Protocol) -> Filter {
+    if protocol == Protocol::Tcp {
+        return tcp_proxy_filter(stat_prefix, cluster);
+    }
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(FilterConfigType::TypedConfig(pack_any(
+            http_connection_manager(stat_prefix, cluster),
+        ))),
+    }
+}
+
+/// Speak HTTP/2 to the cluster's endpoints.
+fn http2_upstream() -> BTreeMap<String, Any> {
+    BTreeMap::from([(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        pack_any(HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ExplicitProtocol::Http2ProtocolOptions(
+                        Default::default(),
+                    )),
+                },
+            )),
+            ..Default::default()
+        }),
+    )])
 }
 
 fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
@@ -234,8 +289,9 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
         let service_port = inbound.service_port.unwrap_or(inbound.port);
         let service_address = inbound.service_address.as_deref().unwrap_or(address);
         let app_cluster = names::app_cluster(service_port);
+        let inbound_protocol = protocol(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));
         let mut chain = FilterChain {
-            filters: vec![tcp_proxy_filter(&name, &app_cluster)],
+            filters: vec![network_filter(&name, &app_cluster, inbound_protocol)],
             ..Default::default()
         };
         let mut chains = Vec::new();
@@ -254,7 +310,7 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
                     transport_protocol: "raw_buffer".into(),
                     ..Default::default()
                 }),
-                filters: vec![tcp_proxy_filter(&name, &app_cluster)],
+                filters: vec![network_filter(&name, &app_cluster, inbound_protocol)],
                 ..Default::default()
             });
             chain.filter_chain_match = Some(FilterChainMatch {
@@ -297,6 +353,11 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
                 cluster_discovery_type: Some(ClusterDiscoveryType::Type(
                     DiscoveryType::Static as i32,
                 )),
+                typed_extension_protocol_options: if inbound_protocol == Protocol::Http2 {
+                    http2_upstream().into_iter().collect()
+                } else {
+                    Default::default()
+                },
                 load_assignment: Some(ClusterLoadAssignment {
                     cluster_name: app_cluster.clone(),
                     endpoints: vec![LocalityLbEndpoints {
@@ -322,13 +383,14 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
             });
         }
         let name = names::outbound_listener(outbound.address(), outbound.port);
+        let outbound_protocol = protocol(input.protocols.get(service).map(String::as_str));
         listeners.push(NamedResource {
             name: name.clone(),
             resource: pack_any(Listener {
                 name: name.clone(),
                 address: Some(socket(outbound.address(), outbound.port)),
                 filter_chains: vec![FilterChain {
-                    filters: vec![tcp_proxy_filter(&name, service)],
+                    filters: vec![network_filter(&name, service, outbound_protocol)],
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -349,6 +411,11 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
                 eds_config: Some(ads()),
                 service_name: service.to_string(),
             }),
+            typed_extension_protocol_options: if outbound_protocol == Protocol::Http2 {
+                http2_upstream().into_iter().collect()
+            } else {
+                Default::default()
+            },
             ..Default::default()
         };
         if mtls {
@@ -471,12 +538,23 @@ fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
 /// An API listener for a proxyless gRPC client: HTTP connection manager with an inline route
 /// sending every request to the service's cluster.
 fn api_listener(service: &str) -> Listener {
-    let hcm = HttpConnectionManager {
-        stat_prefix: service.to_string(),
+    Listener {
+        name: service.to_string(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack_any(http_connection_manager(service, service))),
+        }),
+        ..Default::default()
+    }
+}
+
+/// HTTP connection manager with an inline route sending every request to `cluster`.
+fn http_connection_manager(stat_prefix: &str, cluster: &str) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
-            name: service.to_string(),
+            name: cluster.to_string(),
             virtual_hosts: vec![VirtualHost {
-                name: service.to_string(),
+                name: cluster.to_string(),
                 domains: vec!["*".into()],
                 routes: vec![Route {
                     r#match: Some(RouteMatch {
@@ -484,7 +562,7 @@ fn api_listener(service: &str) -> Listener {
                         ..Default::default()
                     }),
                     action: Some(RouteActionKind::Route(RouteAction {
-                        cluster_specifier: Some(RouteCluster::Cluster(service.to_string())),
+                        cluster_specifier: Some(RouteCluster::Cluster(cluster.to_string())),
                         ..Default::default()
                     })),
                     ..Default::default()
@@ -500,13 +578,6 @@ fn api_listener(service: &str) -> Listener {
             ))),
             ..Default::default()
         }],
-        ..Default::default()
-    };
-    Listener {
-        name: service.to_string(),
-        api_listener: Some(ApiListener {
-            api_listener: Some(pack_any(hcm)),
-        }),
         ..Default::default()
     }
 }

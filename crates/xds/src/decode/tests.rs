@@ -59,6 +59,7 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
         dataplane: dp_spec,
         endpoints: &endpoints,
         tls: tls.then_some(&material),
+        protocols: &BTreeMap::new(),
         proxyless: false,
     });
     let mut config = ProxyConfig::default();
