@@ -84,6 +84,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/", get(index))
         .route("/config", get(config))
         .route("/tokens/dataplane", axum::routing::post(dataplane_token))
+        .route("/tokens/zone", axum::routing::post(zone_token))
         .route("/meshes", get(list_meshes))
         .route(
             "/meshes/{name}",
@@ -135,6 +136,21 @@ async fn config(State(ctx): State<ApiContext>) -> Json<Value> {
     Json(ctx.0.settings.config.clone())
 }
 
+/// A token as `text/plain`, or the reason it was not issued (`field: message` → 400).
+fn token_response(result: Result<String, String>) -> ApiResult {
+    let token = result.map_err(|e| match e.split_once(": ") {
+        Some((field, msg)) if matches!(field, "mesh" | "validFor" | "zone" | "scope") => {
+            ApiError::invalid_field(field, msg)
+        }
+        _ => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal server error",
+            e,
+        ),
+    })?;
+    Ok(([(header::CONTENT_TYPE, "text/plain")], token).into_response())
+}
+
 /// `POST /tokens/dataplane` with `{mesh, name, type, tags, validFor}`: a signed token, as text.
 async fn dataplane_token(State(ctx): State<ApiContext>, body: Bytes) -> ApiResult {
     let value = parse_body(&body)?;
@@ -143,20 +159,32 @@ async fn dataplane_token(State(ctx): State<ApiContext>, body: Bytes) -> ApiResul
     if req.mesh.is_empty() {
         return Err(ApiError::invalid_field("mesh", "cannot be empty"));
     }
-    let token =
+    token_response(
         meshzone_identity::issue_dataplane_token(&ctx.0.store, &req, std::time::SystemTime::now())
-            .await
-            .map_err(|e| match e.split_once(": ") {
-                Some((field, msg)) if field == "mesh" || field == "validFor" => {
-                    ApiError::invalid_field(field, msg)
-                }
-                _ => ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal server error",
-                    e,
-                ),
-            })?;
-    Ok(([(header::CONTENT_TYPE, "text/plain")], token).into_response())
+            .await,
+    )
+}
+
+/// `POST /tokens/zone` with `{zone, scope[], validFor}`: a zone token, issued by global (or a
+/// standalone zone); a zone connected to a global sends the user there.
+async fn zone_token(State(ctx): State<ApiContext>, body: Bytes) -> ApiResult {
+    if matches!(
+        ctx.0.settings.mode,
+        CpMode::Zone {
+            federated: true,
+            ..
+        }
+    ) {
+        return Err(ApiError::bad_request(
+            "zone tokens are issued by the global control plane: run this against global",
+        ));
+    }
+    let value = parse_body(&body)?;
+    let req: meshzone_identity::ZoneTokenRequest = serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("token request: {e}")))?;
+    token_response(
+        meshzone_identity::issue_zone_token(&ctx.0.store, &req, std::time::SystemTime::now()).await,
+    )
 }
 
 // --- path resolution ---------------------------------------------------------------------------

@@ -370,3 +370,46 @@ async fn views_and_index() {
     let (_, _, body) = call(&app, "GET", "/dataplanes", None, None).await;
     assert_eq!(body["total"], 1);
 }
+
+#[tokio::test]
+async fn zone_tokens_are_issued_by_global_only() {
+    let global = app(CpMode::Global).await;
+    let (s, _, _) = call(
+        &global,
+        "POST",
+        "/tokens/zone",
+        Some(json!({"zone": "zone-1", "scope": ["ingress"]})),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, body) = call(
+        &global,
+        "POST",
+        "/tokens/zone",
+        Some(json!({"zone": "Zone_1"})),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(body["causes"][0]["field"], "zone");
+    let federated = app(CpMode::Zone {
+        name: "z".into(),
+        federated: true,
+    })
+    .await;
+    let (s, _, body) = call(
+        &federated,
+        "POST",
+        "/tokens/zone",
+        Some(json!({"zone": "z"})),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        body["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("global"))
+    );
+}

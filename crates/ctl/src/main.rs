@@ -101,6 +101,17 @@ enum GenerateCommand {
         #[arg(long, default_value = "")]
         valid_for: String,
     },
+    /// A token for the zone proxies (ingress, egress) of a zone, issued by the global CP.
+    #[command(name = "zone-token")]
+    ZoneToken {
+        #[arg(long)]
+        zone: String,
+        /// ingress, egress (both by default) or cp; repeat for several.
+        #[arg(long)]
+        scope: Vec<String>,
+        #[arg(long, default_value = "")]
+        valid_for: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -245,6 +256,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 json!({"mesh": mesh, "name": name, "type": proxy_type, "validFor": valid_for});
             let token = client.post_text("/tokens/dataplane", &body).await?;
             println!("{token}");
+            Ok(())
+        }
+        Command::Generate {
+            command:
+                GenerateCommand::ZoneToken {
+                    zone,
+                    scope,
+                    valid_for,
+                },
+        } => {
+            let client = ApiClient::new(&config.current_url()?)?;
+            let body = json!({"zone": zone, "scope": scope, "validFor": valid_for});
+            println!("{}", client.post_text("/tokens/zone", &body).await?);
             Ok(())
         }
         Command::Version => {

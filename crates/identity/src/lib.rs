@@ -45,9 +45,48 @@ fn secret(mesh: &str, name: &str, data: &[u8]) -> Resource {
     )
 }
 
+fn stored_secret(ring: KeyRing<'_>, name: &str, data: &[u8]) -> Resource {
+    let spec = SecretSpec {
+        data: B64.encode(data),
+    };
+    match ring.resource_type {
+        ResourceType::GlobalSecret => {
+            Resource::new(Meta::named(name, ""), Spec::GlobalSecret(spec))
+        }
+        _ => Resource::new(Meta::named(name, ring.mesh), Spec::Secret(spec)),
+    }
+}
+
+/// Where a family of token signing keys lives: mesh Secrets for data-plane tokens, GlobalSecrets
+/// for zone tokens. Keys are named `<prefix><serial>`; the highest serial signs, all verify.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRing<'a> {
+    resource_type: ResourceType,
+    mesh: &'a str,
+    prefix: &'static str,
+}
+
+impl<'a> KeyRing<'a> {
+    pub fn dataplane(mesh: &'a str) -> Self {
+        KeyRing {
+            resource_type: ResourceType::Secret,
+            mesh,
+            prefix: SIGNING_KEY_PREFIX,
+        }
+    }
+
+    pub fn zone() -> KeyRing<'static> {
+        KeyRing {
+            resource_type: ResourceType::GlobalSecret,
+            mesh: "",
+            prefix: ZONE_SIGNING_KEY_PREFIX,
+        }
+    }
+}
+
 fn secret_bytes(r: &Resource) -> Result<Vec<u8>> {
     match &r.spec {
-        Spec::Secret(s) => B64
+        Spec::Secret(s) | Spec::GlobalSecret(s) => B64
             .decode(s.data.as_bytes())
             .map_err(|e| IdentityError::Damaged(r.key().to_string(), e.to_string())),
         _ => Err(IdentityError::Damaged(
@@ -149,6 +188,122 @@ fn decode_ca(name: &str, bytes: &[u8]) -> Result<CertifiedKey> {
 pub const SIGNING_KEY_PREFIX: &str = "dataplane-token-signing-key-";
 /// Per-mesh list of revoked token ids (comma-separated).
 pub const REVOCATIONS: &str = "dataplane-token-revocations";
+/// Prefix of the zone token signing keys (GlobalSecrets on global).
+pub const ZONE_SIGNING_KEY_PREFIX: &str = "zone-token-signing-key-";
+/// GlobalSecret listing revoked zone token ids.
+pub const ZONE_REVOCATIONS: &str = "zone-token-revocations";
+
+/// What a zone token asserts: which zone, and which zone proxies it may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZoneClaims {
+    pub jti: String,
+    pub zone: String,
+    /// Subset of `ingress`, `egress`, `cp`.
+    pub scope: Vec<String>,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+impl meshzone_pki::Expiring for ZoneClaims {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+}
+
+/// A request for a zone token (`POST /tokens/zone`, `kumactl generate zone-token`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneTokenRequest {
+    pub zone: String,
+    #[serde(default)]
+    pub scope: Vec<String>,
+    #[serde(default)]
+    pub valid_for: String,
+}
+
+pub const ZONE_SCOPES: [&str; 3] = ["ingress", "egress", "cp"];
+
+/// Issues a zone token, creating the first zone signing key if there is none. Without a scope
+/// the token covers ingress and egress, as Kuma's.
+pub async fn issue_zone_token<B: Backend>(
+    store: &Store<B>,
+    req: &ZoneTokenRequest,
+    now: SystemTime,
+) -> Result<String, String> {
+    if !meshzone_model::validate::is_dns_label(&req.zone) {
+        return Err(format!(
+            "zone: {:?} is not a zone name (a DNS label)",
+            req.zone
+        ));
+    }
+    if let Some(bad) = req
+        .scope
+        .iter()
+        .find(|s| !ZONE_SCOPES.contains(&s.as_str()))
+    {
+        return Err(format!(
+            "scope: unknown scope {bad:?}; expected ingress, egress or cp"
+        ));
+    }
+    let valid_for = valid_for(&req.valid_for)?;
+    let key = current_signing_key(store, KeyRing::zone()).await?;
+    let iat = meshzone_pki::unix(now);
+    let scope = if req.scope.is_empty() {
+        vec!["ingress".to_string(), "egress".to_string()]
+    } else {
+        req.scope.clone()
+    };
+    let claims = ZoneClaims {
+        jti: uuid::Uuid::new_v4().to_string(),
+        zone: req.zone.clone(),
+        scope,
+        iat,
+        exp: iat + valid_for.as_secs(),
+    };
+    meshzone_pki::sign_token(&claims, &key).map_err(|e| e.to_string())
+}
+
+/// Checks a zone token for a zone proxy of `zone` that needs `scope`.
+pub async fn verify_zone_token<B: Backend>(
+    store: &Store<B>,
+    token: &str,
+    zone: &str,
+    scope: &str,
+    now: SystemTime,
+) -> Result<ZoneClaims, TokenError> {
+    let keys = verifying_keys(store, KeyRing::zone()).await?;
+    let claims: ZoneClaims = meshzone_pki::verify_token(token, &keys, now)?;
+    if claims.zone != zone {
+        return Err(TokenError::Mismatch(format!(
+            "token is for zone {:?}, but this is zone {zone:?}",
+            claims.zone
+        )));
+    }
+    if !claims.scope.iter().any(|s| s == scope) {
+        return Err(TokenError::Mismatch(format!(
+            "token scope {:?} does not include {scope:?}",
+            claims.scope
+        )));
+    }
+    let revoked = match store
+        .find(&ResourceKey::global(
+            ResourceType::GlobalSecret,
+            ZONE_REVOCATIONS,
+        ))
+        .await
+        .map_err(|e| TokenError::Malformed(e.to_string()))?
+    {
+        Some(r) => String::from_utf8_lossy(
+            &secret_bytes(&r).map_err(|e| TokenError::Malformed(e.to_string()))?,
+        )
+        .into_owned(),
+        None => String::new(),
+    };
+    if revoked.split([',', '\n']).any(|id| id.trim() == claims.jti) {
+        return Err(TokenError::Revoked);
+    }
+    Ok(claims)
+}
 
 /// What a data-plane token asserts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,13 +344,17 @@ pub struct DataplaneTokenRequest {
     pub valid_for: String,
 }
 
-async fn signing_keys<B: Backend>(store: &Store<B>, mesh: &str) -> Result<Vec<(u64, SigningKey)>> {
+async fn signing_keys<B: Backend>(
+    store: &Store<B>,
+    ring: KeyRing<'_>,
+) -> Result<Vec<(u64, SigningKey)>> {
+    let mesh = ring.resource_type.is_mesh_scoped().then_some(ring.mesh);
     let mut keys = Vec::new();
-    for r in store.list(ResourceType::Secret, Some(mesh)).await? {
+    for r in store.list(ring.resource_type, mesh).await? {
         let Some(serial) = r
             .meta
             .name
-            .strip_prefix(SIGNING_KEY_PREFIX)
+            .strip_prefix(ring.prefix)
             .and_then(|s| s.parse::<u64>().ok())
         else {
             continue;
@@ -216,17 +375,71 @@ async fn signing_keys<B: Backend>(store: &Store<B>, mesh: &str) -> Result<Vec<(u
 
 /// Adds a new signing key with the next serial; new tokens are signed with it, old tokens stay
 /// valid until their key is deleted.
-pub async fn rotate_signing_key<B: Backend>(store: &Store<B>, mesh: &str) -> Result<SigningKey> {
-    let next = signing_keys(store, mesh)
+pub async fn rotate_signing_key<B: Backend>(
+    store: &Store<B>,
+    ring: KeyRing<'_>,
+) -> Result<SigningKey> {
+    let next = signing_keys(store, ring)
         .await?
         .last()
         .map_or(1, |(s, _)| s + 1);
     let key = SigningKey::generate(&next.to_string())?;
-    let name = format!("{SIGNING_KEY_PREFIX}{next}");
+    let name = format!("{}{next}", ring.prefix);
     store
-        .create(secret(mesh, &name, key.private_pem.as_bytes()))
+        .create(stored_secret(ring, &name, key.private_pem.as_bytes()))
         .await?;
     Ok(key)
+}
+
+/// The newest signing key of a ring, creating the first one when there is none.
+async fn current_signing_key<B: Backend>(
+    store: &Store<B>,
+    ring: KeyRing<'_>,
+) -> Result<SigningKey, String> {
+    if let Some((_, k)) = signing_keys(store, ring)
+        .await
+        .map_err(|e| e.to_string())?
+        .pop()
+    {
+        return Ok(k);
+    }
+    match rotate_signing_key(store, ring).await {
+        Ok(k) => Ok(k),
+        // Another request created the first key at the same moment: use it.
+        Err(IdentityError::Store(StoreError::AlreadyExists(_))) => signing_keys(store, ring)
+            .await
+            .map_err(|e| e.to_string())?
+            .pop()
+            .map(|(_, k)| k)
+            .ok_or_else(|| "signing key vanished".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn verifying_keys<B: Backend>(
+    store: &Store<B>,
+    ring: KeyRing<'_>,
+) -> Result<Vec<VerifyingKey>, TokenError> {
+    Ok(signing_keys(store, ring)
+        .await
+        .map_err(|e| TokenError::Malformed(e.to_string()))?
+        .into_iter()
+        .filter_map(|(_, k)| {
+            k.public_pem().ok().map(|public_pem| VerifyingKey {
+                key_id: k.key_id.clone(),
+                public_pem,
+            })
+        })
+        .collect())
+}
+
+fn valid_for(text: &str) -> Result<Duration, String> {
+    if text.is_empty() {
+        return Ok(Duration::from_secs(10 * 365 * 24 * 3600));
+    }
+    parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("validFor: {text:?} is not a duration such as 24h"))
 }
 
 /// Issues a data-plane token, creating the mesh's first signing key if there is none.
@@ -235,18 +448,7 @@ pub async fn issue_dataplane_token<B: Backend>(
     req: &DataplaneTokenRequest,
     now: SystemTime,
 ) -> Result<String, String> {
-    let valid_for = if req.valid_for.is_empty() {
-        Duration::from_secs(10 * 365 * 24 * 3600)
-    } else {
-        parse_duration(&req.valid_for)
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                format!(
-                    "validFor: {:?} is not a duration such as 24h",
-                    req.valid_for
-                )
-            })?
-    };
+    let valid_for = valid_for(&req.valid_for)?;
     let mesh_key = ResourceKey::global(ResourceType::Mesh, &req.mesh);
     if store
         .find(&mesh_key)
@@ -256,26 +458,7 @@ pub async fn issue_dataplane_token<B: Backend>(
     {
         return Err(format!("mesh: mesh {:?} does not exist", req.mesh));
     }
-    let key = match signing_keys(store, &req.mesh)
-        .await
-        .map_err(|e| e.to_string())?
-        .pop()
-    {
-        Some((_, k)) => k,
-        None => match rotate_signing_key(store, &req.mesh).await {
-            Ok(k) => k,
-            // Another request created the first key at the same moment: use it.
-            Err(IdentityError::Store(StoreError::AlreadyExists(_))) => {
-                signing_keys(store, &req.mesh)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .pop()
-                    .map(|(_, k)| k)
-                    .ok_or("signing key vanished")?
-            }
-            Err(e) => return Err(e.to_string()),
-        },
-    };
+    let key = current_signing_key(store, KeyRing::dataplane(&req.mesh)).await?;
     let iat = meshzone_pki::unix(now);
     let claims = DataplaneClaims {
         jti: uuid::Uuid::new_v4().to_string(),
@@ -297,17 +480,7 @@ pub async fn verify_dataplane_token<B: Backend>(
     name: &str,
     now: SystemTime,
 ) -> Result<DataplaneClaims, TokenError> {
-    let keys: Vec<VerifyingKey> = signing_keys(store, mesh)
-        .await
-        .map_err(|e| TokenError::Malformed(e.to_string()))?
-        .into_iter()
-        .filter_map(|(_, k)| {
-            k.public_pem().ok().map(|public_pem| VerifyingKey {
-                key_id: k.key_id.clone(),
-                public_pem,
-            })
-        })
-        .collect();
+    let keys = verifying_keys(store, KeyRing::dataplane(mesh)).await?;
     if keys.is_empty() && !token.trim().is_empty() {
         return Err(TokenError::Mismatch(format!(
             "mesh {mesh:?} has no token signing key: this token was not issued for this mesh"
@@ -371,6 +544,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn zone_tokens_carry_zone_and_scope() {
+        let store = store_with_mesh().await;
+        let now = SystemTime::now();
+        let req = ZoneTokenRequest {
+            zone: "zone-1".into(),
+            scope: vec!["ingress".into()],
+            valid_for: "24h".into(),
+        };
+        let token = issue_zone_token(&store, &req, now).await.unwrap();
+        let claims = verify_zone_token(&store, &token, "zone-1", "ingress", now)
+            .await
+            .unwrap();
+        assert_eq!(claims.scope, vec!["ingress".to_string()]);
+        let e = verify_zone_token(&store, &token, "zone-2", "ingress", now)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("zone \"zone-1\""), "{e}");
+        let e = verify_zone_token(&store, &token, "zone-1", "egress", now)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("does not include \"egress\""), "{e}");
+        let both = issue_zone_token(
+            &store,
+            &ZoneTokenRequest {
+                zone: "zone-1".into(),
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+        verify_zone_token(&store, &both, "zone-1", "egress", now)
+            .await
+            .unwrap();
+        let bad = issue_zone_token(
+            &store,
+            &ZoneTokenRequest {
+                zone: "zone-1".into(),
+                scope: vec!["admin".into()],
+                ..Default::default()
+            },
+            now,
+        )
+        .await;
+        assert!(bad.unwrap_err().starts_with("scope:"));
+        // The zone keys are GlobalSecrets, apart from the data-plane keys.
+        assert_eq!(
+            store
+                .list(ResourceType::GlobalSecret, None)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
     async fn mesh_ca_is_created_once() {
         let store = store_with_mesh().await;
         let now = SystemTime::now();
@@ -429,7 +659,9 @@ mod tests {
             TokenError::Revoked
         );
         // A rotated key signs new tokens; tokens of the old key stay valid.
-        rotate_signing_key(&store, "default").await.unwrap();
+        rotate_signing_key(&store, KeyRing::dataplane("default"))
+            .await
+            .unwrap();
         let req2 = DataplaneTokenRequest {
             name: "dp-2".into(),
             ..req

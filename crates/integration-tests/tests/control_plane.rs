@@ -274,3 +274,37 @@ fn clear_errors_for_unreachable_cp_busy_port_and_bad_config() {
     );
     assert!(code.success(), "exit status {code}");
 }
+
+#[test]
+fn seed_zone_token_command_works_against_global() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(
+        dir.path(),
+        &[("KUMA_MODE", "global"), ("KUMA_STORE_TYPE", "memory")],
+    );
+    cp.configure_kumactl();
+    // As the seed writes it.
+    let token = cp.kumactl_ok(&[
+        "generate",
+        "zone-token",
+        "--zone=zone-1",
+        "--scope",
+        "egress",
+        "--scope",
+        "ingress",
+    ]);
+    assert_eq!(token.trim().split('.').count(), 3, "not a JWT: {token}");
+    let bad = cp.kumactl(&[
+        "generate",
+        "zone-token",
+        "--zone=zone-1",
+        "--scope",
+        "admin",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("scope: unknown scope \"admin\""),
+        "{}",
+        stderr(&bad)
+    );
+}
