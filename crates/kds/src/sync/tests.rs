@@ -1,0 +1,158 @@
+use std::collections::BTreeMap;
+
+use meshzone_model::specs::{
+    AvailableService, DataplaneSpec, Inbound, MeshSpec, SecretSpec, ZoneIngressNetworking,
+    ZoneIngressSpec,
+};
+
+use super::*;
+
+fn mesh(name: &str) -> Resource {
+    Resource::new(Meta::named(name, ""), Spec::Mesh(MeshSpec::default()))
+}
+
+fn ingress(name: &str, zone: Option<&str>) -> Resource {
+    let mut r = Resource::new(
+        Meta::named(name, ""),
+        Spec::ZoneIngress(ZoneIngressSpec {
+            zone: String::new(),
+            networking: ZoneIngressNetworking {
+                address: "127.0.0.1".into(),
+                port: 10000,
+                ..Default::default()
+            },
+            available_services: vec![AvailableService {
+                tags: BTreeMap::from([("kuma.io/service".to_string(), "web".to_string())]),
+                instances: 1,
+                mesh: "default".into(),
+                external_service: false,
+            }],
+        }),
+    );
+    if let Some(z) = zone {
+        r.meta.labels.insert(ZONE_LABEL.into(), z.into());
+        r.meta.labels.insert(ORIGIN_LABEL.into(), "zone".into());
+    }
+    r
+}
+
+fn dataplane(name: &str) -> Resource {
+    let mut d = DataplaneSpec::default();
+    d.networking.address = "10.0.0.1".into();
+    d.networking.inbound.push(Inbound {
+        port: 1,
+        tags: BTreeMap::from([("kuma.io/service".to_string(), "web".to_string())]),
+        ..Default::default()
+    });
+    Resource::new(Meta::named(name, "default"), Spec::Dataplane(d))
+}
+
+#[test]
+fn global_offers_zones_meshes_public_keys_and_other_enabled_zones_ingresses() {
+    let private = Resource::new(
+        Meta::named("zone-token-signing-key-1", ""),
+        Spec::GlobalSecret(SecretSpec { data: encode_b64(b"PRIVATE") }),
+    );
+    let other_secret = Resource::new(
+        Meta::named("admin-token", ""),
+        Spec::GlobalSecret(SecretSpec { data: encode_b64(b"x") }),
+    );
+    let all = vec![
+        mesh("default"),
+        private,
+        other_secret,
+        ingress("zone-a.ingress", Some("zone-a")),
+        ingress("zone-b.ingress", Some("zone-b")),
+        ingress("zone-c.ingress", Some("zone-c")),
+        dataplane("zone-b.dp"),
+    ];
+    let offered = offer_to_zone("zone-a", &all, &["zone-c".to_string()], |pem| {
+        (pem == b"PRIVATE").then(|| b"PUBLIC".to_vec())
+    });
+    let names: Vec<&str> = offered.keys().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["default", "zone-b.ingress", "zone-token-signing-public-key-1"]);
+    let public = &offered[&ResourceKey::global(ResourceType::GlobalSecret, "zone-token-signing-public-key-1")];
+    assert_eq!(public.spec, Spec::GlobalSecret(SecretSpec { data: encode_b64(b"PUBLIC") }));
+    assert_eq!(origin(&offered[&ResourceKey::global(ResourceType::Mesh, "default")]), Some("global"));
+}
+
+#[test]
+fn zones_offer_only_their_own_resources() {
+    let mut copy = ingress("zone-b.ingress", Some("zone-b"));
+    copy.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
+    let offered = offer_to_global(&[dataplane("dp"), ingress("local", None), copy, mesh("default")]);
+    let names: Vec<&str> = offered.keys().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["dp", "local"]);
+}
+
+#[test]
+fn delta_lists_changes_and_removals() {
+    let a = keyed([mesh("a"), mesh("b")]);
+    let mut changed = mesh("b");
+    changed.meta.labels.insert("x".into(), "y".into());
+    let b = keyed([changed.clone(), mesh("c")]);
+    let d = delta(&a, &b);
+    assert_eq!(d.upserted.iter().map(|r| r.meta.name.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+    assert_eq!(d.removed, vec![ResourceKey::global(ResourceType::Mesh, "a")]);
+    assert!(delta(&b, &b).is_empty());
+}
+
+#[test]
+fn initial_sync_deletes_stale_managed_copies_only() {
+    let mut stale = mesh("stale");
+    stale.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
+    let local_only = mesh("mine");
+    let mut kept = mesh("kept");
+    kept.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
+    kept.meta.version = 4;
+    let mut incoming_kept = kept.clone();
+    incoming_kept.meta.labels.insert("new".into(), "label".into());
+    let received = Received {
+        initial: true,
+        types: vec![ResourceType::Mesh],
+        upserted: vec![incoming_kept.clone(), mesh("fresh")],
+        removed: vec![],
+    };
+    let managed = |r: &Resource| origin(r) == Some("global");
+    let (ops, refusals) = reconcile(&[stale.clone(), local_only, kept], &received, managed, |_| false);
+    assert!(refusals.is_empty());
+    assert!(ops.contains(&Op::Delete(stale.key())));
+    assert!(ops.iter().any(|o| matches!(o, Op::Update(r) if r.meta.name == "kept" && r.meta.version == 4)));
+    assert!(ops.iter().any(|o| matches!(o, Op::Create(r) if r.meta.name == "fresh")));
+    assert!(!ops.iter().any(|o| matches!(o, Op::Delete(k) if k.name == "mine")), "{ops:?}");
+}
+
+#[test]
+fn locally_created_resources_are_not_overwritten_unless_allowed() {
+    let local = mesh("default");
+    let mut incoming = mesh("default");
+    incoming.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
+    let received = Received { initial: false, types: vec![ResourceType::Mesh], upserted: vec![incoming], removed: vec![] };
+    let managed = |r: &Resource| origin(r) == Some("global");
+    let (ops, refusals) = reconcile(std::slice::from_ref(&local), &received, managed, |_| false);
+    assert!(ops.is_empty());
+    assert_eq!(refusals.len(), 1);
+    // A standalone zone joining a global: global's Mesh wins.
+    let (ops, refusals) = reconcile(&[local], &received, managed, |r| r.resource_type() == ResourceType::Mesh);
+    assert!(refusals.is_empty());
+    assert!(matches!(&ops[..], [Op::Update(_)]));
+}
+
+#[test]
+fn resources_from_zones_are_renamed_labelled_pinned_and_owned() {
+    let mut dp = dataplane("dp-1");
+    if let Spec::Dataplane(d) = &mut dp.spec {
+        d.networking.inbound[0].tags.insert(ZONE_TAG.into(), "forged".into());
+    }
+    let mapped = map_from_zone("zone-a", dp);
+    assert_eq!(mapped.meta.name, "zone-a.dp-1");
+    assert!(from_zone("zone-a", &mapped));
+    assert!(!from_zone("zone-b", &mapped));
+    assert_eq!(mapped.meta.owner, Some(ResourceKey::global(ResourceType::Zone, "zone-a")));
+    let Spec::Dataplane(d) = &mapped.spec else { panic!() };
+    assert_eq!(d.networking.inbound[0].tags[ZONE_TAG], "zone-a");
+    let ing = map_from_zone("zone-a", ingress("ingress-01", None));
+    let Spec::ZoneIngress(z) = &ing.spec else { panic!() };
+    assert_eq!(z.zone, "zone-a");
+    assert_eq!(z.available_services[0].tags[ZONE_TAG], "zone-a");
+}
