@@ -513,8 +513,27 @@ async fn put_in_mesh(
 
 // --- delete ------------------------------------------------------------------------------------
 
+/// Exactly Kuma's message, which the seed quotes.
+pub const ZONE_STILL_CONNECTED: &str =
+    "unable to delete Zone, Zone CP is still connected, please shut it down first";
+
 async fn delete_one(ctx: &ApiContext, key: ResourceKey, headers: &HeaderMap) -> ApiResult {
     authorize_write(ctx, key.resource_type)?;
+    if key.resource_type == ResourceType::Zone {
+        let insight = ctx
+            .0
+            .store
+            .find(&ResourceKey::global(ResourceType::ZoneInsight, &key.name))
+            .await?;
+        if let Some(Resource {
+            spec: meshzone_model::Spec::ZoneInsight(i),
+            ..
+        }) = insight
+            && meshzone_model::specs::Subscriptions::is_online(&i)
+        {
+            return Err(ApiError::invalid_field("zone", ZONE_STILL_CONNECTED));
+        }
+    }
     let expected = expected_version(headers)?;
     let deleted = ctx.0.store.delete(&key, expected).await?;
     let cascaded: Vec<BTreeMap<&str, String>> = deleted

@@ -100,6 +100,9 @@ pub struct GlobalMultizone {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GlobalKds {
     pub grpc_port: u16,
+    /// PEM certificate of the KDS server; empty: the generated `<workDir>/kuma-cp.crt`.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,7 +169,11 @@ impl Default for Config {
             diagnostics: Diagnostics { server_port: 5680 },
             multizone: Multizone {
                 global: GlobalMultizone {
-                    kds: GlobalKds { grpc_port: 5685 },
+                    kds: GlobalKds {
+                        grpc_port: 5685,
+                        tls_cert_file: String::new(),
+                        tls_key_file: String::new(),
+                    },
                 },
                 zone: ZoneMultizone {
                     name: String::new(),

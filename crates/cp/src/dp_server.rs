@@ -22,12 +22,27 @@ pub fn certificate(
     work_dir: &Path,
     hostname: &str,
 ) -> anyhow::Result<(String, String, PathBuf)> {
+    certificate_from(
+        &config.dp_server.tls_cert_file,
+        &config.dp_server.tls_key_file,
+        work_dir,
+        hostname,
+    )
+}
+
+/// The given certificate files, or else the work dir's generated certificate.
+pub fn certificate_from(
+    cert_file: &str,
+    key_file: &str,
+    work_dir: &Path,
+    hostname: &str,
+) -> anyhow::Result<(String, String, PathBuf)> {
     let read = |p: &Path| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
     };
-    if !config.dp_server.tls_cert_file.is_empty() {
-        let cert = PathBuf::from(&config.dp_server.tls_cert_file);
-        let key = PathBuf::from(&config.dp_server.tls_key_file);
+    if !cert_file.is_empty() {
+        let cert = PathBuf::from(cert_file);
+        let key = PathBuf::from(key_file);
         return Ok((read(&cert)?, read(&key)?, cert));
     }
     let cert_path = work_dir.join("kuma-cp.crt");

@@ -144,6 +144,17 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     .await?;
 
     let dp_listener = Some(bind("0.0.0.0", config.dp_server.port, "dpServer.port").await?);
+    let kds_listener = match role {
+        Role::Global => Some(
+            bind(
+                "0.0.0.0",
+                config.multizone.global.kds.grpc_port,
+                "multizone.global.kds.grpcPort",
+            )
+            .await?,
+        ),
+        _ => None,
+    };
 
     let backend = match config.store.store_type.as_str() {
         "memory" => AnyBackend::Memory(MemoryBackend::new()),
@@ -170,17 +181,10 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             name: name.clone(),
             federated: false,
         },
-        Role::FederatedZone { name, global } => {
-            warn!(
-                zone = %name,
-                global = %format!("{}:{}", global.host, global.port),
-                "KDS sync with the global control plane is not built yet: this zone serves its own store and refuses writes of global-owned types"
-            );
-            CpMode::Zone {
-                name: name.clone(),
-                federated: true,
-            }
-        }
+        Role::FederatedZone { name, .. } => CpMode::Zone {
+            name: name.clone(),
+            federated: true,
+        },
     };
 
     if !config.defaults.skip_mesh && !matches!(role, Role::FederatedZone { .. }) {
@@ -233,6 +237,100 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             )))
         }
     };
+    let kds_task = match kds_listener {
+        Some(listener) => {
+            let work_dir = config.work_dir(&home);
+            let kds = &config.multizone.global.kds;
+            let (cert, key, cert_path) = dp_server::certificate_from(
+                &kds.tls_cert_file,
+                &kds.tls_key_file,
+                &work_dir,
+                &hostname(),
+            )?;
+            info!(
+                port = kds.grpc_port,
+                "KDS server listening; zones verify it with KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE={}",
+                cert_path.display()
+            );
+            let closed = meshzone_kds::global::close_stale_subscriptions(&store)
+                .await
+                .map_err(|e| anyhow!("cannot read zone insights: {e}"))?;
+            if closed > 0 {
+                info!(closed, "marked zones of the previous run offline");
+            }
+            let public_key: meshzone_kds::global::PublicKeyFn = Arc::new(|pem: &[u8]| {
+                let private_pem = String::from_utf8(pem.to_vec()).ok()?;
+                meshzone_pki::SigningKey {
+                    key_id: String::new(),
+                    private_pem,
+                }
+                .public_pem()
+                .ok()
+                .map(String::into_bytes)
+            });
+            let service = meshzone_kds::global::GlobalKds::new(
+                store.clone(),
+                instance_id.clone(),
+                public_key,
+            )
+            .into_server();
+            let mut rx = stop_rx.clone();
+            let stop = async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            Some(tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .tls_config(
+                        tonic::transport::ServerTlsConfig::new()
+                            .identity(tonic::transport::Identity::from_pem(cert, key)),
+                    )
+                    .context("invalid KDS TLS configuration")?
+                    .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
+                    .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop,
+                    )
+                    .await
+                    .context("KDS server")
+            }))
+        }
+        None => None,
+    };
+    if let Role::FederatedZone { name, global } = &role {
+        let kds = &config.multizone.zone.kds;
+        if kds.tls_skip_verify {
+            warn!(
+                "KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY is not supported: set KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE to global's certificate"
+            );
+        }
+        let root_ca = if kds.root_ca_file.is_empty() {
+            None
+        } else {
+            Some(std::fs::read_to_string(&kds.root_ca_file).with_context(|| {
+                format!(
+                    "cannot read KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE {}",
+                    kds.root_ca_file
+                )
+            })?)
+        };
+        let settings = meshzone_kds::zone::ZoneSettings {
+            zone: name.clone(),
+            global_url: format!(
+                "{}://{}:{}",
+                if global.tls { "https" } else { "http" },
+                global.host,
+                global.port
+            ),
+            tls: global.tls,
+            root_ca,
+            instance_id: instance_id.clone(),
+            cp_version: meshzone_model::VERSION.into(),
+            config: serde_json::json!({"store": {"type": config.store.store_type}}).to_string(),
+        };
+        tokio::spawn(meshzone_kds::zone::run(settings, store.clone()));
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let diag = diagnostics::router(ready.clone(), Arc::new(registry));
 
@@ -264,6 +362,9 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     let _ = stop_tx.send(true);
     if let Some(dp) = dp_task {
         dp.await.context("DP server task")??;
+    }
+    if let Some(kds) = kds_task {
+        kds.await.context("KDS server task")??;
     }
     let (a, d) = tokio::join!(api_task, diag_task);
     a.context("API server task")?.context("API server")?;

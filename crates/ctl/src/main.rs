@@ -439,7 +439,15 @@ async fn inspect(client: &ApiClient, what: &str, mesh: &str, output: Output) -> 
             let t = tables::inspect_services(&items);
             (items, t)
         }
-        other => bail!("kumactl inspect {other:?} is not supported; try dataplanes or services"),
+        "zones" | "zone" => {
+            let zones = client.list_all("/zones").await?;
+            let insights = client.list_all("/zone-insights").await?;
+            let t = tables::inspect_zones(&zones, &insights, now);
+            (zones, t)
+        }
+        other => {
+            bail!("kumactl inspect {other:?} is not supported; try dataplanes, services or zones")
+        }
     };
     match output {
         Output::Table => print!("{table}"),

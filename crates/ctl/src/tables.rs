@@ -299,6 +299,66 @@ pub fn inspect_dataplanes(items: &[Value], now: DateTime<Utc>) -> String {
     )
 }
 
+/// `kumactl inspect zones`: a zone is Online when it is enabled and a subscription is open.
+pub fn inspect_zones(zones: &[Value], insights: &[Value], now: DateTime<Utc>) -> String {
+    let rows: Vec<Vec<String>> = zones
+        .iter()
+        .map(|z| {
+            let name = s(&z["name"]);
+            let insight = insights.iter().find(|i| i["name"] == z["name"]);
+            let subs = insight
+                .and_then(|i| i["subscriptions"].as_array().cloned())
+                .unwrap_or_default();
+            let enabled = z["enabled"].as_bool().unwrap_or(true);
+            let connected = subs
+                .iter()
+                .any(|s| !s["connectTime"].is_null() && s["disconnectTime"].is_null());
+            let last = subs.last();
+            let (mut updates, mut errors) = (0u64, 0u64);
+            for sub in &subs {
+                updates += sub["status"]["total"]["responsesSent"]
+                    .as_u64()
+                    .unwrap_or(0);
+                errors += sub["status"]["total"]["responsesRejected"]
+                    .as_u64()
+                    .unwrap_or(0);
+            }
+            let backend = last
+                .and_then(|l| {
+                    serde_json::from_str::<Value>(l["config"].as_str().unwrap_or("")).ok()
+                })
+                .map(|c| s(&c["store"]["type"]))
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| "-".into());
+            vec![
+                name,
+                status_word(enabled && connected).to_string(),
+                ago(last.and_then(|l| time(&l["connectTime"])), now),
+                ago(last.and_then(|l| time(&l["status"]["lastUpdateTime"])), now),
+                updates.to_string(),
+                errors.to_string(),
+                last.map(|l| s(&l["version"]["kumaCp"]["version"]))
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "-".into()),
+                backend,
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "NAME",
+            "STATUS",
+            "LAST CONNECTED AGO",
+            "LAST UPDATED AGO",
+            "TOTAL UPDATES",
+            "TOTAL ERRORS",
+            "ZONE-CP VERSION",
+            "BACKEND",
+        ],
+        &rows,
+    )
+}
+
 /// `kumactl inspect services`, from `service-insights` items.
 pub fn inspect_services(items: &[Value]) -> String {
     let rows: Vec<Vec<String>> = items

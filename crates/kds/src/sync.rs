@@ -66,7 +66,9 @@ pub fn offer_to_zone(
                 let Some(serial) = r.meta.name.strip_prefix(ZONE_SIGNING_KEY_PREFIX) else {
                     continue;
                 };
-                let Spec::GlobalSecret(s) = &r.spec else { continue };
+                let Spec::GlobalSecret(s) = &r.spec else {
+                    continue;
+                };
                 let Some(public) = decode_b64(&s.data).and_then(|pem| public_key(&pem)) else {
                     continue;
                 };
@@ -87,7 +89,9 @@ pub fn offer_to_zone(
             _ => continue,
         };
         if copy.resource_type() != ResourceType::ZoneIngress {
-            copy.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
+            copy.meta
+                .labels
+                .insert(ORIGIN_LABEL.into(), "global".into());
         }
         copy.meta.owner = None;
         out.insert(copy.key(), copy);
@@ -262,8 +266,7 @@ pub fn key_from_zone(zone: &str, k: &ResourceKey) -> ResourceKey {
 
 /// Whether a global resource came from `zone` (only those may be touched by its sync).
 pub fn from_zone(zone: &str, r: &Resource) -> bool {
-    r.meta.labels.get(ZONE_LABEL).map(String::as_str) == Some(zone)
-        && origin(r) == Some("zone")
+    r.meta.labels.get(ZONE_LABEL).map(String::as_str) == Some(zone) && origin(r) == Some("zone")
 }
 
 pub fn zone_resource(name: &str) -> Resource {

@@ -51,11 +51,15 @@ fn dataplane(name: &str) -> Resource {
 fn global_offers_zones_meshes_public_keys_and_other_enabled_zones_ingresses() {
     let private = Resource::new(
         Meta::named("zone-token-signing-key-1", ""),
-        Spec::GlobalSecret(SecretSpec { data: encode_b64(b"PRIVATE") }),
+        Spec::GlobalSecret(SecretSpec {
+            data: encode_b64(b"PRIVATE"),
+        }),
     );
     let other_secret = Resource::new(
         Meta::named("admin-token", ""),
-        Spec::GlobalSecret(SecretSpec { data: encode_b64(b"x") }),
+        Spec::GlobalSecret(SecretSpec {
+            data: encode_b64(b"x"),
+        }),
     );
     let all = vec![
         mesh("default"),
@@ -70,17 +74,42 @@ fn global_offers_zones_meshes_public_keys_and_other_enabled_zones_ingresses() {
         (pem == b"PRIVATE").then(|| b"PUBLIC".to_vec())
     });
     let names: Vec<&str> = offered.keys().map(|k| k.name.as_str()).collect();
-    assert_eq!(names, ["default", "zone-b.ingress", "zone-token-signing-public-key-1"]);
-    let public = &offered[&ResourceKey::global(ResourceType::GlobalSecret, "zone-token-signing-public-key-1")];
-    assert_eq!(public.spec, Spec::GlobalSecret(SecretSpec { data: encode_b64(b"PUBLIC") }));
-    assert_eq!(origin(&offered[&ResourceKey::global(ResourceType::Mesh, "default")]), Some("global"));
+    assert_eq!(
+        names,
+        [
+            "default",
+            "zone-b.ingress",
+            "zone-token-signing-public-key-1"
+        ]
+    );
+    let public = &offered[&ResourceKey::global(
+        ResourceType::GlobalSecret,
+        "zone-token-signing-public-key-1",
+    )];
+    assert_eq!(
+        public.spec,
+        Spec::GlobalSecret(SecretSpec {
+            data: encode_b64(b"PUBLIC")
+        })
+    );
+    assert_eq!(
+        origin(&offered[&ResourceKey::global(ResourceType::Mesh, "default")]),
+        Some("global")
+    );
 }
 
 #[test]
 fn zones_offer_only_their_own_resources() {
     let mut copy = ingress("zone-b.ingress", Some("zone-b"));
-    copy.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
-    let offered = offer_to_global(&[dataplane("dp"), ingress("local", None), copy, mesh("default")]);
+    copy.meta
+        .labels
+        .insert(ORIGIN_LABEL.into(), "global".into());
+    let offered = offer_to_global(&[
+        dataplane("dp"),
+        ingress("local", None),
+        copy,
+        mesh("default"),
+    ]);
     let names: Vec<&str> = offered.keys().map(|k| k.name.as_str()).collect();
     assert_eq!(names, ["dp", "local"]);
 }
@@ -92,21 +121,38 @@ fn delta_lists_changes_and_removals() {
     changed.meta.labels.insert("x".into(), "y".into());
     let b = keyed([changed.clone(), mesh("c")]);
     let d = delta(&a, &b);
-    assert_eq!(d.upserted.iter().map(|r| r.meta.name.as_str()).collect::<Vec<_>>(), ["b", "c"]);
-    assert_eq!(d.removed, vec![ResourceKey::global(ResourceType::Mesh, "a")]);
+    assert_eq!(
+        d.upserted
+            .iter()
+            .map(|r| r.meta.name.as_str())
+            .collect::<Vec<_>>(),
+        ["b", "c"]
+    );
+    assert_eq!(
+        d.removed,
+        vec![ResourceKey::global(ResourceType::Mesh, "a")]
+    );
     assert!(delta(&b, &b).is_empty());
 }
 
 #[test]
 fn initial_sync_deletes_stale_managed_copies_only() {
     let mut stale = mesh("stale");
-    stale.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
+    stale
+        .meta
+        .labels
+        .insert(ORIGIN_LABEL.into(), "global".into());
     let local_only = mesh("mine");
     let mut kept = mesh("kept");
-    kept.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
+    kept.meta
+        .labels
+        .insert(ORIGIN_LABEL.into(), "global".into());
     kept.meta.version = 4;
     let mut incoming_kept = kept.clone();
-    incoming_kept.meta.labels.insert("new".into(), "label".into());
+    incoming_kept
+        .meta
+        .labels
+        .insert("new".into(), "label".into());
     let received = Received {
         initial: true,
         types: vec![ResourceType::Mesh],
@@ -114,26 +160,51 @@ fn initial_sync_deletes_stale_managed_copies_only() {
         removed: vec![],
     };
     let managed = |r: &Resource| origin(r) == Some("global");
-    let (ops, refusals) = reconcile(&[stale.clone(), local_only, kept], &received, managed, |_| false);
+    let (ops, refusals) = reconcile(
+        &[stale.clone(), local_only, kept],
+        &received,
+        managed,
+        |_| false,
+    );
     assert!(refusals.is_empty());
     assert!(ops.contains(&Op::Delete(stale.key())));
-    assert!(ops.iter().any(|o| matches!(o, Op::Update(r) if r.meta.name == "kept" && r.meta.version == 4)));
-    assert!(ops.iter().any(|o| matches!(o, Op::Create(r) if r.meta.name == "fresh")));
-    assert!(!ops.iter().any(|o| matches!(o, Op::Delete(k) if k.name == "mine")), "{ops:?}");
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, Op::Update(r) if r.meta.name == "kept" && r.meta.version == 4))
+    );
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, Op::Create(r) if r.meta.name == "fresh"))
+    );
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, Op::Delete(k) if k.name == "mine")),
+        "{ops:?}"
+    );
 }
 
 #[test]
 fn locally_created_resources_are_not_overwritten_unless_allowed() {
     let local = mesh("default");
     let mut incoming = mesh("default");
-    incoming.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
-    let received = Received { initial: false, types: vec![ResourceType::Mesh], upserted: vec![incoming], removed: vec![] };
+    incoming
+        .meta
+        .labels
+        .insert(ORIGIN_LABEL.into(), "global".into());
+    let received = Received {
+        initial: false,
+        types: vec![ResourceType::Mesh],
+        upserted: vec![incoming],
+        removed: vec![],
+    };
     let managed = |r: &Resource| origin(r) == Some("global");
     let (ops, refusals) = reconcile(std::slice::from_ref(&local), &received, managed, |_| false);
     assert!(ops.is_empty());
     assert_eq!(refusals.len(), 1);
     // A standalone zone joining a global: global's Mesh wins.
-    let (ops, refusals) = reconcile(&[local], &received, managed, |r| r.resource_type() == ResourceType::Mesh);
+    let (ops, refusals) = reconcile(&[local], &received, managed, |r| {
+        r.resource_type() == ResourceType::Mesh
+    });
     assert!(refusals.is_empty());
     assert!(matches!(&ops[..], [Op::Update(_)]));
 }
@@ -142,17 +213,26 @@ fn locally_created_resources_are_not_overwritten_unless_allowed() {
 fn resources_from_zones_are_renamed_labelled_pinned_and_owned() {
     let mut dp = dataplane("dp-1");
     if let Spec::Dataplane(d) = &mut dp.spec {
-        d.networking.inbound[0].tags.insert(ZONE_TAG.into(), "forged".into());
+        d.networking.inbound[0]
+            .tags
+            .insert(ZONE_TAG.into(), "forged".into());
     }
     let mapped = map_from_zone("zone-a", dp);
     assert_eq!(mapped.meta.name, "zone-a.dp-1");
     assert!(from_zone("zone-a", &mapped));
     assert!(!from_zone("zone-b", &mapped));
-    assert_eq!(mapped.meta.owner, Some(ResourceKey::global(ResourceType::Zone, "zone-a")));
-    let Spec::Dataplane(d) = &mapped.spec else { panic!() };
+    assert_eq!(
+        mapped.meta.owner,
+        Some(ResourceKey::global(ResourceType::Zone, "zone-a"))
+    );
+    let Spec::Dataplane(d) = &mapped.spec else {
+        panic!()
+    };
     assert_eq!(d.networking.inbound[0].tags[ZONE_TAG], "zone-a");
     let ing = map_from_zone("zone-a", ingress("ingress-01", None));
-    let Spec::ZoneIngress(z) = &ing.spec else { panic!() };
+    let Spec::ZoneIngress(z) = &ing.spec else {
+        panic!()
+    };
     assert_eq!(z.zone, "zone-a");
     assert_eq!(z.available_services[0].tags[ZONE_TAG], "zone-a");
 }

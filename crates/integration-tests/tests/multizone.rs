@@ -1,0 +1,190 @@
+//! Global and two zone control planes as real processes on loopback, synced over KDS (TLS).
+
+use std::path::Path;
+use std::time::Duration;
+
+use meshzone_integration_tests::{ControlPlane, free_port, stderr, stdout, wait_for};
+
+fn zone(dir: &Path, name: &str, global: &ControlPlane, kds_port: u16) -> ControlPlane {
+    let ca = global.work_dir.join("kuma").join("kuma-cp.crt");
+    let cp = ControlPlane::start(
+        dir,
+        &[
+            ("KUMA_MODE", "zone"),
+            ("KUMA_STORE_TYPE", "memory"),
+            ("KUMA_MULTIZONE_ZONE_NAME", name),
+            (
+                "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
+                &format!("grpcs://127.0.0.1:{kds_port}"),
+            ),
+            (
+                "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
+                &ca.display().to_string(),
+            ),
+        ],
+    );
+    cp.configure_kumactl();
+    cp
+}
+
+fn apply(cp: &ControlPlane, dir: &Path, file: &str, yaml: &str) -> std::process::Output {
+    let path = dir.join(file);
+    std::fs::write(&path, yaml).expect("write");
+    cp.kumactl(&["apply", "-f", &path.display().to_string()])
+}
+
+fn line_of(table: &str, name: &str) -> String {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn global_and_two_zones_sync_policies_inventory_and_lifecycle() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dirs: Vec<_> = ["global", "zone-a", "zone-b"]
+        .iter()
+        .map(|d| {
+            let p = root.path().join(d);
+            std::fs::create_dir_all(&p).expect("dir");
+            p
+        })
+        .collect();
+    let kds_port = free_port();
+    let global = ControlPlane::start(
+        &dirs[0],
+        &[
+            ("KUMA_MODE", "global"),
+            ("KUMA_STORE_TYPE", "memory"),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds_port.to_string()),
+        ],
+    );
+    global.configure_kumactl();
+    let mut zone_a = zone(&dirs[1], "zone-a", &global, kds_port);
+    let zone_b = zone(&dirs[2], "zone-b", &global, kds_port);
+
+    // Both zones register and show Online.
+    wait_for("both zones online", Duration::from_secs(30), || {
+        let t = global.kumactl_ok(&["inspect", "zones"]);
+        (line_of(&t, "zone-a").contains("Online") && line_of(&t, "zone-b").contains("Online"))
+            .then_some(())
+    });
+    let zones = global.kumactl_ok(&["get", "zones"]);
+    assert!(
+        zones.contains("zone-a") && zones.contains("zone-b"),
+        "{zones}"
+    );
+
+    // A Mesh applied on global reaches both zones.
+    let mesh = "type: Mesh\nname: demo\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n";
+    let o = apply(&global, &dirs[0], "mesh.yaml", mesh);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for z in [&zone_a, &zone_b] {
+        wait_for("mesh in zone", Duration::from_secs(20), || {
+            z.kumactl_ok(&["get", "meshes"])
+                .contains("demo")
+                .then_some(())
+        });
+    }
+
+    // Writes in the wrong place are refused with a message saying where to make them.
+    let o = apply(&zone_a, &dirs[1], "mesh2.yaml", "type: Mesh\nname: other\n");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("On zone control plane you can only modify zone resources"),
+        "{}",
+        stderr(&o)
+    );
+    let dp = "type: Dataplane\nmesh: demo\nname: dp-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 10001\n      tags:\n        kuma.io/service: web\n";
+    let o = apply(&global, &dirs[0], "dp.yaml", dp);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("On global control plane you can not modify Dataplane"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A Dataplane of zone A shows up on global, renamed and labelled with its zone.
+    let o = apply(&zone_a, &dirs[1], "dp.yaml", dp);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let on_global = wait_for("dataplane on global", Duration::from_secs(20), || {
+        let o = global.kumactl(&[
+            "get",
+            "dataplane",
+            "zone-a.dp-1",
+            "--mesh",
+            "demo",
+            "-o",
+            "json",
+        ]);
+        o.status.success().then(|| stdout(&o))
+    });
+    let v: serde_json::Value = serde_json::from_str(&on_global).expect("json");
+    assert_eq!(v["labels"]["kuma.io/zone"], "zone-a");
+    assert_eq!(v["labels"]["kuma.io/origin"], "zone");
+
+    // A ZoneIngress of zone B reaches zone A (and never goes back to zone B).
+    let ingress = "type: ZoneIngress\nname: ingress-01\nnetworking:\n  address: 127.0.0.1\n  port: 10000\n  advertisedAddress: 10.0.0.2\n  advertisedPort: 10000\n";
+    let o = apply(&zone_b, &dirs[2], "ingress.yaml", ingress);
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for(
+        "zone B's ingress in zone A",
+        Duration::from_secs(20),
+        || {
+            zone_a
+                .kumactl_ok(&["get", "zone-ingresses"])
+                .contains("zone-b.ingress-01")
+                .then_some(())
+        },
+    );
+    assert!(
+        !zone_b
+            .kumactl_ok(&["get", "zone-ingresses"])
+            .contains("zone-b.ingress-01")
+    );
+
+    // Disabling zone B removes its ingress from zone A and shows it Offline.
+    let o = apply(
+        &global,
+        &dirs[0],
+        "zone-b.yaml",
+        "type: Zone\nname: zone-b\nspec:\n  enabled: false\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for(
+        "ingress copy gone from zone A",
+        Duration::from_secs(20),
+        || {
+            (!zone_a
+                .kumactl_ok(&["get", "zone-ingresses"])
+                .contains("zone-b.ingress-01"))
+            .then_some(())
+        },
+    );
+    assert!(line_of(&global.kumactl_ok(&["inspect", "zones"]), "zone-b").contains("Offline"));
+
+    // Deleting an online zone is refused with Kuma's exact message.
+    let o = global.kumactl(&["delete", "zone", "zone-a"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(
+            "zone: unable to delete Zone, Zone CP is still connected, please shut it down first"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    // Once its CP is gone, the zone goes Offline and deleting it removes what came from it.
+    zone_a.kill9();
+    wait_for("zone A offline", Duration::from_secs(20), || {
+        line_of(&global.kumactl_ok(&["inspect", "zones"]), "zone-a")
+            .contains("Offline")
+            .then_some(())
+    });
+    global.kumactl_ok(&["delete", "zone", "zone-a"]);
+    let o = global.kumactl(&["get", "dataplane", "zone-a.dp-1", "--mesh", "demo"]);
+    assert!(!o.status.success(), "zone A's dataplane outlived its zone");
+    let insights = global.kumactl_ok(&["get", "zone-insights"]);
+    assert!(!insights.contains("zone-a"), "{insights}");
+}

@@ -1,0 +1,395 @@
+//! The global side of KDS: serves both streams to zones, keeps Zone and ZoneInsight.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use meshzone_model::specs::{
+    BuildVersion, ComponentVersions, KdsSubscription, Subscriptions, ZoneInsightSpec,
+};
+use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec};
+use meshzone_store::{Store, StoreError};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::proto::kds_sync_server::{KdsSync, KdsSyncServer};
+use crate::proto::{Ack, Changes};
+use crate::sync::{self, Received, Set};
+use crate::wire;
+
+/// Turns a private zone-token signing key (PEM) into its public PEM.
+pub type PublicKeyFn = Arc<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct GlobalKds {
+    store: Store,
+    instance_id: String,
+    public_key: PublicKeyFn,
+}
+
+impl GlobalKds {
+    pub fn new(store: Store, instance_id: String, public_key: PublicKeyFn) -> Self {
+        GlobalKds {
+            store,
+            instance_id,
+            public_key,
+        }
+    }
+
+    pub fn into_server(self) -> KdsSyncServer<GlobalKds> {
+        KdsSyncServer::new(self).max_decoding_message_size(64 * 1024 * 1024)
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn check_handshake(zone: &str, version: &str) -> Result<(), Status> {
+    if !meshzone_model::validate::is_dns_label(zone) {
+        return Err(Status::invalid_argument(format!(
+            "zone name {zone:?} is not valid (a DNS label is required)"
+        )));
+    }
+    if !wire::compatible(version) {
+        return Err(Status::failed_precondition(format!(
+            "zone {zone:?} speaks KDS protocol {version:?}, global speaks {}: upgrade the older side",
+            wire::PROTOCOL_VERSION
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the Zone on first contact (enabled).
+async fn ensure_zone(store: &Store, zone: &str) -> Result<(), Status> {
+    match store.create(sync::zone_resource(zone)).await {
+        Ok(_) => {
+            info!(zone, "a new zone connected: created its Zone resource");
+            Ok(())
+        }
+        Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// Read-modify-write of a zone's insight, retried on concurrent change.
+async fn edit_insight(store: &Store, zone: &str, change: impl Fn(&mut ZoneInsightSpec)) {
+    let key = ResourceKey::global(ResourceType::ZoneInsight, zone);
+    for _ in 0..5 {
+        let stored = match store.find(&key).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(zone, error = %e, "cannot read zone insight");
+                return;
+            }
+        };
+        let result = match stored {
+            Some(mut r) => {
+                if let Spec::ZoneInsight(s) = &mut r.spec {
+                    change(s);
+                }
+                store.update(r).await.map(|_| ())
+            }
+            None => {
+                let mut spec = ZoneInsightSpec::default();
+                change(&mut spec);
+                let mut r = Resource::new(Meta::named(zone, ""), Spec::ZoneInsight(spec));
+                r.meta.owner = Some(ResourceKey::global(ResourceType::Zone, zone));
+                store.create(r).await.map(|_| ())
+            }
+        };
+        match result {
+            Ok(()) => return,
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => continue,
+            Err(StoreError::OwnerNotFound(_) | StoreError::NotFound(_)) => return,
+            Err(e) => {
+                warn!(zone, error = %e, "cannot write zone insight");
+                return;
+            }
+        }
+    }
+}
+
+/// Ends every open zone subscription: after a restart of global none can still be alive.
+pub async fn close_stale_subscriptions(store: &Store) -> Result<usize, StoreError> {
+    let mut closed = 0;
+    for r in store.list(ResourceType::ZoneInsight, None).await? {
+        let Spec::ZoneInsight(spec) = &r.spec else {
+            continue;
+        };
+        if spec.is_online() {
+            closed += 1;
+            edit_insight(store, &r.meta.name, |s| {
+                for sub in &mut s.subscriptions {
+                    sub.disconnect_time.get_or_insert_with(Utc::now);
+                }
+            })
+            .await;
+        }
+    }
+    Ok(closed)
+}
+
+/// Kept subscriptions per zone.
+const KEPT: usize = 10;
+
+async fn all_offered_types(store: &Store) -> Result<Vec<Resource>, Status> {
+    let mut all = Vec::new();
+    for t in sync::GLOBAL_TO_ZONE {
+        all.extend(store.list(t, None).await.map_err(internal)?);
+    }
+    Ok(all)
+}
+
+async fn disabled_zones(store: &Store) -> Result<Vec<String>, Status> {
+    Ok(store
+        .list(ResourceType::Zone, None)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|z| matches!(&z.spec, Spec::Zone(s) if !s.is_enabled()))
+        .map(|z| z.meta.name)
+        .collect())
+}
+
+#[tonic::async_trait]
+impl KdsSync for GlobalKds {
+    type GlobalToZoneStream = ReceiverStream<Result<Changes, Status>>;
+
+    async fn global_to_zone(
+        &self,
+        request: Request<Streaming<Ack>>,
+    ) -> Result<Response<Self::GlobalToZoneStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the handshake"))?;
+        let zone = hello.zone.clone();
+        check_handshake(&zone, &hello.protocol_version)?;
+        ensure_zone(&self.store, &zone).await?;
+        let sub_id = uuid::Uuid::new_v4().to_string();
+        let subscription = KdsSubscription {
+            id: sub_id.clone(),
+            global_instance_id: self.instance_id.clone(),
+            zone_instance_id: hello.instance_id.clone(),
+            connect_time: Some(Utc::now()),
+            config: hello.config.clone(),
+            version: Some(ComponentVersions {
+                kuma_cp: Some(BuildVersion {
+                    version: hello.cp_version.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        edit_insight(&self.store, &zone, |s| {
+            // A zone has one live connection: older ones (e.g. from before a cut) are over.
+            for old in &mut s.subscriptions {
+                old.disconnect_time.get_or_insert_with(Utc::now);
+            }
+            s.subscriptions.push(subscription.clone());
+            let excess = s.subscriptions.len().saturating_sub(KEPT);
+            s.subscriptions.drain(..excess);
+        })
+        .await;
+        info!(zone, "zone connected (global→zone stream)");
+        let (tx, rx) = mpsc::channel(16);
+        let me = self.clone();
+        let events = self.store.subscribe();
+        tokio::spawn(async move {
+            if let Err(status) = me.send_loop(&zone, &sub_id, inbound, events, &tx).await {
+                let _ = tx.send(Err(status)).await;
+            }
+            edit_insight(&me.store, &zone, |s| {
+                if let Some(sub) = s.subscriptions.iter_mut().find(|x| x.id == sub_id) {
+                    sub.disconnect_time.get_or_insert_with(Utc::now);
+                }
+            })
+            .await;
+            info!(zone, "zone disconnected");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ZoneToGlobalStream = ReceiverStream<Result<Ack, Status>>;
+
+    async fn zone_to_global(
+        &self,
+        request: Request<Streaming<Changes>>,
+    ) -> Result<Response<Self::ZoneToGlobalStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the handshake"))?;
+        let zone = first.zone.clone();
+        check_handshake(&zone, &first.protocol_version)?;
+        ensure_zone(&self.store, &zone).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut next = Some(first);
+            loop {
+                let changes = match next.take() {
+                    Some(c) => c,
+                    None => match inbound.message().await {
+                        Ok(Some(c)) => c,
+                        _ => break,
+                    },
+                };
+                match me.receive_from_zone(&zone, &changes).await {
+                    Ok(ack) => {
+                        if tx.send(Ok(ack)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl GlobalKds {
+    /// Sends the full offer, then every change, until the zone goes away.
+    async fn send_loop(
+        &self,
+        zone: &str,
+        sub_id: &str,
+        mut inbound: Streaming<Ack>,
+        mut events: broadcast::Receiver<meshzone_store::StoreEvent>,
+        tx: &mpsc::Sender<Result<Changes, Status>>,
+    ) -> Result<(), Status> {
+        let mut sent = Set::new();
+        let mut nonce = 0u64;
+        let mut initial = true;
+        loop {
+            let offer = sync::offer_to_zone(
+                zone,
+                &all_offered_types(&self.store).await?,
+                &disabled_zones(&self.store).await?,
+                |pem| (self.public_key)(pem),
+            );
+            let d = sync::delta(&sent, &offer);
+            if initial || !d.is_empty() {
+                nonce += 1;
+                let changes = Changes {
+                    nonce: nonce.to_string(),
+                    initial,
+                    types: sync::GLOBAL_TO_ZONE
+                        .iter()
+                        .map(|t| t.name().to_string())
+                        .collect(),
+                    upserted: d.upserted.iter().map(wire::to_wire).collect(),
+                    removed: d.removed.iter().map(wire::key_to_wire).collect(),
+                    ..Default::default()
+                };
+                tx.send(Ok(changes))
+                    .await
+                    .map_err(|_| Status::cancelled("zone went away"))?;
+                let counted = d.upserted.len() + d.removed.len();
+                edit_insight(&self.store, zone, |s| {
+                    if let Some(sub) = s.subscriptions.iter_mut().find(|x| x.id == sub_id) {
+                        sub.status.total.responses_sent += 1;
+                        sub.status.last_update_time = Some(Utc::now());
+                        let _ = counted;
+                    }
+                })
+                .await;
+                sent = offer;
+                initial = false;
+            }
+            // Wait for something that can change the offer, or an ACK.
+            loop {
+                tokio::select! {
+                    ack = inbound.message() => match ack {
+                        Ok(Some(ack)) => {
+                            let rejected = !ack.rejections.is_empty();
+                            for r in &ack.rejections {
+                                warn!(zone, resource = ?r.key, reason = r.reason, "zone rejected a resource (NACK)");
+                            }
+                            edit_insight(&self.store, zone, |s| {
+                                if let Some(sub) = s.subscriptions.iter_mut().find(|x| x.id == sub_id) {
+                                    if rejected {
+                                        sub.status.total.responses_rejected += 1;
+                                    } else {
+                                        sub.status.total.responses_acknowledged += 1;
+                                    }
+                                }
+                            })
+                            .await;
+                        }
+                        _ => return Ok(()),
+                    },
+                    event = events.recv() => match event {
+                        Ok(e) if sync::GLOBAL_TO_ZONE.contains(&e.key.resource_type)
+                            || e.key.resource_type == ResourceType::Zone => {
+                            while events.try_recv().is_ok() {}
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    },
+                    _ = tx.closed() => return Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Applies a batch from a zone to global's store and answers with the ACK.
+    async fn receive_from_zone(&self, zone: &str, changes: &Changes) -> Result<Ack, Status> {
+        let mut refusals = Vec::new();
+        let mut upserted = Vec::new();
+        for w in &changes.upserted {
+            match wire::from_wire(w) {
+                Ok(r) if sync::ZONE_TO_GLOBAL.contains(&r.resource_type()) => {
+                    upserted.push(sync::map_from_zone(zone, r))
+                }
+                Ok(r) => refusals.push(sync::Refusal {
+                    key: r.key(),
+                    reason: format!("global does not accept {} from zones", r.resource_type()),
+                }),
+                Err(refusal) => refusals.push(refusal),
+            }
+        }
+        let received = Received {
+            initial: changes.initial,
+            types: sync::ZONE_TO_GLOBAL.to_vec(),
+            upserted,
+            removed: changes
+                .removed
+                .iter()
+                .filter_map(wire::key_from_wire)
+                .map(|k| sync::key_from_zone(zone, &k))
+                .collect(),
+        };
+        let mut local = Vec::new();
+        for t in sync::ZONE_TO_GLOBAL {
+            local.extend(self.store.list(t, None).await.map_err(internal)?);
+        }
+        let (ops, planned_refusals) =
+            sync::reconcile(&local, &received, |r| sync::from_zone(zone, r), |_| false);
+        refusals.extend(planned_refusals);
+        refusals.extend(
+            wire::apply(&self.store, ops, &sync::ZONE_TO_GLOBAL)
+                .await
+                .map_err(internal)?,
+        );
+        for r in &refusals {
+            warn!(zone, resource = %r.key, reason = r.reason, "refused a resource from the zone");
+        }
+        Ok(Ack {
+            response_nonce: changes.nonce.clone(),
+            rejections: refusals.iter().map(wire::refusal_to_wire).collect(),
+            ..Default::default()
+        })
+    }
+}

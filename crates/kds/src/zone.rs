@@ -1,0 +1,289 @@
+//! The zone side of KDS: opens both streams to global, applies what global sends, reports the
+//! zone's own resources, and reconnects with jittered exponential backoff. The zone keeps
+//! working from its own store whenever global is unreachable.
+
+use std::time::{Duration, SystemTime};
+
+use meshzone_model::{Resource, ResourceType};
+use meshzone_store::{Store, StoreEvent};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::{Code, Request};
+use tracing::{info, warn};
+
+use crate::proto::kds_sync_client::KdsSyncClient;
+use crate::proto::{Ack, Changes};
+use crate::sync::{self, ORIGIN_LABEL, Received, Set};
+use crate::wire;
+
+#[derive(Debug, Clone)]
+pub struct ZoneSettings {
+    pub zone: String,
+    /// `https://host:port` or `http://host:port`.
+    pub global_url: String,
+    pub tls: bool,
+    /// PEM of the CA that signed global's KDS certificate.
+    pub root_ca: Option<String>,
+    pub instance_id: String,
+    pub cp_version: String,
+    /// This zone CP's configuration, shown on global.
+    pub config: String,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+fn jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d.mul_f64(0.8 + f64::from(nanos % 400) / 1000.0)
+}
+
+/// Runs forever: connect, sync both ways, reconnect when anything breaks.
+pub async fn run(settings: ZoneSettings, store: Store) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let started = SystemTime::now();
+        match session(&settings, &store).await {
+            Ok(()) => info!(
+                global = settings.global_url,
+                "KDS session with global ended"
+            ),
+            Err(reason) => warn!(
+                global = settings.global_url,
+                reason, "KDS session with global failed; the zone keeps serving from its store"
+            ),
+        }
+        if started.elapsed().unwrap_or_default() > BACKOFF_MAX {
+            backoff = BACKOFF_START;
+        }
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn channel(settings: &ZoneSettings) -> Result<Channel, String> {
+    let mut endpoint = Channel::from_shared(settings.global_url.clone())
+        .map_err(|e| format!("bad global address: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true);
+    if settings.tls {
+        let mut tls = ClientTlsConfig::new();
+        // Without KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE nothing is trusted: the connect error
+        // below tells the operator which setting is missing.
+        if let Some(pem) = &settings.root_ca {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+    }
+    endpoint.connect().await.map_err(|e| {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        if settings.tls && msg.contains("certificate") {
+            msg.push_str(
+                " (set KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE to the CA of global's KDS certificate)",
+            );
+        }
+        msg
+    })
+}
+
+async fn session(settings: &ZoneSettings, store: &Store) -> Result<(), String> {
+    let channel = channel(settings).await?;
+    let down = global_to_zone(settings, store, KdsSyncClient::new(channel.clone()));
+    let up = zone_to_global(settings, store, KdsSyncClient::new(channel));
+    // Either direction ending ends the session; both restart together.
+    tokio::select! {
+        r = down => r,
+        r = up => r,
+    }
+}
+
+fn status_text(s: tonic::Status) -> String {
+    match s.code() {
+        Code::FailedPrecondition | Code::InvalidArgument => {
+            format!("global refused this zone: {}", s.message())
+        }
+        _ => format!("{}: {}", s.code(), s.message()),
+    }
+}
+
+async fn global_to_zone(
+    settings: &ZoneSettings,
+    store: &Store,
+    mut client: KdsSyncClient<Channel>,
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel::<Ack>(16);
+    let _ = tx
+        .send(Ack {
+            protocol_version: wire::PROTOCOL_VERSION.into(),
+            zone: settings.zone.clone(),
+            instance_id: settings.instance_id.clone(),
+            cp_version: settings.cp_version.clone(),
+            config: settings.config.clone(),
+            ..Default::default()
+        })
+        .await;
+    let mut inbound = client
+        .global_to_zone(Request::new(ReceiverStream::new(rx)))
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    info!(
+        zone = settings.zone,
+        "connected to global: receiving policies and meshes"
+    );
+    loop {
+        let changes = match inbound.message().await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(()),
+            Err(s) => return Err(status_text(s)),
+        };
+        let ack = apply_from_global(store, &changes).await?;
+        if tx.send(ack).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Applies a batch from global: only copies that came from global are touched; a Mesh created
+/// locally (a standalone zone joining) is replaced by global's.
+pub async fn apply_from_global(store: &Store, changes: &Changes) -> Result<Ack, String> {
+    let mut refusals = Vec::new();
+    let mut upserted = Vec::new();
+    for w in &changes.upserted {
+        match wire::from_wire(w) {
+            Ok(mut r) if sync::GLOBAL_TO_ZONE.contains(&r.resource_type()) => {
+                r.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
+                upserted.push(r);
+            }
+            Ok(r) => refusals.push(sync::Refusal {
+                key: r.key(),
+                reason: format!("zones do not accept {} from global", r.resource_type()),
+            }),
+            Err(refusal) => refusals.push(refusal),
+        }
+    }
+    let received = Received {
+        initial: changes.initial,
+        types: sync::GLOBAL_TO_ZONE.to_vec(),
+        upserted,
+        removed: changes
+            .removed
+            .iter()
+            .filter_map(wire::key_from_wire)
+            .collect(),
+    };
+    let mut local = Vec::new();
+    for t in sync::GLOBAL_TO_ZONE {
+        local.extend(store.list(t, None).await.map_err(|e| e.to_string())?);
+    }
+    let (ops, planned) = sync::reconcile(
+        &local,
+        &received,
+        |r| sync::origin(r) == Some("global"),
+        |r| r.resource_type() == ResourceType::Mesh,
+    );
+    refusals.extend(planned);
+    refusals.extend(
+        wire::apply(store, ops, &sync::GLOBAL_TO_ZONE)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    for r in &refusals {
+        warn!(resource = %r.key, reason = r.reason, "refused a resource from global (NACK)");
+    }
+    Ok(Ack {
+        response_nonce: changes.nonce.clone(),
+        rejections: refusals.iter().map(wire::refusal_to_wire).collect(),
+        ..Default::default()
+    })
+}
+
+async fn local_offer(store: &Store) -> Result<Set, String> {
+    let mut all: Vec<Resource> = Vec::new();
+    for t in sync::ZONE_TO_GLOBAL {
+        all.extend(store.list(t, None).await.map_err(|e| e.to_string())?);
+    }
+    Ok(sync::offer_to_global(&all))
+}
+
+async fn zone_to_global(
+    settings: &ZoneSettings,
+    store: &Store,
+    mut client: KdsSyncClient<Channel>,
+) -> Result<(), String> {
+    let mut events = store.subscribe();
+    let (tx, rx) = mpsc::channel::<Changes>(16);
+    let mut sent = local_offer(store).await?;
+    let mut nonce = 1u64;
+    let _ = tx
+        .send(Changes {
+            nonce: nonce.to_string(),
+            initial: true,
+            types: sync::ZONE_TO_GLOBAL
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect(),
+            upserted: sent.values().map(wire::to_wire).collect(),
+            protocol_version: wire::PROTOCOL_VERSION.into(),
+            zone: settings.zone.clone(),
+            instance_id: settings.instance_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    let mut acks = client
+        .zone_to_global(Request::new(ReceiverStream::new(rx)))
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    loop {
+        tokio::select! {
+            ack = acks.message() => match ack {
+                Ok(Some(ack)) => {
+                    for r in &ack.rejections {
+                        warn!(resource = ?r.key, reason = r.reason, "global rejected a resource of this zone");
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(status_text(s)),
+            },
+            event = events.recv() => {
+                let relevant = match &event {
+                    Ok(StoreEvent { key, .. }) => sync::ZONE_TO_GLOBAL.contains(&key.resource_type),
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                };
+                if !relevant {
+                    continue;
+                }
+                while events.try_recv().is_ok() {}
+                let offer = local_offer(store).await?;
+                let d = sync::delta(&sent, &offer);
+                if d.is_empty() {
+                    continue;
+                }
+                nonce += 1;
+                let changes = Changes {
+                    nonce: nonce.to_string(),
+                    upserted: d.upserted.iter().map(wire::to_wire).collect(),
+                    removed: d.removed.iter().map(wire::key_to_wire).collect(),
+                    ..Default::default()
+                };
+                if tx.send(changes).await.is_err() {
+                    return Ok(());
+                }
+                sent = offer;
+            }
+        }
+    }
+}
