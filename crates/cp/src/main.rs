@@ -258,6 +258,10 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             if closed > 0 {
                 info!(closed, "marked zones of the previous run offline");
             }
+            warn!(
+                "zone control planes are not authenticated on KDS (as in Kuma): expose port {} only to your zones",
+                kds.grpc_port
+            );
             let public_key: meshzone_kds::global::PublicKeyFn = Arc::new(|pem: &[u8]| {
                 let private_pem = String::from_utf8(pem.to_vec()).ok()?;
                 meshzone_pki::SigningKey {

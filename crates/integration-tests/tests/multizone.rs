@@ -6,12 +6,22 @@ use std::time::Duration;
 use meshzone_integration_tests::{ControlPlane, free_port, stderr, stdout, wait_for};
 
 fn zone(dir: &Path, name: &str, global: &ControlPlane, kds_port: u16) -> ControlPlane {
+    zone_with_store(dir, name, global, kds_port, "memory")
+}
+
+fn zone_with_store(
+    dir: &Path,
+    name: &str,
+    global: &ControlPlane,
+    kds_port: u16,
+    store: &str,
+) -> ControlPlane {
     let ca = global.work_dir.join("kuma").join("kuma-cp.crt");
     let cp = ControlPlane::start(
         dir,
         &[
             ("KUMA_MODE", "zone"),
-            ("KUMA_STORE_TYPE", "memory"),
+            ("KUMA_STORE_TYPE", store),
             ("KUMA_MULTIZONE_ZONE_NAME", name),
             (
                 "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
@@ -187,4 +197,71 @@ fn global_and_two_zones_sync_policies_inventory_and_lifecycle() {
     assert!(!o.status.success(), "zone A's dataplane outlived its zone");
     let insights = global.kumactl_ok(&["get", "zone-insights"]);
     assert!(!insights.contains("zone-a"), "{insights}");
+}
+
+#[test]
+fn zones_and_global_converge_after_crashes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (gdir, zdir) = (root.path().join("global"), root.path().join("zone"));
+    std::fs::create_dir_all(&gdir).expect("dir");
+    std::fs::create_dir_all(&zdir).expect("dir");
+    let kds_port = free_port();
+    // Durable stores on both sides (the default SQLite).
+    let mut global = ControlPlane::start(
+        &gdir,
+        &[
+            ("KUMA_MODE", "global"),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds_port.to_string()),
+        ],
+    );
+    global.configure_kumactl();
+    let mut zone = zone_with_store(&zdir, "zone-a", &global, kds_port, "sqlite");
+    for m in ["keep", "doomed"] {
+        let o = apply(
+            &global,
+            &gdir,
+            &format!("{m}.yaml"),
+            &format!("type: Mesh\nname: {m}\n"),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    wait_for("meshes in the zone", Duration::from_secs(20), || {
+        let m = zone.kumactl_ok(&["get", "meshes"]);
+        (m.contains("keep") && m.contains("doomed")).then_some(())
+    });
+
+    // Global crashes; the zone keeps working; its new Dataplane reaches global after restart.
+    global.kill9();
+    let dp = "type: Dataplane\nmesh: keep\nname: dp-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 10001\n      tags:\n        kuma.io/service: web\n";
+    let o = apply(&zone, &zdir, "dp.yaml", dp);
+    assert!(
+        o.status.success(),
+        "the zone must accept its own changes while global is down: {}",
+        stderr(&o)
+    );
+    global.restart();
+    wait_for(
+        "dataplane on global after its restart",
+        Duration::from_secs(60),
+        || {
+            global
+                .kumactl(&["get", "dataplane", "zone-a.dp-1", "--mesh", "keep"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+
+    // The zone crashes; a Mesh is deleted on global meanwhile; the restarted zone drops its copy.
+    zone.kill9();
+    global.kumactl_ok(&["delete", "mesh", "doomed"]);
+    zone.restart();
+    wait_for(
+        "stale mesh removed from the zone",
+        Duration::from_secs(60),
+        || {
+            let m = zone.kumactl_ok(&["get", "meshes"]);
+            (!m.contains("doomed") && m.contains("keep")).then_some(())
+        },
+    );
 }

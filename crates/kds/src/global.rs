@@ -134,6 +134,13 @@ pub async fn close_stale_subscriptions(store: &Store) -> Result<usize, StoreErro
 /// Kept subscriptions per zone.
 const KEPT: usize = 10;
 
+/// How long global waits for a zone to acknowledge a batch before it resets the stream.
+pub const ACK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400)
+}
+
 async fn all_offered_types(store: &Store) -> Result<Vec<Resource>, Status> {
     let mut all = Vec::new();
     for t in sync::GLOBAL_TO_ZONE {
@@ -270,6 +277,9 @@ impl GlobalKds {
         let mut sent = Set::new();
         let mut nonce = 0u64;
         let mut initial = true;
+        // Set while a batch is unacknowledged: a zone that stops acknowledging is cut off, so it
+        // reconnects and resyncs instead of silently stalling.
+        let mut awaiting_ack: Option<tokio::time::Instant> = None;
         loop {
             let offer = sync::offer_to_zone(
                 zone,
@@ -305,12 +315,23 @@ impl GlobalKds {
                 .await;
                 sent = offer;
                 initial = false;
+                awaiting_ack.get_or_insert_with(tokio::time::Instant::now);
             }
             // Wait for something that can change the offer, or an ACK.
             loop {
+                let deadline = awaiting_ack.map(|t| t + ACK_DEADLINE);
                 tokio::select! {
+                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                        warn!(zone, "zone did not acknowledge within {ACK_DEADLINE:?}; closing its stream to resync");
+                        return Err(Status::deadline_exceeded(format!(
+                            "no acknowledgement within {ACK_DEADLINE:?}; reconnect to resync"
+                        )));
+                    }
                     ack = inbound.message() => match ack {
                         Ok(Some(ack)) => {
+                            if ack.response_nonce == nonce.to_string() {
+                                awaiting_ack = None;
+                            }
                             let rejected = !ack.rejections.is_empty();
                             for r in &ack.rejections {
                                 warn!(zone, resource = ?r.key, reason = r.reason, "zone rejected a resource (NACK)");
