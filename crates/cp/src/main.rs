@@ -219,6 +219,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                 )
                 .unwrap_or(std::time::Duration::from_secs(10)),
                 zone,
+                create_ca: !matches!(role, Role::FederatedZone { .. }),
                 refuse_all: matches!(role, Role::Global).then(|| {
                     "global control plane does not accept data plane proxies; connect to a zone control plane".to_string()
                 }),
@@ -302,6 +303,9 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         }
         None => None,
     };
+    if matches!(role, Role::Global) {
+        tokio::spawn(provision_mesh_cas(store.clone()));
+    }
     if let Role::FederatedZone { name, global } = &role {
         let kds = &config.multizone.zone.kds;
         if kds.tls_skip_verify {
@@ -376,6 +380,42 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         .context("diagnostics server")?;
     info!("stopped");
     Ok(())
+}
+
+/// On global: every Mesh with a builtin mTLS backend gets its CA at once, so that KDS carries the
+/// same trust root to every zone before any proxy asks for a certificate.
+async fn provision_mesh_cas(store: Store) {
+    let mut events = store.subscribe();
+    loop {
+        match store.list(meshzone_model::ResourceType::Mesh, None).await {
+            Ok(meshes) => {
+                for m in meshes {
+                    if let Spec::Mesh(spec) = &m.spec
+                        && meshzone_identity::builtin_backend(spec).is_some()
+                        && let Err(e) = meshzone_identity::ensure_mesh_ca(
+                            &store,
+                            &m.meta.name,
+                            spec,
+                            std::time::SystemTime::now(),
+                        )
+                        .await
+                    {
+                        warn!(mesh = m.meta.name, error = %e, "cannot create the mesh CA");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list meshes"),
+        }
+        // Wait for the next Mesh change.
+        loop {
+            match events.recv().await {
+                Ok(e) if e.key.resource_type == meshzone_model::ResourceType::Mesh => break,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
 }
 
 async fn ensure_default_mesh(store: &Store) -> anyhow::Result<()> {

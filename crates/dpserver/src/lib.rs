@@ -37,6 +37,9 @@ pub struct DpServerSettings {
     pub zone: Option<String>,
     /// Set on a global control plane: every proxy is turned away with this explanation.
     pub refuse_all: Option<String>,
+    /// Create a mesh's CA when missing (standalone zone). A zone connected to global waits for
+    /// global's CA instead, so that every zone of a mesh shares one trust root.
+    pub create_ca: bool,
 }
 
 /// Which stream currently owns each registered proxy, so a late deregistration of an old stream

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
-use meshzone_identity::{builtin_backend, cert_lifetime, ensure_mesh_ca, verify_dataplane_token};
+use meshzone_identity::{
+    builtin_backend, cert_lifetime, ensure_mesh_ca, find_mesh_ca, verify_dataplane_token,
+};
 use meshzone_model::specs::{
     BuildVersion, ComponentVersions, DataplaneInsightSpec, DataplaneSpec, DiscoverySubscription,
     MeshSpec, MtlsInsight, ResponseCounters, ZONE_TAG,
@@ -497,9 +499,12 @@ impl ProxyStream {
         {
             return Ok(());
         }
-        let ca = ensure_mesh_ca(&self.shared.store, &self.key.mesh, mesh, now)
-            .await
-            .map_err(internal)?;
+        let ca = if self.shared.settings.create_ca {
+            ensure_mesh_ca(&self.shared.store, &self.key.mesh, mesh, now).await
+        } else {
+            find_mesh_ca(&self.shared.store, &self.key.mesh, mesh).await
+        }
+        .map_err(|e| Status::unavailable(e.to_string()))?;
         let ids: Vec<String> = services
             .iter()
             .map(|s| meshzone_pki::spiffe_id(&self.key.mesh, s))

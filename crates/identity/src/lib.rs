@@ -26,6 +26,8 @@ pub enum IdentityError {
     Damaged(String, String),
     #[error("mesh {0:?} has no builtin mTLS backend enabled")]
     NoBuiltinCa(String),
+    #[error("the CA of mesh {0:?} has not arrived from the global control plane yet")]
+    CaNotSynced(String),
 }
 
 type Result<T, E = IdentityError> = std::result::Result<T, E>;
@@ -136,6 +138,20 @@ pub fn cert_lifetime(mesh: &MeshSpec) -> Duration {
         .and_then(|r| parse_duration(&r.expiration))
         .filter(|d| !d.is_zero())
         .unwrap_or(DEFAULT_CERT_LIFETIME)
+}
+
+/// Returns the mesh's CA if it exists (a zone connected to global waits for global's).
+pub async fn find_mesh_ca<B: Backend>(
+    store: &Store<B>,
+    mesh: &str,
+    spec: &MeshSpec,
+) -> Result<CertifiedKey> {
+    let backend = builtin_backend(spec).ok_or_else(|| IdentityError::NoBuiltinCa(mesh.into()))?;
+    let name = ca_secret_name(mesh, backend);
+    match read_secret(store, mesh, &name).await? {
+        Some(bytes) => decode_ca(&name, &bytes),
+        None => Err(IdentityError::CaNotSynced(mesh.into())),
+    }
 }
 
 /// Returns the mesh's CA, creating it the first time. Concurrent callers end with the same CA:

@@ -99,6 +99,25 @@ fn global_and_two_zones_sync_policies_inventory_and_lifecycle() {
         });
     }
 
+    // Global created the mesh CA; both zones received the same one (one trust root per mesh).
+    let ca_in = |z: &ControlPlane| {
+        wait_for("mesh CA in zone", Duration::from_secs(20), || {
+            let o = z.kumactl(&[
+                "get",
+                "secret",
+                "demo.ca-builtin-ca-1",
+                "--mesh",
+                "demo",
+                "-o",
+                "json",
+            ]);
+            serde_json::from_str::<serde_json::Value>(&stdout(&o))
+                .ok()
+                .and_then(|v| v["data"].as_str().map(str::to_string))
+        })
+    };
+    assert_eq!(ca_in(&zone_a), ca_in(&zone_b));
+
     // Writes in the wrong place are refused with a message saying where to make them.
     let o = apply(&zone_a, &dirs[1], "mesh2.yaml", "type: Mesh\nname: other\n");
     assert!(!o.status.success());
