@@ -77,6 +77,11 @@ impl ControlPlane {
                 diagnostics_port.to_string(),
             ),
             ("KUMA_DP_SERVER_PORT".into(), dp_port.to_string()),
+            // Used only in global mode; never the default port, so tests can run side by side.
+            (
+                "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT".into(),
+                free_port().to_string(),
+            ),
         ];
         for (k, v) in extra_env {
             env.retain(|(key, _)| key != k);
