@@ -24,12 +24,27 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that is free now and is handed out once per test process. Ports come from
+/// below the kernel's ephemeral range (32768+), so the outgoing connections of the processes
+/// under test cannot take a port between the moment it is chosen and the moment it is bound.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 100) * 120;
+    for _ in 0..12_000 {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % 12_000;
+        let port = (base + offset) % 12_000 + 20_000;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
 }
 
 /// Polls `check` until it returns `Some` or the deadline passes.
