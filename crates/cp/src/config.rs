@@ -103,6 +103,8 @@ pub struct GlobalKds {
     /// PEM certificate of the KDS server; empty: the generated `<workDir>/kuma-cp.crt`.
     pub tls_cert_file: String,
     pub tls_key_file: String,
+    /// `none` (as Kuma) or `zoneToken`: zones present a zone token with the `cp` scope.
+    pub auth_type: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,6 +120,8 @@ pub struct ZoneMultizone {
 pub struct ZoneKds {
     pub root_ca_file: String,
     pub tls_skip_verify: bool,
+    /// Zone token presented to global when it requires one.
+    pub auth_token_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +177,7 @@ impl Default for Config {
                         grpc_port: 5685,
                         tls_cert_file: String::new(),
                         tls_key_file: String::new(),
+                        auth_type: "none".into(),
                     },
                 },
                 zone: ZoneMultizone {
@@ -181,6 +186,7 @@ impl Default for Config {
                     kds: ZoneKds {
                         root_ca_file: String::new(),
                         tls_skip_verify: false,
+                        auth_token_file: String::new(),
                     },
                 },
             },
@@ -253,6 +259,26 @@ const ENV: &[(&str, &str, Kind)] = &[
         "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT",
         "multizone.global.kds.grpcPort",
         Kind::Port,
+    ),
+    (
+        "KUMA_MULTIZONE_GLOBAL_KDS_TLS_CERT_FILE",
+        "multizone.global.kds.tlsCertFile",
+        Kind::Text,
+    ),
+    (
+        "KUMA_MULTIZONE_GLOBAL_KDS_TLS_KEY_FILE",
+        "multizone.global.kds.tlsKeyFile",
+        Kind::Text,
+    ),
+    (
+        "KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE",
+        "multizone.global.kds.authType",
+        Kind::Text,
+    ),
+    (
+        "KUMA_MULTIZONE_ZONE_KDS_AUTH_TOKEN_FILE",
+        "multizone.zone.kds.authTokenFile",
+        Kind::Text,
     ),
     (
         "KUMA_MULTIZONE_ZONE_NAME",
@@ -479,6 +505,18 @@ impl Config {
                 return Err(invalid(key, "port must be in the range from 1 to 65535"));
             }
         }
+        if !matches!(
+            self.multizone.global.kds.auth_type.as_str(),
+            "none" | "zoneToken"
+        ) {
+            return Err(invalid(
+                "multizone.global.kds.authType",
+                format!(
+                    "{:?}: expected none or zoneToken",
+                    self.multizone.global.kds.auth_type
+                ),
+            ));
+        }
         if !matches!(self.dp_server.authn.as_str(), "dpToken" | "none") {
             return Err(invalid(
                 "dpServer.authn",
@@ -689,6 +727,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("KUMA_MULTIZONE_ZONE_NAME"), "{e}");
+    }
+
+    #[test]
+    fn every_variable_named_in_the_defaults_file_is_read() {
+        for word in DEFAULTS_YAML.split(|c: char| !(c.is_ascii_uppercase() || c == '_')) {
+            if word.starts_with("KUMA_") {
+                assert!(
+                    !env_name_key(word).is_empty(),
+                    "{word} is documented but not read"
+                );
+            }
+        }
+        let c = load(
+            None,
+            &env(&[
+                ("KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE", "zoneToken"),
+                ("KUMA_MULTIZONE_GLOBAL_KDS_TLS_CERT_FILE", "/c"),
+                ("KUMA_MULTIZONE_ZONE_KDS_AUTH_TOKEN_FILE", "/t"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.multizone.global.kds.auth_type, "zoneToken");
+        assert_eq!(c.multizone.global.kds.tls_cert_file, "/c");
+        assert_eq!(c.multizone.zone.kds.auth_token_file, "/t");
+    }
+
+    fn env_name_key(var: &str) -> &'static str {
+        ENV.iter()
+            .find(|(e, _, _)| *e == var)
+            .map(|(_, k, _)| *k)
+            .unwrap_or("")
     }
 
     #[test]

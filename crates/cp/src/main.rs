@@ -259,10 +259,13 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             if closed > 0 {
                 info!(closed, "marked zones of the previous run offline");
             }
-            warn!(
-                "zone control planes are not authenticated on KDS (as in Kuma): expose port {} only to your zones",
-                kds.grpc_port
-            );
+            let require_zone_token = kds.auth_type == "zoneToken";
+            if !require_zone_token {
+                warn!(
+                    "zone control planes are not authenticated on KDS (as in Kuma): expose port {} only to your zones, or set KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE=zoneToken",
+                    kds.grpc_port
+                );
+            }
             let public_key: meshzone_kds::global::PublicKeyFn = Arc::new(|pem: &[u8]| {
                 let private_pem = String::from_utf8(pem.to_vec()).ok()?;
                 meshzone_pki::SigningKey {
@@ -277,6 +280,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                 store.clone(),
                 instance_id.clone(),
                 public_key,
+                require_zone_token,
             )
             .into_server();
             let mut rx = stop_rx.clone();
@@ -336,6 +340,18 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             instance_id: instance_id.clone(),
             cp_version: meshzone_model::VERSION.into(),
             config: serde_json::json!({"store": {"type": config.store.store_type}}).to_string(),
+            token: if kds.auth_token_file.is_empty() {
+                None
+            } else {
+                Some(
+                    std::fs::read_to_string(&kds.auth_token_file).with_context(|| {
+                        format!(
+                            "cannot read KUMA_MULTIZONE_ZONE_KDS_AUTH_TOKEN_FILE {}",
+                            kds.auth_token_file
+                        )
+                    })?,
+                )
+            },
         };
         tokio::spawn(meshzone_kds::zone::run(settings, store.clone()));
     }

@@ -284,3 +284,74 @@ fn zones_and_global_converge_after_crashes() {
         },
     );
 }
+
+#[test]
+fn global_can_require_zone_tokens_from_zone_control_planes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dirs: Vec<_> = ["global", "good", "bad"]
+        .iter()
+        .map(|d| {
+            let p = root.path().join(d);
+            std::fs::create_dir_all(&p).expect("dir");
+            p
+        })
+        .collect();
+    let kds_port = free_port();
+    let global = ControlPlane::start(
+        &dirs[0],
+        &[
+            ("KUMA_MODE", "global"),
+            ("KUMA_STORE_TYPE", "memory"),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds_port.to_string()),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE", "zoneToken"),
+        ],
+    );
+    global.configure_kumactl();
+    let token = global.kumactl_ok(&[
+        "generate",
+        "zone-token",
+        "--zone=zone-good",
+        "--scope",
+        "cp",
+    ]);
+    let token_file = dirs[1].join("zone.token");
+    std::fs::write(&token_file, token.trim()).expect("token");
+    let ca = global
+        .work_dir
+        .join("kuma")
+        .join("kuma-cp.crt")
+        .display()
+        .to_string();
+    let address = format!("grpcs://127.0.0.1:{kds_port}");
+    let start = |dir: &Path, name: &str, token: Option<&Path>| {
+        let token = token.map(|t| t.display().to_string()).unwrap_or_default();
+        ControlPlane::start(
+            dir,
+            &[
+                ("KUMA_MODE", "zone"),
+                ("KUMA_STORE_TYPE", "memory"),
+                ("KUMA_MULTIZONE_ZONE_NAME", name),
+                ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
+                ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", &ca),
+                ("KUMA_MULTIZONE_ZONE_KDS_AUTH_TOKEN_FILE", &token),
+            ],
+        )
+    };
+    let _bad = start(&dirs[2], "zone-bad", None);
+    let _good = start(&dirs[1], "zone-good", Some(&token_file));
+    wait_for(
+        "the zone with a token online",
+        Duration::from_secs(30),
+        || {
+            line_of(&global.kumactl_ok(&["inspect", "zones"]), "zone-good")
+                .contains("Online")
+                .then_some(())
+        },
+    );
+    // The zone without a token had the same time to connect and was refused: no Zone exists.
+    assert!(
+        !global.kumactl_ok(&["get", "zones"]).contains("zone-bad"),
+        "{}",
+        std::fs::read_to_string(&global.log).unwrap_or_default()
+    );
+}

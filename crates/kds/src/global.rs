@@ -26,15 +26,46 @@ pub struct GlobalKds {
     store: Store,
     instance_id: String,
     public_key: PublicKeyFn,
+    require_zone_token: bool,
 }
 
 impl GlobalKds {
-    pub fn new(store: Store, instance_id: String, public_key: PublicKeyFn) -> Self {
+    /// `require_zone_token`: zones must present a zone token with the `cp` scope
+    /// (`KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE=zoneToken`).
+    pub fn new(
+        store: Store,
+        instance_id: String,
+        public_key: PublicKeyFn,
+        require_zone_token: bool,
+    ) -> Self {
         GlobalKds {
             store,
             instance_id,
             public_key,
+            require_zone_token,
         }
+    }
+
+    /// Checks the zone token of a connecting zone CP, when global requires one.
+    async fn authenticate<T>(&self, request: &Request<T>, zone: &str) -> Result<(), Status> {
+        if !self.require_zone_token {
+            return Ok(());
+        }
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_start_matches("Bearer ").trim().to_string())
+            .unwrap_or_default();
+        meshzone_identity::verify_zone_token(&self.store, &token, zone, "cp", std::time::SystemTime::now())
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                warn!(zone, reason = %e, "refused a zone control plane");
+                Status::unauthenticated(format!(
+                    "zone {zone:?} refused: {e} (generate one with kumactl generate zone-token --zone {zone} --scope cp and set KUMA_MULTIZONE_ZONE_KDS_AUTH_TOKEN_FILE)"
+                ))
+            })
     }
 
     pub fn into_server(self) -> KdsSyncServer<GlobalKds> {
@@ -166,15 +197,17 @@ impl KdsSync for GlobalKds {
 
     async fn global_to_zone(
         &self,
-        request: Request<Streaming<Ack>>,
+        mut request: Request<Streaming<Ack>>,
     ) -> Result<Response<Self::GlobalToZoneStream>, Status> {
-        let mut inbound = request.into_inner();
-        let hello = inbound
+        let hello = request
+            .get_mut()
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the handshake"))?;
         let zone = hello.zone.clone();
         check_handshake(&zone, &hello.protocol_version)?;
+        self.authenticate(&request, &zone).await?;
+        let inbound = request.into_inner();
         ensure_zone(&self.store, &zone).await?;
         let sub_id = uuid::Uuid::new_v4().to_string();
         let subscription = KdsSubscription {
@@ -225,15 +258,17 @@ impl KdsSync for GlobalKds {
 
     async fn zone_to_global(
         &self,
-        request: Request<Streaming<Changes>>,
+        mut request: Request<Streaming<Changes>>,
     ) -> Result<Response<Self::ZoneToGlobalStream>, Status> {
-        let mut inbound = request.into_inner();
-        let first = inbound
+        let first = request
+            .get_mut()
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the handshake"))?;
         let zone = first.zone.clone();
         check_handshake(&zone, &first.protocol_version)?;
+        self.authenticate(&request, &zone).await?;
+        let mut inbound = request.into_inner();
         ensure_zone(&self.store, &zone).await?;
         let (tx, rx) = mpsc::channel(16);
         let me = self.clone();

@@ -36,10 +36,26 @@ pub fn origin(r: &Resource) -> Option<&str> {
     r.meta.labels.get(ORIGIN_LABEL).map(String::as_str)
 }
 
+/// Longest resource name the store accepts.
+pub const MAX_NAME: usize = 253;
+
 /// The name global gives a resource from `zone`: `<zone>.<name>`. Zone names are DNS labels
-/// (no dots), so the split is unambiguous and two zones can never collide.
+/// (no dots), so two zones can never collide. A result longer than [`MAX_NAME`] keeps its start
+/// and ends with `-` and 16 hex digits of a hash of the full name, so it stays unique and fits.
 pub fn global_name(zone: &str, name: &str) -> String {
-    format!("{zone}.{name}")
+    let full = format!("{zone}.{name}");
+    if full.len() <= MAX_NAME {
+        return full;
+    }
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut keep = MAX_NAME - 17;
+    while !full.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let head = full[..keep].trim_end_matches(['.', '-', '_']);
+    format!("{head}-{hash:016x}")
 }
 
 /// A keyed set of resources of some types.

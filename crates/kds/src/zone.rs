@@ -29,6 +29,18 @@ pub struct ZoneSettings {
     pub cp_version: String,
     /// This zone CP's configuration, shown on global.
     pub config: String,
+    /// Zone token (scope `cp`) presented to global, if global requires one.
+    pub token: Option<String>,
+}
+
+fn authorized<T>(settings: &ZoneSettings, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = &settings.token
+        && let Ok(v) = format!("Bearer {}", token.trim()).parse()
+    {
+        request.metadata_mut().insert("authorization", v);
+    }
+    request
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -134,7 +146,7 @@ async fn global_to_zone(
         })
         .await;
     let mut inbound = client
-        .global_to_zone(Request::new(ReceiverStream::new(rx)))
+        .global_to_zone(authorized(settings, ReceiverStream::new(rx)))
         .await
         .map_err(status_text)?
         .into_inner();
@@ -242,7 +254,7 @@ async fn zone_to_global(
         })
         .await;
     let mut acks = client
-        .zone_to_global(Request::new(ReceiverStream::new(rx)))
+        .zone_to_global(authorized(settings, ReceiverStream::new(rx)))
         .await
         .map_err(status_text)?
         .into_inner();
@@ -285,5 +297,57 @@ async fn zone_to_global(
                 sent = offer;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto;
+    use meshzone_model::{ResourceKey, ResourceType};
+    use meshzone_store::{AnyBackend, MemoryBackend};
+
+    #[tokio::test]
+    async fn a_bad_resource_is_refused_alone_and_the_rest_applies() {
+        let store = Store::new(AnyBackend::Memory(MemoryBackend::new()));
+        let good = proto::Resource {
+            r#type: "Mesh".into(),
+            name: "good".into(),
+            spec: b"{}".to_vec(),
+            ..Default::default()
+        };
+        let bad = proto::Resource {
+            r#type: "Mesh".into(),
+            name: "bad".into(),
+            spec: br#"{"mtls": {"enabledBackend": "nope"}}"#.to_vec(),
+            ..Default::default()
+        };
+        let unknown = proto::Resource {
+            r#type: "Gadget".into(),
+            name: "g".into(),
+            spec: b"{}".to_vec(),
+            ..Default::default()
+        };
+        let changes = Changes {
+            nonce: "7".into(),
+            initial: true,
+            types: vec!["Mesh".into()],
+            upserted: vec![bad, good, unknown],
+            ..Default::default()
+        };
+        let ack = apply_from_global(&store, &changes).await.expect("applied");
+        assert_eq!(ack.response_nonce, "7");
+        assert_eq!(ack.rejections.len(), 2, "{:?}", ack.rejections);
+        assert!(
+            ack.rejections
+                .iter()
+                .any(|r| r.reason.contains("enabledBackend"))
+        );
+        let stored = store
+            .find(&ResourceKey::global(ResourceType::Mesh, "good"))
+            .await
+            .expect("find");
+        let stored = stored.expect("the good resource of the batch is applied");
+        assert_eq!(sync::origin(&stored), Some("global"));
     }
 }

@@ -236,3 +236,22 @@ fn resources_from_zones_are_renamed_labelled_pinned_and_owned() {
     assert_eq!(z.zone, "zone-a");
     assert_eq!(z.available_services[0].tags[ZONE_TAG], "zone-a");
 }
+
+#[test]
+fn global_names_stay_unique_and_bounded() {
+    assert_eq!(global_name("zone-a", "dp-1"), "zone-a.dp-1");
+    let long_a = "a".repeat(250) + "x";
+    let long_b = "a".repeat(250) + "y";
+    let (na, nb) = (
+        global_name("zone-a", &long_a),
+        global_name("zone-a", &long_b),
+    );
+    assert!(na.len() <= MAX_NAME && nb.len() <= MAX_NAME);
+    assert_ne!(na, nb);
+    assert_ne!(
+        global_name("zone-a", &long_a),
+        global_name("zone-b", &long_a)
+    );
+    let r = Resource::new(Meta::named(&na, "default"), dataplane("x").spec);
+    meshzone_model::validate(&r).expect("a bounded name is a valid name");
+}
