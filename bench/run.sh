@@ -10,3 +10,4 @@ fi
 cargo build --release -p kuma-cp -p kuma-dp -p meshzone-bench
 ./target/release/store-api-bench
 ./target/release/proxy-bench
+./target/release/kds-bench

@@ -162,6 +162,34 @@ pub async fn close_stale_subscriptions(store: &Store) -> Result<usize, StoreErro
     Ok(closed)
 }
 
+/// The receiver's copies a batch can touch: everything of its types for an initial batch, only
+/// the named keys otherwise (so a one-resource change costs one lookup, not a full listing).
+pub(crate) async fn local_copies(
+    store: &Store,
+    received: &Received,
+    types: &[ResourceType],
+) -> Result<Vec<Resource>, StoreError> {
+    let mut local = Vec::new();
+    if received.initial {
+        for t in types {
+            local.extend(store.list(*t, None).await?);
+        }
+        return Ok(local);
+    }
+    let keys: std::collections::BTreeSet<ResourceKey> = received
+        .upserted
+        .iter()
+        .map(Resource::key)
+        .chain(received.removed.iter().cloned())
+        .collect();
+    for k in keys {
+        if let Some(r) = store.find(&k).await? {
+            local.push(r);
+        }
+    }
+    Ok(local)
+}
+
 /// Kept subscriptions per zone.
 const KEPT: usize = 10;
 
@@ -427,10 +455,9 @@ impl GlobalKds {
                 .map(|k| sync::key_from_zone(zone, &k))
                 .collect(),
         };
-        let mut local = Vec::new();
-        for t in sync::ZONE_TO_GLOBAL {
-            local.extend(self.store.list(t, None).await.map_err(internal)?);
-        }
+        let local = local_copies(&self.store, &received, &sync::ZONE_TO_GLOBAL)
+            .await
+            .map_err(internal)?;
         let (ops, planned_refusals) =
             sync::reconcile(&local, &received, |r| sync::from_zone(zone, r), |_| false);
         refusals.extend(planned_refusals);

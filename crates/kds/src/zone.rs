@@ -195,10 +195,9 @@ pub async fn apply_from_global(store: &Store, changes: &Changes) -> Result<Ack, 
             .filter_map(wire::key_from_wire)
             .collect(),
     };
-    let mut local = Vec::new();
-    for t in sync::GLOBAL_TO_ZONE {
-        local.extend(store.list(t, None).await.map_err(|e| e.to_string())?);
-    }
+    let local = crate::global::local_copies(store, &received, &sync::GLOBAL_TO_ZONE)
+        .await
+        .map_err(|e| e.to_string())?;
     let (ops, planned) = sync::reconcile(
         &local,
         &received,
@@ -270,16 +269,40 @@ async fn zone_to_global(
                 Err(s) => return Err(status_text(s)),
             },
             event = events.recv() => {
-                let relevant = match &event {
-                    Ok(StoreEvent { key, .. }) => sync::ZONE_TO_GLOBAL.contains(&key.resource_type),
-                    Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                };
-                if !relevant {
+                // Collect the changed keys of a burst; a lagged receiver falls back to a full diff.
+                let mut keys = std::collections::BTreeSet::new();
+                let mut full = false;
+                let mut next = Some(event);
+                while let Some(e) = next.take() {
+                    match e {
+                        Ok(StoreEvent { key, .. }) if sync::ZONE_TO_GLOBAL.contains(&key.resource_type) => {
+                            keys.insert(key);
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => full = true,
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    }
+                    next = match events.try_recv() {
+                        Ok(e) => Some(Ok(e)),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(broadcast::error::RecvError::Lagged(n))),
+                        Err(_) => None,
+                    };
+                }
+                if keys.is_empty() && !full {
                     continue;
                 }
-                while events.try_recv().is_ok() {}
-                let offer = local_offer(store).await?;
+                let offer = if full {
+                    local_offer(store).await?
+                } else {
+                    let mut offer = sent.clone();
+                    for k in &keys {
+                        offer.remove(k);
+                        if let Some(r) = store.find(k).await.map_err(|e| e.to_string())? {
+                            offer.extend(sync::offer_to_global(std::slice::from_ref(&r)));
+                        }
+                    }
+                    offer
+                };
                 let d = sync::delta(&sent, &offer);
                 if d.is_empty() {
                     continue;
