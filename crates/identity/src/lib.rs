@@ -206,6 +206,8 @@ pub const SIGNING_KEY_PREFIX: &str = "dataplane-token-signing-key-";
 pub const REVOCATIONS: &str = "dataplane-token-revocations";
 /// Prefix of the zone token signing keys (GlobalSecrets on global).
 pub const ZONE_SIGNING_KEY_PREFIX: &str = "zone-token-signing-key-";
+/// Public halves of the zone signing keys, as global syncs them to zones.
+pub const ZONE_PUBLIC_KEY_PREFIX: &str = "zone-token-signing-public-key-";
 /// GlobalSecret listing revoked zone token ids.
 pub const ZONE_REVOCATIONS: &str = "zone-token-revocations";
 
@@ -287,7 +289,25 @@ pub async fn verify_zone_token<B: Backend>(
     scope: &str,
     now: SystemTime,
 ) -> Result<ZoneClaims, TokenError> {
-    let keys = verifying_keys(store, KeyRing::zone()).await?;
+    let mut keys = verifying_keys(store, KeyRing::zone()).await?;
+    // A zone connected to global holds only the public halves global synced down.
+    for r in store
+        .list(ResourceType::GlobalSecret, None)
+        .await
+        .map_err(|e| TokenError::Malformed(e.to_string()))?
+    {
+        let Some(serial) = r.meta.name.strip_prefix(ZONE_PUBLIC_KEY_PREFIX) else {
+            continue;
+        };
+        if keys.iter().any(|k| k.key_id == serial) {
+            continue;
+        }
+        let pem = secret_bytes(&r).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        keys.push(VerifyingKey {
+            key_id: serial.to_string(),
+            public_pem: String::from_utf8_lossy(&pem).into_owned(),
+        });
+    }
     let claims: ZoneClaims = meshzone_pki::verify_token(token, &keys, now)?;
     if claims.zone != zone {
         return Err(TokenError::Mismatch(format!(
@@ -613,6 +633,41 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_zone_verifies_zone_tokens_with_the_synced_public_key() {
+        let global = store_with_mesh().await;
+        let now = SystemTime::now();
+        let req = ZoneTokenRequest {
+            zone: "zone-1".into(),
+            ..Default::default()
+        };
+        let token = issue_zone_token(&global, &req, now).await.unwrap();
+        let private = signing_keys(&global, KeyRing::zone())
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+            .1;
+        // The zone's store: only the public half, named as KDS sends it.
+        let zone = Store::new(MemoryBackend::new());
+        zone.create(Resource::new(
+            Meta::named(&format!("{ZONE_PUBLIC_KEY_PREFIX}{}", private.key_id), ""),
+            Spec::GlobalSecret(SecretSpec {
+                data: B64.encode(private.public_pem().unwrap()),
+            }),
+        ))
+        .await
+        .unwrap();
+        verify_zone_token(&zone, &token, "zone-1", "ingress", now)
+            .await
+            .unwrap();
+        assert!(
+            verify_zone_token(&zone, &token, "zone-2", "ingress", now)
+                .await
+                .is_err()
         );
     }
 

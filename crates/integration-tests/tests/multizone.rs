@@ -81,6 +81,21 @@ fn global_and_two_zones_sync_policies_inventory_and_lifecycle() {
         (line_of(&t, "zone-a").contains("Online") && line_of(&t, "zone-b").contains("Online"))
             .then_some(())
     });
+    let insight: serde_json::Value =
+        serde_json::from_str(&global.kumactl_ok(&["get", "zone-insight", "zone-a", "-o", "json"]))
+            .expect("insight json");
+    let sub = &insight["subscriptions"][0];
+    assert!(
+        sub["status"]["stat"]["Mesh"]["responsesSent"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{insight}"
+    );
+    assert!(
+        sub["globalInstanceId"].is_string() && sub["zoneInstanceId"].is_string(),
+        "{insight}"
+    );
     let zones = global.kumactl_ok(&["get", "zones"]);
     assert!(
         zones.contains("zone-a") && zones.contains("zone-b"),

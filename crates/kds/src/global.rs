@@ -343,6 +343,7 @@ impl GlobalKds {
         // Set while a batch is unacknowledged: a zone that stops acknowledging is cut off, so it
         // reconnects and resyncs instead of silently stalling.
         let mut awaiting_ack: Option<tokio::time::Instant> = None;
+        let mut last_batch_types: std::collections::BTreeSet<&'static str> = Default::default();
         loop {
             let offer = sync::offer_to_zone(
                 zone,
@@ -367,15 +368,27 @@ impl GlobalKds {
                 tx.send(Ok(changes))
                     .await
                     .map_err(|_| Status::cancelled("zone went away"))?;
-                let counted = d.upserted.len() + d.removed.len();
+                let batch_types: std::collections::BTreeSet<&'static str> = d
+                    .upserted
+                    .iter()
+                    .map(|r| r.resource_type().name())
+                    .chain(d.removed.iter().map(|k| k.resource_type.name()))
+                    .collect();
                 edit_insight(&self.store, zone, |s| {
                     if let Some(sub) = s.subscriptions.iter_mut().find(|x| x.id == sub_id) {
                         sub.status.total.responses_sent += 1;
                         sub.status.last_update_time = Some(Utc::now());
-                        let _ = counted;
+                        for t in &batch_types {
+                            sub.status
+                                .stat
+                                .entry(t.to_string())
+                                .or_default()
+                                .responses_sent += 1;
+                        }
                     }
                 })
                 .await;
+                last_batch_types = batch_types;
                 sent = offer;
                 initial = false;
                 awaiting_ack.get_or_insert_with(tokio::time::Instant::now);
@@ -396,6 +409,11 @@ impl GlobalKds {
                                 awaiting_ack = None;
                             }
                             let rejected = !ack.rejections.is_empty();
+                            let rejected_types: std::collections::BTreeSet<String> = ack
+                                .rejections
+                                .iter()
+                                .filter_map(|r| r.key.as_ref().map(|k| k.r#type.clone()))
+                                .collect();
                             for r in &ack.rejections {
                                 warn!(zone, resource = ?r.key, reason = r.reason, "zone rejected a resource (NACK)");
                             }
@@ -405,6 +423,14 @@ impl GlobalKds {
                                         sub.status.total.responses_rejected += 1;
                                     } else {
                                         sub.status.total.responses_acknowledged += 1;
+                                    }
+                                    for t in &last_batch_types {
+                                        let c = sub.status.stat.entry(t.to_string()).or_default();
+                                        if rejected_types.contains(*t) {
+                                            c.responses_rejected += 1;
+                                        } else {
+                                            c.responses_acknowledged += 1;
+                                        }
                                     }
                                 }
                             })

@@ -29,8 +29,7 @@ pub const ZONE_TO_GLOBAL: [ResourceType; 4] = [
 ];
 
 /// Zone-token signing keys are sent to zones as their public halves only.
-pub const ZONE_SIGNING_KEY_PREFIX: &str = "zone-token-signing-key-";
-pub const ZONE_PUBLIC_KEY_PREFIX: &str = "zone-token-signing-public-key-";
+pub use meshzone_identity::{ZONE_PUBLIC_KEY_PREFIX, ZONE_SIGNING_KEY_PREFIX};
 
 pub fn origin(r: &Resource) -> Option<&str> {
     r.meta.labels.get(ORIGIN_LABEL).map(String::as_str)
