@@ -43,7 +43,7 @@ for z in 1 2; do
     KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=grpcs://127.0.0.1:5685 \
     KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE="$work/global/.kuma/kuma-cp.crt" \
     KUMA_API_SERVER_HTTP_PORT="${z}5681" KUMA_DIAGNOSTICS_SERVER_PORT="${z}5680" \
-    KUMA_DP_SERVER_PORT="${z}5678" "$bin/kuma-cp" run 2>"$work/zone-$z.log" &
+    KUMA_DP_SERVER_PORT="${z}5678" KUMA_DNS_SERVER_PORT="${z}5653" "$bin/kuma-cp" run 2>"$work/zone-$z.log" &
   pids+=($!)
   wait_ready "http://127.0.0.1:${z}5680/ready" "$work/zone-$z.log"
 done
@@ -121,6 +121,11 @@ sleep 1.5  # let the proxies' insights reach global (written at most once a seco
 echo "==> kumactl get zones (global)";       kumactl get zones
 echo "==> kumactl inspect zones (global)";   kumactl inspect zones
 echo "==> kumactl inspect services (global)"; kumactl inspect services
+echo
+echo "==> .mesh DNS of zone-1 (UDP 15653): echo-server_echo-example_svc_1010.mesh"
+if command -v dig >/dev/null; then
+  dig @127.0.0.1 -p 15653 +short echo-server_echo-example_svc_1010.mesh echo-server.echo-example.svc.1010.mesh
+fi
 echo
 echo "Global API http://127.0.0.1:5681, zone-1 API http://127.0.0.1:15681, zone-2 API http://127.0.0.1:25681"
 echo "kumactl is configured (HOME=$work). Press Ctrl-C to stop and clean up."

@@ -90,6 +90,7 @@ async fn start(
         ("KUMA_API_SERVER_HTTP_PORT".into(), api.to_string()),
         ("KUMA_DIAGNOSTICS_SERVER_PORT".into(), diag.to_string()),
         ("KUMA_DP_SERVER_PORT".into(), dp.to_string()),
+        ("KUMA_DNS_SERVER_PORT".into(), free_port()?.to_string()),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let child = spawn(bin, &env)?;

@@ -399,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
             .env("KUMA_API_SERVER_HTTP_INTERFACE", "127.0.0.1")
             .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
             .env("KUMA_DIAGNOSTICS_SERVER_PORT", diag.to_string())
+            .env("KUMA_DNS_SERVER_PORT", free_port()?.to_string())
             .env("KUMA_DP_SERVER_PORT", dp_port.to_string())
             .env("KUMA_LOG_LEVEL", "warn")
             .stdout(Stdio::null())

@@ -152,6 +152,7 @@ async fn bench_api(
         .env("KUMA_API_SERVER_HTTP_INTERFACE", "127.0.0.1")
         .env("KUMA_API_SERVER_HTTP_PORT", api.to_string())
         .env("KUMA_DIAGNOSTICS_SERVER_PORT", diag.to_string())
+        .env("KUMA_DNS_SERVER_PORT", free_port()?.to_string())
         .env("KUMA_DP_SERVER_PORT", free_port()?.to_string())
         .env("KUMA_LOG_LEVEL", "warn")
         .stdout(Stdio::null())

@@ -144,6 +144,23 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     .await?;
 
     let dp_listener = Some(bind("0.0.0.0", config.dp_server.port, "dpServer.port").await?);
+    let dns_socket = match role {
+        Role::Global => None,
+        _ => {
+            let port = config.dns_server.port;
+            Some(
+                tokio::net::UdpSocket::bind(("0.0.0.0", port))
+                    .await
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::AddrInUse {
+                            anyhow!("UDP port {port} is already in use (KUMA_DNS_SERVER_PORT); stop the other process or choose another port")
+                        } else {
+                            anyhow!("cannot listen on UDP port {port} (KUMA_DNS_SERVER_PORT): {e}")
+                        }
+                    })?,
+            )
+        }
+    };
     let kds_listener = match role {
         Role::Global => Some(
             bind(
@@ -309,6 +326,29 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     };
     if matches!(role, Role::Global) {
         tokio::spawn(provision_mesh_cas(store.clone()));
+    }
+    if let Some(socket) = dns_socket {
+        let cidr = meshzone_dns::vips::Cidr::parse(&config.dns_server.cidr).ok_or_else(|| {
+            anyhow!(
+                "KUMA_DNS_SERVER_CIDR {:?} is not an IPv4 CIDR",
+                config.dns_server.cidr
+            )
+        })?;
+        let domain = config.dns_server.domain.to_ascii_lowercase();
+        let (table_tx, table_rx) = tokio::sync::watch::channel(Arc::new(Default::default()));
+        tokio::spawn(meshzone_dns::server::maintain(
+            store.clone(),
+            cidr,
+            domain.clone(),
+            table_tx,
+        ));
+        tokio::spawn(meshzone_dns::server::serve(socket, table_rx, domain));
+        info!(
+            port = config.dns_server.port,
+            cidr = config.dns_server.cidr,
+            "DNS for .{} names listening (UDP)",
+            config.dns_server.domain
+        );
     }
     if let Role::FederatedZone { name, global } = &role {
         let kds = &config.multizone.zone.kds;

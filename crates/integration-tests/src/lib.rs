@@ -68,6 +68,8 @@ pub struct ControlPlane {
     pub api_port: u16,
     pub diagnostics_port: u16,
     pub dp_port: u16,
+    /// UDP port of the zone CP's DNS.
+    pub dns_port: u16,
     pub work_dir: PathBuf,
     pub env: Vec<(String, String)>,
     pub log: PathBuf,
@@ -79,6 +81,7 @@ impl ControlPlane {
         let api_port = free_port();
         let diagnostics_port = free_port();
         let dp_port = free_port();
+        let dns_port = free_port();
         let mut env: Vec<(String, String)> = vec![
             ("HOME".into(), work_dir.display().to_string()),
             (
@@ -92,6 +95,7 @@ impl ControlPlane {
                 diagnostics_port.to_string(),
             ),
             ("KUMA_DP_SERVER_PORT".into(), dp_port.to_string()),
+            ("KUMA_DNS_SERVER_PORT".into(), dns_port.to_string()),
             // Used only in global mode; never the default port, so tests can run side by side.
             (
                 "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT".into(),
@@ -107,6 +111,7 @@ impl ControlPlane {
             api_port,
             diagnostics_port,
             dp_port,
+            dns_port,
             work_dir: work_dir.to_path_buf(),
             env,
             log: work_dir.join("kuma-cp.log"),

@@ -308,3 +308,77 @@ fn seed_zone_token_command_works_against_global() {
         stderr(&bad)
     );
 }
+
+/// `dig` (a real DNS client) against the zone CP's `.mesh` DNS.
+fn dig(port: u16, name: &str) -> (String, String) {
+    let o = std::process::Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+tries=3",
+            "+time=2",
+            name,
+            "A",
+        ])
+        .output()
+        .expect("dig (Debian package dnsutils) must be installed");
+    let text = stdout(&o);
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("")
+        .to_string();
+    let answer = text
+        .lines()
+        .filter(|l| !l.starts_with(';'))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.len() == 5 && w[2] == "IN" && w[3] == "A")
+        .map(|w| w[4].to_string())
+        .unwrap_or_default();
+    (status, answer)
+}
+
+#[test]
+fn mesh_dns_answers_stable_virtual_ips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cp = ControlPlane::start(dir.path(), &[]);
+    cp.configure_kumactl();
+    let dp = |name: &str, service: &str| {
+        format!(
+            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 10001\n      tags:\n        kuma.io/service: {service}\n"
+        )
+    };
+    let file = dir.path().join("dp.yaml");
+    std::fs::write(&file, dp("echo-1", "echo-server_echo-example_svc_1010")).expect("write");
+    cp.kumactl_ok(&["apply", "-f", &file.display().to_string()]);
+    let (status, vip) = wait_for("a VIP for the service", Duration::from_secs(10), || {
+        let r = dig(cp.dns_port, "echo-server_echo-example_svc_1010.mesh");
+        (r.0 == "NOERROR" && !r.1.is_empty()).then_some(r)
+    });
+    assert_eq!(status, "NOERROR");
+    let ip: std::net::Ipv4Addr = vip.parse().expect("an IPv4 answer");
+    assert_eq!(ip.octets()[0] & 0xf0, 240, "{ip} is not in 240.0.0.0/4");
+    // The RFC 1123 variant resolves to the same VIP; unknown names are NXDOMAIN.
+    assert_eq!(
+        dig(cp.dns_port, "echo-server.echo-example.svc.1010.mesh").1,
+        vip
+    );
+    assert_eq!(dig(cp.dns_port, "nothing-here.mesh").0, "NXDOMAIN");
+    // A second service gets another VIP; the first keeps its own, across a restart too.
+    std::fs::write(&file, dp("web-1", "web")).expect("write");
+    cp.kumactl_ok(&["apply", "-f", &file.display().to_string()]);
+    let web = wait_for("a VIP for web", Duration::from_secs(10), || {
+        let r = dig(cp.dns_port, "web.mesh");
+        (!r.1.is_empty()).then_some(r.1)
+    });
+    assert_ne!(web, vip);
+    cp.restart();
+    let after = wait_for("DNS after restart", Duration::from_secs(10), || {
+        let r = dig(cp.dns_port, "echo-server_echo-example_svc_1010.mesh");
+        (!r.1.is_empty()).then_some(r.1)
+    });
+    assert_eq!(after, vip, "VIPs must survive a restart");
+    assert_eq!(dig(cp.dns_port, "web.mesh").1, web);
+}

@@ -17,6 +17,7 @@ pub enum ResourceType {
     Secret,
     GlobalSecret,
     ServiceInsight,
+    Config,
 }
 
 /// Whether a resource lives inside a mesh or beside the meshes.
@@ -186,6 +187,17 @@ const DESCRIPTORS: &[Descriptor] = &[
         cli_singular: "service-insight",
         scope: Scope::Mesh,
         kds: KdsFlags::DOWN,
+        read_only: true,
+    },
+    Descriptor {
+        resource_type: ResourceType::Config,
+        name: "Config",
+        ws_path: "configs",
+        ws_aliases: &[],
+        cli_plural: "configs",
+        cli_singular: "config",
+        scope: Scope::Global,
+        kds: KdsFlags::NONE,
         read_only: true,
     },
 ];

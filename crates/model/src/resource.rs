@@ -96,6 +96,7 @@ pub enum Spec {
     Secret(SecretSpec),
     GlobalSecret(SecretSpec),
     ServiceInsight(ServiceInsightSpec),
+    Config(ConfigSpec),
 }
 
 impl Spec {
@@ -111,6 +112,7 @@ impl Spec {
             Spec::Secret(_) => ResourceType::Secret,
             Spec::GlobalSecret(_) => ResourceType::GlobalSecret,
             Spec::ServiceInsight(_) => ResourceType::ServiceInsight,
+            Spec::Config(_) => ResourceType::Config,
         }
     }
 
@@ -127,6 +129,7 @@ impl Spec {
             ResourceType::Secret => Spec::Secret(typed(fields)?),
             ResourceType::GlobalSecret => Spec::GlobalSecret(typed(fields)?),
             ResourceType::ServiceInsight => Spec::ServiceInsight(typed(fields)?),
+            ResourceType::Config => Spec::Config(typed(fields)?),
         })
     }
 
@@ -144,6 +147,7 @@ impl Spec {
             ResourceType::Secret => Spec::Secret(typed_str(text)?),
             ResourceType::GlobalSecret => Spec::GlobalSecret(typed_str(text)?),
             ResourceType::ServiceInsight => Spec::ServiceInsight(typed_str(text)?),
+            ResourceType::Config => Spec::Config(typed_str(text)?),
         })
     }
 }
@@ -185,6 +189,7 @@ impl Serialize for Spec {
             Spec::ZoneInsight(x) => x.serialize(s),
             Spec::Secret(x) | Spec::GlobalSecret(x) => x.serialize(s),
             Spec::ServiceInsight(x) => x.serialize(s),
+            Spec::Config(x) => x.serialize(s),
         }
     }
 }

@@ -564,3 +564,11 @@ pub struct DataplaneCounts {
     #[serde(default)]
     pub total: u32,
 }
+
+/// State a control plane keeps for itself (e.g. the DNS virtual IPs), as text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigSpec {
+    #[serde(default)]
+    pub config: String,
+}

@@ -100,7 +100,7 @@ pub fn validate(resource: &Resource) -> Result<(), Violations> {
                 }
             }
         }
-        Spec::ServiceInsight(_) => {}
+        Spec::ServiceInsight(_) | Spec::Config(_) => {}
     }
     v.into_result()
 }
