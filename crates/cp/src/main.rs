@@ -327,6 +327,11 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     if matches!(role, Role::Global) {
         tokio::spawn(provision_mesh_cas(store.clone()));
     }
+    if !matches!(role, Role::Global) {
+        tokio::spawn(meshzone_dp_server::available_services::maintain(
+            store.clone(),
+        ));
+    }
     if let Some(socket) = dns_socket {
         let cidr = meshzone_dns::vips::Cidr::parse(&config.dns_server.cidr).ok_or_else(|| {
             anyhow!(

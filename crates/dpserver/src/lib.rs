@@ -6,6 +6,7 @@
 //! changed whenever the store changes something in its mesh or its certificate nears expiry.
 //! ACKs and NACKs are counted into the proxy's DataplaneInsight. No polling.
 
+pub mod available_services;
 mod stream;
 
 use std::collections::HashMap;

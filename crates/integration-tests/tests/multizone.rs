@@ -189,6 +189,42 @@ fn global_and_two_zones_sync_policies_inventory_and_lifecycle() {
             .contains("zone-b.ingress-01")
     );
 
+    // Zone B's ingress offers what zone B runs; zone A learns it (instances, pinned zone) and its
+    // DNS resolves the remote service.
+    let web = "type: Dataplane\nmesh: demo\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 10002\n      tags:\n        kuma.io/service: web\n";
+    let o = apply(&zone_b, &dirs[2], "web.yaml", web);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let offered = wait_for(
+        "zone B's web offered in zone A",
+        Duration::from_secs(20),
+        || {
+            let o = zone_a.kumactl(&["get", "zone-ingress", "zone-b.ingress-01", "-o", "json"]);
+            serde_json::from_str::<serde_json::Value>(&stdout(&o))
+                .ok()
+                .filter(|v| v["availableServices"][0]["tags"]["kuma.io/service"] == "web")
+        },
+    );
+    assert_eq!(offered["availableServices"][0]["instances"], 1);
+    assert_eq!(offered["availableServices"][0]["mesh"], "demo");
+    assert_eq!(
+        offered["availableServices"][0]["tags"]["kuma.io/zone"],
+        "zone-b"
+    );
+    let vip = wait_for("web.mesh in zone A's DNS", Duration::from_secs(10), || {
+        let o = std::process::Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &zone_a.dns_port.to_string(),
+                "+short",
+                "web.mesh",
+            ])
+            .output()
+            .ok()?;
+        Some(stdout(&o).trim().to_string()).filter(|s| !s.is_empty())
+    });
+    assert!(vip.starts_with("240."), "{vip}");
+
     // Disabling zone B removes its ingress from zone A and shows it Offline.
     let o = apply(
         &global,

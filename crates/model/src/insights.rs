@@ -114,3 +114,83 @@ mod tests {
         assert_eq!(si.services["db"].status, ServiceStatus::Offline);
     }
 }
+
+/// What a zone's ingresses offer other zones: one entry per (mesh, inbound tag set) of the
+/// zone's healthy inbounds, with the number of instances, sorted by mesh then tags.
+pub fn available_services<'a>(
+    dataplanes: impl IntoIterator<Item = (&'a str, &'a DataplaneSpec)>,
+) -> Vec<crate::specs::AvailableService> {
+    let mut groups: BTreeMap<(String, BTreeMap<String, String>), u32> = BTreeMap::new();
+    for (mesh, dp) in dataplanes {
+        for inbound in dp.networking.inbound.iter().filter(|i| i.is_healthy()) {
+            if inbound.service().is_none() {
+                continue;
+            }
+            *groups
+                .entry((mesh.to_string(), inbound.tags.clone()))
+                .or_default() += 1;
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((mesh, tags), instances)| crate::specs::AvailableService {
+            tags,
+            instances,
+            mesh,
+            external_service: false,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod available_tests {
+    use super::*;
+    use crate::specs::{Inbound, InboundState};
+
+    #[test]
+    fn groups_healthy_inbounds_by_mesh_and_tags() {
+        let dp = |service: &str, state: Option<InboundState>| {
+            let mut d = DataplaneSpec::default();
+            d.networking.address = "10.0.0.1".into();
+            let mut i = Inbound {
+                port: 1,
+                state,
+                ..Default::default()
+            };
+            i.tags.insert("kuma.io/service".into(), service.into());
+            d.networking.inbound.push(i);
+            d
+        };
+        let (a, b, c, down) = (
+            dp("web", None),
+            dp("web", None),
+            dp("api", None),
+            dp("web", Some(InboundState::NotReady)),
+        );
+        let list = available_services([
+            ("m1", &a),
+            ("m1", &b),
+            ("m1", &c),
+            ("m1", &down),
+            ("m2", &a),
+        ]);
+        let summary: Vec<(String, String, u32)> = list
+            .iter()
+            .map(|s| {
+                (
+                    s.mesh.clone(),
+                    s.tags["kuma.io/service"].clone(),
+                    s.instances,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("m1".into(), "api".into(), 1),
+                ("m1".into(), "web".into(), 2),
+                ("m2".into(), "web".into(), 1)
+            ]
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! Keeps the `availableServices` of the zone's own ZoneIngresses equal to what the zone's
+//! healthy inbounds offer, on every change (no polling). KDS carries them to global and on to
+//! the other zones, which turn them into endpoints.
+
+use meshzone_model::insights::available_services;
+use meshzone_model::{ResourceType, Spec};
+use meshzone_store::{Store, StoreError};
+use tokio::sync::broadcast;
+use tracing::warn;
+
+async fn refresh(store: &Store) -> Result<(), StoreError> {
+    let dataplanes = store.list(ResourceType::Dataplane, None).await?;
+    let offered = available_services(dataplanes.iter().filter_map(|r| match &r.spec {
+        Spec::Dataplane(d) => Some((r.meta.mesh.as_str(), d)),
+        _ => None,
+    }));
+    for mut ingress in store.list(ResourceType::ZoneIngress, None).await? {
+        // Copies of other zones' ingresses (synced from global) are not ours to change.
+        if ingress
+            .meta
+            .labels
+            .get("kuma.io/origin")
+            .map(String::as_str)
+            == Some("global")
+        {
+            continue;
+        }
+        let Spec::ZoneIngress(spec) = &mut ingress.spec else {
+            continue;
+        };
+        if spec.available_services == offered {
+            continue;
+        }
+        spec.available_services = offered.clone();
+        match store.update(ingress).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            // Someone changed it meanwhile; the resulting event brings us back here.
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Runs until the store closes.
+pub async fn maintain(store: Store) {
+    let mut events = store.subscribe();
+    loop {
+        if let Err(e) = refresh(&store).await {
+            warn!(error = %e, "cannot update the zone ingresses' available services");
+        }
+        loop {
+            match events.recv().await {
+                Ok(e)
+                    if matches!(
+                        e.key.resource_type,
+                        ResourceType::Dataplane | ResourceType::ZoneIngress
+                    ) =>
+                {
+                    while events.try_recv().is_ok() {}
+                    break;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
