@@ -467,14 +467,8 @@ async fn provision_mesh_cas(store: Store) {
             }
             Err(e) => warn!(error = %e, "cannot list meshes"),
         }
-        // Wait for the next Mesh change.
-        loop {
-            match events.recv().await {
-                Ok(e) if e.key.resource_type == meshzone_model::ResourceType::Mesh => break,
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
+        if !meshzone_store::changed(&mut events, &[meshzone_model::ResourceType::Mesh]).await {
+            return;
         }
     }
 }

@@ -11,7 +11,7 @@ use meshzone_model::specs::ConfigSpec;
 use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec};
 use meshzone_store::{Store, StoreError};
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::vips::{Cidr, allocate, names};
@@ -113,21 +113,13 @@ pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: watch::Se
             }
             Err(e) => warn!(error = %e, "cannot update DNS virtual IPs"),
         }
-        loop {
-            match events.recv().await {
-                Ok(e)
-                    if matches!(
-                        e.key.resource_type,
-                        ResourceType::Dataplane | ResourceType::ZoneIngress
-                    ) =>
-                {
-                    while events.try_recv().is_ok() {}
-                    break;
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => break,
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
+        if !meshzone_store::changed(
+            &mut events,
+            &[ResourceType::Dataplane, ResourceType::ZoneIngress],
+        )
+        .await
+        {
+            return;
         }
     }
 }

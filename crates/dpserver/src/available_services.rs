@@ -5,7 +5,6 @@
 use meshzone_model::insights::available_services;
 use meshzone_model::{ResourceType, Spec};
 use meshzone_store::{Store, StoreError};
-use tokio::sync::broadcast;
 use tracing::warn;
 
 async fn refresh(store: &Store) -> Result<(), StoreError> {
@@ -49,21 +48,13 @@ pub async fn maintain(store: Store) {
         if let Err(e) = refresh(&store).await {
             warn!(error = %e, "cannot update the zone ingresses' available services");
         }
-        loop {
-            match events.recv().await {
-                Ok(e)
-                    if matches!(
-                        e.key.resource_type,
-                        ResourceType::Dataplane | ResourceType::ZoneIngress
-                    ) =>
-                {
-                    while events.try_recv().is_ok() {}
-                    break;
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => break,
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
+        if !meshzone_store::changed(
+            &mut events,
+            &[ResourceType::Dataplane, ResourceType::ZoneIngress],
+        )
+        .await
+        {
+            return;
         }
     }
 }

@@ -140,6 +140,21 @@ pub struct StoreEvent {
     pub key: ResourceKey,
 }
 
+/// Waits for a change to any of `types`, then drains the rest of the burst so one wake-up covers
+/// it. A receiver that lagged counts as changed (it must re-read). `false` when the store is gone.
+pub async fn changed(events: &mut broadcast::Receiver<StoreEvent>, types: &[ResourceType]) -> bool {
+    loop {
+        match events.recv().await {
+            Ok(e) if types.contains(&e.key.resource_type) => break,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => break,
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+    }
+    while events.try_recv().is_ok() {}
+    true
+}
+
 /// The store every component uses: validates, assigns versions and times, and tells
 /// subscribers about every change. Cheap to clone.
 pub struct Store<B = AnyBackend> {
