@@ -406,3 +406,92 @@ fn global_can_require_zone_tokens_from_zone_control_planes() {
         std::fs::read_to_string(&global.log).unwrap_or_default()
     );
 }
+
+/// Drops every packet to and from a loopback TCP port while alive (iptables), so a connection is
+/// cut without FIN or RST. Removes its rules when dropped.
+struct Blackhole {
+    port: u16,
+}
+
+impl Blackhole {
+    fn rules(port: u16) -> [Vec<String>; 2] {
+        let p = port.to_string();
+        [
+            [
+                "INPUT", "-i", "lo", "-p", "tcp", "--dport", &p, "-j", "DROP",
+            ]
+            .map(String::from)
+            .to_vec(),
+            [
+                "INPUT", "-i", "lo", "-p", "tcp", "--sport", &p, "-j", "DROP",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ]
+    }
+
+    fn cut(port: u16) -> Blackhole {
+        for rule in Self::rules(port) {
+            let status = std::process::Command::new("iptables")
+                .arg("-I")
+                .args(&rule)
+                .status()
+                .expect("iptables (Debian package iptables) must be installed; tests run as root");
+            assert!(status.success(), "iptables -I {rule:?} failed");
+        }
+        Blackhole { port }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        for rule in Self::rules(self.port) {
+            let _ = std::process::Command::new("iptables")
+                .arg("-D")
+                .args(&rule)
+                .status();
+        }
+    }
+}
+
+#[test]
+fn a_cut_link_without_fin_takes_the_zone_offline() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (gdir, zdir) = (root.path().join("global"), root.path().join("zone"));
+    std::fs::create_dir_all(&gdir).expect("dir");
+    std::fs::create_dir_all(&zdir).expect("dir");
+    let kds_port = free_port();
+    let global = ControlPlane::start(
+        &gdir,
+        &[
+            ("KUMA_MODE", "global"),
+            ("KUMA_STORE_TYPE", "memory"),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds_port.to_string()),
+        ],
+    );
+    global.configure_kumactl();
+    let _zone = zone(&zdir, "zone-a", &global, kds_port);
+    wait_for("zone online", Duration::from_secs(30), || {
+        line_of(&global.kumactl_ok(&["inspect", "zones"]), "zone-a")
+            .contains("Online")
+            .then_some(())
+    });
+    // No FIN, no RST: only keepalive can notice. Without it the zone would stay Online for hours.
+    let cut = Blackhole::cut(kds_port);
+    wait_for(
+        "zone offline after the cut",
+        Duration::from_secs(30),
+        || {
+            line_of(&global.kumactl_ok(&["inspect", "zones"]), "zone-a")
+                .contains("Offline")
+                .then_some(())
+        },
+    );
+    // The link comes back: the zone reconnects by itself.
+    drop(cut);
+    wait_for("zone online again", Duration::from_secs(60), || {
+        line_of(&global.kumactl_ok(&["inspect", "zones"]), "zone-a")
+            .contains("Online")
+            .then_some(())
+    });
+}
