@@ -115,6 +115,19 @@ async fn total(client: &reqwest::Client, url: &str) -> u64 {
     }
 }
 
+/// Whether global shows an open subscription of `zone`.
+async fn zone_connected(client: &reqwest::Client, api: &str, zone: &str) -> anyhow::Result<bool> {
+    let insight: Value = client
+        .get(format!("{api}/zone-insights/{zone}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(insight["subscriptions"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|x| x["disconnectTime"].is_null())))
+}
+
 fn percentile(samples: &mut [f64], q: f64) -> f64 {
     samples.sort_by(|a, b| a.total_cmp(b));
     let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
@@ -260,15 +273,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = z0.child.wait();
     let offline_deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let insight: Value = client
-            .get(format!("{}/zone-insights/zone-0", global.api))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let open = insight["subscriptions"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|x| x["disconnectTime"].is_null()));
+        let open = zone_connected(&client, &global.api, "zone-0").await?;
         if !open || Instant::now() > offline_deadline {
             break;
         }
@@ -278,15 +283,7 @@ async fn main() -> anyhow::Result<()> {
     z0.child = spawn(&bin, &z0.env)?;
     wait_ready(&client, z0.diag).await?;
     loop {
-        let insight: Value = client
-            .get(format!("{}/zone-insights/zone-0", global.api))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let open = insight["subscriptions"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|x| x["disconnectTime"].is_null()));
+        let open = zone_connected(&client, &global.api, "zone-0").await?;
         let dps_now = total(
             &client,
             &format!("{}/meshes/default/dataplanes?size=1", global.api),

@@ -218,6 +218,22 @@ pub fn get_table(rt: ResourceType, items: &[Value], now: DateTime<Utc>) -> Strin
     }
 }
 
+/// Whether a subscription is open (connected, not disconnected).
+fn any_open(subs: &[Value]) -> bool {
+    subs.iter()
+        .any(|s| !s["connectTime"].is_null() && s["disconnectTime"].is_null())
+}
+
+/// Responses sent and rejected over all subscriptions.
+fn totals(subs: &[Value]) -> (u64, u64) {
+    let sum = |field: &str| {
+        subs.iter()
+            .map(|s| s["status"]["total"][field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    (sum("responsesSent"), sum("responsesRejected"))
+}
+
 fn status_word(online: bool) -> &'static str {
     if online { "Online" } else { "Offline" }
 }
@@ -232,21 +248,11 @@ pub fn inspect_dataplanes(items: &[Value], now: DateTime<Utc>) -> String {
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            let online = subs
-                .iter()
-                .any(|s| !s["connectTime"].is_null() && s["disconnectTime"].is_null());
+            let online = any_open(&subs);
             let last = subs.last();
             let last_connected = last.and_then(|s| time(&s["connectTime"]));
             let last_updated = last.and_then(|s| time(&s["status"]["lastUpdateTime"]));
-            let (mut updates, mut errors) = (0u64, 0u64);
-            for sub in &subs {
-                updates += sub["status"]["total"]["responsesSent"]
-                    .as_u64()
-                    .unwrap_or(0);
-                errors += sub["status"]["total"]["responsesRejected"]
-                    .as_u64()
-                    .unwrap_or(0);
-            }
+            let (updates, errors) = totals(&subs);
             let mtls = &insight["mTLS"];
             let expiration = time(&mtls["certificateExpirationTime"])
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -310,19 +316,9 @@ pub fn inspect_zones(zones: &[Value], insights: &[Value], now: DateTime<Utc>) ->
                 .and_then(|i| i["subscriptions"].as_array().cloned())
                 .unwrap_or_default();
             let enabled = z["enabled"].as_bool().unwrap_or(true);
-            let connected = subs
-                .iter()
-                .any(|s| !s["connectTime"].is_null() && s["disconnectTime"].is_null());
+            let connected = any_open(&subs);
             let last = subs.last();
-            let (mut updates, mut errors) = (0u64, 0u64);
-            for sub in &subs {
-                updates += sub["status"]["total"]["responsesSent"]
-                    .as_u64()
-                    .unwrap_or(0);
-                errors += sub["status"]["total"]["responsesRejected"]
-                    .as_u64()
-                    .unwrap_or(0);
-            }
+            let (updates, errors) = totals(&subs);
             let backend = last
                 .and_then(|l| {
                     serde_json::from_str::<Value>(l["config"].as_str().unwrap_or("")).ok()

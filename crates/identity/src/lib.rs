@@ -98,6 +98,23 @@ fn secret_bytes(r: &Resource) -> Result<Vec<u8>> {
     }
 }
 
+/// Fails with `Revoked` when `jti` is listed (comma- or line-separated) in the given secret.
+async fn not_revoked<B: Backend>(
+    store: &Store<B>,
+    list: &ResourceKey,
+    jti: &str,
+) -> Result<(), TokenError> {
+    let malformed = |e: IdentityError| TokenError::Malformed(e.to_string());
+    let Some(r) = store.find(list).await.map_err(|e| malformed(e.into()))? else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(&secret_bytes(&r).map_err(malformed)?).into_owned();
+    if text.split([',', '\n']).any(|id| id.trim() == jti) {
+        return Err(TokenError::Revoked);
+    }
+    Ok(())
+}
+
 async fn read_secret<B: Backend>(
     store: &Store<B>,
     mesh: &str,
@@ -321,23 +338,12 @@ pub async fn verify_zone_token<B: Backend>(
             claims.scope
         )));
     }
-    let revoked = match store
-        .find(&ResourceKey::global(
-            ResourceType::GlobalSecret,
-            ZONE_REVOCATIONS,
-        ))
-        .await
-        .map_err(|e| TokenError::Malformed(e.to_string()))?
-    {
-        Some(r) => String::from_utf8_lossy(
-            &secret_bytes(&r).map_err(|e| TokenError::Malformed(e.to_string()))?,
-        )
-        .into_owned(),
-        None => String::new(),
-    };
-    if revoked.split([',', '\n']).any(|id| id.trim() == claims.jti) {
-        return Err(TokenError::Revoked);
-    }
+    not_revoked(
+        store,
+        &ResourceKey::global(ResourceType::GlobalSecret, ZONE_REVOCATIONS),
+        &claims.jti,
+    )
+    .await?;
     Ok(claims)
 }
 
@@ -535,14 +541,12 @@ pub async fn verify_dataplane_token<B: Backend>(
             claims.name
         )));
     }
-    let revoked = read_secret(store, mesh, REVOCATIONS)
-        .await
-        .map_err(|e| TokenError::Malformed(e.to_string()))?
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    if revoked.split([',', '\n']).any(|id| id.trim() == claims.jti) {
-        return Err(TokenError::Revoked);
-    }
+    not_revoked(
+        store,
+        &ResourceKey::new(ResourceType::Secret, mesh, REVOCATIONS),
+        &claims.jti,
+    )
+    .await?;
     Ok(claims)
 }
 

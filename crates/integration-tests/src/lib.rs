@@ -161,14 +161,7 @@ impl ControlPlane {
 
     /// Runs kumactl and returns its stdout; panics with its output if it failed.
     pub fn kumactl_ok(&self, args: &[&str]) -> String {
-        let o = self.kumactl(args);
-        assert!(
-            o.status.success(),
-            "kumactl {args:?} failed: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        stdout(&o)
+        ok(&self.kumactl(args))
     }
 
     /// Points this CP's kumactl config at its API (`kumactl config control-planes add`).
@@ -225,6 +218,17 @@ pub fn kumactl(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         pipe.write_all(text.as_bytes()).expect("stdin");
     }
     child.wait_with_output().expect("kumactl output")
+}
+
+/// The stdout of a command that must have succeeded; panics with both outputs otherwise.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "command failed: {}{}",
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
 }
 
 pub fn stdout(o: &Output) -> String {

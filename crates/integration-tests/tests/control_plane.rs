@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use meshzone_integration_tests::{ControlPlane, free_port, kumactl, stderr, stdout, wait_for};
+use meshzone_integration_tests::{ControlPlane, free_port, kumactl, ok, stderr, stdout, wait_for};
 use meshzone_model::testdata::invalid_documents;
 use serde_json::Value;
 
@@ -52,16 +52,6 @@ networking:
       tags:
         kuma.io/service: echo-server_echo-example_svc_1010
 "#;
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "kumactl failed: {}{}",
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
 
 fn json_of(o: &std::process::Output) -> Value {
     serde_json::from_str(&ok(o)).expect("kumactl -o json prints JSON")

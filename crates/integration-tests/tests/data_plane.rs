@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, EchoServer, free_port, http_get, stderr, stdout, wait_for,
+    ControlPlane, DataPlane, EchoServer, free_port, http_get, ok, stdout, wait_for,
 };
 
 const MESH: &str = r#"
@@ -21,16 +21,6 @@ mtls:
         rotation:
           expiration: EXPIRATION
 "#;
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "kumactl failed: {}{}",
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -37,6 +37,32 @@ fn zone_with_store(
     cp
 }
 
+/// One directory per host under `root`.
+fn host_dirs(root: &Path, names: &[&str]) -> Vec<std::path::PathBuf> {
+    names
+        .iter()
+        .map(|d| {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).expect("dir");
+            p
+        })
+        .collect()
+}
+
+/// A global CP (memory store unless `extra` says otherwise) with its kumactl configured.
+fn start_global(dir: &Path, kds_port: u16, extra: &[(&str, &str)]) -> ControlPlane {
+    let port = kds_port.to_string();
+    let mut env = vec![
+        ("KUMA_MODE", "global"),
+        ("KUMA_STORE_TYPE", "memory"),
+        ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", port.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let cp = ControlPlane::start(dir, &env);
+    cp.configure_kumactl();
+    cp
+}
+
 fn apply(cp: &ControlPlane, dir: &Path, file: &str, yaml: &str) -> std::process::Output {
     let path = dir.join(file);
     std::fs::write(&path, yaml).expect("write");
@@ -54,24 +80,9 @@ fn line_of(table: &str, name: &str) -> String {
 #[test]
 fn global_and_two_zones_sync_policies_inventory_and_lifecycle() {
     let root = tempfile::tempdir().expect("tempdir");
-    let dirs: Vec<_> = ["global", "zone-a", "zone-b"]
-        .iter()
-        .map(|d| {
-            let p = root.path().join(d);
-            std::fs::create_dir_all(&p).expect("dir");
-            p
-        })
-        .collect();
+    let dirs = host_dirs(root.path(), &["global", "zone-a", "zone-b"]);
     let kds_port = free_port();
-    let global = ControlPlane::start(
-        &dirs[0],
-        &[
-            ("KUMA_MODE", "global"),
-            ("KUMA_STORE_TYPE", "memory"),
-            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds_port.to_string()),
-        ],
-    );
-    global.configure_kumactl();
+    let global = start_global(&dirs[0], kds_port, &[]);
     let mut zone_a = zone(&dirs[1], "zone-a", &global, kds_port);
     let zone_b = zone(&dirs[2], "zone-b", &global, kds_port);
 
@@ -272,19 +283,12 @@ fn global_and_two_zones_sync_policies_inventory_and_lifecycle() {
 #[test]
 fn zones_and_global_converge_after_crashes() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (gdir, zdir) = (root.path().join("global"), root.path().join("zone"));
-    std::fs::create_dir_all(&gdir).expect("dir");
-    std::fs::create_dir_all(&zdir).expect("dir");
+    let [gdir, zdir]: [std::path::PathBuf; 2] = host_dirs(root.path(), &["global", "zone"])
+        .try_into()
+        .expect("two dirs");
     let kds_port = free_port();
     // Durable stores on both sides (the default SQLite).
-    let mut global = ControlPlane::start(
-        &gdir,
-        &[
-            ("KUMA_MODE", "global"),
-            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds_port.to_string()),
-        ],
-    );
-    global.configure_kumactl();
+    let mut global = start_global(&gdir, kds_port, &[("KUMA_STORE_TYPE", "sqlite")]);
     let mut zone = zone_with_store(&zdir, "zone-a", &global, kds_port, "sqlite");
     for m in ["keep", "doomed"] {
         let o = apply(
@@ -339,25 +343,13 @@ fn zones_and_global_converge_after_crashes() {
 #[test]
 fn global_can_require_zone_tokens_from_zone_control_planes() {
     let root = tempfile::tempdir().expect("tempdir");
-    let dirs: Vec<_> = ["global", "good", "bad"]
-        .iter()
-        .map(|d| {
-            let p = root.path().join(d);
-            std::fs::create_dir_all(&p).expect("dir");
-            p
-        })
-        .collect();
+    let dirs = host_dirs(root.path(), &["global", "good", "bad"]);
     let kds_port = free_port();
-    let global = ControlPlane::start(
+    let global = start_global(
         &dirs[0],
-        &[
-            ("KUMA_MODE", "global"),
-            ("KUMA_STORE_TYPE", "memory"),
-            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds_port.to_string()),
-            ("KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE", "zoneToken"),
-        ],
+        kds_port,
+        &[("KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE", "zoneToken")],
     );
-    global.configure_kumactl();
     let token = global.kumactl_ok(&[
         "generate",
         "zone-token",
@@ -457,19 +449,11 @@ impl Drop for Blackhole {
 #[test]
 fn a_cut_link_without_fin_takes_the_zone_offline() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (gdir, zdir) = (root.path().join("global"), root.path().join("zone"));
-    std::fs::create_dir_all(&gdir).expect("dir");
-    std::fs::create_dir_all(&zdir).expect("dir");
+    let [gdir, zdir]: [std::path::PathBuf; 2] = host_dirs(root.path(), &["global", "zone"])
+        .try_into()
+        .expect("two dirs");
     let kds_port = free_port();
-    let global = ControlPlane::start(
-        &gdir,
-        &[
-            ("KUMA_MODE", "global"),
-            ("KUMA_STORE_TYPE", "memory"),
-            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds_port.to_string()),
-        ],
-    );
-    global.configure_kumactl();
+    let global = start_global(&gdir, kds_port, &[]);
     let _zone = zone(&zdir, "zone-a", &global, kds_port);
     wait_for("zone online", Duration::from_secs(30), || {
         line_of(&global.kumactl_ok(&["inspect", "zones"]), "zone-a")
