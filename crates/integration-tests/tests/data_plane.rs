@@ -526,3 +526,41 @@ fn http_services_are_balanced_per_request_and_counted() {
         "{stats}"
     );
 }
+
+#[test]
+fn a_rejected_configuration_is_counted_in_the_insight() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = Mesh::start(dir.path(), "24h", &[("KUMA_STORE_TYPE", "memory")]);
+    let app = EchoServer::start("app");
+    // The model accepts a hostname as the address; kuma-dp listens only on IPs, so it NACKs
+    // the listener it is given.
+    let yaml = dataplane("odd", "odd", free_port(), app.port, None)
+        .replace("address: 127.0.0.1", "address: localhost");
+    let dp = mesh.proxy("odd", &yaml);
+    let stats = wait_for("the proxy's NACK", Duration::from_secs(20), || {
+        dp.admin("/stats")
+            .filter(|s| s.contains("control_plane.lds.update_rejected"))
+    });
+    assert!(
+        stats.contains("control_plane.lds.update_rejected: 1"),
+        "{stats}"
+    );
+    let insight = wait_for(
+        "the NACK in the DataplaneInsight",
+        Duration::from_secs(10),
+        || {
+            let o = mesh
+                .cp
+                .kumactl(&["get", "dataplane-insight", "odd", "-o", "json"]);
+            serde_json::from_str::<serde_json::Value>(&stdout(&o))
+                .ok()
+                .filter(|i| {
+                    i["subscriptions"][0]["status"]["stat"]["lds"]["responsesRejected"].as_u64()
+                        >= Some(1)
+                })
+        },
+    );
+    assert!(
+        insight["subscriptions"][0]["status"]["total"]["responsesRejected"].as_u64() >= Some(1)
+    );
+}
