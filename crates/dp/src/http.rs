@@ -111,6 +111,9 @@ async fn forward(req: Request<Incoming>, cluster: &str, rt: &Runtime) -> Respons
     match client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed()),
         Err(e) => {
+            if e.is_connect() {
+                rt.health.eject(endpoint);
+            }
             tracing::debug!(cluster, %endpoint, error = %e, "upstream request failed");
             error_response(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
         }

@@ -136,9 +136,6 @@ fn dataplane(args: &RunArgs) -> anyhow::Result<(String, String, Option<String>)>
             resource.resource_type()
         );
     }
-    if expected != ResourceType::Dataplane {
-        bail!("--proxy-type ingress and egress (zone proxies) are not available in this build yet");
-    }
     let json = serde_json::to_string(&resource.to_value())?;
     Ok((
         resource.meta.mesh.clone(),
@@ -223,6 +220,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         mesh: mesh.clone(),
         name: name.clone(),
         dataplane_json,
+        proxy_type: match args.proxy_type {
+            ProxyType::Dataplane => "dataplane",
+            ProxyType::Ingress => "ingress",
+            ProxyType::Egress => "egress",
+        },
     };
     let mut xds = tokio::spawn(xds_client::run(
         settings,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -169,6 +169,9 @@ async fn handle(
         .listener(listener)
         .cloned()
         .ok_or_else(|| "listener was removed".to_string())?;
+    if !plan.sni_routes.is_empty() {
+        return route_by_sni(listener, conn, &plan, rt, stats).await;
+    }
     let plaintext = plan.tls.is_none() || (plan.permissive && !starts_with_tls(&conn).await);
     if plaintext {
         if plan.tls.is_some() {
@@ -212,7 +215,71 @@ where
     if plan.http {
         crate::http::serve(stream, plan.name.clone(), plan.cluster.clone(), rt, stats).await
     } else {
-        forward(stream, &plan.cluster, &rt, &stats).await
+        forward(stream, &plan.cluster, &rt, &stats, &[]).await
+    }
+}
+
+/// Largest ClientHello read while looking for its SNI.
+const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
+/// A zone proxy's connection: read the TLS ClientHello (without terminating TLS), pick the
+/// cluster its SNI names, and pass everything, the hello included, through to an endpoint.
+async fn route_by_sni(
+    listener: &str,
+    mut conn: TcpStream,
+    plan: &ListenerPlan,
+    rt: Arc<Runtime>,
+    stats: Arc<Stats>,
+) -> Result<(), String> {
+    let no_match = || stats.inc(format!("listener.{listener}.no_filter_chain_match"));
+    let (hello, sni) =
+        match tokio::time::timeout(Duration::from_secs(10), read_client_hello(&mut conn)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(reason)) => {
+                no_match();
+                return Err(reason);
+            }
+            Err(_) => {
+                no_match();
+                return Err("no TLS ClientHello within 10s".into());
+            }
+        };
+    let Some(cluster) = sni.as_deref().and_then(|s| plan.sni_routes.get(s)) else {
+        no_match();
+        return Err(format!("no route for SNI {sni:?}"));
+    };
+    forward(conn, cluster, &rt, &stats, &hello).await
+}
+
+/// Reads until a whole TLS ClientHello has arrived; returns the bytes read and its SNI.
+async fn read_client_hello(conn: &mut TcpStream) -> Result<(Vec<u8>, Option<String>), String> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut hello = Vec::with_capacity(2048);
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        let n = conn
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the ClientHello: {e}"))?;
+        if n == 0 {
+            return Err("closed before a TLS ClientHello".into());
+        }
+        hello.extend_from_slice(&chunk[..n]);
+        let mut fresh = &chunk[..n];
+        while !fresh.is_empty() {
+            acceptor
+                .read_tls(&mut fresh)
+                .map_err(|e| format!("not a TLS ClientHello: {e}"))?;
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let sni = accepted.client_hello().server_name().map(str::to_string);
+                return Ok((hello, sni));
+            }
+            Ok(None) if hello.len() < MAX_CLIENT_HELLO => {}
+            Ok(None) => return Err("ClientHello too large".into()),
+            Err((e, _)) => return Err(format!("not a TLS ClientHello: {e}")),
+        }
     }
 }
 
@@ -225,12 +292,15 @@ async fn starts_with_tls(conn: &TcpStream) -> bool {
     )
 }
 
-/// Connects to an endpoint of `cluster` (TLS if the cluster says so) and copies bytes.
+/// Connects to an endpoint of `cluster` (TLS if the cluster says so), sends `preface` (bytes
+/// already read from the downstream), and copies bytes both ways. An endpoint that cannot be
+/// reached is ejected for a while and the next one is tried.
 async fn forward<D>(
     mut downstream: D,
     cluster: &str,
     rt: &Runtime,
     stats: &Stats,
+    preface: &[u8],
 ) -> Result<(), String>
 where
     D: AsyncRead + AsyncWrite + Unpin,
@@ -245,15 +315,22 @@ where
             Ok(Ok(s)) => s,
             _ => {
                 stats.inc(format!("cluster.{cluster}.upstream_cx_connect_fail"));
+                rt.health.eject(addr);
                 continue;
             }
         };
+        rt.health.restore(addr);
         let _ = tcp.set_nodelay(true);
         stats.inc(format!("cluster.{cluster}.upstream_cx_total"));
         stats.inc(format!("cluster.{cluster}.endpoint.{addr}.cx_total"));
         let copied = match rt.upstream.get(cluster) {
             None => {
                 let mut tcp = tcp;
+                if !preface.is_empty() {
+                    tcp.write_all(preface)
+                        .await
+                        .map_err(|e| format!("sending to {addr}: {e}"))?;
+                }
                 tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut tcp, BUFFER, BUFFER)
                     .await
             }
@@ -265,7 +342,13 @@ where
                     .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
                 let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
                 let mut upstream = match connector.connect(name, tcp).await {
-                    Ok(s) => s,
+                    Ok(s) if preface.is_empty() => s,
+                    Ok(mut s) => {
+                        s.write_all(preface)
+                            .await
+                            .map_err(|e| format!("sending to {addr}: {e}"))?;
+                        s
+                    }
                     Err(e) => {
                         stats.inc(format!("cluster.{cluster}.ssl.handshake_error"));
                         warn!(cluster, %addr, error = %e, "upstream TLS handshake failed");

@@ -2,10 +2,11 @@
 //! from its secrets. Replaced as a whole (behind `watch`) on every accepted update, so each
 //! connection works with one consistent version while new connections use the newest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use meshzone_xds::decode::{
     EndpointPlan, ListenerPlan, ProxyConfig, SanMatch, SecretPlan, TlsPlan,
@@ -34,6 +35,47 @@ pub struct Runtime {
     pub http_clients: BTreeMap<String, crate::http::HttpClient>,
     /// Round-robin position of each cluster.
     cursors: BTreeMap<String, AtomicUsize>,
+    /// Endpoints that recently failed; shared by every version of the runtime.
+    pub health: Arc<Health>,
+}
+
+/// Passive health (outlier detection): an endpoint that refused or timed out a connection is
+/// skipped for a while, so traffic moves to the others, or to the next priority (another zone),
+/// without waiting for the control plane.
+#[derive(Default)]
+pub struct Health {
+    ejected: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Entries in `ejected`: lets the common case (nothing ejected) skip the lock.
+    count: AtomicUsize,
+}
+
+/// How long a failed endpoint is skipped.
+const EJECTION: Duration = Duration::from_secs(10);
+
+impl Health {
+    pub fn eject(&self, endpoint: SocketAddr) {
+        let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+        e.insert(endpoint, Instant::now() + EJECTION);
+        self.count.store(e.len(), Ordering::Relaxed);
+    }
+
+    /// A connection to the endpoint worked again.
+    pub fn restore(&self, endpoint: SocketAddr) {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+        e.remove(&endpoint);
+        self.count.store(e.len(), Ordering::Relaxed);
+    }
+
+    fn is_ejected(&self, endpoint: SocketAddr, now: Instant) -> bool {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+        e.get(&endpoint).is_some_and(|until| *until > now)
+    }
 }
 
 /// A problem that makes one listener or cluster unusable; the rest still runs.
@@ -61,10 +103,10 @@ fn material(
 
 impl Runtime {
     pub fn empty() -> Self {
-        Self::build(ProxyConfig::default()).0
+        Self::build(ProxyConfig::default(), Arc::default()).0
     }
 
-    pub fn build(config: ProxyConfig) -> (Self, Vec<RuntimeProblem>) {
+    pub fn build(config: ProxyConfig, health: Arc<Health>) -> (Self, Vec<RuntimeProblem>) {
         let mut problems = Vec::new();
         let mut downstream = BTreeMap::new();
         for l in config.listeners.values() {
@@ -126,6 +168,7 @@ impl Runtime {
                 upstream,
                 http_clients,
                 cursors,
+                health,
             },
             problems,
         )
@@ -140,24 +183,41 @@ impl Runtime {
         self.config.listeners.get(name)
     }
 
-    /// Endpoints of a cluster in the order to try them: weighted round robin picks the first,
-    /// the others follow as fallbacks.
+    /// Endpoints of a cluster in the order to try them. The first comes from weighted round
+    /// robin over the lowest priority that has a healthy endpoint; the other healthy endpoints
+    /// follow as fallbacks (same priority first), and ejected ones come last.
     pub fn pick(&self, cluster: &str) -> Vec<SocketAddr> {
         let endpoints = self.config.cluster_endpoints(cluster);
-        let total: usize = endpoints.iter().map(|e| e.weight.max(1) as usize).sum();
-        if total == 0 {
+        if endpoints.is_empty() {
             return Vec::new();
         }
+        let now = Instant::now();
+        let healthy: Vec<&EndpointPlan> = endpoints
+            .iter()
+            .filter(|e| !self.health.is_ejected(e.address, now))
+            .collect();
+        // Panic mode: when everything is ejected, try everything rather than nothing.
+        let pool: Vec<&EndpointPlan> = if healthy.is_empty() {
+            endpoints.iter().collect()
+        } else {
+            healthy
+        };
+        let top = pool.iter().map(|e| e.priority).min().unwrap_or(0);
+        let tier: Vec<&EndpointPlan> = pool.iter().copied().filter(|e| e.priority == top).collect();
+        let total: usize = tier.iter().map(|e| e.weight.max(1) as usize).sum();
         let n = self
             .cursors
             .get(cluster)
             .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed))
-            % total;
-        let first = weighted_index(endpoints, n);
+            % total.max(1);
+        let first = tier[weighted_index(&tier, n)].address;
         let mut order: Vec<SocketAddr> = Vec::with_capacity(endpoints.len());
-        order.push(endpoints[first].address);
-        for (i, e) in endpoints.iter().enumerate() {
-            if i != first {
+        order.push(first);
+        let mut rest: Vec<&EndpointPlan> =
+            endpoints.iter().filter(|e| e.address != first).collect();
+        rest.sort_by_key(|e| (self.health.is_ejected(e.address, now), e.priority));
+        for e in rest {
+            if !order.contains(&e.address) {
                 order.push(e.address);
             }
         }
@@ -165,7 +225,7 @@ impl Runtime {
     }
 }
 
-fn weighted_index(endpoints: &[EndpointPlan], mut n: usize) -> usize {
+fn weighted_index(endpoints: &[&EndpointPlan], mut n: usize) -> usize {
     for (i, e) in endpoints.iter().enumerate() {
         let w = e.weight.max(1) as usize;
         if n < w {
@@ -202,20 +262,63 @@ mod tests {
                     address: a,
                     weight: 1,
                     zone: None,
+                    priority: 0,
                 },
                 EndpointPlan {
                     address: b,
                     weight: 2,
                     zone: None,
+                    priority: 0,
                 },
             ],
         );
-        let (rt, problems) = Runtime::build(config);
+        let (rt, problems) = Runtime::build(config, Arc::default());
         assert!(problems.is_empty());
         let firsts: Vec<SocketAddr> = (0..6).map(|_| rt.pick("web")[0]).collect();
         assert_eq!(firsts.iter().filter(|x| **x == a).count(), 2);
         assert_eq!(firsts.iter().filter(|x| **x == b).count(), 4);
         assert_eq!(rt.pick("web").len(), 2, "the other endpoint is a fallback");
         assert!(rt.pick("none").is_empty());
+    }
+
+    #[test]
+    fn lower_priority_wins_until_its_endpoints_are_ejected() {
+        let mut config = ProxyConfig::default();
+        config.clusters.insert(
+            "web".into(),
+            ClusterPlan {
+                name: "web".into(),
+                static_endpoints: None,
+                tls: None,
+                http2: false,
+            },
+        );
+        let local: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let remote: SocketAddr = "10.0.1.100:10000".parse().unwrap();
+        let endpoint = |address, priority| EndpointPlan {
+            address,
+            weight: 5,
+            zone: None,
+            priority,
+        };
+        config
+            .endpoints
+            .insert("web".into(), vec![endpoint(remote, 1), endpoint(local, 0)]);
+        let (rt, _) = Runtime::build(config, Arc::default());
+        for _ in 0..10 {
+            assert_eq!(rt.pick("web"), vec![local, remote]);
+        }
+        rt.health.eject(local);
+        for _ in 0..10 {
+            assert_eq!(
+                rt.pick("web"),
+                vec![remote, local],
+                "fails over to priority 1"
+            );
+        }
+        rt.health.eject(remote);
+        assert_eq!(rt.pick("web").len(), 2, "all ejected: try all");
+        rt.health.restore(local);
+        assert_eq!(rt.pick("web")[0], local);
     }
 }

@@ -31,6 +31,8 @@ pub struct XdsSettings {
     pub name: String,
     /// The Dataplane to register, as JSON, when kuma-dp was given one.
     pub dataplane_json: Option<String>,
+    /// `dataplane`, `ingress` or `egress`; zone proxies are named by their resource name alone.
+    pub proxy_type: &'static str,
 }
 
 /// A refusal that retrying cannot fix (bad token, unknown Dataplane, bad resource).
@@ -107,8 +109,19 @@ fn node(settings: &XdsSettings) -> Node {
             },
         );
     }
+    fields.insert(
+        "dataplane.proxyType".to_string(),
+        Value {
+            kind: Some(Kind::StringValue(settings.proxy_type.to_string())),
+        },
+    );
+    let id = if settings.proxy_type == "dataplane" {
+        node_id(&settings.mesh, &settings.name)
+    } else {
+        settings.name.clone()
+    };
     Node {
-        id: node_id(&settings.mesh, &settings.name),
+        id,
         metadata: Some(Struct {
             fields: fields.into_iter().collect(),
         }),
@@ -198,6 +211,7 @@ async fn connect_once(
     };
     info!(cp = settings.cp_address, "connected to the control plane");
     let mut config: ProxyConfig = runtime.borrow().config.clone();
+    let health = runtime.borrow().health.clone();
     let mut received: BTreeSet<TypeUrl> = BTreeSet::new();
     let mut updates = 0u64;
     loop {
@@ -215,7 +229,7 @@ async fn connect_once(
         };
         let mut next = config.clone();
         let errors = next.apply(type_url, &response.resources);
-        let (rt, problems) = Runtime::build(next.clone());
+        let (rt, problems) = Runtime::build(next.clone(), health.clone());
         let mut reasons: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         reasons.extend(problems.into_iter().map(|p| p.0));
         let ack = DiscoveryRequest {

@@ -7,6 +7,7 @@
 //! ACKs and NACKs are counted into the proxy's DataplaneInsight. No polling.
 
 pub mod available_services;
+pub mod endpoints;
 mod stream;
 
 use std::collections::HashMap;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use chrono::Utc;
 use meshzone_identity::{
     builtin_backend, cert_lifetime, ensure_mesh_ca, find_mesh_ca, verify_dataplane_token,
+    verify_zone_token,
 };
 use meshzone_model::specs::{
     BuildVersion, ComponentVersions, DataplaneInsightSpec, DataplaneSpec, DiscoverySubscription,
@@ -18,13 +19,16 @@ use meshzone_store::{EventKind, StoreError, StoreEvent};
 use meshzone_xds::discovery::{DiscoveryRequest, DiscoveryResponse};
 use meshzone_xds::envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use meshzone_xds::envoy_types::pb::google::protobuf::value::Kind;
-use meshzone_xds::generate::{EndpointInfo, ProxyInput, Snapshot, TlsMaterial, generate};
+use meshzone_xds::generate::{
+    ProxyInput, Snapshot, SniRouterInput, TlsMaterial, generate, generate_sni_router,
+};
 use meshzone_xds::names::{TypeUrl, parse_node_id};
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::Shared;
+use crate::endpoints::{LocalEgress, RemoteIngress, egress_routes, ingress_routes, mesh_endpoints};
 
 /// Node metadata key carrying the proxy's Dataplane (JSON or YAML) when it registers itself.
 pub const DATAPLANE_METADATA_KEY: &str = "dataplane.resource";
@@ -41,6 +45,110 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
+/// Node metadata key saying which kind of proxy connects: `dataplane` (default), `ingress` or
+/// `egress`. Zone proxies use their resource name as node id (they belong to no mesh).
+pub const PROXY_TYPE_METADATA_KEY: &str = "dataplane.proxyType";
+
+/// What kind of proxy a stream serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProxyKind {
+    Dataplane,
+    Ingress,
+    Egress,
+}
+
+impl ProxyKind {
+    fn resource_type(self) -> ResourceType {
+        match self {
+            ProxyKind::Dataplane => ResourceType::Dataplane,
+            ProxyKind::Ingress => ResourceType::ZoneIngress,
+            ProxyKind::Egress => ResourceType::ZoneEgress,
+        }
+    }
+
+    /// Zone-token scope a zone proxy must hold.
+    fn scope(self) -> &'static str {
+        match self {
+            ProxyKind::Dataplane => "dataplane",
+            ProxyKind::Ingress => "ingress",
+            ProxyKind::Egress => "egress",
+        }
+    }
+}
+
+fn metadata_string(
+    node: &meshzone_xds::envoy_types::pb::envoy::config::core::v3::Node,
+    key: &str,
+) -> Option<String> {
+    node.metadata.as_ref().and_then(|m| {
+        m.fields.get(key).and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+    })
+}
+
+/// Which proxy connects, checked against its credentials.
+async fn identify(
+    shared: &Shared,
+    token: &str,
+    node: &meshzone_xds::envoy_types::pb::envoy::config::core::v3::Node,
+) -> Result<(ProxyKind, ResourceKey), Status> {
+    let kind = match metadata_string(node, PROXY_TYPE_METADATA_KEY).as_deref() {
+        None | Some("dataplane") => ProxyKind::Dataplane,
+        Some("ingress") => ProxyKind::Ingress,
+        Some("egress") => ProxyKind::Egress,
+        Some(other) => {
+            return Err(Status::invalid_argument(format!(
+                "node metadata {PROXY_TYPE_METADATA_KEY} is {other:?}; expected dataplane, ingress or egress"
+            )));
+        }
+    };
+    let store = &shared.store;
+    if kind != ProxyKind::Dataplane {
+        let name = node.id.clone();
+        if name.is_empty() {
+            return Err(Status::invalid_argument(
+                "a zone proxy needs a node id (its name)",
+            ));
+        }
+        let Some(zone) = &shared.settings.zone else {
+            return Err(Status::failed_precondition(format!(
+                "zone {} {name:?} refused: zone proxies need a zone control plane (set KUMA_MULTIZONE_ZONE_NAME)",
+                kind.scope()
+            )));
+        };
+        if shared.settings.require_token {
+            verify_zone_token(store, token, zone, kind.scope(), SystemTime::now())
+                .await
+                .map_err(|e| {
+                    warn!(name, kind = kind.scope(), reason = %e, "refused a zone proxy");
+                    Status::unauthenticated(format!("zone {} {name} refused: {e}", kind.scope()))
+                })?;
+        }
+        return Ok((kind, ResourceKey::global(kind.resource_type(), &name)));
+    }
+    let (mesh, name) = parse_node_id(&node.id).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "node id {:?} must be <mesh>.<dataplane name>",
+            node.id
+        ))
+    })?;
+    let mesh_key = ResourceKey::global(ResourceType::Mesh, mesh);
+    if store.find(&mesh_key).await.map_err(internal)?.is_none() {
+        return Err(Status::not_found(format!("mesh {mesh:?} does not exist")));
+    }
+    if shared.settings.require_token {
+        verify_dataplane_token(store, token, mesh, name, SystemTime::now())
+            .await
+            .map_err(|e| {
+                warn!(mesh, name, reason = %e, "refused a data plane proxy");
+                Status::unauthenticated(format!("data plane {mesh}.{name} refused: {e}"))
+            })?;
+    }
+    Ok((kind, ResourceKey::new(ResourceType::Dataplane, mesh, name)))
+}
+
 /// Reads the first request, authenticates and registers the proxy, and spawns its loop.
 pub(crate) async fn start(
     shared: Arc<Shared>,
@@ -55,36 +163,9 @@ pub(crate) async fn start(
         .node
         .clone()
         .ok_or_else(|| Status::invalid_argument("the first request must carry a node"))?;
-    let (mesh, name) = parse_node_id(&node.id).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "node id {:?} must be <mesh>.<dataplane name>",
-            node.id
-        ))
-    })?;
-    let (mesh, name) = (mesh.to_string(), name.to_string());
+    let (kind, key) = identify(&shared, &token, &node).await?;
     let store = &shared.store;
-    let mesh_key = ResourceKey::global(ResourceType::Mesh, &mesh);
-    if store.find(&mesh_key).await.map_err(internal)?.is_none() {
-        return Err(Status::not_found(format!("mesh {mesh:?} does not exist")));
-    }
-    if shared.settings.require_token {
-        verify_dataplane_token(store, &token, &mesh, &name, SystemTime::now())
-            .await
-            .map_err(|e| {
-                warn!(mesh, name, reason = %e, "refused a data plane proxy");
-                Status::unauthenticated(format!("data plane {mesh}.{name} refused: {e}"))
-            })?;
-    }
-    let key = ResourceKey::new(ResourceType::Dataplane, &mesh, &name);
-    let sent_resource = node.metadata.as_ref().and_then(|m| {
-        m.fields
-            .get(DATAPLANE_METADATA_KEY)
-            .and_then(|v| match &v.kind {
-                Some(Kind::StringValue(s)) => Some(s.clone()),
-                _ => None,
-            })
-    });
-    let registered = match sent_resource {
+    let registered = match metadata_string(&node, DATAPLANE_METADATA_KEY) {
         Some(text) => {
             register(&shared, &key, &text).await?;
             true
@@ -92,7 +173,7 @@ pub(crate) async fn start(
         None => {
             if store.find(&key).await.map_err(internal)?.is_none() {
                 return Err(Status::not_found(format!(
-                    "Dataplane {name:?} does not exist in mesh {mesh:?}: apply it first or start kuma-dp with --dataplane-file"
+                    "{key} does not exist: apply it first or start kuma-dp with --dataplane-file"
                 )));
             }
             false
@@ -101,19 +182,19 @@ pub(crate) async fn start(
     let generation = shared.claim(&key);
     let (tx, rx) = mpsc::channel(16);
     let events = store.subscribe();
-    let mut stream = ProxyStream::new(shared.clone(), key.clone(), tx);
+    let mut stream = ProxyStream::new(shared.clone(), key.clone(), kind, tx);
     stream.version = node_version(&node);
     // gRPC's own xDS client announces itself as "gRPC <language>".
     stream.proxyless = node.user_agent_name.starts_with("gRPC");
     stream.open_insight().await;
-    info!(mesh, name, registered, "data plane proxy connected");
+    info!(%key, registered, "proxy connected");
     tokio::spawn(async move {
         let outcome = stream.run(first, inbound, events).await;
         if let Err(status) = &outcome {
             let _ = stream.tx.send(Err(status.clone())).await;
         }
         stream.close_insight().await;
-        info!(mesh = %stream.key.mesh, name = %stream.key.name, "data plane proxy disconnected");
+        info!(key = %stream.key, "proxy disconnected");
         if registered {
             deregister_later(stream.shared.clone(), stream.key.clone(), generation);
         }
@@ -121,17 +202,21 @@ pub(crate) async fn start(
     Ok(rx)
 }
 
-/// Creates or updates the Dataplane a proxy sent, after checking it names the same proxy.
+/// Creates or updates the resource a proxy sent (Dataplane, ZoneIngress or ZoneEgress), after
+/// checking it names the same proxy. A ZoneIngress keeps the available services the CP computed.
 async fn register(shared: &Shared, key: &ResourceKey, text: &str) -> Result<(), Status> {
-    let bad = |m: String| Status::invalid_argument(format!("dataplane resource: {m}"));
+    let bad = |m: String| Status::invalid_argument(format!("{} resource: {m}", key.resource_type));
     let mut value = parse_documents(text)
         .map_err(|e| bad(e.to_string()))?
         .into_iter()
         .next()
         .ok_or_else(|| bad("empty".into()))?;
     if let Some(o) = value.as_object_mut() {
-        o.entry("type").or_insert_with(|| "Dataplane".into());
-        o.entry("mesh").or_insert_with(|| key.mesh.clone().into());
+        o.entry("type")
+            .or_insert_with(|| key.resource_type.to_string().into());
+        if key.resource_type.is_mesh_scoped() {
+            o.entry("mesh").or_insert_with(|| key.mesh.clone().into());
+        }
         o.entry("name").or_insert_with(|| key.name.clone().into());
     }
     let mut resource = Resource::from_value(value).map_err(|v| bad(v.to_string()))?;
@@ -149,7 +234,18 @@ async fn register(shared: &Shared, key: &ResourceKey, text: &str) -> Result<(), 
     meshzone_model::validate(&resource).map_err(|v| bad(v.to_string()))?;
     let store = &shared.store;
     loop {
-        let result = match store.find(key).await.map_err(internal)? {
+        let stored = store.find(key).await.map_err(internal)?;
+        if let (
+            Some(Resource {
+                spec: Spec::ZoneIngress(old),
+                ..
+            }),
+            Spec::ZoneIngress(new),
+        ) = (&stored, &mut resource.spec)
+        {
+            new.available_services = old.available_services.clone();
+        }
+        let result = match stored {
             None => store.create(resource.clone()).await.map(|_| ()),
             Some(stored)
                 if stored.spec == resource.spec && stored.meta.labels == resource.meta.labels =>
@@ -201,6 +297,7 @@ struct Sent {
 struct ProxyStream {
     shared: Arc<Shared>,
     key: ResourceKey,
+    kind: ProxyKind,
     tx: super::stream::Out,
     subscribed: HashMap<TypeUrl, Vec<String>>,
     sent: HashMap<TypeUrl, Sent>,
@@ -248,10 +345,11 @@ fn node_version(
 }
 
 impl ProxyStream {
-    fn new(shared: Arc<Shared>, key: ResourceKey, tx: Out) -> Self {
+    fn new(shared: Arc<Shared>, key: ResourceKey, kind: ProxyKind, tx: Out) -> Self {
         ProxyStream {
             shared,
             key,
+            kind,
             tx,
             subscribed: HashMap::new(),
             sent: HashMap::new(),
@@ -335,11 +433,19 @@ impl ProxyStream {
 
     /// Store changes that can change this proxy's configuration: anything in its mesh except
     /// insights (which this very stream writes), and the Mesh itself.
+    /// Zone proxies follow every mesh; sidecars also follow the zone proxies (cross-zone
+    /// endpoints come from ingresses and egresses).
     fn affects(&self, e: &StoreEvent) -> bool {
-        match e.key.resource_type {
-            ResourceType::Mesh => e.key.name == self.key.mesh,
-            ResourceType::DataplaneInsight | ResourceType::ServiceInsight => false,
-            t if t.is_mesh_scoped() => e.key.mesh == self.key.mesh,
+        if e.key == self.key {
+            return true;
+        }
+        match (self.kind, e.key.resource_type) {
+            (_, ResourceType::DataplaneInsight | ResourceType::ServiceInsight) => false,
+            (ProxyKind::Dataplane, ResourceType::Mesh) => e.key.name == self.key.mesh,
+            (ProxyKind::Dataplane, ResourceType::ZoneIngress | ResourceType::ZoneEgress) => true,
+            (ProxyKind::Dataplane, t) if t.is_mesh_scoped() => e.key.mesh == self.key.mesh,
+            (ProxyKind::Ingress, ResourceType::Mesh | ResourceType::Dataplane) => true,
+            (ProxyKind::Egress, ResourceType::Mesh | ResourceType::ZoneIngress) => true,
             _ => false,
         }
     }
@@ -434,6 +540,9 @@ impl ProxyStream {
 
     /// Rebuilds the proxy's configuration from the store.
     async fn recompute(&mut self) -> Result<(), Status> {
+        if self.kind != ProxyKind::Dataplane {
+            return self.recompute_zone_proxy().await;
+        }
         let store = &self.shared.store;
         let mesh = match store
             .find(&ResourceKey::global(ResourceType::Mesh, &self.key.mesh))
@@ -461,7 +570,9 @@ impl ProxyStream {
         let Spec::Dataplane(own) = own.spec.clone() else {
             return Err(internal("stored Dataplane has another spec"));
         };
-        let endpoints = endpoints_of(&dataplanes);
+        let remote = remote_ingresses(&self.shared).await?;
+        let egresses = local_egresses(&self.shared).await?;
+        let endpoints = mesh_endpoints(&self.key.mesh, &mesh, &dataplanes, &remote, &egresses);
         let protocols = protocols_of(&dataplanes);
         self.ensure_identity(&mesh, &own).await?;
         let material = self.identity.as_ref().map(|i| &i.material);
@@ -473,6 +584,46 @@ impl ProxyStream {
             tls: material,
             protocols: &protocols,
             proxyless: self.proxyless,
+        });
+        Ok(())
+    }
+
+    /// A zone ingress routes SNI to local instances; a zone egress routes SNI to other zones'
+    /// ingresses. Neither holds a certificate: TLS passes through them end to end.
+    async fn recompute_zone_proxy(&mut self) -> Result<(), Status> {
+        let store = &self.shared.store;
+        let meshes = store
+            .list(ResourceType::Mesh, None)
+            .await
+            .map_err(internal)?;
+        let (address, port, routes) = match store.find(&self.key).await.map_err(internal)? {
+            Some(Resource {
+                spec: Spec::ZoneIngress(z),
+                ..
+            }) => {
+                let dataplanes = store
+                    .list(ResourceType::Dataplane, None)
+                    .await
+                    .map_err(internal)?;
+                let routes = ingress_routes(&meshes, &dataplanes);
+                (z.networking.address, z.networking.port, routes)
+            }
+            Some(Resource {
+                spec: Spec::ZoneEgress(z),
+                ..
+            }) => {
+                let remote = remote_ingresses(&self.shared).await?;
+                let routes = egress_routes(&meshes, &remote);
+                (z.networking.address, z.networking.port, routes)
+            }
+            _ => return Err(Status::not_found(format!("{} was deleted", self.key))),
+        };
+        let listener_name = meshzone_xds::names::inbound_listener(&address, port);
+        self.snapshot = generate_sni_router(&SniRouterInput {
+            listener_name: &listener_name,
+            address: &address,
+            port,
+            routes: &routes,
         });
         Ok(())
     }
@@ -584,6 +735,9 @@ impl ProxyStream {
         &mut self,
         change: impl Fn(&mut Vec<DiscoverySubscription>, &Self),
     ) {
+        if self.kind != ProxyKind::Dataplane {
+            return;
+        }
         let store = &self.shared.store;
         let key = ResourceKey::new(
             ResourceType::DataplaneInsight,
@@ -673,32 +827,79 @@ fn protocols_of(dataplanes: &[Resource]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Instances of every service in a mesh: each ready inbound of each Dataplane.
-fn endpoints_of(dataplanes: &[Resource]) -> BTreeMap<String, Vec<EndpointInfo>> {
-    let mut out: BTreeMap<String, Vec<EndpointInfo>> = BTreeMap::new();
-    for r in dataplanes {
-        let Spec::Dataplane(dp) = &r.spec else {
+/// Other zones' ingresses that can be reached: synced copies with an advertised address. A
+/// hostname is resolved here, since proxies take IP addresses only.
+async fn remote_ingresses(shared: &Shared) -> Result<Vec<RemoteIngress>, Status> {
+    let own_zone = shared.settings.zone.as_deref().unwrap_or_default();
+    let mut out = Vec::new();
+    for r in shared
+        .store
+        .list(ResourceType::ZoneIngress, None)
+        .await
+        .map_err(internal)?
+    {
+        let Spec::ZoneIngress(z) = r.spec else {
             continue;
         };
-        let net = &dp.networking;
-        for inbound in net.inbound.iter().filter(|i| i.is_healthy()) {
-            let Some(service) = inbound.service() else {
-                continue;
-            };
-            let address = inbound
-                .address
-                .clone()
-                .or_else(|| net.advertised_address.clone())
-                .unwrap_or_else(|| net.address.clone());
-            out.entry(service.to_string())
-                .or_default()
-                .push(EndpointInfo {
-                    address,
-                    port: inbound.port,
-                    weight: 1,
-                    zone: inbound.tags.get(ZONE_TAG).cloned(),
-                });
+        if z.zone.is_empty() || z.zone == own_zone {
+            continue;
         }
+        let (Some(host), Some(port)) = (
+            &z.networking.advertised_address,
+            z.networking.advertised_port,
+        ) else {
+            debug!(
+                ingress = r.meta.name,
+                zone = z.zone,
+                "remote ingress has no advertised address; not used"
+            );
+            continue;
+        };
+        let Some(address) = resolve(host, port).await else {
+            warn!(
+                ingress = r.meta.name,
+                host, "cannot resolve the advertised address of a remote zone ingress"
+            );
+            continue;
+        };
+        out.push(RemoteIngress {
+            zone: z.zone,
+            address,
+            port,
+            available: z.available_services,
+        });
     }
-    out
+    Ok(out)
+}
+
+async fn resolve(host: &str, port: u32) -> Option<String> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Some(host.to_string());
+    }
+    let port = u16::try_from(port).ok()?;
+    let lookup = tokio::net::lookup_host((host, port));
+    let mut addrs = tokio::time::timeout(Duration::from_secs(2), lookup)
+        .await
+        .ok()?
+        .ok()?;
+    addrs.next().map(|a| a.ip().to_string())
+}
+
+/// This zone's egresses.
+async fn local_egresses(shared: &Shared) -> Result<Vec<LocalEgress>, Status> {
+    let own_zone = shared.settings.zone.as_deref().unwrap_or_default();
+    Ok(shared
+        .store
+        .list(ResourceType::ZoneEgress, None)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter_map(|r| match r.spec {
+            Spec::ZoneEgress(z) if z.zone.is_empty() || z.zone == own_zone => Some(LocalEgress {
+                address: z.networking.address,
+                port: z.networking.port,
+            }),
+            _ => None,
+        })
+        .collect())
 }

@@ -92,6 +92,10 @@ pub struct ListenerPlan {
     pub permissive: bool,
     /// HTTP-aware (an HTTP connection manager): requests are balanced and counted one by one.
     pub http: bool,
+    /// A zone proxy's SNI router: SNI → cluster, TLS passed through untouched (`cluster` is
+    /// empty). A connection without a listed SNI is closed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sni_routes: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -99,6 +103,8 @@ pub struct EndpointPlan {
     pub address: SocketAddr,
     pub weight: u32,
     pub zone: Option<String>,
+    /// Lower first: a higher priority takes traffic only when no lower one has a healthy endpoint.
+    pub priority: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -238,6 +244,14 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
     let l: Listener = unpack(any).map_err(|e| err("listener", e))?;
     let name = l.name.clone();
     let address = socket_addr(&name, l.address.as_ref())?;
+    let routes_by_sni = l.filter_chains.iter().any(|c| {
+        c.filter_chain_match
+            .as_ref()
+            .is_some_and(|m| !m.server_names.is_empty())
+    });
+    if routes_by_sni {
+        return sni_router(name, address, &l);
+    }
     let (chain, permissive) = match l.filter_chains.as_slice() {
         [chain] => (chain, false),
         // Permissive: a TLS chain and a plaintext chain, told apart by the TLS inspector.
@@ -266,23 +280,17 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
             ));
         }
     };
-    let [filter] = chain.filters.as_slice() else {
-        return Err(err(
-            &name,
-            "exactly one network filter (tcp_proxy) is supported",
-        ));
-    };
-    let Some(FilterConfigType::TypedConfig(cfg)) = &filter.config_type else {
-        return Err(err(&name, "filter without typed config"));
-    };
-    let (cluster, http) = if cfg.type_url == HttpConnectionManager::type_url() {
-        (hcm_cluster(&name, cfg)?, true)
-    } else {
-        let tcp: TcpProxy = unpack(cfg).map_err(|e| err(&name, e))?;
-        let Some(ClusterSpecifier::Cluster(cluster)) = tcp.cluster_specifier else {
-            return Err(err(&name, "tcp_proxy must name one cluster"));
-        };
-        (cluster, false)
+    let hcm = chain.filters.first().and_then(|f| match &f.config_type {
+        Some(FilterConfigType::TypedConfig(cfg))
+            if cfg.type_url == HttpConnectionManager::type_url() =>
+        {
+            Some(cfg)
+        }
+        _ => None,
+    });
+    let (cluster, http) = match hcm {
+        Some(cfg) if chain.filters.len() == 1 => (hcm_cluster(&name, cfg)?, true),
+        _ => (tcp_proxy_cluster(&name, chain)?, false),
     };
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
@@ -306,6 +314,69 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         tls,
         permissive,
         http,
+        sni_routes: BTreeMap::new(),
+    })
+}
+
+/// The TCP proxy filter of a chain and the one cluster it sends to.
+fn tcp_proxy_cluster(
+    name: &str,
+    chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
+) -> Result<String, DecodeError> {
+    let [filter] = chain.filters.as_slice() else {
+        return Err(err(
+            name,
+            "exactly one network filter (tcp_proxy) is supported",
+        ));
+    };
+    let Some(FilterConfigType::TypedConfig(cfg)) = &filter.config_type else {
+        return Err(err(name, "filter without typed config"));
+    };
+    let tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
+    match tcp.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(cluster)) => Ok(cluster),
+        _ => Err(err(name, "tcp_proxy must name one cluster")),
+    }
+}
+
+/// A listener whose every filter chain matches server names: a zone proxy's SNI router.
+fn sni_router(
+    name: String,
+    address: SocketAddr,
+    l: &Listener,
+) -> Result<ListenerPlan, DecodeError> {
+    let mut sni_routes = BTreeMap::new();
+    for chain in &l.filter_chains {
+        let names = chain
+            .filter_chain_match
+            .as_ref()
+            .map(|m| m.server_names.clone())
+            .unwrap_or_default();
+        if names.is_empty() {
+            return Err(err(
+                &name,
+                "an SNI-routing listener needs server names on every filter chain",
+            ));
+        }
+        if chain.transport_socket.is_some() {
+            return Err(err(
+                &name,
+                "an SNI-routing listener passes TLS through; a chain must not terminate it",
+            ));
+        }
+        let cluster = tcp_proxy_cluster(&name, chain)?;
+        for server_name in names {
+            sni_routes.insert(server_name, cluster.clone());
+        }
+    }
+    Ok(ListenerPlan {
+        name,
+        address,
+        cluster: String::new(),
+        tls: None,
+        permissive: false,
+        http: false,
+        sni_routes,
     })
 }
 
@@ -338,6 +409,7 @@ fn hcm_cluster(name: &str, cfg: &Any) -> Result<String, DecodeError> {
 fn endpoints_of(name: &str, cla: &ClusterLoadAssignment) -> Result<Vec<EndpointPlan>, DecodeError> {
     let mut out = Vec::new();
     for locality in &cla.endpoints {
+        let priority = locality.priority;
         let zone = locality
             .locality
             .as_ref()
@@ -354,6 +426,7 @@ fn endpoints_of(name: &str, cla: &ClusterLoadAssignment) -> Result<Vec<EndpointP
                     .as_ref()
                     .map_or(1, |w| w.value.max(1)),
                 zone: zone.clone(),
+                priority,
             });
         }
     }

@@ -71,6 +71,9 @@ pub struct EndpointInfo {
     pub port: u32,
     pub weight: u32,
     pub zone: Option<String>,
+    /// 0 is tried first; higher priorities only take traffic when no lower one has a healthy
+    /// endpoint (locality-aware load balancing puts remote zones at 1).
+    pub priority: u32,
 }
 
 /// Certificates of a proxy when its mesh has mTLS on.
@@ -298,13 +301,7 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
         let mut listener_filters = Vec::new();
         if mtls && permissive {
             // Plaintext is accepted too: the TLS inspector picks the chain.
-            listener_filters.push(ListenerFilter {
-                name: "envoy.filters.listener.tls_inspector".into(),
-                config_type: Some(ListenerFilterConfigType::TypedConfig(pack_any(
-                    TlsInspector::default(),
-                ))),
-                ..Default::default()
-            });
+            listener_filters.push(tls_inspector());
             chains.push(FilterChain {
                 filter_chain_match: Some(FilterChainMatch {
                     transport_protocol: "raw_buffer".into(),
@@ -442,40 +439,9 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
             .get(service)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let mut by_zone: BTreeMap<Option<&str>, Vec<LbEndpoint>> = BTreeMap::new();
-        for e in endpoints {
-            by_zone
-                .entry(e.zone.as_deref())
-                .or_default()
-                .push(lb_endpoint(&e.address, e.port, e.weight));
-        }
         assignments.push(NamedResource {
             name: service.to_string(),
-            resource: pack_any(ClusterLoadAssignment {
-                cluster_name: service.to_string(),
-                endpoints: by_zone
-                    .into_iter()
-                    .map(|(zone, lb_endpoints)| LocalityLbEndpoints {
-                        // Always present (gRPC requires it), empty without a zone.
-                        locality: Some(Locality {
-                            zone: zone.unwrap_or_default().to_string(),
-                            ..Default::default()
-                        }),
-                        // gRPC drops localities without a weight; Envoy ignores it unless
-                        // locality-weighted balancing is on.
-                        load_balancing_weight: Some(UInt32Value {
-                            value: lb_endpoints
-                                .iter()
-                                .map(|e| e.load_balancing_weight.as_ref().map_or(1, |w| w.value))
-                                .sum::<u32>()
-                                .max(1),
-                        }),
-                        lb_endpoints,
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }),
+            resource: pack_any(load_assignment(service, endpoints)),
         });
     }
 
@@ -506,6 +472,15 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
         });
     }
 
+    snapshot_of(listeners, clusters, assignments, secrets)
+}
+
+fn snapshot_of(
+    listeners: Vec<NamedResource>,
+    clusters: Vec<NamedResource>,
+    assignments: Vec<NamedResource>,
+    secrets: Vec<NamedResource>,
+) -> Snapshot {
     let mut snapshot = Snapshot::default();
     for (url, resources) in [
         (TypeUrl::Listener, listeners),
@@ -520,6 +495,118 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
 
 fn meshzone_pki_spiffe(mesh: &str, service: &str) -> String {
     format!("spiffe://{mesh}/{service}")
+}
+
+/// Endpoints grouped into localities by (priority, zone).
+fn load_assignment(cluster: &str, endpoints: &[EndpointInfo]) -> ClusterLoadAssignment {
+    let mut groups: BTreeMap<(u32, Option<&str>), Vec<LbEndpoint>> = BTreeMap::new();
+    for e in endpoints {
+        groups
+            .entry((e.priority, e.zone.as_deref()))
+            .or_default()
+            .push(lb_endpoint(&e.address, e.port, e.weight));
+    }
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_string(),
+        endpoints: groups
+            .into_iter()
+            .map(|((priority, zone), lb_endpoints)| LocalityLbEndpoints {
+                // Always present (gRPC requires it), empty without a zone.
+                locality: Some(Locality {
+                    zone: zone.unwrap_or_default().to_string(),
+                    ..Default::default()
+                }),
+                // gRPC drops localities without a weight; Envoy ignores it unless
+                // locality-weighted balancing is on.
+                load_balancing_weight: Some(UInt32Value {
+                    value: lb_endpoints
+                        .iter()
+                        .map(|e| e.load_balancing_weight.as_ref().map_or(1, |w| w.value))
+                        .sum::<u32>()
+                        .max(1),
+                }),
+                lb_endpoints,
+                priority,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A zone proxy (ingress or egress): one listener that routes each TLS connection by its SNI to
+/// the endpoints of that SNI, passing the TLS through untouched. Connections whose SNI is not
+/// listed, or that are not TLS, match no filter chain and are closed.
+#[derive(Debug, Clone)]
+pub struct SniRouterInput<'a> {
+    pub listener_name: &'a str,
+    pub address: &'a str,
+    pub port: u32,
+    /// SNI → where connections carrying it go.
+    pub routes: &'a BTreeMap<String, Vec<EndpointInfo>>,
+}
+
+/// Generates the whole configuration of a zone ingress or egress. Without routes there is no
+/// listener (Envoy refuses a listener without filter chains), so connections are refused.
+pub fn generate_sni_router(input: &SniRouterInput<'_>) -> Snapshot {
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    let mut assignments = Vec::new();
+    let mut chains = Vec::new();
+    for (sni, endpoints) in input.routes {
+        chains.push(FilterChain {
+            filter_chain_match: Some(FilterChainMatch {
+                server_names: vec![sni.clone()],
+                ..Default::default()
+            }),
+            filters: vec![tcp_proxy_filter(sni, sni)],
+            ..Default::default()
+        });
+        clusters.push(NamedResource {
+            name: sni.clone(),
+            resource: pack_any(Cluster {
+                name: sni.clone(),
+                connect_timeout: Some(Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                lb_policy: LbPolicy::RoundRobin as i32,
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+                eds_cluster_config: Some(EdsClusterConfig {
+                    eds_config: Some(ads()),
+                    service_name: sni.clone(),
+                }),
+                ..Default::default()
+            }),
+        });
+        assignments.push(NamedResource {
+            name: sni.clone(),
+            resource: pack_any(load_assignment(sni, endpoints)),
+        });
+    }
+    if !chains.is_empty() {
+        listeners.push(NamedResource {
+            name: input.listener_name.to_string(),
+            resource: pack_any(Listener {
+                name: input.listener_name.to_string(),
+                address: Some(socket(input.address, input.port)),
+                filter_chains: chains,
+                listener_filters: vec![tls_inspector()],
+                ..Default::default()
+            }),
+        });
+    }
+    snapshot_of(listeners, clusters, assignments, Vec::new())
+}
+
+fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(ListenerFilterConfigType::TypedConfig(pack_any(
+            TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
 }
 
 fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {

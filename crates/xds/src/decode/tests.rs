@@ -39,12 +39,14 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
                 port: 10001,
                 weight: 1,
                 zone: None,
+                priority: 0,
             },
             EndpointInfo {
                 address: "10.0.0.6".into(),
                 port: 10001,
                 weight: 2,
                 zone: Some("zone-2".into()),
+                priority: 1,
             },
         ],
     )]);
@@ -147,5 +149,76 @@ fn permissive_mode_adds_a_plaintext_chain() {
             .values()
             .filter(|l| l.name.starts_with("outbound:"))
             .all(|l| !l.permissive)
+    );
+}
+
+#[test]
+fn a_zone_proxy_listener_decodes_to_sni_routes() {
+    use crate::generate::{SniRouterInput, generate_sni_router};
+    let endpoint = |address: &str, zone: &str| EndpointInfo {
+        address: address.into(),
+        port: 10000,
+        weight: 2,
+        zone: Some(zone.into()),
+        priority: 0,
+    };
+    let routes = BTreeMap::from([
+        (
+            "echo.default.mesh".to_string(),
+            vec![
+                endpoint("10.0.1.100", "zone-1"),
+                endpoint("10.0.3.100", "zone-3"),
+            ],
+        ),
+        (
+            "web.default.mesh".to_string(),
+            vec![endpoint("10.0.1.100", "zone-1")],
+        ),
+    ]);
+    let snapshot = generate_sni_router(&SniRouterInput {
+        listener_name: "inbound:10.0.2.50:10002",
+        address: "10.0.2.50",
+        port: 10002,
+        routes: &routes,
+    });
+    let mut config = ProxyConfig::default();
+    for t in TypeUrl::ALL {
+        let resources: Vec<_> = snapshot
+            .get(t)
+            .map(|ts| ts.resources.iter().map(|r| r.resource.clone()).collect())
+            .unwrap_or_default();
+        assert!(config.apply(t, &resources).is_empty());
+    }
+    let listener = &config.listeners["inbound:10.0.2.50:10002"];
+    assert_eq!(
+        listener.sni_routes,
+        BTreeMap::from([
+            (
+                "echo.default.mesh".to_string(),
+                "echo.default.mesh".to_string()
+            ),
+            (
+                "web.default.mesh".to_string(),
+                "web.default.mesh".to_string()
+            ),
+        ])
+    );
+    assert!(listener.tls.is_none(), "TLS passes through");
+    assert_eq!(config.cluster_endpoints("echo.default.mesh").len(), 2);
+    assert!(config.clusters["echo.default.mesh"].tls.is_none());
+
+    let empty = generate_sni_router(&SniRouterInput {
+        listener_name: "inbound:10.0.2.50:10002",
+        address: "10.0.2.50",
+        port: 10002,
+        routes: &BTreeMap::new(),
+    });
+    assert!(
+        empty
+            .get(TypeUrl::Listener)
+            .expect("lds")
+            .resources
+            .is_empty(),
+        "no routes, no listener"
     );
 }

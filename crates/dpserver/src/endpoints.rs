@@ -1,0 +1,219 @@
+//! Where the instances of each service are, seen from one zone: local inbounds, plus (for meshes
+//! with mTLS) every other zone's ingress that offers the service, or the local zone egress in
+//! front of them. Pure: the caller lists the store and resolves ingress hostnames.
+
+use std::collections::BTreeMap;
+
+use meshzone_model::specs::{AvailableService, MeshSpec, SERVICE_TAG, ZONE_TAG};
+use meshzone_model::{Resource, Spec};
+use meshzone_xds::generate::{EndpointInfo, sni};
+
+/// Another zone's ingress, as this zone can reach it (its advertised address, resolved to IP).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteIngress {
+    pub zone: String,
+    pub address: String,
+    pub port: u32,
+    pub available: Vec<AvailableService>,
+}
+
+/// A zone egress of this zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEgress {
+    pub address: String,
+    pub port: u32,
+}
+
+/// Zone → the ingresses of that zone offering a service, with their instance counts.
+type OfferByZone<'a> = BTreeMap<&'a str, Vec<(&'a RemoteIngress, u32)>>;
+
+/// Largest weight scale used to keep the per-zone split exact; beyond it, shares are rounded.
+const MAX_SCALE: u32 = 10_000;
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Instances of every service in a mesh, each ready inbound of each Dataplane.
+pub fn local_endpoints(dataplanes: &[Resource]) -> BTreeMap<String, Vec<EndpointInfo>> {
+    let mut out: BTreeMap<String, Vec<EndpointInfo>> = BTreeMap::new();
+    for r in dataplanes {
+        let Spec::Dataplane(dp) = &r.spec else {
+            continue;
+        };
+        let net = &dp.networking;
+        for inbound in net.inbound.iter().filter(|i| i.is_healthy()) {
+            let Some(service) = inbound.service() else {
+                continue;
+            };
+            let address = inbound
+                .address
+                .clone()
+                .or_else(|| net.advertised_address.clone())
+                .unwrap_or_else(|| net.address.clone());
+            out.entry(service.to_string())
+                .or_default()
+                .push(EndpointInfo {
+                    address,
+                    port: inbound.port,
+                    weight: 1,
+                    zone: inbound.tags.get(ZONE_TAG).cloned(),
+                    priority: 0,
+                });
+        }
+    }
+    out
+}
+
+/// Instances a remote ingress offers of each service of `mesh` (summed over tag sets).
+fn offered<'a>(ingress: &'a RemoteIngress, mesh: &str) -> BTreeMap<&'a str, u32> {
+    let mut out = BTreeMap::new();
+    for a in ingress.available.iter().filter(|a| a.mesh == mesh) {
+        if let Some(service) = a.tags.get(SERVICE_TAG) {
+            *out.entry(service.as_str()).or_insert(0) += a.instances;
+        }
+    }
+    out.retain(|_, n| *n > 0);
+    out
+}
+
+/// Every endpoint of every service of `mesh` for a proxy of this zone.
+///
+/// Weights keep the split fair per instance: a local instance weighs `S`, and a remote zone
+/// with `n` instances behind `k` ingresses gives each ingress `n·S/k`, where `S` is the least
+/// common multiple of the `k`s. With `localityAwareLoadBalancing`, remote endpoints get priority
+/// 1 (used only when no local endpoint is healthy). With `zoneEgress` and a local egress, the
+/// remote share goes to the egresses instead, which route by SNI to the remote ingresses.
+/// Without mTLS there are no remote endpoints: ingresses route by the SNI of the mesh's TLS.
+pub fn mesh_endpoints(
+    mesh: &str,
+    mesh_spec: &MeshSpec,
+    dataplanes: &[Resource],
+    remote: &[RemoteIngress],
+    egresses: &[LocalEgress],
+) -> BTreeMap<String, Vec<EndpointInfo>> {
+    let mut out = local_endpoints(dataplanes);
+    if mesh_spec.enabled_mtls_backend().is_none() {
+        return out;
+    }
+    let routing = mesh_spec.routing.clone().unwrap_or_default();
+    let remote_priority = u32::from(routing.locality_aware_load_balancing);
+    let via_egress = routing.zone_egress && !egresses.is_empty();
+
+    let mut by_service: BTreeMap<&str, OfferByZone> = BTreeMap::new();
+    for ingress in remote {
+        for (service, n) in offered(ingress, mesh) {
+            by_service
+                .entry(service)
+                .or_default()
+                .entry(ingress.zone.as_str())
+                .or_default()
+                .push((ingress, n));
+        }
+    }
+    for (service, zones) in by_service {
+        let mut scale = zones
+            .values()
+            .map(|ingresses| ingresses.len() as u32)
+            .fold(1u32, |s, k| s / gcd(s, k) * k);
+        if scale > MAX_SCALE {
+            scale = 1;
+        }
+        let mut remote_endpoints = Vec::new();
+        for (zone, ingresses) in &zones {
+            let k = ingresses.len() as u32;
+            for (ingress, n) in ingresses {
+                remote_endpoints.push(EndpointInfo {
+                    address: ingress.address.clone(),
+                    port: ingress.port,
+                    weight: (n.saturating_mul(scale) / k).max(1),
+                    zone: Some(zone.to_string()),
+                    priority: remote_priority,
+                });
+            }
+        }
+        let endpoints = out.entry(service.to_string()).or_default();
+        if via_egress {
+            let remote_total: u32 = remote_endpoints.iter().map(|e| e.weight).sum();
+            let e = egresses.len() as u32;
+            for local in endpoints.iter_mut() {
+                local.weight = scale.saturating_mul(e);
+            }
+            endpoints.extend(egresses.iter().map(|egress| EndpointInfo {
+                address: egress.address.clone(),
+                port: egress.port,
+                weight: remote_total.max(1),
+                zone: None,
+                priority: remote_priority,
+            }));
+        } else {
+            for local in endpoints.iter_mut() {
+                local.weight = scale;
+            }
+            endpoints.extend(remote_endpoints);
+        }
+    }
+    out
+}
+
+/// What a zone ingress routes: for every mesh with mTLS, the SNI of each local service to its
+/// healthy local instances.
+pub fn ingress_routes(
+    meshes: &[Resource],
+    dataplanes: &[Resource],
+) -> BTreeMap<String, Vec<EndpointInfo>> {
+    let mut routes = BTreeMap::new();
+    for mesh in meshes {
+        let Spec::Mesh(spec) = &mesh.spec else {
+            continue;
+        };
+        if spec.enabled_mtls_backend().is_none() {
+            continue;
+        }
+        let in_mesh: Vec<Resource> = dataplanes
+            .iter()
+            .filter(|d| d.meta.mesh == mesh.meta.name)
+            .cloned()
+            .collect();
+        for (service, endpoints) in local_endpoints(&in_mesh) {
+            routes.insert(sni(&service, &mesh.meta.name), endpoints);
+        }
+    }
+    routes
+}
+
+/// What a zone egress routes: for every mesh with mTLS, the SNI of each service offered by
+/// another zone to that zone's ingresses, weighted by instances. Each remote ingress is its own
+/// endpoint, so health and outlier state is kept per remote zone.
+pub fn egress_routes(
+    meshes: &[Resource],
+    remote: &[RemoteIngress],
+) -> BTreeMap<String, Vec<EndpointInfo>> {
+    let mut routes: BTreeMap<String, Vec<EndpointInfo>> = BTreeMap::new();
+    for mesh in meshes {
+        let Spec::Mesh(spec) = &mesh.spec else {
+            continue;
+        };
+        if spec.enabled_mtls_backend().is_none() {
+            continue;
+        }
+        for ingress in remote {
+            for (service, n) in offered(ingress, &mesh.meta.name) {
+                routes
+                    .entry(sni(service, &mesh.meta.name))
+                    .or_default()
+                    .push(EndpointInfo {
+                        address: ingress.address.clone(),
+                        port: ingress.port,
+                        weight: n,
+                        zone: Some(ingress.zone.clone()),
+                        priority: 0,
+                    });
+            }
+        }
+    }
+    routes
+}
+
+#[cfg(test)]
+mod tests;
