@@ -445,8 +445,23 @@ async fn inspect(client: &ApiClient, what: &str, mesh: &str, output: Output) -> 
             let t = tables::inspect_zones(&zones, &insights, now);
             (zones, t)
         }
+        // Zone proxies: where they listen, what they advertise to other zones (an ingress
+        // without an advertised address says so: other zones cannot reach it) and how many
+        // services they offer.
+        "zoneingresses" | "zoneingress" | "zone-ingresses" | "zone-ingress" => {
+            let items = client.list_all("/zoneingresses").await?;
+            let t = tables::get_table(ResourceType::ZoneIngress, &items, now);
+            (items, t)
+        }
+        "zoneegresses" | "zoneegress" | "zone-egresses" | "zone-egress" => {
+            let items = client.list_all("/zoneegresses").await?;
+            let t = tables::get_table(ResourceType::ZoneEgress, &items, now);
+            (items, t)
+        }
         other => {
-            bail!("kumactl inspect {other:?} is not supported; try dataplanes, services or zones")
+            bail!(
+                "kumactl inspect {other:?} is not supported; try dataplanes, services, zones, zoneingresses or zoneegresses"
+            )
         }
     };
     match output {

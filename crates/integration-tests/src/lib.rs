@@ -347,6 +347,21 @@ pub struct DataPlane {
 impl DataPlane {
     /// Starts kuma-dp for the Dataplane YAML in `file`, with a token file (if any), against `cp`.
     pub fn start(cp: &ControlPlane, file: &Path, token: Option<&Path>) -> DataPlane {
+        Self::start_with(cp, file, token, &[])
+    }
+
+    /// A zone proxy: `kind` is `ingress` or `egress`, `token` a zone token.
+    pub fn start_zone_proxy(cp: &ControlPlane, kind: &str, file: &Path, token: &Path) -> DataPlane {
+        Self::start_with(cp, file, Some(token), &[&format!("--proxy-type={kind}")])
+    }
+
+    /// Like `start`, with more `kuma-dp run` arguments.
+    pub fn start_with(
+        cp: &ControlPlane,
+        file: &Path,
+        token: Option<&Path>,
+        args: &[&str],
+    ) -> DataPlane {
         let admin_port = free_port();
         let log = file.with_extension("log");
         let mut cmd = Command::new(binary("kuma-dp"));
@@ -365,6 +380,7 @@ impl DataPlane {
         if let Some(t) = token {
             cmd.arg(format!("--dataplane-token-file={}", t.display()));
         }
+        cmd.args(args);
         DataPlane {
             child: cmd.spawn().expect("spawn kuma-dp"),
             admin_port,
@@ -377,6 +393,32 @@ impl DataPlane {
             .ok()
             .filter(|r| r.status().is_success())
             .and_then(|r| r.text().ok())
+    }
+
+    /// One counter from the proxy's `/stats` (0 when absent).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.admin("/stats")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Sum of the counters whose names start with `prefix` and end with `suffix`.
+    pub fn stat_sum(&self, prefix: &str, suffix: &str) -> u64 {
+        self.admin("/stats")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(k, _)| k.starts_with(prefix) && k.ends_with(suffix))
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .sum()
     }
 
     pub fn wait_ready(&mut self) {
@@ -420,4 +462,80 @@ impl Drop for DataPlane {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-zone set-ups
+
+/// A zone CP (memory store) connected to `global`'s KDS port, with its kumactl configured.
+pub fn zone(dir: &Path, name: &str, global: &ControlPlane, kds_port: u16) -> ControlPlane {
+    zone_with_store(dir, name, global, kds_port, "memory")
+}
+
+pub fn zone_with_store(
+    dir: &Path,
+    name: &str,
+    global: &ControlPlane,
+    kds_port: u16,
+    store: &str,
+) -> ControlPlane {
+    let ca = global.work_dir.join("kuma").join("kuma-cp.crt");
+    let cp = ControlPlane::start(
+        dir,
+        &[
+            ("KUMA_MODE", "zone"),
+            ("KUMA_STORE_TYPE", store),
+            ("KUMA_MULTIZONE_ZONE_NAME", name),
+            (
+                "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
+                &format!("grpcs://127.0.0.1:{kds_port}"),
+            ),
+            (
+                "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
+                &ca.display().to_string(),
+            ),
+        ],
+    );
+    cp.configure_kumactl();
+    cp
+}
+
+/// One directory per host under `root`.
+pub fn host_dirs(root: &Path, names: &[&str]) -> Vec<std::path::PathBuf> {
+    names
+        .iter()
+        .map(|d| {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).expect("dir");
+            p
+        })
+        .collect()
+}
+
+/// A global CP (memory store unless `extra` says otherwise) with its kumactl configured.
+pub fn start_global(dir: &Path, kds_port: u16, extra: &[(&str, &str)]) -> ControlPlane {
+    let port = kds_port.to_string();
+    let mut env = vec![
+        ("KUMA_MODE", "global"),
+        ("KUMA_STORE_TYPE", "memory"),
+        ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", port.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let cp = ControlPlane::start(dir, &env);
+    cp.configure_kumactl();
+    cp
+}
+
+pub fn apply(cp: &ControlPlane, dir: &Path, file: &str, yaml: &str) -> std::process::Output {
+    let path = dir.join(file);
+    std::fs::write(&path, yaml).expect("write");
+    cp.kumactl(&["apply", "-f", &path.display().to_string()])
+}
+
+pub fn line_of(table: &str, name: &str) -> String {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_default()
+        .to_string()
 }

@@ -3,79 +3,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use meshzone_integration_tests::{ControlPlane, free_port, stderr, stdout, wait_for};
-
-fn zone(dir: &Path, name: &str, global: &ControlPlane, kds_port: u16) -> ControlPlane {
-    zone_with_store(dir, name, global, kds_port, "memory")
-}
-
-fn zone_with_store(
-    dir: &Path,
-    name: &str,
-    global: &ControlPlane,
-    kds_port: u16,
-    store: &str,
-) -> ControlPlane {
-    let ca = global.work_dir.join("kuma").join("kuma-cp.crt");
-    let cp = ControlPlane::start(
-        dir,
-        &[
-            ("KUMA_MODE", "zone"),
-            ("KUMA_STORE_TYPE", store),
-            ("KUMA_MULTIZONE_ZONE_NAME", name),
-            (
-                "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
-                &format!("grpcs://127.0.0.1:{kds_port}"),
-            ),
-            (
-                "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
-                &ca.display().to_string(),
-            ),
-        ],
-    );
-    cp.configure_kumactl();
-    cp
-}
-
-/// One directory per host under `root`.
-fn host_dirs(root: &Path, names: &[&str]) -> Vec<std::path::PathBuf> {
-    names
-        .iter()
-        .map(|d| {
-            let p = root.join(d);
-            std::fs::create_dir_all(&p).expect("dir");
-            p
-        })
-        .collect()
-}
-
-/// A global CP (memory store unless `extra` says otherwise) with its kumactl configured.
-fn start_global(dir: &Path, kds_port: u16, extra: &[(&str, &str)]) -> ControlPlane {
-    let port = kds_port.to_string();
-    let mut env = vec![
-        ("KUMA_MODE", "global"),
-        ("KUMA_STORE_TYPE", "memory"),
-        ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", port.as_str()),
-    ];
-    env.extend_from_slice(extra);
-    let cp = ControlPlane::start(dir, &env);
-    cp.configure_kumactl();
-    cp
-}
-
-fn apply(cp: &ControlPlane, dir: &Path, file: &str, yaml: &str) -> std::process::Output {
-    let path = dir.join(file);
-    std::fs::write(&path, yaml).expect("write");
-    cp.kumactl(&["apply", "-f", &path.display().to_string()])
-}
-
-fn line_of(table: &str, name: &str) -> String {
-    table
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .unwrap_or_default()
-        .to_string()
-}
+use meshzone_integration_tests::{
+    ControlPlane, apply, free_port, host_dirs, line_of, start_global, stderr, stdout, wait_for,
+    zone, zone_with_store,
+};
 
 #[test]
 fn global_and_two_zones_sync_policies_inventory_and_lifecycle() {

@@ -1,0 +1,295 @@
+//! Cross-zone traffic on loopback: a global CP, two zone CPs, a zone ingress per zone (real
+//! `kuma-dp --proxy-type=ingress` processes), echo instances behind sidecars in both zones and a
+//! client sidecar in zone-2. Requests go client → (egress) → zone-1 ingress → echo sidecar, mTLS
+//! end to end. The multi-host version of this walk runs in network namespaces (`netns.rs`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meshzone_integration_tests::{
+    ControlPlane, DataPlane, EchoServer, apply, free_port, host_dirs, http_get, ok, start_global,
+    wait_for, zone,
+};
+
+const SERVICE: &str = "echo-server_echo-example_svc_1010";
+
+fn mesh(routing: &str) -> String {
+    format!(
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n{routing}"
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+/// A sidecar for an echo instance of `SERVICE`.
+fn echo_proxy(cp: &ControlPlane, dir: &Path, name: &str, echo: &EchoServer) -> DataPlane {
+    let yaml = format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: {SERVICE}\n",
+        free_port(),
+        echo.port
+    );
+    sidecar(cp, dir, name, &yaml)
+}
+
+fn sidecar(cp: &ControlPlane, dir: &Path, name: &str, yaml: &str) -> DataPlane {
+    let file = write(dir, &format!("{name}.yaml"), yaml);
+    let token = cp.kumactl_ok(&["generate", "dataplane-token", "--name", name]);
+    let token = write(dir, &format!("{name}.token"), token.trim());
+    let mut dp = DataPlane::start(cp, &file, Some(&token));
+    dp.wait_ready();
+    dp
+}
+
+fn zone_token(global: &ControlPlane, dir: &Path, zone: &str, scope: &str) -> PathBuf {
+    let token = global.kumactl_ok(&["generate", "zone-token", "--zone", zone, "--scope", scope]);
+    write(dir, &format!("{zone}-{scope}.token"), token.trim())
+}
+
+fn ingress_yaml(name: &str, port: u16) -> String {
+    format!(
+        "type: ZoneIngress\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {port}\n"
+    )
+}
+
+/// Names of the instances that answered `n` requests (one connection each); failures count as
+/// "FAILED".
+fn answers(port: u16, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let who = http_get(port)
+            .map(|b| b.trim().to_string())
+            .unwrap_or_else(|_| "FAILED".into());
+        *out.entry(who).or_insert(0) += 1;
+    }
+    out
+}
+
+fn apply_ok(cp: &ControlPlane, dir: &Path, file: &str, yaml: &str) {
+    ok(&apply(cp, dir, file, yaml));
+}
+
+#[test]
+fn cross_zone_traffic_through_ingresses_egress_and_locality() {
+    let root = tempfile::tempdir().expect("tmp");
+    let dir = root.path();
+    let kds = free_port();
+    let hosts = host_dirs(dir, &["global", "zone-1", "zone-2"]);
+    let global = start_global(&hosts[0], kds, &[]);
+    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
+    let zone2 = zone(&hosts[2], "zone-2", &global, kds);
+    apply_ok(&global, dir, "mesh.yaml", &mesh(""));
+    for z in [&zone1, &zone2] {
+        wait_for("mTLS mesh in the zone", Duration::from_secs(20), || {
+            let out = z.kumactl(&["get", "mesh", "default", "-o", "yaml"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("enabledBackend")
+                .then_some(())
+        });
+    }
+
+    // Zone ingresses, with zone tokens generated on global (scope ingress).
+    let (p1, p2) = (free_port(), free_port());
+    let ingress1_file = write(dir, "ingress-1.yaml", &ingress_yaml("ingress-1", p1));
+    let mut ingress1 = DataPlane::start_zone_proxy(
+        &zone1,
+        "ingress",
+        &ingress1_file,
+        &zone_token(&global, dir, "zone-1", "ingress"),
+    );
+    let ingress2_file = write(dir, "ingress-2.yaml", &ingress_yaml("ingress-2", p2));
+    let mut ingress2 = DataPlane::start_zone_proxy(
+        &zone2,
+        "ingress",
+        &ingress2_file,
+        &zone_token(&global, dir, "zone-2", "ingress"),
+    );
+    ingress1.wait_ready();
+    ingress2.wait_ready();
+
+    // A zone-2 ingress token does not open zone-1.
+    let stray_file = write(
+        dir,
+        "ingress-x.yaml",
+        &ingress_yaml("ingress-x", free_port()),
+    );
+    let mut stray = DataPlane::start_zone_proxy(
+        &zone1,
+        "ingress",
+        &stray_file,
+        &zone_token(&global, dir, "zone-2", "ingress"),
+    );
+    let (status, log) = stray.wait_exit(Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "a token for another zone must be refused"
+    );
+    assert!(
+        log.contains("zone-2"),
+        "the refusal names the token's zone: {log}"
+    );
+
+    // Two echo instances in zone-1, one in zone-2, and a client in zone-2.
+    let (e1a, e1b, e2a) = (
+        EchoServer::start("zone-1-a"),
+        EchoServer::start("zone-1-b"),
+        EchoServer::start("zone-2-a"),
+    );
+    let _s1a = echo_proxy(&zone1, dir, "echo-1a", &e1a);
+    let _s1b = echo_proxy(&zone1, dir, "echo-1b", &e1b);
+    let s2a = echo_proxy(&zone2, dir, "echo-2a", &e2a);
+    let outbound = free_port();
+    let client = sidecar(
+        &zone2,
+        dir,
+        "client-2",
+        &format!(
+            "type: Dataplane\nmesh: default\nname: client-2\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: client\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: {SERVICE}\n",
+            free_port(),
+            free_port()
+        ),
+    );
+
+    // The zone-1 ingress's available services reach zone-2, which adds it as an endpoint.
+    let ingress_endpoint = format!("127.0.0.1:{p1}");
+    wait_for(
+        "zone-1 ingress among the client's endpoints",
+        Duration::from_secs(30),
+        || {
+            client
+                .admin("/config_dump")
+                .filter(|d| d.contains(&ingress_endpoint))
+        },
+    );
+    let inspect = global.kumactl_ok(&["inspect", "zoneingresses"]);
+    assert!(
+        inspect.contains("ingress-1") && inspect.contains(&ingress_endpoint),
+        "{inspect}"
+    );
+
+    // Weights: 2 instances in zone-1, 1 in zone-2 → 2:1.
+    let split = answers(outbound, 600);
+    eprintln!("600 requests from zone-2: {split:?}");
+    let remote =
+        split.get("zone-1-a").copied().unwrap_or(0) + split.get("zone-1-b").copied().unwrap_or(0);
+    let local = split.get("zone-2-a").copied().unwrap_or(0);
+    assert_eq!(remote + local, 600, "every request answered: {split:?}");
+    let share = remote as f64 / 600.0;
+    assert!(
+        (share - 2.0 / 3.0).abs() <= 2.0 / 3.0 * 0.10,
+        "zone-1 should take 2/3 of the requests: {split:?}"
+    );
+    assert!(
+        split.get("zone-1-a") > Some(&100) && split.get("zone-1-b") > Some(&100),
+        "the ingress spreads over both instances: {split:?}"
+    );
+    assert!(ingress1.stat_sum("cluster.", ".upstream_cx_total") >= remote as u64);
+
+    // The ingress refuses plaintext and unknown SNI, and counts it.
+    let refused = format!("listener.inbound:127.0.0.1:{p1}.no_filter_chain_match");
+    assert!(http_get(p1).is_err(), "plaintext must not pass the ingress");
+    let curl = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "5",
+            "--resolve",
+            &format!("nope.default.mesh:{p1}:127.0.0.1"),
+            &format!("https://nope.default.mesh:{p1}/"),
+        ])
+        .output()
+        .expect("curl");
+    assert!(!curl.status.success(), "an unknown SNI must not pass");
+    wait_for("refusals counted", Duration::from_secs(5), || {
+        (ingress1.stat(&refused) >= 2).then_some(())
+    });
+
+    // Locality-aware: all local while the local instance is healthy…
+    apply_ok(
+        &global,
+        dir,
+        "mesh.yaml",
+        &mesh("routing:\n  localityAwareLoadBalancing: true\n"),
+    );
+    wait_for("traffic stays in zone-2", Duration::from_secs(30), || {
+        (answers(outbound, 20).get("zone-2-a") == Some(&20)).then_some(())
+    });
+    assert_eq!(answers(outbound, 100).get("zone-2-a"), Some(&100));
+    // …and fails over to zone-1 when it is gone.
+    drop(s2a);
+    drop(e2a);
+    let after = answers(outbound, 100);
+    eprintln!("requests right after the local instance died: {after:?}");
+    assert_eq!(
+        after.get("FAILED"),
+        None,
+        "failover loses no request: {after:?}"
+    );
+    assert_eq!(after.get("zone-2-a"), None);
+
+    // Disabling zone-1 removes its endpoints from zone-2; enabling brings them back.
+    apply_ok(
+        &global,
+        dir,
+        "zone-1.yaml",
+        "type: Zone\nname: zone-1\nenabled: false\n",
+    );
+    wait_for("zone-1 endpoints gone", Duration::from_secs(30), || {
+        client
+            .admin("/config_dump")
+            .filter(|d| !d.contains(&ingress_endpoint))
+    });
+    assert!(http_get(outbound).is_err(), "no endpoint is left in zone-2");
+    apply_ok(
+        &global,
+        dir,
+        "zone-1.yaml",
+        "type: Zone\nname: zone-1\nenabled: true\n",
+    );
+    wait_for("traffic back to zone-1", Duration::from_secs(30), || {
+        http_get(outbound).ok()
+    });
+
+    // Zone egress: with zoneEgress on, cross-zone traffic provably passes the egress.
+    let egress_file = write(
+        dir,
+        "egress-2.yaml",
+        &format!(
+            "type: ZoneEgress\nname: egress-2\nnetworking:\n  address: 127.0.0.1\n  port: {}\n",
+            free_port()
+        ),
+    );
+    let mut egress = DataPlane::start_zone_proxy(
+        &zone2,
+        "egress",
+        &egress_file,
+        &zone_token(&global, dir, "zone-2", "egress"),
+    );
+    egress.wait_ready();
+    apply_ok(
+        &global,
+        dir,
+        "mesh.yaml",
+        &mesh("routing:\n  localityAwareLoadBalancing: true\n  zoneEgress: true\n"),
+    );
+    let sni_cluster = format!("cluster.{SERVICE}.default.mesh.upstream_cx_total");
+    wait_for(
+        "traffic through the egress",
+        Duration::from_secs(30),
+        || {
+            let _ = http_get(outbound);
+            (egress.stat(&sni_cluster) > 0).then_some(())
+        },
+    );
+    let before = egress.stat(&sni_cluster);
+    let through = answers(outbound, 50);
+    assert_eq!(through.get("FAILED"), None, "{through:?}");
+    assert_eq!(
+        egress.stat(&sni_cluster),
+        before + 50,
+        "all 50 passed the egress"
+    );
+}
