@@ -50,12 +50,19 @@ pub fn certificate_from(
     if cert_path.exists() && key_path.exists() {
         return Ok((read(&cert_path)?, read(&key_path)?, cert_path));
     }
-    let names = vec![
+    // Every address of this machine, so proxies and zones on other hosts can verify it too.
+    let mut names = vec![
         "localhost".to_string(),
         hostname.to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
+    for interface in if_addrs::get_if_addrs().unwrap_or_default() {
+        let ip = interface.ip().to_string();
+        if !names.contains(&ip) {
+            names.push(ip);
+        }
+    }
     let generated =
         meshzone_pki::self_signed_server_cert(&names, SERVER_CERT_LIFETIME, SystemTime::now())
             .context("cannot generate the DP server certificate")?;

@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 use crate::client::ApiClient;
 use crate::config::CtlConfig;
 
+mod transparent_proxy;
+
 #[derive(Parser)]
 #[command(name = "kumactl", version = meshzone_model::VERSION, about = "Manage the multi-zone service mesh")]
 struct Cli {
@@ -82,6 +84,50 @@ enum Command {
     Generate {
         #[command(subcommand)]
         command: GenerateCommand,
+    },
+    /// Install parts of the mesh on this machine: `install transparent-proxy`.
+    Install {
+        #[command(subcommand)]
+        command: InstallCommand,
+    },
+    /// Remove what `install` added: `uninstall transparent-proxy`.
+    Uninstall {
+        #[command(subcommand)]
+        command: UninstallCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum InstallCommand {
+    /// iptables rules in this network namespace: outbound TCP to kuma-dp's redirect port,
+    /// optionally DNS to the zone's `.mesh` resolver. Needs root (CAP_NET_ADMIN).
+    #[command(name = "transparent-proxy")]
+    TransparentProxy {
+        /// Port of kuma-dp's redirect listener (the Dataplane's `redirectPortOutbound`).
+        #[arg(long, default_value_t = 15001)]
+        redirect_outbound_port: u16,
+        /// User (name or uid) kuma-dp runs as; its own traffic is not redirected.
+        #[arg(long, default_value = "kuma-dp")]
+        kuma_dp_user: String,
+        /// Send DNS queries (UDP 53) to this resolver, e.g. the zone CP's `<ip>:5653`.
+        #[arg(long, value_name = "IP:PORT")]
+        redirect_dns_to: Option<std::net::SocketAddr>,
+        /// Destination ports never redirected (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        exclude_outbound_ports: Vec<u16>,
+        /// Print the iptables commands instead of running them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UninstallCommand {
+    /// Remove the transparent proxy's iptables rules from this network namespace.
+    #[command(name = "transparent-proxy")]
+    TransparentProxy {
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -156,6 +202,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = cli.config_file.clone().unwrap_or_else(config::default_path);
     let mut config = CtlConfig::load(&config_path)?;
     match cli.command {
+        Command::Install {
+            command:
+                InstallCommand::TransparentProxy {
+                    redirect_outbound_port,
+                    kuma_dp_user,
+                    redirect_dns_to,
+                    exclude_outbound_ports,
+                    dry_run,
+                },
+        } => {
+            let options = transparent_proxy::Options {
+                redirect_outbound_port,
+                kuma_dp_uid: transparent_proxy::resolve_uid(&kuma_dp_user)?,
+                redirect_dns_to,
+                exclude_outbound_ports,
+            };
+            transparent_proxy::install(&options, dry_run)
+        }
+        Command::Uninstall {
+            command: UninstallCommand::TransparentProxy { dry_run },
+        } => transparent_proxy::uninstall(dry_run),
         Command::Config {
             command: ConfigCommand::ControlPlanes { command },
         } => match command {
@@ -402,6 +469,10 @@ async fn get(
             }
             let items = client.list_all(&list_path(rt, mesh)).await?;
             match output {
+                Output::Table if rt == ResourceType::Zone => {
+                    let insights = client.list_all("/zone-insights").await?;
+                    print!("{}", tables::get_zones(&items, &insights, now));
+                }
                 Output::Table => print!("{}", tables::get_table(rt, &items, now)),
                 _ => print_value(
                     &json!({ "total": items.len(), "items": items, "next": null }),

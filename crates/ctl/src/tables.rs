@@ -305,6 +305,29 @@ pub fn inspect_dataplanes(items: &[Value], now: DateTime<Utc>) -> String {
     )
 }
 
+/// `kumactl get zones`: each zone with whether its zone CP is connected now (the seed verifies
+/// zone connectivity with this command).
+pub fn get_zones(zones: &[Value], insights: &[Value], now: DateTime<Utc>) -> String {
+    let rows: Vec<Vec<String>> = zones
+        .iter()
+        .map(|z| {
+            let subs = insights
+                .iter()
+                .find(|i| i["name"] == z["name"])
+                .and_then(|i| i["subscriptions"].as_array().cloned())
+                .unwrap_or_default();
+            let enabled = z["enabled"].as_bool().unwrap_or(true);
+            vec![
+                s(&z["name"]),
+                status_word(enabled && any_open(&subs)).to_string(),
+                enabled.to_string(),
+                ago(time(&z["creationTime"]), now),
+            ]
+        })
+        .collect();
+    render(&["NAME", "STATUS", "ENABLED", "AGE"], &rows)
+}
+
 /// `kumactl inspect zones`: a zone is Online when it is enabled and a subscription is open.
 pub fn inspect_zones(zones: &[Value], insights: &[Value], now: DateTime<Utc>) -> String {
     let rows: Vec<Vec<String>> = zones

@@ -8,3 +8,4 @@
 
 pub mod server;
 pub mod vips;
+pub use server::{VIPS_CONFIG, load_vips};

@@ -65,6 +65,11 @@ async fn load(store: &Store) -> Result<(Option<Resource>, BTreeMap<String, Ipv4A
     Ok((stored, table))
 }
 
+/// The persisted assignments: service → VIP.
+pub async fn load_vips(store: &Store) -> Result<BTreeMap<String, Ipv4Addr>, StoreError> {
+    Ok(load(store).await?.1)
+}
+
 /// Recomputes and persists the assignments; returns the name table.
 async fn refresh(store: &Store, cidr: Cidr, domain: &str) -> Result<Table, StoreError> {
     loop {

@@ -85,6 +85,7 @@ impl Listeners {
             .config
             .listeners
             .values()
+            .filter(|l| l.bind)
             .map(|l| (l.name.clone(), l.address))
             .collect();
         self.running.retain(|name, (addr, task)| {
@@ -165,10 +166,30 @@ async fn handle(
     rt: Arc<Runtime>,
     stats: Arc<Stats>,
 ) -> Result<(), String> {
-    let plan = rt
+    let mut plan = rt
         .listener(listener)
         .cloned()
         .ok_or_else(|| "listener was removed".to_string())?;
+    if plan.use_original_dst {
+        let original = original_destination(&conn)
+            .ok_or("no original destination: the connection was not redirected by iptables")?;
+        if conn.local_addr().ok() == Some(original) {
+            return Err("a connection straight to the redirect port is not proxied".into());
+        }
+        match rt
+            .config
+            .listeners
+            .values()
+            .find(|l| !l.bind && l.address == original)
+        {
+            Some(target) => {
+                plan = target.clone();
+                stats.inc(format!("listener.{}.downstream_cx_total", plan.name));
+            }
+            None => return pass_through(conn, original, &plan.cluster, &rt, &stats).await,
+        }
+    }
+    let listener = plan.name.as_str();
     if !plan.sni_routes.is_empty() {
         return route_by_sni(listener, conn, &plan, rt, stats).await;
     }
@@ -217,6 +238,49 @@ where
     } else {
         forward(stream, &plan.cluster, &rt, &stats, &[]).await
     }
+}
+
+/// The destination a connection had before iptables redirected it (`SO_ORIGINAL_DST`).
+fn original_destination(conn: &TcpStream) -> Option<SocketAddr> {
+    let socket = socket2::SockRef::from(conn);
+    let original = if conn.local_addr().ok()?.is_ipv6() {
+        socket.original_dst_v6()
+    } else {
+        socket.original_dst_v4()
+    };
+    original.ok()?.as_socket()
+}
+
+/// A redirected connection to no service of the mesh: carried to where it was going, when the
+/// redirect listener's cluster is the passthrough (ORIGINAL_DST) cluster.
+async fn pass_through(
+    mut conn: TcpStream,
+    original: SocketAddr,
+    cluster: &str,
+    rt: &Runtime,
+    stats: &Stats,
+) -> Result<(), String> {
+    if !rt
+        .config
+        .clusters
+        .get(cluster)
+        .is_some_and(|c| c.original_dst)
+    {
+        return forward(conn, cluster, rt, stats, &[]).await;
+    }
+    stats.inc(format!("cluster.{cluster}.upstream_cx_total"));
+    let mut upstream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(original)).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                stats.inc(format!("cluster.{cluster}.upstream_cx_connect_fail"));
+                return Err(format!("cannot reach {original}"));
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    let _ =
+        tokio::io::copy_bidirectional_with_sizes(&mut conn, &mut upstream, BUFFER, BUFFER).await;
+    Ok(())
 }
 
 /// Largest ClientHello read while looking for its SNI.

@@ -251,6 +251,7 @@ mod tests {
                 static_endpoints: None,
                 tls: None,
                 http2: false,
+                original_dst: false,
             },
         );
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
@@ -291,6 +292,7 @@ mod tests {
                 static_endpoints: None,
                 tls: None,
                 http2: false,
+                original_dst: false,
             },
         );
         let local: SocketAddr = "10.0.0.1:80".parse().unwrap();

@@ -20,8 +20,11 @@ use meshzone_xds::discovery::{DiscoveryRequest, DiscoveryResponse};
 use meshzone_xds::envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use meshzone_xds::envoy_types::pb::google::protobuf::value::Kind;
 use meshzone_xds::generate::{
-    ProxyInput, Snapshot, SniRouterInput, TlsMaterial, generate, generate_sni_router,
+    ProxyInput, Snapshot, SniRouterInput, TlsMaterial, Transparent, generate, generate_sni_router,
 };
+
+/// Kuma's default outbound redirect port (`redirectPortOutbound`).
+const DEFAULT_REDIRECT_PORT_OUTBOUND: u32 = 15001;
 use meshzone_xds::names::{TypeUrl, parse_node_id};
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Status, Streaming};
@@ -443,6 +446,7 @@ impl ProxyStream {
             (_, ResourceType::DataplaneInsight | ResourceType::ServiceInsight) => false,
             (ProxyKind::Dataplane, ResourceType::Mesh) => e.key.name == self.key.mesh,
             (ProxyKind::Dataplane, ResourceType::ZoneIngress | ResourceType::ZoneEgress) => true,
+            (ProxyKind::Dataplane, ResourceType::Config) => e.key.name == meshzone_dns::VIPS_CONFIG,
             (ProxyKind::Dataplane, t) if t.is_mesh_scoped() => e.key.mesh == self.key.mesh,
             (ProxyKind::Ingress, ResourceType::Mesh | ResourceType::Dataplane) => true,
             (ProxyKind::Egress, ResourceType::Mesh | ResourceType::ZoneIngress) => true,
@@ -573,10 +577,30 @@ impl ProxyStream {
         let remote = remote_ingresses(&self.shared).await?;
         let egresses = local_egresses(&self.shared).await?;
         let endpoints = mesh_endpoints(&self.key.mesh, &mesh, &dataplanes, &remote, &egresses);
+        let vips: BTreeMap<String, String> = if own.networking.transparent_proxying.is_some() {
+            meshzone_dns::load_vips(store)
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .map(|(service, ip)| (service, ip.to_string()))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         let protocols = protocols_of(&dataplanes);
         self.ensure_identity(&mesh, &own).await?;
         let material = self.identity.as_ref().map(|i| &i.material);
         self.snapshot = generate(&ProxyInput {
+            transparent: own
+                .networking
+                .transparent_proxying
+                .as_ref()
+                .map(|t| Transparent {
+                    redirect_port_outbound: t
+                        .redirect_port_outbound
+                        .unwrap_or(DEFAULT_REDIRECT_PORT_OUTBOUND),
+                    vips: &vips,
+                }),
             mesh: &self.key.mesh,
             mesh_spec: &mesh,
             dataplane: &own,

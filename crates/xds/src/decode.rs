@@ -96,6 +96,11 @@ pub struct ListenerPlan {
     /// empty). A connection without a listed SNI is closed.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sni_routes: BTreeMap<String, String>,
+    /// False for a transparent proxy's `VIP:80` listeners: no socket of their own; the redirect
+    /// listener hands them the connections whose original destination is their address.
+    pub bind: bool,
+    /// The redirect listener: dispatch by original destination (`SO_ORIGINAL_DST`).
+    pub use_original_dst: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -116,6 +121,8 @@ pub struct ClusterPlan {
     pub tls: Option<TlsPlan>,
     /// Speak HTTP/2 (prior knowledge) to the endpoints, for HTTP listeners.
     pub http2: bool,
+    /// ORIGINAL_DST: connect to wherever the connection was going (transparent passthrough).
+    pub original_dst: bool,
 }
 
 /// A certificate with its key, or a trust anchor. `Serialize` (config dump) hides the key.
@@ -315,6 +322,8 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         permissive,
         http,
         sni_routes: BTreeMap::new(),
+        bind: l.bind_to_port.is_none_or(|b| b.value),
+        use_original_dst: l.use_original_dst.is_some_and(|b| b.value),
     })
 }
 
@@ -377,6 +386,8 @@ fn sni_router(
         permissive: false,
         http: false,
         sni_routes,
+        bind: l.bind_to_port.is_none_or(|b| b.value),
+        use_original_dst: false,
     })
 }
 
@@ -444,8 +455,17 @@ pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
                 .ok_or_else(|| err(&name, "static cluster without load_assignment"))?;
             Some(endpoints_of(&name, cla)?)
         }
-        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32 => None,
-        _ => return Err(err(&name, "only STATIC and EDS clusters are supported")),
+        Some(ClusterDiscoveryType::Type(t))
+            if t == DiscoveryType::Eds as i32 || t == DiscoveryType::OriginalDst as i32 =>
+        {
+            None
+        }
+        _ => {
+            return Err(err(
+                &name,
+                "only STATIC, EDS and ORIGINAL_DST clusters are supported",
+            ));
+        }
     };
     let tls = match transport_tls::<UpstreamTlsContext>(&name, c.transport_socket.as_ref())? {
         None => None,
@@ -468,11 +488,16 @@ pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
                 ))
             )
         });
+    let original_dst = matches!(
+        c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32
+    );
     Ok(ClusterPlan {
         name,
         static_endpoints,
         tls,
         http2,
+        original_dst,
     })
 }
 

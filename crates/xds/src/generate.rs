@@ -98,7 +98,27 @@ pub struct ProxyInput<'a> {
     /// A proxyless gRPC client (gRPC's own xDS support): it gets an API listener per outbound
     /// service, named after the service (`xds:///<service>`), routing to that service's cluster.
     pub proxyless: bool,
+    /// Set when the Dataplane has `transparentProxying`: outbound traffic arrives redirected by
+    /// iptables and is routed by its original destination.
+    pub transparent: Option<Transparent<'a>>,
 }
+
+/// Transparent proxying: one listener on the redirect port that dispatches each connection by
+/// its original destination to a `VIP:80` listener (not bound to a socket), or passes it through
+/// to where it was going.
+#[derive(Debug, Clone)]
+pub struct Transparent<'a> {
+    pub redirect_port_outbound: u32,
+    /// Service → its virtual IP (from the zone's DNS).
+    pub vips: &'a BTreeMap<String, String>,
+}
+
+/// Port of the `VIP:port` listeners, the seed's convention (`<service>.mesh:80`).
+pub const VIP_PORT: u32 = 80;
+
+/// Listener on the redirect port, and the cluster that passes unknown destinations through.
+pub const REDIRECT_LISTENER: &str = "outbound:redirect";
+pub const PASSTHROUGH_CLUSTER: &str = "outbound:passthrough";
 
 /// A named, packed resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -368,28 +388,68 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
         });
     }
 
+    // Explicit outbounds are bound; a transparent proxy's `VIP:80` listeners are not (the
+    // redirect listener hands them connections by original destination).
+    let mut outbounds: Vec<(String, u32, &str, bool)> = net
+        .outbound
+        .iter()
+        .filter_map(|o| Some((o.address().to_string(), o.port, o.service()?, true)))
+        .collect();
+    if let Some(t) = &input.transparent {
+        for (service, vip) in t.vips {
+            if input.endpoints.contains_key(service) {
+                outbounds.push((vip.clone(), VIP_PORT, service.as_str(), false));
+            }
+        }
+        listeners.push(NamedResource {
+            name: REDIRECT_LISTENER.into(),
+            resource: pack_any(Listener {
+                name: REDIRECT_LISTENER.into(),
+                address: Some(socket("0.0.0.0", t.redirect_port_outbound)),
+                use_original_dst: Some(BoolValue { value: true }),
+                filter_chains: vec![FilterChain {
+                    filters: vec![tcp_proxy_filter(REDIRECT_LISTENER, PASSTHROUGH_CLUSTER)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        });
+        clusters.push(NamedResource {
+            name: PASSTHROUGH_CLUSTER.into(),
+            resource: pack_any(Cluster {
+                name: PASSTHROUGH_CLUSTER.into(),
+                connect_timeout: Some(Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                lb_policy: LbPolicy::ClusterProvided as i32,
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+                    DiscoveryType::OriginalDst as i32,
+                )),
+                ..Default::default()
+            }),
+        });
+    }
     let mut seen_services = std::collections::BTreeSet::new();
-    for outbound in &net.outbound {
-        let Some(service) = outbound.service() else {
-            continue;
-        };
+    for (address, port, service, bind) in outbounds {
         if input.proxyless && !seen_services.contains(service) {
             listeners.push(NamedResource {
                 name: service.to_string(),
                 resource: pack_any(api_listener(service)),
             });
         }
-        let name = names::outbound_listener(outbound.address(), outbound.port);
+        let name = names::outbound_listener(&address, port);
         let outbound_protocol = protocol(input.protocols.get(service).map(String::as_str));
         listeners.push(NamedResource {
             name: name.clone(),
             resource: pack_any(Listener {
                 name: name.clone(),
-                address: Some(socket(outbound.address(), outbound.port)),
+                address: Some(socket(&address, port)),
                 filter_chains: vec![FilterChain {
                     filters: vec![network_filter(&name, service, outbound_protocol)],
                     ..Default::default()
                 }],
+                bind_to_port: (!bind).then_some(BoolValue { value: false }),
                 ..Default::default()
             }),
         });

@@ -96,6 +96,17 @@ fn inspect_tables() {
         json!({"name": "client", "status": "partially_degraded", "dataplanes": {"online": 1, "total": 2}}),
     ];
     golden("inspect-services.txt", &inspect_services(&services));
+    let zones = [
+        json!({"type": "Zone", "name": "zone-1", "creationTime": "2026-11-24T04:00:00Z"}),
+        json!({"type": "Zone", "name": "zone-2", "enabled": false, "creationTime": "2026-11-24T04:00:00Z"}),
+        json!({"type": "Zone", "name": "zone-3", "creationTime": "2026-11-24T04:00:00Z"}),
+    ];
+    let open = json!({"name": "zone-1", "subscriptions": [{"id": "a", "connectTime": "2026-11-24T06:00:00Z"}]});
+    let closed = json!({"name": "zone-3", "subscriptions": [{"id": "b", "connectTime": "2026-11-24T06:00:00Z", "disconnectTime": "2026-11-24T06:10:00Z"}]});
+    golden(
+        "get-zones-status.txt",
+        &get_zones(&zones, &[open, closed], now()),
+    );
 }
 
 #[test]

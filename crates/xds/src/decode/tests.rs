@@ -56,6 +56,7 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
         ca_cert_pem: "CA CERT".into(),
     };
     let snapshot = generate(&ProxyInput {
+        transparent: None,
         mesh: "default",
         mesh_spec,
         dataplane: dp_spec,

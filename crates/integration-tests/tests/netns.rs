@@ -1,0 +1,765 @@
+//! The seed's Universal walkthrough on several hosts: one network namespace per host, joined by
+//! veth pairs to a bridge in a private "switch" namespace, addresses from 198.18.0.0/15. Global,
+//! two zone CPs, an ingress per zone, an egress in zone-2, echo instances in both zones and a
+//! client in zone-2 with an explicit outbound (`localhost:20012`) and a transparent proxy
+//! (`kumactl install transparent-proxy`, `<service>.mesh:80`, DNS), checked with `curl` and `dig`.
+//! Nothing is sent from the root namespace; everything is torn down at the end.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use meshzone_integration_tests::{binary, ok, wait_for};
+
+const SERVICE: &str = "echo-server_echo-example_svc_1010";
+const SERVICE_RFC1123: &str = "echo-server.echo-example.svc.1010";
+/// The uid kuma-dp runs as on the transparent-proxy host (Kuma's convention).
+const KUMA_DP_UID: &str = "5678";
+
+struct Lab {
+    prefix: String,
+    switch: String,
+    hosts: Vec<String>,
+    children: Vec<(String, Child)>,
+    dir: tempfile::TempDir,
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+fn must(program: &str, args: &[&str]) {
+    let o = run(program, args);
+    assert!(
+        o.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let prefix = format!("mz{}", std::process::id() % 100_000);
+        let switch = format!("{prefix}-sw");
+        must("ip", &["netns", "add", &switch]);
+        must(
+            "ip",
+            &["-n", &switch, "link", "add", "br0", "type", "bridge"],
+        );
+        must("ip", &["-n", &switch, "link", "set", "br0", "up"]);
+        let dir = tempfile::tempdir().expect("tmp");
+        // kuma-dp runs as another user on the transparent-proxy host: it must read its files.
+        must("chmod", &["755", &dir.path().display().to_string()]);
+        Lab {
+            prefix,
+            switch,
+            hosts: Vec::new(),
+            children: Vec::new(),
+            dir,
+        }
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    /// A host: its own namespace, loopback up, one interface on the bridge with `ip`/15.
+    fn host(&mut self, host: &str, ip: &str) {
+        let ns = self.ns(host);
+        let port = format!("p{}", self.hosts.len());
+        must("ip", &["netns", "add", &ns]);
+        self.hosts.push(ns.clone());
+        must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.switch,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns,
+            ],
+        );
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.switch,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ],
+        );
+        must(
+            "ip",
+            &["-n", &ns, "addr", "add", &format!("{ip}/15"), "dev", "eth0"],
+        );
+        must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        // Like any host: a default route (VIPs of 240.0.0.0/4 must be routable for the
+        // connect() that iptables then redirects to the proxy).
+        must("ip", &["-n", &ns, "route", "add", "default", "dev", "eth0"]);
+        std::fs::create_dir_all(self.home(host)).expect("home");
+        must("chmod", &["755", &self.home(host).display().to_string()]);
+    }
+
+    fn home(&self, host: &str) -> PathBuf {
+        self.dir.path().join(host)
+    }
+
+    fn file(&self, host: &str, name: &str, text: &str) -> String {
+        let p = self.home(host).join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    }
+
+    fn command(&self, host: &str, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(host)])
+            .arg(program)
+            .args(args)
+            .env("HOME", self.home(host));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs a command on a host and waits for it.
+    fn exec(&self, host: &str, program: &str, args: &[&str]) -> Output {
+        let path = if program.starts_with("kuma") {
+            binary(program)
+        } else {
+            PathBuf::from(program)
+        };
+        self.command(host, &path, args, &[])
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Starts a long-running process on a host; `name` names its log and lets it be stopped.
+    fn spawn(
+        &mut self,
+        host: &str,
+        name: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
+        let path = if program.starts_with("kuma") {
+            binary(program)
+        } else {
+            PathBuf::from(program)
+        };
+        let child = self
+            .command(host, &path, args, env)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        self.children.push((name.to_string(), child));
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn stop(&mut self, name: &str) {
+        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.children.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_exit(&mut self, name: &str) -> std::process::ExitStatus {
+        let i = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("child");
+        let child = &mut self.children[i].1;
+        let status = wait_for(name, Duration::from_secs(20), || {
+            child.try_wait().ok().flatten()
+        });
+        self.children.remove(i);
+        status
+    }
+
+    /// `curl` on a host; the body, or why not.
+    fn curl(&self, host: &str, args: &[&str]) -> Result<String, String> {
+        let mut all = vec!["-fsS", "--max-time", "5"];
+        all.extend_from_slice(args);
+        let o = self.exec(host, "curl", &all);
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    }
+
+    /// `kumactl` on a host, against the API at `api`.
+    fn kumactl(&self, host: &str, args: &[&str]) -> Output {
+        let config = self.home(host).join("kumactl.yaml").display().to_string();
+        let mut all = vec!["--config-file", config.as_str()];
+        all.extend_from_slice(args);
+        self.exec(host, "kumactl", &all)
+    }
+
+    fn stat(&self, host: &str, admin_port: u16, name: &str) -> u64 {
+        self.curl(host, &[&format!("http://127.0.0.1:{admin_port}/stats")])
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (name, _) in &self.children {
+                let log = self.log(name);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!("--- {name} (last lines) ---");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.hosts.iter().chain(std::iter::once(&self.switch)) {
+            let _ = run("ip", &["netns", "delete", ns]);
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
+        }
+    }
+}
+
+fn mesh(routing: &str) -> String {
+    format!(
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n{routing}"
+    )
+}
+
+/// Counts the answers of `n` requests made by one curl (URL globbing: one request each).
+fn split(lab: &Lab, host: &str, url: &str, n: usize) -> BTreeMap<String, usize> {
+    let glob = format!("{url}?[1-{n}]");
+    let o = lab.exec(host, "curl", &["-fs", "--max-time", "60", &glob]);
+    let body = String::from_utf8_lossy(&o.stdout);
+    let mut out = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.is_empty()) {
+        *out.entry(line.trim().to_string()).or_insert(0) += 1;
+    }
+    let answered: usize = out.values().sum();
+    if answered < n {
+        out.insert("FAILED".into(), n - answered);
+    }
+    out
+}
+
+#[test]
+fn seed_universal_walkthrough_across_hosts() {
+    let mut lab = Lab::new();
+    for (host, ip) in [
+        ("global", "198.18.0.1"),
+        ("z1-cp", "198.18.1.1"),
+        ("z1-ingress", "198.18.1.2"),
+        ("z1-app-a", "198.18.1.10"),
+        ("z1-app-b", "198.18.1.11"),
+        ("z2-cp", "198.18.2.1"),
+        ("z2-ingress", "198.18.2.2"),
+        ("z2-egress", "198.18.2.3"),
+        ("z2-app", "198.18.2.10"),
+        ("z2-client", "198.18.2.20"),
+    ] {
+        lab.host(host, ip);
+    }
+
+    // Global: `KUMA_MODE=global kuma-cp run`.
+    lab.spawn(
+        "global",
+        "global",
+        "kuma-cp",
+        &["run"],
+        &[("KUMA_MODE", "global")],
+    );
+    let global_ca = lab.home("global").join(".kuma").join("kuma-cp.crt");
+    wait_for("global CP certificate", Duration::from_secs(30), || {
+        global_ca.exists().then_some(())
+    });
+    let global_ca = global_ca.display().to_string();
+    // Zone CPs: `KUMA_MODE=zone KUMA_MULTIZONE_ZONE_NAME=… KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=…`.
+    for z in ["1", "2"] {
+        lab.spawn(
+            &format!("z{z}-cp"),
+            &format!("zone-{z}"),
+            "kuma-cp",
+            &["run"],
+            &[
+                ("KUMA_MODE", "zone"),
+                ("KUMA_MULTIZONE_ZONE_NAME", &format!("zone-{z}")),
+                (
+                    "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
+                    "grpcs://198.18.0.1:5685",
+                ),
+                ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", &global_ca),
+            ],
+        );
+    }
+    for (host, api) in [
+        ("global", "http://127.0.0.1:5681"),
+        ("z1-cp", "http://127.0.0.1:5681"),
+        ("z2-cp", "http://127.0.0.1:5681"),
+    ] {
+        wait_for("control plane API", Duration::from_secs(30), || {
+            lab.kumactl(
+                host,
+                &[
+                    "config",
+                    "control-planes",
+                    "add",
+                    "--name",
+                    host,
+                    "--address",
+                    api,
+                ],
+            )
+            .status
+            .success()
+            .then_some(())
+        });
+    }
+    // "Verify control plane connectivity": `kumactl get zones` shows both zones Online.
+    wait_for("both zones online", Duration::from_secs(30), || {
+        let zones =
+            String::from_utf8_lossy(&lab.kumactl("global", &["get", "zones"]).stdout).into_owned();
+        (zones
+            .lines()
+            .filter(|l| l.contains("zone-") && l.contains("Online"))
+            .count()
+            == 2)
+            .then_some(())
+    });
+    let mesh_file = lab.file("global", "mesh.yaml", &mesh(""));
+    ok(&lab.kumactl("global", &["apply", "-f", &mesh_file]));
+
+    // Zone proxy tokens: `kumactl generate zone-token --zone=<zone> --scope egress --scope ingress`.
+    let mut zone_tokens = BTreeMap::new();
+    for z in ["zone-1", "zone-2"] {
+        let token = ok(&lab.kumactl(
+            "global",
+            &[
+                "generate",
+                "zone-token",
+                &format!("--zone={z}"),
+                "--scope",
+                "egress",
+                "--scope",
+                "ingress",
+            ],
+        ));
+        zone_tokens.insert(z, token.trim().to_string());
+    }
+    // The zone CPs' certificates, copied to the proxies' hosts (`--ca-cert-file`).
+    let cp_cert = |lab: &Lab, z: &str| {
+        std::fs::read_to_string(
+            lab.home(&format!("z{z}-cp"))
+                .join(".kuma")
+                .join("kuma-cp.crt"),
+        )
+        .expect("zone CP certificate")
+    };
+    wait_for("zone CP certificates", Duration::from_secs(20), || {
+        (lab.home("z1-cp").join(".kuma/kuma-cp.crt").exists()
+            && lab.home("z2-cp").join(".kuma/kuma-cp.crt").exists())
+        .then_some(())
+    });
+
+    // Ingresses (and zone-2's egress), as the seed writes them, on their own hosts.
+    for (z, ip) in [("1", "198.18.1.2"), ("2", "198.18.2.2")] {
+        let host = format!("z{z}-ingress");
+        let token = lab.file(
+            &host,
+            "zone-token",
+            &zone_tokens[format!("zone-{z}").as_str()],
+        );
+        let ca = lab.file(&host, "kuma-cp.crt", &cp_cert(&lab, z));
+        let dp = lab.file(
+            &host,
+            "ingress-dp.yaml",
+            &format!("type: ZoneIngress\nname: ingress-0{z}\nnetworking:\n  address: {ip}\n  port: 10000\n  advertisedAddress: {ip}\n  advertisedPort: 10000\n"),
+        );
+        lab.spawn(
+            &host,
+            &format!("ingress-{z}"),
+            "kuma-dp",
+            &[
+                "run",
+                "--proxy-type=ingress",
+                &format!("--cp-address=https://198.18.{z}.1:5678"),
+                &format!("--dataplane-token-file={token}"),
+                &format!("--ca-cert-file={ca}"),
+                &format!("--dataplane-file={dp}"),
+            ],
+            &[],
+        );
+    }
+    {
+        let host = "z2-egress";
+        let token = lab.file(host, "zone-token", &zone_tokens["zone-2"]);
+        let ca = lab.file(host, "kuma-cp.crt", &cp_cert(&lab, "2"));
+        let dp = lab.file(
+            host,
+            "zoneegress-dataplane.yaml",
+            "type: ZoneEgress\nname: zoneegress-01\nnetworking:\n  address: 198.18.2.3\n  port: 10002\n",
+        );
+        lab.spawn(
+            host,
+            "egress-2",
+            "kuma-dp",
+            &[
+                "run",
+                "--proxy-type=egress",
+                "--cp-address=https://198.18.2.1:5678",
+                &format!("--dataplane-token-file={token}"),
+                &format!("--ca-cert-file={ca}"),
+                &format!("--dataplane-file={dp}"),
+            ],
+            &[],
+        );
+    }
+    // An ingress token for zone-2 does not register an ingress in zone-1.
+    {
+        let host = "z1-ingress";
+        let token = lab.file(host, "wrong-zone-token", &zone_tokens["zone-2"]);
+        let ca = lab.file(host, "kuma-cp.crt", &cp_cert(&lab, "1"));
+        let dp = lab.file(
+            host,
+            "stray.yaml",
+            "type: ZoneIngress\nname: stray\nnetworking:\n  address: 198.18.1.2\n  port: 10001\n  advertisedAddress: 198.18.1.2\n  advertisedPort: 10001\n",
+        );
+        lab.spawn(
+            host,
+            "stray-ingress",
+            "kuma-dp",
+            &[
+                "run",
+                "--proxy-type=ingress",
+                "--cp-address=https://198.18.1.1:5678",
+                &format!("--dataplane-token-file={token}"),
+                &format!("--ca-cert-file={ca}"),
+                &format!("--dataplane-file={dp}"),
+                "--admin-port=9902",
+            ],
+            &[],
+        );
+        let status = lab.wait_exit("stray-ingress");
+        assert!(!status.success());
+        assert!(
+            lab.log("stray-ingress").contains("zone-2"),
+            "{}",
+            lab.log("stray-ingress")
+        );
+    }
+
+    // Echo instances behind sidecars: two in zone-1.
+    let start_echo = |lab: &mut Lab, host: &str, z: &str, ip: &str, name: &str| {
+        let site = lab.home(host).join("site");
+        std::fs::create_dir_all(&site).expect("site");
+        std::fs::write(site.join("index.html"), format!("{name}\n")).expect("index");
+        let site = site.display().to_string();
+        lab.spawn(
+            host,
+            &format!("{name}-app"),
+            "python3",
+            &[
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                ip,
+                "--directory",
+                &site,
+            ],
+            &[],
+        );
+        let dp = format!(
+            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {ip}\n  inbound:\n  - port: 10011\n    servicePort: 8080\n    tags:\n      kuma.io/service: {SERVICE}\n      kuma.io/protocol: http\n"
+        );
+        start_sidecar(lab, host, z, name, &dp, &[]);
+    };
+    start_echo(&mut lab, "z1-app-a", "1", "198.18.1.10", "zone-1-a");
+    start_echo(&mut lab, "z1-app-b", "1", "198.18.1.11", "zone-1-b");
+
+    // The client in zone-2: the seed's outbound on 20012, and transparent proxying.
+    let client_dp = format!(
+        "type: Dataplane\nmesh: default\nname: client\nnetworking:\n  address: 198.18.2.20\n  inbound:\n  - port: 10021\n    servicePort: 8081\n    tags:\n      kuma.io/service: client\n  outbound:\n  - port: 20012\n    tags:\n      kuma.io/service: {SERVICE}\n  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n"
+    );
+    // DNS of the client host goes to the zone CP; the transparent proxy sends port 53 on to 5653.
+    std::fs::create_dir_all(format!("/etc/netns/{}", lab.ns("z2-client"))).expect("netns etc");
+    std::fs::write(
+        format!("/etc/netns/{}/resolv.conf", lab.ns("z2-client")),
+        "nameserver 198.18.2.1\n",
+    )
+    .expect("resolv.conf");
+    ok(&lab.exec(
+        "z2-client",
+        "kumactl",
+        &[
+            "install",
+            "transparent-proxy",
+            "--kuma-dp-user",
+            KUMA_DP_UID,
+            "--redirect-dns-to",
+            "198.18.2.1:5653",
+        ],
+    ));
+    start_sidecar(
+        &mut lab,
+        "z2-client",
+        "2",
+        "client",
+        &client_dp,
+        &[
+            "setpriv",
+            "--reuid",
+            KUMA_DP_UID,
+            "--regid",
+            KUMA_DP_UID,
+            "--clear-groups",
+            "--",
+        ],
+    );
+
+    // localhost:20012 reaches zone-1 (no instance in zone-2 yet).
+    let explicit = "http://127.0.0.1:20012/";
+    let body = wait_for(
+        "zone-1 through localhost:20012",
+        Duration::from_secs(60),
+        || lab.curl("z2-client", &[explicit]).ok(),
+    );
+    assert!(body.starts_with("zone-1-"), "{body}");
+    let zones = ok(&lab.kumactl("global", &["get", "zones"]));
+    assert_eq!(
+        zones.lines().filter(|l| l.contains("Online")).count(),
+        2,
+        "{zones}"
+    );
+    let services = ok(&lab.kumactl("global", &["inspect", "services"]));
+    assert!(services.contains(SERVICE), "{services}");
+
+    // DNS and the transparent proxy: both names of the seed, on port 80.
+    for name in [SERVICE, SERVICE_RFC1123] {
+        let dig = lab.exec("z2-client", "dig", &["+short", &format!("{name}.mesh")]);
+        let vip = String::from_utf8_lossy(&dig.stdout).trim().to_string();
+        assert!(vip.starts_with("240."), "dig {name}.mesh: {vip:?}");
+        let url = format!("http://{name}.mesh:80/");
+        let last = std::cell::RefCell::new(String::new());
+        let body = wait_for_or(&format!("curl {url} (transparent proxy)"), &last, || {
+            lab.curl("z2-client", &[&url])
+                .map_err(|e| {
+                    *last.borrow_mut() = format!(
+                        "{e}\n{}\n{}",
+                        lab.log("client-dp"),
+                        String::from_utf8_lossy(&lab.exec("z2-client", "ss", &["-ltnp"]).stdout)
+                    )
+                })
+                .ok()
+        });
+        assert!(body.starts_with("zone-1-"), "{body}");
+    }
+    let unknown = lab.exec("z2-client", "dig", &["nope.mesh"]);
+    assert!(String::from_utf8_lossy(&unknown.stdout).contains("NXDOMAIN"));
+
+    // The ingress refuses plaintext and unknown SNI.
+    assert!(
+        lab.curl("z2-client", &["http://198.18.1.2:10000/"])
+            .is_err()
+    );
+    assert!(
+        lab.curl(
+            "z2-client",
+            &[
+                "-k",
+                "--resolve",
+                "nope.default.mesh:10000:198.18.1.2",
+                "https://nope.default.mesh:10000/"
+            ],
+        )
+        .is_err()
+    );
+    assert!(
+        lab.stat(
+            "z1-ingress",
+            9901,
+            "listener.inbound:198.18.1.2:10000.no_filter_chain_match"
+        ) >= 2
+    );
+
+    // Weights: one instance in zone-2 → 600 requests split 2:1 (zone-1 : zone-2).
+    start_echo(&mut lab, "z2-app", "2", "198.18.2.10", "zone-2-a");
+    wait_for("zone-2 instance in use", Duration::from_secs(30), || {
+        split(&lab, "z2-client", explicit, 10)
+            .contains_key("zone-2-a")
+            .then_some(())
+    });
+    let counts = split(&lab, "z2-client", explicit, 600);
+    eprintln!("600 requests from zone-2: {counts:?}");
+    let remote = counts.get("zone-1-a").unwrap_or(&0) + counts.get("zone-1-b").unwrap_or(&0);
+    assert_eq!(counts.get("FAILED"), None, "{counts:?}");
+    assert!(
+        (remote as f64 / 600.0 - 2.0 / 3.0).abs() <= 2.0 / 3.0 * 0.1,
+        "{counts:?}"
+    );
+
+    // Locality-aware: all local while zone-2's instance is healthy; then it dies.
+    let mesh_file = lab.file(
+        "global",
+        "mesh.yaml",
+        &mesh("routing:\n  localityAwareLoadBalancing: true\n"),
+    );
+    ok(&lab.kumactl("global", &["apply", "-f", &mesh_file]));
+    wait_for("locality-aware in effect", Duration::from_secs(30), || {
+        (split(&lab, "z2-client", explicit, 20).get("zone-2-a") == Some(&20)).then_some(())
+    });
+    let local = split(&lab, "z2-client", explicit, 100);
+    assert_eq!(local.get("zone-2-a"), Some(&100), "{local:?}");
+    lab.stop("zone-2-a-dp");
+    lab.stop("zone-2-a-app");
+    let failover = split(&lab, "z2-client", explicit, 100);
+    eprintln!("100 requests right after zone-2's instance died: {failover:?}");
+    assert_eq!(failover.get("zone-2-a"), None);
+    assert!(
+        failover.get("FAILED").copied().unwrap_or(0) <= 2,
+        "failover loses at most the requests in flight: {failover:?}"
+    );
+    let settled = split(&lab, "z2-client", explicit, 50);
+    assert_eq!(settled.get("FAILED"), None, "{settled:?}");
+
+    // Zone egress: cross-zone traffic passes zoneegress-01 and still works.
+    let mesh_file = lab.file(
+        "global",
+        "mesh.yaml",
+        &mesh("routing:\n  localityAwareLoadBalancing: true\n  zoneEgress: true\n"),
+    );
+    ok(&lab.kumactl("global", &["apply", "-f", &mesh_file]));
+    let through = format!("cluster.{SERVICE}.default.mesh.upstream_cx_total");
+    wait_for(
+        "traffic through the egress",
+        Duration::from_secs(30),
+        || {
+            let _ = lab.curl("z2-client", &[explicit]);
+            (lab.stat("z2-egress", 9901, &through) > 0).then_some(())
+        },
+    );
+    // The client's only way to zone-1 is now the egress.
+    let dump = lab
+        .curl("z2-client", &["http://127.0.0.1:9901/config_dump"])
+        .unwrap_or_default();
+    assert!(
+        dump.contains("198.18.2.3:10002") && !dump.contains("198.18.1.2:10000"),
+        "{dump}"
+    );
+    let via_egress = split(&lab, "z2-client", explicit, 50);
+    assert_eq!(via_egress.get("FAILED"), None, "{via_egress:?}");
+
+    // Disable zone-1: zone-2 has no endpoint left; enable it: traffic returns.
+    let zone_file = lab.file(
+        "global",
+        "zone-1.yaml",
+        "type: Zone\nname: zone-1\nenabled: false\n",
+    );
+    ok(&lab.kumactl("global", &["apply", "-f", &zone_file]));
+    wait_for("zone-1 endpoints gone", Duration::from_secs(30), || {
+        lab.curl("z2-client", &[explicit]).is_err().then_some(())
+    });
+    let zone_file = lab.file(
+        "global",
+        "zone-1.yaml",
+        "type: Zone\nname: zone-1\nenabled: true\n",
+    );
+    ok(&lab.kumactl("global", &["apply", "-f", &zone_file]));
+    wait_for("zone-1 back", Duration::from_secs(30), || {
+        lab.curl("z2-client", &[explicit]).ok()
+    });
+
+    ok(&lab.exec("z2-client", "kumactl", &["uninstall", "transparent-proxy"]));
+    let rules = lab.exec("z2-client", "iptables", &["-t", "nat", "-S"]);
+    assert!(!String::from_utf8_lossy(&rules.stdout).contains("MESH_"));
+}
+
+/// Like `wait_for` (30 s), but the panic shows the last failure.
+fn wait_for_or<T>(
+    what: &str,
+    last: &std::cell::RefCell<String>,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    for _ in 0..150 {
+        if let Some(v) = check() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "timed out waiting for {what}; last failure: {}",
+        last.borrow()
+    );
+}
+
+/// A Dataplane on `host` in zone `z`: token from the zone CP, its certificate copied over,
+/// `kuma-dp run` (under `wrapper`, e.g. setpriv for another uid), waited until ready.
+fn start_sidecar(lab: &mut Lab, host: &str, z: &str, name: &str, yaml: &str, wrapper: &[&str]) {
+    let cp = format!("z{z}-cp");
+    let token = ok(&lab.kumactl(&cp, &["generate", "dataplane-token", "--name", name]));
+    let token = lab.file(host, &format!("{name}.token"), token.trim());
+    let cert =
+        std::fs::read_to_string(lab.home(&cp).join(".kuma").join("kuma-cp.crt")).expect("cert");
+    let ca = lab.file(host, "kuma-cp.crt", &cert);
+    let dp = lab.file(host, &format!("{name}.yaml"), yaml);
+    let kuma_dp = binary("kuma-dp").display().to_string();
+    let mut args: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        kuma_dp,
+        "run".into(),
+        format!("--cp-address=https://198.18.{z}.1:5678"),
+        format!("--dataplane-token-file={token}"),
+        format!("--ca-cert-file={ca}"),
+        format!("--dataplane-file={dp}"),
+    ]);
+    let (program, rest) = args.split_first().expect("program");
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    lab.spawn(host, &format!("{name}-dp"), program, &rest, &[]);
+    let log = format!("{name}-dp");
+    wait_for("sidecar ready", Duration::from_secs(30), || {
+        lab.curl(host, &["http://127.0.0.1:9901/ready"])
+            .ok()
+            .or_else(|| {
+                let text = lab.log(&log);
+                assert!(!text.contains("kuma-dp: "), "{text}");
+                None
+            })
+    });
+}
