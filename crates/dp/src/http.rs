@@ -30,7 +30,7 @@ use crate::stats::Stats;
 type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Pooled HTTP client of one cluster.
-pub type HttpClient = Client<Connector, Incoming>;
+pub type HttpClient = Client<Connector, Body>;
 
 pub fn client(tls: Option<(Arc<ClientConfig>, Option<String>)>, http2: bool) -> HttpClient {
     Client::builder(TokioExecutor::new())
@@ -82,42 +82,72 @@ fn error_response(status: StatusCode, text: &str) -> Response<Body> {
 /// Headers that belong to one connection and must not be forwarded (HTTP/2 refuses them).
 const HOP_BY_HOP: [HeaderName; 3] = [CONNECTION, TRANSFER_ENCODING, UPGRADE];
 
+/// How many endpoints a request without a body may try when connecting fails (the request was
+/// never sent, so trying the next endpoint is safe).
+const CONNECT_ATTEMPTS: usize = 3;
+
 async fn forward(req: Request<Incoming>, cluster: &str, rt: &Runtime) -> Response<Body> {
     let Some(client) = rt.http_clients.get(cluster) else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no such cluster\n");
     };
-    let Some(endpoint) = rt.pick(cluster).first().copied() else {
+    let candidates = rt.pick(cluster);
+    if candidates.is_empty() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
-    };
+    }
     let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    parts.uri = match format!("http://{endpoint}{path}").parse::<Uri>() {
-        Ok(u) => u,
-        Err(_) => return error_response(StatusCode::BAD_REQUEST, "bad request path\n"),
-    };
     for h in HOP_BY_HOP {
         parts.headers.remove(h);
     }
     parts.headers.remove("keep-alive");
-    parts.version = if rt.http2(cluster) {
+    let version = if rt.http2(cluster) {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    match client.request(Request::from_parts(parts, body)).await {
-        Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed()),
-        Err(e) => {
-            if e.is_connect() {
-                rt.health.eject(endpoint);
+    // A body can be sent once; without one, a refused connection moves on to the next endpoint.
+    let attempts = if hyper::body::Body::is_end_stream(&body) {
+        CONNECT_ATTEMPTS
+    } else {
+        1
+    };
+    let mut body = Some(body.map_err(Into::into).boxed());
+    for endpoint in candidates.into_iter().take(attempts) {
+        let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
+            return error_response(StatusCode::BAD_REQUEST, "bad request path\n");
+        };
+        let mut request = Request::new(body.take().unwrap_or_else(|| {
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed()
+        }));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = parts.headers.clone();
+        match client.request(request).await {
+            Ok(resp) => {
+                rt.health.restore(endpoint);
+                return resp.map(|b| b.map_err(Into::into).boxed());
             }
-            tracing::debug!(cluster, %endpoint, error = %e, "upstream request failed");
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
+            Err(e) if e.is_connect() => {
+                rt.health.eject(endpoint);
+                tracing::debug!(cluster, %endpoint, error = %e, "cannot connect; trying the next endpoint");
+            }
+            Err(e) => {
+                tracing::debug!(cluster, %endpoint, error = %e, "upstream request failed");
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream request failed\n",
+                );
+            }
         }
     }
+    error_response(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
 }
 
 /// Opens upstream connections: TCP, then mTLS when the cluster has it.
