@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Multi-zone quickstart on this machine, on the embedded SQLite store: builds the binaries, starts
-# a global control plane and two zone control planes (as the seed's Universal steps do), a mesh
-# with mTLS, an echo service behind a kuma-dp sidecar in zone-1 and a client sidecar next to it,
-# sends requests through the mesh, prints `kumactl get zones`, `inspect zones` and
-# `inspect services` from global, and stays up until Ctrl-C (then cleans up).
-#
-# Cross-zone traffic through zone ingresses is being built (see README status); today the request
-# path is inside zone-1 while the inventory already spans both zones on global.
+# Multi-zone quickstart on this machine, on the embedded SQLite store, following the seed's
+# Universal steps: builds the binaries, starts a global control plane and two zone control planes,
+# a mesh with mTLS, a zone ingress per zone (zone tokens from global), an echo service behind a
+# kuma-dp sidecar in zone-1 and a client sidecar in zone-2 whose outbound (localhost:20012) reaches
+# the echo service across zones (client sidecar -> zone-1 ingress -> echo sidecar, mTLS end to
+# end). Prints `kumactl get zones`, `inspect zones`, `inspect services`, `inspect zoneingresses`
+# from global and the zone-2 `.mesh` DNS answer, then stays up until Ctrl-C (and cleans up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,14 +62,34 @@ mtls:
       type: builtin
 YAML
 
-echo "==> echo app + sidecar and a client sidecar in zone-1"
+echo "==> zone ingresses: one per zone, registered with a zone token generated on global"
+for z in 1 2; do
+  kumactl generate zone-token --zone="zone-$z" --scope egress --scope ingress > "$work/zone-$z.token"
+  cat > "$work/ingress-$z.yaml" <<YAML
+type: ZoneIngress
+name: ingress-0$z
+networking:
+  address: 127.0.0.1
+  port: 1000$z
+  advertisedAddress: 127.0.0.1
+  advertisedPort: 1000$z
+YAML
+  HOME="$work/zone-$z" "$bin/kuma-dp" run --proxy-type=ingress --cp-address="https://127.0.0.1:${z}5678" \
+    --dataplane-token-file="$work/zone-$z.token" --ca-cert-file="$work/zone-$z/.kuma/kuma-cp.crt" \
+    --dataplane-file="$work/ingress-$z.yaml" --admin-port="1990$z" 2>"$work/ingress-$z.log" &
+  pids+=($!)
+  wait_ready "http://127.0.0.1:1990$z/ready" "$work/ingress-$z.log"
+done
+
+echo "==> echo app + sidecar in zone-1, a client sidecar in zone-2"
 mkdir -p "$work/app" && echo "hello from echo-server in zone-1" > "$work/app/index.html"
 python3 -m http.server 18080 --bind 127.0.0.1 --directory "$work/app" >/dev/null 2>&1 &
 pids+=($!)
-tokens() { "$bin/kumactl" --config-file "$work/zone-1.kumactl" "$@"; }
-"$bin/kumactl" --config-file "$work/zone-1.kumactl" config control-planes add --name zone-1 --address http://127.0.0.1:15681 >/dev/null
-tokens generate dataplane-token --name echo-server-1 > "$work/echo.token"
-tokens generate dataplane-token --name client-1 > "$work/client.token"
+for z in 1 2; do
+  "$bin/kumactl" --config-file "$work/zone-$z.kumactl" config control-planes add --name "zone-$z" --address "http://127.0.0.1:${z}5681" >/dev/null
+done
+"$bin/kumactl" --config-file "$work/zone-1.kumactl" generate dataplane-token --name echo-server-1 > "$work/echo.token"
+"$bin/kumactl" --config-file "$work/zone-2.kumactl" generate dataplane-token --name client-1 > "$work/client.token"
 cat > "$work/echo.yaml" <<'YAML'
 type: Dataplane
 mesh: default
@@ -101,17 +120,18 @@ networking:
         kuma.io/service: echo-server_echo-example_svc_1010
 YAML
 for dp in echo client; do
-  port=$([ "$dp" = echo ] && echo 19901 || echo 19902)
-  HOME="$work/zone-1" "$bin/kuma-dp" run --cp-address=https://127.0.0.1:15678 \
-    --ca-cert-file="$work/zone-1/.kuma/kuma-cp.crt" --dataplane-file="$work/$dp.yaml" \
+  z=$([ "$dp" = echo ] && echo 1 || echo 2)
+  port=$([ "$dp" = echo ] && echo 19911 || echo 19912)
+  HOME="$work/zone-$z" "$bin/kuma-dp" run --cp-address="https://127.0.0.1:${z}5678" \
+    --ca-cert-file="$work/zone-$z/.kuma/kuma-cp.crt" --dataplane-file="$work/$dp.yaml" \
     --dataplane-token-file="$work/$dp.token" --admin-port="$port" 2>"$work/$dp-dp.log" &
   pids+=($!)
   wait_ready "http://127.0.0.1:$port/ready" "$work/$dp-dp.log"
 done
 
-echo "==> requests through the mesh (client sidecar -> mTLS -> echo sidecar -> app)"
+echo "==> cross-zone requests from zone-2 (client sidecar -> zone-1 ingress -> echo sidecar -> app)"
 for i in 1 2 3; do
-  for _ in $(seq 1 50); do
+  for _ in $(seq 1 100); do
     if out=$(curl -sf -m 2 http://127.0.0.1:20012/); then echo "  $i: $out"; break; fi
     sleep 0.1
   done
@@ -121,10 +141,11 @@ sleep 1.5  # let the proxies' insights reach global (written at most once a seco
 echo "==> kumactl get zones (global)";       kumactl get zones
 echo "==> kumactl inspect zones (global)";   kumactl inspect zones
 echo "==> kumactl inspect services (global)"; kumactl inspect services
+echo "==> kumactl inspect zoneingresses (global)"; kumactl inspect zoneingresses
 echo
-echo "==> .mesh DNS of zone-1 (UDP 15653): echo-server_echo-example_svc_1010.mesh"
+echo "==> .mesh DNS of zone-2 (UDP 25653) for the zone-1 service: echo-server_echo-example_svc_1010.mesh"
 if command -v dig >/dev/null; then
-  dig @127.0.0.1 -p 15653 +short echo-server_echo-example_svc_1010.mesh echo-server.echo-example.svc.1010.mesh
+  dig @127.0.0.1 -p 25653 +short echo-server_echo-example_svc_1010.mesh echo-server.echo-example.svc.1010.mesh
 fi
 echo
 echo "Global API http://127.0.0.1:5681, zone-1 API http://127.0.0.1:15681, zone-2 API http://127.0.0.1:25681"
