@@ -11,3 +11,4 @@ cargo build --release -p kuma-cp -p kuma-dp -p meshzone-bench
 ./target/release/store-api-bench
 ./target/release/proxy-bench
 ./target/release/kds-bench
+./target/release/cross-zone-bench

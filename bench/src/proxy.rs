@@ -10,312 +10,17 @@
 //! Usage: `bench/run.sh` (or `target/release/proxy-bench [--rate N] [--seconds S]`).
 //! Prints a table and writes `bench/results/proxy.json`.
 
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use meshzone_bench::{
+    BODY, BULK, CONNECTIONS, Cp, Proc, app, bulk, dataplane, free_port, load, proc_stat,
+    spawn_kuma_dp, start_cp, wait_http, wait_path,
+};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-const CONNECTIONS: usize = 16;
-const BODY: usize = 1024;
-const BULK: usize = 256 * 1024 * 1024;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn proc_stat(pid: u32) -> anyhow::Result<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of /proc/pid/stat (11 and 12 after the comm).
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Ok((rss, ticks as f64 / 100.0))
-}
-
-/// The application: HTTP/1.1 keep-alive; `/big` answers BULK bytes, everything else 1 KiB.
-async fn app(listener: TcpListener) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = conn.set_nodelay(true);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut have = 0usize;
-            let body = vec![b'x'; BODY];
-            loop {
-                let end = loop {
-                    if let Some(i) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    match conn.read(&mut buf[have..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => have += n,
-                    }
-                };
-                let big = buf[..end].starts_with(b"GET /big");
-                buf.copy_within(end..have, 0);
-                have -= end;
-                if big {
-                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BULK}\r\n\r\n");
-                    if conn.write_all(head.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    let chunk = vec![b'y'; 64 * 1024];
-                    for _ in 0..BULK / chunk.len() {
-                        if conn.write_all(&chunk).await.is_err() {
-                            return;
-                        }
-                    }
-                } else {
-                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
-                    if conn.write_all(head.as_bytes()).await.is_err()
-                        || conn.write_all(&body).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// Sends one request on a keep-alive connection and reads the whole response.
-async fn request(conn: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> anyhow::Result<usize> {
-    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
-        .await?;
-    buf.clear();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let (head_end, length) = loop {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("connection closed");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .context("no content-length")?;
-            break (i + 4, len);
-        }
-    };
-    let mut got = buf.len() - head_end;
-    while got < length {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("connection closed mid-body");
-        }
-        got += n;
-    }
-    Ok(got)
-}
-
-struct Latency {
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    errors: usize,
-    requests: usize,
-}
-
-/// Open-loop load: CONNECTIONS connections share `rate` requests per second for `seconds`.
-async fn load(port: u16, rate: u32, seconds: u64) -> anyhow::Result<Latency> {
-    let per_conn = Duration::from_secs_f64(CONNECTIONS as f64 / f64::from(rate));
-    let total = (u64::from(rate) * seconds) as usize / CONNECTIONS;
-    let start = Instant::now() + Duration::from_millis(200);
-    let mut tasks = Vec::new();
-    for c in 0..CONNECTIONS {
-        tasks.push(tokio::spawn(async move {
-            let mut samples = Vec::with_capacity(total);
-            let mut errors = 0;
-            let mut conn = TcpStream::connect(("127.0.0.1", port)).await?;
-            conn.set_nodelay(true)?;
-            let mut buf = Vec::with_capacity(4096);
-            let offset = per_conn.mul_f64(c as f64 / CONNECTIONS as f64);
-            let mut previous_done = start;
-            for i in 0..total {
-                let scheduled = start + offset + per_conn * i as u32;
-                tokio::time::sleep_until(scheduled.into()).await;
-                // Open loop without the timer's slop: latency counts from the scheduled time only
-                // when the previous response on this connection made the request late.
-                let from = if previous_done > scheduled {
-                    scheduled
-                } else {
-                    Instant::now()
-                };
-                match request(&mut conn, "/", &mut buf).await {
-                    Ok(_) => {
-                        previous_done = Instant::now();
-                        samples.push(from.elapsed());
-                    }
-                    Err(_) => {
-                        errors += 1;
-                        conn = TcpStream::connect(("127.0.0.1", port)).await?;
-                    }
-                }
-            }
-            anyhow::Ok((samples, errors))
-        }));
-    }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (s, e) = t.await??;
-        all.extend(s);
-        errors += e;
-    }
-    all.sort();
-    let at = |q: f64| {
-        let i = ((all.len() as f64 - 1.0) * q).round() as usize;
-        all.get(i)
-            .map(|d| d.as_secs_f64() * 1e6)
-            .unwrap_or(f64::NAN)
-    };
-    Ok(Latency {
-        p50: at(0.5),
-        p99: at(0.99),
-        p999: at(0.999),
-        errors,
-        requests: all.len() + errors,
-    })
-}
-
-async fn bulk(port: u16) -> anyhow::Result<f64> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut buf = Vec::new();
-    let t = Instant::now();
-    let n = request(&mut conn, "/big", &mut buf).await?;
-    Ok(n as f64 / t.elapsed().as_secs_f64() / 1e6)
-}
-
-async fn wait_http(url: &str, what: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if client
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{what} did not become ready")
-}
-
-async fn wait_path(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut buf = Vec::new();
-    while Instant::now() < deadline {
-        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)).await
-            && request(&mut c, "/", &mut buf).await.is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("no traffic through port {port}")
-}
-
-struct Cp {
-    _proc: Proc,
-    api: String,
-    dp_port: u16,
-    work: PathBuf,
-    client: reqwest::Client,
-}
-
-impl Cp {
-    async fn put(&self, path: &str, body: Value) -> anyhow::Result<()> {
-        let r = self
-            .client
-            .put(format!("{}{path}", self.api))
-            .json(&body)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("PUT {path}: {}", r.text().await?);
-        }
-        Ok(())
-    }
-    async fn token(&self, name: &str) -> anyhow::Result<String> {
-        Ok(self
-            .client
-            .post(format!("{}/tokens/dataplane", self.api))
-            .json(&json!({"mesh": "default", "name": name}))
-            .send()
-            .await?
-            .text()
-            .await?)
-    }
-}
-
-fn dataplane(
-    name: &str,
-    service: &str,
-    inbound: u16,
-    app: u16,
-    outbound: Option<(u16, &str)>,
-) -> Value {
-    let mut v = json!({"type": "Dataplane", "mesh": "default", "name": name,
-        "networking": {"address": "127.0.0.1", "inbound": [{"port": inbound, "servicePort": app, "tags": {"kuma.io/service": service}}]}});
-    if let Some((port, target)) = outbound {
-        v["networking"]["outbound"] = json!([{"port": port, "tags": {"kuma.io/service": target}}]);
-    }
-    v
-}
-
-fn spawn_kuma_dp(
-    bin: &Path,
-    cp: &Cp,
-    dp: &Value,
-    token: &str,
-    label: &'static str,
-) -> anyhow::Result<(Proc, u16)> {
-    let admin = free_port()?;
-    let tf = cp.work.join(format!("{label}.token"));
-    std::fs::write(&tf, token)?;
-    let child = Command::new(bin)
-        .arg("run")
-        .arg(format!("--cp-address=https://127.0.0.1:{}", cp.dp_port))
-        .arg(format!("--dataplane={dp}"))
-        .arg(format!("--dataplane-token-file={}", tf.display()))
-        .arg(format!(
-            "--ca-cert-file={}",
-            cp.work.join("kuma/kuma-cp.crt").display()
-        ))
-        .arg(format!("--admin-port={admin}"))
-        .env("KUMA_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok((Proc(child), admin))
-}
+use tokio::net::TcpListener;
 
 fn spawn_envoy(
     bin: &Path,
@@ -389,31 +94,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let work = tempfile::tempdir()?;
-    let (api_port, diag, dp_port) = (free_port()?, free_port()?, free_port()?);
-    let cp_proc = Proc(
-        Command::new(dir.join("kuma-cp"))
-            .arg("run")
-            .env("HOME", work.path())
-            .env("KUMA_GENERAL_WORK_DIR", work.path().join("kuma"))
-            .env("KUMA_STORE_TYPE", "memory")
-            .env("KUMA_API_SERVER_HTTP_INTERFACE", "127.0.0.1")
-            .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
-            .env("KUMA_DIAGNOSTICS_SERVER_PORT", diag.to_string())
-            .env("KUMA_DNS_SERVER_PORT", free_port()?.to_string())
-            .env("KUMA_DP_SERVER_PORT", dp_port.to_string())
-            .env("KUMA_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_http(&format!("http://127.0.0.1:{diag}/ready"), "kuma-cp").await?;
-    let cp = Cp {
-        _proc: cp_proc,
-        api: format!("http://127.0.0.1:{api_port}"),
-        dp_port,
-        work: work.path().to_path_buf(),
-        client: reqwest::Client::new(),
-    };
+    let cp = start_cp(&dir, work.path(), &[]).await?;
     cp.put(
         "/meshes/default",
         json!({"type": "Mesh", "name": "default",
@@ -433,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         &dataplane("kdp-server", "kdp-app", k_in, app_port, None),
         &cp.token("kdp-server").await?,
         "kuma-dp server",
+        &[],
     )?;
     let (k_client, k_client_admin) = spawn_kuma_dp(
         &dir.join("kuma-dp"),
@@ -446,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         &cp.token("kdp-client").await?,
         "kuma-dp client",
+        &[],
     )?;
     // Envoy pair.
     let (e_in, e_out) = (free_port()?, free_port()?);
