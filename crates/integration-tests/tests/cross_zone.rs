@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, EchoServer, apply, free_port, host_dirs, http_get, ok, start_global,
-    wait_for, zone,
+    ControlPlane, DataPlane, EchoServer, Envoy, apply, free_port, host_dirs, http_get, ok,
+    start_global, wait_for, zone,
 };
 
 const SERVICE: &str = "echo-server_echo-example_svc_1010";
@@ -287,9 +287,52 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
     let before = egress.stat(&sni_cluster);
     let through = answers(outbound, 50);
     assert_eq!(through.get("FAILED"), None, "{through:?}");
+    // TCP: one connection per request, each through the egress.
     assert_eq!(
         egress.stat(&sni_cluster),
         before + 50,
         "all 50 passed the egress"
     );
+
+    // Real Envoy 1.40 as a second zone-1 ingress, configured only by our CP: it ACKs the
+    // SNI-routing configuration and carries its share of the traffic.
+    let envoy_port = free_port();
+    let resource = serde_json::json!({
+        "type": "ZoneIngress", "name": "envoy-ingress-1",
+        "networking": {"address": "127.0.0.1", "port": envoy_port,
+            "advertisedAddress": "127.0.0.1", "advertisedPort": envoy_port},
+    });
+    let token =
+        std::fs::read_to_string(zone_token(&global, dir, "zone-1", "ingress")).expect("token");
+    let mut envoy = Envoy::start_zone_proxy(&zone1, dir, "ingress", &resource, &token);
+    envoy.wait_ready();
+    let envoy_endpoint = format!("127.0.0.1:{envoy_port}");
+    wait_for(
+        "the Envoy ingress in the egress's routes",
+        Duration::from_secs(30),
+        || {
+            egress
+                .admin("/config_dump")
+                .filter(|d| d.contains(&envoy_endpoint))
+        },
+    );
+    let both = answers(outbound, 40);
+    assert_eq!(both.get("FAILED"), None, "{both:?}");
+    let envoy_stats = envoy.admin("/stats").unwrap_or_default();
+    let via_envoy: u64 = envoy_stats
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "cluster.{SERVICE}.default.mesh.upstream_cx_total: "
+            ))
+        })
+        .filter_map(|l| l.rsplit(": ").next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        via_envoy >= 10,
+        "Envoy ingress carried {via_envoy} of 40:\n{envoy_stats}"
+    );
+    let (rejected, accepted) = envoy.rejected_and_accepted();
+    assert!(rejected.is_empty(), "Envoy rejected: {rejected:?}");
+    assert!(accepted > 0);
 }
