@@ -413,3 +413,36 @@ async fn zone_tokens_are_issued_by_global_only() {
             .is_some_and(|d| d.contains("global"))
     );
 }
+
+#[tokio::test]
+async fn service_insights_say_why_a_mesh_without_mtls_has_no_cross_zone_traffic() {
+    let app = app(standalone()).await;
+    for (name, zone) in [("web-1", "zone-1"), ("web-2", "zone-2")] {
+        let dp = json!({"type": "Dataplane", "mesh": "default", "name": name, "networking": {
+            "address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {
+                "kuma.io/service": "web", "kuma.io/zone": zone}}]}});
+        let (s, _, body) = call(
+            &app,
+            "PUT",
+            &format!("/meshes/default/dataplanes/{name}"),
+            Some(dp),
+            None,
+        )
+        .await;
+        assert!(s.is_success(), "{body}");
+    }
+    let (_, _, body) = call(&app, "GET", "/meshes/default/service-insights", None, None).await;
+    let web = &body["items"][0];
+    assert_eq!(web["zones"], json!(["zone-1", "zone-2"]));
+    assert!(
+        web["crossZone"].as_str().unwrap_or("").contains("no mTLS"),
+        "{web}"
+    );
+
+    let mesh = json!({"type": "Mesh", "name": "default", "mtls": {"enabledBackend": "ca-1",
+        "backends": [{"name": "ca-1", "type": "builtin"}]}});
+    let (s, _, body) = call(&app, "PUT", "/meshes/default", Some(mesh), None).await;
+    assert!(s.is_success(), "{body}");
+    let (_, _, body) = call(&app, "GET", "/meshes/default/service-insights", None, None).await;
+    assert!(body["items"][0]["crossZone"].is_null(), "{body}");
+}

@@ -1,10 +1,10 @@
 //! Read-only views computed from stored resources: dataplane overviews and service insights.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use meshzone_model::insights::compute_service_insight;
-use meshzone_model::specs::{DataplaneInsightSpec, DataplaneSpec};
-use meshzone_model::{ResourceType, Spec, format_time};
+use meshzone_model::specs::{DataplaneInsightSpec, DataplaneSpec, SERVICE_TAG, ZONE_TAG};
+use meshzone_model::{ResourceKey, ResourceType, Spec, format_time};
 use meshzone_store::{Store, StoreError};
 use serde_json::{Value, json};
 
@@ -70,6 +70,38 @@ pub async fn service_insights(
             _ => None,
         })
         .collect();
+    // Zones with instances: the inbounds' `kuma.io/zone` tags, and other zones' ingresses.
+    let mut zones: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (_, dp) in &specs {
+        for inbound in &dp.networking.inbound {
+            if let (Some(service), Some(zone)) = (inbound.service(), inbound.tags.get(ZONE_TAG)) {
+                zones
+                    .entry(service.to_string())
+                    .or_default()
+                    .insert(zone.clone());
+            }
+        }
+    }
+    for r in store.list(ResourceType::ZoneIngress, None).await? {
+        let Spec::ZoneIngress(z) = &r.spec else {
+            continue;
+        };
+        for a in z.available_services.iter().filter(|a| a.mesh == mesh) {
+            if let (Some(service), false) = (a.tags.get(SERVICE_TAG), z.zone.is_empty()) {
+                zones
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(z.zone.clone());
+            }
+        }
+    }
+    let mtls = match store
+        .find(&ResourceKey::global(ResourceType::Mesh, mesh))
+        .await?
+    {
+        Some(r) => matches!(&r.spec, Spec::Mesh(m) if m.enabled_mtls_backend().is_some()),
+        None => false,
+    };
     let summary = compute_service_insight(specs, &insight_specs);
     Ok(summary
         .services
@@ -80,6 +112,15 @@ pub async fn service_insights(
                 (item.as_object_mut(), serde_json::to_value(&stat))
             {
                 o.extend(s);
+            }
+            let in_zones = zones.remove(&name).unwrap_or_default();
+            if in_zones.len() > 1 && !mtls {
+                item["crossZone"] = json!(format!(
+                    "unavailable: mesh {mesh:?} has no mTLS, and zone ingresses route by the TLS SNI; each zone reaches only its own instances"
+                ));
+            }
+            if !in_zones.is_empty() {
+                item["zones"] = json!(in_zones);
             }
             (name, item)
         })

@@ -402,7 +402,13 @@ pub fn inspect_services(items: &[Value]) -> String {
             ]
         })
         .collect();
-    render(&["SERVICE", "STATUS", "DATAPLANES"], &rows)
+    let mut out = render(&["SERVICE", "STATUS", "DATAPLANES"], &rows);
+    for r in items {
+        if let Some(why) = r["crossZone"].as_str() {
+            out.push_str(&format!("\n{}: cross-zone traffic {why}\n", s(&r["name"])));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

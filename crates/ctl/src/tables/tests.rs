@@ -94,6 +94,8 @@ fn inspect_tables() {
     let services = [
         json!({"name": "echo-service_echo-example_svc_1010", "status": "online", "dataplanes": {"online": 1, "total": 1}}),
         json!({"name": "client", "status": "partially_degraded", "dataplanes": {"online": 1, "total": 2}}),
+        json!({"name": "web", "status": "online", "dataplanes": {"online": 2, "total": 2}, "zones": ["zone-1", "zone-2"],
+            "crossZone": "unavailable: mesh \"plain\" has no mTLS, and zone ingresses route by the TLS SNI; each zone reaches only its own instances"}),
     ];
     golden("inspect-services.txt", &inspect_services(&services));
     let zones = [
