@@ -100,6 +100,10 @@ fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
         { "port": e_to_envoy, "tags": { "kuma.io/service": "behind-envoy" } },
         { "port": e_to_kdp, "tags": { "kuma.io/service": "behind-kuma-dp" } }
     ]);
+    // Transparent proxying too: a redirect listener (use_original_dst), VIP:80 listeners that are
+    // not bound, and an ORIGINAL_DST passthrough cluster must all be valid Envoy.
+    envoy_client_dp["networking"]["transparentProxying"] =
+        json!({ "redirectPortOutbound": free_port() });
     let mut envoy_client = Envoy::start(
         &cp,
         dir.path(),
@@ -162,6 +166,24 @@ fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
             "{name} config_dump lacks our listeners"
         );
     }
+    let dump = wait_for(
+        "VIP listeners in the transparent Envoy",
+        Duration::from_secs(20),
+        || {
+            envoy_client
+                .admin("/config_dump")
+                .filter(|d| d.contains("outbound:240.") && d.contains("outbound:redirect"))
+        },
+    );
+    assert!(
+        dump.contains("outbound:passthrough"),
+        "no passthrough cluster"
+    );
+    let (rejected, _) = envoy_client.rejected_and_accepted();
+    assert!(
+        rejected.is_empty(),
+        "transparent config rejected: {rejected:?}"
+    );
     // Permissive mTLS (TLS inspector + a plaintext chain) is accepted by Envoy too, and then a
     // plaintext client reaches the app behind the Envoy sidecar.
     std::fs::write(&mesh, "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n      mode: PERMISSIVE\n").expect("mesh");
