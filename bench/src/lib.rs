@@ -341,3 +341,13 @@ pub async fn start_cp(bin_dir: &Path, work: &Path, env: &[(&str, String)]) -> an
         client: reqwest::Client::new(),
     })
 }
+
+/// `--flag N` from the command line, or `default`.
+pub fn numeric_flag(flag: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use meshzone_bench::{
-    BODY, BULK, CONNECTIONS, Cp, Proc, app, bulk, dataplane, free_port, load, proc_stat,
-    spawn_kuma_dp, start_cp, wait_http, wait_path,
+    BODY, BULK, CONNECTIONS, Cp, Proc, app, bulk, dataplane, free_port, load, numeric_flag,
+    proc_stat, spawn_kuma_dp, start_cp, wait_http, wait_path,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -71,16 +71,8 @@ fn spawn_envoy(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |flag: &str, default: u64| -> u64 {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let rate = arg("--rate", 1000) as u32;
-    let seconds = arg("--seconds", 10);
+    let rate = numeric_flag("--rate", 1000) as u32;
+    let seconds = numeric_flag("--seconds", 10);
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     let envoy_bin = std::env::var_os("ENVOY_BIN")

@@ -241,8 +241,8 @@ mod tests {
     use super::*;
     use meshzone_xds::decode::ClusterPlan;
 
-    #[test]
-    fn weighted_round_robin_follows_weights() {
+    /// A plan with one EDS cluster `web` and its endpoints.
+    fn web_cluster(endpoints: Vec<EndpointPlan>) -> ProxyConfig {
         let mut config = ProxyConfig::default();
         config.clusters.insert(
             "web".into(),
@@ -254,25 +254,21 @@ mod tests {
                 original_dst: false,
             },
         );
+        config.endpoints.insert("web".into(), endpoints);
+        config
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_weights() {
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
-        config.endpoints.insert(
-            "web".into(),
-            vec![
-                EndpointPlan {
-                    address: a,
-                    weight: 1,
-                    zone: None,
-                    priority: 0,
-                },
-                EndpointPlan {
-                    address: b,
-                    weight: 2,
-                    zone: None,
-                    priority: 0,
-                },
-            ],
-        );
+        let endpoint = |address, weight| EndpointPlan {
+            address,
+            weight,
+            zone: None,
+            priority: 0,
+        };
+        let config = web_cluster(vec![endpoint(a, 1), endpoint(b, 2)]);
         let (rt, problems) = Runtime::build(config, Arc::default());
         assert!(problems.is_empty());
         let firsts: Vec<SocketAddr> = (0..6).map(|_| rt.pick("web")[0]).collect();
@@ -284,17 +280,6 @@ mod tests {
 
     #[test]
     fn lower_priority_wins_until_its_endpoints_are_ejected() {
-        let mut config = ProxyConfig::default();
-        config.clusters.insert(
-            "web".into(),
-            ClusterPlan {
-                name: "web".into(),
-                static_endpoints: None,
-                tls: None,
-                http2: false,
-                original_dst: false,
-            },
-        );
         let local: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let remote: SocketAddr = "10.0.1.100:10000".parse().unwrap();
         let endpoint = |address, priority| EndpointPlan {
@@ -303,9 +288,7 @@ mod tests {
             zone: None,
             priority,
         };
-        config
-            .endpoints
-            .insert("web".into(), vec![endpoint(remote, 1), endpoint(local, 0)]);
+        let config = web_cluster(vec![endpoint(remote, 1), endpoint(local, 0)]);
         let (rt, _) = Runtime::build(config, Arc::default());
         for _ in 0..10 {
             assert_eq!(rt.pick("web"), vec![local, remote]);

@@ -337,6 +337,39 @@ pub fn http_get(port: u16) -> Result<String, String> {
     }
 }
 
+/// One counter of a `/stats` text (`name: value` lines, Envoy's and kuma-dp's form); 0 if absent.
+pub fn stat_value(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until a proxy's admin `/ready` answers 200; panics with its log if it exits first.
+fn wait_admin_ready(what: &str, child: &mut Child, log: &Path, admin_port: u16, seconds: u64) {
+    wait_for(
+        &format!("{what} /ready"),
+        Duration::from_secs(seconds),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "{what} exited with {status}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            reqwest::blocking::get(format!("http://127.0.0.1:{admin_port}/ready"))
+                .ok()
+                .filter(|r| r.status().is_success())
+        },
+    );
+}
+
 /// A `kuma-dp run` process. Killed on drop.
 pub struct DataPlane {
     pub child: Child,
@@ -397,17 +430,7 @@ impl DataPlane {
 
     /// One counter from the proxy's `/stats` (0 when absent).
     pub fn stat(&self, name: &str) -> u64 {
-        self.admin("/stats")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(": ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
+        stat_value(&self.admin("/stats").unwrap_or_default(), name)
     }
 
     /// Sum of the counters whose names start with `prefix` and end with `suffix`.
@@ -422,20 +445,7 @@ impl DataPlane {
     }
 
     pub fn wait_ready(&mut self) {
-        let log = self.log.clone();
-        let port = self.admin_port;
-        let child = &mut self.child;
-        wait_for("kuma-dp /ready", Duration::from_secs(30), || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "kuma-dp exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            reqwest::blocking::get(format!("http://127.0.0.1:{port}/ready"))
-                .ok()
-                .filter(|r| r.status().is_success())
-        });
+        wait_admin_ready("kuma-dp", &mut self.child, &self.log, self.admin_port, 30);
     }
 
     /// Waits for the process to exit on its own; returns its status and log.
@@ -680,20 +690,7 @@ impl Envoy {
     }
 
     pub fn wait_ready(&mut self) {
-        let log = self.log.clone();
-        let port = self.admin_port;
-        let child = &mut self.child;
-        wait_for("Envoy LIVE", Duration::from_secs(60), || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "envoy exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            reqwest::blocking::get(format!("http://127.0.0.1:{port}/ready"))
-                .ok()
-                .filter(|r| r.status().is_success())
-        });
+        wait_admin_ready("envoy", &mut self.child, &self.log, self.admin_port, 60);
     }
 
     /// Every `*.update_rejected` counter, which must all be zero, and the ACKed update count.

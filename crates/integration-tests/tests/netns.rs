@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use meshzone_integration_tests::{binary, ok, wait_for};
+use meshzone_integration_tests::{binary, ok, stat_value, wait_for};
 
 const SERVICE: &str = "echo-server_echo-example_svc_1010";
 const SERVICE_RFC1123: &str = "echo-server.echo-example.svc.1010";
@@ -221,17 +221,10 @@ impl Lab {
     }
 
     fn stat(&self, host: &str, admin_port: u16, name: &str) -> u64 {
-        self.curl(host, &[&format!("http://127.0.0.1:{admin_port}/stats")])
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(": ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
+        let stats = self
+            .curl(host, &[&format!("http://127.0.0.1:{admin_port}/stats")])
+            .unwrap_or_default();
+        stat_value(&stats, name)
     }
 }
 

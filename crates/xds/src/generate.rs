@@ -456,25 +456,10 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
         if !seen_services.insert(service.to_string()) {
             continue;
         }
-        let mut cluster = Cluster {
-            name: service.to_string(),
-            connect_timeout: Some(Duration {
-                seconds: 5,
-                nanos: 0,
-            }),
-            lb_policy: LbPolicy::RoundRobin as i32,
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-            eds_cluster_config: Some(EdsClusterConfig {
-                eds_config: Some(ads()),
-                service_name: service.to_string(),
-            }),
-            typed_extension_protocol_options: if outbound_protocol == Protocol::Http2 {
-                http2_upstream().into_iter().collect()
-            } else {
-                Default::default()
-            },
-            ..Default::default()
-        };
+        let mut cluster = eds_cluster(service);
+        if outbound_protocol == Protocol::Http2 {
+            cluster.typed_extension_protocol_options = http2_upstream().into_iter().collect();
+        }
         if mtls {
             cluster.transport_socket = Some(transport_socket(pack_any(UpstreamTlsContext {
                 sni: sni(service, mesh),
@@ -624,20 +609,7 @@ pub fn generate_sni_router(input: &SniRouterInput<'_>) -> Snapshot {
         });
         clusters.push(NamedResource {
             name: sni.clone(),
-            resource: pack_any(Cluster {
-                name: sni.clone(),
-                connect_timeout: Some(Duration {
-                    seconds: 5,
-                    nanos: 0,
-                }),
-                lb_policy: LbPolicy::RoundRobin as i32,
-                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-                eds_cluster_config: Some(EdsClusterConfig {
-                    eds_config: Some(ads()),
-                    service_name: sni.clone(),
-                }),
-                ..Default::default()
-            }),
+            resource: pack_any(eds_cluster(sni)),
         });
         assignments.push(NamedResource {
             name: sni.clone(),
@@ -657,6 +629,24 @@ pub fn generate_sni_router(input: &SniRouterInput<'_>) -> Snapshot {
         });
     }
     snapshot_of(listeners, clusters, assignments, Vec::new())
+}
+
+/// A round-robin cluster whose endpoints come by EDS (over ADS) under its own name.
+fn eds_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        connect_timeout: Some(Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        lb_policy: LbPolicy::RoundRobin as i32,
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: name.to_string(),
+        }),
+        ..Default::default()
+    }
 }
 
 fn tls_inspector() -> ListenerFilter {
