@@ -109,7 +109,13 @@ enum InstallCommand {
         /// User (name or uid) kuma-dp runs as; its own traffic is not redirected.
         #[arg(long, default_value = "kuma-dp")]
         kuma_dp_user: String,
-        /// Send DNS queries (UDP 53) to this resolver, e.g. the zone CP's `<ip>:5653`.
+        /// Send DNS queries (UDP 53) to kuma-dp's resolver on 127.0.0.1:--redirect-dns-port
+        /// (`.mesh` names keep resolving while the control plane is away).
+        #[arg(long, conflicts_with = "redirect_dns_to")]
+        redirect_dns: bool,
+        #[arg(long, default_value_t = 15053)]
+        redirect_dns_port: u16,
+        /// Send DNS queries (UDP 53) to another resolver instead, e.g. the zone CP's `<ip>:5653`.
         #[arg(long, value_name = "IP:PORT")]
         redirect_dns_to: Option<std::net::SocketAddr>,
         /// Destination ports never redirected (comma-separated).
@@ -207,15 +213,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 InstallCommand::TransparentProxy {
                     redirect_outbound_port,
                     kuma_dp_user,
+                    redirect_dns,
+                    redirect_dns_port,
                     redirect_dns_to,
                     exclude_outbound_ports,
                     dry_run,
                 },
         } => {
+            use transparent_proxy::DnsRedirect;
             let options = transparent_proxy::Options {
                 redirect_outbound_port,
                 kuma_dp_uid: transparent_proxy::resolve_uid(&kuma_dp_user)?,
-                redirect_dns_to,
+                redirect_dns: match (redirect_dns, redirect_dns_to) {
+                    (_, Some(to)) => Some(DnsRedirect::To(to)),
+                    (true, None) => Some(DnsRedirect::Local(redirect_dns_port)),
+                    (false, None) => None,
+                },
                 exclude_outbound_ports,
             };
             transparent_proxy::install(&options, dry_run)

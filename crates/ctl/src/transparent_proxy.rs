@@ -13,13 +13,22 @@ use anyhow::{Context, bail};
 const OUTBOUND_CHAIN: &str = "MESH_OUTBOUND";
 const DNS_CHAIN: &str = "MESH_DNS";
 
+/// Where redirected DNS queries go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsRedirect {
+    /// kuma-dp's own resolver on this port of 127.0.0.1 (`.mesh` from its VIPs, the rest relayed).
+    Local(u16),
+    /// Another resolver, e.g. the zone CP's `.mesh` server at `<ip>:5653`.
+    To(SocketAddr),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub redirect_outbound_port: u16,
     /// uid whose traffic is never redirected (the user kuma-dp runs as).
     pub kuma_dp_uid: u32,
-    /// Where DNS queries (UDP 53) go, e.g. the zone CP's `.mesh` server at `<ip>:5653`.
-    pub redirect_dns_to: Option<SocketAddr>,
+    /// Where DNS queries (UDP 53) go, if anywhere.
+    pub redirect_dns: Option<DnsRedirect>,
     /// Outbound destination ports never redirected.
     pub exclude_outbound_ports: Vec<u16>,
 }
@@ -93,8 +102,17 @@ pub fn install_rules(o: &Options) -> Vec<Vec<String>> {
         "-j",
         OUTBOUND_CHAIN,
     ]));
-    if let Some(dns) = o.redirect_dns_to {
-        let to = dns.to_string();
+    if let Some(dns) = o.redirect_dns {
+        let target: Vec<String> = match dns {
+            DnsRedirect::Local(port) => {
+                vec!["REDIRECT".into(), "--to-ports".into(), port.to_string()]
+            }
+            DnsRedirect::To(to) => vec!["DNAT".into(), "--to-destination".into(), to.to_string()],
+        };
+        let mut redirect = rule(&[
+            "-t", "nat", "-A", DNS_CHAIN, "-p", "udp", "--dport", "53", "-j",
+        ]);
+        redirect.extend(target);
         rules.extend([
             rule(&["-t", "nat", "-N", DNS_CHAIN]),
             rule(&[
@@ -109,20 +127,7 @@ pub fn install_rules(o: &Options) -> Vec<Vec<String>> {
                 "-j",
                 "RETURN",
             ]),
-            rule(&[
-                "-t",
-                "nat",
-                "-A",
-                DNS_CHAIN,
-                "-p",
-                "udp",
-                "--dport",
-                "53",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ]),
+            redirect,
             rule(&[
                 "-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "53", "-j", DNS_CHAIN,
             ]),
@@ -213,9 +218,12 @@ pub fn install(o: &Options, dry_run: bool) -> anyhow::Result<()> {
         "transparent proxy installed: outbound TCP → 127.0.0.1:{} (except uid {}){}",
         o.redirect_outbound_port,
         o.kuma_dp_uid,
-        o.redirect_dns_to
-            .map(|d| format!(", DNS (UDP 53) → {d}"))
-            .unwrap_or_default()
+        match o.redirect_dns {
+            Some(DnsRedirect::Local(port)) =>
+                format!(", DNS (UDP 53) → kuma-dp on 127.0.0.1:{port}"),
+            Some(DnsRedirect::To(to)) => format!(", DNS (UDP 53) → {to}"),
+            None => String::new(),
+        }
     );
     Ok(())
 }
@@ -252,7 +260,7 @@ mod tests {
         let rules = install_rules(&Options {
             redirect_outbound_port: 15001,
             kuma_dp_uid: 5678,
-            redirect_dns_to: Some("198.18.1.1:5653".parse().unwrap()),
+            redirect_dns: Some(DnsRedirect::To("198.18.1.1:5653".parse().unwrap())),
             exclude_outbound_ports: vec![22],
         });
         let text: Vec<String> = rules.iter().map(|r| r.join(" ")).collect();
@@ -277,11 +285,28 @@ mod tests {
     }
 
     #[test]
+    fn dns_to_kuma_dp_is_a_local_redirect() {
+        let rules = install_rules(&Options {
+            redirect_outbound_port: 15001,
+            kuma_dp_uid: 5678,
+            redirect_dns: Some(DnsRedirect::Local(15053)),
+            exclude_outbound_ports: vec![],
+        });
+        let text: Vec<String> = rules.iter().map(|r| r.join(" ")).collect();
+        assert!(
+            text.contains(
+                &"-t nat -A MESH_DNS -p udp --dport 53 -j REDIRECT --to-ports 15053".to_string()
+            ),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
     fn without_dns_redirection_no_dns_chain() {
         let rules = install_rules(&Options {
             redirect_outbound_port: 15001,
             kuma_dp_uid: 0,
-            redirect_dns_to: None,
+            redirect_dns: None,
             exclude_outbound_ports: vec![],
         });
         assert!(rules.iter().all(|r| !r.contains(&DNS_CHAIN.to_string())));

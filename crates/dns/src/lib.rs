@@ -3,9 +3,16 @@
 //! services and for services other zones offer through their ingresses.
 //!
 //! VIPs are allocated once and persisted (a `Config` resource), so they never change while the
-//! service exists: not on reconnects, not on restarts. [`vips`] is the pure allocator; [`server`]
+//! service exists: not on reconnects, not on restarts. [`vips`] is the pure allocator; `server`
 //! keeps the table current from store events and answers UDP queries.
 
+//!
+//! Without the default `server` feature only the pure parts remain ([`vips`] names and [`answer`]),
+//! which kuma-dp's local resolver uses without pulling in the store.
+
+pub mod answer;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod vips;
+#[cfg(feature = "server")]
 pub use server::{VIPS_CONFIG, load_vips};

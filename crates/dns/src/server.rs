@@ -4,9 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::op::Message;
 use meshzone_model::specs::ConfigSpec;
 use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec};
 use meshzone_store::{Store, StoreError};
@@ -14,13 +12,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::answer::answer;
 use crate::vips::{Cidr, allocate, names};
 
 /// Name of the Config resource holding the assignments (service → VIP).
 pub const VIPS_CONFIG: &str = "meshzone-dns-vips";
-
-/// Answers carry a short TTL so a removed service disappears quickly from caches.
-const TTL: u32 = 30;
 
 /// DNS name (lowercase, without the trailing dot) → VIP.
 pub type Table = Arc<BTreeMap<String, Ipv4Addr>>;
@@ -129,37 +125,6 @@ pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: watch::Se
     }
 }
 
-/// Builds the answer to one query message (pure; unit-tested).
-pub fn answer(query: &Message, table: &BTreeMap<String, Ipv4Addr>, domain: &str) -> Message {
-    let mut response = Message::response(query.metadata.id, query.metadata.op_code);
-    response.metadata.recursion_desired = query.metadata.recursion_desired;
-    response.metadata.authoritative = true;
-    response.metadata.message_type = MessageType::Response;
-    let mut code = ResponseCode::NoError;
-    for q in &query.queries {
-        response.add_query(q.clone());
-        let name = q.name().to_ascii();
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        match table.get(&name) {
-            Some(ip) => {
-                if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
-                    response.add_answer(Record::from_rdata(
-                        q.name().clone(),
-                        TTL,
-                        RData::A(A(*ip)),
-                    ));
-                }
-            }
-            None if name == domain || name.ends_with(&format!(".{domain}")) => {
-                code = ResponseCode::NXDomain;
-            }
-            None => code = ResponseCode::Refused,
-        }
-    }
-    response.metadata.response_code = code;
-    response
-}
-
 /// Serves DNS on a bound UDP socket until the task is dropped.
 pub async fn serve(socket: UdpSocket, table: watch::Receiver<Table>, domain: String) {
     let mut buf = vec![0u8; 4096];
@@ -180,32 +145,5 @@ pub async fn serve(socket: UdpSocket, table: watch::Receiver<Table>, domain: Str
         if let Ok(bytes) = response.to_vec() {
             let _ = socket.send_to(&bytes, peer).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use hickory_proto::op::{OpCode, Query};
-    use hickory_proto::rr::Name;
-
-    fn query(name: &str) -> Message {
-        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
-        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-        m
-    }
-
-    #[test]
-    fn answers_known_names_and_nxdomain_for_unknown_ones() {
-        let table = BTreeMap::from([("web.mesh".to_string(), Ipv4Addr::new(240, 0, 0, 1))]);
-        let r = answer(&query("Web.Mesh."), &table, "mesh");
-        assert_eq!(r.metadata.id, 7);
-        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
-        assert_eq!(r.answers.len(), 1);
-        let r = answer(&query("nope.mesh."), &table, "mesh");
-        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
-        assert!(r.answers.is_empty());
-        let r = answer(&query("example.com."), &table, "mesh");
-        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
     }
 }

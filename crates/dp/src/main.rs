@@ -4,6 +4,7 @@
 //! forward to the application. It keeps serving its last configuration if the CP goes away.
 
 mod admin;
+mod dns;
 mod http;
 mod proxy;
 mod runtime;
@@ -76,6 +77,13 @@ struct RunArgs {
     drain_time: String,
     #[arg(long, default_value = "info", env = "KUMA_LOG_LEVEL")]
     log_level: String,
+    /// With transparent proxying: answer DNS on 127.0.0.1:--dns-port (`.mesh` from this proxy's
+    /// VIPs, other names relayed to /etc/resolv.conf's servers). `kumactl install
+    /// transparent-proxy --redirect-dns` sends the host's queries there.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KUMA_DNS_ENABLED")]
+    dns_enabled: bool,
+    #[arg(long, default_value_t = 15053, env = "KUMA_DNS_CORE_DNS_PORT")]
+    dns_port: u16,
     /// Worker threads of the proxy.
     #[arg(long, default_value_t = 2, env = "KUMA_DATAPLANE_RUNTIME_CONCURRENCY")]
     concurrency: usize,
@@ -212,6 +220,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
         .into_future(),
     );
+
+    let transparent = dataplane_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .is_some_and(|v| !v["networking"]["transparentProxying"].is_null());
+    if transparent && args.dns_enabled {
+        let socket = tokio::net::UdpSocket::bind(("127.0.0.1", args.dns_port))
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot listen on 127.0.0.1:{} (--dns-port, UDP): {e}",
+                    args.dns_port
+                )
+            })?;
+        let upstreams =
+            dns::upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+        info!(
+            port = args.dns_port,
+            ?upstreams,
+            "DNS for .mesh names listening (UDP)"
+        );
+        tokio::spawn(dns::serve(
+            socket,
+            runtime_rx.clone(),
+            upstreams,
+            stats.clone(),
+        ));
+    }
 
     let settings = xds_client::XdsSettings {
         cp_address: args.cp_address.clone(),

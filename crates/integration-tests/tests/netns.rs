@@ -511,7 +511,8 @@ fn seed_universal_walkthrough_across_hosts() {
     let client_dp = format!(
         "type: Dataplane\nmesh: default\nname: client\nnetworking:\n  address: 198.18.2.20\n  inbound:\n  - port: 10021\n    servicePort: 8081\n    tags:\n      kuma.io/service: client\n  outbound:\n  - port: 20012\n    tags:\n      kuma.io/service: {SERVICE}\n  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n"
     );
-    // DNS of the client host goes to the zone CP; the transparent proxy sends port 53 on to 5653.
+    // The client host's resolver; the transparent proxy redirects port 53 to kuma-dp's resolver,
+    // which answers `.mesh` itself and relays other names here.
     std::fs::create_dir_all(format!("/etc/netns/{}", lab.ns("z2-client"))).expect("netns etc");
     std::fs::write(
         format!("/etc/netns/{}/resolv.conf", lab.ns("z2-client")),
@@ -526,8 +527,7 @@ fn seed_universal_walkthrough_across_hosts() {
             "transparent-proxy",
             "--kuma-dp-user",
             KUMA_DP_UID,
-            "--redirect-dns-to",
-            "198.18.2.1:5653",
+            "--redirect-dns",
         ],
     ));
     start_sidecar(
@@ -566,9 +566,26 @@ fn seed_universal_walkthrough_across_hosts() {
 
     // DNS and the transparent proxy: both names of the seed, on port 80.
     for name in [SERVICE, SERVICE_RFC1123] {
+        // The host's resolver (UDP 53) is redirected to kuma-dp; the zone CP answers on 5653.
         let dig = lab.exec("z2-client", "dig", &["+short", &format!("{name}.mesh")]);
         let vip = String::from_utf8_lossy(&dig.stdout).trim().to_string();
         assert!(vip.starts_with("240."), "dig {name}.mesh: {vip:?}");
+        let cp_dig = lab.exec(
+            "z2-client",
+            "dig",
+            &[
+                "@198.18.2.1",
+                "-p",
+                "5653",
+                "+short",
+                &format!("{name}.mesh"),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&cp_dig.stdout).trim(),
+            vip,
+            "kuma-dp and the zone CP agree"
+        );
         let url = format!("http://{name}.mesh:80/");
         let last = std::cell::RefCell::new(String::new());
         let body = wait_for_or(&format!("curl {url} (transparent proxy)"), &last, || {
@@ -723,13 +740,11 @@ fn seed_universal_walkthrough_across_hosts() {
         None,
         "every CP offline: {all_down:?}"
     );
-    // Known limit: `.mesh` names come from the zone CP's DNS (kuma-dp has no resolver of its
-    // own yet), so with zone-2's CP down they stop resolving; VIP connections already open work.
-    assert!(
-        lab.curl("z2-client", &[&format!("http://{SERVICE}.mesh:80/")])
-            .is_err_and(|e| e.contains("resolve")),
-        "DNS is served by the zone CP, which is down"
-    );
+    // `.mesh` names keep resolving (kuma-dp's own resolver) and the transparent path works.
+    let body = lab
+        .curl("z2-client", &[&format!("http://{SERVICE}.mesh:80/")])
+        .expect("transparent proxying with every CP offline");
+    assert!(body.starts_with("zone-1-"), "{body}");
     // Communication between the zones failing: cross-zone requests fail, nothing else breaks.
     must(
         "ip",
