@@ -98,10 +98,14 @@ pub async fn serve(
     settings: DpServerSettings,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    match meshzone_dp_server::close_stale_subscriptions(&store).await {
-        Ok(0) => {}
-        Ok(n) => info!(closed = n, "marked proxies of the previous run offline"),
-        Err(e) => return Err(anyhow!("cannot read insights: {e}")),
+    // Only a CP that serves proxies owns their insights; global holds zones' copies, which their
+    // zones keep current.
+    if settings.refuse_all.is_none() {
+        match meshzone_dp_server::close_stale_subscriptions(&store).await {
+            Ok(0) => {}
+            Ok(n) => info!(closed = n, "marked proxies of the previous run offline"),
+            Err(e) => return Err(anyhow!("cannot read insights: {e}")),
+        }
     }
     let service = AdsService::new(store, settings).into_server();
     Server::builder()

@@ -534,12 +534,14 @@ async fn inspect(client: &ApiClient, what: &str, mesh: &str, output: Output) -> 
         // services they offer.
         "zoneingresses" | "zoneingress" | "zone-ingresses" | "zone-ingress" => {
             let items = client.list_all("/zoneingresses").await?;
-            let t = tables::get_table(ResourceType::ZoneIngress, &items, now);
+            let insights = client.list_all("/zone-ingress-insights").await?;
+            let t = tables::inspect_zone_proxies(ResourceType::ZoneIngress, &items, &insights, now);
             (items, t)
         }
         "zoneegresses" | "zoneegress" | "zone-egresses" | "zone-egress" => {
             let items = client.list_all("/zoneegresses").await?;
-            let t = tables::get_table(ResourceType::ZoneEgress, &items, now);
+            let insights = client.list_all("/zone-egress-insights").await?;
+            let t = tables::inspect_zone_proxies(ResourceType::ZoneEgress, &items, &insights, now);
             (items, t)
         }
         other => {

@@ -328,6 +328,75 @@ pub fn get_zones(zones: &[Value], insights: &[Value], now: DateTime<Utc>) -> Str
     render(&["NAME", "STATUS", "ENABLED", "AGE"], &rows)
 }
 
+/// `kumactl inspect zoneingresses` / `zoneegresses`: each zone proxy with its status from its
+/// insight (Online while its ADS stream is open), where it listens and, for an ingress, what it
+/// advertises to other zones ("not advertised": other zones cannot reach it) and how many
+/// services it offers.
+pub fn inspect_zone_proxies(
+    rt: ResourceType,
+    items: &[Value],
+    insights: &[Value],
+    now: DateTime<Utc>,
+) -> String {
+    let ingress = rt == ResourceType::ZoneIngress;
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|r| {
+            let subs = insights
+                .iter()
+                .find(|i| i["name"] == r["name"])
+                .and_then(|i| i["subscriptions"].as_array().cloned())
+                .unwrap_or_default();
+            let last = subs.last();
+            let (updates, errors) = totals(&subs);
+            let n = &r["networking"];
+            let mut row = vec![
+                s(&r["name"]),
+                r["zone"]
+                    .as_str()
+                    .filter(|z| !z.is_empty())
+                    .unwrap_or("-")
+                    .to_string(),
+                status_word(any_open(&subs)).to_string(),
+                host_port(&n["address"], &n["port"]),
+            ];
+            if ingress {
+                row.push(if n["advertisedAddress"].is_null() {
+                    "not advertised".to_string()
+                } else {
+                    host_port(&n["advertisedAddress"], &n["advertisedPort"])
+                });
+                row.push(
+                    r["availableServices"]
+                        .as_array()
+                        .map_or(0, Vec::len)
+                        .to_string(),
+                );
+            }
+            row.extend([
+                ago(last.and_then(|l| time(&l["connectTime"])), now),
+                updates.to_string(),
+                errors.to_string(),
+                last.map(|l| s(&l["version"]["kumaDp"]["version"]))
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+            row
+        })
+        .collect();
+    let mut header = vec!["NAME", "ZONE", "STATUS", "ADDRESS"];
+    if ingress {
+        header.extend(["ADVERTISED", "SERVICES"]);
+    }
+    header.extend([
+        "LAST CONNECTED AGO",
+        "TOTAL UPDATES",
+        "TOTAL ERRORS",
+        "KUMA-DP VERSION",
+    ]);
+    render(&header, &rows)
+}
+
 /// `kumactl inspect zones`: a zone is Online when it is enabled and a subscription is open.
 pub fn inspect_zones(zones: &[Value], insights: &[Value], now: DateTime<Utc>) -> String {
     let rows: Vec<Vec<String>> = zones

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshzone_model::specs::Subscriptions;
 use meshzone_model::{ResourceType, Spec};
 use meshzone_store::Store;
 use meshzone_xds::discovery::aggregated_discovery_service_server::{
@@ -95,27 +94,38 @@ impl AdsService {
     }
 }
 
-/// Marks every still-open DataplaneInsight subscription as ended: after a control plane restart
-/// no stream of the previous process can still be alive.
+/// Marks every still-open proxy subscription (DataplaneInsight, ZoneIngressInsight,
+/// ZoneEgressInsight) as ended: after a control plane restart no stream of the previous process
+/// can still be alive.
 pub async fn close_stale_subscriptions(store: &Store) -> Result<usize, meshzone_store::StoreError> {
     let now = chrono::Utc::now();
     let mut closed = 0;
-    for mut insight in store.list(ResourceType::DataplaneInsight, None).await? {
-        let Spec::DataplaneInsight(spec) = &mut insight.spec else {
-            continue;
-        };
-        if !spec.is_online() {
-            continue;
-        }
-        for sub in &mut spec.subscriptions {
-            if sub.disconnect_time.is_none() {
-                sub.disconnect_time = Some(now);
-                closed += 1;
+    for rt in [
+        ResourceType::DataplaneInsight,
+        ResourceType::ZoneIngressInsight,
+        ResourceType::ZoneEgressInsight,
+    ] {
+        for mut insight in store.list(rt, None).await? {
+            let subscriptions = match &mut insight.spec {
+                Spec::DataplaneInsight(s) => &mut s.subscriptions,
+                Spec::ZoneIngressInsight(s) | Spec::ZoneEgressInsight(s) => &mut s.subscriptions,
+                _ => continue,
+            };
+            let mut changed = false;
+            for sub in subscriptions.iter_mut() {
+                if sub.disconnect_time.is_none() {
+                    sub.disconnect_time = Some(now);
+                    closed += 1;
+                    changed = true;
+                }
             }
-        }
-        match store.update(insight).await {
-            Ok(_) | Err(meshzone_store::StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e),
+            if !changed {
+                continue;
+            }
+            match store.update(insight).await {
+                Ok(_) | Err(meshzone_store::StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(closed)

@@ -12,7 +12,7 @@ use meshzone_identity::{
 };
 use meshzone_model::specs::{
     BuildVersion, ComponentVersions, DataplaneInsightSpec, DataplaneSpec, DiscoverySubscription,
-    MeshSpec, MtlsInsight, ResponseCounters, ZONE_TAG,
+    MeshSpec, MtlsInsight, ResponseCounters, ZONE_TAG, ZoneProxyInsightSpec,
 };
 use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec, parse_documents};
 use meshzone_store::{EventKind, StoreError, StoreEvent};
@@ -66,6 +66,15 @@ impl ProxyKind {
             ProxyKind::Dataplane => ResourceType::Dataplane,
             ProxyKind::Ingress => ResourceType::ZoneIngress,
             ProxyKind::Egress => ResourceType::ZoneEgress,
+        }
+    }
+
+    /// Where the proxy's subscriptions are recorded.
+    fn insight_type(self) -> ResourceType {
+        match self {
+            ProxyKind::Dataplane => ResourceType::DataplaneInsight,
+            ProxyKind::Ingress => ResourceType::ZoneIngressInsight,
+            ProxyKind::Egress => ResourceType::ZoneEgressInsight,
         }
     }
 
@@ -759,15 +768,8 @@ impl ProxyStream {
         &mut self,
         change: impl Fn(&mut Vec<DiscoverySubscription>, &Self),
     ) {
-        if self.kind != ProxyKind::Dataplane {
-            return;
-        }
         let store = &self.shared.store;
-        let key = ResourceKey::new(
-            ResourceType::DataplaneInsight,
-            &self.key.mesh,
-            &self.key.name,
-        );
+        let key = ResourceKey::new(self.kind.insight_type(), &self.key.mesh, &self.key.name);
         for _ in 0..5 {
             let stored = match store.find(&key).await {
                 Ok(s) => s,
@@ -776,33 +778,41 @@ impl ProxyStream {
                     return;
                 }
             };
-            let mut spec = match &stored {
-                Some(Resource {
-                    spec: Spec::DataplaneInsight(s),
-                    ..
-                }) => s.clone(),
-                _ => DataplaneInsightSpec::default(),
+            let mut subscriptions = match stored.as_ref().map(|r| &r.spec) {
+                Some(Spec::DataplaneInsight(s)) => s.subscriptions.clone(),
+                Some(Spec::ZoneIngressInsight(s) | Spec::ZoneEgressInsight(s)) => {
+                    s.subscriptions.clone()
+                }
+                _ => Vec::new(),
             };
-            change(&mut spec.subscriptions, self);
-            let excess = spec.subscriptions.len().saturating_sub(KEPT_SUBSCRIPTIONS);
-            spec.subscriptions.drain(..excess);
-            spec.mtls = self.identity.as_ref().map(|i| MtlsInsight {
-                certificate_expiration_time: Some(i.expires.into()),
-                last_certificate_regeneration: self.last_regeneration,
-                certificate_regenerations: self.regenerations,
-                issued_backend: i.backend.clone(),
-                supported_backends: vec![i.backend.clone()],
-            });
+            change(&mut subscriptions, self);
+            let excess = subscriptions.len().saturating_sub(KEPT_SUBSCRIPTIONS);
+            subscriptions.drain(..excess);
+            let spec = match self.kind {
+                ProxyKind::Dataplane => Spec::DataplaneInsight(DataplaneInsightSpec {
+                    subscriptions,
+                    mtls: self.identity.as_ref().map(|i| MtlsInsight {
+                        certificate_expiration_time: Some(i.expires.into()),
+                        last_certificate_regeneration: self.last_regeneration,
+                        certificate_regenerations: self.regenerations,
+                        issued_backend: i.backend.clone(),
+                        supported_backends: vec![i.backend.clone()],
+                    }),
+                }),
+                ProxyKind::Ingress => {
+                    Spec::ZoneIngressInsight(ZoneProxyInsightSpec { subscriptions })
+                }
+                ProxyKind::Egress => {
+                    Spec::ZoneEgressInsight(ZoneProxyInsightSpec { subscriptions })
+                }
+            };
             let result = match stored {
                 Some(mut r) => {
-                    r.spec = Spec::DataplaneInsight(spec);
+                    r.spec = spec;
                     store.update(r).await.map(|_| ())
                 }
                 None => {
-                    let mut r = Resource::new(
-                        Meta::named(&self.key.name, &self.key.mesh),
-                        Spec::DataplaneInsight(spec),
-                    );
+                    let mut r = Resource::new(Meta::named(&self.key.name, &self.key.mesh), spec);
                     r.meta.owner = Some(self.key.clone());
                     store.create(r).await.map(|_| ())
                 }
@@ -810,7 +820,7 @@ impl ProxyStream {
             match result {
                 Ok(()) => return,
                 Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => continue,
-                // The Dataplane is gone (deregistered or deleted): nothing to record.
+                // The proxy's resource is gone (deregistered or deleted): nothing to record.
                 Err(StoreError::OwnerNotFound(_) | StoreError::NotFound(_)) => return,
                 Err(e) => {
                     warn!(%key, error = %e, "cannot write insight");

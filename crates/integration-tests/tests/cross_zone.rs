@@ -164,10 +164,22 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
                 .filter(|d| d.contains(&ingress_endpoint))
         },
     );
-    let inspect = global.kumactl_ok(&["inspect", "zoneingresses"]);
-    assert!(
-        inspect.contains("ingress-1") && inspect.contains(&ingress_endpoint),
-        "{inspect}"
+    // Global sees both ingresses Online (their insights come up over KDS).
+    wait_for(
+        "ingresses Online on global",
+        Duration::from_secs(30),
+        || {
+            let inspect = global.kumactl_ok(&["inspect", "zoneingresses"]);
+            let online = |name: &str| {
+                inspect
+                    .lines()
+                    .any(|l| l.starts_with(name) && l.contains(" Online "))
+            };
+            (online("zone-1.ingress-1")
+                && online("zone-2.ingress-2")
+                && inspect.contains(&ingress_endpoint))
+            .then_some(())
+        },
     );
 
     // Weights: 2 instances in zone-1, 1 in zone-2 → 2:1.

@@ -21,11 +21,13 @@ pub const GLOBAL_TO_ZONE: [ResourceType; 4] = [
 ];
 
 /// Types a zone sends up to global, in the order they must be applied (owners first).
-pub const ZONE_TO_GLOBAL: [ResourceType; 4] = [
+pub const ZONE_TO_GLOBAL: [ResourceType; 6] = [
     ResourceType::Dataplane,
     ResourceType::DataplaneInsight,
     ResourceType::ZoneIngress,
+    ResourceType::ZoneIngressInsight,
     ResourceType::ZoneEgress,
+    ResourceType::ZoneEgressInsight,
 ];
 
 /// Zone-token signing keys are sent to zones as their public halves only.
@@ -240,7 +242,7 @@ pub fn reconcile(
 
 /// How global stores a resource received from `zone`: renamed `<zone>.<name>`, labelled with
 /// its zone and origin, its zone attribution pinned inside the spec, owned by the Zone (or, for
-/// an insight, by its Dataplane) so deleting the Zone removes it.
+/// an insight, by its Dataplane, ZoneIngress or ZoneEgress) so deleting the Zone removes it.
 pub fn map_from_zone(zone: &str, mut r: Resource) -> Resource {
     let rt = r.resource_type();
     r.meta.name = global_name(zone, &r.meta.name);
@@ -249,6 +251,12 @@ pub fn map_from_zone(zone: &str, mut r: Resource) -> Resource {
     r.meta.owner = Some(match rt {
         ResourceType::DataplaneInsight => {
             ResourceKey::new(ResourceType::Dataplane, &r.meta.mesh, &r.meta.name)
+        }
+        ResourceType::ZoneIngressInsight => {
+            ResourceKey::global(ResourceType::ZoneIngress, &r.meta.name)
+        }
+        ResourceType::ZoneEgressInsight => {
+            ResourceKey::global(ResourceType::ZoneEgress, &r.meta.name)
         }
         _ => ResourceKey::global(ResourceType::Zone, zone),
     });

@@ -481,6 +481,15 @@ pub struct MtlsInsight {
     pub supported_backends: Vec<String>,
 }
 
+/// Status of a zone ingress or egress proxy: its ADS subscriptions (ZoneIngressInsight,
+/// ZoneEgressInsight).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ZoneProxyInsightSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<DiscoverySubscription>,
+}
+
 /// When a subscription connected and, if it has ended, when it disconnected.
 pub type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
@@ -498,6 +507,15 @@ pub trait Subscriptions {
 }
 
 impl Subscriptions for ZoneInsightSpec {
+    fn windows(&self) -> Vec<Window> {
+        self.subscriptions
+            .iter()
+            .map(|s| (s.connect_time, s.disconnect_time))
+            .collect()
+    }
+}
+
+impl Subscriptions for ZoneProxyInsightSpec {
     fn windows(&self) -> Vec<Window> {
         self.subscriptions
             .iter()

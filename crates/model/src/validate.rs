@@ -93,16 +93,21 @@ pub fn validate(resource: &Resource) -> Result<(), Violations> {
                 }
             }
         }
-        Spec::DataplaneInsight(s) => {
-            for (i, sub) in s.subscriptions.iter().enumerate() {
-                if sub.id.is_empty() {
-                    v.push(format!("subscriptions[{i}].id"), "cannot be empty");
-                }
-            }
+        Spec::DataplaneInsight(s) => validate_subscriptions(&s.subscriptions, &mut v),
+        Spec::ZoneIngressInsight(s) | Spec::ZoneEgressInsight(s) => {
+            validate_subscriptions(&s.subscriptions, &mut v)
         }
         Spec::ServiceInsight(_) | Spec::Config(_) => {}
     }
     v.into_result()
+}
+
+fn validate_subscriptions(subscriptions: &[DiscoverySubscription], v: &mut Violations) {
+    for (i, sub) in subscriptions.iter().enumerate() {
+        if sub.id.is_empty() {
+            v.push(format!("subscriptions[{i}].id"), "cannot be empty");
+        }
+    }
 }
 
 fn validate_meta(rt: ResourceType, r: &Resource, v: &mut Violations) {

@@ -109,6 +109,33 @@ fn inspect_tables() {
         "get-zones-status.txt",
         &get_zones(&zones, &[open, closed], now()),
     );
+
+    let ingress = fixture("zone-ingress.yaml");
+    let mut hidden = ingress.clone();
+    hidden["name"] = json!("ingress-hidden");
+    hidden["networking"]
+        .as_object_mut()
+        .expect("networking")
+        .retain(|k, _| k == "address" || k == "port");
+    let insight = fixture("zone-ingress-insight.yaml");
+    golden(
+        "inspect-zone-ingresses.txt",
+        &inspect_zone_proxies(
+            ResourceType::ZoneIngress,
+            &[ingress, hidden],
+            &[insight],
+            now(),
+        ),
+    );
+    golden(
+        "inspect-zone-egresses.txt",
+        &inspect_zone_proxies(
+            ResourceType::ZoneEgress,
+            &[fixture("zone-egress.yaml")],
+            &[fixture("zone-egress-insight.yaml")],
+            now(),
+        ),
+    );
 }
 
 #[test]
