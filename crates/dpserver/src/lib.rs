@@ -9,6 +9,7 @@
 pub mod available_services;
 pub mod endpoints;
 mod stream;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,7 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) settings: DpServerSettings,
     owners: Mutex<Owners>,
+    views: view::MeshViews,
 }
 
 impl Shared {
@@ -85,6 +87,7 @@ impl AdsService {
                 store,
                 settings,
                 owners: Mutex::new(Owners::default()),
+                views: view::MeshViews::default(),
             }),
         }
     }

@@ -31,7 +31,8 @@ use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::Shared;
-use crate::endpoints::{LocalEgress, RemoteIngress, egress_routes, ingress_routes, mesh_endpoints};
+use crate::endpoints::{egress_routes, ingress_routes};
+use crate::view::remote_ingresses;
 
 /// Node metadata key carrying the proxy's Dataplane (JSON or YAML) when it registers itself.
 pub const DATAPLANE_METADATA_KEY: &str = "dataplane.resource";
@@ -310,6 +311,9 @@ struct ProxyStream {
     shared: Arc<Shared>,
     key: ResourceKey,
     kind: ProxyKind,
+    /// The latest store change affecting this proxy that the stream has heard of: a shared mesh
+    /// view at least this recent may be reused.
+    seen_seq: u64,
     tx: super::stream::Out,
     subscribed: HashMap<TypeUrl, Vec<String>>,
     sent: HashMap<TypeUrl, Sent>,
@@ -358,10 +362,12 @@ fn node_version(
 
 impl ProxyStream {
     fn new(shared: Arc<Shared>, key: ResourceKey, kind: ProxyKind, tx: Out) -> Self {
+        let seen_seq = shared.store.sequence();
         ProxyStream {
             shared,
             key,
             kind,
+            seen_seq,
             tx,
             subscribed: HashMap::new(),
             sent: HashMap::new(),
@@ -412,9 +418,12 @@ impl ProxyStream {
                 },
                 event = events.recv() => match event {
                     Ok(e) if self.affects(&e) => {
+                        self.seen_seq = self.seen_seq.max(e.seq);
                         // Coalesce a burst of changes into one recomputation.
                         while let Ok(more) = events.try_recv() {
-                            let _ = more;
+                            if self.affects(&more) {
+                                self.seen_seq = self.seen_seq.max(more.seq);
+                            }
                         }
                         if e.key == self.key && e.kind == EventKind::Deleted {
                             return Err(Status::not_found(format!("{} was deleted", self.key)));
@@ -424,6 +433,7 @@ impl ProxyStream {
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.seen_seq = self.shared.store.sequence();
                         self.recompute().await?;
                         self.push().await?;
                     }
@@ -556,48 +566,20 @@ impl ProxyStream {
         if self.kind != ProxyKind::Dataplane {
             return self.recompute_zone_proxy().await;
         }
-        let store = &self.shared.store;
-        let mesh = match store
-            .find(&ResourceKey::global(ResourceType::Mesh, &self.key.mesh))
-            .await
-            .map_err(internal)?
-        {
-            Some(Resource {
-                spec: Spec::Mesh(m),
-                ..
-            }) => m,
-            _ => {
-                return Err(Status::not_found(format!(
-                    "mesh {:?} was deleted",
-                    self.key.mesh
-                )));
-            }
-        };
-        let dataplanes = store
-            .list(ResourceType::Dataplane, Some(&self.key.mesh))
-            .await
-            .map_err(internal)?;
-        let Some(own) = dataplanes.iter().find(|d| d.meta.name == self.key.name) else {
+        let view = self.shared.mesh_view(&self.key.mesh, self.seen_seq).await?;
+        let Some(own) = view
+            .dataplanes
+            .iter()
+            .find(|d| d.meta.name == self.key.name)
+        else {
             return Err(Status::not_found(format!("{} was deleted", self.key)));
         };
         let Spec::Dataplane(own) = own.spec.clone() else {
             return Err(internal("stored Dataplane has another spec"));
         };
-        let remote = remote_ingresses(&self.shared).await?;
-        let egresses = local_egresses(&self.shared).await?;
-        let endpoints = mesh_endpoints(&self.key.mesh, &mesh, &dataplanes, &remote, &egresses);
-        let vips: BTreeMap<String, String> = if own.networking.transparent_proxying.is_some() {
-            meshzone_dns::load_vips(store)
-                .await
-                .map_err(internal)?
-                .into_iter()
-                .map(|(service, ip)| (service, ip.to_string()))
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
-        let protocols = protocols_of(&dataplanes);
-        self.ensure_identity(&mesh, &own).await?;
+        let (mesh, endpoints, protocols, vips) =
+            (&view.mesh, &view.endpoints, &view.protocols, &view.vips);
+        self.ensure_identity(mesh, &own).await?;
         let material = self.identity.as_ref().map(|i| &i.material);
         self.snapshot = generate(&ProxyInput {
             transparent: own
@@ -608,14 +590,14 @@ impl ProxyStream {
                     redirect_port_outbound: t
                         .redirect_port_outbound
                         .unwrap_or(DEFAULT_REDIRECT_PORT_OUTBOUND),
-                    vips: &vips,
+                    vips,
                 }),
             mesh: &self.key.mesh,
-            mesh_spec: &mesh,
+            mesh_spec: mesh,
             dataplane: &own,
-            endpoints: &endpoints,
+            endpoints,
             tls: material,
-            protocols: &protocols,
+            protocols,
             proxyless: self.proxyless,
         });
         Ok(())
@@ -829,111 +811,4 @@ impl ProxyStream {
             }
         }
     }
-}
-
-/// The `kuma.io/protocol` of each service, when all its inbounds agree on one; otherwise tcp.
-fn protocols_of(dataplanes: &[Resource]) -> BTreeMap<String, String> {
-    let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
-    for r in dataplanes {
-        let Spec::Dataplane(dp) = &r.spec else {
-            continue;
-        };
-        for inbound in &dp.networking.inbound {
-            let Some(service) = inbound.service() else {
-                continue;
-            };
-            let p = inbound
-                .tags
-                .get(meshzone_model::specs::PROTOCOL_TAG)
-                .cloned()
-                .unwrap_or_else(|| "tcp".into());
-            seen.entry(service.to_string())
-                .and_modify(|known| {
-                    if known.as_deref() != Some(p.as_str()) {
-                        *known = None;
-                    }
-                })
-                .or_insert(Some(p));
-        }
-    }
-    seen.into_iter()
-        .map(|(s, p)| (s, p.unwrap_or_else(|| "tcp".into())))
-        .collect()
-}
-
-/// Other zones' ingresses that can be reached: synced copies with an advertised address. A
-/// hostname is resolved here, since proxies take IP addresses only.
-async fn remote_ingresses(shared: &Shared) -> Result<Vec<RemoteIngress>, Status> {
-    let own_zone = shared.settings.zone.as_deref().unwrap_or_default();
-    let mut out = Vec::new();
-    for r in shared
-        .store
-        .list(ResourceType::ZoneIngress, None)
-        .await
-        .map_err(internal)?
-    {
-        let Spec::ZoneIngress(z) = r.spec else {
-            continue;
-        };
-        if z.zone.is_empty() || z.zone == own_zone {
-            continue;
-        }
-        let (Some(host), Some(port)) = (
-            &z.networking.advertised_address,
-            z.networking.advertised_port,
-        ) else {
-            debug!(
-                ingress = r.meta.name,
-                zone = z.zone,
-                "remote ingress has no advertised address; not used"
-            );
-            continue;
-        };
-        let Some(address) = resolve(host, port).await else {
-            warn!(
-                ingress = r.meta.name,
-                host, "cannot resolve the advertised address of a remote zone ingress"
-            );
-            continue;
-        };
-        out.push(RemoteIngress {
-            zone: z.zone,
-            address,
-            port,
-            available: z.available_services,
-        });
-    }
-    Ok(out)
-}
-
-async fn resolve(host: &str, port: u32) -> Option<String> {
-    if host.parse::<std::net::IpAddr>().is_ok() {
-        return Some(host.to_string());
-    }
-    let port = u16::try_from(port).ok()?;
-    let lookup = tokio::net::lookup_host((host, port));
-    let mut addrs = tokio::time::timeout(Duration::from_secs(2), lookup)
-        .await
-        .ok()?
-        .ok()?;
-    addrs.next().map(|a| a.ip().to_string())
-}
-
-/// This zone's egresses.
-async fn local_egresses(shared: &Shared) -> Result<Vec<LocalEgress>, Status> {
-    let own_zone = shared.settings.zone.as_deref().unwrap_or_default();
-    Ok(shared
-        .store
-        .list(ResourceType::ZoneEgress, None)
-        .await
-        .map_err(internal)?
-        .into_iter()
-        .filter_map(|r| match r.spec {
-            Spec::ZoneEgress(z) if z.zone.is_empty() || z.zone == own_zone => Some(LocalEgress {
-                address: z.networking.address,
-                port: z.networking.port,
-            }),
-            _ => None,
-        })
-        .collect())
 }

@@ -11,6 +11,7 @@ mod sqlite;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
 use meshzone_model::{Resource, ResourceKey, ResourceType, Violations};
@@ -138,6 +139,8 @@ pub enum EventKind {
 pub struct StoreEvent {
     pub kind: EventKind,
     pub key: ResourceKey,
+    /// Position in the store's sequence of changes (1, 2, …); see [`Store::sequence`].
+    pub seq: u64,
 }
 
 /// Waits for a change to any of `types`, then drains the rest of the burst so one wake-up covers
@@ -160,6 +163,7 @@ pub async fn changed(events: &mut broadcast::Receiver<StoreEvent>, types: &[Reso
 pub struct Store<B = AnyBackend> {
     backend: Arc<B>,
     events: broadcast::Sender<StoreEvent>,
+    sequence: Arc<AtomicU64>,
 }
 
 impl<B> Clone for Store<B> {
@@ -167,6 +171,7 @@ impl<B> Clone for Store<B> {
         Store {
             backend: self.backend.clone(),
             events: self.events.clone(),
+            sequence: self.sequence.clone(),
         }
     }
 }
@@ -179,7 +184,14 @@ impl<B: Backend> Store<B> {
         Store {
             backend: Arc::new(backend),
             events,
+            sequence: Arc::default(),
         }
+    }
+
+    /// The `seq` of the latest change event. Every change with a `seq` up to a value read here
+    /// was committed before it was read, so a read of the store that starts afterwards sees it.
+    pub fn sequence(&self) -> u64 {
+        self.sequence.load(Ordering::SeqCst)
     }
 
     pub fn backend(&self) -> &B {
@@ -278,7 +290,8 @@ impl<B: Backend> Store<B> {
 
     fn emit(&self, kind: EventKind, key: ResourceKey) {
         // No subscriber is fine.
-        let _ = self.events.send(StoreEvent { kind, key });
+        let seq = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        let _ = self.events.send(StoreEvent { kind, key, seq });
     }
 }
 

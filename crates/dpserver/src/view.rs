@@ -1,0 +1,201 @@
+//! What every proxy of a mesh shares, read from the store once per change instead of once per
+//! proxy: the Mesh, its Dataplanes, the endpoints of every service (local and cross-zone), the
+//! services' protocols and the zone's VIPs.
+//!
+//! Freshness rides on the store's change sequence: a stream that has heard of change `n` reuses a
+//! view only if the view was read after change `n` was committed ([`Store::sequence`] before the
+//! reads), so no stream ever configures its proxy from a view older than what it was woken for.
+//!
+//! [`Store::sequence`]: meshzone_store::Store::sequence
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshzone_model::specs::MeshSpec;
+use meshzone_model::{Resource, ResourceKey, ResourceType, Spec};
+use meshzone_xds::generate::EndpointInfo;
+use tonic::Status;
+use tracing::{debug, warn};
+
+use crate::Shared;
+use crate::endpoints::{LocalEgress, RemoteIngress, mesh_endpoints};
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+pub(crate) struct MeshView {
+    pub(crate) mesh: MeshSpec,
+    pub(crate) dataplanes: Vec<Resource>,
+    pub(crate) endpoints: BTreeMap<String, Vec<EndpointInfo>>,
+    pub(crate) protocols: BTreeMap<String, String>,
+    /// Service → VIP (for transparent proxies).
+    pub(crate) vips: BTreeMap<String, String>,
+}
+
+/// The cached views, by mesh, with the store sequence each was read at.
+#[derive(Default)]
+pub(crate) struct MeshViews {
+    views: tokio::sync::Mutex<BTreeMap<String, (u64, Arc<MeshView>)>>,
+}
+
+impl Shared {
+    /// A view of `mesh` read after every change up to `seen` (reused when one is cached).
+    /// One reader at a time: the streams woken by one change wait for the first one's read.
+    pub(crate) async fn mesh_view(&self, mesh: &str, seen: u64) -> Result<Arc<MeshView>, Status> {
+        let mut views = self.views.views.lock().await;
+        if let Some((seq, view)) = views.get(mesh)
+            && *seq >= seen
+        {
+            return Ok(view.clone());
+        }
+        let seq = self.store.sequence();
+        let view = Arc::new(read_view(self, mesh).await?);
+        views.insert(mesh.to_string(), (seq, view.clone()));
+        Ok(view)
+    }
+}
+
+async fn read_view(shared: &Shared, mesh: &str) -> Result<MeshView, Status> {
+    let store = &shared.store;
+    let mesh_spec = match store
+        .find(&ResourceKey::global(ResourceType::Mesh, mesh))
+        .await
+        .map_err(internal)?
+    {
+        Some(Resource {
+            spec: Spec::Mesh(m),
+            ..
+        }) => m,
+        _ => return Err(Status::not_found(format!("mesh {mesh:?} was deleted"))),
+    };
+    let dataplanes = store
+        .list(ResourceType::Dataplane, Some(mesh))
+        .await
+        .map_err(internal)?;
+    let remote = remote_ingresses(shared).await?;
+    let egresses = local_egresses(shared).await?;
+    let endpoints = mesh_endpoints(mesh, &mesh_spec, &dataplanes, &remote, &egresses);
+    let vips = meshzone_dns::load_vips(store)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .map(|(service, ip)| (service, ip.to_string()))
+        .collect();
+    let protocols = protocols_of(&dataplanes);
+    Ok(MeshView {
+        mesh: mesh_spec,
+        dataplanes,
+        endpoints,
+        protocols,
+        vips,
+    })
+}
+
+/// The `kuma.io/protocol` of each service, when all its inbounds agree on one; otherwise tcp.
+pub(crate) fn protocols_of(dataplanes: &[Resource]) -> BTreeMap<String, String> {
+    let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for r in dataplanes {
+        let Spec::Dataplane(dp) = &r.spec else {
+            continue;
+        };
+        for inbound in &dp.networking.inbound {
+            let Some(service) = inbound.service() else {
+                continue;
+            };
+            let p = inbound
+                .tags
+                .get(meshzone_model::specs::PROTOCOL_TAG)
+                .cloned()
+                .unwrap_or_else(|| "tcp".into());
+            seen.entry(service.to_string())
+                .and_modify(|known| {
+                    if known.as_deref() != Some(p.as_str()) {
+                        *known = None;
+                    }
+                })
+                .or_insert(Some(p));
+        }
+    }
+    seen.into_iter()
+        .map(|(s, p)| (s, p.unwrap_or_else(|| "tcp".into())))
+        .collect()
+}
+
+/// Other zones' ingresses that can be reached: synced copies with an advertised address. A
+/// hostname is resolved here, since proxies take IP addresses only.
+pub(crate) async fn remote_ingresses(shared: &Shared) -> Result<Vec<RemoteIngress>, Status> {
+    let own_zone = shared.settings.zone.as_deref().unwrap_or_default();
+    let mut out = Vec::new();
+    for r in shared
+        .store
+        .list(ResourceType::ZoneIngress, None)
+        .await
+        .map_err(internal)?
+    {
+        let Spec::ZoneIngress(z) = r.spec else {
+            continue;
+        };
+        if z.zone.is_empty() || z.zone == own_zone {
+            continue;
+        }
+        let (Some(host), Some(port)) = (
+            &z.networking.advertised_address,
+            z.networking.advertised_port,
+        ) else {
+            debug!(
+                ingress = r.meta.name,
+                zone = z.zone,
+                "remote ingress has no advertised address; not used"
+            );
+            continue;
+        };
+        let Some(address) = resolve(host, port).await else {
+            warn!(
+                ingress = r.meta.name,
+                host, "cannot resolve the advertised address of a remote zone ingress"
+            );
+            continue;
+        };
+        out.push(RemoteIngress {
+            zone: z.zone,
+            address,
+            port,
+            available: z.available_services,
+        });
+    }
+    Ok(out)
+}
+
+async fn resolve(host: &str, port: u32) -> Option<String> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Some(host.to_string());
+    }
+    let port = u16::try_from(port).ok()?;
+    let lookup = tokio::net::lookup_host((host, port));
+    let mut addrs = tokio::time::timeout(Duration::from_secs(2), lookup)
+        .await
+        .ok()?
+        .ok()?;
+    addrs.next().map(|a| a.ip().to_string())
+}
+
+/// This zone's egresses.
+pub(crate) async fn local_egresses(shared: &Shared) -> Result<Vec<LocalEgress>, Status> {
+    let own_zone = shared.settings.zone.as_deref().unwrap_or_default();
+    Ok(shared
+        .store
+        .list(ResourceType::ZoneEgress, None)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter_map(|r| match r.spec {
+            Spec::ZoneEgress(z) if z.zone.is_empty() || z.zone == own_zone => Some(LocalEgress {
+                address: z.networking.address,
+                port: z.networking.port,
+            }),
+            _ => None,
+        })
+        .collect())
+}
