@@ -12,3 +12,4 @@ cargo build --release -p kuma-cp -p kuma-dp -p meshzone-bench
 ./target/release/proxy-bench
 ./target/release/kds-bench
 ./target/release/cross-zone-bench
+./target/release/xds-fanout-bench

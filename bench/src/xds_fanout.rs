@@ -1,0 +1,200 @@
+//! xDS fan-out benchmark: one zone control plane holding 1000 Dataplanes of one mesh (mTLS on),
+//! with N ADS streams open (default 200, real gRPC/TLS streams of this process, each ACKing every
+//! response as a proxy would). One new instance of a service every proxy calls is registered,
+//! and we measure how long until every stream has received the new endpoint set, and how much
+//! CPU the control plane spent on it. Repeated `--changes` times.
+//!
+//! Usage: `bench/run.sh` (or `target/release/xds-fanout-bench [--streams N] [--changes K]`).
+//! Prints a table and writes `bench/results/xds-fanout.json`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use meshzone_bench::{numeric_flag, proc_stat, start_cp};
+use meshzone_xds::discovery::DiscoveryRequest;
+use meshzone_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use meshzone_xds::envoy_types::pb::envoy::config::core::v3::Node;
+use meshzone_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use meshzone_xds::names::TypeUrl;
+use prost::Message;
+use serde_json::json;
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+const DATAPLANES: usize = 1000;
+const SERVICES: usize = 50;
+
+fn dataplane(name: &str, service: &str, port: usize) -> serde_json::Value {
+    json!({"type": "Dataplane", "mesh": "default", "name": name, "networking": {
+        "address": "127.0.0.1",
+        "inbound": [{"port": port, "tags": {"kuma.io/service": service}}],
+        "outbound": [{"port": 20000 + port % 10000, "tags": {"kuma.io/service": "svc-0"}}]}})
+}
+
+/// Endpoint count of `svc-0` seen last by each stream.
+type Seen = Arc<Mutex<Vec<usize>>>;
+
+async fn open_stream(
+    channel: Channel,
+    name: String,
+    index: usize,
+    seen: Seen,
+) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+    let node = Node {
+        id: format!("default.{name}"),
+        ..Default::default()
+    };
+    for t in TypeUrl::ALL {
+        tx.send(DiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: t.as_str().to_string(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tokio::spawn(async move {
+        while let Ok(Some(r)) = responses.message().await {
+            if r.type_url == TypeUrl::ClusterLoadAssignment.as_str() {
+                let count = r
+                    .resources
+                    .iter()
+                    .filter_map(|any| ClusterLoadAssignment::decode(any.value.as_slice()).ok())
+                    .filter(|cla| cla.cluster_name == "svc-0")
+                    .map(|cla| cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum())
+                    .next()
+                    .unwrap_or(0);
+                seen.lock().await[index] = count;
+            }
+            let ack = DiscoveryRequest {
+                type_url: r.type_url.clone(),
+                version_info: r.version_info.clone(),
+                response_nonce: r.nonce.clone(),
+                ..Default::default()
+            };
+            if tx.send(ack).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn wait_all(seen: &Seen, expected: usize, deadline: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if seen.lock().await.iter().all(|n| *n == expected) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > deadline {
+            let v = seen.lock().await;
+            let done = v.iter().filter(|n| **n == expected).count();
+            bail!("only {done}/{} streams saw {expected} endpoints", v.len());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let streams = numeric_flag("--streams", 200) as usize;
+    let changes = numeric_flag("--changes", 10) as usize;
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?.to_path_buf();
+    let work = tempfile::tempdir()?;
+    let cp = start_cp(
+        &dir,
+        work.path(),
+        &[("KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE", "none".into())],
+    )
+    .await?;
+    let cp_pid = cp._proc.0.id();
+    cp.put(
+        "/meshes/default",
+        json!({"type": "Mesh", "name": "default",
+            "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
+    )
+    .await?;
+    for i in 0..DATAPLANES {
+        let name = format!("dp-{i}");
+        cp.put(
+            &format!("/meshes/default/dataplanes/{name}"),
+            dataplane(&name, &format!("svc-{}", i % SERVICES), 10000 + i),
+        )
+        .await?;
+    }
+    let ca = std::fs::read_to_string(work.path().join("kuma/kuma-cp.crt"))?;
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", cp.dp_port))?
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&ca))
+                .domain_name("localhost"),
+        )?
+        .connect()
+        .await?;
+    let seen: Seen = Arc::new(Mutex::new(vec![usize::MAX; streams]));
+    let mut instances = DATAPLANES / SERVICES;
+    for i in 0..streams {
+        open_stream(channel.clone(), format!("dp-{i}"), i, seen.clone()).await?;
+    }
+    wait_all(&seen, instances, Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut latencies = Vec::new();
+    let mut cpu = Vec::new();
+    for c in 0..changes {
+        let (_, cpu0) = proc_stat(cp_pid)?;
+        let name = format!("extra-{c}");
+        cp.put(
+            &format!("/meshes/default/dataplanes/{name}"),
+            dataplane(&name, "svc-0", 15000 + c),
+        )
+        .await?;
+        instances += 1;
+        latencies.push(wait_all(&seen, instances, Duration::from_secs(120)).await?);
+        // Let the streams' ACKs and insight writes settle before reading the CPU time.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (_, cpu1) = proc_stat(cp_pid)?;
+        cpu.push(cpu1 - cpu0);
+    }
+    latencies.sort();
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    let p50 = ms(&latencies[latencies.len() / 2]);
+    let max = ms(latencies.last().context("no change")?);
+    let cpu_avg = cpu.iter().sum::<f64>() / cpu.len() as f64;
+    let (rss, _) = proc_stat(cp_pid)?;
+    println!(
+        "{DATAPLANES} Dataplanes in one mesh (mTLS), {streams} ADS streams, {changes} changes (one new instance of a service every stream calls)"
+    );
+    println!(
+        "{:<34} {:>10}",
+        "change → every stream has it, p50", format!("{p50:.1} ms")
+    );
+    println!("{:<34} {:>10}", "same, slowest", format!("{max:.1} ms"));
+    println!(
+        "{:<34} {:>10}",
+        "CP CPU per change (incl. ACKs)",
+        format!("{:.3} s", cpu_avg)
+    );
+    println!("{:<34} {:>10}", "CP RSS", format!("{:.1} MiB", rss as f64 / 1024.0));
+    let results = json!({
+        "benchmark": "xds-fanout",
+        "date": chrono::Utc::now().to_rfc3339(),
+        "machine": format!("{} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
+        "dataplanes": DATAPLANES, "streams": streams, "changes": changes,
+        "propagationP50Millis": p50, "propagationMaxMillis": max,
+        "cpCpuSecondsPerChange": cpu_avg, "cpRssKiB": rss,
+    });
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/xds-fanout.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
