@@ -176,7 +176,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "{:<34} {:>10}",
-        "change → every stream has it, p50", format!("{p50:.1} ms")
+        "change → every stream has it, p50",
+        format!("{p50:.1} ms")
     );
     println!("{:<34} {:>10}", "same, slowest", format!("{max:.1} ms"));
     println!(
@@ -184,7 +185,11 @@ async fn main() -> anyhow::Result<()> {
         "CP CPU per change (incl. ACKs)",
         format!("{:.3} s", cpu_avg)
     );
-    println!("{:<34} {:>10}", "CP RSS", format!("{:.1} MiB", rss as f64 / 1024.0));
+    println!(
+        "{:<34} {:>10}",
+        "CP RSS",
+        format!("{:.1} MiB", rss as f64 / 1024.0)
+    );
     let results = json!({
         "benchmark": "xds-fanout",
         "date": chrono::Utc::now().to_rfc3339(),
