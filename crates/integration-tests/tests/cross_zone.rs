@@ -80,7 +80,7 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
     let hosts = host_dirs(dir, &["global", "zone-1", "zone-2"]);
     let global = start_global(&hosts[0], kds, &[]);
     let zone1 = zone(&hosts[1], "zone-1", &global, kds);
-    let zone2 = zone(&hosts[2], "zone-2", &global, kds);
+    let mut zone2 = zone(&hosts[2], "zone-2", &global, kds);
     apply_ok(&global, dir, "mesh.yaml", &mesh(""));
     for z in [&zone1, &zone2] {
         wait_for("mTLS mesh in the zone", Duration::from_secs(20), || {
@@ -347,4 +347,50 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
     let (rejected, accepted) = envoy.rejected_and_accepted();
     assert!(rejected.is_empty(), "Envoy rejected: {rejected:?}");
     assert!(accepted > 0);
+
+    // Status on global follows KDS liveness: while zone-2's CP is gone, global shows its ingress
+    // and its proxies Offline (not a stale Online); once it is back, Online again.
+    let status_of = |cp: &ControlPlane, args: &[&str], name: &str| {
+        cp.kumactl_ok(args)
+            .lines()
+            .find(|l| l.split_whitespace().any(|w| w == name))
+            .map(|l| {
+                if l.contains(" Online ") {
+                    "Online"
+                } else if l.contains(" Offline ") {
+                    "Offline"
+                } else {
+                    "?"
+                }
+            })
+            .unwrap_or("missing")
+    };
+    assert_eq!(
+        status_of(&global, &["inspect", "zoneingresses"], "zone-2.ingress-2"),
+        "Online"
+    );
+    zone2.kill9();
+    wait_for(
+        "zone-2's proxies Offline on global",
+        Duration::from_secs(30),
+        || {
+            (status_of(&global, &["inspect", "zoneingresses"], "zone-2.ingress-2") == "Offline"
+                && status_of(&global, &["inspect", "dataplanes"], "zone-2.client-2") == "Offline")
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        status_of(&global, &["inspect", "zoneingresses"], "zone-1.ingress-1"),
+        "Online",
+        "zone-1 is unaffected"
+    );
+    zone2.restart();
+    wait_for(
+        "zone-2's ingress Online again",
+        Duration::from_secs(60),
+        || {
+            (status_of(&global, &["inspect", "zoneingresses"], "zone-2.ingress-2") == "Online")
+                .then_some(())
+        },
+    );
 }

@@ -142,8 +142,56 @@ async fn edit_insight(store: &Store, zone: &str, change: impl Fn(&mut ZoneInsigh
     }
 }
 
+/// Marks the proxies of a zone that is not connected as disconnected in global's copies of their
+/// insights, so global never shows a proxy Online behind an offline zone. When the zone
+/// reconnects, its first (full) batch brings back their real state. `None`: every zone.
+pub async fn mark_zone_proxies_offline(
+    store: &Store,
+    zone: Option<&str>,
+) -> Result<usize, StoreError> {
+    let now = Utc::now();
+    let mut closed = 0;
+    for rt in [
+        ResourceType::DataplaneInsight,
+        ResourceType::ZoneIngressInsight,
+        ResourceType::ZoneEgressInsight,
+    ] {
+        for mut r in store.list(rt, None).await? {
+            let Some(of) = r.meta.labels.get(sync::ZONE_LABEL) else {
+                continue;
+            };
+            if zone.is_some_and(|z| z != of) {
+                continue;
+            }
+            let subscriptions = match &mut r.spec {
+                Spec::DataplaneInsight(s) => &mut s.subscriptions,
+                Spec::ZoneIngressInsight(s) | Spec::ZoneEgressInsight(s) => &mut s.subscriptions,
+                _ => continue,
+            };
+            let open: Vec<_> = subscriptions
+                .iter_mut()
+                .filter(|s| s.disconnect_time.is_none())
+                .collect();
+            if open.is_empty() {
+                continue;
+            }
+            for sub in open {
+                sub.disconnect_time = Some(now);
+                closed += 1;
+            }
+            match store.update(r).await {
+                // A concurrent write came from the zone itself: it knows better.
+                Ok(_) | Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(closed)
+}
+
 /// Ends every open zone subscription: after a restart of global none can still be alive.
 pub async fn close_stale_subscriptions(store: &Store) -> Result<usize, StoreError> {
+    mark_zone_proxies_offline(store, None).await?;
     let mut closed = 0;
     for r in store.list(ResourceType::ZoneInsight, None).await? {
         let Spec::ZoneInsight(spec) = &r.spec else {
@@ -278,6 +326,29 @@ impl KdsSync for GlobalKds {
             })
             .await;
             info!(zone, "zone disconnected");
+            // Unless it already reconnected, its proxies' status on global is unknown now.
+            let reconnected = match me
+                .store
+                .find(&ResourceKey::global(ResourceType::ZoneInsight, &zone))
+                .await
+            {
+                Ok(Some(Resource {
+                    spec: Spec::ZoneInsight(s),
+                    ..
+                })) => s.is_online(),
+                _ => false,
+            };
+            if !reconnected {
+                match mark_zone_proxies_offline(&me.store, Some(&zone)).await {
+                    Ok(n) if n > 0 => info!(
+                        zone,
+                        proxies = n,
+                        "marked the zone's proxies offline on global"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => warn!(zone, error = %e, "cannot mark the zone's proxies offline"),
+                }
+            }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
