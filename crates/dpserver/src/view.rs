@@ -168,17 +168,25 @@ pub(crate) async fn remote_ingresses(shared: &Shared) -> Result<Vec<RemoteIngres
     Ok(out)
 }
 
+/// The IP address proxies dial for an advertised address (an IP, or a hostname the CP resolves).
 async fn resolve(host: &str, port: u32) -> Option<String> {
     if host.parse::<std::net::IpAddr>().is_ok() {
         return Some(host.to_string());
     }
     let port = u16::try_from(port).ok()?;
     let lookup = tokio::net::lookup_host((host, port));
-    let mut addrs = tokio::time::timeout(Duration::from_secs(2), lookup)
+    let addrs: Vec<std::net::SocketAddr> = tokio::time::timeout(Duration::from_secs(2), lookup)
         .await
         .ok()?
-        .ok()?;
-    addrs.next().map(|a| a.ip().to_string())
+        .ok()?
+        .collect();
+    // One endpoint per ingress: an IPv4 address when there is one (ingresses usually listen on
+    // IPv4; `localhost` often resolves to ::1 first).
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .map(|a| a.ip().to_string())
 }
 
 /// This zone's egresses.

@@ -49,9 +49,11 @@ fn zone_token(global: &ControlPlane, dir: &Path, zone: &str, scope: &str) -> Pat
     write(dir, &format!("{zone}-{scope}.token"), token.trim())
 }
 
+/// A zone ingress on 127.0.0.1; it advertises itself by hostname (`localhost`), which other
+/// zones' CPs resolve for their proxies.
 fn ingress_yaml(name: &str, port: u16) -> String {
     format!(
-        "type: ZoneIngress\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {port}\n"
+        "type: ZoneIngress\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: localhost\n  advertisedPort: {port}\n"
     )
 }
 
