@@ -47,7 +47,7 @@ impl CpMode {
 }
 
 /// Facts the API reports about the control plane it serves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiSettings {
     pub mode: CpMode,
     pub instance_id: String,
@@ -55,7 +55,20 @@ pub struct ApiSettings {
     /// The effective configuration, shown by `GET /config`.
     pub config: Value,
     pub store_type: String,
+    /// Where `GET /meshes/{mesh}/dataplanes/{name}/xds` reads a connected proxy's configuration:
+    /// the local DP server on a zone, the owning zone (over KDS) on global.
+    pub config_dump: Option<ConfigDumpFn>,
 }
+
+/// Looks up the configuration of a connected proxy by its resource key; `Err` says why not.
+pub type ConfigDumpFn = std::sync::Arc<
+    dyn Fn(
+            ResourceKey,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 struct Inner {
     store: Store,
@@ -91,6 +104,10 @@ pub fn router(ctx: ApiContext) -> Router {
             get(get_mesh).put(put_mesh).delete(delete_mesh),
         )
         .route("/meshes/{mesh}/{ws}", get(list_in_mesh))
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/xds",
+            get(dataplane_config_dump),
+        )
         .route(
             "/meshes/{mesh}/{ws}/{name}",
             get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
@@ -382,6 +399,29 @@ async fn get_top(
 ) -> ApiResult {
     let rt = resolve(&ws, false)?;
     get_one(&ctx, ResourceKey::global(rt, &name)).await
+}
+
+/// `GET /meshes/{mesh}/dataplanes/{name}/xds`: what the control plane last sent to a connected
+/// proxy, decoded (private keys never included).
+async fn dataplane_config_dump(
+    State(ctx): State<ApiContext>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> ApiResult {
+    let key = ResourceKey::new(ResourceType::Dataplane, &mesh, &name);
+    if ctx.0.store.find(&key).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "Dataplane {name:?} not found in mesh {mesh:?}"
+        )));
+    }
+    let Some(dump) = &ctx.0.settings.config_dump else {
+        return Err(ApiError::not_found(
+            "this control plane serves no proxies: ask the zone control plane the proxy is connected to",
+        ));
+    };
+    match dump(key).await {
+        Ok(v) => Ok(Json(v).into_response()),
+        Err(why) => Err(ApiError::not_found(why)),
+    }
 }
 
 async fn get_in_mesh(

@@ -26,6 +26,7 @@ async fn app(mode: CpMode) -> Router {
         hostname: "host".into(),
         config: json!({"mode": "zone"}),
         store_type: "memory".into(),
+        config_dump: None,
     };
     router(ApiContext::new(store, settings, ApiMetrics::default()))
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
-use meshzone_dp_server::{AdsService, DpServerSettings};
+use meshzone_dp_server::AdsService;
 use meshzone_store::Store;
 use tokio::net::TcpListener;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -95,19 +95,19 @@ pub async fn serve(
     cert_pem: String,
     key_pem: String,
     store: Store,
-    settings: DpServerSettings,
+    ads: AdsService,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Only a CP that serves proxies owns their insights; global holds zones' copies, which their
     // zones keep current.
-    if settings.refuse_all.is_none() {
+    if !ads.refuses_all() {
         match meshzone_dp_server::close_stale_subscriptions(&store).await {
             Ok(0) => {}
             Ok(n) => info!(closed = n, "marked proxies of the previous run offline"),
             Err(e) => return Err(anyhow!("cannot read insights: {e}")),
         }
     }
-    let service = AdsService::new(store, settings).into_server();
+    let service = ads.into_server();
     Server::builder()
         .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)))
         .context("invalid DP server TLS configuration")?

@@ -208,27 +208,13 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         ensure_default_mesh(&store).await?;
     }
 
-    let mut registry = prometheus_client::registry::Registry::with_prefix("kuma_cp");
-    let metrics = ApiMetrics::register(&mut registry);
-    let settings = ApiSettings {
-        mode,
-        instance_id: instance_id.clone(),
-        hostname: host,
-        config: serde_json::to_value(&config).unwrap_or_default(),
-        store_type,
-    };
-    let api = meshzone_api::router(ApiContext::new(store.clone(), settings, metrics));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-
-    let dp_task = match dp_listener {
-        None => None,
-        Some(listener) => {
-            let work_dir = config.work_dir(&home);
-            let (cert, key, cert_path) = dp_server::certificate(&config, &work_dir, &hostname())?;
-            info!(cert = %cert_path.display(), port = config.dp_server.port, "DP server (xDS) listening; kuma-dp verifies it with --ca-cert-file {}", cert_path.display());
-            // Inbounds carry `kuma.io/zone` once the zone has a name (multi-zone).
-            let zone = Some(config.multizone.zone.name.clone()).filter(|z| !z.is_empty());
-            let settings = meshzone_dp_server::DpServerSettings {
+    // The DP server's settings come first: the API reads the proxies' configuration from it.
+    let ads = dp_listener.as_ref().map(|_| {
+        // Inbounds carry `kuma.io/zone` once the zone has a name (multi-zone).
+        let zone = Some(config.multizone.zone.name.clone()).filter(|z| !z.is_empty());
+        meshzone_dp_server::AdsService::new(
+            store.clone(),
+            meshzone_dp_server::DpServerSettings {
                 instance_id: instance_id.clone(),
                 require_token: config.dp_server.authn != "none",
                 deregistration_delay: meshzone_model::validate::parse_duration(
@@ -240,7 +226,42 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                 refuse_all: matches!(role, Role::Global).then(|| {
                     "global control plane does not accept data plane proxies; connect to a zone control plane".to_string()
                 }),
-            };
+            },
+        )
+    });
+    let config_dump: Option<meshzone_api::ConfigDumpFn> = match (&role, &ads) {
+        (Role::Global, _) | (_, None) => None,
+        (_, Some(ads)) => {
+            let dumps = ads.config_dumps();
+            Some(Arc::new(move |key| {
+                let found = dumps.dump(&key).ok_or_else(|| {
+                    format!(
+                        "{key} is not connected to this control plane (no configuration to show)"
+                    )
+                });
+                Box::pin(async move { found })
+            }))
+        }
+    };
+
+    let mut registry = prometheus_client::registry::Registry::with_prefix("kuma_cp");
+    let metrics = ApiMetrics::register(&mut registry);
+    let settings = ApiSettings {
+        mode,
+        instance_id: instance_id.clone(),
+        hostname: host,
+        config: serde_json::to_value(&config).unwrap_or_default(),
+        store_type,
+        config_dump,
+    };
+    let api = meshzone_api::router(ApiContext::new(store.clone(), settings, metrics));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let dp_task = match (dp_listener, ads) {
+        (Some(listener), Some(ads)) => {
+            let work_dir = config.work_dir(&home);
+            let (cert, key, cert_path) = dp_server::certificate(&config, &work_dir, &hostname())?;
+            info!(cert = %cert_path.display(), port = config.dp_server.port, "DP server (xDS) listening; kuma-dp verifies it with --ca-cert-file {}", cert_path.display());
             let mut rx = stop_rx.clone();
             let stop = async move {
                 let _ = rx.wait_for(|stop| *stop).await;
@@ -250,10 +271,11 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                 cert,
                 key,
                 store.clone(),
-                settings,
+                ads,
                 stop,
             )))
         }
+        _ => None,
     };
     let kds_task = match kds_listener {
         Some(listener) => {

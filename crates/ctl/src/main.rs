@@ -69,10 +69,17 @@ enum Command {
         #[arg(short = 'm', long, default_value = meshzone_model::DEFAULT_MESH)]
         mesh: String,
     },
-    /// Show status views: `inspect dataplanes`, `inspect services`.
+    /// Show status views: `inspect dataplanes`, `inspect services`, `inspect zones`,
+    /// `inspect zoneingresses`; `inspect dataplane NAME --type config-dump` shows the
+    /// configuration a connected proxy was given (from its zone, also when asked on global).
     Inspect {
         #[arg(value_name = "WHAT")]
         what: String,
+        /// One item (for `--type config-dump`).
+        name: Option<String>,
+        /// `config-dump`: the proxy's configuration as its control plane sent it.
+        #[arg(long = "type", value_name = "TYPE")]
+        inspect_type: Option<String>,
         #[arg(short = 'm', long, default_value = meshzone_model::DEFAULT_MESH)]
         mesh: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -313,14 +320,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Inspect { what, mesh, output } => {
-            inspect(
-                &ApiClient::new(&config.current_url()?)?,
-                &what,
-                &mesh,
-                output,
-            )
-            .await
+        Command::Inspect {
+            what,
+            name,
+            inspect_type,
+            mesh,
+            output,
+        } => {
+            let client = ApiClient::new(&config.current_url()?)?;
+            match (what.as_str(), name, inspect_type.as_deref()) {
+                ("dataplane" | "dataplanes", Some(name), Some("config-dump")) => {
+                    let dump = client
+                        .get(&format!("/meshes/{mesh}/dataplanes/{name}/xds"))
+                        .await?;
+                    println!("{}", serde_json::to_string_pretty(&dump)?);
+                    Ok(())
+                }
+                (_, _, Some(other)) => bail!(
+                    "kumactl inspect --type {other:?} is not supported; use `kumactl inspect dataplane NAME --type config-dump`"
+                ),
+                (_, Some(name), None) => bail!(
+                    "kumactl inspect {what} {name}: give --type config-dump to see one proxy's configuration"
+                ),
+                (_, None, None) => inspect(&client, &what, &mesh, output).await,
+            }
         }
         Command::Generate {
             command:

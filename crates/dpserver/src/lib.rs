@@ -17,12 +17,15 @@ use std::time::Duration;
 
 use meshzone_model::{ResourceType, Spec};
 use meshzone_store::Store;
+use meshzone_xds::decode::ProxyConfig;
 use meshzone_xds::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use meshzone_xds::discovery::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use meshzone_xds::generate::Snapshot;
+use meshzone_xds::names::TypeUrl;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -57,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) settings: DpServerSettings,
     owners: Mutex<Owners>,
     views: view::MeshViews,
+    /// The configuration each connected proxy was last given, by the stream that owns it.
+    configs: Mutex<HashMap<meshzone_model::ResourceKey, (u64, Arc<Snapshot>)>>,
 }
 
 impl Shared {
@@ -71,6 +76,62 @@ impl Shared {
     pub(crate) fn still_owner(&self, key: &meshzone_model::ResourceKey, generation: u64) -> bool {
         let o = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         o.current.get(key) == Some(&generation)
+    }
+
+    /// Records the configuration a stream just computed for its proxy.
+    pub(crate) fn publish(
+        &self,
+        key: &meshzone_model::ResourceKey,
+        generation: u64,
+        snapshot: Arc<Snapshot>,
+    ) {
+        let mut c = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        c.insert(key.clone(), (generation, snapshot));
+    }
+
+    /// Forgets a proxy's configuration when its stream ends (unless a newer stream took over).
+    pub(crate) fn unpublish(&self, key: &meshzone_model::ResourceKey, generation: u64) {
+        let mut c = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        if c.get(key).is_some_and(|(g, _)| *g == generation) {
+            c.remove(key);
+        }
+    }
+}
+
+/// Read access to what connected proxies were configured with (`GET …/xds`, "config dump").
+#[derive(Clone)]
+pub struct ConfigDumps {
+    shared: Arc<Shared>,
+}
+
+impl ConfigDumps {
+    /// The configuration the CP last sent to a connected proxy (`key` of a Dataplane, ZoneIngress
+    /// or ZoneEgress), decoded the way kuma-dp runs it: listeners, clusters, endpoints and
+    /// secrets (certificates only; private keys never leave), with the version of each type.
+    pub fn dump(&self, key: &meshzone_model::ResourceKey) -> Option<serde_json::Value> {
+        let snapshot = {
+            let c = self
+                .shared
+                .configs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            c.get(key).map(|(_, s)| s.clone())?
+        };
+        let mut config = ProxyConfig::default();
+        let mut versions = serde_json::Map::new();
+        for t in TypeUrl::ALL {
+            let Some(ts) = snapshot.get(t) else { continue };
+            let resources: Vec<_> = ts.resources.iter().map(|r| r.resource.clone()).collect();
+            let _ = config.apply(t, &resources);
+            versions.insert(t.short().to_string(), ts.version.clone().into());
+        }
+        Some(serde_json::json!({
+            "type": "ConfigDump",
+            "proxy": key.to_string(),
+            "controlPlaneInstanceId": self.shared.settings.instance_id,
+            "versions": versions,
+            "config": serde_json::to_value(&config).unwrap_or_default(),
+        }))
     }
 }
 
@@ -88,7 +149,20 @@ impl AdsService {
                 settings,
                 owners: Mutex::new(Owners::default()),
                 views: view::MeshViews::default(),
+                configs: Mutex::new(HashMap::new()),
             }),
+        }
+    }
+
+    /// Set on a global control plane: every proxy is turned away.
+    pub fn refuses_all(&self) -> bool {
+        self.shared.settings.refuse_all.is_some()
+    }
+
+    /// A handle to read connected proxies' configuration.
+    pub fn config_dumps(&self) -> ConfigDumps {
+        ConfigDumps {
+            shared: self.shared.clone(),
         }
     }
 

@@ -196,6 +196,7 @@ pub(crate) async fn start(
     let (tx, rx) = mpsc::channel(16);
     let events = store.subscribe();
     let mut stream = ProxyStream::new(shared.clone(), key.clone(), kind, tx);
+    stream.generation = generation;
     stream.version = node_version(&node);
     // gRPC's own xDS client announces itself as "gRPC <language>".
     stream.proxyless = node.user_agent_name.starts_with("gRPC");
@@ -207,6 +208,7 @@ pub(crate) async fn start(
             let _ = stream.tx.send(Err(status.clone())).await;
         }
         stream.close_insight().await;
+        stream.shared.unpublish(&stream.key, generation);
         info!(key = %stream.key, "proxy disconnected");
         if registered {
             deregister_later(stream.shared.clone(), stream.key.clone(), generation);
@@ -318,7 +320,9 @@ struct ProxyStream {
     subscribed: HashMap<TypeUrl, Vec<String>>,
     sent: HashMap<TypeUrl, Sent>,
     nonce: u64,
-    snapshot: Snapshot,
+    snapshot: Arc<Snapshot>,
+    /// Which stream of this proxy this is (see `Shared::claim`).
+    generation: u64,
     identity: Option<Identity>,
     regenerations: u32,
     last_regeneration: Option<chrono::DateTime<Utc>>,
@@ -372,7 +376,8 @@ impl ProxyStream {
             subscribed: HashMap::new(),
             sent: HashMap::new(),
             nonce: 0,
-            snapshot: Snapshot::default(),
+            snapshot: Arc::default(),
+            generation: 0,
             identity: None,
             regenerations: 0,
             last_regeneration: None,
@@ -581,7 +586,7 @@ impl ProxyStream {
             (&view.mesh, &view.endpoints, &view.protocols, &view.vips);
         self.ensure_identity(mesh, &own).await?;
         let material = self.identity.as_ref().map(|i| &i.material);
-        self.snapshot = generate(&ProxyInput {
+        let snapshot = generate(&ProxyInput {
             transparent: own
                 .networking
                 .transparent_proxying
@@ -600,7 +605,18 @@ impl ProxyStream {
             protocols,
             proxyless: self.proxyless,
         });
+        self.set_snapshot(snapshot);
         Ok(())
+    }
+
+    /// Takes a newly computed configuration (and publishes it for config dumps) when it differs.
+    fn set_snapshot(&mut self, snapshot: Snapshot) {
+        if *self.snapshot == snapshot {
+            return;
+        }
+        self.snapshot = Arc::new(snapshot);
+        self.shared
+            .publish(&self.key, self.generation, self.snapshot.clone());
     }
 
     /// A zone ingress routes SNI to local instances; a zone egress routes SNI to other zones'
@@ -634,12 +650,13 @@ impl ProxyStream {
             _ => return Err(Status::not_found(format!("{} was deleted", self.key))),
         };
         let listener_name = meshzone_xds::names::inbound_listener(&address, port);
-        self.snapshot = generate_sni_router(&SniRouterInput {
+        let snapshot = generate_sni_router(&SniRouterInput {
             listener_name: &listener_name,
             address: &address,
             port,
             routes: &routes,
         });
+        self.set_snapshot(snapshot);
         Ok(())
     }
 

@@ -166,6 +166,17 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
                 .filter(|d| d.contains(&ingress_endpoint))
         },
     );
+    // The client's configuration as its zone CP sent it (config dump; no private key in it).
+    let dump = zone2.kumactl_ok(&["inspect", "dataplane", "client-2", "--type", "config-dump"]);
+    assert!(
+        dump.contains(&ingress_endpoint) && dump.contains("\"outbound:127.0.0.1:"),
+        "{dump}"
+    );
+    assert!(
+        !dump.contains("PRIVATE KEY"),
+        "a config dump must not show keys"
+    );
+
     // Global sees both ingresses Online (their insights come up over KDS).
     wait_for(
         "ingresses Online on global",
