@@ -229,11 +229,35 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             },
         )
     });
-    let config_dump: Option<meshzone_api::ConfigDumpFn> = match (&role, &ads) {
-        (Role::Global, _) | (_, None) => None,
-        (_, Some(ads)) => {
-            let dumps = ads.config_dumps();
-            Some(Arc::new(move |key| {
+    // Config dumps: a zone reads its own DP server; global asks the zone that owns the proxy,
+    // over that zone's KDS Inspect stream.
+    let inspect_hub = meshzone_kds::inspect::InspectHub::default();
+    let local_dumps = ads.as_ref().map(|a| a.config_dumps());
+    let config_dump: Option<meshzone_api::ConfigDumpFn> = match (&role, &local_dumps) {
+        (Role::Global, _) => {
+            let (hub, store) = (inspect_hub.clone(), store.clone());
+            Some(Arc::new(move |key: meshzone_model::ResourceKey| {
+                let (hub, store) = (hub.clone(), store.clone());
+                Box::pin(async move {
+                    let resource = store
+                        .find(&key)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| format!("{key} not found"))?;
+                    let zone = resource
+                        .meta
+                        .labels
+                        .get(meshzone_kds::sync::ZONE_LABEL)
+                        .cloned()
+                        .ok_or_else(|| format!("{key} belongs to no zone"))?;
+                    hub.config_dump(&zone, &key).await
+                })
+            }))
+        }
+        (_, None) => None,
+        (_, Some(dumps)) => {
+            let dumps = dumps.clone();
+            Some(Arc::new(move |key: meshzone_model::ResourceKey| {
                 let found = dumps.dump(&key).ok_or_else(|| {
                     format!(
                         "{key} is not connected to this control plane (no configuration to show)"
@@ -320,6 +344,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                 instance_id.clone(),
                 public_key,
                 require_zone_token,
+                inspect_hub.clone(),
             )
             .into_server();
             let mut rx = stop_rx.clone();
@@ -407,6 +432,11 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             instance_id: instance_id.clone(),
             cp_version: meshzone_model::VERSION.into(),
             config: serde_json::json!({"store": {"type": config.store.store_type}}).to_string(),
+            config_dump: local_dumps.clone().map(|dumps| {
+                let lookup: meshzone_kds::inspect::LocalDumpFn =
+                    Arc::new(move |key: &meshzone_model::ResourceKey| dumps.dump(key));
+                lookup
+            }),
             token: if kds.auth_token_file.is_empty() {
                 None
             } else {

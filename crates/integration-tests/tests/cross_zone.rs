@@ -176,6 +176,23 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
         !dump.contains("PRIVATE KEY"),
         "a config dump must not show keys"
     );
+    // The same from global: it asks zone-2 over KDS (what-users-hit #5).
+    let from_global = global.kumactl_ok(&[
+        "inspect",
+        "dataplane",
+        "zone-2.client-2",
+        "--type",
+        "config-dump",
+    ]);
+    assert!(from_global.contains(&ingress_endpoint), "{from_global}");
+    let unknown = global.kumactl(&[
+        "inspect",
+        "dataplane",
+        "zone-2.nope",
+        "--type",
+        "config-dump",
+    ]);
+    assert!(!unknown.status.success());
 
     // Global sees both ingresses Online (their insights come up over KDS).
     wait_for(

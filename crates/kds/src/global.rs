@@ -13,8 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::inspect::InspectHub;
 use crate::proto::kds_sync_server::{KdsSync, KdsSyncServer};
-use crate::proto::{Ack, Changes};
+use crate::proto::{Ack, Changes, InspectRequest, InspectResponse};
 use crate::sync::{self, Received, Set};
 use crate::wire;
 
@@ -27,20 +28,24 @@ pub struct GlobalKds {
     instance_id: String,
     public_key: PublicKeyFn,
     require_zone_token: bool,
+    inspect: InspectHub,
 }
 
 impl GlobalKds {
     /// `require_zone_token`: zones must present a zone token with the `cp` scope
     /// (`KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE=zoneToken`).
+    /// `inspect` routes requests about zones' proxies (config dumps) over their Inspect streams.
     pub fn new(
         store: Store,
         instance_id: String,
         public_key: PublicKeyFn,
         require_zone_token: bool,
+        inspect: InspectHub,
     ) -> Self {
         GlobalKds {
             store,
             instance_id,
+            inspect,
             public_key,
             require_zone_token,
         }
@@ -350,6 +355,24 @@ impl KdsSync for GlobalKds {
                 }
             }
         });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type InspectStream = ReceiverStream<Result<InspectRequest, Status>>;
+
+    async fn inspect(
+        &self,
+        mut request: Request<Streaming<InspectResponse>>,
+    ) -> Result<Response<Self::InspectStream>, Status> {
+        let hello = request
+            .get_mut()
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the handshake"))?;
+        let zone = hello.zone.clone();
+        check_handshake(&zone, &hello.protocol_version)?;
+        self.authenticate(&request, &zone).await?;
+        let rx = self.inspect.attach(zone, request.into_inner());
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

@@ -13,11 +13,11 @@ use tonic::{Code, Request};
 use tracing::{info, warn};
 
 use crate::proto::kds_sync_client::KdsSyncClient;
-use crate::proto::{Ack, Changes};
+use crate::proto::{Ack, Changes, InspectResponse};
 use crate::sync::{self, ORIGIN_LABEL, Received, Set};
 use crate::wire;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ZoneSettings {
     pub zone: String,
     /// `https://host:port` or `http://host:port`.
@@ -31,6 +31,8 @@ pub struct ZoneSettings {
     pub config: String,
     /// Zone token (scope `cp`) presented to global, if global requires one.
     pub token: Option<String>,
+    /// Answers global's questions about this zone's proxies (config dumps).
+    pub config_dump: Option<crate::inspect::LocalDumpFn>,
 }
 
 fn authorized<T>(settings: &ZoneSettings, message: T) -> Request<T> {
@@ -112,12 +114,55 @@ async fn channel(settings: &ZoneSettings) -> Result<Channel, String> {
 async fn session(settings: &ZoneSettings, store: &Store) -> Result<(), String> {
     let channel = channel(settings).await?;
     let down = global_to_zone(settings, store, KdsSyncClient::new(channel.clone()));
-    let up = zone_to_global(settings, store, KdsSyncClient::new(channel));
-    // Either direction ending ends the session; both restart together.
+    let up = zone_to_global(settings, store, KdsSyncClient::new(channel.clone()));
+    let inspect = answer_inspections(settings, store, KdsSyncClient::new(channel));
+    // Either direction ending ends the session; both restart together. The inspect stream is
+    // an extra: when it fails the sync goes on.
     tokio::select! {
         r = down => r,
         r = up => r,
+        () = inspect => Ok(()),
     }
+}
+
+/// Keeps the Inspect stream open and answers global's requests; never returns while it works,
+/// and after a failure waits for the session to end.
+async fn answer_inspections(
+    settings: &ZoneSettings,
+    store: &Store,
+    mut client: KdsSyncClient<Channel>,
+) {
+    let (tx, rx) = mpsc::channel::<InspectResponse>(16);
+    let _ = tx
+        .send(InspectResponse {
+            zone: settings.zone.clone(),
+            protocol_version: wire::PROTOCOL_VERSION.into(),
+            ..Default::default()
+        })
+        .await;
+    let mut requests = match client
+        .inspect(authorized(settings, ReceiverStream::new(rx)))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            warn!(zone = settings.zone, %status, "global does not take inspection requests from this zone");
+            return std::future::pending().await;
+        }
+    };
+    while let Ok(Some(request)) = requests.message().await {
+        let response = crate::inspect::answer(
+            &settings.zone,
+            store,
+            settings.config_dump.as_ref(),
+            &request,
+        )
+        .await;
+        if tx.send(response).await.is_err() {
+            break;
+        }
+    }
+    std::future::pending().await
 }
 
 fn status_text(s: tonic::Status) -> String {
