@@ -219,6 +219,15 @@ pub fn get_table(rt: ResourceType, items: &[Value], now: DateTime<Utc>) -> Strin
 }
 
 /// Whether a subscription is open (connected, not disconnected).
+/// The subscriptions of the insight named `name` (none when it has no insight).
+fn subscriptions_of(insights: &[Value], name: &Value) -> Vec<Value> {
+    insights
+        .iter()
+        .find(|i| i["name"] == *name)
+        .and_then(|i| i["subscriptions"].as_array().cloned())
+        .unwrap_or_default()
+}
+
 fn any_open(subs: &[Value]) -> bool {
     subs.iter()
         .any(|s| !s["connectTime"].is_null() && s["disconnectTime"].is_null())
@@ -311,11 +320,7 @@ pub fn get_zones(zones: &[Value], insights: &[Value], now: DateTime<Utc>) -> Str
     let rows: Vec<Vec<String>> = zones
         .iter()
         .map(|z| {
-            let subs = insights
-                .iter()
-                .find(|i| i["name"] == z["name"])
-                .and_then(|i| i["subscriptions"].as_array().cloned())
-                .unwrap_or_default();
+            let subs = subscriptions_of(insights, &z["name"]);
             let enabled = z["enabled"].as_bool().unwrap_or(true);
             vec![
                 s(&z["name"]),
@@ -342,11 +347,7 @@ pub fn inspect_zone_proxies(
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|r| {
-            let subs = insights
-                .iter()
-                .find(|i| i["name"] == r["name"])
-                .and_then(|i| i["subscriptions"].as_array().cloned())
-                .unwrap_or_default();
+            let subs = subscriptions_of(insights, &r["name"]);
             let last = subs.last();
             let (updates, errors) = totals(&subs);
             let n = &r["networking"];
@@ -403,10 +404,7 @@ pub fn inspect_zones(zones: &[Value], insights: &[Value], now: DateTime<Utc>) ->
         .iter()
         .map(|z| {
             let name = s(&z["name"]);
-            let insight = insights.iter().find(|i| i["name"] == z["name"]);
-            let subs = insight
-                .and_then(|i| i["subscriptions"].as_array().cloned())
-                .unwrap_or_default();
+            let subs = subscriptions_of(insights, &z["name"]);
             let enabled = z["enabled"].as_bool().unwrap_or(true);
             let connected = any_open(&subs);
             let last = subs.last();

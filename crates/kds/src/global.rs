@@ -73,10 +73,47 @@ impl GlobalKds {
             })
     }
 
+    /// Reads a stream's first message (every stream opens with the zone's name and protocol
+    /// version), checks it and authenticates the zone.
+    async fn handshake<T: Hello + Send + 'static>(
+        &self,
+        request: &mut Request<Streaming<T>>,
+    ) -> Result<(T, String), Status> {
+        let hello = request
+            .get_mut()
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the handshake"))?;
+        let zone = hello.zone().to_string();
+        check_handshake(&zone, hello.protocol_version())?;
+        self.authenticate(request, &zone).await?;
+        Ok((hello, zone))
+    }
+
     pub fn into_server(self) -> KdsSyncServer<GlobalKds> {
         KdsSyncServer::new(self).max_decoding_message_size(64 * 1024 * 1024)
     }
 }
+
+/// The first message of a zone's stream names the zone and the protocol version.
+trait Hello {
+    fn zone(&self) -> &str;
+    fn protocol_version(&self) -> &str;
+}
+
+macro_rules! hello {
+    ($($t:ty),*) => {$(
+        impl Hello for $t {
+            fn zone(&self) -> &str {
+                &self.zone
+            }
+            fn protocol_version(&self) -> &str {
+                &self.protocol_version
+            }
+        }
+    )*};
+}
+hello!(Ack, Changes, InspectResponse);
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
@@ -280,14 +317,7 @@ impl KdsSync for GlobalKds {
         &self,
         mut request: Request<Streaming<Ack>>,
     ) -> Result<Response<Self::GlobalToZoneStream>, Status> {
-        let hello = request
-            .get_mut()
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("stream closed before the handshake"))?;
-        let zone = hello.zone.clone();
-        check_handshake(&zone, &hello.protocol_version)?;
-        self.authenticate(&request, &zone).await?;
+        let (hello, zone) = self.handshake(&mut request).await?;
         let inbound = request.into_inner();
         ensure_zone(&self.store, &zone).await?;
         let sub_id = uuid::Uuid::new_v4().to_string();
@@ -364,14 +394,7 @@ impl KdsSync for GlobalKds {
         &self,
         mut request: Request<Streaming<InspectResponse>>,
     ) -> Result<Response<Self::InspectStream>, Status> {
-        let hello = request
-            .get_mut()
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("stream closed before the handshake"))?;
-        let zone = hello.zone.clone();
-        check_handshake(&zone, &hello.protocol_version)?;
-        self.authenticate(&request, &zone).await?;
+        let (_, zone) = self.handshake(&mut request).await?;
         let rx = self.inspect.attach(zone, request.into_inner());
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -382,14 +405,7 @@ impl KdsSync for GlobalKds {
         &self,
         mut request: Request<Streaming<Changes>>,
     ) -> Result<Response<Self::ZoneToGlobalStream>, Status> {
-        let first = request
-            .get_mut()
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("stream closed before the handshake"))?;
-        let zone = first.zone.clone();
-        check_handshake(&zone, &first.protocol_version)?;
-        self.authenticate(&request, &zone).await?;
+        let (first, zone) = self.handshake(&mut request).await?;
         let mut inbound = request.into_inner();
         ensure_zone(&self.store, &zone).await?;
         let (tx, rx) = mpsc::channel(16);
