@@ -406,7 +406,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         let kds = &config.multizone.zone.kds;
         if kds.tls_skip_verify {
             warn!(
-                "KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY is not supported: set KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE to global's certificate"
+                "global's KDS certificate is not verified (KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY): set KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE instead outside of trials"
             );
         }
         let root_ca = if kds.root_ca_file.is_empty() {
@@ -429,6 +429,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             ),
             tls: global.tls,
             root_ca,
+            skip_verify: kds.tls_skip_verify,
             instance_id: instance_id.clone(),
             cp_version: meshzone_model::VERSION.into(),
             config: serde_json::json!({"store": {"type": config.store.store_type}}).to_string(),

@@ -410,3 +410,48 @@ fn a_cut_link_without_fin_takes_the_zone_offline() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_zone_without_globals_ca_connects_only_with_skip_verify() {
+    let root = tempfile::tempdir().expect("tmp");
+    let dirs = host_dirs(root.path(), &["global", "zone-a", "zone-b"]);
+    let kds = free_port();
+    let global = start_global(&dirs[0], kds, &[]);
+    let address = format!("grpcs://127.0.0.1:{kds}");
+    // No KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE: the certificate cannot be verified…
+    let strict = ControlPlane::start(
+        &dirs[1],
+        &[
+            ("KUMA_MODE", "zone"),
+            ("KUMA_STORE_TYPE", "memory"),
+            ("KUMA_MULTIZONE_ZONE_NAME", "zone-a"),
+            ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
+        ],
+    );
+    // …unless verification is turned off.
+    let _trusting = ControlPlane::start(
+        &dirs[2],
+        &[
+            ("KUMA_MODE", "zone"),
+            ("KUMA_STORE_TYPE", "memory"),
+            ("KUMA_MULTIZONE_ZONE_NAME", "zone-b"),
+            ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
+            ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),
+        ],
+    );
+    wait_for("zone-b Online", Duration::from_secs(30), || {
+        line_of(&global.kumactl_ok(&["get", "zones"]), "zone-b")
+            .contains("Online")
+            .then_some(())
+    });
+    let log = wait_for("zone-a's reason", Duration::from_secs(30), || {
+        std::fs::read_to_string(&strict.log)
+            .ok()
+            .filter(|l| l.contains("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE"))
+    });
+    assert!(log.contains("certificate"), "{log}");
+    assert!(
+        !global.kumactl_ok(&["get", "zones"]).contains("zone-a"),
+        "zone-a never got through"
+    );
+}

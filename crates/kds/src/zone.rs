@@ -25,6 +25,8 @@ pub struct ZoneSettings {
     pub tls: bool,
     /// PEM of the CA that signed global's KDS certificate.
     pub root_ca: Option<String>,
+    /// Do not check global's certificate (`KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY`).
+    pub skip_verify: bool,
     pub instance_id: String,
     pub cp_version: String,
     /// This zone CP's configuration, shown on global.
@@ -80,12 +82,27 @@ pub async fn run(settings: ZoneSettings, store: Store) {
 }
 
 async fn channel(settings: &ZoneSettings) -> Result<Channel, String> {
-    let mut endpoint = Channel::from_shared(settings.global_url.clone())
-        .map_err(|e| format!("bad global address: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true);
+    let endpoint = |url: String| {
+        Channel::from_shared(url)
+            .map(|e| {
+                e.connect_timeout(Duration::from_secs(5))
+                    .http2_keep_alive_interval(Duration::from_secs(2))
+                    .keep_alive_timeout(Duration::from_secs(2))
+                    .keep_alive_while_idle(true)
+            })
+            .map_err(|e| format!("bad global address: {e}"))
+    };
+    if settings.tls && settings.skip_verify {
+        let connector = crate::insecure::UnverifiedTls::new().map_err(|e| format!("TLS: {e}"))?;
+        // The connector speaks TLS itself; tonic must not try to (it refuses https without its
+        // own TLS settings), so it is handed the same address as http.
+        let plain = settings.global_url.replacen("https://", "http://", 1);
+        return endpoint(plain)?
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| error_chain(&e));
+    }
+    let mut endpoint = endpoint(settings.global_url.clone())?;
     if settings.tls {
         let mut tls = ClientTlsConfig::new();
         // Without KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE nothing is trusted: the connect error
@@ -96,19 +113,25 @@ async fn channel(settings: &ZoneSettings) -> Result<Channel, String> {
         endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
     }
     endpoint.connect().await.map_err(|e| {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg = format!("{msg}: {s}");
-            src = s.source();
-        }
+        let mut msg = error_chain(&e);
         if settings.tls && msg.contains("certificate") {
             msg.push_str(
-                " (set KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE to the CA of global's KDS certificate)",
+                " (set KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE to the CA of global's KDS certificate, or KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY=true for a trial)",
             );
         }
         msg
     })
+}
+
+/// An error with its sources, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    msg
 }
 
 async fn session(settings: &ZoneSettings, store: &Store) -> Result<(), String> {
