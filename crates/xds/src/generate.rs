@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
 };
@@ -645,6 +645,24 @@ fn eds_cluster(name: &str) -> Cluster {
             eds_config: Some(ads()),
             service_name: name.to_string(),
         }),
+        outlier_detection: Some(passive_health()),
+        ..Default::default()
+    }
+}
+
+/// Passive health, as kuma-dp does it: an endpoint that refuses or times out a connection is
+/// ejected for 10 s, so traffic moves to the other endpoints or the next priority (another zone)
+/// without waiting for the control plane.
+fn passive_health() -> OutlierDetection {
+    OutlierDetection {
+        split_external_local_origin_errors: true,
+        consecutive_local_origin_failure: Some(UInt32Value { value: 1 }),
+        enforcing_consecutive_local_origin_failure: Some(UInt32Value { value: 100 }),
+        base_ejection_time: Some(Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        max_ejection_percent: Some(UInt32Value { value: 100 }),
         ..Default::default()
     }
 }
