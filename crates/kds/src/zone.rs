@@ -104,12 +104,13 @@ async fn channel(settings: &ZoneSettings) -> Result<Channel, String> {
     }
     let mut endpoint = endpoint(settings.global_url.clone())?;
     if settings.tls {
-        let mut tls = ClientTlsConfig::new();
-        // Without KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE nothing is trusted: the connect error
-        // below tells the operator which setting is missing.
-        if let Some(pem) = &settings.root_ca {
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
+        // Global's CA from KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE, else the system's roots (a
+        // global with a publicly trusted certificate); the connect error below says what to set
+        // when neither verifies it.
+        let tls = match &settings.root_ca {
+            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
         endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
     }
     endpoint.connect().await.map_err(|e| {
