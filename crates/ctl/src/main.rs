@@ -128,6 +128,14 @@ enum InstallCommand {
         /// Destination ports never redirected (comma-separated).
         #[arg(long, value_delimiter = ',')]
         exclude_outbound_ports: Vec<u16>,
+        /// Redirect incoming TCP to kuma-dp (`redirectPortInbound`); `false` leaves it alone.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        redirect_inbound: bool,
+        #[arg(long, default_value_t = 15006)]
+        redirect_inbound_port: u16,
+        /// Inbound ports never redirected (comma-separated), e.g. 22.
+        #[arg(long, value_delimiter = ',')]
+        exclude_inbound_ports: Vec<u16>,
         /// Print the iptables commands instead of running them.
         #[arg(long)]
         dry_run: bool,
@@ -224,6 +232,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     redirect_dns_port,
                     redirect_dns_to,
                     exclude_outbound_ports,
+                    redirect_inbound,
+                    redirect_inbound_port,
+                    exclude_inbound_ports,
                     dry_run,
                 },
         } => {
@@ -237,6 +248,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     (false, None) => None,
                 },
                 exclude_outbound_ports,
+                redirect_inbound_port: redirect_inbound.then_some(redirect_inbound_port),
+                exclude_inbound_ports,
             };
             transparent_proxy::install(&options, dry_run)
         }

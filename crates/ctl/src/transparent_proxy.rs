@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 
 /// Chains we own in the `nat` table.
 const OUTBOUND_CHAIN: &str = "MESH_OUTBOUND";
+const INBOUND_CHAIN: &str = "MESH_INBOUND";
 const DNS_CHAIN: &str = "MESH_DNS";
 
 /// Where redirected DNS queries go.
@@ -31,106 +32,71 @@ pub struct Options {
     pub redirect_dns: Option<DnsRedirect>,
     /// Outbound destination ports never redirected.
     pub exclude_outbound_ports: Vec<u16>,
+    /// Incoming TCP goes to kuma-dp's inbound redirect port (`redirectPortInbound`), so the
+    /// application's ports are reachable only through the proxy.
+    pub redirect_inbound_port: Option<u16>,
+    /// Inbound ports never redirected (e.g. 22).
+    pub exclude_inbound_ports: Vec<u16>,
 }
 
-fn rule(args: &[&str]) -> Vec<String> {
-    args.iter().map(|a| a.to_string()).collect()
+/// One iptables command line (no argument contains a space).
+fn rule(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_string).collect()
 }
 
 /// `iptables` argument lists that install the rules, in order.
 pub fn install_rules(o: &Options) -> Vec<Vec<String>> {
-    let uid = o.kuma_dp_uid.to_string();
-    let port = o.redirect_outbound_port.to_string();
+    let (uid, out_port) = (o.kuma_dp_uid, o.redirect_outbound_port);
     let mut rules = vec![
-        rule(&["-t", "nat", "-N", OUTBOUND_CHAIN]),
-        rule(&[
-            "-t",
-            "nat",
-            "-A",
-            OUTBOUND_CHAIN,
-            "-m",
-            "owner",
-            "--uid-owner",
-            &uid,
-            "-j",
-            "RETURN",
-        ]),
-        rule(&[
-            "-t",
-            "nat",
-            "-A",
-            OUTBOUND_CHAIN,
-            "-d",
-            "127.0.0.0/8",
-            "-j",
-            "RETURN",
-        ]),
+        rule(&format!("-t nat -N {OUTBOUND_CHAIN}")),
+        rule(&format!(
+            "-t nat -A {OUTBOUND_CHAIN} -m owner --uid-owner {uid} -j RETURN"
+        )),
+        rule(&format!(
+            "-t nat -A {OUTBOUND_CHAIN} -d 127.0.0.0/8 -j RETURN"
+        )),
     ];
     for p in &o.exclude_outbound_ports {
-        rules.push(rule(&[
-            "-t",
-            "nat",
-            "-A",
-            OUTBOUND_CHAIN,
-            "-p",
-            "tcp",
-            "--dport",
-            &p.to_string(),
-            "-j",
-            "RETURN",
-        ]));
+        rules.push(rule(&format!(
+            "-t nat -A {OUTBOUND_CHAIN} -p tcp --dport {p} -j RETURN"
+        )));
     }
-    rules.push(rule(&[
-        "-t",
-        "nat",
-        "-A",
-        OUTBOUND_CHAIN,
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &port,
-    ]));
-    rules.push(rule(&[
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-j",
-        OUTBOUND_CHAIN,
-    ]));
+    rules.push(rule(&format!(
+        "-t nat -A {OUTBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {out_port}"
+    )));
+    rules.push(rule(&format!(
+        "-t nat -A OUTPUT -p tcp -j {OUTBOUND_CHAIN}"
+    )));
+    if let Some(in_port) = o.redirect_inbound_port {
+        rules.push(rule(&format!("-t nat -N {INBOUND_CHAIN}")));
+        for p in &o.exclude_inbound_ports {
+            rules.push(rule(&format!(
+                "-t nat -A {INBOUND_CHAIN} -p tcp --dport {p} -j RETURN"
+            )));
+        }
+        rules.push(rule(&format!(
+            "-t nat -A {INBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {in_port}"
+        )));
+        rules.push(rule(&format!(
+            "-t nat -A PREROUTING -p tcp -j {INBOUND_CHAIN}"
+        )));
+    }
     if let Some(dns) = o.redirect_dns {
-        let target: Vec<String> = match dns {
-            DnsRedirect::Local(port) => {
-                vec!["REDIRECT".into(), "--to-ports".into(), port.to_string()]
-            }
-            DnsRedirect::To(to) => vec!["DNAT".into(), "--to-destination".into(), to.to_string()],
+        let target = match dns {
+            DnsRedirect::Local(port) => format!("REDIRECT --to-ports {port}"),
+            DnsRedirect::To(to) => format!("DNAT --to-destination {to}"),
         };
-        let mut redirect = rule(&[
-            "-t", "nat", "-A", DNS_CHAIN, "-p", "udp", "--dport", "53", "-j",
-        ]);
-        redirect.extend(target);
         rules.extend([
-            rule(&["-t", "nat", "-N", DNS_CHAIN]),
-            rule(&[
-                "-t",
-                "nat",
-                "-A",
-                DNS_CHAIN,
-                "-m",
-                "owner",
-                "--uid-owner",
-                &uid,
-                "-j",
-                "RETURN",
-            ]),
-            redirect,
-            rule(&[
-                "-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "53", "-j", DNS_CHAIN,
-            ]),
+            rule(&format!("-t nat -N {DNS_CHAIN}")),
+            rule(&format!(
+                "-t nat -A {DNS_CHAIN} -m owner --uid-owner {uid} -j RETURN"
+            )),
+            rule(&format!(
+                "-t nat -A {DNS_CHAIN} -p udp --dport 53 -j {target}"
+            )),
+            rule(&format!(
+                "-t nat -A OUTPUT -p udp --dport 53 -j {DNS_CHAIN}"
+            )),
         ]);
     }
     rules
@@ -138,25 +104,20 @@ pub fn install_rules(o: &Options) -> Vec<Vec<String>> {
 
 /// `iptables` argument lists that remove whatever `install_rules` may have added.
 pub fn uninstall_rules() -> Vec<Vec<String>> {
-    vec![
-        rule(&[
-            "-t",
-            "nat",
-            "-D",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-j",
-            OUTBOUND_CHAIN,
-        ]),
-        rule(&["-t", "nat", "-F", OUTBOUND_CHAIN]),
-        rule(&["-t", "nat", "-X", OUTBOUND_CHAIN]),
-        rule(&[
-            "-t", "nat", "-D", "OUTPUT", "-p", "udp", "--dport", "53", "-j", DNS_CHAIN,
-        ]),
-        rule(&["-t", "nat", "-F", DNS_CHAIN]),
-        rule(&["-t", "nat", "-X", DNS_CHAIN]),
+    [
+        format!("-t nat -D OUTPUT -p tcp -j {OUTBOUND_CHAIN}"),
+        format!("-t nat -F {OUTBOUND_CHAIN}"),
+        format!("-t nat -X {OUTBOUND_CHAIN}"),
+        format!("-t nat -D PREROUTING -p tcp -j {INBOUND_CHAIN}"),
+        format!("-t nat -F {INBOUND_CHAIN}"),
+        format!("-t nat -X {INBOUND_CHAIN}"),
+        format!("-t nat -D OUTPUT -p udp --dport 53 -j {DNS_CHAIN}"),
+        format!("-t nat -F {DNS_CHAIN}"),
+        format!("-t nat -X {DNS_CHAIN}"),
     ]
+    .iter()
+    .map(|l| rule(l))
+    .collect()
 }
 
 fn iptables(args: &[String]) -> anyhow::Result<std::process::Output> {
@@ -167,7 +128,7 @@ fn iptables(args: &[String]) -> anyhow::Result<std::process::Output> {
 }
 
 fn installed() -> anyhow::Result<bool> {
-    Ok(iptables(&rule(&["-t", "nat", "-S", OUTBOUND_CHAIN]))?
+    Ok(iptables(&rule(&format!("-t nat -S {OUTBOUND_CHAIN}")))?
         .status
         .success())
 }
@@ -215,9 +176,12 @@ pub fn install(o: &Options, dry_run: bool) -> anyhow::Result<()> {
         }
     }
     println!(
-        "transparent proxy installed: outbound TCP → 127.0.0.1:{} (except uid {}){}",
+        "transparent proxy installed: outbound TCP → 127.0.0.1:{} (except uid {}){}{}",
         o.redirect_outbound_port,
         o.kuma_dp_uid,
+        o.redirect_inbound_port
+            .map(|p| format!(", inbound TCP → :{p}"))
+            .unwrap_or_default(),
         match o.redirect_dns {
             Some(DnsRedirect::Local(port)) =>
                 format!(", DNS (UDP 53) → kuma-dp on 127.0.0.1:{port}"),
@@ -262,6 +226,8 @@ mod tests {
             kuma_dp_uid: 5678,
             redirect_dns: Some(DnsRedirect::To("198.18.1.1:5653".parse().unwrap())),
             exclude_outbound_ports: vec![22],
+            redirect_inbound_port: Some(15006),
+            exclude_inbound_ports: vec![22],
         });
         let text: Vec<String> = rules.iter().map(|r| r.join(" ")).collect();
         let pos = |needle: &str| {
@@ -274,13 +240,18 @@ mod tests {
         assert!(pos("--dport 22 -j RETURN") < pos("REDIRECT --to-ports 15001"));
         assert!(pos("-N MESH_OUTBOUND") < pos("-A OUTPUT -p tcp -j MESH_OUTBOUND"));
         assert!(pos("DNAT --to-destination 198.18.1.1:5653") < pos("-A OUTPUT -p udp"));
+        assert!(
+            pos("-A MESH_INBOUND -p tcp --dport 22 -j RETURN") < pos("REDIRECT --to-ports 15006")
+        );
+        assert!(pos("REDIRECT --to-ports 15006") < pos("-A PREROUTING -p tcp -j MESH_INBOUND"));
         // Everything installed is removed again.
         let undo: Vec<String> = uninstall_rules().iter().map(|r| r.join(" ")).collect();
-        for added in text.iter().filter(|r| r.contains(" -A OUTPUT ")) {
-            assert!(
-                undo.contains(&added.replace(" -A OUTPUT ", " -D OUTPUT ")),
-                "{added} is undone"
-            );
+        for added in text
+            .iter()
+            .filter(|r| r.contains(" -A OUTPUT ") || r.contains(" -A PREROUTING "))
+        {
+            let removal = added.replace(" -A ", " -D ");
+            assert!(undo.contains(&removal), "{added} is undone");
         }
     }
 
@@ -291,6 +262,8 @@ mod tests {
             kuma_dp_uid: 5678,
             redirect_dns: Some(DnsRedirect::Local(15053)),
             exclude_outbound_ports: vec![],
+            redirect_inbound_port: None,
+            exclude_inbound_ports: vec![],
         });
         let text: Vec<String> = rules.iter().map(|r| r.join(" ")).collect();
         assert!(
@@ -308,6 +281,8 @@ mod tests {
             kuma_dp_uid: 0,
             redirect_dns: None,
             exclude_outbound_ports: vec![],
+            redirect_inbound_port: None,
+            exclude_inbound_ports: vec![],
         });
         assert!(rules.iter().all(|r| !r.contains(&DNS_CHAIN.to_string())));
     }

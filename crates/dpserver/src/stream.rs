@@ -595,6 +595,7 @@ impl ProxyStream {
                     redirect_port_outbound: t
                         .redirect_port_outbound
                         .unwrap_or(DEFAULT_REDIRECT_PORT_OUTBOUND),
+                    redirect_port_inbound: t.redirect_port_inbound,
                     vips,
                 }),
             mesh: &self.key.mesh,

@@ -103,7 +103,7 @@ fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
     // Transparent proxying too: a redirect listener (use_original_dst), VIP:80 listeners that are
     // not bound, and an ORIGINAL_DST passthrough cluster must all be valid Envoy.
     envoy_client_dp["networking"]["transparentProxying"] =
-        json!({ "redirectPortOutbound": free_port() });
+        json!({ "redirectPortOutbound": free_port(), "redirectPortInbound": free_port() });
     let mut envoy_client = Envoy::start(
         &cp,
         dir.path(),
@@ -178,6 +178,10 @@ fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
     assert!(
         dump.contains("outbound:passthrough"),
         "no passthrough cluster"
+    );
+    assert!(
+        dump.contains("inbound:redirect"),
+        "no inbound redirect listener"
     );
     let (rejected, _) = envoy_client.rejected_and_accepted();
     assert!(

@@ -479,7 +479,14 @@ fn seed_universal_walkthrough_across_hosts() {
     }
 
     // Echo instances behind sidecars: two in zone-1.
-    let start_echo = |lab: &mut Lab, host: &str, z: &str, ip: &str, name: &str| {
+    // `transparent`: the host gets `kumactl install transparent-proxy` (inbound redirection
+    // included) and its Dataplane's inbound is the application's own port, not bound by kuma-dp.
+    let start_echo = |lab: &mut Lab,
+                      host: &str,
+                      z: &str,
+                      ip: &str,
+                      name: &str,
+                      transparent: bool| {
         let site = lab.home(host).join("site");
         std::fs::create_dir_all(&site).expect("site");
         std::fs::write(site.join("index.html"), format!("{name}\n")).expect("index");
@@ -499,13 +506,40 @@ fn seed_universal_walkthrough_across_hosts() {
             ],
             &[],
         );
+        let (port, extra, wrapper): (u16, &str, &[&str]) = if transparent {
+            ok(&lab.exec(
+                host,
+                "kumactl",
+                &[
+                    "install",
+                    "transparent-proxy",
+                    "--kuma-dp-user",
+                    KUMA_DP_UID,
+                ],
+            ));
+            (
+                8080,
+                "  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n",
+                &[
+                    "setpriv",
+                    "--reuid",
+                    KUMA_DP_UID,
+                    "--regid",
+                    KUMA_DP_UID,
+                    "--clear-groups",
+                    "--",
+                ],
+            )
+        } else {
+            (10011, "", &[])
+        };
         let dp = format!(
-            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {ip}\n  inbound:\n  - port: 10011\n    servicePort: 8080\n    tags:\n      kuma.io/service: {SERVICE}\n      kuma.io/protocol: http\n"
+            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {ip}\n  inbound:\n  - port: {port}\n    servicePort: 8080\n    tags:\n      kuma.io/service: {SERVICE}\n      kuma.io/protocol: http\n{extra}"
         );
-        start_sidecar(lab, host, z, name, &dp, &[]);
+        start_sidecar(lab, host, z, name, &dp, wrapper);
     };
-    start_echo(&mut lab, "z1-app-a", "1", "198.18.1.10", "zone-1-a");
-    start_echo(&mut lab, "z1-app-b", "1", "198.18.1.11", "zone-1-b");
+    start_echo(&mut lab, "z1-app-a", "1", "198.18.1.10", "zone-1-a", false);
+    start_echo(&mut lab, "z1-app-b", "1", "198.18.1.11", "zone-1-b", false);
 
     // The client in zone-2: the seed's outbound on 20012, and transparent proxying.
     let client_dp = format!(
@@ -630,12 +664,19 @@ fn seed_universal_walkthrough_across_hosts() {
     );
 
     // Weights: one instance in zone-2 → 600 requests split 2:1 (zone-1 : zone-2).
-    start_echo(&mut lab, "z2-app", "2", "198.18.2.10", "zone-2-a");
+    start_echo(&mut lab, "z2-app", "2", "198.18.2.10", "zone-2-a", true);
     wait_for("zone-2 instance in use", Duration::from_secs(30), || {
         split(&lab, "z2-client", explicit, 10)
             .contains_key("zone-2-a")
             .then_some(())
     });
+    // Inbound redirection: zone-2-a's application port is reachable only through its proxy
+    // (mTLS); a plain request from another host is refused.
+    assert!(
+        lab.curl("z2-egress", &["http://198.18.2.10:8080/"])
+            .is_err(),
+        "the app behind a transparent proxy must not answer plaintext from outside the mesh"
+    );
     let counts = split(&lab, "z2-client", explicit, 600);
     eprintln!("600 requests from zone-2: {counts:?}");
     let remote = counts.get("zone-1-a").unwrap_or(&0) + counts.get("zone-1-b").unwrap_or(&0);

@@ -105,10 +105,12 @@ pub struct ProxyInput<'a> {
 
 /// Transparent proxying: one listener on the redirect port that dispatches each connection by
 /// its original destination to a `VIP:80` listener (not bound to a socket), or passes it through
-/// to where it was going.
+/// to where it was going. With inbound redirection too, inbound listeners are not bound either
+/// (the application listens on its port) and a second redirect listener dispatches to them.
 #[derive(Debug, Clone)]
 pub struct Transparent<'a> {
     pub redirect_port_outbound: u32,
+    pub redirect_port_inbound: Option<u32>,
     /// Service → its virtual IP (from the zone's DNS).
     pub vips: &'a BTreeMap<String, String>,
 }
@@ -116,8 +118,9 @@ pub struct Transparent<'a> {
 /// Port of the `VIP:port` listeners, the seed's convention (`<service>.mesh:80`).
 pub const VIP_PORT: u32 = 80;
 
-/// Listener on the redirect port, and the cluster that passes unknown destinations through.
+/// Listeners on the redirect ports, and the cluster that passes unknown destinations through.
 pub const REDIRECT_LISTENER: &str = "outbound:redirect";
+pub const INBOUND_REDIRECT_LISTENER: &str = "inbound:redirect";
 pub const PASSTHROUGH_CLUSTER: &str = "outbound:passthrough";
 
 /// A named, packed resource.
@@ -306,6 +309,10 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
     let mut clusters = Vec::new();
     let mut assignments = Vec::new();
 
+    let inbound_redirect = input
+        .transparent
+        .as_ref()
+        .and_then(|t| t.redirect_port_inbound);
     for inbound in &net.inbound {
         let address = inbound.address.as_deref().unwrap_or(&net.address);
         let name = names::inbound_listener(address, inbound.port);
@@ -356,6 +363,7 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
                 address: Some(socket(address, inbound.port)),
                 filter_chains: chains,
                 listener_filters,
+                bind_to_port: inbound_redirect.map(|_| BoolValue { value: false }),
                 ..Default::default()
             }),
         });
@@ -401,19 +409,25 @@ pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
                 outbounds.push((vip.clone(), VIP_PORT, service.as_str(), false));
             }
         }
-        listeners.push(NamedResource {
-            name: REDIRECT_LISTENER.into(),
-            resource: pack_any(Listener {
-                name: REDIRECT_LISTENER.into(),
-                address: Some(socket("0.0.0.0", t.redirect_port_outbound)),
-                use_original_dst: Some(BoolValue { value: true }),
-                filter_chains: vec![FilterChain {
-                    filters: vec![tcp_proxy_filter(REDIRECT_LISTENER, PASSTHROUGH_CLUSTER)],
+        let redirects = std::iter::once((REDIRECT_LISTENER, t.redirect_port_outbound)).chain(
+            t.redirect_port_inbound
+                .map(|port| (INBOUND_REDIRECT_LISTENER, port)),
+        );
+        for (name, port) in redirects {
+            listeners.push(NamedResource {
+                name: name.into(),
+                resource: pack_any(Listener {
+                    name: name.into(),
+                    address: Some(socket("0.0.0.0", port)),
+                    use_original_dst: Some(BoolValue { value: true }),
+                    filter_chains: vec![FilterChain {
+                        filters: vec![tcp_proxy_filter(name, PASSTHROUGH_CLUSTER)],
+                        ..Default::default()
+                    }],
                     ..Default::default()
-                }],
-                ..Default::default()
-            }),
-        });
+                }),
+            });
+        }
         clusters.push(NamedResource {
             name: PASSTHROUGH_CLUSTER.into(),
             resource: pack_any(Cluster {
