@@ -8,6 +8,7 @@
 
 pub mod available_services;
 pub mod endpoints;
+mod handshake;
 mod stream;
 mod view;
 
