@@ -155,6 +155,25 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
         ),
     );
 
+    // A real Envoy 1.40 client sidecar in zone-2 too, configured only by zone-2's CP.
+    let envoy_outbound = free_port();
+    let envoy_client_dp = serde_json::json!({
+        "type": "Dataplane", "mesh": "default", "name": "envoy-client-2",
+        "networking": {"address": "127.0.0.1",
+            "inbound": [{"port": free_port(), "servicePort": free_port(), "tags": {"kuma.io/service": "envoy-client"}}],
+            "outbound": [{"port": envoy_outbound, "tags": {"kuma.io/service": SERVICE}}]},
+    });
+    let envoy_token =
+        zone2.kumactl_ok(&["generate", "dataplane-token", "--name", "envoy-client-2"]);
+    let mut envoy_client = Envoy::start(
+        &zone2,
+        dir,
+        "envoy-client-2",
+        &envoy_client_dp,
+        envoy_token.trim(),
+    );
+    envoy_client.wait_ready();
+
     // The zone-1 ingress's available services reach zone-2, which adds it as an endpoint.
     let ingress_endpoint = format!("127.0.0.1:{p1}");
     wait_for(
@@ -213,6 +232,11 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
     );
 
     // Weights: 2 instances in zone-1, 1 in zone-2 → 2:1.
+    // Envoy balances by the same weights.
+    let envoy_split = answers(envoy_outbound, 30);
+    let envoy_remote =
+        envoy_split.get("zone-1-a").unwrap_or(&0) + envoy_split.get("zone-1-b").unwrap_or(&0);
+    assert!((18..=22).contains(&envoy_remote), "Envoy: {envoy_split:?}");
     let split = answers(outbound, 600);
     eprintln!("600 requests from zone-2: {split:?}");
     let remote =
@@ -260,7 +284,13 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
         (answers(outbound, 20).get("zone-2-a") == Some(&20)).then_some(())
     });
     assert_eq!(answers(outbound, 100).get("zone-2-a"), Some(&100));
-    // …and fails over to zone-1 when it is gone.
+    // The Envoy sidecar keeps traffic local too (priorities from our EDS).
+    wait_for(
+        "Envoy keeps traffic in zone-2",
+        Duration::from_secs(30),
+        || (answers(envoy_outbound, 20).get("zone-2-a") == Some(&20)).then_some(()),
+    );
+    // …and both fail over to zone-1 when it is gone.
     drop(s2a);
     drop(e2a);
     let after = answers(outbound, 100);
@@ -271,6 +301,25 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
         "failover loses no request: {after:?}"
     );
     assert_eq!(after.get("zone-2-a"), None);
+    // Envoy ejects the dead endpoint after its first refused connection (outlier detection from
+    // our CDS). The ejection reaches its workers through the main thread, and tcp_proxy does not
+    // retry, so the connections of the next moments fail; within a second traffic is in zone-1.
+    let envoy_after = answers(envoy_outbound, 20);
+    eprintln!("Envoy, right after the local instance died: {envoy_after:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let envoy_settled = answers(envoy_outbound, 20);
+    eprintln!("Envoy, 1.5 s later: {envoy_settled:?}");
+    assert_eq!(envoy_settled.get("FAILED"), None, "{envoy_settled:?}");
+    assert_eq!(envoy_settled.get("zone-2-a"), None, "{envoy_settled:?}");
+    let ejected = envoy_client.admin("/stats").unwrap_or_default();
+    assert!(
+        ejected.contains(&format!(
+            "cluster.{SERVICE}.outlier_detection.ejections_enforced_consecutive_local_origin_failure: 1"
+        )),
+        "Envoy ejected the dead endpoint by outlier detection"
+    );
+    let (rejected, _) = envoy_client.rejected_and_accepted();
+    assert!(rejected.is_empty(), "Envoy client rejected: {rejected:?}");
 
     // Disabling zone-1 removes its endpoints from zone-2; enabling brings them back.
     apply_ok(
