@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use meshzone_bench::{
-    CONNECTIONS, Cp, Latency, Proc, app, dataplane, free_port, load, numeric_flag, spawn_kuma_dp,
-    start_cp, wait_http, wait_path,
+    CONNECTIONS, Cp, Latency, Proc, app, dataplane, fixed, free_port, load, numeric_flag,
+    spawn_kuma_dp, start_cp, wait_http, wait_path,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -240,11 +240,7 @@ async fn main() -> anyhow::Result<()> {
         "PATH", "PROXIES", "p50 µs", "p99 µs", "p999 µs", "+p50 µs", "+p99 µs", "ERRORS"
     );
     for r in &rows {
-        let f = |k: &str| {
-            r[k].as_f64()
-                .map(|v| format!("{v:.0}"))
-                .unwrap_or_else(|| "-".into())
-        };
+        let f = |k: &str| fixed(&r[k], 0);
         println!(
             "{:<32} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
             r["path"].as_str().unwrap_or(""),

@@ -351,3 +351,10 @@ pub fn numeric_flag(flag: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// A number of a results row for a table: `decimals` after the point, `-` when absent.
+pub fn fixed(v: &Value, decimals: usize) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.decimals$}"))
+        .unwrap_or_else(|| "-".into())
+}

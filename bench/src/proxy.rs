@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use meshzone_bench::{
-    BODY, BULK, CONNECTIONS, Cp, Proc, app, bulk, dataplane, free_port, load, numeric_flag,
+    BODY, BULK, CONNECTIONS, Cp, Proc, app, bulk, dataplane, fixed, free_port, load, numeric_flag,
     proc_stat, spawn_kuma_dp, start_cp, wait_http, wait_path,
 };
 use serde_json::{Value, json};
@@ -249,16 +249,8 @@ async fn main() -> anyhow::Result<()> {
         "CPU s/1000"
     );
     for r in &rows {
-        let f = |k: &str| {
-            r[k].as_f64()
-                .map(|v| format!("{v:.0}"))
-                .unwrap_or_else(|| "-".into())
-        };
-        let f2 = |k: &str| {
-            r[k].as_f64()
-                .map(|v| format!("{v:.4}"))
-                .unwrap_or_else(|| "-".into())
-        };
+        let f = |k: &str| fixed(&r[k], 0);
+        let f2 = |k: &str| fixed(&r[k], 4);
         println!(
             "{:<9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7} {:>10} {:>11} {:>11} {:>13} {:>12}",
             r["path"].as_str().unwrap_or(""),

@@ -16,6 +16,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use meshzone_xds::decode::ProxyConfig;
+
 use crate::runtime::Runtime;
 use crate::stats::Stats;
 
@@ -25,10 +27,11 @@ pub const DOMAIN: &str = "mesh";
 /// How long a relayed query may wait for the upstream resolver.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Name → VIP from the runtime's unbound `VIP:80` listeners (their cluster is the service).
-pub fn table(rt: &Runtime) -> BTreeMap<String, Ipv4Addr> {
+/// Name → VIP from a configuration's unbound `VIP:80` listeners (their cluster is the
+/// service). Built once per configuration, with the runtime.
+pub fn table(config: &ProxyConfig) -> BTreeMap<String, Ipv4Addr> {
     let mut out = BTreeMap::new();
-    for l in rt.config.listeners.values().filter(|l| !l.bind) {
+    for l in config.listeners.values().filter(|l| !l.bind) {
         if let IpAddr::V4(ip) = l.address.ip() {
             for name in names(&l.cluster, DOMAIN) {
                 out.insert(name, ip);
@@ -76,8 +79,8 @@ pub async fn serve(
             .all(|q| in_domain(&q.name().to_ascii(), DOMAIN));
         if local {
             stats.inc("dns.mesh_queries");
-            let current = table(&runtime.borrow());
-            if let Ok(bytes) = answer(&query, &current, DOMAIN).to_vec() {
+            let reply = answer(&query, &runtime.borrow().dns_names, DOMAIN).to_vec();
+            if let Ok(bytes) = reply {
                 let _ = socket.send_to(&bytes, peer).await;
             }
             continue;

@@ -37,6 +37,8 @@ pub struct Runtime {
     cursors: BTreeMap<String, AtomicUsize>,
     /// Endpoints that recently failed; shared by every version of the runtime.
     pub health: Arc<Health>,
+    /// `.mesh` name → VIP, for the local resolver of a transparent proxy.
+    pub dns_names: BTreeMap<String, std::net::Ipv4Addr>,
 }
 
 /// Passive health (outlier detection): an endpoint that refused or timed out a connection is
@@ -161,6 +163,7 @@ impl Runtime {
                 (c.name.clone(), crate::http::client(tls, c.http2))
             })
             .collect();
+        let dns_names = crate::dns::table(&config);
         (
             Runtime {
                 config,
@@ -169,6 +172,7 @@ impl Runtime {
                 http_clients,
                 cursors,
                 health,
+                dns_names,
             },
             problems,
         )

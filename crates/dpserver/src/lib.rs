@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshzone_model::{ResourceType, Spec};
 use meshzone_store::Store;
 use meshzone_xds::decode::ProxyConfig;
 use meshzone_xds::discovery::aggregated_discovery_service_server::{
@@ -178,28 +177,13 @@ impl AdsService {
 pub async fn close_stale_subscriptions(store: &Store) -> Result<usize, meshzone_store::StoreError> {
     let now = chrono::Utc::now();
     let mut closed = 0;
-    for rt in [
-        ResourceType::DataplaneInsight,
-        ResourceType::ZoneIngressInsight,
-        ResourceType::ZoneEgressInsight,
-    ] {
+    for rt in meshzone_model::PROXY_INSIGHT_TYPES {
         for mut insight in store.list(rt, None).await? {
-            let subscriptions = match &mut insight.spec {
-                Spec::DataplaneInsight(s) => &mut s.subscriptions,
-                Spec::ZoneIngressInsight(s) | Spec::ZoneEgressInsight(s) => &mut s.subscriptions,
-                _ => continue,
-            };
-            let mut changed = false;
-            for sub in subscriptions.iter_mut() {
-                if sub.disconnect_time.is_none() {
-                    sub.disconnect_time = Some(now);
-                    closed += 1;
-                    changed = true;
-                }
-            }
-            if !changed {
+            let n = insight.spec.close_open_subscriptions(now);
+            if n == 0 {
                 continue;
             }
+            closed += n;
             match store.update(insight).await {
                 Ok(_) | Err(meshzone_store::StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e),
@@ -217,12 +201,12 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim_start_matches("Bearer ").trim().to_string())
-            .unwrap_or_default();
+        let token = meshzone_identity::bearer_token(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        );
         if let Some(reason) = &self.shared.settings.refuse_all {
             return Err(Status::failed_precondition(reason.clone()));
         }

@@ -583,13 +583,10 @@ impl ProxyStream {
                     return;
                 }
             };
-            let mut subscriptions = match stored.as_ref().map(|r| &r.spec) {
-                Some(Spec::DataplaneInsight(s)) => s.subscriptions.clone(),
-                Some(Spec::ZoneIngressInsight(s) | Spec::ZoneEgressInsight(s)) => {
-                    s.subscriptions.clone()
-                }
-                _ => Vec::new(),
-            };
+            let mut subscriptions = stored
+                .as_ref()
+                .and_then(|r| r.spec.proxy_subscriptions().cloned())
+                .unwrap_or_default();
             change(&mut subscriptions, self);
             let excess = subscriptions.len().saturating_sub(KEPT_SUBSCRIPTIONS);
             subscriptions.drain(..excess);

@@ -298,6 +298,14 @@ pub async fn issue_zone_token<B: Backend>(
     meshzone_pki::sign_token(&claims, &key).map_err(|e| e.to_string())
 }
 
+/// The token of an `authorization` header value (`Bearer <token>`, or the bare token); empty
+/// when there is none.
+pub fn bearer_token(header: Option<&str>) -> String {
+    header
+        .map(|v| v.trim_start_matches("Bearer ").trim().to_string())
+        .unwrap_or_default()
+}
+
 /// Checks a zone token for a zone proxy of `zone` that needs `scope`.
 pub async fn verify_zone_token<B: Backend>(
     store: &Store<B>,

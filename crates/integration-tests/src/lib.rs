@@ -351,6 +351,14 @@ pub fn stat_value(stats: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// GET on a proxy's admin port (127.0.0.1): the body of a 2xx answer.
+pub fn admin_get(admin_port: u16, path: &str) -> Option<String> {
+    reqwest::blocking::get(format!("http://127.0.0.1:{admin_port}{path}"))
+        .ok()
+        .filter(|r| r.status().is_success())
+        .and_then(|r| r.text().ok())
+}
+
 /// Waits until a proxy's admin `/ready` answers 200; panics with its log if it exits first.
 fn wait_admin_ready(what: &str, child: &mut Child, log: &Path, admin_port: u16, seconds: u64) {
     wait_for(
@@ -363,9 +371,7 @@ fn wait_admin_ready(what: &str, child: &mut Child, log: &Path, admin_port: u16, 
                     std::fs::read_to_string(log).unwrap_or_default()
                 );
             }
-            reqwest::blocking::get(format!("http://127.0.0.1:{admin_port}/ready"))
-                .ok()
-                .filter(|r| r.status().is_success())
+            admin_get(admin_port, "/ready")
         },
     );
 }
@@ -422,10 +428,7 @@ impl DataPlane {
     }
 
     pub fn admin(&self, path: &str) -> Option<String> {
-        reqwest::blocking::get(format!("http://127.0.0.1:{}{path}", self.admin_port))
-            .ok()
-            .filter(|r| r.status().is_success())
-            .and_then(|r| r.text().ok())
+        admin_get(self.admin_port, path)
     }
 
     /// One counter from the proxy's `/stats` (0 when absent).
@@ -683,10 +686,7 @@ impl Envoy {
     }
 
     pub fn admin(&self, path: &str) -> Option<String> {
-        reqwest::blocking::get(format!("http://127.0.0.1:{}{path}", self.admin_port))
-            .ok()
-            .filter(|r| r.status().is_success())
-            .and_then(|r| r.text().ok())
+        admin_get(self.admin_port, path)
     }
 
     pub fn wait_ready(&mut self) {

@@ -391,92 +391,74 @@ fn seed_universal_walkthrough_across_hosts() {
         .then_some(())
     });
 
-    // Ingresses (and zone-2's egress), as the seed writes them, on their own hosts.
+    // Ingresses (and zone-2's egress), as the seed writes them, on their own hosts:
+    // `kuma-dp run --proxy-type=… --cp-address --dataplane-token-file --ca-cert-file
+    // --dataplane-file`, the zone CP's certificate copied over.
+    let zone_proxy = |lab: &mut Lab,
+                      host: &str,
+                      name: &str,
+                      kind: &str,
+                      z: &str,
+                      token: &str,
+                      yaml: &str,
+                      extra: &[&str]| {
+        let token = lab.file(host, &format!("{name}.token"), token);
+        let ca = lab.file(host, "kuma-cp.crt", &cp_cert(lab, z));
+        let dp = lab.file(host, &format!("{name}.yaml"), yaml);
+        let mut args = vec![
+            "run".to_string(),
+            format!("--proxy-type={kind}"),
+            format!("--cp-address=https://198.18.{z}.1:5678"),
+            format!("--dataplane-token-file={token}"),
+            format!("--ca-cert-file={ca}"),
+            format!("--dataplane-file={dp}"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lab.spawn(host, name, "kuma-dp", &args, &[]);
+    };
     for (z, ip) in [("1", "198.18.1.2"), ("2", "198.18.2.2")] {
-        let host = format!("z{z}-ingress");
-        let token = lab.file(
-            &host,
-            "zone-token",
-            &zone_tokens[format!("zone-{z}").as_str()],
-        );
-        let ca = lab.file(&host, "kuma-cp.crt", &cp_cert(&lab, z));
-        let dp = lab.file(
-            &host,
-            "ingress-dp.yaml",
-            &format!("type: ZoneIngress\nname: ingress-0{z}\nnetworking:\n  address: {ip}\n  port: 10000\n  advertisedAddress: {ip}\n  advertisedPort: 10000\n"),
-        );
-        lab.spawn(
-            &host,
+        zone_proxy(
+            &mut lab,
+            &format!("z{z}-ingress"),
             &format!("ingress-{z}"),
-            "kuma-dp",
-            &[
-                "run",
-                "--proxy-type=ingress",
-                &format!("--cp-address=https://198.18.{z}.1:5678"),
-                &format!("--dataplane-token-file={token}"),
-                &format!("--ca-cert-file={ca}"),
-                &format!("--dataplane-file={dp}"),
-            ],
+            "ingress",
+            z,
+            &zone_tokens[format!("zone-{z}").as_str()],
+            &format!(
+                "type: ZoneIngress\nname: ingress-0{z}\nnetworking:\n  address: {ip}\n  port: 10000\n  advertisedAddress: {ip}\n  advertisedPort: 10000\n"
+            ),
             &[],
         );
     }
-    {
-        let host = "z2-egress";
-        let token = lab.file(host, "zone-token", &zone_tokens["zone-2"]);
-        let ca = lab.file(host, "kuma-cp.crt", &cp_cert(&lab, "2"));
-        let dp = lab.file(
-            host,
-            "zoneegress-dataplane.yaml",
-            "type: ZoneEgress\nname: zoneegress-01\nnetworking:\n  address: 198.18.2.3\n  port: 10002\n",
-        );
-        lab.spawn(
-            host,
-            "egress-2",
-            "kuma-dp",
-            &[
-                "run",
-                "--proxy-type=egress",
-                "--cp-address=https://198.18.2.1:5678",
-                &format!("--dataplane-token-file={token}"),
-                &format!("--ca-cert-file={ca}"),
-                &format!("--dataplane-file={dp}"),
-            ],
-            &[],
-        );
-    }
+    zone_proxy(
+        &mut lab,
+        "z2-egress",
+        "egress-2",
+        "egress",
+        "2",
+        &zone_tokens["zone-2"],
+        "type: ZoneEgress\nname: zoneegress-01\nnetworking:\n  address: 198.18.2.3\n  port: 10002\n",
+        &[],
+    );
     // An ingress token for zone-2 does not register an ingress in zone-1.
-    {
-        let host = "z1-ingress";
-        let token = lab.file(host, "wrong-zone-token", &zone_tokens["zone-2"]);
-        let ca = lab.file(host, "kuma-cp.crt", &cp_cert(&lab, "1"));
-        let dp = lab.file(
-            host,
-            "stray.yaml",
-            "type: ZoneIngress\nname: stray\nnetworking:\n  address: 198.18.1.2\n  port: 10001\n  advertisedAddress: 198.18.1.2\n  advertisedPort: 10001\n",
-        );
-        lab.spawn(
-            host,
-            "stray-ingress",
-            "kuma-dp",
-            &[
-                "run",
-                "--proxy-type=ingress",
-                "--cp-address=https://198.18.1.1:5678",
-                &format!("--dataplane-token-file={token}"),
-                &format!("--ca-cert-file={ca}"),
-                &format!("--dataplane-file={dp}"),
-                "--admin-port=9902",
-            ],
-            &[],
-        );
-        let status = lab.wait_exit("stray-ingress");
-        assert!(!status.success());
-        assert!(
-            lab.log("stray-ingress").contains("zone-2"),
-            "{}",
-            lab.log("stray-ingress")
-        );
-    }
+    zone_proxy(
+        &mut lab,
+        "z1-ingress",
+        "stray-ingress",
+        "ingress",
+        "1",
+        &zone_tokens["zone-2"],
+        "type: ZoneIngress\nname: stray\nnetworking:\n  address: 198.18.1.2\n  port: 10001\n  advertisedAddress: 198.18.1.2\n  advertisedPort: 10001\n",
+        &["--admin-port=9902"],
+    );
+    let status = lab.wait_exit("stray-ingress");
+    assert!(!status.success());
+    assert!(
+        lab.log("stray-ingress").contains("zone-2"),
+        "{}",
+        lab.log("stray-ingress")
+    );
 
     // Echo instances behind sidecars: two in zone-1.
     // `transparent`: the host gets `kumactl install transparent-proxy` (inbound redirection

@@ -6,7 +6,7 @@ use chrono::Utc;
 use meshzone_model::specs::{
     BuildVersion, ComponentVersions, KdsSubscription, Subscriptions, ZoneInsightSpec,
 };
-use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec};
+use meshzone_model::{Meta, PROXY_INSIGHT_TYPES, Resource, ResourceKey, ResourceType, Spec};
 use meshzone_store::{Store, StoreError};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -56,12 +56,12 @@ impl GlobalKds {
         if !self.require_zone_token {
             return Ok(());
         }
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim_start_matches("Bearer ").trim().to_string())
-            .unwrap_or_default();
+        let token = meshzone_identity::bearer_token(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        );
         meshzone_identity::verify_zone_token(&self.store, &token, zone, "cp", std::time::SystemTime::now())
             .await
             .map(|_| ())
@@ -193,11 +193,7 @@ pub async fn mark_zone_proxies_offline(
 ) -> Result<usize, StoreError> {
     let now = Utc::now();
     let mut closed = 0;
-    for rt in [
-        ResourceType::DataplaneInsight,
-        ResourceType::ZoneIngressInsight,
-        ResourceType::ZoneEgressInsight,
-    ] {
+    for rt in PROXY_INSIGHT_TYPES {
         for mut r in store.list(rt, None).await? {
             let Some(of) = r.meta.labels.get(sync::ZONE_LABEL) else {
                 continue;
@@ -205,22 +201,11 @@ pub async fn mark_zone_proxies_offline(
             if zone.is_some_and(|z| z != of) {
                 continue;
             }
-            let subscriptions = match &mut r.spec {
-                Spec::DataplaneInsight(s) => &mut s.subscriptions,
-                Spec::ZoneIngressInsight(s) | Spec::ZoneEgressInsight(s) => &mut s.subscriptions,
-                _ => continue,
-            };
-            let open: Vec<_> = subscriptions
-                .iter_mut()
-                .filter(|s| s.disconnect_time.is_none())
-                .collect();
-            if open.is_empty() {
+            let n = r.spec.close_open_subscriptions(now);
+            if n == 0 {
                 continue;
             }
-            for sub in open {
-                sub.disconnect_time = Some(now);
-                closed += 1;
-            }
+            closed += n;
             match store.update(r).await {
                 // A concurrent write came from the zone itself: it knows better.
                 Ok(_) | Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => {}

@@ -13,7 +13,8 @@ pub mod validate;
 
 pub use descriptor::{Descriptor, KdsFlags, ResourceType, Scope};
 pub use resource::{
-    DocumentError, Meta, Resource, ResourceKey, Spec, format_time, parse_documents, to_yaml_string,
+    DocumentError, Meta, PROXY_INSIGHT_TYPES, Resource, ResourceKey, Spec, format_time,
+    parse_documents, to_yaml_string,
 };
 pub use validate::{Violation, Violations, validate};
 

@@ -101,7 +101,47 @@ pub enum Spec {
     Config(ConfigSpec),
 }
 
+/// The types that record a proxy's ADS subscriptions (its status).
+pub const PROXY_INSIGHT_TYPES: [ResourceType; 3] = [
+    ResourceType::DataplaneInsight,
+    ResourceType::ZoneIngressInsight,
+    ResourceType::ZoneEgressInsight,
+];
+
 impl Spec {
+    /// The ADS subscriptions of a proxy insight (`None` for other types).
+    pub fn proxy_subscriptions(&self) -> Option<&Vec<DiscoverySubscription>> {
+        match self {
+            Spec::DataplaneInsight(s) => Some(&s.subscriptions),
+            Spec::ZoneIngressInsight(s) | Spec::ZoneEgressInsight(s) => Some(&s.subscriptions),
+            _ => None,
+        }
+    }
+
+    pub fn proxy_subscriptions_mut(&mut self) -> Option<&mut Vec<DiscoverySubscription>> {
+        match self {
+            Spec::DataplaneInsight(s) => Some(&mut s.subscriptions),
+            Spec::ZoneIngressInsight(s) | Spec::ZoneEgressInsight(s) => Some(&mut s.subscriptions),
+            _ => None,
+        }
+    }
+
+    /// Ends every still-open subscription of a proxy insight at `now`; returns how many.
+    pub fn close_open_subscriptions(&mut self, now: DateTime<Utc>) -> usize {
+        let Some(subscriptions) = self.proxy_subscriptions_mut() else {
+            return 0;
+        };
+        let mut closed = 0;
+        for sub in subscriptions
+            .iter_mut()
+            .filter(|s| s.disconnect_time.is_none())
+        {
+            sub.disconnect_time = Some(now);
+            closed += 1;
+        }
+        closed
+    }
+
     pub fn resource_type(&self) -> ResourceType {
         match self {
             Spec::Mesh(_) => ResourceType::Mesh,
