@@ -9,8 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --workspace --bins
-bin="$PWD/target/debug"
+# MESHZONE_QUICKSTART_BIN_DIR: run binaries built elsewhere (the test of this script does).
+if [ -n "${MESHZONE_QUICKSTART_BIN_DIR:-}" ]; then
+  bin="$MESHZONE_QUICKSTART_BIN_DIR"
+else
+  cargo build --workspace --bins
+  bin="${CARGO_TARGET_DIR:-$PWD/target}/debug"
+fi
 work="$(mktemp -d /tmp/meshzone-quickstart.XXXXXX)"
 pids=()
 cleanup() {

@@ -133,6 +133,19 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
         log.contains("zone-2"),
         "the refusal names the token's zone: {log}"
     );
+    // Nor does a zone-1 token whose scope is only `egress`.
+    let mut wrong_scope = DataPlane::start_zone_proxy(
+        &zone1,
+        "ingress",
+        &stray_file,
+        &zone_token(&global, dir, "zone-1", "egress"),
+    );
+    let (status, log) = wrong_scope.wait_exit(Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "an egress-only token must not register an ingress"
+    );
+    assert!(log.contains("scope"), "the refusal names the scope: {log}");
 
     // Two echo instances in zone-1, one in zone-2, and a client in zone-2.
     let (e1a, e1b, e2a) = (
