@@ -417,7 +417,7 @@ impl ProxyStream {
 
     /// Takes a newly computed configuration (and publishes it for config dumps) when it differs.
     fn set_snapshot(&mut self, snapshot: Snapshot) {
-        if *self.snapshot == snapshot {
+        if self.snapshot.same_versions(&snapshot) {
             return;
         }
         self.snapshot = Arc::new(snapshot);

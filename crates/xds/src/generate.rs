@@ -147,6 +147,15 @@ impl Snapshot {
     pub fn get(&self, type_url: TypeUrl) -> Option<&TypeSnapshot> {
         self.types.get(&type_url)
     }
+
+    /// Same content, judged by the per-type content hashes (what proxies are sent by).
+    pub fn same_versions(&self, other: &Snapshot) -> bool {
+        self.types.len() == other.types.len()
+            && self
+                .types
+                .iter()
+                .all(|(t, ts)| other.get(*t).is_some_and(|o| o.version == ts.version))
+    }
 }
 
 fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
