@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use meshzone_lifecycle::{Backoff, Shutdown, Supervisor};
 use meshzone_model::{Resource, ResourceType, parse_documents};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -213,7 +214,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.admin_port
             )
         })?;
-    tokio::spawn(
+    // The admin server and the DNS resolver are critical: if one of them ends, kuma-dp stops
+    // (non-zero) rather than run half-blind; the xDS client's outcome is awaited below.
+    let shutdown = Shutdown::new();
+    let (supervisor, mut failures) = Supervisor::new(shutdown.clone(), Backoff::default());
+    supervisor.critical(
+        "admin server",
         axum::serve(
             admin_listener,
             admin::router(stats.clone(), runtime_rx.clone(), ready_rx.clone()),
@@ -241,12 +247,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ?upstreams,
             "DNS for .mesh names listening (UDP)"
         );
-        tokio::spawn(dns::serve(
-            socket,
-            runtime_rx.clone(),
-            upstreams,
-            stats.clone(),
-        ));
+        let serve = dns::serve(socket, runtime_rx.clone(), upstreams, stats.clone());
+        let stop = shutdown.clone();
+        supervisor.critical("DNS resolver", async move {
+            stop.unless_stopped(serve).await;
+            Ok::<(), String>(())
+        });
     }
 
     let settings = xds_client::XdsSettings {
@@ -292,10 +298,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     Err(e) => Err(anyhow!("xDS client stopped: {e}")),
                 };
             }
+            failure = failures.next() => return Err(anyhow!("{failure}")),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    shutdown.begin();
     info!(
         active = drain.active(),
         "stopping: no new connections; draining live ones for up to {drain_time:?}"

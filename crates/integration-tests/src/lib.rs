@@ -150,8 +150,35 @@ impl ControlPlane {
     /// Starts the same CP again (same ports, work dir and environment).
     pub fn restart(&mut self) {
         self.kill9();
+        self.start_again();
+    }
+
+    /// Starts the same CP again once the previous process has exited.
+    pub fn start_again(&mut self) {
         self.child = spawn_cp(&self.env, &self.log);
         self.wait_ready();
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for the process to exit; its exit status.
+    pub fn sigterm(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let log = self.log.clone();
+        let child = &mut self.child;
+        let mut waited = 0;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            assert!(
+                Duration::from_millis(waited) < timeout,
+                "kuma-cp did not exit within {timeout:?} of SIGTERM: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            waited += 20;
+        }
     }
 
     /// Runs kumactl against this CP with its own kumactl config file.

@@ -48,7 +48,8 @@ fn authorized<T>(settings: &ZoneSettings, message: T) -> Request<T> {
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+// Short enough that a zone is back within a few seconds of a restarted global's start.
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
 fn jitter(d: Duration) -> Duration {
     let nanos = SystemTime::now()
