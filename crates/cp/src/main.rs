@@ -417,12 +417,10 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         let root_ca = if kds.root_ca_file.is_empty() {
             None
         } else {
-            Some(std::fs::read_to_string(&kds.root_ca_file).with_context(|| {
-                format!(
-                    "cannot read KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE {}",
-                    kds.root_ca_file
-                )
-            })?)
+            Some(meshzone_tls_client::read_pem_roots(
+                "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
+                std::path::Path::new(&kds.root_ca_file),
+            )?)
         };
         let settings = meshzone_kds::zone::ZoneSettings {
             zone: name.clone(),

@@ -153,9 +153,10 @@ fn dataplane(args: &RunArgs) -> anyhow::Result<(String, String, Option<String>)>
     ))
 }
 
-/// The CA that signs the control plane's certificate: `--ca-cert-file`, else the seed's
-/// same-machine default `~/.kuma/kuma-cp.crt`.
-fn control_plane_ca(args: &RunArgs) -> anyhow::Result<String> {
+/// TLS to the control plane, verified with the CA that signs its certificate (or that
+/// self-signed certificate itself): `--ca-cert-file`, else the seed's same-machine default
+/// `~/.kuma/kuma-cp.crt`.
+fn control_plane_tls(args: &RunArgs) -> anyhow::Result<meshzone_tls_client::Connector> {
     let path = match &args.ca_cert_file {
         Some(p) => p.clone(),
         None => {
@@ -170,8 +171,11 @@ fn control_plane_ca(args: &RunArgs) -> anyhow::Result<String> {
             default
         }
     };
-    std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read --ca-cert-file {}", path.display()))
+    let roots = meshzone_tls_client::Roots::read("--ca-cert-file", &path)?;
+    Ok(meshzone_tls_client::Connector::new(
+        &meshzone_tls_client::Trust::Roots(roots),
+        443,
+    )?)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -192,7 +196,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let drain_time = meshzone_model::validate::parse_duration(&args.drain_time)
         .with_context(|| format!("--drain-time {:?} is not a duration", args.drain_time))?;
     let (mesh, name, dataplane_json) = dataplane(&args)?;
-    let ca_pem = control_plane_ca(&args)?;
+    let tls = control_plane_tls(&args)?;
     let token = match &args.dataplane_token_file {
         Some(p) => std::fs::read_to_string(p)
             .with_context(|| format!("cannot read --dataplane-token-file {}", p.display()))?
@@ -257,7 +261,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let settings = xds_client::XdsSettings {
         cp_address: args.cp_address.clone(),
-        ca_pem,
+        tls,
         token,
         mesh: mesh.clone(),
         name: name.clone(),

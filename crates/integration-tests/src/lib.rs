@@ -428,6 +428,19 @@ impl DataPlane {
         token: Option<&Path>,
         args: &[&str],
     ) -> DataPlane {
+        let ca = cp.work_dir.join("kuma").join("kuma-cp.crt");
+        Self::start_with_ca(cp, file, token, &ca, args)
+    }
+
+    /// Like `start_with`, verifying the CP with `ca` (`--ca-cert-file`) instead of the
+    /// certificate the CP generated in its work dir.
+    pub fn start_with_ca(
+        cp: &ControlPlane,
+        file: &Path,
+        token: Option<&Path>,
+        ca: &Path,
+        args: &[&str],
+    ) -> DataPlane {
         let admin_port = free_port();
         let log = file.with_extension("log");
         let mut cmd = Command::new(binary("kuma-dp"));
@@ -439,10 +452,7 @@ impl DataPlane {
             .env("HOME", &cp.work_dir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("dp log"));
-        cmd.arg(format!(
-            "--ca-cert-file={}",
-            cp.work_dir.join("kuma").join("kuma-cp.crt").display()
-        ));
+        cmd.arg(format!("--ca-cert-file={}", ca.display()));
         if let Some(t) = token {
             cmd.arg(format!("--dataplane-token-file={}", t.display()));
         }
@@ -520,6 +530,18 @@ pub fn zone_with_store(
     store: &str,
 ) -> ControlPlane {
     let ca = global.work_dir.join("kuma").join("kuma-cp.crt");
+    zone_trusting(dir, name, kds_port, store, &ca)
+}
+
+/// A zone CP connecting to the global on `kds_port`, verifying it with `ca`
+/// (`KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE`), with its kumactl configured.
+pub fn zone_trusting(
+    dir: &Path,
+    name: &str,
+    kds_port: u16,
+    store: &str,
+    ca: &Path,
+) -> ControlPlane {
     let cp = ControlPlane::start(
         dir,
         &[
