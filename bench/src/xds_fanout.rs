@@ -2,7 +2,8 @@
 //! with N ADS streams open (default 200, real gRPC/TLS streams of this process, each ACKing every
 //! response as a proxy would). One new instance of a service every proxy calls is registered,
 //! and we measure how long until every stream has received the new endpoint set, and how much
-//! CPU the control plane spent on it. Repeated `--changes` times.
+//! CPU the control plane spent on it. Repeated `--changes` times. Last, the CP gets SIGTERM with
+//! every stream open: how long until it exited, and how many streams it ended with UNAVAILABLE.
 //!
 //! Usage: `bench/run.sh` (or `target/release/xds-fanout-bench [--streams N] [--changes K]`).
 //! Prints a table and writes `bench/results/xds-fanout.json`.
@@ -36,11 +37,15 @@ fn dataplane(name: &str, service: &str, port: usize) -> serde_json::Value {
 /// Endpoint count of `svc-0` seen last by each stream.
 type Seen = Arc<Mutex<Vec<usize>>>;
 
+/// Streams the control plane ended with `UNAVAILABLE` (its shutdown status).
+type Unavailable = Arc<std::sync::atomic::AtomicUsize>;
+
 async fn open_stream(
     channel: Channel,
     name: String,
     index: usize,
     seen: Seen,
+    unavailable: Unavailable,
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
     let node = Node {
@@ -62,7 +67,17 @@ async fn open_stream(
         .await?
         .into_inner();
     tokio::spawn(async move {
-        while let Ok(Some(r)) = responses.message().await {
+        loop {
+            let r = match responses.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(status) => {
+                    if status.code() == tonic::Code::Unavailable {
+                        unavailable.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    return;
+                }
+            };
             if r.type_url == TypeUrl::ClusterLoadAssignment.as_str() {
                 let count = r
                     .resources
@@ -117,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let cp_pid = cp._proc.0.id();
+    let unavailable: Unavailable = Arc::default();
     cp.put(
         "/meshes/default",
         json!({"type": "Mesh", "name": "default",
@@ -143,7 +159,14 @@ async fn main() -> anyhow::Result<()> {
     let seen: Seen = Arc::new(Mutex::new(vec![usize::MAX; streams]));
     let mut instances = DATAPLANES / SERVICES;
     for i in 0..streams {
-        open_stream(channel.clone(), format!("dp-{i}"), i, seen.clone()).await?;
+        open_stream(
+            channel.clone(),
+            format!("dp-{i}"),
+            i,
+            seen.clone(),
+            unavailable.clone(),
+        )
+        .await?;
     }
     wait_all(&seen, instances, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -171,6 +194,31 @@ async fn main() -> anyhow::Result<()> {
     let max = ms(latencies.last().context("no change")?);
     let cpu_avg = cpu.iter().sum::<f64>() / cpu.len() as f64;
     let (rss, _) = proc_stat(cp_pid)?;
+
+    // SIGTERM with every stream open.
+    let mut cp = cp;
+    let stop_began = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &cp_pid.to_string()])
+        .status()?;
+    let exit = loop {
+        if let Some(status) = cp._proc.0.try_wait()? {
+            break status;
+        }
+        if stop_began.elapsed() > Duration::from_secs(60) {
+            bail!("kuma-cp did not exit within 60 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let stop_ms = stop_began.elapsed().as_secs_f64() * 1e3;
+    // The last statuses may still be in flight on the client side.
+    let ended_deadline = Instant::now() + Duration::from_secs(5);
+    while unavailable.load(std::sync::atomic::Ordering::SeqCst) < streams
+        && Instant::now() < ended_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ended = unavailable.load(std::sync::atomic::Ordering::SeqCst);
     println!(
         "{DATAPLANES} Dataplanes in one mesh (mTLS), {streams} ADS streams, {changes} changes (one new instance of a service every stream calls)"
     );
@@ -190,6 +238,16 @@ async fn main() -> anyhow::Result<()> {
         "CP RSS",
         format!("{:.1} MiB", rss as f64 / 1024.0)
     );
+    println!(
+        "{:<34} {:>10}",
+        "SIGTERM → exited",
+        format!("{stop_ms:.0} ms ({exit})")
+    );
+    println!(
+        "{:<34} {:>10}",
+        "streams ended with UNAVAILABLE",
+        format!("{ended}/{streams}")
+    );
     let results = json!({
         "benchmark": "xds-fanout",
         "date": chrono::Utc::now().to_rfc3339(),
@@ -197,6 +255,8 @@ async fn main() -> anyhow::Result<()> {
         "dataplanes": DATAPLANES, "streams": streams, "changes": changes,
         "propagationP50Millis": p50, "propagationMaxMillis": max,
         "cpCpuSecondsPerChange": cpu_avg, "cpRssKiB": rss,
+        "sigtermToExitMillis": stop_ms, "exitCode": exit.code(),
+        "streamsEndedUnavailable": ended,
     });
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/xds-fanout.json");
     std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;

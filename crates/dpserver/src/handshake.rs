@@ -16,6 +16,18 @@ use tracing::{info, warn};
 
 use crate::Shared;
 
+/// A refused token is final (`UNAUTHENTICATED`: the proxy stops), except one signed with a key
+/// this zone does not know yet: a key created on global moments ago may still be on its way down
+/// over KDS, so the proxy is told to retry (`UNAVAILABLE`).
+fn token_refusal(e: &meshzone_pki::TokenError, message: String) -> Status {
+    match e {
+        meshzone_pki::TokenError::UnknownKey(_) => Status::unavailable(format!(
+            "{message}; a key just created on global may not have reached this zone yet: retry"
+        )),
+        _ => Status::unauthenticated(message),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
@@ -107,7 +119,7 @@ pub(crate) async fn identify(
                 .await
                 .map_err(|e| {
                     warn!(name, kind = kind.scope(), reason = %e, "refused a zone proxy");
-                    Status::unauthenticated(format!("zone {} {name} refused: {e}", kind.scope()))
+                    token_refusal(&e, format!("zone {} {name} refused: {e}", kind.scope()))
                 })?;
         }
         return Ok((kind, ResourceKey::global(kind.resource_type(), &name)));
@@ -127,7 +139,7 @@ pub(crate) async fn identify(
             .await
             .map_err(|e| {
                 warn!(mesh, name, reason = %e, "refused a data plane proxy");
-                Status::unauthenticated(format!("data plane {mesh}.{name} refused: {e}"))
+                token_refusal(&e, format!("data plane {mesh}.{name} refused: {e}"))
             })?;
     }
     Ok((kind, ResourceKey::new(ResourceType::Dataplane, mesh, name)))
