@@ -5,7 +5,7 @@
 //! CPU the control plane spent on it. Repeated `--changes` times. Last, the CP gets SIGTERM with
 //! every stream open: how long until it exited, and how many streams it ended with UNAVAILABLE.
 //!
-//! Usage: `bench/run.sh` (or `target/release/xds-fanout-bench [--streams N] [--changes K]`).
+//! Usage: `bench/run.sh` (or `target/release/xds-fanout-bench [--streams N] [--changes K] [--sqlite]`).
 //! Prints a table and writes `bench/results/xds-fanout.json`.
 
 use std::sync::Arc;
@@ -125,10 +125,19 @@ async fn main() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     let work = tempfile::tempdir()?;
+    // `--sqlite`: the durable store, where every closed subscription is a synced write.
+    let store = if std::env::args().any(|a| a == "--sqlite") {
+        "sqlite"
+    } else {
+        "memory"
+    };
     let cp = start_cp(
         &dir,
         work.path(),
-        &[("KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE", "none".into())],
+        &[
+            ("KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE", "none".into()),
+            ("KUMA_STORE_TYPE", store.into()),
+        ],
     )
     .await?;
     let cp_pid = cp._proc.0.id();
@@ -220,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let ended = unavailable.load(std::sync::atomic::Ordering::SeqCst);
     println!(
-        "{DATAPLANES} Dataplanes in one mesh (mTLS), {streams} ADS streams, {changes} changes (one new instance of a service every stream calls)"
+        "{DATAPLANES} Dataplanes in one mesh (mTLS), {streams} ADS streams, {changes} changes (one new instance of a service every stream calls), {store} store"
     );
     println!(
         "{:<34} {:>10}",
@@ -252,7 +261,7 @@ async fn main() -> anyhow::Result<()> {
         "benchmark": "xds-fanout",
         "date": chrono::Utc::now().to_rfc3339(),
         "machine": format!("{} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
-        "dataplanes": DATAPLANES, "streams": streams, "changes": changes,
+        "dataplanes": DATAPLANES, "streams": streams, "changes": changes, "store": store,
         "propagationP50Millis": p50, "propagationMaxMillis": max,
         "cpCpuSecondsPerChange": cpu_avg, "cpRssKiB": rss,
         "sigtermToExitMillis": stop_ms, "exitCode": exit.code(),
