@@ -27,6 +27,8 @@ pub struct Config {
 pub struct General {
     /// Where the CP keeps its database and generated certificates.
     pub work_dir: String,
+    /// How long a stopping CP waits for its streams to close before it exits anyway, e.g. `4s`.
+    pub graceful_shutdown_timeout: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +151,7 @@ impl Default for Config {
             mode: "zone".into(),
             general: General {
                 work_dir: "~/.kuma".into(),
+                graceful_shutdown_timeout: "4s".into(),
             },
             store: StoreConfig {
                 store_type: "sqlite".into(),
@@ -212,6 +215,11 @@ enum Kind {
 const ENV: &[(&str, &str, Kind)] = &[
     ("KUMA_MODE", "mode", Kind::Text),
     ("KUMA_GENERAL_WORK_DIR", "general.workDir", Kind::Text),
+    (
+        "KUMA_GENERAL_GRACEFUL_SHUTDOWN_TIMEOUT",
+        "general.gracefulShutdownTimeout",
+        Kind::Text,
+    ),
     ("KUMA_STORE_TYPE", "store.type", Kind::Text),
     ("KUMA_STORE_SQLITE_PATH", "store.sqlite.path", Kind::Text),
     (
@@ -474,6 +482,20 @@ pub fn parse_global_address(s: &str) -> Result<GlobalAddress, String> {
 }
 
 impl Config {
+    /// `general.gracefulShutdownTimeout` as a duration.
+    pub fn shutdown_timeout(&self) -> Result<std::time::Duration, ConfigError> {
+        meshzone_model::validate::parse_duration(&self.general.graceful_shutdown_timeout)
+            .ok_or_else(|| {
+                invalid(
+                    "general.gracefulShutdownTimeout",
+                    format!(
+                        "{:?} is not a duration such as 4s",
+                        self.general.graceful_shutdown_timeout
+                    ),
+                )
+            })
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         if !matches!(self.mode.as_str(), "global" | "zone") {
             return Err(invalid(
@@ -539,6 +561,7 @@ impl Config {
                 ),
             ));
         }
+        self.shutdown_timeout()?;
         if self.api_server.http.interface.parse::<IpAddr>().is_err() {
             return Err(invalid(
                 "apiServer.http.interface",
@@ -727,6 +750,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("KUMA_MULTIZONE_ZONE_NAME"), "{e}");
+    }
+
+    /// Settings that are read but whose feature does not exist yet.
+    const NOT_SERVED: &[&str] = &["KUMA_API_SERVER_HTTPS_PORT"];
+
+    #[test]
+    fn the_defaults_file_never_calls_an_implemented_setting_unsupported() {
+        for line in DEFAULTS_YAML.lines() {
+            let Some((_, comment)) = line.split_once('#') else {
+                continue;
+            };
+            let Some(var) = comment
+                .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .find(|w| w.starts_with("KUMA_"))
+            else {
+                continue;
+            };
+            let lower = comment.to_ascii_lowercase();
+            let says_missing = [
+                "not supported",
+                "unsupported",
+                "not implemented",
+                "not served",
+            ]
+            .iter()
+            .any(|w| lower.contains(w));
+            assert_eq!(
+                says_missing,
+                NOT_SERVED.contains(&var),
+                "{var}: the defaults file says {comment:?}"
+            );
+        }
     }
 
     #[test]

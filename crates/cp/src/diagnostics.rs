@@ -1,22 +1,23 @@
-//! Diagnostics server (:5680): `/ready`, `/healthy` and Prometheus `/metrics`.
+//! Diagnostics server (:5680): `/ready` (503 with the reason while starting, stopping, or while a
+//! supervised task is down), `/healthy` and Prometheus `/metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use meshzone_lifecycle::Readiness;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone)]
 struct Diag {
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
     registry: Arc<Registry>,
 }
 
-pub fn router(ready: Arc<AtomicBool>, registry: Arc<Registry>) -> Router {
+pub fn router(ready: Readiness, registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/ready", get(ready_handler))
         .route("/healthy", get(|| async { "OK" }))
@@ -25,10 +26,9 @@ pub fn router(ready: Arc<AtomicBool>, registry: Arc<Registry>) -> Router {
 }
 
 async fn ready_handler(State(d): State<Diag>) -> impl IntoResponse {
-    if d.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "OK")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    match d.ready.check() {
+        Ok(()) => (StatusCode::OK, "OK".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
     }
 }
 

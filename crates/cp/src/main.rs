@@ -11,15 +11,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use meshzone_api::{ApiContext, ApiMetrics, ApiSettings, CpMode};
+use meshzone_lifecycle::{Backoff, Shutdown, Supervisor};
 use meshzone_model::{DEFAULT_MESH, Meta, Resource, Spec};
 use meshzone_store::{AnyBackend, MemoryBackend, SqliteBackend, Store, StoreError};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, Role, env_name};
 
@@ -98,7 +99,10 @@ fn run(config_file: Option<PathBuf>, log_level: &str) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, env))
+    let outcome = runtime.block_on(serve(config, env));
+    // Whatever is still running after the shutdown deadline is not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    outcome
 }
 
 async fn bind(ip: &str, port: u16, key: &str) -> anyhow::Result<TcpListener> {
@@ -189,6 +193,9 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     };
     let store_type = backend.type_name().to_string();
     let store = Store::new(backend);
+    let shutdown_timeout = config.shutdown_timeout()?;
+    let shutdown = Shutdown::new();
+    let (supervisor, mut failures) = Supervisor::new(shutdown.clone(), Backoff::default());
 
     let host = hostname();
     let instance_id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
@@ -227,6 +234,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                     "global control plane does not accept data plane proxies; connect to a zone control plane".to_string()
                 }),
             },
+            shutdown.clone(),
         )
     });
     // Config dumps: a zone reads its own DP server; global asks the zone that owns the proxy,
@@ -279,105 +287,89 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         config_dump,
     };
     let api = meshzone_api::router(ApiContext::new(store.clone(), settings, metrics));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
-    let dp_task = match (dp_listener, ads) {
-        (Some(listener), Some(ads)) => {
-            let work_dir = config.work_dir(&home);
-            let (cert, key, cert_path) = dp_server::certificate(&config, &work_dir, &hostname())?;
-            info!(cert = %cert_path.display(), port = config.dp_server.port, "DP server (xDS) listening; kuma-dp verifies it with --ca-cert-file {}", cert_path.display());
-            let mut rx = stop_rx.clone();
-            let stop = async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            };
-            Some(tokio::spawn(dp_server::serve(
-                listener,
-                cert,
-                key,
-                store.clone(),
-                ads,
-                stop,
-            )))
-        }
-        _ => None,
-    };
-    let kds_task = match kds_listener {
-        Some(listener) => {
-            let work_dir = config.work_dir(&home);
-            let kds = &config.multizone.global.kds;
-            let (cert, key, cert_path) = dp_server::certificate_from(
-                &kds.tls_cert_file,
-                &kds.tls_key_file,
-                &work_dir,
-                &hostname(),
-            )?;
-            info!(
-                port = kds.grpc_port,
-                "KDS server listening; zones verify it with KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE={}",
-                cert_path.display()
-            );
-            let closed = meshzone_kds::global::close_stale_subscriptions(&store)
-                .await
-                .map_err(|e| anyhow!("cannot read zone insights: {e}"))?;
-            if closed > 0 {
-                info!(closed, "marked zones of the previous run offline");
-            }
-            let require_zone_token = kds.auth_type == "zoneToken";
-            if !require_zone_token {
-                warn!(
-                    "zone control planes are not authenticated on KDS (as in Kuma): expose port {} only to your zones, or set KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE=zoneToken",
-                    kds.grpc_port
-                );
-            }
-            let public_key: meshzone_kds::global::PublicKeyFn = Arc::new(|pem: &[u8]| {
-                let private_pem = String::from_utf8(pem.to_vec()).ok()?;
-                meshzone_pki::SigningKey {
-                    key_id: String::new(),
-                    private_pem,
-                }
-                .public_pem()
-                .ok()
-                .map(String::into_bytes)
-            });
-            let service = meshzone_kds::global::GlobalKds::new(
-                store.clone(),
-                instance_id.clone(),
-                public_key,
-                require_zone_token,
-                inspect_hub.clone(),
-            )
-            .into_server();
-            let mut rx = stop_rx.clone();
-            let stop = async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            };
-            Some(tokio::spawn(async move {
-                tonic::transport::Server::builder()
-                    .tls_config(
-                        tonic::transport::ServerTlsConfig::new()
-                            .identity(tonic::transport::Identity::from_pem(cert, key)),
-                    )
-                    .context("invalid KDS TLS configuration")?
-                    .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
-                    .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        stop,
-                    )
-                    .await
-                    .context("KDS server")
-            }))
-        }
-        None => None,
-    };
-    if matches!(role, Role::Global) {
-        tokio::spawn(provision_mesh_cas(store.clone()));
+    if let (Some(listener), Some(ads)) = (dp_listener, ads) {
+        let work_dir = config.work_dir(&home);
+        let (cert, key, cert_path) = dp_server::certificate(&config, &work_dir, &hostname())?;
+        info!(cert = %cert_path.display(), port = config.dp_server.port, "DP server (xDS) listening; kuma-dp verifies it with --ca-cert-file {}", cert_path.display());
+        supervisor.critical(
+            "DP server",
+            dp_server::serve(listener, cert, key, store.clone(), ads, shutdown.begun()),
+        );
     }
-    if !matches!(role, Role::Global) {
-        tokio::spawn(meshzone_dp_server::available_services::maintain(
+    if let Some(listener) = kds_listener {
+        let work_dir = config.work_dir(&home);
+        let kds = &config.multizone.global.kds;
+        let (cert, key, cert_path) = dp_server::certificate_from(
+            &kds.tls_cert_file,
+            &kds.tls_key_file,
+            &work_dir,
+            &hostname(),
+        )?;
+        info!(
+            port = kds.grpc_port,
+            "KDS server listening; zones verify it with KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE={}",
+            cert_path.display()
+        );
+        let closed = meshzone_kds::global::close_stale_subscriptions(&store)
+            .await
+            .map_err(|e| anyhow!("cannot read zone insights: {e}"))?;
+        if closed > 0 {
+            info!(closed, "marked zones of the previous run offline");
+        }
+        let require_zone_token = kds.auth_type == "zoneToken";
+        if !require_zone_token {
+            warn!(
+                "zone control planes are not authenticated on KDS (as in Kuma): expose port {} only to your zones, or set KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE=zoneToken",
+                kds.grpc_port
+            );
+        }
+        let public_key: meshzone_kds::global::PublicKeyFn = Arc::new(|pem: &[u8]| {
+            let private_pem = String::from_utf8(pem.to_vec()).ok()?;
+            meshzone_pki::SigningKey {
+                key_id: String::new(),
+                private_pem,
+            }
+            .public_pem()
+            .ok()
+            .map(String::into_bytes)
+        });
+        let service = meshzone_kds::global::GlobalKds::new(
             store.clone(),
-        ));
+            instance_id.clone(),
+            public_key,
+            require_zone_token,
+            inspect_hub.clone(),
+            shutdown.clone(),
+        )
+        .into_server();
+        let server = tonic::transport::Server::builder()
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+            .context("invalid KDS TLS configuration")?
+            .http2_keepalive_interval(Some(Duration::from_secs(2)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.begun(),
+            );
+        supervisor.critical("KDS server", server);
+    }
+    if matches!(role, Role::Global) {
+        let store = store.clone();
+        supervisor.restarting("mesh CA provisioning", move || {
+            returns_only_on_error(provision_mesh_cas(store.clone()))
+        });
+    } else {
+        let store = store.clone();
+        supervisor.restarting("zone ingress available services", move || {
+            returns_only_on_error(meshzone_dp_server::available_services::maintain(
+                store.clone(),
+            ))
+        });
     }
     if let Some(socket) = dns_socket {
         let cidr = meshzone_dns::vips::Cidr::parse(&config.dns_server.cidr).ok_or_else(|| {
@@ -388,13 +380,26 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         })?;
         let domain = config.dns_server.domain.to_ascii_lowercase();
         let (table_tx, table_rx) = tokio::sync::watch::channel(Arc::new(Default::default()));
-        tokio::spawn(meshzone_dns::server::maintain(
-            store.clone(),
-            cidr,
-            domain.clone(),
-            table_tx,
-        ));
-        tokio::spawn(meshzone_dns::server::serve(socket, table_rx, domain));
+        let table_tx = Arc::new(table_tx);
+        {
+            let (store, domain) = (store.clone(), domain.clone());
+            supervisor.restarting("DNS virtual IPs", move || {
+                let table_tx = table_tx.clone();
+                let (store, domain) = (store.clone(), domain.clone());
+                async move {
+                    returns_only_on_error(meshzone_dns::server::maintain(
+                        store, cidr, domain, &table_tx,
+                    ))
+                    .await
+                }
+            });
+        }
+        let stop = shutdown.clone();
+        supervisor.critical("DNS server", async move {
+            stop.unless_stopped(meshzone_dns::server::serve(socket, table_rx, domain))
+                .await;
+            Ok::<(), String>(())
+        });
         info!(
             port = config.dns_server.port,
             cidr = config.dns_server.cidr,
@@ -412,12 +417,10 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         let root_ca = if kds.root_ca_file.is_empty() {
             None
         } else {
-            Some(std::fs::read_to_string(&kds.root_ca_file).with_context(|| {
-                format!(
-                    "cannot read KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE {}",
-                    kds.root_ca_file
-                )
-            })?)
+            Some(meshzone_tls_client::read_pem_roots(
+                "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
+                std::path::Path::new(&kds.root_ca_file),
+            )?)
         };
         let settings = meshzone_kds::zone::ZoneSettings {
             zone: name.clone(),
@@ -451,26 +454,27 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                 )
             },
         };
-        tokio::spawn(meshzone_kds::zone::run(settings, store.clone()));
+        let store = store.clone();
+        supervisor.restarting("KDS client", move || {
+            returns_only_on_error(meshzone_kds::zone::run(settings.clone(), store.clone()))
+        });
     }
-    let ready = Arc::new(AtomicBool::new(false));
-    let diag = diagnostics::router(ready.clone(), Arc::new(registry));
+    let diag = diagnostics::router(supervisor.readiness(), Arc::new(registry));
 
     let api_addr = api_listener.local_addr().ok();
-    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let api_task = tokio::spawn(
+    supervisor.critical(
+        "API server",
         axum::serve(api_listener, api)
-            .with_graceful_shutdown(shutdown(stop_rx.clone()))
+            .with_graceful_shutdown(shutdown.begun())
             .into_future(),
     );
-    let diag_task = tokio::spawn(
+    supervisor.critical(
+        "diagnostics server",
         axum::serve(diag_listener, diag)
-            .with_graceful_shutdown(shutdown(stop_rx.clone()))
+            .with_graceful_shutdown(shutdown.begun())
             .into_future(),
     );
-    ready.store(true, Ordering::SeqCst);
+    supervisor.set_started();
     info!(
         mode = config.mode,
         instance = %instance_id,
@@ -478,22 +482,33 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         "kuma-cp is ready"
     );
 
-    wait_for_signal().await?;
-    info!("shutting down");
-    ready.store(false, Ordering::SeqCst);
-    let _ = stop_tx.send(true);
-    if let Some(dp) = dp_task {
-        dp.await.context("DP server task")??;
+    let outcome = tokio::select! {
+        signal = meshzone_lifecycle::stop_on_signal(&shutdown) => {
+            let signal = signal.context("cannot watch SIGTERM and SIGINT")?;
+            info!(signal, deadline = ?shutdown_timeout, "shutting down: closing every stream, then exiting (a second signal exits at once)");
+            Ok(())
+        }
+        failure = failures.next() => Err(anyhow!("{failure}")),
+    };
+    let left = shutdown.finish(shutdown_timeout).await;
+    if left > 0 {
+        warn!(
+            tasks = left,
+            "the shutdown deadline ({shutdown_timeout:?}, KUMA_GENERAL_GRACEFUL_SHUTDOWN_TIMEOUT) passed; exiting without them"
+        );
     }
-    if let Some(kds) = kds_task {
-        kds.await.context("KDS server task")??;
+    match &outcome {
+        Ok(()) => info!("stopped"),
+        Err(e) => error!(error = %e, "stopped because a component failed"),
     }
-    let (a, d) = tokio::join!(api_task, diag_task);
-    a.context("API server task")?.context("API server")?;
-    d.context("diagnostics task")?
-        .context("diagnostics server")?;
-    info!("stopped");
-    Ok(())
+    outcome
+}
+
+/// For a background loop that only returns when something went wrong (its store event channel
+/// closed): the supervisor restarts it.
+async fn returns_only_on_error(task: impl std::future::Future<Output = ()>) -> Result<(), String> {
+    task.await;
+    Err("it stopped following store changes".into())
 }
 
 /// On global: every Mesh with a builtin mTLS backend gets its CA at once, so that KDS carries the
@@ -539,15 +554,4 @@ async fn ensure_default_mesh(store: &Store) -> anyhow::Result<()> {
         Err(StoreError::AlreadyExists(_)) => Ok(()),
         Err(e) => Err(anyhow!("cannot create the default Mesh: {e}")),
     }
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

@@ -15,4 +15,4 @@ pub mod answer;
 pub mod server;
 pub mod vips;
 #[cfg(feature = "server")]
-pub use server::{VIPS_CONFIG, load_vips};
+pub use server::{VIPS_CONFIG, VipError, load_vips};

@@ -10,7 +10,7 @@ use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec};
 use meshzone_store::{Store, StoreError};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::answer::answer;
 use crate::vips::{Cidr, allocate, names};
@@ -47,27 +47,46 @@ async fn wanted(store: &Store) -> Result<BTreeSet<String>, StoreError> {
     Ok(out)
 }
 
-async fn load(store: &Store) -> Result<(Option<Resource>, BTreeMap<String, Ipv4Addr>), StoreError> {
-    let stored = store
-        .find(&ResourceKey::global(ResourceType::Config, VIPS_CONFIG))
-        .await?;
-    let table = match &stored {
+/// Why the VIP table could not be read or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum VipError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored table does not parse. It is never replaced silently: that would give every
+    /// service a new VIP under its clients' feet.
+    #[error(
+        "the stored VIP table (Config {VIPS_CONFIG:?}) is damaged ({0}); keeping the last good table: restore it, or delete that Config to assign every service a new VIP"
+    )]
+    Damaged(String),
+}
+
+/// The stored assignments (service → VIP) and the resource holding them.
+fn parse_table(stored: &Option<Resource>) -> Result<BTreeMap<String, Ipv4Addr>, VipError> {
+    match stored {
         Some(Resource {
             spec: Spec::Config(c),
             ..
-        }) => serde_json::from_str(&c.config).unwrap_or_default(),
-        _ => BTreeMap::new(),
-    };
+        }) => serde_json::from_str(&c.config).map_err(|e| VipError::Damaged(e.to_string())),
+        Some(_) => Err(VipError::Damaged("not a Config".into())),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
+async fn load(store: &Store) -> Result<(Option<Resource>, BTreeMap<String, Ipv4Addr>), VipError> {
+    let stored = store
+        .find(&ResourceKey::global(ResourceType::Config, VIPS_CONFIG))
+        .await?;
+    let table = parse_table(&stored)?;
     Ok((stored, table))
 }
 
 /// The persisted assignments: service → VIP.
-pub async fn load_vips(store: &Store) -> Result<BTreeMap<String, Ipv4Addr>, StoreError> {
+pub async fn load_vips(store: &Store) -> Result<BTreeMap<String, Ipv4Addr>, VipError> {
     Ok(load(store).await?.1)
 }
 
 /// Recomputes and persists the assignments; returns the name table.
-async fn refresh(store: &Store, cidr: Cidr, domain: &str) -> Result<Table, StoreError> {
+async fn refresh(store: &Store, cidr: Cidr, domain: &str) -> Result<Table, VipError> {
     loop {
         let (stored, previous) = load(store).await?;
         let assigned = allocate(&previous, &wanted(store).await?, cidr);
@@ -91,7 +110,7 @@ async fn refresh(store: &Store, cidr: Cidr, domain: &str) -> Result<Table, Store
             match result {
                 Ok(()) => {}
                 Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         let mut table = BTreeMap::new();
@@ -104,19 +123,29 @@ async fn refresh(store: &Store, cidr: Cidr, domain: &str) -> Result<Table, Store
     }
 }
 
-/// Keeps `table` current: recomputes on every change of Dataplanes or ZoneIngresses.
-pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: watch::Sender<Table>) {
+/// Keeps `table` current: recomputes on every change of Dataplanes, ZoneIngresses or the stored
+/// table itself. On an error the last good table stays in service.
+pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: &watch::Sender<Table>) {
     let mut events = store.subscribe();
     loop {
         match refresh(&store, cidr, &domain).await {
             Ok(t) => {
-                table.send_replace(t);
+                table.send_if_modified(|current| {
+                    let changed = *current != t;
+                    *current = t;
+                    changed
+                });
             }
+            Err(e @ VipError::Damaged(_)) => error!(error = %e, "cannot update DNS virtual IPs"),
             Err(e) => warn!(error = %e, "cannot update DNS virtual IPs"),
         }
         if !meshzone_store::changed(
             &mut events,
-            &[ResourceType::Dataplane, ResourceType::ZoneIngress],
+            &[
+                ResourceType::Dataplane,
+                ResourceType::ZoneIngress,
+                ResourceType::Config,
+            ],
         )
         .await
         {
@@ -145,5 +174,107 @@ pub async fn serve(socket: UdpSocket, table: watch::Receiver<Table>, domain: Str
         if let Ok(bytes) = response.to_vec() {
             let _ = socket.send_to(&bytes, peer).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshzone_store::{AnyBackend, MemoryBackend};
+
+    fn config(text: &str) -> Resource {
+        Resource::new(
+            Meta::named(VIPS_CONFIG, ""),
+            Spec::Config(ConfigSpec {
+                config: text.to_string(),
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_damaged_table_is_an_error_and_is_never_overwritten() {
+        let store = Store::new(AnyBackend::Memory(MemoryBackend::new()));
+        let cidr = Cidr::parse("240.0.0.0/4").expect("cidr");
+        store
+            .create(config("{\"web\": \"240.0.0.7\""))
+            .await
+            .expect("create");
+        let err = refresh(&store, cidr, "mesh").await.expect_err("damaged");
+        assert!(matches!(err, VipError::Damaged(_)), "{err}");
+        assert!(
+            err.to_string().contains("keeping the last good table"),
+            "{err}"
+        );
+        let kept = store
+            .get(&ResourceKey::global(ResourceType::Config, VIPS_CONFIG))
+            .await
+            .expect("still there");
+        assert!(matches!(&kept.spec, Spec::Config(c) if c.config == "{\"web\": \"240.0.0.7\""));
+        assert!(matches!(load_vips(&store).await, Err(VipError::Damaged(_))));
+    }
+
+    async fn add_dataplane(store: &Store, name: &str, service: &str) {
+        let value = serde_json::json!({
+            "type": "Dataplane", "mesh": "default", "name": name,
+            "networking": {"address": "127.0.0.1", "inbound": [
+                {"port": 10001, "servicePort": 8080, "tags": {"kuma.io/service": service}}
+            ]}
+        });
+        let r = Resource::from_value(value).expect("dataplane");
+        store.create(r).await.expect("create dataplane");
+    }
+
+    async fn next_table(rx: &mut watch::Receiver<Table>, done: impl Fn(&Table) -> bool) -> Table {
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let t = rx.borrow_and_update().clone();
+                if done(&t) {
+                    return t;
+                }
+                rx.changed().await.expect("sender alive");
+            }
+        })
+        .await
+        .expect("table in time")
+    }
+
+    #[tokio::test]
+    async fn the_last_good_table_stays_in_service_while_the_stored_one_is_damaged() {
+        let store = Store::new(AnyBackend::Memory(MemoryBackend::new()));
+        let mesh = Resource::new(Meta::named("default", ""), Spec::Mesh(Default::default()));
+        store.create(mesh).await.expect("mesh");
+        add_dataplane(&store, "web-1", "web").await;
+        let cidr = Cidr::parse("240.0.0.0/4").expect("cidr");
+        let (tx, mut rx) = watch::channel(Table::default());
+        let task = tokio::spawn({
+            let store = store.clone();
+            async move { maintain(store, cidr, "mesh".into(), &tx).await }
+        });
+        let good = next_table(&mut rx, |t| t.contains_key("web.mesh")).await;
+        let web = good["web.mesh"];
+
+        let key = ResourceKey::global(ResourceType::Config, VIPS_CONFIG);
+        let mut damaged = store.get(&key).await.expect("stored table");
+        let good_text = match &damaged.spec {
+            Spec::Config(c) => c.config.clone(),
+            other => panic!("{other:?}"),
+        };
+        damaged.spec = Spec::Config(ConfigSpec {
+            config: "garbage".into(),
+        });
+        store.update(damaged).await.expect("damage it");
+        // A change while the table is damaged: nothing is reassigned or written.
+        add_dataplane(&store, "api-1", "api").await;
+        let mut repaired = store.get(&key).await.expect("get");
+        assert!(matches!(&repaired.spec, Spec::Config(c) if c.config == "garbage"));
+        assert_eq!(rx.borrow().get("web.mesh"), Some(&web));
+        assert!(!rx.borrow().contains_key("api.mesh"));
+
+        // Repaired: the service added meanwhile gets its VIP, and web keeps its own.
+        repaired.spec = Spec::Config(ConfigSpec { config: good_text });
+        store.update(repaired).await.expect("repair");
+        let next = next_table(&mut rx, |t| t.contains_key("api.mesh")).await;
+        assert_eq!(next.get("web.mesh"), Some(&web));
+        task.abort();
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use meshzone_lifecycle::{Backoff, Shutdown, Supervisor};
 use meshzone_model::{Resource, ResourceType, parse_documents};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -152,9 +153,10 @@ fn dataplane(args: &RunArgs) -> anyhow::Result<(String, String, Option<String>)>
     ))
 }
 
-/// The CA that signs the control plane's certificate: `--ca-cert-file`, else the seed's
-/// same-machine default `~/.kuma/kuma-cp.crt`.
-fn control_plane_ca(args: &RunArgs) -> anyhow::Result<String> {
+/// TLS to the control plane, verified with the CA that signs its certificate (or that
+/// self-signed certificate itself): `--ca-cert-file`, else the seed's same-machine default
+/// `~/.kuma/kuma-cp.crt`.
+fn control_plane_tls(args: &RunArgs) -> anyhow::Result<meshzone_tls_client::Connector> {
     let path = match &args.ca_cert_file {
         Some(p) => p.clone(),
         None => {
@@ -169,8 +171,11 @@ fn control_plane_ca(args: &RunArgs) -> anyhow::Result<String> {
             default
         }
     };
-    std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read --ca-cert-file {}", path.display()))
+    let roots = meshzone_tls_client::Roots::read("--ca-cert-file", &path)?;
+    Ok(meshzone_tls_client::Connector::new(
+        &meshzone_tls_client::Trust::Roots(roots),
+        443,
+    )?)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -191,7 +196,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let drain_time = meshzone_model::validate::parse_duration(&args.drain_time)
         .with_context(|| format!("--drain-time {:?} is not a duration", args.drain_time))?;
     let (mesh, name, dataplane_json) = dataplane(&args)?;
-    let ca_pem = control_plane_ca(&args)?;
+    let tls = control_plane_tls(&args)?;
     let token = match &args.dataplane_token_file {
         Some(p) => std::fs::read_to_string(p)
             .with_context(|| format!("cannot read --dataplane-token-file {}", p.display()))?
@@ -213,7 +218,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.admin_port
             )
         })?;
-    tokio::spawn(
+    // The admin server and the DNS resolver are critical: if one of them ends, kuma-dp stops
+    // (non-zero) rather than run half-blind; the xDS client's outcome is awaited below.
+    let shutdown = Shutdown::new();
+    let (supervisor, mut failures) = Supervisor::new(shutdown.clone(), Backoff::default());
+    supervisor.critical(
+        "admin server",
         axum::serve(
             admin_listener,
             admin::router(stats.clone(), runtime_rx.clone(), ready_rx.clone()),
@@ -241,17 +251,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ?upstreams,
             "DNS for .mesh names listening (UDP)"
         );
-        tokio::spawn(dns::serve(
-            socket,
-            runtime_rx.clone(),
-            upstreams,
-            stats.clone(),
-        ));
+        let serve = dns::serve(socket, runtime_rx.clone(), upstreams, stats.clone());
+        let stop = shutdown.clone();
+        supervisor.critical("DNS resolver", async move {
+            stop.unless_stopped(serve).await;
+            Ok::<(), String>(())
+        });
     }
 
     let settings = xds_client::XdsSettings {
         cp_address: args.cp_address.clone(),
-        ca_pem,
+        tls,
         token,
         mesh: mesh.clone(),
         name: name.clone(),
@@ -292,10 +302,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     Err(e) => Err(anyhow!("xDS client stopped: {e}")),
                 };
             }
+            failure = failures.next() => return Err(anyhow!("{failure}")),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    shutdown.begin();
     info!(
         active = drain.active(),
         "stopping: no new connections; draining live ones for up to {drain_time:?}"

@@ -16,7 +16,7 @@ use meshzone_xds::envoy_types::pb::google::rpc::Status as RpcStatus;
 use meshzone_xds::names::{TypeUrl, node_id};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tracing::{info, warn};
 
@@ -25,7 +25,8 @@ use crate::stats::Stats;
 
 pub struct XdsSettings {
     pub cp_address: String,
-    pub ca_pem: String,
+    /// TLS to the control plane, verified with `--ca-cert-file` (a self-signed one is pinned).
+    pub tls: meshzone_tls_client::Connector,
     pub token: String,
     pub mesh: String,
     pub name: String,
@@ -133,32 +134,19 @@ fn node(settings: &XdsSettings) -> Node {
     }
 }
 
-fn host_of(address: &str) -> String {
-    let rest = address
-        .split_once("://")
-        .map_or(address, |(_, r)| r)
-        .trim_end_matches('/');
-    let host_port = rest.split('/').next().unwrap_or(rest);
-    if let Some(v6) = host_port.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or(v6).to_string();
-    }
-    host_port
-        .rsplit_once(':')
-        .map_or(host_port, |(h, _)| h)
-        .to_string()
-}
-
 async fn connect_once(
     settings: &XdsSettings,
     runtime: &watch::Sender<Arc<Runtime>>,
     ready: &watch::Sender<bool>,
     stats: &Stats,
 ) -> Ended {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&settings.ca_pem))
-        .domain_name(host_of(&settings.cp_address));
-    let endpoint = match Channel::from_shared(settings.cp_address.clone()) {
-        Ok(e) => e,
+    let address = meshzone_tls_client::Connector::tonic_address(&settings.cp_address);
+    let endpoint = match Channel::from_shared(address) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true),
         Err(e) => {
             return Ended::Refused(Refused {
                 address: settings.cp_address.clone(),
@@ -166,15 +154,7 @@ async fn connect_once(
             });
         }
     };
-    let endpoint = match endpoint.tls_config(tls) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(15))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true),
-        Err(e) => return Ended::Failed(format!("TLS setup: {e}")),
-    };
-    let channel = match endpoint.connect().await {
+    let channel = match endpoint.connect_with_connector(settings.tls.clone()).await {
         Ok(c) => c,
         Err(e) => {
             let mut msg = e.to_string();
@@ -182,6 +162,11 @@ async fn connect_once(
             while let Some(s) = src {
                 msg = format!("{msg}: {s}");
                 src = s.source();
+            }
+            if msg.contains("certificate") {
+                msg.push_str(
+                    " (--ca-cert-file must be the CA, or the self-signed certificate, of the control plane's KUMA_DP_SERVER_TLS_CERT_FILE)",
+                );
             }
             return Ended::Failed(msg);
         }
@@ -296,17 +281,5 @@ fn classify(settings: &XdsSettings, status: tonic::Status) -> Ended {
             message: status.message().to_string(),
         }),
         _ => Ended::Failed(format!("{}: {}", status.code(), status.message())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_of;
-
-    #[test]
-    fn host_from_address() {
-        assert_eq!(host_of("https://zone-cp:5678"), "zone-cp");
-        assert_eq!(host_of("https://127.0.0.1:5678/"), "127.0.0.1");
-        assert_eq!(host_of("https://[::1]:5678"), "::1");
     }
 }

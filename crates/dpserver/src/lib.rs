@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meshzone_lifecycle::Shutdown;
 use meshzone_store::Store;
 use meshzone_xds::decode::ProxyConfig;
 use meshzone_xds::discovery::aggregated_discovery_service_server::{
@@ -58,6 +59,8 @@ struct Owners {
 pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) settings: DpServerSettings,
+    /// Streams end with `UNAVAILABLE` when it begins; the process waits for them to record it.
+    pub(crate) shutdown: Shutdown,
     owners: Mutex<Owners>,
     views: view::MeshViews,
     /// The configuration each connected proxy was last given, by the stream that owns it.
@@ -142,11 +145,12 @@ pub struct AdsService {
 }
 
 impl AdsService {
-    pub fn new(store: Store, settings: DpServerSettings) -> Self {
+    pub fn new(store: Store, settings: DpServerSettings, shutdown: Shutdown) -> Self {
         AdsService {
             shared: Arc::new(Shared {
                 store,
                 settings,
+                shutdown,
                 owners: Mutex::new(Owners::default()),
                 views: view::MeshViews::default(),
                 configs: Mutex::new(HashMap::new()),
@@ -209,6 +213,9 @@ impl AggregatedDiscoveryService for AdsService {
         );
         if let Some(reason) = &self.shared.settings.refuse_all {
             return Err(Status::failed_precondition(reason.clone()));
+        }
+        if self.shared.shutdown.has_begun() {
+            return Err(stream::shutting_down());
         }
         let inbound = request.into_inner();
         let rx = stream::start(self.shared.clone(), token, inbound).await?;

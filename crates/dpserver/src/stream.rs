@@ -45,6 +45,12 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
+/// The status a proxy gets when this control plane stops: reconnect (to another instance, or to
+/// this one once it is back).
+pub(crate) fn shutting_down() -> Status {
+    Status::unavailable("the control plane is shutting down; reconnect")
+}
+
 /// Reads the first request, authenticates and registers the proxy, and spawns its loop.
 pub(crate) async fn start(
     shared: Arc<Shared>,
@@ -85,7 +91,7 @@ pub(crate) async fn start(
     stream.proxyless = node.user_agent_name.starts_with("gRPC");
     stream.open_insight().await;
     info!(%key, registered, "proxy connected");
-    tokio::spawn(async move {
+    shared.shutdown.spawn(async move {
         let outcome = stream.run(first, inbound, events).await;
         if let Err(status) = &outcome {
             let _ = stream.tx.send(Err(status.clone())).await;
@@ -93,7 +99,9 @@ pub(crate) async fn start(
         stream.close_insight().await;
         stream.shared.unpublish(&stream.key, generation);
         info!(key = %stream.key, "proxy disconnected");
-        if registered {
+        // A proxy whose stream ended because this CP stops reconnects to the next one: its
+        // Dataplane stays.
+        if registered && !stream.shared.shutdown.has_begun() {
             deregister_later(stream.shared.clone(), stream.key.clone(), generation);
         }
     });
@@ -259,6 +267,7 @@ impl ProxyStream {
                     self.write_insight(false).await;
                 }
                 _ = self.tx.closed() => return Ok(()),
+                () = self.shared.shutdown.begun() => return Err(shutting_down()),
             }
         }
     }

@@ -51,13 +51,18 @@ impl Shared {
             return Ok(view.clone());
         }
         let seq = self.store.sequence();
-        let view = Arc::new(read_view(self, mesh).await?);
+        let previous = views.get(mesh).map(|(_, v)| v.clone());
+        let view = Arc::new(read_view(self, mesh, previous.as_deref()).await?);
         views.insert(mesh.to_string(), (seq, view.clone()));
         Ok(view)
     }
 }
 
-async fn read_view(shared: &Shared, mesh: &str) -> Result<MeshView, Status> {
+async fn read_view(
+    shared: &Shared,
+    mesh: &str,
+    previous: Option<&MeshView>,
+) -> Result<MeshView, Status> {
     let store = &shared.store;
     let mesh_spec = match store
         .find(&ResourceKey::global(ResourceType::Mesh, mesh))
@@ -77,12 +82,17 @@ async fn read_view(shared: &Shared, mesh: &str) -> Result<MeshView, Status> {
     let remote = remote_ingresses(shared).await?;
     let egresses = local_egresses(shared).await?;
     let endpoints = mesh_endpoints(mesh, &mesh_spec, &dataplanes, &remote, &egresses);
-    let vips = meshzone_dns::load_vips(store)
-        .await
-        .map_err(internal)?
-        .into_iter()
-        .map(|(service, ip)| (service, ip.to_string()))
-        .collect();
+    let vips = match meshzone_dns::load_vips(store).await {
+        Ok(vips) => vips
+            .into_iter()
+            .map(|(service, ip)| (service, ip.to_string()))
+            .collect(),
+        // A damaged table never reshuffles VIPs: the last good ones stay (the DNS task logs it).
+        Err(meshzone_dns::VipError::Damaged(_)) if previous.is_some() => {
+            previous.map(|p| p.vips.clone()).unwrap_or_default()
+        }
+        Err(e) => return Err(internal(e)),
+    };
     let protocols = protocols_of(&dataplanes);
     Ok(MeshView {
         mesh: mesh_spec,

@@ -152,8 +152,35 @@ impl ControlPlane {
     /// Starts the same CP again (same ports, work dir and environment).
     pub fn restart(&mut self) {
         self.kill9();
+        self.start_again();
+    }
+
+    /// Starts the same CP again once the previous process has exited.
+    pub fn start_again(&mut self) {
         self.child = spawn_cp(&self.env, &self.log);
         self.wait_ready();
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for the process to exit; its exit status.
+    pub fn sigterm(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let log = self.log.clone();
+        let child = &mut self.child;
+        let mut waited = 0;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            assert!(
+                Duration::from_millis(waited) < timeout,
+                "kuma-cp did not exit within {timeout:?} of SIGTERM: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            waited += 20;
+        }
     }
 
     /// Runs kumactl against this CP with its own kumactl config file.
@@ -403,6 +430,19 @@ impl DataPlane {
         token: Option<&Path>,
         args: &[&str],
     ) -> DataPlane {
+        let ca = cp.work_dir.join("kuma").join("kuma-cp.crt");
+        Self::start_with_ca(cp, file, token, &ca, args)
+    }
+
+    /// Like `start_with`, verifying the CP with `ca` (`--ca-cert-file`) instead of the
+    /// certificate the CP generated in its work dir.
+    pub fn start_with_ca(
+        cp: &ControlPlane,
+        file: &Path,
+        token: Option<&Path>,
+        ca: &Path,
+        args: &[&str],
+    ) -> DataPlane {
         let admin_port = free_port();
         let log = file.with_extension("log");
         let mut cmd = Command::new(binary("kuma-dp"));
@@ -414,10 +454,7 @@ impl DataPlane {
             .env("HOME", &cp.work_dir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("dp log"));
-        cmd.arg(format!(
-            "--ca-cert-file={}",
-            cp.work_dir.join("kuma").join("kuma-cp.crt").display()
-        ));
+        cmd.arg(format!("--ca-cert-file={}", ca.display()));
         if let Some(t) = token {
             cmd.arg(format!("--dataplane-token-file={}", t.display()));
         }
@@ -495,6 +532,18 @@ pub fn zone_with_store(
     store: &str,
 ) -> ControlPlane {
     let ca = global.work_dir.join("kuma").join("kuma-cp.crt");
+    zone_trusting(dir, name, kds_port, store, &ca)
+}
+
+/// A zone CP connecting to the global on `kds_port`, verifying it with `ca`
+/// (`KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE`), with its kumactl configured.
+pub fn zone_trusting(
+    dir: &Path,
+    name: &str,
+    kds_port: u16,
+    store: &str,
+    ca: &Path,
+) -> ControlPlane {
     let cp = ControlPlane::start(
         dir,
         &[

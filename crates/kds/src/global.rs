@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use meshzone_lifecycle::Shutdown;
 use meshzone_model::specs::{
     BuildVersion, ComponentVersions, KdsSubscription, Subscriptions, ZoneInsightSpec,
 };
@@ -29,6 +30,8 @@ pub struct GlobalKds {
     public_key: PublicKeyFn,
     require_zone_token: bool,
     inspect: InspectHub,
+    /// When it begins, every stream ends with `UNAVAILABLE` and records that it ended.
+    shutdown: Shutdown,
 }
 
 impl GlobalKds {
@@ -41,6 +44,7 @@ impl GlobalKds {
         public_key: PublicKeyFn,
         require_zone_token: bool,
         inspect: InspectHub,
+        shutdown: Shutdown,
     ) -> Self {
         GlobalKds {
             store,
@@ -48,6 +52,7 @@ impl GlobalKds {
             inspect,
             public_key,
             require_zone_token,
+            shutdown,
         }
     }
 
@@ -79,6 +84,9 @@ impl GlobalKds {
         &self,
         request: &mut Request<Streaming<T>>,
     ) -> Result<(T, String), Status> {
+        if self.shutdown.has_begun() {
+            return Err(shutting_down());
+        }
         let hello = request
             .get_mut()
             .message()
@@ -117,6 +125,12 @@ hello!(Ack, Changes, InspectResponse);
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
+}
+
+/// What a zone is told when global stops: reconnect (to another instance, or to this one once it
+/// is back).
+pub(crate) fn shutting_down() -> Status {
+    Status::unavailable("global control plane is shutting down; reconnect")
 }
 
 fn check_handshake(zone: &str, version: &str) -> Result<(), Status> {
@@ -335,7 +349,7 @@ impl KdsSync for GlobalKds {
         let (tx, rx) = mpsc::channel(16);
         let me = self.clone();
         let events = self.store.subscribe();
-        tokio::spawn(async move {
+        self.shutdown.spawn(async move {
             if let Err(status) = me.send_loop(&zone, &sub_id, inbound, events, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
@@ -346,6 +360,11 @@ impl KdsSync for GlobalKds {
             })
             .await;
             info!(zone, "zone disconnected");
+            // Stopping: the next global marks what is left offline at its start, and the zone
+            // brings the truth when it reconnects.
+            if me.shutdown.has_begun() {
+                return;
+            }
             // Unless it already reconnected, its proxies' status on global is unknown now.
             let reconnected = match me
                 .store
@@ -380,7 +399,9 @@ impl KdsSync for GlobalKds {
         mut request: Request<Streaming<InspectResponse>>,
     ) -> Result<Response<Self::InspectStream>, Status> {
         let (_, zone) = self.handshake(&mut request).await?;
-        let rx = self.inspect.attach(zone, request.into_inner());
+        let rx = self
+            .inspect
+            .attach(zone, request.into_inner(), self.shutdown.clone());
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -395,14 +416,18 @@ impl KdsSync for GlobalKds {
         ensure_zone(&self.store, &zone).await?;
         let (tx, rx) = mpsc::channel(16);
         let me = self.clone();
-        tokio::spawn(async move {
+        self.shutdown.spawn(async move {
             let mut next = Some(first);
             loop {
                 let changes = match next.take() {
                     Some(c) => c,
-                    None => match inbound.message().await {
-                        Ok(Some(c)) => c,
-                        _ => break,
+                    None => match me.shutdown.unless_stopped(inbound.message()).await {
+                        Some(Ok(Some(c))) => c,
+                        Some(_) => break,
+                        None => {
+                            let _ = tx.send(Err(shutting_down())).await;
+                            break;
+                        }
                     },
                 };
                 match me.receive_from_zone(&zone, &changes).await {
@@ -544,6 +569,7 @@ impl GlobalKds {
                         Err(broadcast::error::RecvError::Closed) => return Ok(()),
                     },
                     _ = tx.closed() => return Ok(()),
+                    () = self.shutdown.begun() => return Err(shutting_down()),
                 }
             }
         }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meshzone_lifecycle::Shutdown;
 use meshzone_model::{ResourceKey, ResourceType};
 use meshzone_store::Store;
 use serde_json::Value;
@@ -49,26 +50,38 @@ impl InspectHub {
         &self,
         zone: String,
         mut answers: Streaming<InspectResponse>,
+        shutdown: Shutdown,
     ) -> mpsc::Receiver<Result<InspectRequest, Status>> {
         let (tx, rx) = mpsc::channel(16);
         let stream_id = {
             let mut h = self.lock();
             h.next += 1;
             let id = h.next;
-            h.zones.insert(zone.clone(), (id, tx));
+            h.zones.insert(zone.clone(), (id, tx.clone()));
             id
         };
         info!(zone, "zone inspect stream open");
         let me = self.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(answer)) = answers.message().await {
-                if let Some(waiting) = me.lock().pending.remove(&answer.id) {
-                    let _ = waiting.send(answer);
+        shutdown.clone().spawn(async move {
+            loop {
+                match shutdown.unless_stopped(answers.message()).await {
+                    Some(Ok(Some(answer))) => {
+                        if let Some(waiting) = me.lock().pending.remove(&answer.id) {
+                            let _ = waiting.send(answer);
+                        }
+                    }
+                    Some(_) => break,
+                    None => {
+                        let _ = tx.send(Err(crate::global::shutting_down())).await;
+                        break;
+                    }
                 }
             }
-            let mut h = me.lock();
-            if h.zones.get(&zone).is_some_and(|(id, _)| *id == stream_id) {
-                h.zones.remove(&zone);
+            {
+                let mut h = me.lock();
+                if h.zones.get(&zone).is_some_and(|(id, _)| *id == stream_id) {
+                    h.zones.remove(&zone);
+                }
             }
             debug!(zone, "zone inspect stream closed");
         });

@@ -9,7 +9,6 @@
 //! rejections. Everything is driven by store events: no polling.
 
 pub mod global;
-mod insecure;
 pub mod inspect;
 pub mod sync;
 pub mod wire;

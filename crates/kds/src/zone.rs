@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use meshzone_model::{Resource, ResourceType};
 use meshzone_store::{Store, StoreEvent};
+use meshzone_tls_client::{Connector, Roots, Trust};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tracing::{info, warn};
 
@@ -48,7 +49,8 @@ fn authorized<T>(settings: &ZoneSettings, message: T) -> Request<T> {
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+// Short enough that a zone is back within a few seconds of a restarted global's start.
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
 fn jitter(d: Duration) -> Duration {
     let nanos = SystemTime::now()
@@ -92,36 +94,40 @@ async fn channel(settings: &ZoneSettings) -> Result<Channel, String> {
             })
             .map_err(|e| format!("bad global address: {e}"))
     };
-    if settings.tls && settings.skip_verify {
-        let connector = crate::insecure::UnverifiedTls::new().map_err(|e| format!("TLS: {e}"))?;
-        // The connector speaks TLS itself; tonic must not try to (it refuses https without its
-        // own TLS settings), so it is handed the same address as http.
-        let plain = settings.global_url.replacen("https://", "http://", 1);
-        return endpoint(plain)?
-            .connect_with_connector(connector)
+    if !settings.tls {
+        return endpoint(settings.global_url.clone())?
+            .connect()
             .await
             .map_err(|e| error_chain(&e));
     }
-    let mut endpoint = endpoint(settings.global_url.clone())?;
-    if settings.tls {
-        // Global's CA from KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE, else the system's roots (a
-        // global with a publicly trusted certificate); the connect error below says what to set
-        // when neither verifies it.
-        let tls = match &settings.root_ca {
-            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
-            None => ClientTlsConfig::new().with_native_roots(),
+    // Global's CA (or its self-signed certificate, pinned) from
+    // KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE, else the system's roots (a global with a publicly
+    // trusted certificate); the connect error below says what to set when neither verifies it.
+    let trust = if settings.skip_verify {
+        Trust::SkipVerify
+    } else {
+        let roots = match &settings.root_ca {
+            Some(pem) => Roots::from_pem(pem)
+                .map_err(|e| format!("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE: {e}"))?,
+            None => Roots::native().map_err(|e| {
+                format!("{e}: set KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE to the CA of global's KDS certificate")
+            })?,
         };
-        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
-    }
-    endpoint.connect().await.map_err(|e| {
-        let mut msg = error_chain(&e);
-        if settings.tls && msg.contains("certificate") {
-            msg.push_str(
-                " (set KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE to the CA of global's KDS certificate, or KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY=true for a trial)",
-            );
-        }
-        msg
-    })
+        Trust::Roots(roots)
+    };
+    let connector = Connector::new(&trust, 5685).map_err(|e| e.to_string())?;
+    endpoint(Connector::tonic_address(&settings.global_url))?
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| {
+            let mut msg = error_chain(&e);
+            if msg.contains("certificate") {
+                msg.push_str(
+                    " (set KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE to the CA of global's KDS certificate, or KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY=true for a trial)",
+                );
+            }
+            msg
+        })
 }
 
 /// An error with its sources, one line.
