@@ -77,8 +77,8 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{:<56} {:>8} {:>7}  {:<5} {}",
             r["fault"].as_str().unwrap_or(""),
-            r["requests"],
-            r["failed"],
+            r["requests"].as_u64().unwrap_or(0),
+            r["failed"].as_u64().unwrap_or(0),
             if r["held"] == true { "yes" } else { "NO" },
             convergence.join(", ")
         );
