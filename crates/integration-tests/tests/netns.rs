@@ -6,272 +6,15 @@
 //! Nothing is sent from the root namespace; everything is torn down at the end.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use meshzone_integration_tests::{binary, ok, stat_value, wait_for};
+use meshzone_integration_tests::lab::{Lab, mtls_mesh as mesh, must, wait_for_or};
+use meshzone_integration_tests::{ok, wait_for};
 
 const SERVICE: &str = "echo-server_echo-example_svc_1010";
 const SERVICE_RFC1123: &str = "echo-server.echo-example.svc.1010";
 /// The uid kuma-dp runs as on the transparent-proxy host (Kuma's convention).
 const KUMA_DP_UID: &str = "5678";
-
-struct Lab {
-    prefix: String,
-    switch: String,
-    hosts: Vec<String>,
-    children: Vec<(String, Child)>,
-    dir: tempfile::TempDir,
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"))
-}
-
-fn must(program: &str, args: &[&str]) {
-    let o = run(program, args);
-    assert!(
-        o.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let prefix = format!("mz{}", std::process::id() % 100_000);
-        let switch = format!("{prefix}-sw");
-        must("ip", &["netns", "add", &switch]);
-        must(
-            "ip",
-            &["-n", &switch, "link", "add", "br0", "type", "bridge"],
-        );
-        must("ip", &["-n", &switch, "link", "set", "br0", "up"]);
-        let dir = tempfile::tempdir().expect("tmp");
-        // kuma-dp runs as another user on the transparent-proxy host: it must read its files.
-        must("chmod", &["755", &dir.path().display().to_string()]);
-        Lab {
-            prefix,
-            switch,
-            hosts: Vec::new(),
-            children: Vec::new(),
-            dir,
-        }
-    }
-
-    fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.prefix)
-    }
-
-    /// A host: its own namespace, loopback up, one interface on the bridge with `ip`/15.
-    fn host(&mut self, host: &str, ip: &str) {
-        let ns = self.ns(host);
-        let port = format!("p{}", self.hosts.len());
-        must("ip", &["netns", "add", &ns]);
-        self.hosts.push(ns.clone());
-        must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        must(
-            "ip",
-            &[
-                "-n",
-                &self.switch,
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &ns,
-            ],
-        );
-        must(
-            "ip",
-            &[
-                "-n",
-                &self.switch,
-                "link",
-                "set",
-                &port,
-                "master",
-                "br0",
-                "up",
-            ],
-        );
-        must(
-            "ip",
-            &["-n", &ns, "addr", "add", &format!("{ip}/15"), "dev", "eth0"],
-        );
-        must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-        // Like any host: a default route (VIPs of 240.0.0.0/4 must be routable for the
-        // connect() that iptables then redirects to the proxy).
-        must("ip", &["-n", &ns, "route", "add", "default", "dev", "eth0"]);
-        std::fs::create_dir_all(self.home(host)).expect("home");
-        must("chmod", &["755", &self.home(host).display().to_string()]);
-    }
-
-    fn home(&self, host: &str) -> PathBuf {
-        self.dir.path().join(host)
-    }
-
-    fn file(&self, host: &str, name: &str, text: &str) -> String {
-        let p = self.home(host).join(name);
-        std::fs::write(&p, text).expect("write");
-        p.display().to_string()
-    }
-
-    fn command(&self, host: &str, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns(host)])
-            .arg(program)
-            .args(args)
-            .env("HOME", self.home(host));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd
-    }
-
-    /// Runs a command on a host and waits for it.
-    fn exec(&self, host: &str, program: &str, args: &[&str]) -> Output {
-        let path = if program.starts_with("kuma") {
-            binary(program)
-        } else {
-            PathBuf::from(program)
-        };
-        self.command(host, &path, args, &[])
-            .output()
-            .expect("ip netns exec")
-    }
-
-    /// Starts a long-running process on a host; `name` names its log and lets it be stopped.
-    fn spawn(
-        &mut self,
-        host: &str,
-        name: &str,
-        program: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) {
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
-        let path = if program.starts_with("kuma") {
-            binary(program)
-        } else {
-            PathBuf::from(program)
-        };
-        let child = self
-            .command(host, &path, args, env)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn");
-        self.children.push((name.to_string(), child));
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
-    }
-
-    fn stop(&mut self, name: &str) {
-        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
-            let (_, mut child) = self.children.remove(i);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn wait_exit(&mut self, name: &str) -> std::process::ExitStatus {
-        let i = self
-            .children
-            .iter()
-            .position(|(n, _)| n == name)
-            .expect("child");
-        let child = &mut self.children[i].1;
-        let status = wait_for(name, Duration::from_secs(20), || {
-            child.try_wait().ok().flatten()
-        });
-        self.children.remove(i);
-        status
-    }
-
-    /// `curl` on a host; the body, or why not.
-    fn curl(&self, host: &str, args: &[&str]) -> Result<String, String> {
-        let mut all = vec!["-fsS", "--max-time", "5"];
-        all.extend_from_slice(args);
-        let o = self.exec(host, "curl", &all);
-        if o.status.success() {
-            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&o.stderr).into_owned())
-        }
-    }
-
-    /// `kumactl` on a host, against the API at `api`.
-    fn kumactl(&self, host: &str, args: &[&str]) -> Output {
-        let config = self.home(host).join("kumactl.yaml").display().to_string();
-        let mut all = vec!["--config-file", config.as_str()];
-        all.extend_from_slice(args);
-        self.exec(host, "kumactl", &all)
-    }
-
-    fn stat(&self, host: &str, admin_port: u16, name: &str) -> u64 {
-        let stats = self
-            .curl(host, &[&format!("http://127.0.0.1:{admin_port}/stats")])
-            .unwrap_or_default();
-        stat_value(&stats, name)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (name, _) in &self.children {
-                let log = self.log(name);
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                eprintln!("--- {name} (last lines) ---");
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in self.hosts.iter().chain(std::iter::once(&self.switch)) {
-            let _ = run("ip", &["netns", "delete", ns]);
-            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
-        }
-    }
-}
-
-fn mesh(routing: &str) -> String {
-    format!(
-        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n{routing}"
-    )
-}
-
-/// Counts the answers of `n` requests made by one curl (URL globbing: one request each).
-fn split(lab: &Lab, host: &str, url: &str, n: usize) -> BTreeMap<String, usize> {
-    let glob = format!("{url}?[1-{n}]");
-    let o = lab.exec(host, "curl", &["-fs", "--max-time", "60", &glob]);
-    let body = String::from_utf8_lossy(&o.stdout);
-    let mut out = BTreeMap::new();
-    for line in body.lines().filter(|l| !l.is_empty()) {
-        *out.entry(line.trim().to_string()).or_insert(0) += 1;
-    }
-    let answered: usize = out.values().sum();
-    if answered < n {
-        out.insert("FAILED".into(), n - answered);
-    }
-    out
-}
 
 #[test]
 fn seed_universal_walkthrough_across_hosts() {
@@ -292,58 +35,13 @@ fn seed_universal_walkthrough_across_hosts() {
     }
 
     // Global: `KUMA_MODE=global kuma-cp run`.
-    lab.spawn(
-        "global",
-        "global",
-        "kuma-cp",
-        &["run"],
-        &[("KUMA_MODE", "global")],
-    );
-    let global_ca = lab.home("global").join(".kuma").join("kuma-cp.crt");
-    wait_for("global CP certificate", Duration::from_secs(30), || {
-        global_ca.exists().then_some(())
-    });
-    let global_ca = global_ca.display().to_string();
+    lab.global_cp();
     // Zone CPs: `KUMA_MODE=zone KUMA_MULTIZONE_ZONE_NAME=… KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=…`.
     for z in ["1", "2"] {
-        lab.spawn(
-            &format!("z{z}-cp"),
-            &format!("zone-{z}"),
-            "kuma-cp",
-            &["run"],
-            &[
-                ("KUMA_MODE", "zone"),
-                ("KUMA_MULTIZONE_ZONE_NAME", &format!("zone-{z}")),
-                (
-                    "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
-                    "grpcs://198.18.0.1:5685",
-                ),
-                ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", &global_ca),
-            ],
-        );
+        lab.zone_cp(z, "198.18.0.1", &[]);
     }
-    for (host, api) in [
-        ("global", "http://127.0.0.1:5681"),
-        ("z1-cp", "http://127.0.0.1:5681"),
-        ("z2-cp", "http://127.0.0.1:5681"),
-    ] {
-        wait_for("control plane API", Duration::from_secs(30), || {
-            lab.kumactl(
-                host,
-                &[
-                    "config",
-                    "control-planes",
-                    "add",
-                    "--name",
-                    host,
-                    "--address",
-                    api,
-                ],
-            )
-            .status
-            .success()
-            .then_some(())
-        });
+    for host in ["global", "z1-cp", "z2-cp"] {
+        lab.configure_kumactl(host);
     }
     // "Verify control plane connectivity": `kumactl get zones` shows both zones Online.
     wait_for("both zones online", Duration::from_secs(30), || {
@@ -376,50 +74,11 @@ fn seed_universal_walkthrough_across_hosts() {
         ));
         zone_tokens.insert(z, token.trim().to_string());
     }
-    // The zone CPs' certificates, copied to the proxies' hosts (`--ca-cert-file`).
-    let cp_cert = |lab: &Lab, z: &str| {
-        std::fs::read_to_string(
-            lab.home(&format!("z{z}-cp"))
-                .join(".kuma")
-                .join("kuma-cp.crt"),
-        )
-        .expect("zone CP certificate")
-    };
-    wait_for("zone CP certificates", Duration::from_secs(20), || {
-        (lab.home("z1-cp").join(".kuma/kuma-cp.crt").exists()
-            && lab.home("z2-cp").join(".kuma/kuma-cp.crt").exists())
-        .then_some(())
-    });
-
     // Ingresses (and zone-2's egress), as the seed writes them, on their own hosts:
     // `kuma-dp run --proxy-type=… --cp-address --dataplane-token-file --ca-cert-file
-    // --dataplane-file`, the zone CP's certificate copied over.
-    let zone_proxy = |lab: &mut Lab,
-                      host: &str,
-                      name: &str,
-                      kind: &str,
-                      z: &str,
-                      token: &str,
-                      yaml: &str,
-                      extra: &[&str]| {
-        let token = lab.file(host, &format!("{name}.token"), token);
-        let ca = lab.file(host, "kuma-cp.crt", &cp_cert(lab, z));
-        let dp = lab.file(host, &format!("{name}.yaml"), yaml);
-        let mut args = vec![
-            "run".to_string(),
-            format!("--proxy-type={kind}"),
-            format!("--cp-address=https://198.18.{z}.1:5678"),
-            format!("--dataplane-token-file={token}"),
-            format!("--ca-cert-file={ca}"),
-            format!("--dataplane-file={dp}"),
-        ];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        lab.spawn(host, name, "kuma-dp", &args, &[]);
-    };
+    // --dataplane-file`, the zone CP's certificate copied over (`Lab::zone_proxy`).
     for (z, ip) in [("1", "198.18.1.2"), ("2", "198.18.2.2")] {
-        zone_proxy(
-            &mut lab,
+        lab.zone_proxy(
             &format!("z{z}-ingress"),
             &format!("ingress-{z}"),
             "ingress",
@@ -431,8 +90,7 @@ fn seed_universal_walkthrough_across_hosts() {
             &[],
         );
     }
-    zone_proxy(
-        &mut lab,
+    lab.zone_proxy(
         "z2-egress",
         "egress-2",
         "egress",
@@ -442,8 +100,7 @@ fn seed_universal_walkthrough_across_hosts() {
         &[],
     );
     // An ingress token for zone-2 does not register an ingress in zone-1.
-    zone_proxy(
-        &mut lab,
+    lab.zone_proxy(
         "z1-ingress",
         "stray-ingress",
         "ingress",
@@ -469,25 +126,7 @@ fn seed_universal_walkthrough_across_hosts() {
                       ip: &str,
                       name: &str,
                       transparent: bool| {
-        let site = lab.home(host).join("site");
-        std::fs::create_dir_all(&site).expect("site");
-        std::fs::write(site.join("index.html"), format!("{name}\n")).expect("index");
-        let site = site.display().to_string();
-        lab.spawn(
-            host,
-            &format!("{name}-app"),
-            "python3",
-            &[
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                ip,
-                "--directory",
-                &site,
-            ],
-            &[],
-        );
+        lab.echo_app(host, ip, name);
         let (port, extra, wrapper): (u16, &str, &[&str]) = if transparent {
             ok(&lab.exec(
                 host,
@@ -518,7 +157,7 @@ fn seed_universal_walkthrough_across_hosts() {
         let dp = format!(
             "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {ip}\n  inbound:\n  - port: {port}\n    servicePort: 8080\n    tags:\n      kuma.io/service: {SERVICE}\n      kuma.io/protocol: http\n{extra}"
         );
-        start_sidecar(lab, host, z, name, &dp, wrapper);
+        lab.sidecar(host, z, name, &dp, wrapper);
     };
     start_echo(&mut lab, "z1-app-a", "1", "198.18.1.10", "zone-1-a", false);
     start_echo(&mut lab, "z1-app-b", "1", "198.18.1.11", "zone-1-b", false);
@@ -546,8 +185,7 @@ fn seed_universal_walkthrough_across_hosts() {
             "--redirect-dns",
         ],
     ));
-    start_sidecar(
-        &mut lab,
+    lab.sidecar(
         "z2-client",
         "2",
         "client",
@@ -648,7 +286,7 @@ fn seed_universal_walkthrough_across_hosts() {
     // Weights: one instance in zone-2 → 600 requests split 2:1 (zone-1 : zone-2).
     start_echo(&mut lab, "z2-app", "2", "198.18.2.10", "zone-2-a", true);
     wait_for("zone-2 instance in use", Duration::from_secs(30), || {
-        split(&lab, "z2-client", explicit, 10)
+        lab.split("z2-client", explicit, 10)
             .contains_key("zone-2-a")
             .then_some(())
     });
@@ -659,7 +297,7 @@ fn seed_universal_walkthrough_across_hosts() {
             .is_err(),
         "the app behind a transparent proxy must not answer plaintext from outside the mesh"
     );
-    let counts = split(&lab, "z2-client", explicit, 600);
+    let counts = lab.split("z2-client", explicit, 600);
     eprintln!("600 requests from zone-2: {counts:?}");
     let remote = counts.get("zone-1-a").unwrap_or(&0) + counts.get("zone-1-b").unwrap_or(&0);
     assert_eq!(counts.get("FAILED"), None, "{counts:?}");
@@ -676,20 +314,20 @@ fn seed_universal_walkthrough_across_hosts() {
     );
     ok(&lab.kumactl("global", &["apply", "-f", &mesh_file]));
     wait_for("locality-aware in effect", Duration::from_secs(30), || {
-        (split(&lab, "z2-client", explicit, 20).get("zone-2-a") == Some(&20)).then_some(())
+        (lab.split("z2-client", explicit, 20).get("zone-2-a") == Some(&20)).then_some(())
     });
-    let local = split(&lab, "z2-client", explicit, 100);
+    let local = lab.split("z2-client", explicit, 100);
     assert_eq!(local.get("zone-2-a"), Some(&100), "{local:?}");
     lab.stop("zone-2-a-dp");
     lab.stop("zone-2-a-app");
-    let failover = split(&lab, "z2-client", explicit, 100);
+    let failover = lab.split("z2-client", explicit, 100);
     eprintln!("100 requests right after zone-2's instance died: {failover:?}");
     assert_eq!(failover.get("zone-2-a"), None);
     assert!(
         failover.get("FAILED").copied().unwrap_or(0) <= 2,
         "failover loses at most the requests in flight: {failover:?}"
     );
-    let settled = split(&lab, "z2-client", explicit, 50);
+    let settled = lab.split("z2-client", explicit, 50);
     assert_eq!(settled.get("FAILED"), None, "{settled:?}");
 
     // Zone egress: cross-zone traffic passes zoneegress-01 and still works.
@@ -716,7 +354,7 @@ fn seed_universal_walkthrough_across_hosts() {
         dump.contains("198.18.2.3:10002") && !dump.contains("198.18.1.2:10000"),
         "{dump}"
     );
-    let via_egress = split(&lab, "z2-client", explicit, 50);
+    let via_egress = lab.split("z2-client", explicit, 50);
     assert_eq!(via_egress.get("FAILED"), None, "{via_egress:?}");
 
     // Disable zone-1: zone-2 has no endpoint left; enable it: traffic returns.
@@ -741,7 +379,7 @@ fn seed_universal_walkthrough_across_hosts() {
 
     // The seed's failure modes. Global offline: local and cross-zone traffic keep flowing.
     lab.stop("global");
-    let global_down = split(&lab, "z2-client", explicit, 50);
+    let global_down = lab.split("z2-client", explicit, 50);
     assert_eq!(
         global_down.get("FAILED"),
         None,
@@ -749,7 +387,7 @@ fn seed_universal_walkthrough_across_hosts() {
     );
     // Zone-1's CP offline too ("freezing" zone-1): cross-zone traffic still works.
     lab.stop("zone-1");
-    let zone_down = split(&lab, "z2-client", explicit, 50);
+    let zone_down = lab.split("z2-client", explicit, 50);
     assert_eq!(
         zone_down.get("FAILED"),
         None,
@@ -757,7 +395,7 @@ fn seed_universal_walkthrough_across_hosts() {
     );
     // Zone-2's CP offline as well: its proxies keep their last configuration.
     lab.stop("zone-2");
-    let all_down = split(&lab, "z2-client", explicit, 50);
+    let all_down = lab.split("z2-client", explicit, 50);
     assert_eq!(
         all_down.get("FAILED"),
         None,
@@ -794,57 +432,4 @@ fn seed_universal_walkthrough_across_hosts() {
     ok(&lab.exec("z2-client", "kumactl", &["uninstall", "transparent-proxy"]));
     let rules = lab.exec("z2-client", "iptables", &["-t", "nat", "-S"]);
     assert!(!String::from_utf8_lossy(&rules.stdout).contains("MESH_"));
-}
-
-/// Like `wait_for` (30 s), but the panic shows the last failure.
-fn wait_for_or<T>(
-    what: &str,
-    last: &std::cell::RefCell<String>,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    for _ in 0..150 {
-        if let Some(v) = check() {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!(
-        "timed out waiting for {what}; last failure: {}",
-        last.borrow()
-    );
-}
-
-/// A Dataplane on `host` in zone `z`: token from the zone CP, its certificate copied over,
-/// `kuma-dp run` (under `wrapper`, e.g. setpriv for another uid), waited until ready.
-fn start_sidecar(lab: &mut Lab, host: &str, z: &str, name: &str, yaml: &str, wrapper: &[&str]) {
-    let cp = format!("z{z}-cp");
-    let token = ok(&lab.kumactl(&cp, &["generate", "dataplane-token", "--name", name]));
-    let token = lab.file(host, &format!("{name}.token"), token.trim());
-    let cert =
-        std::fs::read_to_string(lab.home(&cp).join(".kuma").join("kuma-cp.crt")).expect("cert");
-    let ca = lab.file(host, "kuma-cp.crt", &cert);
-    let dp = lab.file(host, &format!("{name}.yaml"), yaml);
-    let kuma_dp = binary("kuma-dp").display().to_string();
-    let mut args: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
-    args.extend([
-        kuma_dp,
-        "run".into(),
-        format!("--cp-address=https://198.18.{z}.1:5678"),
-        format!("--dataplane-token-file={token}"),
-        format!("--ca-cert-file={ca}"),
-        format!("--dataplane-file={dp}"),
-    ]);
-    let (program, rest) = args.split_first().expect("program");
-    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-    lab.spawn(host, &format!("{name}-dp"), program, &rest, &[]);
-    let log = format!("{name}-dp");
-    wait_for("sidecar ready", Duration::from_secs(30), || {
-        lab.curl(host, &["http://127.0.0.1:9901/ready"])
-            .ok()
-            .or_else(|| {
-                let text = lab.log(&log);
-                assert!(!text.contains("kuma-dp: "), "{text}");
-                None
-            })
-    });
 }
