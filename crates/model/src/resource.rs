@@ -160,6 +160,26 @@ impl Spec {
         }
     }
 
+    /// A spec of `resource_type` with every field at its default (for tests that need one
+    /// resource of every type; not necessarily valid).
+    pub fn default_for(resource_type: ResourceType) -> Spec {
+        match resource_type {
+            ResourceType::Mesh => Spec::Mesh(Default::default()),
+            ResourceType::Dataplane => Spec::Dataplane(Default::default()),
+            ResourceType::DataplaneInsight => Spec::DataplaneInsight(Default::default()),
+            ResourceType::ZoneIngress => Spec::ZoneIngress(Default::default()),
+            ResourceType::ZoneEgress => Spec::ZoneEgress(Default::default()),
+            ResourceType::ZoneIngressInsight => Spec::ZoneIngressInsight(Default::default()),
+            ResourceType::ZoneEgressInsight => Spec::ZoneEgressInsight(Default::default()),
+            ResourceType::Zone => Spec::Zone(Default::default()),
+            ResourceType::ZoneInsight => Spec::ZoneInsight(Default::default()),
+            ResourceType::Secret => Spec::Secret(Default::default()),
+            ResourceType::GlobalSecret => Spec::GlobalSecret(Default::default()),
+            ResourceType::ServiceInsight => Spec::ServiceInsight(Default::default()),
+            ResourceType::Config => Spec::Config(Default::default()),
+        }
+    }
+
     /// Parses the spec fields of a type. Errors carry the field path.
     pub fn from_fields(resource_type: ResourceType, fields: Value) -> Result<Spec, Violation> {
         Ok(match resource_type {
