@@ -109,6 +109,8 @@ pub struct Descriptor {
     pub cli_plural: &'static str,
     /// `kumactl get <singular> NAME`, `kumactl delete <singular> NAME`.
     pub cli_singular: &'static str,
+    /// Other words kumactl accepts for the type.
+    pub cli_aliases: &'static [&'static str],
     pub scope: Scope,
     pub owner: Owner,
     pub sync: Direction,
@@ -146,6 +148,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "meshes",
         cli_singular: "mesh",
+        cli_aliases: &[],
         scope: Scope::Global,
         owner: Owner::Global,
         sync: Direction::Down,
@@ -159,6 +162,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "dataplanes",
         cli_singular: "dataplane",
+        cli_aliases: &[],
         scope: Scope::Mesh,
         owner: Owner::Zone,
         sync: Direction::Up,
@@ -172,6 +176,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "dataplane-insights",
         cli_singular: "dataplane-insight",
+        cli_aliases: &[],
         scope: Scope::Mesh,
         owner: Owner::ControlPlane,
         sync: Direction::Up,
@@ -185,6 +190,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &["zone-ingresses"],
         cli_plural: "zone-ingresses",
         cli_singular: "zone-ingress",
+        cli_aliases: &["zoneingress"],
         scope: Scope::Global,
         owner: Owner::Zone,
         sync: Direction::UpThenAcross,
@@ -198,6 +204,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &["zoneingressinsights"],
         cli_plural: "zone-ingress-insights",
         cli_singular: "zone-ingress-insight",
+        cli_aliases: &[],
         scope: Scope::Global,
         owner: Owner::ControlPlane,
         sync: Direction::Up,
@@ -211,6 +218,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &["zone-egresses"],
         cli_plural: "zoneegresses",
         cli_singular: "zoneegress",
+        cli_aliases: &["zone-egress"],
         scope: Scope::Global,
         owner: Owner::Zone,
         sync: Direction::Up,
@@ -224,6 +232,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &["zoneegressinsights"],
         cli_plural: "zone-egress-insights",
         cli_singular: "zone-egress-insight",
+        cli_aliases: &[],
         scope: Scope::Global,
         owner: Owner::ControlPlane,
         sync: Direction::Up,
@@ -237,6 +246,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "zones",
         cli_singular: "zone",
+        cli_aliases: &[],
         scope: Scope::Global,
         owner: Owner::Anywhere,
         sync: Direction::NotSynced,
@@ -250,6 +260,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "zone-insights",
         cli_singular: "zone-insight",
+        cli_aliases: &[],
         scope: Scope::Global,
         owner: Owner::ControlPlane,
         sync: Direction::NotSynced,
@@ -263,6 +274,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "secrets",
         cli_singular: "secret",
+        cli_aliases: &[],
         scope: Scope::Mesh,
         // Global's go down; a zone may keep secrets of its own (Kuma: G→Z + ProvidedByZone).
         owner: Owner::Anywhere,
@@ -277,6 +289,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "global-secrets",
         cli_singular: "global-secret",
+        cli_aliases: &[],
         scope: Scope::Global,
         owner: Owner::Global,
         sync: Direction::Down,
@@ -290,6 +303,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "service-insights",
         cli_singular: "service-insight",
+        cli_aliases: &[],
         scope: Scope::Mesh,
         // Computed on read by every control plane from its own store (`meshzone_api::views`):
         // global's view covers every zone's Dataplanes, as Kuma's global computes it. Kuma
@@ -306,6 +320,7 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "configs",
         cli_singular: "config",
+        cli_aliases: &[],
         scope: Scope::Global,
         owner: Owner::ControlPlane,
         sync: Direction::NotSynced,
@@ -343,6 +358,15 @@ impl ResourceType {
         DESCRIPTORS
             .iter()
             .filter(|d| d.policy)
+            .map(|d| d.resource_type)
+    }
+
+    /// The type that holds the status of this type's resources (`Dataplane` →
+    /// `DataplaneInsight`).
+    pub fn insight(self) -> Option<ResourceType> {
+        DESCRIPTORS
+            .iter()
+            .find(|d| d.insight_of == Some(self))
             .map(|d| d.resource_type)
     }
 
@@ -401,6 +425,7 @@ impl ResourceType {
             .find(|d| {
                 d.cli_plural == word
                     || d.cli_singular == word
+                    || d.cli_aliases.contains(&word)
                     || d.ws_path == word
                     || d.ws_aliases.contains(&word)
             })

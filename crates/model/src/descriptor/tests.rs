@@ -17,6 +17,7 @@ fn every_type_has_exactly_one_descriptor_and_unique_paths_and_words() {
         let own: BTreeSet<&str> = [d.cli_plural, d.cli_singular, d.ws_path]
             .into_iter()
             .chain(d.ws_aliases.iter().copied())
+            .chain(d.cli_aliases.iter().copied())
             .collect();
         for w in own {
             assert!(words.insert(w), "{w:?} names two types");
@@ -87,6 +88,11 @@ fn insights_are_computed_and_travel_with_what_they_describe() {
         let t = d.name;
         assert_eq!(d.owner, Owner::ControlPlane, "{t} is an insight");
         assert_eq!(d.scope, of.scope(), "{t} shares its owner's scope");
+        assert_eq!(
+            of.insight(),
+            Some(d.resource_type),
+            "{of} has one insight type"
+        );
         if d.sync.sent_to_global() {
             assert!(
                 of.descriptor().sync.sent_to_global(),
