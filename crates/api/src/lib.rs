@@ -378,7 +378,8 @@ async fn list_in_mesh(
             let items = views::dataplane_overviews(&ctx.0.store, &mesh).await?;
             paged(items, p, &headers, &path)
         }
-        "service-insights" => {
+        // ServiceInsight is computed on read, never stored (see its descriptor).
+        ws if ResourceType::from_ws_path(ws) == Some(ResourceType::ServiceInsight) => {
             let items: Vec<Value> = views::service_insights(&ctx.0.store, &mesh)
                 .await?
                 .into_values()
@@ -451,7 +452,7 @@ async fn get_in_mesh(
     State(ctx): State<ApiContext>,
     Path((mesh, ws, name)): Path<(String, String, String)>,
 ) -> ApiResult {
-    if ws == "service-insights" {
+    if ResourceType::from_ws_path(&ws) == Some(ResourceType::ServiceInsight) {
         let mut all = views::service_insights(&ctx.0.store, &mesh).await?;
         return all
             .remove(&name)

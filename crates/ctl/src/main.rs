@@ -560,7 +560,7 @@ async fn inspect(client: &ApiClient, what: &str, mesh: &str, output: Output) -> 
     let (items, table) = match (what, ResourceType::from_cli_name(what)) {
         ("services" | "service", _) => {
             let items = client
-                .list_all(&format!("/meshes/{mesh}/service-insights"))
+                .list_all(&list_path(ResourceType::ServiceInsight, mesh))
                 .await?;
             let t = tables::inspect_services(&items);
             (items, t)

@@ -7,7 +7,7 @@ use meshzone_lifecycle::Shutdown;
 use meshzone_model::specs::{
     BuildVersion, ComponentVersions, KdsSubscription, Subscriptions, ZoneInsightSpec,
 };
-use meshzone_model::{Meta, PROXY_INSIGHT_TYPES, Resource, ResourceKey, ResourceType, Spec};
+use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec, proxy_insight_types};
 use meshzone_store::{Store, StoreError};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -207,7 +207,7 @@ pub async fn mark_zone_proxies_offline(
 ) -> Result<usize, StoreError> {
     let now = Utc::now();
     let mut closed = 0;
-    for rt in PROXY_INSIGHT_TYPES {
+    for &rt in proxy_insight_types() {
         for mut r in store.list(rt, None).await? {
             let Some(of) = r.meta.labels.get(sync::ZONE_LABEL) else {
                 continue;
