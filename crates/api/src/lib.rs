@@ -18,7 +18,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use meshzone_model::{Resource, ResourceKey, ResourceType, Scope, Violations};
+use meshzone_model::{
+    CpRole, Resource, ResourceKey, ResourceType, Scope, Violations, WriteRefusal,
+};
 use meshzone_store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -183,7 +185,8 @@ async fn dataplane_token(State(ctx): State<ApiContext>, body: Bytes) -> ApiResul
 }
 
 /// `POST /tokens/zone` with `{zone, scope[], validFor}`: a zone token, issued by global (or a
-/// standalone zone); a zone connected to a global sends the user there.
+/// standalone zone); a zone connected to a global sends the user there (405, like every
+/// refusal because of the mode).
 async fn zone_token(State(ctx): State<ApiContext>, body: Bytes) -> ApiResult {
     if matches!(
         ctx.0.settings.mode,
@@ -192,7 +195,9 @@ async fn zone_token(State(ctx): State<ApiContext>, body: Bytes) -> ApiResult {
             ..
         }
     ) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed",
             "zone tokens are issued by the global control plane: run this against global",
         ));
     }
@@ -220,32 +225,50 @@ fn resolve(ws: &str, in_mesh: bool) -> ApiResult<ResourceType> {
     }
 }
 
-/// Who may write what: zone-owned types only in zones, global-owned types only on global (or a
-/// standalone zone), computed types never.
+/// Kuma's answer to a write of a global-owned type on a zone connected to a global
+/// (`pkg/api-server/resource_endpoints.go`, `zoneReadOnlyMessage`, K214 wording).
+pub const ZONE_READ_ONLY: &str = "On zone control plane you can only modify zone resources with 'kumactl apply' or via the HTTP API. You can still use 'kumactl' or the HTTP API to modify the rest of the resource on the global control plane.";
+
+/// Kuma's answer to a write of a zone-owned type on global (`globalReadOnlyMessage`), naming
+/// the type where Kuma says "dataplane".
+pub fn global_read_only(rt: ResourceType) -> String {
+    format!(
+        "On global control plane you can not modify {rt} resources with 'kumactl apply' or via the HTTP API. You can still use 'kumactl' or the HTTP API to modify them on the zone control plane."
+    )
+}
+
+impl CpMode {
+    /// What write authority this mode has.
+    pub fn role(&self) -> CpRole {
+        match self {
+            CpMode::Global => CpRole::Global,
+            CpMode::Zone {
+                federated: false, ..
+            } => CpRole::StandaloneZone,
+            CpMode::Zone {
+                federated: true, ..
+            } => CpRole::FederatedZone,
+        }
+    }
+}
+
+/// Who may write what, from the type's owner (`Descriptor::write_refusal`): zone-owned types
+/// only in zones, global-owned types only on global (or a standalone zone), computed types
+/// never. Every refusal is 405, as in Kuma.
 fn authorize_write(ctx: &ApiContext, rt: ResourceType) -> ApiResult<()> {
-    let d = rt.descriptor();
-    if d.read_only {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Method not allowed",
-            format!("{rt} is computed by the control plane and cannot be written"),
-        ));
-    }
-    match &ctx.0.settings.mode {
-        CpMode::Global if d.kds.zone_to_global && !d.kds.global_to_zone => {
-            Err(ApiError::bad_request(format!(
-                "On global control plane you can not modify {rt} resources; they are created by zone control planes. Apply this on the zone control plane that owns it"
-            )))
+    let details = match rt.descriptor().write_refusal(ctx.0.settings.mode.role()) {
+        None => return Ok(()),
+        Some(WriteRefusal::Computed) => {
+            format!("{rt} is computed by the control plane and cannot be written")
         }
-        CpMode::Zone {
-            federated: true, ..
-        } if d.kds.global_to_zone && rt != ResourceType::Secret => {
-            Err(ApiError::bad_request(format!(
-                "On zone control plane you can only modify zone resources; {rt} is owned by the global control plane: apply this on the global control plane"
-            )))
-        }
-        _ => Ok(()),
-    }
+        Some(WriteRefusal::OwnedByGlobal) => ZONE_READ_ONLY.to_string(),
+        Some(WriteRefusal::OwnedByZones) => global_read_only(rt),
+    };
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed",
+        details,
+    ))
 }
 
 // --- list --------------------------------------------------------------------------------------
@@ -355,7 +378,8 @@ async fn list_in_mesh(
             let items = views::dataplane_overviews(&ctx.0.store, &mesh).await?;
             paged(items, p, &headers, &path)
         }
-        "service-insights" => {
+        // ServiceInsight is computed on read, never stored (see its descriptor).
+        ws if ResourceType::from_ws_path(ws) == Some(ResourceType::ServiceInsight) => {
             let items: Vec<Value> = views::service_insights(&ctx.0.store, &mesh)
                 .await?
                 .into_values()
@@ -428,7 +452,7 @@ async fn get_in_mesh(
     State(ctx): State<ApiContext>,
     Path((mesh, ws, name)): Path<(String, String, String)>,
 ) -> ApiResult {
-    if ws == "service-insights" {
+    if ResourceType::from_ws_path(&ws) == Some(ResourceType::ServiceInsight) {
         let mut all = views::service_insights(&ctx.0.store, &mesh).await?;
         return all
             .remove(&name)

@@ -280,11 +280,11 @@ async fn authority_follows_the_mode() {
         None,
     )
     .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(
-        body["details"]
-            .as_str()
-            .is_some_and(|d| d.starts_with("On global control plane"))
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert_eq!(body["title"], "Method not allowed");
+    assert_eq!(
+        body["details"],
+        "On global control plane you can not modify Dataplane resources with 'kumactl apply' or via the HTTP API. You can still use 'kumactl' or the HTTP API to modify them on the zone control plane."
     );
     let (s, _, _) = call(
         &global,
@@ -309,10 +309,10 @@ async fn authority_follows_the_mode() {
         None,
     )
     .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(body["details"].as_str().is_some_and(|d| {
-        d.starts_with("On zone control plane you can only modify zone resources")
-    }));
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert_eq!(body["details"], ZONE_READ_ONLY);
+    let (s, _, body) = call(&federated, "DELETE", "/meshes/default", None, None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{body}");
     let (s, _, _) = call(
         &federated,
         "PUT",
@@ -325,6 +325,44 @@ async fn authority_follows_the_mode() {
 
     let (s, _, body) = call(&federated, "PUT", "/zone-insights/z", Some(json!({})), None).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+}
+
+/// Every type and mode: the API refuses exactly what the descriptor's owner says, always
+/// with 405, and accepts the rest (a write that gets past authority may still be invalid: 400
+/// or 404 from validation, never 405).
+#[tokio::test]
+async fn every_refusal_by_mode_is_405_and_follows_the_descriptor() {
+    for mode in [
+        CpMode::Global,
+        standalone(),
+        CpMode::Zone {
+            name: "z".into(),
+            federated: true,
+        },
+    ] {
+        let app = app(mode.clone()).await;
+        for rt in ResourceType::all() {
+            let d = rt.descriptor();
+            let path = if rt.is_mesh_scoped() {
+                format!("/meshes/default/{}/x", d.ws_path)
+            } else {
+                format!("/{}/x", d.ws_path)
+            };
+            let (s, _, body) = call(&app, "PUT", &path, Some(json!({})), None).await;
+            let refused = d.write_refusal(mode.role()).is_some();
+            assert_eq!(
+                s == StatusCode::METHOD_NOT_ALLOWED,
+                refused,
+                "{rt} on {mode:?}: {s} {body}"
+            );
+            let (s, _, body) = call(&app, "DELETE", &path, None, None).await;
+            assert_eq!(
+                s == StatusCode::METHOD_NOT_ALLOWED,
+                refused,
+                "delete {rt} on {mode:?}: {s} {body}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -407,7 +445,7 @@ async fn zone_tokens_are_issued_by_global_only() {
         None,
     )
     .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     assert!(
         body["details"]
             .as_str()

@@ -168,3 +168,32 @@ pub fn describe_error(status: StatusCode, body: &Value) -> String {
         format!("{details}: {}", causes.join("; "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write refused because of the control plane's mode (405) shows Kuma's message as is.
+    #[test]
+    fn a_refusal_by_mode_shows_the_apis_message() {
+        let details = "On zone control plane you can only modify zone resources with 'kumactl apply' or via the HTTP API. You can still use 'kumactl' or the HTTP API to modify the rest of the resource on the global control plane.";
+        let body = serde_json::json!({"title": "Method not allowed", "details": details});
+        assert_eq!(
+            describe_error(StatusCode::METHOD_NOT_ALLOWED, &body),
+            details
+        );
+        let invalid = serde_json::json!({
+            "title": "Could not process a resource",
+            "details": "Resource is not valid",
+            "causes": [{"field": "name", "message": "cannot be empty"}],
+        });
+        assert_eq!(
+            describe_error(StatusCode::BAD_REQUEST, &invalid),
+            "Resource is not valid: name: cannot be empty"
+        );
+        assert_eq!(
+            describe_error(StatusCode::BAD_GATEWAY, &Value::Null),
+            "HTTP 502 Bad Gateway"
+        );
+    }
+}

@@ -434,6 +434,18 @@ fn list_path(rt: ResourceType, mesh: &str) -> String {
     }
 }
 
+/// The insights of every resource of `rt` (its status type's list).
+async fn list_insights(
+    client: &ApiClient,
+    rt: ResourceType,
+    mesh: &str,
+) -> anyhow::Result<Vec<Value>> {
+    match rt.insight() {
+        Some(insight) => client.list_all(&list_path(insight, mesh)).await,
+        None => Ok(Vec::new()),
+    }
+}
+
 fn print_value(v: &Value, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
@@ -519,7 +531,7 @@ async fn get(
             let items = client.list_all(&list_path(rt, mesh)).await?;
             match output {
                 Output::Table if rt == ResourceType::Zone => {
-                    let insights = client.list_all("/zone-insights").await?;
+                    let insights = list_insights(client, rt, mesh).await?;
                     print!("{}", tables::get_zones(&items, &insights, now));
                 }
                 Output::Table => print!("{}", tables::get_table(rt, &items, now)),
@@ -544,43 +556,38 @@ async fn delete(client: &ApiClient, word: &str, name: &str, mesh: &str) -> anyho
 
 async fn inspect(client: &ApiClient, what: &str, mesh: &str, output: Output) -> anyhow::Result<()> {
     let now = Utc::now();
-    let (items, table) = match what {
-        "dataplanes" | "dataplane" => {
+    // `services` is a view, not a type; the other words are kumactl names of types.
+    let (items, table) = match (what, ResourceType::from_cli_name(what)) {
+        ("services" | "service", _) => {
+            let items = client
+                .list_all(&list_path(ResourceType::ServiceInsight, mesh))
+                .await?;
+            let t = tables::inspect_services(&items);
+            (items, t)
+        }
+        (_, Some(ResourceType::Dataplane)) => {
             let items = client
                 .list_all(&format!("/meshes/{mesh}/dataplanes+insights"))
                 .await?;
             let t = tables::inspect_dataplanes(&items, now);
             (items, t)
         }
-        "services" | "service" => {
-            let items = client
-                .list_all(&format!("/meshes/{mesh}/service-insights"))
-                .await?;
-            let t = tables::inspect_services(&items);
-            (items, t)
-        }
-        "zones" | "zone" => {
-            let zones = client.list_all("/zones").await?;
-            let insights = client.list_all("/zone-insights").await?;
+        (_, Some(rt @ ResourceType::Zone)) => {
+            let zones = client.list_all(&list_path(rt, mesh)).await?;
+            let insights = list_insights(client, rt, mesh).await?;
             let t = tables::inspect_zones(&zones, &insights, now);
             (zones, t)
         }
         // Zone proxies: where they listen, what they advertise to other zones (an ingress
         // without an advertised address says so: other zones cannot reach it) and how many
         // services they offer.
-        "zoneingresses" | "zoneingress" | "zone-ingresses" | "zone-ingress" => {
-            let items = client.list_all("/zoneingresses").await?;
-            let insights = client.list_all("/zone-ingress-insights").await?;
-            let t = tables::inspect_zone_proxies(ResourceType::ZoneIngress, &items, &insights, now);
+        (_, Some(rt @ (ResourceType::ZoneIngress | ResourceType::ZoneEgress))) => {
+            let items = client.list_all(&list_path(rt, mesh)).await?;
+            let insights = list_insights(client, rt, mesh).await?;
+            let t = tables::inspect_zone_proxies(rt, &items, &insights, now);
             (items, t)
         }
-        "zoneegresses" | "zoneegress" | "zone-egresses" | "zone-egress" => {
-            let items = client.list_all("/zoneegresses").await?;
-            let insights = client.list_all("/zone-egress-insights").await?;
-            let t = tables::inspect_zone_proxies(ResourceType::ZoneEgress, &items, &insights, now);
-            (items, t)
-        }
-        other => {
+        (other, _) => {
             bail!(
                 "kumactl inspect {other:?} is not supported; try dataplanes, services, zones, zoneingresses or zoneegresses"
             )

@@ -181,7 +181,7 @@ impl AdsService {
 pub async fn close_stale_subscriptions(store: &Store) -> Result<usize, meshzone_store::StoreError> {
     let now = chrono::Utc::now();
     let mut closed = 0;
-    for rt in meshzone_model::PROXY_INSIGHT_TYPES {
+    for &rt in meshzone_model::proxy_insight_types() {
         for mut insight in store.list(rt, None).await? {
             let n = insight.spec.close_open_subscriptions(now);
             if n == 0 {

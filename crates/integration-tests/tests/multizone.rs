@@ -91,6 +91,43 @@ fn global_and_two_zones_sync_policies_inventory_and_lifecycle() {
         "{}",
         stderr(&o)
     );
+    // Over HTTP both refusals are 405 with Kuma's `{title, details}` body.
+    let put = |cp: &ControlPlane, path: &str, body: serde_json::Value| {
+        let resp = reqwest::blocking::Client::new()
+            .put(format!("{}{path}", cp.api_url()))
+            .json(&body)
+            .send()
+            .expect("PUT");
+        let status = resp.status().as_u16();
+        (status, resp.json::<serde_json::Value>().expect("JSON body"))
+    };
+    let (status, body) = put(
+        &zone_a,
+        "/meshes/other",
+        serde_json::json!({"type": "Mesh", "name": "other"}),
+    );
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(body["title"], "Method not allowed");
+    assert!(
+        body["details"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("On zone control plane you can only modify zone resources with 'kumactl apply' or via the HTTP API.")),
+        "{body}"
+    );
+    let (status, body) = put(
+        &global,
+        "/zoneegresses/egress-1",
+        serde_json::json!({"type": "ZoneEgress", "name": "egress-1",
+            "networking": {"address": "127.0.0.1", "port": 10002}}),
+    );
+    assert_eq!(status, 405, "{body}");
+    assert!(
+        body["details"]
+            .as_str()
+            .is_some_and(|d| d
+                .starts_with("On global control plane you can not modify ZoneEgress resources")),
+        "{body}"
+    );
 
     // A Dataplane of zone A shows up on global, renamed and labelled with its zone.
     let o = apply(&zone_a, &dirs[1], "dp.yaml", dp);

@@ -7,7 +7,7 @@ use meshzone_lifecycle::Shutdown;
 use meshzone_model::specs::{
     BuildVersion, ComponentVersions, KdsSubscription, Subscriptions, ZoneInsightSpec,
 };
-use meshzone_model::{Meta, PROXY_INSIGHT_TYPES, Resource, ResourceKey, ResourceType, Spec};
+use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec, proxy_insight_types};
 use meshzone_store::{Store, StoreError};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -207,7 +207,7 @@ pub async fn mark_zone_proxies_offline(
 ) -> Result<usize, StoreError> {
     let now = Utc::now();
     let mut closed = 0;
-    for rt in PROXY_INSIGHT_TYPES {
+    for &rt in proxy_insight_types() {
         for mut r in store.list(rt, None).await? {
             let Some(of) = r.meta.labels.get(sync::ZONE_LABEL) else {
                 continue;
@@ -291,7 +291,7 @@ fn far_future() -> tokio::time::Instant {
 
 async fn all_offered_types(store: &Store) -> Result<Vec<Resource>, Status> {
     let mut all = Vec::new();
-    for t in sync::GLOBAL_TO_ZONE {
+    for &t in ResourceType::sent_to_zones() {
         all.extend(store.list(t, None).await.map_err(internal)?);
     }
     Ok(all)
@@ -477,7 +477,7 @@ impl GlobalKds {
                 let changes = Changes {
                     nonce: nonce.to_string(),
                     initial,
-                    types: sync::GLOBAL_TO_ZONE
+                    types: ResourceType::sent_to_zones()
                         .iter()
                         .map(|t| t.name().to_string())
                         .collect(),
@@ -559,7 +559,7 @@ impl GlobalKds {
                         _ => return Ok(()),
                     },
                     event = events.recv() => match event {
-                        Ok(e) if sync::GLOBAL_TO_ZONE.contains(&e.key.resource_type)
+                        Ok(e) if ResourceType::sent_to_zones().contains(&e.key.resource_type)
                             || e.key.resource_type == ResourceType::Zone => {
                             while events.try_recv().is_ok() {}
                             break;
@@ -581,7 +581,7 @@ impl GlobalKds {
         let mut upserted = Vec::new();
         for w in &changes.upserted {
             match wire::from_wire(w) {
-                Ok(r) if sync::ZONE_TO_GLOBAL.contains(&r.resource_type()) => {
+                Ok(r) if ResourceType::sent_to_global().contains(&r.resource_type()) => {
                     upserted.push(sync::map_from_zone(zone, r))
                 }
                 Ok(r) => refusals.push(sync::Refusal {
@@ -593,7 +593,7 @@ impl GlobalKds {
         }
         let received = Received {
             initial: changes.initial,
-            types: sync::ZONE_TO_GLOBAL.to_vec(),
+            types: ResourceType::sent_to_global().to_vec(),
             upserted,
             removed: changes
                 .removed
@@ -602,14 +602,14 @@ impl GlobalKds {
                 .map(|k| sync::key_from_zone(zone, &k))
                 .collect(),
         };
-        let local = local_copies(&self.store, &received, &sync::ZONE_TO_GLOBAL)
+        let local = local_copies(&self.store, &received, ResourceType::sent_to_global())
             .await
             .map_err(internal)?;
         let (ops, planned_refusals) =
             sync::reconcile(&local, &received, |r| sync::from_zone(zone, r), |_| false);
         refusals.extend(planned_refusals);
         refusals.extend(
-            wire::apply(&self.store, ops, &sync::ZONE_TO_GLOBAL)
+            wire::apply(&self.store, ops, ResourceType::sent_to_global())
                 .await
                 .map_err(internal)?,
         );

@@ -5,30 +5,12 @@
 use std::collections::BTreeMap;
 
 use meshzone_model::specs::ZONE_TAG;
-use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec};
+use meshzone_model::{Direction, Meta, Resource, ResourceKey, ResourceType, Spec};
 
 /// Label set on every synced resource: where it was created (`global` or `zone`).
 pub const ORIGIN_LABEL: &str = "kuma.io/origin";
 /// Label set by global on resources that came from a zone: which zone.
 pub const ZONE_LABEL: &str = "kuma.io/zone";
-
-/// Types global sends down to zones.
-pub const GLOBAL_TO_ZONE: [ResourceType; 4] = [
-    ResourceType::Mesh,
-    ResourceType::Secret,
-    ResourceType::GlobalSecret,
-    ResourceType::ZoneIngress,
-];
-
-/// Types a zone sends up to global, in the order they must be applied (owners first).
-pub const ZONE_TO_GLOBAL: [ResourceType; 6] = [
-    ResourceType::Dataplane,
-    ResourceType::DataplaneInsight,
-    ResourceType::ZoneIngress,
-    ResourceType::ZoneIngressInsight,
-    ResourceType::ZoneEgress,
-    ResourceType::ZoneEgressInsight,
-];
 
 /// Zone-token signing keys are sent to zones as their public halves only.
 pub use meshzone_identity::{ZONE_PUBLIC_KEY_PREFIX, ZONE_SIGNING_KEY_PREFIX};
@@ -66,9 +48,10 @@ pub fn keyed(resources: impl IntoIterator<Item = Resource>) -> Set {
     resources.into_iter().map(|r| (r.key(), r)).collect()
 }
 
-/// What global offers `zone`: every Mesh and mesh Secret, the public zone-token keys, and the
-/// ZoneIngresses of the other enabled zones. `public_key` turns a private signing key (PEM) into
-/// its public half; a key it cannot convert is not sent at all.
+/// What global offers `zone`: every resource of a type sent down (labelled `kuma.io/origin:
+/// global`; GlobalSecrets only as public zone-token keys), and of a type sent up then across the
+/// resources that came from the other enabled zones. `public_key` turns a private signing key
+/// (PEM) into its public half; a key it cannot convert is not sent at all.
 pub fn offer_to_zone(
     zone: &str,
     all: &[Resource],
@@ -77,51 +60,58 @@ pub fn offer_to_zone(
 ) -> Set {
     let mut out = Set::new();
     for r in all {
-        let mut copy = match r.resource_type() {
-            ResourceType::Mesh | ResourceType::Secret => r.clone(),
-            ResourceType::GlobalSecret => {
-                let Some(serial) = r.meta.name.strip_prefix(ZONE_SIGNING_KEY_PREFIX) else {
+        let mut copy = match r.resource_type().descriptor().sync {
+            Direction::Down => {
+                let Some(mut copy) = prepare_for_zones(r, &public_key) else {
                     continue;
                 };
-                let Spec::GlobalSecret(s) = &r.spec else {
-                    continue;
-                };
-                let Some(public) = decode_b64(&s.data).and_then(|pem| public_key(&pem)) else {
-                    continue;
-                };
-                let mut copy = r.clone();
-                copy.meta.name = format!("{ZONE_PUBLIC_KEY_PREFIX}{serial}");
-                copy.spec = Spec::GlobalSecret(meshzone_model::specs::SecretSpec {
-                    data: encode_b64(&public),
-                });
+                copy.meta
+                    .labels
+                    .insert(ORIGIN_LABEL.into(), "global".into());
                 copy
             }
-            ResourceType::ZoneIngress => {
+            Direction::UpThenAcross => {
                 let from = r.meta.labels.get(ZONE_LABEL).map(String::as_str);
                 match from {
                     Some(z) if z != zone && !disabled_zones.iter().any(|d| d == z) => r.clone(),
                     _ => continue,
                 }
             }
-            _ => continue,
+            Direction::Up | Direction::NotSynced => continue,
         };
-        if copy.resource_type() != ResourceType::ZoneIngress {
-            copy.meta
-                .labels
-                .insert(ORIGIN_LABEL.into(), "global".into());
-        }
         copy.meta.owner = None;
         out.insert(copy.key(), copy);
     }
     out
 }
 
-/// What a zone offers global: its own Dataplanes, their insights, its ZoneIngresses and
-/// ZoneEgresses (not the copies it received from global).
+/// Per-type changes to what global sends down: of the GlobalSecrets only the zone-token signing
+/// keys go, as their public halves.
+fn prepare_for_zones(
+    r: &Resource,
+    public_key: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Option<Resource> {
+    match &r.spec {
+        Spec::GlobalSecret(s) => {
+            let serial = r.meta.name.strip_prefix(ZONE_SIGNING_KEY_PREFIX)?;
+            let public = decode_b64(&s.data).and_then(|pem| public_key(&pem))?;
+            let mut copy = r.clone();
+            copy.meta.name = format!("{ZONE_PUBLIC_KEY_PREFIX}{serial}");
+            copy.spec = Spec::GlobalSecret(meshzone_model::specs::SecretSpec {
+                data: encode_b64(&public),
+            });
+            Some(copy)
+        }
+        _ => Some(r.clone()),
+    }
+}
+
+/// What a zone offers global: its own resources of every type sent up (not the copies it
+/// received from global).
 pub fn offer_to_global(all: &[Resource]) -> Set {
     keyed(
         all.iter()
-            .filter(|r| ZONE_TO_GLOBAL.contains(&r.resource_type()))
+            .filter(|r| r.resource_type().descriptor().sync.sent_to_global())
             .filter(|r| origin(r) != Some("global"))
             .map(|r| {
                 let mut c = r.clone();
@@ -248,17 +238,9 @@ pub fn map_from_zone(zone: &str, mut r: Resource) -> Resource {
     r.meta.name = global_name(zone, &r.meta.name);
     r.meta.labels.insert(ZONE_LABEL.into(), zone.into());
     r.meta.labels.insert(ORIGIN_LABEL.into(), "zone".into());
-    r.meta.owner = Some(match rt {
-        ResourceType::DataplaneInsight => {
-            ResourceKey::new(ResourceType::Dataplane, &r.meta.mesh, &r.meta.name)
-        }
-        ResourceType::ZoneIngressInsight => {
-            ResourceKey::global(ResourceType::ZoneIngress, &r.meta.name)
-        }
-        ResourceType::ZoneEgressInsight => {
-            ResourceKey::global(ResourceType::ZoneEgress, &r.meta.name)
-        }
-        _ => ResourceKey::global(ResourceType::Zone, zone),
+    r.meta.owner = Some(match rt.descriptor().insight_of {
+        Some(of) => ResourceKey::new(of, &r.meta.mesh, &r.meta.name),
+        None => ResourceKey::global(ResourceType::Zone, zone),
     });
     match &mut r.spec {
         Spec::ZoneIngress(z) => {

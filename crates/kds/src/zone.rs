@@ -249,7 +249,7 @@ pub async fn apply_from_global(store: &Store, changes: &Changes) -> Result<Ack, 
     let mut upserted = Vec::new();
     for w in &changes.upserted {
         match wire::from_wire(w) {
-            Ok(mut r) if sync::GLOBAL_TO_ZONE.contains(&r.resource_type()) => {
+            Ok(mut r) if ResourceType::sent_to_zones().contains(&r.resource_type()) => {
                 r.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
                 upserted.push(r);
             }
@@ -262,7 +262,7 @@ pub async fn apply_from_global(store: &Store, changes: &Changes) -> Result<Ack, 
     }
     let received = Received {
         initial: changes.initial,
-        types: sync::GLOBAL_TO_ZONE.to_vec(),
+        types: ResourceType::sent_to_zones().to_vec(),
         upserted,
         removed: changes
             .removed
@@ -270,7 +270,7 @@ pub async fn apply_from_global(store: &Store, changes: &Changes) -> Result<Ack, 
             .filter_map(wire::key_from_wire)
             .collect(),
     };
-    let local = crate::global::local_copies(store, &received, &sync::GLOBAL_TO_ZONE)
+    let local = crate::global::local_copies(store, &received, ResourceType::sent_to_zones())
         .await
         .map_err(|e| e.to_string())?;
     let (ops, planned) = sync::reconcile(
@@ -281,7 +281,7 @@ pub async fn apply_from_global(store: &Store, changes: &Changes) -> Result<Ack, 
     );
     refusals.extend(planned);
     refusals.extend(
-        wire::apply(store, ops, &sync::GLOBAL_TO_ZONE)
+        wire::apply(store, ops, ResourceType::sent_to_zones())
             .await
             .map_err(|e| e.to_string())?,
     );
@@ -297,7 +297,7 @@ pub async fn apply_from_global(store: &Store, changes: &Changes) -> Result<Ack, 
 
 async fn local_offer(store: &Store) -> Result<Set, String> {
     let mut all: Vec<Resource> = Vec::new();
-    for t in sync::ZONE_TO_GLOBAL {
+    for &t in ResourceType::sent_to_global() {
         all.extend(store.list(t, None).await.map_err(|e| e.to_string())?);
     }
     Ok(sync::offer_to_global(&all))
@@ -316,7 +316,7 @@ async fn zone_to_global(
         .send(Changes {
             nonce: nonce.to_string(),
             initial: true,
-            types: sync::ZONE_TO_GLOBAL
+            types: ResourceType::sent_to_global()
                 .iter()
                 .map(|t| t.name().to_string())
                 .collect(),
@@ -350,7 +350,7 @@ async fn zone_to_global(
                 let mut next = Some(event);
                 while let Some(e) = next.take() {
                     match e {
-                        Ok(StoreEvent { key, .. }) if sync::ZONE_TO_GLOBAL.contains(&key.resource_type) => {
+                        Ok(StoreEvent { key, .. }) if ResourceType::sent_to_global().contains(&key.resource_type) => {
                             keys.insert(key);
                         }
                         Ok(_) => {}

@@ -1,8 +1,11 @@
-//! One descriptor per resource type: its name, REST path, kumactl names, scope and KDS direction.
-//! Everything that treats types generically (API routes, CLI, store, sync) reads it from here.
+//! One table, [`DESCRIPTORS`], declares every resource type: its name, REST path, kumactl names,
+//! scope, owner, KDS direction and whether it is a policy. Everything that treats types
+//! generically (API routes and write authority, kumactl, the KDS type lists and their apply
+//! order) derives from it; adding a type is one row here plus its spec.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 /// Every resource type the control plane knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,31 +32,67 @@ pub enum Scope {
     Mesh,
 }
 
-/// Which control plane owns (may write) a type in a multi-zone deployment, and where KDS carries it.
+/// Who writes a type in a multi-zone deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KdsFlags {
-    /// Created on global and sent down to every zone.
-    pub global_to_zone: bool,
-    /// Created in a zone and sent up to global.
-    pub zone_to_global: bool,
-    /// Sent on from global to the other zones after it came up from one zone.
-    pub across_zones: bool,
+pub enum Owner {
+    /// Users write it on global (or on a standalone zone); a zone connected to a global refuses
+    /// writes and receives global's copies.
+    Global,
+    /// Users write it on zone control planes; global refuses writes and holds the zones' copies.
+    Zone,
+    /// Users write it on any control plane. Global's copies go down if the direction says so;
+    /// a zone's own stay in that zone and are never overwritten by global (Kuma's
+    /// `ProvidedByGlobal | ProvidedByZone`: Secret, Zone).
+    Anywhere,
+    /// The control plane computes it itself (insights, its own configs); the API never accepts
+    /// a write. A zone's computed resources may still go up (a proxy's insight).
+    ControlPlane,
 }
 
-impl KdsFlags {
-    const NONE: KdsFlags = KdsFlags {
-        global_to_zone: false,
-        zone_to_global: false,
-        across_zones: false,
-    };
-    const DOWN: KdsFlags = KdsFlags {
-        global_to_zone: true,
-        ..KdsFlags::NONE
-    };
-    const UP: KdsFlags = KdsFlags {
-        zone_to_global: true,
-        ..KdsFlags::NONE
-    };
+/// Where KDS carries a type. One value, so that contradictory combinations cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Never synced: each control plane keeps its own.
+    NotSynced,
+    /// Global → every zone.
+    Down,
+    /// Zone → global (renamed `<zone>.<name>` there).
+    Up,
+    /// Zone → global, then global → every other (enabled) zone.
+    UpThenAcross,
+}
+
+impl Direction {
+    /// Global sends resources of this type to zones.
+    pub fn sent_to_zones(self) -> bool {
+        matches!(self, Direction::Down | Direction::UpThenAcross)
+    }
+
+    /// Zones send resources of this type to global.
+    pub fn sent_to_global(self) -> bool {
+        matches!(self, Direction::Up | Direction::UpThenAcross)
+    }
+}
+
+/// The control plane a write arrives at, as far as write authority is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpRole {
+    Global,
+    /// A zone that runs alone: it may write everything a user may write.
+    StandaloneZone,
+    /// A zone connected to a global control plane.
+    FederatedZone,
+}
+
+/// Why a control plane refuses a write of some type (the API answers 405).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteRefusal {
+    /// The type is computed by the control plane.
+    Computed,
+    /// A global-owned type on a zone connected to a global.
+    OwnedByGlobal,
+    /// A zone-owned type on global.
+    OwnedByZones,
 }
 
 /// Static facts about one resource type.
@@ -70,13 +109,38 @@ pub struct Descriptor {
     pub cli_plural: &'static str,
     /// `kumactl get <singular> NAME`, `kumactl delete <singular> NAME`.
     pub cli_singular: &'static str,
+    /// Other words kumactl accepts for the type.
+    pub cli_aliases: &'static [&'static str],
     pub scope: Scope,
-    pub kds: KdsFlags,
-    /// Written only by the control plane itself (insights); the API refuses writes.
-    pub read_only: bool,
+    pub owner: Owner,
+    pub sync: Direction,
+    /// The status of the same-named resource of this type, owned by it (deleted with it, and
+    /// applied after it when synced).
+    pub insight_of: Option<ResourceType>,
+    /// A traffic policy (matched to proxies and merged). None exist yet.
+    pub policy: bool,
 }
 
-const DESCRIPTORS: &[Descriptor] = &[
+impl Descriptor {
+    /// Written only by the control plane itself; the API refuses writes.
+    pub fn read_only(&self) -> bool {
+        self.owner == Owner::ControlPlane
+    }
+
+    /// Whether a control plane in `role` refuses a write of this type through its API, and why.
+    pub fn write_refusal(&self, role: CpRole) -> Option<WriteRefusal> {
+        match (self.owner, role) {
+            (Owner::ControlPlane, _) => Some(WriteRefusal::Computed),
+            (Owner::Global, CpRole::FederatedZone) => Some(WriteRefusal::OwnedByGlobal),
+            (Owner::Zone, CpRole::Global) => Some(WriteRefusal::OwnedByZones),
+            _ => None,
+        }
+    }
+}
+
+/// Every type, one row each. The order is the stable order of [`ResourceType::all`]; KDS
+/// applies types owners first (see [`ResourceType::apply_rank`]), whatever the order here.
+pub const DESCRIPTORS: &[Descriptor] = &[
     Descriptor {
         resource_type: ResourceType::Mesh,
         name: "Mesh",
@@ -84,9 +148,12 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "meshes",
         cli_singular: "mesh",
+        cli_aliases: &[],
         scope: Scope::Global,
-        kds: KdsFlags::DOWN,
-        read_only: false,
+        owner: Owner::Global,
+        sync: Direction::Down,
+        insight_of: None,
+        policy: false,
     },
     Descriptor {
         resource_type: ResourceType::Dataplane,
@@ -95,9 +162,12 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "dataplanes",
         cli_singular: "dataplane",
+        cli_aliases: &[],
         scope: Scope::Mesh,
-        kds: KdsFlags::UP,
-        read_only: false,
+        owner: Owner::Zone,
+        sync: Direction::Up,
+        insight_of: None,
+        policy: false,
     },
     Descriptor {
         resource_type: ResourceType::DataplaneInsight,
@@ -106,9 +176,12 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "dataplane-insights",
         cli_singular: "dataplane-insight",
+        cli_aliases: &[],
         scope: Scope::Mesh,
-        kds: KdsFlags::UP,
-        read_only: true,
+        owner: Owner::ControlPlane,
+        sync: Direction::Up,
+        insight_of: Some(ResourceType::Dataplane),
+        policy: false,
     },
     Descriptor {
         resource_type: ResourceType::ZoneIngress,
@@ -117,13 +190,12 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &["zone-ingresses"],
         cli_plural: "zone-ingresses",
         cli_singular: "zone-ingress",
+        cli_aliases: &["zoneingress"],
         scope: Scope::Global,
-        kds: KdsFlags {
-            zone_to_global: true,
-            across_zones: true,
-            global_to_zone: false,
-        },
-        read_only: false,
+        owner: Owner::Zone,
+        sync: Direction::UpThenAcross,
+        insight_of: None,
+        policy: false,
     },
     Descriptor {
         resource_type: ResourceType::ZoneIngressInsight,
@@ -132,20 +204,12 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &["zoneingressinsights"],
         cli_plural: "zone-ingress-insights",
         cli_singular: "zone-ingress-insight",
+        cli_aliases: &[],
         scope: Scope::Global,
-        kds: KdsFlags::UP,
-        read_only: true,
-    },
-    Descriptor {
-        resource_type: ResourceType::ZoneEgressInsight,
-        name: "ZoneEgressInsight",
-        ws_path: "zone-egress-insights",
-        ws_aliases: &["zoneegressinsights"],
-        cli_plural: "zone-egress-insights",
-        cli_singular: "zone-egress-insight",
-        scope: Scope::Global,
-        kds: KdsFlags::UP,
-        read_only: true,
+        owner: Owner::ControlPlane,
+        sync: Direction::Up,
+        insight_of: Some(ResourceType::ZoneIngress),
+        policy: false,
     },
     Descriptor {
         resource_type: ResourceType::ZoneEgress,
@@ -154,9 +218,26 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &["zone-egresses"],
         cli_plural: "zoneegresses",
         cli_singular: "zoneegress",
+        cli_aliases: &["zone-egress"],
         scope: Scope::Global,
-        kds: KdsFlags::UP,
-        read_only: false,
+        owner: Owner::Zone,
+        sync: Direction::Up,
+        insight_of: None,
+        policy: false,
+    },
+    Descriptor {
+        resource_type: ResourceType::ZoneEgressInsight,
+        name: "ZoneEgressInsight",
+        ws_path: "zone-egress-insights",
+        ws_aliases: &["zoneegressinsights"],
+        cli_plural: "zone-egress-insights",
+        cli_singular: "zone-egress-insight",
+        cli_aliases: &[],
+        scope: Scope::Global,
+        owner: Owner::ControlPlane,
+        sync: Direction::Up,
+        insight_of: Some(ResourceType::ZoneEgress),
+        policy: false,
     },
     Descriptor {
         resource_type: ResourceType::Zone,
@@ -165,9 +246,12 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "zones",
         cli_singular: "zone",
+        cli_aliases: &[],
         scope: Scope::Global,
-        kds: KdsFlags::NONE,
-        read_only: false,
+        owner: Owner::Anywhere,
+        sync: Direction::NotSynced,
+        insight_of: None,
+        policy: false,
     },
     Descriptor {
         resource_type: ResourceType::ZoneInsight,
@@ -176,9 +260,12 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "zone-insights",
         cli_singular: "zone-insight",
+        cli_aliases: &[],
         scope: Scope::Global,
-        kds: KdsFlags::NONE,
-        read_only: true,
+        owner: Owner::ControlPlane,
+        sync: Direction::NotSynced,
+        insight_of: Some(ResourceType::Zone),
+        policy: false,
     },
     Descriptor {
         resource_type: ResourceType::Secret,
@@ -187,9 +274,13 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "secrets",
         cli_singular: "secret",
+        cli_aliases: &[],
         scope: Scope::Mesh,
-        kds: KdsFlags::DOWN,
-        read_only: false,
+        // Global's go down; a zone may keep secrets of its own (Kuma: G→Z + ProvidedByZone).
+        owner: Owner::Anywhere,
+        sync: Direction::Down,
+        insight_of: None,
+        policy: false,
     },
     Descriptor {
         resource_type: ResourceType::GlobalSecret,
@@ -198,9 +289,12 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "global-secrets",
         cli_singular: "global-secret",
+        cli_aliases: &[],
         scope: Scope::Global,
-        kds: KdsFlags::DOWN,
-        read_only: false,
+        owner: Owner::Global,
+        sync: Direction::Down,
+        insight_of: None,
+        policy: false,
     },
     Descriptor {
         resource_type: ResourceType::ServiceInsight,
@@ -209,9 +303,15 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "service-insights",
         cli_singular: "service-insight",
+        cli_aliases: &[],
         scope: Scope::Mesh,
-        kds: KdsFlags::DOWN,
-        read_only: true,
+        // Computed on read by every control plane from its own store (`meshzone_api::views`):
+        // global's view covers every zone's Dataplanes, as Kuma's global computes it. Kuma
+        // also stores it and sends it down (G→Z); here nothing is stored, so nothing is sent.
+        owner: Owner::ControlPlane,
+        sync: Direction::NotSynced,
+        insight_of: None,
+        policy: false,
     },
     Descriptor {
         resource_type: ResourceType::Config,
@@ -220,16 +320,74 @@ const DESCRIPTORS: &[Descriptor] = &[
         ws_aliases: &[],
         cli_plural: "configs",
         cli_singular: "config",
+        cli_aliases: &[],
         scope: Scope::Global,
-        kds: KdsFlags::NONE,
-        read_only: true,
+        owner: Owner::ControlPlane,
+        sync: Direction::NotSynced,
+        insight_of: None,
+        policy: false,
     },
 ];
+
+/// Types global sends to zones, in apply order.
+static SENT_TO_ZONES: LazyLock<Vec<ResourceType>> =
+    LazyLock::new(|| in_apply_order(|d| d.sync.sent_to_zones()));
+
+/// Types zones send to global, in apply order.
+static SENT_TO_GLOBAL: LazyLock<Vec<ResourceType>> =
+    LazyLock::new(|| in_apply_order(|d| d.sync.sent_to_global()));
+
+fn in_apply_order(keep: impl Fn(&Descriptor) -> bool) -> Vec<ResourceType> {
+    let mut types: Vec<ResourceType> = DESCRIPTORS
+        .iter()
+        .filter(|d| keep(d))
+        .map(|d| d.resource_type)
+        .collect();
+    types.sort_by_key(|t| t.apply_rank());
+    types
+}
 
 impl ResourceType {
     /// All types, in a stable order.
     pub fn all() -> impl Iterator<Item = ResourceType> {
         DESCRIPTORS.iter().map(|d| d.resource_type)
+    }
+
+    /// The policy types (none yet).
+    pub fn policies() -> impl Iterator<Item = ResourceType> {
+        DESCRIPTORS
+            .iter()
+            .filter(|d| d.policy)
+            .map(|d| d.resource_type)
+    }
+
+    /// The type that holds the status of this type's resources (`Dataplane` →
+    /// `DataplaneInsight`).
+    pub fn insight(self) -> Option<ResourceType> {
+        DESCRIPTORS
+            .iter()
+            .find(|d| d.insight_of == Some(self))
+            .map(|d| d.resource_type)
+    }
+
+    /// The types global sends to zones, owners first (the order to apply them in).
+    pub fn sent_to_zones() -> &'static [ResourceType] {
+        &SENT_TO_ZONES
+    }
+
+    /// The types zones send to global, owners first (the order to apply them in).
+    pub fn sent_to_global() -> &'static [ResourceType] {
+        &SENT_TO_GLOBAL
+    }
+
+    /// Creating a resource needs these first: a mesh-scoped type its Mesh, an insight the
+    /// resource it describes. Types of lower rank are applied first, deleted last.
+    pub fn apply_rank(self) -> usize {
+        match (self.descriptor().insight_of, self.scope()) {
+            (Some(of), _) => of.apply_rank() + 1,
+            (None, Scope::Mesh) => ResourceType::Mesh.apply_rank() + 1,
+            (None, Scope::Global) => 0,
+        }
     }
 
     pub fn descriptor(self) -> &'static Descriptor {
@@ -267,6 +425,7 @@ impl ResourceType {
             .find(|d| {
                 d.cli_plural == word
                     || d.cli_singular == word
+                    || d.cli_aliases.contains(&word)
                     || d.ws_path == word
                     || d.ws_aliases.contains(&word)
             })
@@ -305,39 +464,4 @@ impl FromStr for ResourceType {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_type_has_exactly_one_descriptor_and_unique_paths() {
-        let mut paths = std::collections::BTreeSet::new();
-        for d in DESCRIPTORS {
-            assert_eq!(d.resource_type.descriptor().name, d.name);
-            assert_eq!(d.name.parse::<ResourceType>(), Ok(d.resource_type));
-            assert!(paths.insert(d.ws_path), "duplicate path {}", d.ws_path);
-            for a in d.ws_aliases {
-                assert!(paths.insert(a), "duplicate alias {a}");
-            }
-        }
-        assert_eq!(ResourceType::all().count(), DESCRIPTORS.len());
-    }
-
-    #[test]
-    fn lookups_by_path_and_cli_word() {
-        assert_eq!(
-            ResourceType::from_ws_path("zone-ingresses"),
-            Some(ResourceType::ZoneIngress)
-        );
-        assert_eq!(
-            ResourceType::from_cli_name("zone-ingress"),
-            Some(ResourceType::ZoneIngress)
-        );
-        assert_eq!(
-            ResourceType::from_cli_name("dataplanes"),
-            Some(ResourceType::Dataplane)
-        );
-        assert_eq!(ResourceType::from_ws_path("nope"), None);
-        let err = "Nope".parse::<ResourceType>().unwrap_err();
-        assert!(err.to_string().contains("Dataplane"));
-    }
-}
+mod tests;

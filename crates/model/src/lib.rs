@@ -11,10 +11,10 @@ pub mod specs;
 pub mod testdata;
 pub mod validate;
 
-pub use descriptor::{Descriptor, KdsFlags, ResourceType, Scope};
+pub use descriptor::{CpRole, Descriptor, Direction, Owner, ResourceType, Scope, WriteRefusal};
 pub use resource::{
-    DocumentError, Meta, PROXY_INSIGHT_TYPES, Resource, ResourceKey, Spec, format_time,
-    parse_documents, to_yaml_string,
+    DocumentError, Meta, Resource, ResourceKey, Spec, format_time, parse_documents,
+    proxy_insight_types, to_yaml_string,
 };
 pub use validate::{Violation, Violations, validate};
 

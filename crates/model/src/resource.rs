@@ -101,12 +101,16 @@ pub enum Spec {
     Config(ConfigSpec),
 }
 
-/// The types that record a proxy's ADS subscriptions (its status).
-pub const PROXY_INSIGHT_TYPES: [ResourceType; 3] = [
-    ResourceType::DataplaneInsight,
-    ResourceType::ZoneIngressInsight,
-    ResourceType::ZoneEgressInsight,
-];
+/// The types that record a proxy's ADS subscriptions (its status): those whose spec has them
+/// ([`Spec::proxy_subscriptions`]), so no list is kept by hand.
+pub fn proxy_insight_types() -> &'static [ResourceType] {
+    static TYPES: std::sync::LazyLock<Vec<ResourceType>> = std::sync::LazyLock::new(|| {
+        ResourceType::all()
+            .filter(|t| Spec::default_for(*t).proxy_subscriptions().is_some())
+            .collect()
+    });
+    &TYPES
+}
 
 impl Spec {
     /// The ADS subscriptions of a proxy insight (`None` for other types).
@@ -157,6 +161,26 @@ impl Spec {
             Spec::GlobalSecret(_) => ResourceType::GlobalSecret,
             Spec::ServiceInsight(_) => ResourceType::ServiceInsight,
             Spec::Config(_) => ResourceType::Config,
+        }
+    }
+
+    /// A spec of `resource_type` with every field at its default (for tests that need one
+    /// resource of every type; not necessarily valid).
+    pub fn default_for(resource_type: ResourceType) -> Spec {
+        match resource_type {
+            ResourceType::Mesh => Spec::Mesh(Default::default()),
+            ResourceType::Dataplane => Spec::Dataplane(Default::default()),
+            ResourceType::DataplaneInsight => Spec::DataplaneInsight(Default::default()),
+            ResourceType::ZoneIngress => Spec::ZoneIngress(Default::default()),
+            ResourceType::ZoneEgress => Spec::ZoneEgress(Default::default()),
+            ResourceType::ZoneIngressInsight => Spec::ZoneIngressInsight(Default::default()),
+            ResourceType::ZoneEgressInsight => Spec::ZoneEgressInsight(Default::default()),
+            ResourceType::Zone => Spec::Zone(Default::default()),
+            ResourceType::ZoneInsight => Spec::ZoneInsight(Default::default()),
+            ResourceType::Secret => Spec::Secret(Default::default()),
+            ResourceType::GlobalSecret => Spec::GlobalSecret(Default::default()),
+            ResourceType::ServiceInsight => Spec::ServiceInsight(Default::default()),
+            ResourceType::Config => Spec::Config(Default::default()),
         }
     }
 
@@ -447,6 +471,21 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, DocumentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_specs_have_their_type_and_proxy_insights_are_found() {
+        for t in ResourceType::all() {
+            assert_eq!(Spec::default_for(t).resource_type(), t);
+        }
+        assert_eq!(
+            proxy_insight_types(),
+            [
+                ResourceType::DataplaneInsight,
+                ResourceType::ZoneIngressInsight,
+                ResourceType::ZoneEgressInsight,
+            ]
+        );
+    }
 
     #[test]
     fn spec_fields_under_spec_are_hoisted() {

@@ -255,3 +255,71 @@ fn global_names_stay_unique_and_bounded() {
     let r = Resource::new(Meta::named(&na, "default"), dataplane("x").spec);
     meshzone_model::validate(&r).expect("a bounded name is a valid name");
 }
+
+/// One resource of `rt`, with default spec fields. A GlobalSecret is a zone-token signing key,
+/// the one kind of GlobalSecret that is sent down.
+fn one_of(rt: ResourceType, name: &str) -> Resource {
+    let mut r = Resource::new(Meta::named(name, "default"), Spec::default_for(rt));
+    if !rt.is_mesh_scoped() {
+        r.meta.mesh.clear();
+    }
+    if let Spec::GlobalSecret(s) = &mut r.spec {
+        r.meta.name = format!("{ZONE_SIGNING_KEY_PREFIX}1");
+        s.data = encode_b64(b"PRIVATE");
+    }
+    r
+}
+
+fn types_of(set: &Set) -> std::collections::BTreeSet<ResourceType> {
+    set.keys().map(|k| k.resource_type).collect()
+}
+
+/// Global holds one resource of every type created on global and one that came up from
+/// another zone: it offers a zone exactly the types the descriptors send down (global's own
+/// for `Down`, the other zone's for `UpThenAcross`).
+#[test]
+fn global_offers_every_type_the_table_sends_down_and_no_other() {
+    let all: Vec<Resource> = ResourceType::all()
+        .flat_map(|rt| {
+            let created = one_of(rt, "on-global");
+            let came_up = map_from_zone("zone-b", one_of(rt, "in-zone-b"));
+            [created, came_up]
+        })
+        .collect();
+    let offered = offer_to_zone("zone-a", &all, &[], |pem| Some(pem.to_vec()));
+    let expected: std::collections::BTreeSet<ResourceType> =
+        ResourceType::sent_to_zones().iter().copied().collect();
+    assert_eq!(types_of(&offered), expected);
+    for (k, r) in &offered {
+        let want = match k.resource_type.descriptor().sync {
+            meshzone_model::Direction::Down => "global",
+            meshzone_model::Direction::UpThenAcross => "zone",
+            other => panic!("{k} offered although it syncs {other:?}"),
+        };
+        assert_eq!(origin(r), Some(want), "{k}");
+    }
+    // Nothing goes back to the zone it came from.
+    let back = offer_to_zone("zone-b", &all, &[], |pem| Some(pem.to_vec()));
+    assert!(back.values().all(|r| !from_zone("zone-b", r)));
+}
+
+/// A zone holds one resource of every type created locally and one received from global: it
+/// offers global exactly the types the descriptors send up, and only its own.
+#[test]
+fn zones_offer_every_type_the_table_sends_up_and_no_other() {
+    let all: Vec<Resource> = ResourceType::all()
+        .flat_map(|rt| {
+            let local = one_of(rt, "local");
+            let mut copy = one_of(rt, "from-global");
+            copy.meta
+                .labels
+                .insert(ORIGIN_LABEL.into(), "global".into());
+            [local, copy]
+        })
+        .collect();
+    let offered = offer_to_global(&all);
+    let expected: std::collections::BTreeSet<ResourceType> =
+        ResourceType::sent_to_global().iter().copied().collect();
+    assert_eq!(types_of(&offered), expected);
+    assert!(offered.keys().all(|k| k.name == "local"));
+}
