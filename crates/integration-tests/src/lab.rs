@@ -468,8 +468,9 @@ impl Drop for Lab {
             let _ = run("ip", &["netns", "delete", ns]);
             let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
-        // MESHZONE_LAB_KEEP=1: keep the logs and files of a failed run.
-        if std::thread::panicking() && std::env::var_os("MESHZONE_LAB_KEEP").is_some() {
+        // MESHZONE_LAB_KEEP=1: keep the logs and files of a failed run; `always`: of every run.
+        let keep = std::env::var("MESHZONE_LAB_KEEP").ok();
+        if keep.as_deref() == Some("always") || (std::thread::panicking() && keep.is_some()) {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tmp"));
             eprintln!("lab files kept in {}", dir.keep().display());
         }
