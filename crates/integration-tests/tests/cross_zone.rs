@@ -326,7 +326,7 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
         Duration::from_secs(15),
         || {
             let a = answers(envoy_outbound, 20);
-            a.get("FAILED").is_none().then_some(a)
+            (!a.contains_key("FAILED")).then_some(a)
         },
     );
     eprintln!("Envoy, {:?} later: {envoy_settled:?}", settling.elapsed());
