@@ -86,6 +86,19 @@ const HOP_BY_HOP: [HeaderName; 3] = [CONNECTION, TRANSFER_ENCODING, UPGRADE];
 /// never sent, so trying the next endpoint is safe).
 const CONNECT_ATTEMPTS: usize = 3;
 
+/// Set on the 503 a proxy answers when no upstream could even be connected to: the request
+/// reached no application. A kuma-dp client that gets it from a peer (say, an instance that just
+/// joined while its application is still starting) tries the next endpoint, as it does after a
+/// refused connection of its own; any other client sees a plain 503.
+pub const NOT_DELIVERED: HeaderName = HeaderName::from_static("x-meshzone-not-delivered");
+
+fn not_delivered() -> Response<Body> {
+    let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n");
+    r.headers_mut()
+        .insert(NOT_DELIVERED, hyper::header::HeaderValue::from_static("1"));
+    r
+}
+
 async fn forward(req: Request<Incoming>, cluster: &str, rt: &Runtime) -> Response<Body> {
     let Some(client) = rt.http_clients.get(cluster) else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no such cluster\n");
@@ -116,6 +129,7 @@ async fn forward(req: Request<Incoming>, cluster: &str, rt: &Runtime) -> Respons
         1
     };
     let mut body = Some(body.map_err(Into::into).boxed());
+    let mut last_refusal = None;
     for endpoint in candidates.into_iter().take(attempts) {
         let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
             return error_response(StatusCode::BAD_REQUEST, "bad request path\n");
@@ -130,6 +144,18 @@ async fn forward(req: Request<Incoming>, cluster: &str, rt: &Runtime) -> Respons
         *request.version_mut() = version;
         *request.headers_mut() = parts.headers.clone();
         match client.request(request).await {
+            // The peer proxy could not reach its application: the request went nowhere, so the
+            // next endpoint may have it (when there is one and the request has no body).
+            Ok(resp)
+                if attempts > 1
+                    && resp.status() == StatusCode::SERVICE_UNAVAILABLE
+                    && resp.headers().contains_key(NOT_DELIVERED) =>
+            {
+                // Not ejected: the peer proxy is healthy, and its application may be up a moment
+                // later (an instance that is still starting).
+                tracing::debug!(cluster, %endpoint, "the peer could not reach its application; trying the next endpoint");
+                last_refusal = Some(resp.map(|b| b.map_err(Into::into).boxed()));
+            }
             Ok(resp) => {
                 rt.health.restore(endpoint);
                 return resp.map(|b| b.map_err(Into::into).boxed());
@@ -147,7 +173,7 @@ async fn forward(req: Request<Incoming>, cluster: &str, rt: &Runtime) -> Respons
             }
         }
     }
-    error_response(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
+    last_refusal.unwrap_or_else(not_delivered)
 }
 
 /// Opens upstream connections: TCP, then mTLS when the cluster has it.

@@ -523,3 +523,51 @@ fn a_rejected_configuration_is_counted_in_the_insight() {
         insight["subscriptions"][0]["status"]["total"]["responsesRejected"].as_u64() >= Some(1)
     );
 }
+
+#[test]
+fn an_instance_whose_application_is_not_up_yet_costs_no_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = Mesh::start(dir.path(), "24h", &[("KUMA_STORE_TYPE", "memory")]);
+    let (up, app) = (EchoServer::start("up"), EchoServer::start("client-app"));
+    // Nothing listens on this port yet: the instance joined before its application started.
+    let not_yet = free_port();
+    let http = |name: &str, port: u16| {
+        dataplane(name, "web", free_port(), port, None).replace(
+            "kuma.io/service: web\n",
+            "kuma.io/service: web\n        kuma.io/protocol: http\n",
+        )
+    };
+    let _up = mesh.proxy("web-up", &http("web-up", up.port));
+    let starting = mesh.proxy("web-starting", &http("web-starting", not_yet));
+    let out = free_port();
+    let client = mesh.proxy(
+        "client",
+        &dataplane(
+            "client",
+            "client",
+            free_port(),
+            app.port,
+            Some((out, "web")),
+        ),
+    );
+    wait_for(
+        "both instances known to the client",
+        Duration::from_secs(20),
+        || {
+            let dump = client.admin("/config_dump")?;
+            (dump.matches("\"weight\"").count() >= 2).then_some(())
+        },
+    );
+    for i in 0..20 {
+        let body = http_get(out).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(body.trim(), "up");
+    }
+    // The starting instance was tried and said the request reached no application.
+    let stats = starting.admin("/stats").unwrap_or_default();
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.contains(".rq_5xx: ") && !l.ends_with(": 0")),
+        "the starting instance was never tried: {stats}"
+    );
+}
