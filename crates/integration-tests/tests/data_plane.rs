@@ -420,23 +420,16 @@ fn global_control_plane_turns_data_plane_proxies_away() {
     );
 }
 
-#[test]
-fn http_services_are_balanced_per_request_and_counted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mesh = Mesh::start(dir.path(), "24h", &[("KUMA_STORE_TYPE", "memory")]);
-    let (a, b, app) = (
-        EchoServer::start("a"),
-        EchoServer::start("b"),
-        EchoServer::start("client-app"),
-    );
-    let http = |name: &str, port: u16| {
-        dataplane(name, "web", free_port(), port, None).replace(
-            "kuma.io/service: web\n",
-            "kuma.io/service: web\n        kuma.io/protocol: http\n",
-        )
-    };
-    let _a = mesh.proxy("web-a", &http("web-a", a.port));
-    let _b = mesh.proxy("web-b", &http("web-b", b.port));
+/// A Dataplane of the HTTP service `web`.
+fn http(name: &str, port: u16) -> String {
+    dataplane(name, "web", free_port(), port, None).replace(
+        "kuma.io/service: web\n",
+        "kuma.io/service: web\n        kuma.io/protocol: http\n",
+    )
+}
+
+/// A client proxy with an outbound to `web`, once it knows two instances; and that outbound's port.
+fn web_client(mesh: &Mesh, app_port: u16) -> (DataPlane, u16) {
     let out = free_port();
     let client = mesh.proxy(
         "client",
@@ -444,7 +437,7 @@ fn http_services_are_balanced_per_request_and_counted() {
             "client",
             "client",
             free_port(),
-            app.port,
+            app_port,
             Some((out, "web")),
         ),
     );
@@ -456,6 +449,21 @@ fn http_services_are_balanced_per_request_and_counted() {
             (dump.matches("\"weight\"").count() >= 2).then_some(())
         },
     );
+    (client, out)
+}
+
+#[test]
+fn http_services_are_balanced_per_request_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = Mesh::start(dir.path(), "24h", &[("KUMA_STORE_TYPE", "memory")]);
+    let (a, b, app) = (
+        EchoServer::start("a"),
+        EchoServer::start("b"),
+        EchoServer::start("client-app"),
+    );
+    let _a = mesh.proxy("web-a", &http("web-a", a.port));
+    let _b = mesh.proxy("web-b", &http("web-b", b.port));
+    let (client, out) = web_client(&mesh, app.port);
 
     // One keep-alive connection: an HTTP-aware proxy still spreads its requests.
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", out)).expect("connect");
@@ -531,33 +539,9 @@ fn an_instance_whose_application_is_not_up_yet_costs_no_request() {
     let (up, app) = (EchoServer::start("up"), EchoServer::start("client-app"));
     // Nothing listens on this port yet: the instance joined before its application started.
     let not_yet = free_port();
-    let http = |name: &str, port: u16| {
-        dataplane(name, "web", free_port(), port, None).replace(
-            "kuma.io/service: web\n",
-            "kuma.io/service: web\n        kuma.io/protocol: http\n",
-        )
-    };
     let _up = mesh.proxy("web-up", &http("web-up", up.port));
     let starting = mesh.proxy("web-starting", &http("web-starting", not_yet));
-    let out = free_port();
-    let client = mesh.proxy(
-        "client",
-        &dataplane(
-            "client",
-            "client",
-            free_port(),
-            app.port,
-            Some((out, "web")),
-        ),
-    );
-    wait_for(
-        "both instances known to the client",
-        Duration::from_secs(20),
-        || {
-            let dump = client.admin("/config_dump")?;
-            (dump.matches("\"weight\"").count() >= 2).then_some(())
-        },
-    );
+    let (_client, out) = web_client(&mesh, app.port);
     for i in 0..20 {
         let body = http_get(out).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
         assert_eq!(body.trim(), "up");
