@@ -226,3 +226,53 @@ fn zone_cp_stops_on_sigterm_with_proxies_connected_and_traffic_never_stops() {
     assert!(sent > 20, "too few requests to show anything: {sent}");
     assert_eq!(failed, 0, "requests failed: {errors:?}");
 }
+
+/// A client that sent half a request and stays silent: it keeps the API's graceful shutdown
+/// waiting (as a stuck peer would).
+fn stuck_client(cp: &ControlPlane) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", cp.api_port)).expect("connect");
+    s.write_all(b"GET /meshes HTTP/1.1\r\nHost: stuck\r\n")
+        .expect("write");
+    // Connections are accepted in order: once a later one is answered, the server holds this one.
+    let answered = reqwest::blocking::get(format!("{}/meshes", cp.api_url()))
+        .is_ok_and(|r| r.status().is_success());
+    assert!(answered, "the API did not answer");
+    s
+}
+
+#[test]
+fn the_shutdown_deadline_bounds_a_stuck_peer_and_a_second_signal_exits_at_once() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dirs = host_dirs(root.path(), &["deadline", "second-signal"]);
+    // A short deadline: the CP exits 0 when it passes, stuck peer or not.
+    let mut cp = ControlPlane::start(
+        &dirs[0],
+        &[("KUMA_GENERAL_GRACEFUL_SHUTDOWN_TIMEOUT", "1s")],
+    );
+    let _stuck = stuck_client(&cp);
+    let status = cp.sigterm(EXIT_WITHIN);
+    assert!(status.success(), "exited with {status}");
+
+    // A long deadline: the second signal ends it at once, with 130.
+    let mut cp = ControlPlane::start(
+        &dirs[1],
+        &[("KUMA_GENERAL_GRACEFUL_SHUTDOWN_TIMEOUT", "10m")],
+    );
+    let _stuck = stuck_client(&cp);
+    let pid = cp.child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    // The shutdown has begun once /ready no longer says OK.
+    let ready = format!("http://127.0.0.1:{}/ready", cp.diagnostics_port);
+    wait_for("the shutdown to begin", EXIT_WITHIN, || {
+        (!reqwest::blocking::get(&ready).is_ok_and(|r| r.status().is_success())).then_some(())
+    });
+    assert!(
+        cp.child.try_wait().ok().flatten().is_none(),
+        "the stuck client should hold the graceful shutdown"
+    );
+    let status = cp.sigterm(EXIT_WITHIN);
+    assert_eq!(status.code(), Some(130), "exited with {status}");
+}
