@@ -8,6 +8,7 @@
 //! top-level targetRef) → [`matching::sort_matched`] (one total order) →
 //! [`merge::build_rules`] (flatten `to`/`from`/`rules`, merge with JSON Merge Patch and its
 //! exceptions) → [`PolicyRules`], shaped like one entry of Kuma's `_rules` inspection.
+//! [`compute_policy_role`] gives the `kuma.io/policy-role` a control plane stamps on a policy.
 //!
 //! This module holds no policy resource types and knows nothing of REST, KDS or xDS. It does no
 //! I/O and never reads the clock: every function is pure.
@@ -28,8 +29,8 @@ use crate::specs::Tags;
 use crate::validate::Violations;
 
 pub use matching::{
-    InboundDescription, MatchedPolicy, ProxyDescription, Selected, compare_policies, select,
-    sort_matched,
+    GatewayDescription, InboundDescription, MatchedPolicy, ProxyDescription, Selected,
+    compare_policies, select, sort_matched,
 };
 pub use merge::{
     FromRules, InboundRule, InboundRules, PolicyRules, ProxyRule, ResourceMeta, Rule, RuleOrigin,
@@ -79,6 +80,16 @@ pub enum PolicyRole {
 }
 
 impl PolicyRole {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyRole::System => "system",
+            PolicyRole::Producer => "producer",
+            PolicyRole::Consumer => "consumer",
+            PolicyRole::WorkloadOwner => "workload-owner",
+        }
+    }
+
     pub fn from_labels(labels: &Tags) -> PolicyRole {
         match labels.get(POLICY_ROLE_LABEL).map(String::as_str) {
             Some("producer") => PolicyRole::Producer,
@@ -209,6 +220,45 @@ pub enum PolicyError {
         combinations: usize,
         limit: usize,
     },
+    /// A namespaced policy with both `to` and `from` (§1.6).
+    #[error("it's not allowed to mix 'to' and 'from' arrays in the same policy")]
+    MixedToAndFrom,
+    /// A namespaced policy whose `to` items are partly producer, partly consumer items (§1.6).
+    #[error("it's not allowed to mix producer and consumer items in the same policy")]
+    MixedProducerAndConsumer,
+}
+
+/// The `kuma.io/policy-role` a control plane stamps on a policy (`ComputePolicyRole`, §1.6).
+/// `namespace` is the policy's Kubernetes namespace; `None` stands for a policy on global, in
+/// the system namespace or on Universal, which is always `system`. A producer item is a `to`
+/// item of kind MeshService or MeshHTTPRoute with a name (this engine has no `to[].namespace`,
+/// so it is always the policy's own).
+pub fn compute_policy_role(
+    spec: &PolicySpec,
+    namespace: Option<&str>,
+) -> Result<PolicyRole, PolicyError> {
+    if namespace.is_none_or(str::is_empty) {
+        return Ok(PolicyRole::System);
+    }
+    let (has_to, has_from) = (!spec.to.is_empty(), !spec.from.is_empty());
+    if has_to && has_from {
+        return Err(PolicyError::MixedToAndFrom);
+    }
+    if has_from || !spec.rules.is_empty() || !has_to {
+        return Ok(PolicyRole::WorkloadOwner);
+    }
+    let is_producer = |item: &&ToItem| {
+        matches!(
+            item.target_ref.kind,
+            TargetRefKind::MeshService | TargetRefKind::MeshHTTPRoute
+        ) && !item.target_ref.name_str().is_empty()
+    };
+    let producers = spec.to.iter().filter(is_producer).count();
+    match (producers, spec.to.len() - producers) {
+        (0, _) => Ok(PolicyRole::Consumer),
+        (_, 0) => Ok(PolicyRole::Producer),
+        _ => Err(PolicyError::MixedProducerAndConsumer),
+    }
 }
 
 /// Checks the sections of a policy spec: every targetRef for its section, a conf on every

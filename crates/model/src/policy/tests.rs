@@ -963,3 +963,83 @@ fn validation_reports_every_mistake_with_its_path() {
         assert_eq!(violations(yaml), want, "{what}");
     }
 }
+
+#[test]
+fn policy_role_as_kuma_computes_it() {
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+        Result<PolicyRole, PolicyError>,
+    );
+    let cases: [Case; 8] = [
+        (
+            "global, system namespace or Universal",
+            None,
+            "from: [{targetRef: {kind: Mesh}, default: {}}]\nto: [{targetRef: {kind: Mesh}, default: {}}]\n",
+            Ok(PolicyRole::System),
+        ),
+        (
+            "from",
+            Some("shop"),
+            "from: [{targetRef: {kind: Mesh}, default: {}}]\n",
+            Ok(PolicyRole::WorkloadOwner),
+        ),
+        (
+            "rules",
+            Some("shop"),
+            "rules: [{default: {}}]\n",
+            Ok(PolicyRole::WorkloadOwner),
+        ),
+        (
+            "no to at all",
+            Some("shop"),
+            "default: {}\n",
+            Ok(PolicyRole::WorkloadOwner),
+        ),
+        (
+            "every to item names a service or route",
+            Some("shop"),
+            "to: [{targetRef: {kind: MeshService, name: b}, default: {}}, {targetRef: {kind: MeshHTTPRoute, name: r}, default: {}}]\n",
+            Ok(PolicyRole::Producer),
+        ),
+        (
+            "to Mesh",
+            Some("shop"),
+            "to: [{targetRef: {kind: Mesh}, default: {}}]\n",
+            Ok(PolicyRole::Consumer),
+        ),
+        (
+            "to and from",
+            Some("shop"),
+            "from: [{targetRef: {kind: Mesh}, default: {}}]\nto: [{targetRef: {kind: Mesh}, default: {}}]\n",
+            Err(PolicyError::MixedToAndFrom),
+        ),
+        (
+            "producer and consumer items",
+            Some("shop"),
+            "to: [{targetRef: {kind: MeshService, name: b}, default: {}}, {targetRef: {kind: Mesh}, default: {}}]\n",
+            Err(PolicyError::MixedProducerAndConsumer),
+        ),
+    ];
+    for (what, namespace, yaml, want) in cases {
+        assert_eq!(compute_policy_role(&spec(yaml), namespace), want, "{what}");
+    }
+    assert_eq!(
+        PolicyError::MixedToAndFrom.to_string(),
+        "it's not allowed to mix 'to' and 'from' arrays in the same policy"
+    );
+    assert_eq!(
+        PolicyError::MixedProducerAndConsumer.to_string(),
+        "it's not allowed to mix producer and consumer items in the same policy"
+    );
+    for role in [
+        PolicyRole::System,
+        PolicyRole::Producer,
+        PolicyRole::Consumer,
+        PolicyRole::WorkloadOwner,
+    ] {
+        let labels = Tags::from([(POLICY_ROLE_LABEL.to_string(), role.as_str().to_string())]);
+        assert_eq!(PolicyRole::from_labels(&labels), role);
+    }
+}
