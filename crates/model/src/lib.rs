@@ -1,11 +1,13 @@
 //! The resource model of the mesh: resource types and their descriptors, typed specs, the
-//! Universal YAML/JSON form, validation, and views derived from resources.
+//! Universal YAML/JSON form, validation, views derived from resources, and the pure targetRef
+//! policy engine (`policy`: selection, ordering and merging of policy confs for a proxy).
 //!
 //! This crate does no I/O: no sockets, files or clock. Everything here is a pure function of its
 //! inputs so that it can be table-tested.
 
 pub mod descriptor;
 pub mod insights;
+pub mod policy;
 pub mod resource;
 pub mod specs;
 pub mod testdata;
