@@ -89,11 +89,25 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Serves ADS on `listener` until `stop` resolves.
-pub async fn serve(
-    listener: TcpListener,
+/// A gRPC server with TLS and HTTP/2 keepalive (the DP server's and KDS's), checked before
+/// anything is served so that a bad certificate stops the start with `what` named.
+pub fn tls_server(
     cert_pem: String,
     key_pem: String,
+    keepalive: (Duration, Duration),
+    what: &str,
+) -> anyhow::Result<Server> {
+    Ok(Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)))
+        .with_context(|| format!("invalid {what} TLS configuration"))?
+        .http2_keepalive_interval(Some(keepalive.0))
+        .http2_keepalive_timeout(Some(keepalive.1)))
+}
+
+/// Serves ADS on `listener` with `server` until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    mut server: Server,
     store: Store,
     ads: AdsService,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
@@ -107,13 +121,8 @@ pub async fn serve(
             Err(e) => return Err(anyhow!("cannot read insights: {e}")),
         }
     }
-    let service = ads.into_server();
-    Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)))
-        .context("invalid DP server TLS configuration")?
-        .http2_keepalive_interval(Some(Duration::from_secs(15)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(service)
+    server
+        .add_service(ads.into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop,

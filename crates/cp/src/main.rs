@@ -292,9 +292,15 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         let work_dir = config.work_dir(&home);
         let (cert, key, cert_path) = dp_server::certificate(&config, &work_dir, &hostname())?;
         info!(cert = %cert_path.display(), port = config.dp_server.port, "DP server (xDS) listening; kuma-dp verifies it with --ca-cert-file {}", cert_path.display());
+        let server = dp_server::tls_server(
+            cert,
+            key,
+            (Duration::from_secs(15), Duration::from_secs(5)),
+            "DP server",
+        )?;
         supervisor.critical(
             "DP server",
-            dp_server::serve(listener, cert, key, store.clone(), ads, shutdown.begun()),
+            dp_server::serve(listener, server, store.clone(), ads, shutdown.begun()),
         );
     }
     if let Some(listener) = kds_listener {
@@ -343,19 +349,17 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             shutdown.clone(),
         )
         .into_server();
-        let server = tonic::transport::Server::builder()
-            .tls_config(
-                tonic::transport::ServerTlsConfig::new()
-                    .identity(tonic::transport::Identity::from_pem(cert, key)),
-            )
-            .context("invalid KDS TLS configuration")?
-            .http2_keepalive_interval(Some(Duration::from_secs(2)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown.begun(),
-            );
+        let server = dp_server::tls_server(
+            cert,
+            key,
+            (Duration::from_secs(2), Duration::from_secs(2)),
+            "KDS",
+        )?
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.begun(),
+        );
         supervisor.critical("KDS server", server);
     }
     if matches!(role, Role::Global) {

@@ -165,10 +165,6 @@ impl Supervisor {
         (supervisor, Failures(rx))
     }
 
-    pub fn shutdown(&self) -> &Shutdown {
-        &self.shutdown
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
