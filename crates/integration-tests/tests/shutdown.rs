@@ -14,6 +14,22 @@ use meshzone_integration_tests::{
 /// Generous bounds for a loaded CI machine; the configured shutdown deadline is 4 s.
 const EXIT_WITHIN: Duration = Duration::from_secs(10);
 
+/// Whether an insight (JSON) holds a subscription that was closed before `t`: by the stopping
+/// process itself, not by the next start's clean-up of stale subscriptions.
+fn closed_before(insight: &str, t: chrono::DateTime<chrono::Utc>) -> bool {
+    let v: serde_json::Value = serde_json::from_str(insight).expect("insight JSON");
+    v["subscriptions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|s| {
+            s["disconnectTime"]
+                .as_str()
+                .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+                .is_some_and(|d| d < t)
+        })
+}
+
 fn zone_state(global: &ControlPlane, zone: &str) -> String {
     line_of(&global.kumactl_ok(&["inspect", "zones"]), zone)
 }
@@ -41,12 +57,18 @@ fn global_stops_on_sigterm_with_zones_connected_and_takes_them_back_on_restart()
 
     let status = global.sigterm(EXIT_WITHIN);
     assert!(status.success(), "global exited with {status}");
+    let stopped = chrono::Utc::now();
 
     // Same store, same ports: both zones come back to the new process.
     global.start_again();
     let back_1 = wait_zone(&global, "zone-1", "Online");
     let back_2 = wait_zone(&global, "zone-2", "Online");
     eprintln!("zones Online on the restarted global after {back_1:?} and {back_2:?}");
+    // The stopping global recorded the zones' streams it closed.
+    for zone in ["zone-1", "zone-2"] {
+        let insight = global.kumactl_ok(&["get", "zone-insight", zone, "-o", "json"]);
+        assert!(closed_before(&insight, stopped), "{insight}");
+    }
 
     // Zone lifecycle acts again on the new global: disable, re-enable...
     for (enabled, state) in [(false, "Offline"), (true, "Online")] {
@@ -198,6 +220,7 @@ fn zone_cp_stops_on_sigterm_with_proxies_connected_and_traffic_never_stops() {
     let load = Load::start(out);
     let status = cp.sigterm(EXIT_WITHIN);
     assert!(status.success(), "zone CP exited with {status}");
+    let stopped = chrono::Utc::now();
     // Its DNS port and every other port are free again: the same settings start at once.
     cp.start_again();
     wait_for("both proxies Online again", Duration::from_secs(30), || {
@@ -208,6 +231,11 @@ fn zone_cp_stops_on_sigterm_with_proxies_connected_and_traffic_never_stops() {
         };
         (online("echo-1") && online("client-1")).then_some(())
     });
+    // The stopping CP recorded the proxies' streams it closed.
+    for proxy in ["echo-1", "client-1"] {
+        let insight = cp.kumactl_ok(&["get", "dataplane-insight", proxy, "-o", "json"]);
+        assert!(closed_before(&insight, stopped), "{insight}");
+    }
     // The client follows the new CP: an instance registered there receives its traffic.
     let echo_2 = EchoServer::start("echo-2");
     let _server_2 = proxy(
