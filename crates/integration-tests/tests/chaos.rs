@@ -428,6 +428,22 @@ impl Chaos {
             .sidecar(host, z, name, &dataplane(name, ip, ECHO, ""), &[]);
     }
 
+    /// A new echo instance (host, address, name) joins zone-1; the row records when zone-2's
+    /// client first got an answer from it, counted from `since`.
+    fn join_zone_1(&mut self, row: &mut Row, (host, ip, name): (&str, &str, &str), since: Instant) {
+        self.echo_instance(host, "1", ip, name);
+        match self.wait_answers("z2-client", 20012, &[name], CONVERGE) {
+            Some(_) => {
+                row.convergence
+                    .insert("new instance answers zone-2".into(), ms(since.elapsed()));
+            }
+            None => row.check(
+                false,
+                format!("the new instance {name} never answered zone-2"),
+            ),
+        }
+    }
+
     fn ingress(&mut self, host: &str, name: &str, z: &str, ip: &str) {
         let token = self.zone_tokens[&format!("zone-{z}")].clone();
         self.lab.zone_proxy(
@@ -794,14 +810,7 @@ fn failure_modes_keep_traffic_flowing() {
         std::thread::sleep(Duration::from_secs(1));
         row.event("new instance");
         let started = Instant::now();
-        c.echo_instance("z1-app-c", "1", "198.18.1.12", "z1-c");
-        match c.wait_answers("z2-client", 20012, &["z1-c"], CONVERGE) {
-            Some(_) => {
-                row.convergence
-                    .insert("new instance answers zone-2".into(), ms(started.elapsed()));
-            }
-            None => row.check(false, "the new instance never answered zone-2"),
-        }
+        c.join_zone_1(&mut row, ("z1-app-c", "198.18.1.12", "z1-c"), started);
         c.judge(&mut row, t.finish(), true, true, &none);
         c.rows.push(row);
     }
@@ -822,19 +831,7 @@ fn failure_modes_keep_traffic_flowing() {
         c.zone_cp("1");
         c.lab.configure_kumactl("z1-cp");
         row.event("new instance");
-        c.echo_instance("z1-app-d", "1", "198.18.1.15", "z1-d");
-        match c.wait_answers("z2-client", 20012, &["z1-d"], CONVERGE) {
-            Some(_) => {
-                row.convergence.insert(
-                    "new instance answers zone-2".into(),
-                    ms(restarted.elapsed()),
-                );
-            }
-            None => row.check(
-                false,
-                "the instance registered after the restart never answered zone-2",
-            ),
-        }
+        c.join_zone_1(&mut row, ("z1-app-d", "198.18.1.15", "z1-d"), restarted);
         c.judge(&mut row, t.finish(), true, true, &none);
         c.rows.push(row);
     }
