@@ -398,12 +398,10 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                 }
             });
         }
-        let stop = shutdown.clone();
-        supervisor.critical("DNS server", async move {
-            stop.unless_stopped(meshzone_dns::server::serve(socket, table_rx, domain))
-                .await;
-            Ok::<(), String>(())
-        });
+        supervisor.serving(
+            "DNS server",
+            meshzone_dns::server::serve(socket, table_rx, domain),
+        );
         info!(
             port = config.dns_server.port,
             cidr = config.dns_server.cidr,

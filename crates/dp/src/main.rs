@@ -251,12 +251,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ?upstreams,
             "DNS for .mesh names listening (UDP)"
         );
-        let serve = dns::serve(socket, runtime_rx.clone(), upstreams, stats.clone());
-        let stop = shutdown.clone();
-        supervisor.critical("DNS resolver", async move {
-            stop.unless_stopped(serve).await;
-            Ok::<(), String>(())
-        });
+        supervisor.serving(
+            "DNS resolver",
+            dns::serve(socket, runtime_rx.clone(), upstreams, stats.clone()),
+        );
     }
 
     let settings = xds_client::XdsSettings {

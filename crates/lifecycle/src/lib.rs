@@ -214,6 +214,19 @@ impl Supervisor {
         });
     }
 
+    /// A critical task that serves until the shutdown begins, then is dropped (a UDP server:
+    /// nothing to drain). Ending on its own before that is a failure.
+    pub fn serving<F>(&self, task: &'static str, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        self.critical(task, async move {
+            shutdown.unless_stopped(future).await;
+            Ok::<(), std::convert::Infallible>(())
+        });
+    }
+
     /// A task that is started again, after a backoff, whenever it ends (returns, fails or
     /// panics) while the process is not stopping. `start` makes a fresh run of it. At shutdown
     /// the running instance is dropped.
@@ -471,6 +484,19 @@ mod tests {
         assert!(recorded.load(Ordering::SeqCst));
         assert_eq!(s.health()["loop"], Health::Stopped);
         assert_eq!(s.readiness().check(), Err("shutting down".into()));
+    }
+
+    #[tokio::test]
+    async fn a_serving_task_is_dropped_at_shutdown_and_fails_if_it_ends_before() {
+        let shutdown = Shutdown::new();
+        let (s, mut failures) = Supervisor::new(shutdown.clone(), quick());
+        s.serving("udp", std::future::pending::<()>());
+        s.serving("ends", async {});
+        let failure = failures.next().await;
+        assert_eq!(failure.task, "ends");
+        assert_eq!(failure.reason, "it returned");
+        assert_eq!(shutdown.finish(Duration::from_secs(1)).await, 0);
+        assert_eq!(s.health()["udp"], Health::Stopped);
     }
 
     #[tokio::test]
