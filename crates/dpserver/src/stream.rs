@@ -419,6 +419,8 @@ impl ProxyStream {
             tls: material,
             protocols,
             proxyless: self.proxyless,
+            // Filled from the mesh's policies once the policy types exist.
+            policies: &Default::default(),
         });
         self.set_snapshot(snapshot);
         Ok(())

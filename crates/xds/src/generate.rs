@@ -63,6 +63,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use meshzone_model::specs::{DataplaneSpec, MeshSpec, PROTOCOL_TAG};
 
 use crate::names::{self, TypeUrl};
+use crate::policy::ProxyPolicies;
 
 /// One instance of a service that a proxy may connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +102,8 @@ pub struct ProxyInput<'a> {
     /// Set when the Dataplane has `transparentProxying`: outbound traffic arrives redirected by
     /// iptables and is routed by its original destination.
     pub transparent: Option<Transparent<'a>>,
+    /// What the policies selecting this proxy configure.
+    pub policies: &'a ProxyPolicies,
 }
 
 /// Transparent proxying: one listener on the redirect port that dispatches each connection by

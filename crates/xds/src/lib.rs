@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod generate;
 pub mod names;
+pub mod policy;
 
 pub use envoy_types;
 pub use envoy_types::pb::envoy::service::discovery::v3 as discovery;

@@ -64,6 +64,7 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
         tls: tls.then_some(&material),
         protocols: &BTreeMap::new(),
         proxyless: false,
+        policies: &Default::default(),
     });
     let mut config = ProxyConfig::default();
     let mut errors = Vec::new();
