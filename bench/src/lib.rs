@@ -91,13 +91,22 @@ pub async fn app(listener: TcpListener) {
     }
 }
 
-/// Sends one request on a keep-alive connection and reads the whole response.
+/// Sends one request on a keep-alive connection and reads the whole response; the body size.
 pub async fn request(conn: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> anyhow::Result<usize> {
+    Ok(request_status(conn, path, buf).await?.1)
+}
+
+/// Like [`request`], also giving the response's status code.
+pub async fn request_status(
+    conn: &mut TcpStream,
+    path: &str,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<(u16, usize)> {
     conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
         .await?;
     buf.clear();
     let mut chunk = vec![0u8; 64 * 1024];
-    let (head_end, length) = loop {
+    let (head_end, length, status) = loop {
         let n = conn.read(&mut chunk).await?;
         if n == 0 {
             bail!("connection closed");
@@ -110,7 +119,12 @@ pub async fn request(conn: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> any
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .and_then(|v| v.trim().parse().ok())
                 .context("no content-length")?;
-            break (i + 4, len);
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .context("no status line")?;
+            break (i + 4, len, status);
         }
     };
     let mut got = buf.len() - head_end;
@@ -121,7 +135,7 @@ pub async fn request(conn: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> any
         }
         got += n;
     }
-    Ok(got)
+    Ok((status, got))
 }
 
 pub struct Latency {
@@ -254,6 +268,29 @@ impl Cp {
         }
         Ok(())
     }
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        let r = self
+            .client
+            .delete(format!("{}{path}", self.api))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("DELETE {path}: {}", r.text().await?);
+        }
+        Ok(())
+    }
+    /// The JSON at `path`, or `None` when the answer is not a success.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            return Ok(None);
+        }
+        Ok(Some(r.json().await?))
+    }
     pub async fn token(&self, name: &str) -> anyhow::Result<String> {
         Ok(self
             .client
@@ -342,6 +379,13 @@ pub async fn start_cp(bin_dir: &Path, work: &Path, env: &[(&str, String)]) -> an
     })
 }
 
+/// The `q` quantile (0..=1) of `samples` (sorted in place), nearest rank.
+pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    samples.get(i).copied().unwrap_or(f64::NAN)
+}
+
 /// `--flag N` from the command line, or `default`.
 pub fn numeric_flag(flag: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -357,4 +401,76 @@ pub fn fixed(v: &Value, decimals: usize) -> String {
     v.as_f64()
         .map(|x| format!("{x:.decimals$}"))
         .unwrap_or_else(|| "-".into())
+}
+
+/// Opens one ADS stream to a DP server as proxy `node_id` (the zone CP must run with
+/// `KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE=none`), subscribes to every type and ACKs each response
+/// right after `observe` saw it, as a proxy does. `ended` gets the final status (`None` for a
+/// clean end). The stream runs in its own task.
+pub async fn ads_stream(
+    channel: tonic::transport::Channel,
+    node_id: String,
+    mut observe: impl FnMut(&meshzone_xds::discovery::DiscoveryResponse) + Send + 'static,
+    ended: impl FnOnce(Option<tonic::Status>) + Send + 'static,
+) -> anyhow::Result<()> {
+    use meshzone_xds::discovery::DiscoveryRequest;
+    use meshzone_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use meshzone_xds::envoy_types::pb::envoy::config::core::v3::Node;
+    use meshzone_xds::names::TypeUrl;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<DiscoveryRequest>(16);
+    let node = Node {
+        id: node_id,
+        ..Default::default()
+    };
+    for t in TypeUrl::ALL {
+        tx.send(DiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: t.as_str().to_string(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut responses = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tokio::spawn(async move {
+        loop {
+            let r = match responses.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return ended(None),
+                Err(status) => return ended(Some(status)),
+            };
+            observe(&r);
+            let ack = DiscoveryRequest {
+                type_url: r.type_url.clone(),
+                version_info: r.version_info.clone(),
+                response_nonce: r.nonce.clone(),
+                ..Default::default()
+            };
+            if tx.send(ack).await.is_err() {
+                return ended(None);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A gRPC channel to a control plane's DP server, trusting its generated certificate.
+pub async fn dp_server_channel(cp: &Cp) -> anyhow::Result<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let ca = std::fs::read_to_string(cp.work.join("kuma/kuma-cp.crt"))?;
+    Ok(
+        Channel::from_shared(format!("https://127.0.0.1:{}", cp.dp_port))?
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&ca))
+                    .domain_name("localhost"),
+            )?
+            .connect()
+            .await?,
+    )
 }
