@@ -474,3 +474,80 @@ pub async fn dp_server_channel(cp: &Cp) -> anyhow::Result<tonic::transport::Chan
             .await?,
     )
 }
+
+/// Envoy 1.40: `ENVOY_BIN`, or the one scripts/test.sh installs into `.venv`.
+pub fn envoy_binary() -> anyhow::Result<PathBuf> {
+    let bin = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy"));
+    if !bin.exists() {
+        bail!(
+            "Envoy not found at {} (scripts/test.sh installs it into .venv, or set ENVOY_BIN)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// An Envoy sidecar for Dataplane `dp` of mesh `default`, configured over ADS by `cp`, with 2
+/// workers; its admin port.
+pub fn spawn_envoy(
+    bin: &Path,
+    cp: &Cp,
+    name: &str,
+    dp: &Value,
+    token: &str,
+    label: &'static str,
+) -> anyhow::Result<(Proc, u16)> {
+    let admin = free_port()?;
+    let bootstrap = json!({
+        "node": {"id": format!("default.{name}"), "cluster": name, "metadata": {"dataplane.resource": dp.to_string()}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "ads_cluster"},
+                    "initial_metadata": [{"key": "authorization", "value": format!("Bearer {token}")}]}]},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"}},
+        "static_resources": {"clusters": [{"name": "ads_cluster", "type": "STATIC", "connect_timeout": "5s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": "ads_cluster", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
+                {"socket_address": {"address": "127.0.0.1", "port_value": cp.dp_port}}}}]}]},
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "localhost",
+                "common_tls_context": {"validation_context": {"trusted_ca": {"filename": cp.work.join("kuma/kuma-cp.crt").display().to_string()}}}}}}]}
+    });
+    let file = cp.work.join(format!("{label}.json"));
+    std::fs::write(&file, bootstrap.to_string())?;
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&file)
+        .args([
+            "--concurrency",
+            "2",
+            "--use-dynamic-base-id",
+            "--log-level",
+            "error",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok((Proc(child), admin))
+}
+
+/// Mesh `default` with a builtin CA (mTLS on).
+pub fn mtls_mesh() -> Value {
+    json!({"type": "Mesh", "name": "default",
+        "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}})
+}
+
+/// Starts [`app`] on a free loopback port; the port.
+pub async fn start_app() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(app(listener));
+    Ok(port)
+}

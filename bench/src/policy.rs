@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use meshzone_bench::{
-    Cp, ads_stream, app, dataplane, dp_server_channel, free_port, numeric_flag, percentile,
-    request_status, spawn_kuma_dp, start_cp, wait_path,
+    Cp, ads_stream, dataplane, dp_server_channel, free_port, mtls_mesh, numeric_flag, percentile,
+    request_status, spawn_kuma_dp, start_app, start_cp, wait_path,
 };
 use meshzone_xds::names::TypeUrl;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const SERVICES: usize = 50;
 
@@ -132,13 +132,7 @@ async fn main() -> anyhow::Result<()> {
             .await?,
         );
     }
-    global
-        .put(
-            "/meshes/default",
-            json!({"type": "Mesh", "name": "default",
-                "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
-        )
-        .await?;
+    global.put("/meshes/default", mtls_mesh()).await?;
     for z in &zone_cps {
         wait_for_value(z, "/meshes/default", "the mTLS mesh in a zone", |m| {
             m["mtls"]["enabledBackend"] == "ca-1"
@@ -246,9 +240,7 @@ async fn main() -> anyhow::Result<()> {
     // A real client and server in zone-0, and a Deny applied on global.
     let kuma_dp = bin.join("kuma-dp");
     let cp = &zone_cps[0];
-    let app_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let app_port = app_listener.local_addr()?.port();
-    tokio::spawn(app(app_listener));
+    let app_port = start_app().await?;
     let outbound = free_port()?;
     let server = dataplane("target", "target", free_port()?, app_port, None);
     let client = dataplane(

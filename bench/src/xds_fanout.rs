@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use meshzone_bench::{ads_stream, dp_server_channel, numeric_flag, proc_stat, start_cp};
+use meshzone_bench::{ads_stream, dp_server_channel, mtls_mesh, numeric_flag, proc_stat, start_cp};
 use meshzone_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use meshzone_xds::names::TypeUrl;
 use prost::Message;
@@ -114,12 +114,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let cp_pid = cp._proc.0.id();
     let unavailable: Unavailable = Arc::default();
-    cp.put(
-        "/meshes/default",
-        json!({"type": "Mesh", "name": "default",
-            "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
-    )
-    .await?;
+    cp.put("/meshes/default", mtls_mesh()).await?;
     for i in 0..DATAPLANES {
         let name = format!("dp-{i}");
         cp.put(

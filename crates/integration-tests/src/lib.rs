@@ -458,6 +458,22 @@ pub fn zone_token_file(global: &ControlPlane, dir: &Path, zone: &str, scope: &st
     write_file(dir, &format!("{zone}-{scope}.token"), token.trim())
 }
 
+/// `kumactl apply` of `yaml` on `cp`, which must succeed.
+pub fn apply_ok(cp: &ControlPlane, dir: &Path, file: &str, yaml: &str) {
+    ok(&apply(cp, dir, file, yaml));
+}
+
+/// A global CP (memory store) and zones `zone-1` and `zone-2` connected to it, each in its own
+/// directory under `dir`.
+pub fn global_and_two_zones(dir: &Path) -> (ControlPlane, ControlPlane, ControlPlane) {
+    let kds = free_port();
+    let hosts = host_dirs(dir, &["global", "zone-1", "zone-2"]);
+    let global = start_global(&hosts[0], kds, &[]);
+    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
+    let zone2 = zone(&hosts[2], "zone-2", &global, kds);
+    (global, zone1, zone2)
+}
+
 /// A `kuma-dp run` process. Killed on drop.
 pub struct DataPlane {
     pub child: Child,

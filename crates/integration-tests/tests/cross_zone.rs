@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, EchoServer, Envoy, apply, free_port, host_dirs, http_get, ok,
-    start_global, start_sidecar, wait_for, write_file, zone, zone_token_file,
+    ControlPlane, DataPlane, EchoServer, Envoy, apply_ok, free_port, global_and_two_zones,
+    http_get, start_sidecar, wait_for, write_file, zone_token_file,
 };
 
 const SERVICE: &str = "echo-server_echo-example_svc_1010";
@@ -50,19 +50,11 @@ fn answers(port: u16, n: usize) -> std::collections::BTreeMap<String, usize> {
     out
 }
 
-fn apply_ok(cp: &ControlPlane, dir: &Path, file: &str, yaml: &str) {
-    ok(&apply(cp, dir, file, yaml));
-}
-
 #[test]
 fn cross_zone_traffic_through_ingresses_egress_and_locality() {
     let root = tempfile::tempdir().expect("tmp");
     let dir = root.path();
-    let kds = free_port();
-    let hosts = host_dirs(dir, &["global", "zone-1", "zone-2"]);
-    let global = start_global(&hosts[0], kds, &[]);
-    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
-    let mut zone2 = zone(&hosts[2], "zone-2", &global, kds);
+    let (global, zone1, mut zone2) = global_and_two_zones(dir);
     apply_ok(&global, dir, "mesh.yaml", &mesh(""));
     for z in [&zone1, &zone2] {
         wait_for("mTLS mesh in the zone", Duration::from_secs(20), || {
