@@ -9,6 +9,8 @@
 
 use meshzone_model::policy::PolicyRules;
 
+pub mod mesh_traffic_permission;
+
 /// The rules of every policy type the generator knows, for one proxy.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProxyPolicies {
@@ -33,7 +35,8 @@ pub type Configurer = fn(&ProxyInput<'_>, &mut Resources);
 
 /// Every configurer, in the order they run (Kuma's plugin order: MeshHTTPRoute 100,
 /// MeshTCPRoute 200, …, MeshTrafficPermission 1100). One line per policy type.
-pub const CONFIGURERS: &[(&str, Configurer)] = &[];
+pub const CONFIGURERS: &[(&str, Configurer)] =
+    &[("MeshTrafficPermission", mesh_traffic_permission::configure)];
 
 /// Applies every policy's configurer to the base resources of a proxy, in [`CONFIGURERS`]
 /// order. None of them sees packed bytes.
