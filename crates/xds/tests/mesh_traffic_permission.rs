@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use meshzone_model::policy::{InboundDescription, Policy, ProxyDescription, rules_for_proxy};
+use meshzone_model::policy::{Policy, ProxyDescription, rules_for_proxy};
 use meshzone_model::specs::{DataplaneSpec, MeshSpec};
 use meshzone_xds::generate::{EndpointInfo, ProxyInput, Resources, TlsMaterial, base_resources};
 use meshzone_xds::names::TypeUrl;
@@ -53,17 +53,7 @@ fn policy(name: &str, spec: serde_json::Value) -> Policy {
 /// The permissions of the reference's §2.1 example on backend, and allow-all on web, through
 /// the engine.
 fn policies(dp: &DataplaneSpec) -> ProxyPolicies {
-    let proxy = ProxyDescription::sidecar(
-        "default",
-        dp.networking
-            .inbound
-            .iter()
-            .map(|i| InboundDescription {
-                port: i.port,
-                tags: i.tags.clone(),
-            })
-            .collect(),
-    );
+    let proxy = ProxyDescription::of_dataplane("default", dp);
     let policies = [
         policy(
             "backend-clients",

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use envoy_types::util::pack_any;
-use meshzone_model::policy::{InboundDescription, Policy as EnginePolicy, ProxyDescription};
+use meshzone_model::policy::{Policy as EnginePolicy, ProxyDescription};
 use meshzone_model::specs::{DataplaneSpec, MeshSpec, Tags};
 use prost::Message;
 use serde_json::json;
@@ -494,17 +494,7 @@ fn mesh(mode: &str) -> MeshSpec {
 }
 
 fn engine_rules(dp: &DataplaneSpec, from: serde_json::Value) -> ProxyPolicies {
-    let proxy = ProxyDescription::sidecar(
-        "default",
-        dp.networking
-            .inbound
-            .iter()
-            .map(|i| InboundDescription {
-                port: i.port,
-                tags: i.tags.clone(),
-            })
-            .collect(),
-    );
+    let proxy = ProxyDescription::of_dataplane("default", dp);
     let policy = EnginePolicy::new(
         "mtp",
         "default",
