@@ -46,6 +46,7 @@ pub async fn serve<S>(
     cluster: String,
     rt: Arc<Runtime>,
     stats: Arc<Stats>,
+    guard: crate::rbac::RequestGuard,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -53,8 +54,14 @@ where
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (listener, cluster, rt, stats) =
             (listener.clone(), cluster.clone(), rt.clone(), stats.clone());
+        // Judged by the newest permissions, whenever the connection was opened.
+        let allowed = guard.allows(&stats);
         async move {
-            let resp = forward(req, &cluster, &rt).await;
+            let resp = if allowed {
+                forward(req, &cluster, &rt).await
+            } else {
+                error_response(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY)
+            };
             stats.inc(format!("http.{listener}.rq_total"));
             stats.inc(format!(
                 "http.{listener}.rq_{}xx",

