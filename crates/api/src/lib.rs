@@ -5,6 +5,7 @@
 //! It validates and authorizes requests and maps errors to HTTP; it owns no state beyond the
 //! store handle and does no KDS/xDS work.
 
+mod defaults;
 mod error;
 mod metrics;
 mod views;
@@ -25,6 +26,7 @@ use meshzone_store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+pub use defaults::create_initial_policies;
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
 
@@ -538,6 +540,9 @@ async fn put_one(
     let resource = Resource::from_value(value).map_err(ApiError::invalid)?;
     meshzone_model::validate(&resource).map_err(ApiError::invalid)?;
     let (stored, created) = ctx.0.store.upsert(resource, expected).await?;
+    if created && rt == ResourceType::Mesh {
+        create_initial_policies(&ctx.0.store, ctx.0.settings.mode.role(), &stored).await?;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {

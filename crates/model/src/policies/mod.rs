@@ -159,6 +159,29 @@ pub fn allow_all_name(mesh: &str) -> String {
     format!("allow-all-{mesh}")
 }
 
+/// The policies created with a new Mesh on global or a standalone zone: `allow-all-<mesh>`
+/// (a MeshTrafficPermission allowing every client, which Kuma created up to 2.5; without it
+/// mTLS denies everything). The Mesh's `skipCreatingInitialPolicies` skips a type by name, or
+/// every type with `"*"`.
+pub fn initial_policies(mesh: &str, spec: &crate::specs::MeshSpec) -> Vec<Resource> {
+    use mesh_traffic_permission::{Action, MeshTrafficPermission};
+    let skipped = |rt: ResourceType| {
+        spec.skip_creating_initial_policies
+            .iter()
+            .any(|s| s == "*" || s == rt.name())
+    };
+    let mut out = Vec::new();
+    if !skipped(ResourceType::MeshTrafficPermission) {
+        out.push(Resource::new(
+            crate::resource::Meta::named(&allow_all_name(mesh), mesh),
+            crate::resource::Spec::Policy(PolicyConf::MeshTrafficPermission(
+                MeshTrafficPermission::everyone(Action::Allow),
+            )),
+        ));
+    }
+    out
+}
+
 /// Checks a targetRef at `path` in `section`, narrowed to the kinds `allowed` for `policy`:
 /// a known kind outside `allowed` is named with the allowed ones; otherwise the engine's
 /// checks (name, tags, unknown kinds and fields) apply.

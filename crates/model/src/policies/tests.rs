@@ -249,3 +249,25 @@ fn allow_all_is_a_valid_permission() {
         json!({"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]})
     );
 }
+
+#[test]
+fn a_new_mesh_gets_allow_all_unless_skipped() {
+    let spec = |skip: &[&str]| crate::specs::MeshSpec {
+        skip_creating_initial_policies: skip.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let made = initial_policies("demo", &spec(&[]));
+    assert_eq!(made.len(), 1);
+    assert_eq!(
+        made[0].key(),
+        crate::ResourceKey::new(
+            ResourceType::MeshTrafficPermission,
+            "demo",
+            "allow-all-demo"
+        )
+    );
+    crate::validate(&made[0]).expect("valid");
+    assert_eq!(initial_policies("demo", &spec(&["MeshTimeout"])).len(), 1);
+    assert!(initial_policies("demo", &spec(&["MeshTrafficPermission"])).is_empty());
+    assert!(initial_policies("demo", &spec(&["*"])).is_empty());
+}
