@@ -208,7 +208,7 @@ impl Spec {
             ResourceType::GlobalSecret => Spec::GlobalSecret(typed(fields)?),
             ResourceType::ServiceInsight => Spec::ServiceInsight(typed(fields)?),
             ResourceType::Config => Spec::Config(typed(fields)?),
-            policy => Spec::Policy(PolicyConf::from_spec(policy, fields)?),
+            policy => Spec::Policy(PolicyConf::from_fields(policy, fields)?),
         })
     }
 
@@ -379,7 +379,12 @@ impl Resource {
         };
         let creation_time = take_time(&mut map, "creationTime", &mut violations);
         let modification_time = take_time(&mut map, "modificationTime", &mut violations);
-        if let Some(Value::Object(nested)) = map.remove("spec") {
+        if resource_type.descriptor().policy {
+            // A policy keeps its `spec:` level (Kuma's form); fields given inline go under it.
+            if !map.contains_key("spec") && !map.is_empty() {
+                map = Map::from_iter([("spec".to_string(), Value::Object(map))]);
+            }
+        } else if let Some(Value::Object(nested)) = map.remove("spec") {
             for (k, v) in nested {
                 if map.contains_key(&k) {
                     violations.push(

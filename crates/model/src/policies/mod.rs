@@ -10,6 +10,9 @@
 pub mod mesh_http_route;
 pub mod mesh_tcp_route;
 pub mod mesh_traffic_permission;
+pub mod proxy;
+
+pub use proxy::{MeshPolicies, describe_dataplane};
 
 #[cfg(test)]
 mod tests;
@@ -65,16 +68,16 @@ macro_rules! policies {
                 None
             }
 
-            /// Parses the `spec` object of a policy (the fields under `spec:`); paths start
-            /// with `spec.`.
-            pub fn from_spec(rt: ResourceType, spec: Value) -> Result<PolicyConf, Violation> {
+            /// Parses a policy's spec fields, `{"spec": {...}}` (as the `Serialize` impl writes
+            /// them); paths start with `spec.`.
+            pub fn from_fields(rt: ResourceType, fields: Value) -> Result<PolicyConf, Violation> {
                 $(if rt == <$ty as PolicyKind>::TYPE {
-                    return typed::<$ty>(spec).map(PolicyConf::$variant);
+                    return typed::<$ty>(fields).map(PolicyConf::$variant);
                 })*
                 Err(not_a_policy(rt))
             }
 
-            /// Parses the stored form, `{"spec": {...}}` (as the `Serialize` impl writes it).
+            /// Parses the same from JSON text.
             pub fn from_json(rt: ResourceType, text: &str) -> Result<PolicyConf, Violation> {
                 $(if rt == <$ty as PolicyKind>::TYPE {
                     return typed_str::<$ty>(text).map(PolicyConf::$variant);
@@ -124,16 +127,8 @@ fn not_a_policy(rt: ResourceType) -> Violation {
     Violation::new("type", format!("{rt} is not a policy type"))
 }
 
-fn spec_path(field: &str) -> String {
-    if field.is_empty() || field == "." {
-        "spec".to_string()
-    } else {
-        format!("spec.{field}")
-    }
-}
-
-fn typed<T: DeserializeOwned>(spec: Value) -> Result<T, Violation> {
-    crate::resource::typed(spec).map_err(|e| Violation::new(spec_path(&e.field), e.message))
+fn typed<T: DeserializeOwned>(fields: Value) -> Result<T, Violation> {
+    crate::resource::typed::<Wrapped<T>>(fields).map(|w| w.spec)
 }
 
 fn typed_str<T: DeserializeOwned>(text: &str) -> Result<T, Violation> {

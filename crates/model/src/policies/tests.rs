@@ -89,6 +89,11 @@ fn valid_documents_parse_validate_and_round_trip_with_spec_kept() {
         assert_eq!(Resource::from_value(out).expect("round trip"), r);
         let stored = Spec::from_json(rt, &r.spec_json()).expect("stored form parses");
         assert_eq!(stored, r.spec);
+        let fields: Value = serde_json::from_str(&r.spec_json()).expect("JSON");
+        assert_eq!(
+            Spec::from_fields(rt, fields).expect("stored fields parse"),
+            r.spec
+        );
     }
 }
 
@@ -270,4 +275,70 @@ fn a_new_mesh_gets_allow_all_unless_skipped() {
     assert_eq!(initial_policies("demo", &spec(&["MeshTimeout"])).len(), 1);
     assert!(initial_policies("demo", &spec(&["MeshTrafficPermission"])).is_empty());
     assert!(initial_policies("demo", &spec(&["*"])).is_empty());
+}
+
+#[test]
+fn mesh_policies_compute_a_dataplanes_rules_per_type() {
+    let mut copy = parse(HTTP_ROUTE).expect("valid");
+    copy.meta.name = "backend-canary-xb2k".into();
+    copy.meta
+        .labels
+        .insert("kuma.io/display-name".into(), "backend-canary".into());
+    let resources = vec![
+        parse(MTP).expect("valid"),
+        copy,
+        parse(TCP_ROUTE).expect("valid"),
+    ];
+    let policies = MeshPolicies::from_resources(&resources);
+    assert_eq!(policies.of(ResourceType::MeshTrafficPermission).len(), 1);
+    assert_eq!(policies.of(ResourceType::MeshTCPRoute).len(), 1);
+    assert!(policies.http_routes.contains_key("backend-canary"));
+    assert!(policies.http_routes.contains_key("backend-canary-xb2k"));
+
+    let dp: Value = serde_norway::from_str(
+        "type: Dataplane\nmesh: default\nname: payments-1\nlabels: {kuma.io/origin: zone}\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 8080\n      tags: {kuma.io/service: payments}\n",
+    )
+    .expect("yaml");
+    let dp = Resource::from_value(dp).expect("dataplane");
+    let proxy = describe_dataplane(&dp, Some("zone-1")).expect("a dataplane");
+    assert_eq!(
+        proxy.inbounds[0]
+            .tags
+            .get("kuma.io/zone")
+            .map(String::as_str),
+        Some("zone-1")
+    );
+    assert_eq!(
+        proxy.labels.get("kuma.io/origin").map(String::as_str),
+        Some("zone")
+    );
+
+    let mtp = policies
+        .rules(ResourceType::MeshTrafficPermission, &proxy)
+        .expect("rules");
+    let orders = crate::specs::Tags::from([("kuma.io/service".to_string(), "orders".to_string())]);
+    let other = crate::specs::Tags::from([("kuma.io/service".to_string(), "web".to_string())]);
+    assert_eq!(
+        mtp.from_rule(8080, &orders).map(|r| &r.conf),
+        Some(&json!({"action": "Allow"}))
+    );
+    assert_eq!(
+        mtp.from_rule(8080, &other).map(|r| &r.conf),
+        Some(&json!({"action": "Deny"}))
+    );
+    // The HTTP route selects frontend proxies only; the TCP route every proxy.
+    let http = policies
+        .rules(ResourceType::MeshHTTPRoute, &proxy)
+        .expect("rules");
+    assert!(http.to_rules.is_empty());
+    let tcp = policies
+        .rules(ResourceType::MeshTCPRoute, &proxy)
+        .expect("rules");
+    let redis = tcp.to_rule("redis").expect("redis rule");
+    assert_eq!(
+        redis.conf.pointer("/rules/0/default/backendRefs/1/weight"),
+        Some(&json!(20))
+    );
+    // Not a dataplane: no description.
+    assert_eq!(describe_dataplane(&resources[0], None), None);
 }
