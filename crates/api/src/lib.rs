@@ -7,6 +7,7 @@
 
 mod defaults;
 mod error;
+mod inspect;
 mod metrics;
 mod views;
 
@@ -111,6 +112,14 @@ pub fn router(ctx: ApiContext) -> Router {
         .route(
             "/meshes/{mesh}/dataplanes/{name}/xds",
             get(dataplane_config_dump),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/_rules",
+            get(inspect::dataplane_rules_handler),
+        )
+        .route(
+            "/meshes/{mesh}/{ws}/{name}/_resources/dataplanes",
+            get(inspect::policy_dataplanes_handler),
         )
         .route(
             "/meshes/{mesh}/{ws}/{name}",

@@ -708,3 +708,83 @@ async fn a_federated_zone_creates_no_initial_policies() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn rules_of_a_dataplane_and_the_dataplanes_of_a_policy() {
+    let app = app(standalone()).await;
+    for (path, body) in [
+        (
+            "/meshes/default/meshtrafficpermissions/deny-zone-2",
+            permission("deny-zone-2"),
+        ),
+        ("/meshes/default/dataplanes/web-1", dataplane("web-1", 8080)),
+    ] {
+        let (s, _, answer) = call(&app, "PUT", path, Some(body), None).await;
+        assert_eq!(s, StatusCode::CREATED, "{path}: {answer}");
+    }
+    let (s, _, v) = call(
+        &app,
+        "GET",
+        "/meshes/default/dataplanes/web-1/_rules",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["resource"]["name"], "web-1");
+    let mtp = &v["rules"][0];
+    assert_eq!(mtp["type"], "MeshTrafficPermission", "{v}");
+    assert_eq!(
+        mtp["warnings"][0],
+        "Mesh is not Mtls enabled this policy will have no effect"
+    );
+    // The zone stamps its name on the inbound; the deny subset and the rest are told apart.
+    assert_eq!(
+        mtp["fromRules"][0]["inbound"]["tags"]["kuma.io/zone"], "zone-1",
+        "{v}"
+    );
+    assert_eq!(
+        mtp["fromRules"][0]["rules"][0]["conf"]["action"], "Deny",
+        "{v}"
+    );
+    let (s, _, _) = call(
+        &app,
+        "GET",
+        "/meshes/default/dataplanes/nope/_rules",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, _, list) = call(
+        &app,
+        "GET",
+        "/meshes/default/meshtrafficpermissions/deny-zone-2/_resources/dataplanes",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["items"][0]["name"], "web-1");
+    assert!(list["next"].is_null());
+    let (s, _, _) = call(
+        &app,
+        "GET",
+        "/meshes/default/meshtrafficpermissions/nope/_resources/dataplanes",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = call(
+        &app,
+        "GET",
+        "/meshes/default/secrets/x/_resources/dataplanes",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
