@@ -141,6 +141,54 @@ fn policies_created_on_global_reach_every_zone_and_zones_refuse_policy_writes() 
         stderr(&o)
     );
 
+    // Inspection: a zone's Dataplane, asked on the zone and on global (which holds the copy).
+    let dp = "type: Dataplane\nmesh: default\nname: payments-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 10001\n      tags:\n        kuma.io/service: payments\n";
+    let o = apply(&zone_a, &dirs[1], "dp.yaml", dp);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let on_zone = zone_a.kumactl_ok(&["inspect", "dataplane", "payments-1"]);
+    assert!(on_zone.contains("MeshTrafficPermission"), "{on_zone}");
+    assert!(
+        on_zone.contains("allow-orders-"),
+        "the copy's name is the origin: {on_zone}"
+    );
+    assert!(on_zone.contains("kuma.io/service=orders"), "{on_zone}");
+    assert!(
+        on_zone.contains("Mesh is not Mtls enabled this policy will have no effect"),
+        "{on_zone}"
+    );
+    let rules = wait_for("dataplane rules on global", Duration::from_secs(30), || {
+        let o = global.kumactl(&[
+            "inspect",
+            "dataplane",
+            "zone-a.payments-1",
+            "--type=policies",
+            "-o",
+            "json",
+        ]);
+        o.status
+            .success()
+            .then(|| serde_json::from_str::<Value>(&stdout(&o)).expect("JSON"))
+    });
+    let mtp = rules["rules"]
+        .as_array()
+        .and_then(|r| {
+            r.iter()
+                .find(|e| e["type"] == "MeshTrafficPermission")
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("{rules}"));
+    assert_eq!(
+        mtp["fromRules"][0]["inbound"]["tags"]["kuma.io/zone"], "zone-a",
+        "{rules}"
+    );
+    let selected = global.kumactl_ok(&["inspect", "meshtrafficpermission", "allow-orders"]);
+    assert!(selected.contains("zone-a.payments-1"), "{selected}");
+    let table = zone_b.kumactl_ok(&["get", "meshtrafficpermissions"]);
+    assert!(
+        table.contains("TARGETREF KIND") && table.contains("MeshService"),
+        "{table}"
+    );
+
     // Deleting on global deletes on every zone.
     global.kumactl_ok(&["delete", "meshtrafficpermission", "allow-orders"]);
     global.kumactl_ok(&["delete", "meshhttproute", "canary"]);
