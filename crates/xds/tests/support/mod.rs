@@ -196,7 +196,9 @@ pub fn assert_envoy_accepts(name: &str, resources: &Resources) {
         }),
         ..Default::default()
     };
-    let dir = std::env::temp_dir().join(format!("meshzone-xds-envoy-{}", std::process::id()));
+    // One directory per check: tests of one process run in parallel and each removes its own.
+    let dir =
+        std::env::temp_dir().join(format!("meshzone-xds-envoy-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join(format!("{name}.pb"));
     std::fs::write(&file, bootstrap.encode_to_vec()).expect("write bootstrap");
