@@ -48,7 +48,7 @@ fn type_entry(rt: ResourceType, rules: &PolicyRules, mesh: &MeshSpec) -> Value {
 }
 
 /// Kuma's `httpMatches`: every distinct `matches` of the MeshHTTPRoute rules on the proxy,
-/// with the hash that names the Envoy route built from it.
+/// with a stable hash of it (FNV-64a of its JSON, 16 hex digits).
 fn http_matches(rules: &PolicyRules) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
     let all = rules.to_rules.iter().flat_map(|r| {

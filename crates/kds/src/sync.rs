@@ -144,6 +144,18 @@ fn prepare_for_zones(
     }
 }
 
+/// On a zone, what global's sync owns: global's copies, and policies without an origin label —
+/// left from the zone's standalone days (its `allow-all-<mesh>`), since a zone connected to a
+/// global can write no policy itself (Kuma's zone sync likewise replaces every policy not
+/// labelled `kuma.io/origin: zone`). Other types a zone made itself stay.
+pub fn managed_by_global_sync(r: &Resource) -> bool {
+    match origin(r) {
+        Some("global") => true,
+        None => r.resource_type().descriptor().policy,
+        Some(_) => false,
+    }
+}
+
 /// What a zone offers global: its own resources of every type sent up (not the copies it
 /// received from global).
 pub fn offer_to_global(all: &[Resource]) -> Set {

@@ -242,7 +242,8 @@ async fn global_to_zone(
     }
 }
 
-/// Applies a batch from global: only copies that came from global are touched; a Mesh created
+/// Applies a batch from global: only copies that came from global (and policies left from the
+/// zone's standalone days, see [`sync::managed_by_global_sync`]) are touched; a Mesh created
 /// locally (a standalone zone joining) is replaced by global's.
 pub async fn apply_from_global(store: &Store, changes: &Changes) -> Result<Ack, String> {
     let mut refusals = Vec::new();
@@ -273,12 +274,9 @@ pub async fn apply_from_global(store: &Store, changes: &Changes) -> Result<Ack, 
     let local = crate::global::local_copies(store, &received, ResourceType::sent_to_zones())
         .await
         .map_err(|e| e.to_string())?;
-    let (ops, planned) = sync::reconcile(
-        &local,
-        &received,
-        |r| sync::origin(r) == Some("global"),
-        |r| r.resource_type() == ResourceType::Mesh,
-    );
+    let (ops, planned) = sync::reconcile(&local, &received, sync::managed_by_global_sync, |r| {
+        r.resource_type() == ResourceType::Mesh
+    });
     refusals.extend(planned);
     refusals.extend(
         wire::apply(store, ops, ResourceType::sent_to_zones())
@@ -447,5 +445,52 @@ mod tests {
             .expect("find");
         let stored = stored.expect("the good resource of the batch is applied");
         assert_eq!(sync::origin(&stored), Some("global"));
+    }
+
+    /// A zone that ran standalone made its own `allow-all-default`; once federated it cannot
+    /// write policies, so global's first full batch replaces it with global's hashed copy.
+    #[tokio::test]
+    async fn a_joining_zone_drops_the_policies_it_made_while_standalone() {
+        let store = Store::new(AnyBackend::Memory(MemoryBackend::new()));
+        let mesh = store
+            .create(meshzone_model::Resource::new(
+                meshzone_model::Meta::named("default", ""),
+                meshzone_model::Spec::Mesh(Default::default()),
+            ))
+            .await
+            .expect("mesh");
+        let own = meshzone_model::policies::initial_policies("default", &Default::default());
+        for p in &own {
+            store.create(p.clone()).await.expect("standalone allow-all");
+        }
+        let mut global_copy = own[0].clone();
+        global_copy.meta.name = sync::hashed_name("default", &own[0].meta.name, &[]);
+        global_copy
+            .meta
+            .labels
+            .insert(sync::DISPLAY_NAME_LABEL.into(), own[0].meta.name.clone());
+        let changes = Changes {
+            nonce: "1".into(),
+            initial: true,
+            types: ResourceType::sent_to_zones()
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect(),
+            upserted: vec![
+                crate::wire::to_wire(&mesh),
+                crate::wire::to_wire(&global_copy),
+            ],
+            ..Default::default()
+        };
+        let ack = apply_from_global(&store, &changes).await.expect("applied");
+        assert!(ack.rejections.is_empty(), "{:?}", ack.rejections);
+        let names: Vec<String> = store
+            .list(ResourceType::MeshTrafficPermission, Some("default"))
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| r.meta.name)
+            .collect();
+        assert_eq!(names, [global_copy.meta.name.clone()]);
     }
 }
