@@ -6,14 +6,10 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfigType;
 use envoy_types::pb::envoy::config::core::v3::{Address, DataSource, TransportSocket, data_source};
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
@@ -21,7 +17,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CommonTlsContext, DownstreamTlsContext, Secret, UpstreamTlsContext,
+    CommonTlsContext, DownstreamTlsContext, Secret,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::Any;
@@ -34,17 +30,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig as ExplicitProtocol;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    ExplicitHttpConfig, UpstreamProtocolOptions,
-};
 use prost::{Message, Name};
 use serde::Serialize;
 
 use crate::names::TypeUrl;
 
+mod clusters;
 mod rbac;
+pub use clusters::{decode_assignment, decode_cluster};
 pub use rbac::{PrincipalPlan, RbacPlan, Verdict};
 
 /// Why one resource could not be used.
@@ -540,96 +533,6 @@ fn hcm_cluster(name: &str, at: &str, cfg: &Any) -> Result<(String, Option<RbacPl
         })) => Ok((c.clone(), rbac)),
         _ => Err(err(name, "the HTTP route must send to one cluster")),
     }
-}
-
-fn endpoints_of(name: &str, cla: &ClusterLoadAssignment) -> Result<Vec<EndpointPlan>, DecodeError> {
-    let mut out = Vec::new();
-    for locality in &cla.endpoints {
-        let priority = locality.priority;
-        let zone = locality
-            .locality
-            .as_ref()
-            .map(|l| l.zone.clone())
-            .filter(|z| !z.is_empty());
-        for e in &locality.lb_endpoints {
-            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
-                return Err(err(name, "endpoint without an address"));
-            };
-            out.push(EndpointPlan {
-                address: socket_addr(name, ep.address.as_ref())?,
-                weight: e
-                    .load_balancing_weight
-                    .as_ref()
-                    .map_or(1, |w| w.value.max(1)),
-                zone: zone.clone(),
-                priority,
-            });
-        }
-    }
-    Ok(out)
-}
-
-pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
-    let c: Cluster = unpack(any).map_err(|e| err("cluster", e))?;
-    let name = c.name.clone();
-    let static_endpoints = match c.cluster_discovery_type {
-        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Static as i32 => {
-            let cla = c
-                .load_assignment
-                .as_ref()
-                .ok_or_else(|| err(&name, "static cluster without load_assignment"))?;
-            Some(endpoints_of(&name, cla)?)
-        }
-        Some(ClusterDiscoveryType::Type(t))
-            if t == DiscoveryType::Eds as i32 || t == DiscoveryType::OriginalDst as i32 =>
-        {
-            None
-        }
-        _ => {
-            return Err(err(
-                &name,
-                "only STATIC, EDS and ORIGINAL_DST clusters are supported",
-            ));
-        }
-    };
-    let tls = match transport_tls::<UpstreamTlsContext>(&name, c.transport_socket.as_ref())? {
-        None => None,
-        Some(u) => {
-            let sni = Some(u.sni.clone()).filter(|s| !s.is_empty());
-            Some(tls_plan(&name, u.common_tls_context.as_ref(), sni)?)
-        }
-    };
-    let http2 = c
-        .typed_extension_protocol_options
-        .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
-        .and_then(|any| unpack::<HttpProtocolOptions>(any).ok())
-        .is_some_and(|o| {
-            matches!(
-                o.upstream_protocol_options,
-                Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                    ExplicitHttpConfig {
-                        protocol_config: Some(ExplicitProtocol::Http2ProtocolOptions(_)),
-                    }
-                ))
-            )
-        });
-    let original_dst = matches!(
-        c.cluster_discovery_type,
-        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32
-    );
-    Ok(ClusterPlan {
-        name,
-        static_endpoints,
-        tls,
-        http2,
-        original_dst,
-    })
-}
-
-pub fn decode_assignment(any: &Any) -> Result<(String, Vec<EndpointPlan>), DecodeError> {
-    let cla: ClusterLoadAssignment = unpack(any).map_err(|e| err("cluster load assignment", e))?;
-    let endpoints = endpoints_of(&cla.cluster_name, &cla)?;
-    Ok((cla.cluster_name, endpoints))
 }
 
 pub fn decode_secret(any: &Any) -> Result<(String, SecretPlan), DecodeError> {

@@ -7,6 +7,7 @@ use meshzone_model::{Resource, Spec, parse_documents};
 
 use super::*;
 use crate::generate::{EndpointInfo, ProxyInput, TlsMaterial, generate};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 
 fn fixture(name: &str) -> Resource {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -111,11 +112,7 @@ fn without_mtls_there_is_no_tls_and_no_secret() {
 
 #[test]
 fn bad_resources_are_rejected_one_by_one() {
-    let good = envoy_types::util::pack_any(envoy_types::pb::envoy::config::cluster::v3::Cluster {
-        name: "ok".into(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-        ..Default::default()
-    });
+    let good = envoy_types::util::pack_any(crate::generate::clusters::eds_cluster("ok"));
     let bad = envoy_types::util::pack_any(envoy_types::pb::envoy::config::cluster::v3::Cluster {
         name: "logical".into(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::LogicalDns as i32)),

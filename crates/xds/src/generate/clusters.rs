@@ -129,16 +129,24 @@ pub(crate) fn eds_cluster(name: &str) -> Cluster {
 
 /// Passive health, as kuma-dp does it: an endpoint that refuses or times out a connection is
 /// ejected for 10 s, so traffic moves to the other endpoints or the next priority (another zone)
-/// without waiting for the control plane.
+/// without waiting for the control plane. Envoy's other detectors, on by default (5 consecutive
+/// 5xx, success rates), are switched off, and every ejection lasts the base time (Envoy would
+/// otherwise lengthen repeated ones), so that Envoy ejects what kuma-dp ejects
+/// (`decode::clusters` refuses any other shape).
 fn passive_health() -> OutlierDetection {
+    let ejection = Some(Duration {
+        seconds: 10,
+        nanos: 0,
+    });
     OutlierDetection {
         split_external_local_origin_errors: true,
         consecutive_local_origin_failure: Some(UInt32Value { value: 1 }),
         enforcing_consecutive_local_origin_failure: Some(UInt32Value { value: 100 }),
-        base_ejection_time: Some(Duration {
-            seconds: 10,
-            nanos: 0,
-        }),
+        enforcing_consecutive_5xx: Some(UInt32Value { value: 0 }),
+        enforcing_success_rate: Some(UInt32Value { value: 0 }),
+        enforcing_local_origin_success_rate: Some(UInt32Value { value: 0 }),
+        base_ejection_time: ejection,
+        max_ejection_time: ejection,
         max_ejection_percent: Some(UInt32Value { value: 100 }),
         ..Default::default()
     }

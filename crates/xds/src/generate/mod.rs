@@ -20,7 +20,7 @@ use meshzone_model::specs::{DataplaneSpec, MeshSpec, PROTOCOL_TAG};
 use crate::names::{self, TypeUrl};
 use crate::policy::{self, ProxyPolicies};
 
-mod clusters;
+pub(crate) mod clusters;
 mod common;
 mod endpoints;
 mod listeners;

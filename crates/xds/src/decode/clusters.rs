@@ -1,0 +1,636 @@
+//! Clusters and load assignments as a plan kuma-dp runs, field by field. kuma-dp balances with
+//! weighted round robin over the lowest priority that has a healthy endpoint, ejects for 10 s an
+//! endpoint that refuses or times out a connection, connects with a 5 s timeout, speaks HTTP/1
+//! or prior-knowledge HTTP/2, and originates mTLS. Every `Cluster` and `ClusterLoadAssignment`
+//! field that would make Envoy do something else is a decode error naming the cluster and the
+//! field path, so the control plane gets a NACK instead of a proxy that silently differs from
+//! Envoy. Fields that change nothing kuma-dp must do (names, stats, settings of cluster types or
+//! features refused elsewhere) pass; each is listed below with the reason.
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, ClusterProtocolSelection, DiscoveryType, LbPolicy,
+};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection};
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Metadata};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig as ExplicitProtocol;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions,
+};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use prost::Name;
+
+use super::{
+    ClusterPlan, DecodeError, EndpointPlan, err, socket_addr, tls_plan, transport_tls, unpack,
+};
+
+/// The key of the one typed extension protocol option kuma-dp reads.
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// kuma-dp's fixed connect timeout (`proxy.rs`, `http.rs`), which is also Envoy's default.
+const CONNECT_TIMEOUT_SECONDS: i64 = 5;
+
+/// kuma-dp's fixed ejection time (`runtime.rs` `EJECTION`).
+const EJECTION_SECONDS: i64 = 10;
+
+/// Metadata namespaces that select endpoints or transport sockets (subset load balancing,
+/// `transport_socket_matches`); other namespaces only annotate.
+const MATCHING_METADATA: [&str; 2] = ["envoy.lb", "envoy.transport_socket_match"];
+
+/// The cluster types kuma-dp runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Discovery {
+    Static,
+    Eds,
+    OriginalDst,
+}
+
+pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
+    let c: Cluster = unpack(any).map_err(|e| err("cluster", e))?;
+    let name = c.name.clone();
+    let discovery = match c.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Static as i32 => {
+            Discovery::Static
+        }
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32 => Discovery::Eds,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32 => {
+            Discovery::OriginalDst
+        }
+        _ => {
+            return Err(err(
+                &name,
+                "only STATIC, EDS and ORIGINAL_DST clusters are supported",
+            ));
+        }
+    };
+    check_cluster(&c, discovery).map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
+    let static_endpoints = match discovery {
+        Discovery::Static => {
+            let cla = c
+                .load_assignment
+                .as_ref()
+                .ok_or_else(|| err(&name, "static cluster without load_assignment"))?;
+            Some(endpoints_of(&name, "load_assignment.", cla)?)
+        }
+        Discovery::Eds | Discovery::OriginalDst => None,
+    };
+    let tls = match transport_tls::<UpstreamTlsContext>(&name, c.transport_socket.as_ref())? {
+        None => None,
+        Some(u) => {
+            let sni = Some(u.sni.clone()).filter(|s| !s.is_empty());
+            Some(tls_plan(&name, u.common_tls_context.as_ref(), sni)?)
+        }
+    };
+    let http2 = http2(&c).map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
+    Ok(ClusterPlan {
+        name,
+        static_endpoints,
+        tls,
+        http2,
+        original_dst: discovery == Discovery::OriginalDst,
+    })
+}
+
+pub fn decode_assignment(any: &Any) -> Result<(String, Vec<EndpointPlan>), DecodeError> {
+    let cla: ClusterLoadAssignment = unpack(any).map_err(|e| err("cluster load assignment", e))?;
+    let endpoints = endpoints_of(&cla.cluster_name, "", &cla)?;
+    Ok((cla.cluster_name, endpoints))
+}
+
+/// A refused field: its path below the cluster and why.
+type Refusal = (String, String);
+
+fn refuse(field: impl Into<String>, what: impl Into<String>) -> Refusal {
+    (field.into(), what.into())
+}
+
+fn not_enforced(field: &str) -> Refusal {
+    refuse(field, "not enforced by kuma-dp")
+}
+
+fn seconds(d: &Duration) -> Option<i64> {
+    (d.nanos == 0).then_some(d.seconds)
+}
+
+/// Every cluster-level field, in the order of `cluster.proto`'s Rust struct. Deprecated
+/// fields are read to refuse them.
+#[allow(deprecated)]
+fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
+    // Fields refused whenever set, each with why kuma-dp cannot do what Envoy would.
+    let refused: [(&str, bool, &str); 28] = [
+        // One transport socket for every endpoint (read by `decode_cluster`).
+        (
+            "transport_socket_matches",
+            !c.transport_socket_matches.is_empty(),
+            "",
+        ),
+        (
+            "transport_socket_matcher",
+            c.transport_socket_matcher.is_some(),
+            "",
+        ),
+        // Envoy's buffer sizes and watermark timeouts shape flow control; kuma-dp has its own.
+        (
+            "per_connection_buffer_limit_bytes",
+            c.per_connection_buffer_limit_bytes.is_some(),
+            "",
+        ),
+        (
+            "per_connection_buffer_high_watermark_timeout",
+            c.per_connection_buffer_high_watermark_timeout.is_some(),
+            "",
+        ),
+        (
+            "health_checks",
+            !c.health_checks.is_empty(),
+            "active health checking is not done by kuma-dp",
+        ),
+        (
+            "max_requests_per_connection",
+            c.max_requests_per_connection.is_some(),
+            "",
+        ),
+        // Envoy's default thresholds (1024 connections, pending and requests) still apply when
+        // this is unset; kuma-dp has no such limits (a known difference).
+        ("circuit_breakers", c.circuit_breakers.is_some(), ""),
+        // The deprecated protocol fields: kuma-dp reads `typed_extension_protocol_options` only.
+        (
+            "upstream_http_protocol_options",
+            c.upstream_http_protocol_options.is_some(),
+            "",
+        ),
+        (
+            "common_http_protocol_options",
+            c.common_http_protocol_options.is_some(),
+            "",
+        ),
+        (
+            "http_protocol_options",
+            c.http_protocol_options.is_some(),
+            "",
+        ),
+        (
+            "http2_protocol_options",
+            c.http2_protocol_options.is_some(),
+            "",
+        ),
+        // Source address binding.
+        ("upstream_bind_config", c.upstream_bind_config.is_some(), ""),
+        ("lb_subset_config", c.lb_subset_config.is_some(), ""),
+        // Panic threshold, zone-aware and locality-weighted balancing, update merging, slow
+        // start…
+        ("common_lb_config", c.common_lb_config.is_some(), ""),
+        (
+            "protocol_selection",
+            c.protocol_selection != ClusterProtocolSelection::UseConfiguredProtocol as i32,
+            "",
+        ),
+        // TCP keepalive, happy eyeballs.
+        (
+            "upstream_connection_options",
+            c.upstream_connection_options.is_some(),
+            "",
+        ),
+        (
+            "close_connections_on_host_health_failure",
+            c.close_connections_on_host_health_failure,
+            "",
+        ),
+        // Upstream network filters.
+        ("filters", !c.filters.is_empty(), ""),
+        (
+            "load_balancing_policy",
+            c.load_balancing_policy.is_some(),
+            "",
+        ),
+        (
+            "lrs_server",
+            c.lrs_server.is_some(),
+            "load reporting is not done by kuma-dp",
+        ),
+        (
+            "lrs_report_endpoint_metrics",
+            !c.lrs_report_endpoint_metrics.is_empty(),
+            "load reporting is not done by kuma-dp",
+        ),
+        ("upstream_config", c.upstream_config.is_some(), ""),
+        ("preconnect_policy", c.preconnect_policy.is_some(), ""),
+        (
+            "connection_pool_per_downstream_connection",
+            c.connection_pool_per_downstream_connection,
+            "",
+        ),
+        ("queuing_policies", c.queuing_policies.is_some(), ""),
+        // Ring hash, Maglev, least request, round-robin slow start, original-destination headers.
+        ("lb_config", c.lb_config.is_some(), ""),
+        (
+            "load_assignment",
+            c.load_assignment.is_some() && discovery != Discovery::Static,
+            "only a STATIC cluster carries its endpoints",
+        ),
+        (
+            "eds_cluster_config",
+            c.eds_cluster_config.is_some() && discovery != Discovery::Eds,
+            "only for EDS clusters",
+        ),
+    ];
+    if let Some((field, _, why)) = refused.iter().find(|(_, set, _)| *set) {
+        return Err(match *why {
+            "" => not_enforced(field),
+            why => refuse(*field, why),
+        });
+    }
+    // Passed: `name`, `alt_stat_name`, `stats_matcher`, `track_timeout_budgets`,
+    // `track_cluster_stats` (what the cluster is called and counted, not what it does to
+    // traffic); `dns_*`, `respect_dns_ttl`, `use_tcp_for_dns_lookups`,
+    // `typed_dns_resolver_config` (only for DNS cluster types, which are refused);
+    // `wait_for_warm_on_init` (Envoy's start-up ordering; kuma-dp serves as soon as a resource
+    // is decoded); `cleanup_interval` (how often ORIGINAL_DST hosts are garbage-collected;
+    // kuma-dp keeps none); `ignore_health_on_host_removal` (only with active health checks).
+    // Read by `decode_cluster`: `transport_socket`, `typed_extension_protocol_options` (`http2`).
+    if discovery == Discovery::Eds {
+        let Some(eds) = &c.eds_cluster_config else {
+            return Err(refuse(
+                "eds_cluster_config",
+                "required for an EDS cluster (kuma-dp receives endpoints over ADS)",
+            ));
+        };
+        let ads = eds.eds_config.as_ref().is_some_and(|s| {
+            matches!(
+                s.config_source_specifier,
+                Some(ConfigSourceSpecifier::Ads(_))
+            ) && s.authorities.is_empty()
+        });
+        if !ads {
+            return Err(refuse(
+                "eds_cluster_config.eds_config",
+                "kuma-dp receives endpoints over ADS only",
+            ));
+        }
+        // kuma-dp keys load assignments by the cluster's own name.
+        if !eds.service_name.is_empty() && eds.service_name != c.name {
+            return Err(refuse(
+                "eds_cluster_config.service_name",
+                "kuma-dp reads the load assignment named like the cluster",
+            ));
+        }
+    }
+    if let Some(t) = &c.connect_timeout
+        && seconds(t) != Some(CONNECT_TIMEOUT_SECONDS)
+    {
+        return Err(refuse(
+            "connect_timeout",
+            format!("kuma-dp connects with a fixed {CONNECT_TIMEOUT_SECONDS}s timeout"),
+        ));
+    }
+    let wanted = match discovery {
+        Discovery::Static | Discovery::Eds => LbPolicy::RoundRobin,
+        Discovery::OriginalDst => LbPolicy::ClusterProvided,
+    };
+    if c.lb_policy != wanted as i32 {
+        let got = LbPolicy::try_from(c.lb_policy).map_or("unknown", |p| p.as_str_name());
+        return Err(refuse(
+            "lb_policy",
+            format!(
+                "{got} is not enforced by kuma-dp here (only {})",
+                wanted.as_str_name()
+            ),
+        ));
+    }
+    outlier_detection(c.outlier_detection.as_ref(), discovery, c)?;
+    if let Some(md) = &c.metadata {
+        metadata("metadata", md)?;
+    }
+    Ok(())
+}
+
+/// Outlier detection as kuma-dp does it (`runtime.rs` `Health`): a refused or timed-out
+/// connection (a local-origin failure) ejects the endpoint at once for 10 s, up to every
+/// endpoint of the cluster; no other detector. kuma-dp ejects on every cluster with an endpoint
+/// list, so an EDS cluster must ask for it; a STATIC cluster may omit it only with one endpoint
+/// (ejecting the only endpoint changes nothing: kuma-dp then tries it anyway). ORIGINAL_DST
+/// connections are never ejected.
+fn outlier_detection(
+    od: Option<&OutlierDetection>,
+    discovery: Discovery,
+    c: &Cluster,
+) -> Result<(), Refusal> {
+    let Some(od) = od else {
+        let endpoints = c
+            .load_assignment
+            .iter()
+            .flat_map(|a| &a.endpoints)
+            .map(|l| l.lb_endpoints.len())
+            .sum::<usize>();
+        return match discovery {
+            Discovery::OriginalDst => Ok(()),
+            Discovery::Static if endpoints <= 1 => Ok(()),
+            _ => Err(refuse(
+                "outlier_detection",
+                "required: kuma-dp ejects an endpoint that refuses a connection for 10s (consecutive_local_origin_failure 1)",
+            )),
+        };
+    };
+    if discovery == Discovery::OriginalDst {
+        return Err(refuse(
+            "outlier_detection",
+            "kuma-dp does not eject original destinations",
+        ));
+    }
+    let at = |f: &str| format!("outlier_detection.{f}");
+    let u32_or = |v: &Option<UInt32Value>, default: u32| v.as_ref().map_or(default, |v| v.value);
+    let secs_or = |v: &Option<Duration>, default: i64| v.as_ref().map_or(Some(default), seconds);
+    // Detectors kuma-dp does not run must be switched off (Envoy's defaults are in brackets).
+    let off = [
+        (
+            "enforcing_consecutive_5xx",
+            u32_or(&od.enforcing_consecutive_5xx, 100),
+        ),
+        (
+            "enforcing_success_rate",
+            u32_or(&od.enforcing_success_rate, 100),
+        ),
+        (
+            "enforcing_consecutive_gateway_failure",
+            u32_or(&od.enforcing_consecutive_gateway_failure, 0),
+        ),
+        (
+            "enforcing_local_origin_success_rate",
+            u32_or(&od.enforcing_local_origin_success_rate, 100),
+        ),
+        (
+            "enforcing_failure_percentage",
+            u32_or(&od.enforcing_failure_percentage, 0),
+        ),
+        (
+            "enforcing_failure_percentage_local_origin",
+            u32_or(&od.enforcing_failure_percentage_local_origin, 0),
+        ),
+    ];
+    for (field, value) in off {
+        if value != 0 {
+            return Err(refuse(
+                at(field),
+                format!("{value}: this detector is not run by kuma-dp (set 0)"),
+            ));
+        }
+    }
+    // Their thresholds (`consecutive_5xx`, `success_rate_*`, `consecutive_gateway_failure`,
+    // `failure_percentage_*`) are then inert. Pass.
+    if !od.split_external_local_origin_errors {
+        return Err(refuse(
+            at("split_external_local_origin_errors"),
+            "must be true: kuma-dp ejects on connection failures only",
+        ));
+    }
+    let exact: [(&str, u32, u32); 3] = [
+        (
+            "consecutive_local_origin_failure",
+            u32_or(&od.consecutive_local_origin_failure, 5),
+            1,
+        ),
+        (
+            "enforcing_consecutive_local_origin_failure",
+            u32_or(&od.enforcing_consecutive_local_origin_failure, 100),
+            100,
+        ),
+        (
+            "max_ejection_percent",
+            u32_or(&od.max_ejection_percent, 10),
+            100,
+        ),
+    ];
+    for (field, value, wanted) in exact {
+        if value != wanted {
+            return Err(refuse(
+                at(field),
+                format!("{value}: kuma-dp enforces {wanted}"),
+            ));
+        }
+    }
+    // Envoy multiplies the base time by the number of ejections, up to max_ejection_time; equal
+    // to the base, every ejection lasts 10 s as in kuma-dp.
+    let times = [
+        ("interval", secs_or(&od.interval, 10), EJECTION_SECONDS),
+        (
+            "base_ejection_time",
+            secs_or(&od.base_ejection_time, 30),
+            EJECTION_SECONDS,
+        ),
+        (
+            "max_ejection_time",
+            secs_or(&od.max_ejection_time, 300),
+            EJECTION_SECONDS,
+        ),
+        (
+            "max_ejection_time_jitter",
+            secs_or(&od.max_ejection_time_jitter, 0),
+            0,
+        ),
+    ];
+    for (field, value, wanted) in times {
+        if value != Some(wanted) {
+            return Err(refuse(at(field), format!("kuma-dp enforces {wanted}s")));
+        }
+    }
+    // `successful_active_health_check_uneject_host`: only with active health checks. Pass.
+    if !od.monitors.is_empty() {
+        return Err(not_enforced(&at("monitors")));
+    }
+    if od.always_eject_one_host.as_ref().is_some_and(|b| b.value) {
+        return Err(not_enforced(&at("always_eject_one_host")));
+    }
+    if od.detect_degraded_hosts.as_ref().is_some_and(|b| b.value) {
+        return Err(not_enforced(&at("detect_degraded_hosts")));
+    }
+    Ok(())
+}
+
+/// Whether the cluster speaks HTTP/2: `typed_extension_protocol_options` may only hold
+/// `HttpProtocolOptions` with an explicit HTTP/2 configuration of Envoy's defaults.
+fn http2(c: &Cluster) -> Result<bool, Refusal> {
+    let mut keys: Vec<&String> = c.typed_extension_protocol_options.keys().collect();
+    keys.sort();
+    let mut http2 = false;
+    for key in keys {
+        let at = format!("typed_extension_protocol_options[{key:?}]");
+        if key != HTTP_PROTOCOL_OPTIONS {
+            return Err(not_enforced(&at));
+        }
+        let any = &c.typed_extension_protocol_options[key];
+        if any.type_url != HttpProtocolOptions::type_url() {
+            return Err(refuse(
+                at,
+                format!("{} is not enforced by kuma-dp", any.type_url),
+            ));
+        }
+        let o: HttpProtocolOptions = unpack(any).map_err(|e| refuse(at.clone(), e))?;
+        // Idle and stream timeouts, header limits, requests per connection: not applied by
+        // kuma-dp's HTTP client.
+        if o.common_http_protocol_options.is_some() {
+            return Err(not_enforced(&format!("{at}.common_http_protocol_options")));
+        }
+        if o.upstream_http_protocol_options.is_some() {
+            return Err(not_enforced(&format!(
+                "{at}.upstream_http_protocol_options"
+            )));
+        }
+        if !o.http_filters.is_empty() {
+            return Err(not_enforced(&format!("{at}.http_filters")));
+        }
+        if o.header_validation_config.is_some() {
+            return Err(not_enforced(&format!("{at}.header_validation_config")));
+        }
+        if o.outlier_detection.is_some() {
+            return Err(not_enforced(&format!("{at}.outlier_detection")));
+        }
+        if !o.request_mirror_policies.is_empty() {
+            return Err(not_enforced(&format!("{at}.request_mirror_policies")));
+        }
+        match &o.upstream_protocol_options {
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                protocol_config: Some(ExplicitProtocol::Http2ProtocolOptions(h2)),
+            })) => {
+                // Stream limits, window sizes, keepalive: kuma-dp's HTTP/2 client has its own.
+                if *h2 != Default::default() {
+                    return Err(not_enforced(&format!(
+                        "{at}.explicit_http_config.http2_protocol_options"
+                    )));
+                }
+                http2 = true;
+            }
+            _ => {
+                return Err(refuse(
+                    format!("{at}.upstream_protocol_options"),
+                    "only an explicit HTTP/2 configuration is enforced by kuma-dp",
+                ));
+            }
+        }
+    }
+    Ok(http2)
+}
+
+/// Metadata that selects endpoints or sockets is refused; the rest only annotates.
+fn metadata(at: &str, md: &Metadata) -> Result<(), Refusal> {
+    for ns in MATCHING_METADATA {
+        if md.filter_metadata.contains_key(ns) {
+            return Err(not_enforced(&format!("{at}.filter_metadata[{ns:?}]")));
+        }
+        if md.typed_filter_metadata.contains_key(ns) {
+            return Err(not_enforced(&format!("{at}.typed_filter_metadata[{ns:?}]")));
+        }
+    }
+    Ok(())
+}
+
+/// The endpoints of a load assignment (at `prefix`: `load_assignment.` inside a STATIC
+/// cluster, empty for EDS), every field checked.
+fn endpoints_of(
+    name: &str,
+    prefix: &str,
+    cla: &ClusterLoadAssignment,
+) -> Result<Vec<EndpointPlan>, DecodeError> {
+    let fail = |field: String, what: &str| err(name, format!("{prefix}{field}: {what}"));
+    if !cla.named_endpoints.is_empty() {
+        return Err(fail("named_endpoints".into(), "not enforced by kuma-dp"));
+    }
+    if let Some(policy) = &cla.policy {
+        // kuma-dp drops nothing, and moves to the next priority only when a priority has no
+        // healthy endpoint (Envoy's overprovisioning spills earlier; a known difference).
+        if !policy.drop_overloads.is_empty() {
+            return Err(fail(
+                "policy.drop_overloads".into(),
+                "not enforced by kuma-dp",
+            ));
+        }
+        if policy.overprovisioning_factor.is_some() {
+            return Err(fail(
+                "policy.overprovisioning_factor".into(),
+                "not enforced by kuma-dp",
+            ));
+        }
+        if policy.endpoint_stale_after.is_some() {
+            return Err(fail(
+                "policy.endpoint_stale_after".into(),
+                "not enforced by kuma-dp",
+            ));
+        }
+        if policy.weighted_priority_health {
+            return Err(fail(
+                "policy.weighted_priority_health".into(),
+                "not enforced by kuma-dp",
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (li, locality) in cla.endpoints.iter().enumerate() {
+        let at = format!("endpoints[{li}]");
+        // `locality`: its zone is read; region and sub-zone only annotate.
+        // `load_balancing_weight`: used by Envoy only with locality-weighted balancing, which
+        // `common_lb_config` would turn on (refused). `proximity`: unused by Envoy. Pass.
+        if let Some(md) = &locality.metadata {
+            metadata(&format!("{at}.metadata"), md)
+                .map_err(|(f, w)| err(name, format!("{prefix}{f}: {w}")))?;
+        }
+        if locality.lb_config.is_some() {
+            return Err(fail(
+                format!("{at}.lb_config"),
+                "only inline lb_endpoints are read by kuma-dp",
+            ));
+        }
+        let priority = locality.priority;
+        let zone = locality
+            .locality
+            .as_ref()
+            .map(|l| l.zone.clone())
+            .filter(|z| !z.is_empty());
+        for (ei, e) in locality.lb_endpoints.iter().enumerate() {
+            let at = format!("{at}.lb_endpoints[{ei}]");
+            if !matches!(
+                HealthStatus::try_from(e.health_status),
+                Ok(HealthStatus::Unknown | HealthStatus::Healthy)
+            ) {
+                return Err(fail(
+                    format!("{at}.health_status"),
+                    "only UNKNOWN and HEALTHY are enforced by kuma-dp",
+                ));
+            }
+            if let Some(md) = &e.metadata {
+                metadata(&format!("{at}.metadata"), md)
+                    .map_err(|(f, w)| err(name, format!("{prefix}{f}: {w}")))?;
+            }
+            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                return Err(fail(
+                    format!("{at}.endpoint"),
+                    "an endpoint with an address is required",
+                ));
+            };
+            // `health_check_config`: only for active health checks (refused). `hostname`: used
+            // by Envoy's auto SNI / host rewrite, which are refused. `observability_name`:
+            // stats. Pass.
+            if !ep.additional_addresses.is_empty() {
+                return Err(fail(
+                    format!("{at}.endpoint.additional_addresses"),
+                    "not enforced by kuma-dp",
+                ));
+            }
+            out.push(EndpointPlan {
+                address: socket_addr(name, ep.address.as_ref())?,
+                weight: e
+                    .load_balancing_weight
+                    .as_ref()
+                    .map_or(1, |w| w.value.max(1)),
+                zone: zone.clone(),
+                priority,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
