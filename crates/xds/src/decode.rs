@@ -17,7 +17,6 @@ use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -25,11 +24,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::Any;
-use envoy_types::pb::envoy::config::route::v3::RouteAction;
-use envoy_types::pb::envoy::config::route::v3::route::Action as RouteActionKind;
-use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig as ExplicitProtocol;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
@@ -39,6 +34,9 @@ use prost::{Message, Name};
 use serde::Serialize;
 
 use crate::names::TypeUrl;
+
+pub mod routes;
+pub use routes::{RoutePlan, WeightedClusterPlan};
 
 /// Why one resource could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +90,14 @@ pub struct ListenerPlan {
     pub permissive: bool,
     /// HTTP-aware (an HTTP connection manager): requests are balanced and counted one by one.
     pub http: bool,
+    /// HTTP listeners: the route table, tried in order (`cluster` is the last route's first
+    /// cluster, the catch-all to the service itself).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RoutePlan>,
+    /// TCP listeners whose `tcp_proxy` splits by weight: one cluster per connection, picked by
+    /// weight (`cluster` is the first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub weighted: Vec<WeightedClusterPlan>,
     /// A zone proxy's SNI router: SNI → cluster, TLS passed through untouched (`cluster` is
     /// empty). A connection without a listed SNI is closed.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -295,9 +301,22 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         }
         _ => None,
     });
-    let (cluster, http) = match hcm {
-        Some(cfg) if chain.filters.len() == 1 => (hcm_cluster(&name, cfg)?, true),
-        _ => (tcp_proxy_cluster(&name, chain)?, false),
+    let (cluster, http, routes, weighted) = match hcm {
+        Some(cfg) if chain.filters.len() == 1 => {
+            let routes = hcm_routes(&name, cfg)?;
+            (default_cluster(&routes), true, routes, Vec::new())
+        }
+        _ => {
+            let mut clusters = tcp_proxy_clusters(&name, chain)?;
+            let first = clusters
+                .first()
+                .map(|c| c.cluster.clone())
+                .unwrap_or_default();
+            if clusters.len() == 1 {
+                clusters.clear();
+            }
+            (first, false, Vec::new(), clusters)
+        }
     };
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
@@ -321,17 +340,19 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         tls,
         permissive,
         http,
+        routes,
+        weighted,
         sni_routes: BTreeMap::new(),
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.is_some_and(|b| b.value),
     })
 }
 
-/// The TCP proxy filter of a chain and the one cluster it sends to.
-fn tcp_proxy_cluster(
+/// The TCP proxy filter of a chain and the clusters it sends to.
+fn tcp_proxy_clusters(
     name: &str,
     chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
-) -> Result<String, DecodeError> {
+) -> Result<Vec<WeightedClusterPlan>, DecodeError> {
     let [filter] = chain.filters.as_slice() else {
         return Err(err(
             name,
@@ -342,8 +363,16 @@ fn tcp_proxy_cluster(
         return Err(err(name, "filter without typed config"));
     };
     let tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
-    match tcp.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(cluster)) => Ok(cluster),
+    routes::tcp_proxy_clusters(&tcp).map_err(|e| err(name, e))
+}
+
+/// The one cluster of a chain's `tcp_proxy` (zone proxies' SNI routes).
+fn tcp_proxy_cluster(
+    name: &str,
+    chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
+) -> Result<String, DecodeError> {
+    match tcp_proxy_clusters(name, chain)?.as_slice() {
+        [one] => Ok(one.cluster.clone()),
         _ => Err(err(name, "tcp_proxy must name one cluster")),
     }
 }
@@ -385,36 +414,28 @@ fn sni_router(
         tls: None,
         permissive: false,
         http: false,
+        routes: Vec::new(),
+        weighted: Vec::new(),
         sni_routes,
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: false,
     })
 }
 
-/// The one cluster an HTTP connection manager routes everything to.
-fn hcm_cluster(name: &str, cfg: &Any) -> Result<String, DecodeError> {
+/// The route table of an HTTP connection manager.
+fn hcm_routes(name: &str, cfg: &Any) -> Result<Vec<RoutePlan>, DecodeError> {
     let hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
-    let Some(RouteSpecifier::RouteConfig(rc)) = hcm.route_specifier else {
-        return Err(err(
-            name,
-            "HTTP listeners need an inline route configuration",
-        ));
-    };
-    let routes: Vec<_> = rc
-        .virtual_hosts
+    routes::hcm_routes(&hcm).map_err(|e| err(name, e))
+}
+
+/// The cluster an HTTP listener falls back to: the last route's first cluster.
+fn default_cluster(routes: &[RoutePlan]) -> String {
+    routes
         .iter()
-        .flat_map(|v| v.routes.iter())
-        .collect();
-    let [route] = routes.as_slice() else {
-        return Err(err(name, "exactly one HTTP route is supported"));
-    };
-    match &route.action {
-        Some(RouteActionKind::Route(RouteAction {
-            cluster_specifier: Some(RouteCluster::Cluster(c)),
-            ..
-        })) => Ok(c.clone()),
-        _ => Err(err(name, "the HTTP route must send to one cluster")),
-    }
+        .rev()
+        .find_map(|r| r.clusters().next())
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn endpoints_of(name: &str, cla: &ClusterLoadAssignment) -> Result<Vec<EndpointPlan>, DecodeError> {
