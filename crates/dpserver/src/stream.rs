@@ -111,7 +111,8 @@ pub(crate) async fn start(
 /// The proxy's current certificate and when to renew it.
 struct Identity {
     material: TlsMaterial,
-    services: Vec<String>,
+    /// The certificate's URI SANs (SPIFFE IDs and tags): a change reissues it.
+    uris: Vec<String>,
     renew_at: SystemTime,
     expires: SystemTime,
     backend: String,
@@ -483,17 +484,14 @@ impl ProxyStream {
             self.identity = None;
             return Ok(());
         };
-        let mut services: Vec<String> = dp
-            .networking
-            .inbound
-            .iter()
-            .filter_map(|i| i.service().map(str::to_string))
-            .collect();
-        services.sort();
-        services.dedup();
+        let uris = meshzone_identity::workload_uris(
+            &self.key.mesh,
+            dp,
+            self.shared.settings.zone.as_deref(),
+        );
         let now = SystemTime::now();
         if let Some(i) = &self.identity
-            && i.services == services
+            && i.uris == uris
             && i.backend == backend
             && now < i.renew_at
         {
@@ -505,12 +503,9 @@ impl ProxyStream {
             find_mesh_ca(&self.shared.store, &self.key.mesh, mesh).await
         }
         .map_err(|e| Status::unavailable(e.to_string()))?;
-        let ids: Vec<String> = services
-            .iter()
-            .map(|s| meshzone_pki::spiffe_id(&self.key.mesh, s))
-            .collect();
         let lifetime = cert_lifetime(mesh);
-        let cert = meshzone_pki::issue_workload_cert(&ca, &ids, lifetime, now).map_err(internal)?;
+        let cert =
+            meshzone_pki::issue_workload_cert(&ca, &uris, lifetime, now).map_err(internal)?;
         self.regenerations += 1;
         self.last_regeneration = Some(Utc::now());
         self.identity = Some(Identity {
@@ -519,7 +514,7 @@ impl ProxyStream {
                 identity_key_pem: cert.key_pem,
                 ca_cert_pem: ca.cert_pem,
             },
-            services,
+            uris,
             renew_at: now + lifetime.mul_f64(RENEW_AT),
             expires: now + lifetime,
             backend: backend.to_string(),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use meshzone_model::specs::{MeshSpec, SecretSpec};
+use meshzone_model::specs::{DataplaneSpec, MeshSpec, SecretSpec, ZONE_TAG};
 use meshzone_model::validate::parse_duration;
 use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec};
 use meshzone_pki::{CertifiedKey, SigningKey, TokenError, VerifyingKey};
@@ -155,6 +155,28 @@ pub fn cert_lifetime(mesh: &MeshSpec) -> Duration {
         .and_then(|r| parse_duration(&r.expiration))
         .filter(|d| !d.is_zero())
         .unwrap_or(DEFAULT_CERT_LIFETIME)
+}
+
+/// The URI SANs of a data plane's workload certificate, sorted and without repeats: one
+/// `spiffe://<mesh>/<service>` per service of its inbounds, then one `kuma://<tag>/<value>` per
+/// tag of every inbound. `zone` (the issuing zone CP's) is added as `kuma.io/zone` to inbounds
+/// that do not carry it already (registration stamps it, a Dataplane applied through the API
+/// may not have it).
+pub fn workload_uris(mesh: &str, dp: &DataplaneSpec, zone: Option<&str>) -> Vec<String> {
+    let mut spiffe = std::collections::BTreeSet::new();
+    let mut tags = std::collections::BTreeSet::new();
+    for inbound in &dp.networking.inbound {
+        if let Some(service) = inbound.service() {
+            spiffe.insert(meshzone_pki::spiffe_id(mesh, service));
+        }
+        for (k, v) in &inbound.tags {
+            tags.insert(meshzone_pki::tag_uri(k, v));
+        }
+        if let (Some(zone), false) = (zone, inbound.tags.contains_key(ZONE_TAG)) {
+            tags.insert(meshzone_pki::tag_uri(ZONE_TAG, zone));
+        }
+    }
+    spiffe.into_iter().chain(tags).collect()
 }
 
 /// Returns the mesh's CA if it exists (a zone connected to global waits for global's).
@@ -576,6 +598,62 @@ mod tests {
                 skip_validation: false,
             }),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn workload_uris_name_services_and_every_inbound_tag() {
+        use meshzone_model::specs::{DataplaneNetworking, Inbound};
+        let inbound = |tags: &[(&str, &str)]| Inbound {
+            port: 1,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let dp = DataplaneSpec {
+            networking: DataplaneNetworking {
+                inbound: vec![
+                    inbound(&[("kuma.io/service", "web"), ("version", "v2")]),
+                    inbound(&[
+                        ("kuma.io/service", "admin"),
+                        ("kuma.io/zone", "west"),
+                        ("version", "v2"),
+                    ]),
+                ],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cases: [(Option<&str>, &[&str]); 2] = [
+            (
+                Some("east"),
+                &[
+                    "spiffe://default/admin",
+                    "spiffe://default/web",
+                    "kuma://kuma.io/service/admin",
+                    "kuma://kuma.io/service/web",
+                    // The inbound without a zone gets the issuing zone's; the other keeps its own.
+                    "kuma://kuma.io/zone/east",
+                    "kuma://kuma.io/zone/west",
+                    "kuma://version/v2",
+                ],
+            ),
+            (
+                None,
+                &[
+                    "spiffe://default/admin",
+                    "spiffe://default/web",
+                    "kuma://kuma.io/service/admin",
+                    "kuma://kuma.io/service/web",
+                    "kuma://kuma.io/zone/west",
+                    "kuma://version/v2",
+                ],
+            ),
+        ];
+        for (zone, want) in cases {
+            assert_eq!(workload_uris("default", &dp, zone), want, "zone {zone:?}");
         }
     }
 

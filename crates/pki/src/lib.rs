@@ -26,6 +26,8 @@ pub enum PkiError {
     BadKey,
     #[error("{0:?} is not a valid SPIFFE ID")]
     BadSpiffeId(String),
+    #[error("{0:?} is not a valid workload URI SAN (spiffe://… or kuma://…, ASCII)")]
+    BadWorkloadUri(String),
 }
 
 /// A certificate and its private key, both PEM. `Debug` hides the key.
@@ -101,24 +103,32 @@ pub fn generate_ca(
     })
 }
 
-/// Issues a workload certificate, signed by `ca`, carrying each SPIFFE ID as a URI SAN. Usable
-/// as both TLS client and server certificate (mesh traffic is mutual).
+/// The URI SAN naming one tag of a workload's inbound: `kuma://<tag>/<value>` (Kuma's form;
+/// MeshTrafficPermission matches clients by it).
+pub fn tag_uri(tag: &str, value: &str) -> String {
+    format!("kuma://{tag}/{value}")
+}
+
+/// Issues a workload certificate, signed by `ca`, carrying each URI as a URI SAN: the SPIFFE
+/// IDs of its services (`spiffe://…`, what peers verify) and its tags (`kuma://…`, what
+/// traffic permissions match). Usable as both TLS client and server certificate (mesh traffic
+/// is mutual).
 pub fn issue_workload_cert(
     ca: &CertifiedKey,
-    spiffe_ids: &[String],
+    uris: &[String],
     lifetime: Duration,
     now: SystemTime,
 ) -> Result<CertifiedKey, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
     let mut sans = Vec::new();
-    for id in spiffe_ids {
-        if !id.starts_with("spiffe://") {
-            return Err(PkiError::BadSpiffeId(id.clone()));
+    for uri in uris {
+        if !uri.starts_with("spiffe://") && !uri.starts_with("kuma://") {
+            return Err(PkiError::BadWorkloadUri(uri.clone()));
         }
         sans.push(SanType::URI(
-            id.as_str()
+            uri.as_str()
                 .try_into()
-                .map_err(|_| PkiError::BadSpiffeId(id.clone()))?,
+                .map_err(|_| PkiError::BadWorkloadUri(uri.clone()))?,
         ));
     }
     params.subject_alt_names = sans;
@@ -355,6 +365,29 @@ mod tests {
         assert!(
             issue_workload_cert(&ca, &["backend".into()], Duration::from_secs(1), now).is_err()
         );
+    }
+
+    #[test]
+    fn workload_cert_carries_tag_uris_beside_spiffe_ids() {
+        let now = SystemTime::now();
+        let ca = generate_ca("default", Duration::from_secs(86_400 * 365), now).unwrap();
+        let uris = vec![
+            spiffe_id("default", "backend"),
+            tag_uri("kuma.io/service", "backend"),
+            tag_uri("kuma.io/zone", "east"),
+            tag_uri("version", "v2"),
+        ];
+        assert_eq!(uris[2], "kuma://kuma.io/zone/east");
+        let cert = issue_workload_cert(&ca, &uris, Duration::from_secs(3600), now).unwrap();
+        assert_eq!(cert_info_pem(&cert.cert_pem).unwrap().uri_sans, uris);
+        for bad in ["https://x/y", "kuma://zone/\u{e9}t\u{e9}"] {
+            let err = issue_workload_cert(&ca, &[bad.into()], Duration::from_secs(1), now)
+                .expect_err(bad);
+            assert!(
+                matches!(&err, PkiError::BadWorkloadUri(u) if u == bad),
+                "{err}"
+            );
+        }
     }
 
     #[test]

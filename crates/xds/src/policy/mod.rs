@@ -24,3 +24,21 @@ pub struct ProxyPolicies {
     /// (`[{default: {backendRefs}}]`).
     pub tcp_route: PolicyRules,
 }
+
+use crate::generate::{ProxyInput, Resources};
+
+/// A policy type's configurer: edits the typed resources of one proxy from that proxy's input
+/// (its [`ProxyPolicies`] included).
+pub type Configurer = fn(&ProxyInput<'_>, &mut Resources);
+
+/// Every configurer, in the order they run (Kuma's plugin order: MeshHTTPRoute 100,
+/// MeshTCPRoute 200, …, MeshTrafficPermission 1100). One line per policy type.
+pub const CONFIGURERS: &[(&str, Configurer)] = &[];
+
+/// Applies every policy's configurer to the base resources of a proxy, in [`CONFIGURERS`]
+/// order. None of them sees packed bytes.
+pub fn configure(input: &ProxyInput<'_>, resources: &mut Resources) {
+    for (_, configurer) in CONFIGURERS {
+        configurer(input, resources);
+    }
+}

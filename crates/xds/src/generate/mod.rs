@@ -1,0 +1,398 @@
+//! Pure generation of a proxy's Envoy configuration from mesh state: one inbound listener per
+//! inbound, one outbound listener per outbound, an application cluster per inbound, an EDS cluster
+//! and a load assignment per outbound service, and (with mTLS) the identity certificate and mesh
+//! CA as SDS secrets. No I/O, no clock.
+//!
+//! Two stages: the base builders ([`listeners`], [`clusters`], [`endpoints`], [`secrets`]) make
+//! the typed Envoy resources ([`Resources`]), then the policy configurers
+//! ([`crate::policy::configure`]) edit them, and only then are they packed into `Any`.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::util::pack_any;
+use meshzone_model::specs::{DataplaneSpec, MeshSpec, PROTOCOL_TAG};
+
+use crate::names::{self, TypeUrl};
+use crate::policy::{self, ProxyPolicies};
+
+mod clusters;
+mod common;
+mod endpoints;
+mod listeners;
+mod secrets;
+
+pub use common::sni;
+
+/// One instance of a service that a proxy may connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub address: String,
+    pub port: u32,
+    pub weight: u32,
+    pub zone: Option<String>,
+    /// 0 is tried first; higher priorities only take traffic when no lower one has a healthy
+    /// endpoint (locality-aware load balancing puts remote zones at 1).
+    pub priority: u32,
+}
+
+/// Certificates of a proxy when its mesh has mTLS on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsMaterial {
+    pub identity_cert_pem: String,
+    pub identity_key_pem: String,
+    pub ca_cert_pem: String,
+}
+
+/// Everything the configuration of one proxy depends on.
+#[derive(Debug, Clone)]
+pub struct ProxyInput<'a> {
+    pub mesh: &'a str,
+    pub mesh_spec: &'a MeshSpec,
+    pub dataplane: &'a DataplaneSpec,
+    /// Reachable instances of each service in the mesh.
+    pub endpoints: &'a BTreeMap<String, Vec<EndpointInfo>>,
+    pub tls: Option<&'a TlsMaterial>,
+    /// `kuma.io/protocol` of each service (absent: tcp).
+    pub protocols: &'a BTreeMap<String, String>,
+    /// A proxyless gRPC client (gRPC's own xDS support): it gets an API listener per outbound
+    /// service, named after the service (`xds:///<service>`), routing to that service's cluster.
+    pub proxyless: bool,
+    /// Set when the Dataplane has `transparentProxying`: outbound traffic arrives redirected by
+    /// iptables and is routed by its original destination.
+    pub transparent: Option<Transparent<'a>>,
+    /// What the policies selecting this proxy configure.
+    pub policies: &'a ProxyPolicies,
+}
+
+/// Transparent proxying: one listener on the redirect port that dispatches each connection by
+/// its original destination to a `VIP:80` listener (not bound to a socket), or passes it through
+/// to where it was going. With inbound redirection too, inbound listeners are not bound either
+/// (the application listens on its port) and a second redirect listener dispatches to them.
+#[derive(Debug, Clone)]
+pub struct Transparent<'a> {
+    pub redirect_port_outbound: u32,
+    pub redirect_port_inbound: Option<u32>,
+    /// Service → its virtual IP (from the zone's DNS).
+    pub vips: &'a BTreeMap<String, String>,
+}
+
+/// Port of the `VIP:port` listeners, the seed's convention (`<service>.mesh:80`).
+pub const VIP_PORT: u32 = 80;
+
+/// Listeners on the redirect ports, and the cluster that passes unknown destinations through.
+pub const REDIRECT_LISTENER: &str = "outbound:redirect";
+pub const INBOUND_REDIRECT_LISTENER: &str = "inbound:redirect";
+pub const PASSTHROUGH_CLUSTER: &str = "outbound:passthrough";
+
+/// A named, packed resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedResource {
+    pub name: String,
+    pub resource: Any,
+}
+
+/// The complete configuration of a proxy, by type, each type with a content version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub types: BTreeMap<TypeUrl, TypeSnapshot>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TypeSnapshot {
+    /// FNV-1a of every resource's name and bytes: equal content, equal version.
+    pub version: String,
+    pub resources: Vec<NamedResource>,
+}
+
+impl Snapshot {
+    pub fn get(&self, type_url: TypeUrl) -> Option<&TypeSnapshot> {
+        self.types.get(&type_url)
+    }
+
+    /// Same content, judged by the per-type content hashes (what proxies are sent by).
+    pub fn same_versions(&self, other: &Snapshot) -> bool {
+        self.types.len() == other.types.len()
+            && self
+                .types
+                .iter()
+                .all(|(t, ts)| other.get(*t).is_some_and(|o| o.version == ts.version))
+    }
+}
+
+fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(state, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn type_snapshot(mut resources: Vec<NamedResource>) -> TypeSnapshot {
+    resources.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut h = 0xcbf2_9ce4_8422_2325;
+    for r in &resources {
+        h = fnv1a(h, r.name.as_bytes());
+        h = fnv1a(h, &r.resource.value);
+    }
+    TypeSnapshot {
+        version: format!("{h:016x}"),
+        resources,
+    }
+}
+
+/// What a listener was built for, so that policy configurers find the listeners they edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerOrigin {
+    /// `networking.inbound[index]` of the Dataplane.
+    Inbound { index: usize },
+    /// An outbound towards `service` (explicit, or a transparent proxy's `VIP:80`).
+    Outbound { service: String },
+    /// A proxyless gRPC client's API listener for `service`.
+    Api { service: String },
+    /// A transparent proxy's redirect listener.
+    Redirect,
+    /// A zone proxy's SNI router.
+    SniRouter,
+}
+
+/// A listener with what it was built for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedListener {
+    pub origin: ListenerOrigin,
+    pub listener: Listener,
+}
+
+/// The typed Envoy resources of one proxy, before packing: what the base builders make and the
+/// policy configurers edit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    pub listeners: Vec<GeneratedListener>,
+    pub clusters: Vec<Cluster>,
+    pub assignments: Vec<ClusterLoadAssignment>,
+    pub secrets: Vec<Secret>,
+}
+
+impl Resources {
+    /// Packs every resource under its own name, one content-versioned snapshot per type.
+    pub fn into_snapshot(self) -> Snapshot {
+        fn named<T: prost::Name>(name: String, resource: T) -> NamedResource {
+            NamedResource {
+                name,
+                resource: pack_any(resource),
+            }
+        }
+        let listeners = self
+            .listeners
+            .into_iter()
+            .map(|l| named(l.listener.name.clone(), l.listener))
+            .collect();
+        let clusters = self
+            .clusters
+            .into_iter()
+            .map(|c| named(c.name.clone(), c))
+            .collect();
+        let assignments = self
+            .assignments
+            .into_iter()
+            .map(|a| named(a.cluster_name.clone(), a))
+            .collect();
+        let secrets = self
+            .secrets
+            .into_iter()
+            .map(|s| named(s.name.clone(), s))
+            .collect();
+        let mut snapshot = Snapshot::default();
+        for (url, resources) in [
+            (TypeUrl::Listener, listeners),
+            (TypeUrl::Cluster, clusters),
+            (TypeUrl::ClusterLoadAssignment, assignments),
+            (TypeUrl::Secret, secrets),
+        ] {
+            snapshot.types.insert(url, type_snapshot(resources));
+        }
+        snapshot
+    }
+}
+
+/// Whether the proxy's inbounds and outbounds use the mesh's mTLS, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MtlsMode {
+    /// `mode: permissive` (any case): inbound also accepts plaintext, e.g. while migrating to
+    /// mTLS.
+    pub permissive: bool,
+}
+
+impl ProxyInput<'_> {
+    /// `Some` when the mesh has an enabled mTLS backend and the proxy has its certificates.
+    pub fn mtls(&self) -> Option<MtlsMode> {
+        let backend = self.mesh_spec.enabled_mtls_backend()?;
+        self.tls?;
+        Some(MtlsMode {
+            permissive: backend
+                .mode
+                .as_deref()
+                .is_some_and(|m| m.eq_ignore_ascii_case("permissive")),
+        })
+    }
+}
+
+/// Generates the whole configuration of one proxy: base resources, then the policies.
+pub fn generate(input: &ProxyInput<'_>) -> Snapshot {
+    let mut resources = base_resources(input);
+    policy::configure(input, &mut resources);
+    resources.into_snapshot()
+}
+
+/// The resources of a proxy before any policy: what the Dataplane and mesh alone give.
+pub fn base_resources(input: &ProxyInput<'_>) -> Resources {
+    let mesh = input.mesh;
+    let net = &input.dataplane.networking;
+    let mtls = input.mtls();
+    let mut out = Resources::default();
+
+    let inbound_redirect = input
+        .transparent
+        .as_ref()
+        .and_then(|t| t.redirect_port_inbound);
+    for (index, inbound) in net.inbound.iter().enumerate() {
+        let address = inbound.address.as_deref().unwrap_or(&net.address);
+        let name = names::inbound_listener(address, inbound.port);
+        let service_port = inbound.service_port.unwrap_or(inbound.port);
+        let service_address = inbound.service_address.as_deref().unwrap_or(address);
+        let app_cluster = names::app_cluster(service_port);
+        let inbound_protocol = common::protocol(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));
+        let tls = mtls.map(|m| listeners::InboundTls {
+            mesh,
+            permissive: m.permissive,
+        });
+        out.listeners.push(GeneratedListener {
+            origin: ListenerOrigin::Inbound { index },
+            listener: listeners::inbound_listener(
+                &name,
+                address,
+                inbound.port,
+                &app_cluster,
+                inbound_protocol,
+                tls,
+                inbound_redirect.is_none(),
+            ),
+        });
+        out.clusters.push(clusters::app_cluster(
+            &app_cluster,
+            service_address,
+            service_port,
+            inbound_protocol,
+        ));
+    }
+
+    // Explicit outbounds are bound; a transparent proxy's `VIP:80` listeners are not (the
+    // redirect listener hands them connections by original destination).
+    let mut outbounds: Vec<(String, u32, &str, bool)> = net
+        .outbound
+        .iter()
+        .filter_map(|o| Some((o.address().to_string(), o.port, o.service()?, true)))
+        .collect();
+    if let Some(t) = &input.transparent {
+        for (service, vip) in t.vips {
+            if input.endpoints.contains_key(service) {
+                outbounds.push((vip.clone(), VIP_PORT, service.as_str(), false));
+            }
+        }
+        let redirects = std::iter::once((REDIRECT_LISTENER, t.redirect_port_outbound)).chain(
+            t.redirect_port_inbound
+                .map(|port| (INBOUND_REDIRECT_LISTENER, port)),
+        );
+        for (name, port) in redirects {
+            out.listeners.push(GeneratedListener {
+                origin: ListenerOrigin::Redirect,
+                listener: listeners::redirect_listener(name, port),
+            });
+        }
+        out.clusters.push(clusters::passthrough_cluster());
+    }
+    let mut seen_services = std::collections::BTreeSet::new();
+    for (address, port, service, bind) in outbounds {
+        if input.proxyless && !seen_services.contains(service) {
+            out.listeners.push(GeneratedListener {
+                origin: ListenerOrigin::Api {
+                    service: service.to_string(),
+                },
+                listener: listeners::api_listener(service),
+            });
+        }
+        let name = names::outbound_listener(&address, port);
+        let outbound_protocol = common::protocol(input.protocols.get(service).map(String::as_str));
+        out.listeners.push(GeneratedListener {
+            origin: ListenerOrigin::Outbound {
+                service: service.to_string(),
+            },
+            listener: listeners::outbound_listener(
+                &name,
+                &address,
+                port,
+                service,
+                outbound_protocol,
+                bind,
+            ),
+        });
+        if !seen_services.insert(service.to_string()) {
+            continue;
+        }
+        out.clusters.push(clusters::outbound_cluster(
+            service,
+            mesh,
+            outbound_protocol,
+            mtls.is_some(),
+        ));
+        let endpoints = input
+            .endpoints
+            .get(service)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        out.assignments
+            .push(endpoints::load_assignment(service, endpoints));
+    }
+
+    if let (Some(_), Some(tls)) = (mtls, input.tls) {
+        out.secrets = secrets::secrets(mesh, tls);
+    }
+    out
+}
+
+/// A zone proxy (ingress or egress): one listener that routes each TLS connection by its SNI to
+/// the endpoints of that SNI, passing the TLS through untouched. Connections whose SNI is not
+/// listed, or that are not TLS, match no filter chain and are closed.
+#[derive(Debug, Clone)]
+pub struct SniRouterInput<'a> {
+    pub listener_name: &'a str,
+    pub address: &'a str,
+    pub port: u32,
+    /// SNI → where connections carrying it go.
+    pub routes: &'a BTreeMap<String, Vec<EndpointInfo>>,
+}
+
+/// Generates the whole configuration of a zone ingress or egress. Without routes there is no
+/// listener (Envoy refuses a listener without filter chains), so connections are refused.
+pub fn generate_sni_router(input: &SniRouterInput<'_>) -> Snapshot {
+    let mut out = Resources::default();
+    for (sni, endpoints) in input.routes {
+        out.clusters.push(clusters::eds_cluster(sni));
+        out.assignments
+            .push(endpoints::load_assignment(sni, endpoints));
+    }
+    if !input.routes.is_empty() {
+        out.listeners.push(GeneratedListener {
+            origin: ListenerOrigin::SniRouter,
+            listener: listeners::sni_router_listener(
+                input.listener_name,
+                input.address,
+                input.port,
+                input.routes.keys(),
+            ),
+        });
+    }
+    out.into_snapshot()
+}
