@@ -3,18 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use meshzone_model::{Resource, Spec, parse_documents};
+use meshzone_model::Spec;
 
 use super::*;
+use crate::envoy_json::fixture;
 use crate::generate::{EndpointInfo, ProxyInput, TlsMaterial, generate};
-
-fn fixture(name: &str) -> Resource {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/resources")
-        .join(name);
-    let text = std::fs::read_to_string(path).expect("fixture");
-    Resource::from_value(parse_documents(&text).expect("yaml").remove(0)).expect("valid")
-}
 
 fn decoded(tls: bool) -> (ProxyConfig, Vec<DecodeError>) {
     decoded_with(tls, None)
@@ -40,6 +33,7 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
                 weight: 1,
                 zone: None,
                 priority: 0,
+                tags: Default::default(),
             },
             EndpointInfo {
                 address: "10.0.0.6".into(),
@@ -47,6 +41,7 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
                 weight: 2,
                 zone: Some("zone-2".into()),
                 priority: 1,
+                tags: Default::default(),
             },
         ],
     )]);
@@ -163,6 +158,7 @@ fn a_zone_proxy_listener_decodes_to_sni_routes() {
         weight: 2,
         zone: Some(zone.into()),
         priority: 0,
+        tags: Default::default(),
     };
     let routes = BTreeMap::from([
         (
