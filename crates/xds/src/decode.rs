@@ -90,12 +90,12 @@ pub struct ListenerPlan {
     pub permissive: bool,
     /// HTTP-aware (an HTTP connection manager): requests are balanced and counted one by one.
     pub http: bool,
-    /// HTTP listeners: the route table, tried in order (`cluster` is the last route's first
-    /// cluster, the catch-all to the service itself).
+    /// HTTP listeners: the route table, tried in order (`cluster` then names the destination
+    /// service: the route configuration's name, which the generator gives its service).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RoutePlan>,
-    /// TCP listeners whose `tcp_proxy` splits by weight: one cluster per connection, picked by
-    /// weight (`cluster` is the first).
+    /// TCP listeners whose `tcp_proxy` has `weighted_clusters`: one cluster per connection,
+    /// picked by weight (`cluster` then names the destination service: the `stat_prefix`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub weighted: Vec<WeightedClusterPlan>,
     /// A zone proxy's SNI router: SNI → cluster, TLS passed through untouched (`cluster` is
@@ -303,19 +303,26 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
     });
     let (cluster, http, routes, weighted) = match hcm {
         Some(cfg) if chain.filters.len() == 1 => {
-            let routes = hcm_routes(&name, cfg)?;
-            (default_cluster(&routes), true, routes, Vec::new())
+            let (service, routes) = hcm_routes(&name, cfg)?;
+            let cluster = if service.is_empty() {
+                default_cluster(&routes)
+            } else {
+                service
+            };
+            (cluster, true, routes, Vec::new())
         }
         _ => {
-            let mut clusters = tcp_proxy_clusters(&name, chain)?;
+            let (clusters, split, service) = tcp_proxy_clusters(&name, chain)?;
             let first = clusters
                 .first()
                 .map(|c| c.cluster.clone())
                 .unwrap_or_default();
-            if clusters.len() == 1 {
-                clusters.clear();
+            if split {
+                let cluster = if service.is_empty() { first } else { service };
+                (cluster, false, Vec::new(), clusters)
+            } else {
+                (first, false, Vec::new(), Vec::new())
             }
-            (first, false, Vec::new(), clusters)
         }
     };
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
@@ -348,11 +355,12 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
     })
 }
 
-/// The TCP proxy filter of a chain and the clusters it sends to.
+/// The TCP proxy filter of a chain: the clusters it sends to, whether it splits, and its
+/// `stat_prefix` (a split's names the destination service).
 fn tcp_proxy_clusters(
     name: &str,
     chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
-) -> Result<Vec<WeightedClusterPlan>, DecodeError> {
+) -> Result<(Vec<WeightedClusterPlan>, bool, String), DecodeError> {
     let [filter] = chain.filters.as_slice() else {
         return Err(err(
             name,
@@ -363,7 +371,8 @@ fn tcp_proxy_clusters(
         return Err(err(name, "filter without typed config"));
     };
     let tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
-    routes::tcp_proxy_clusters(&tcp).map_err(|e| err(name, e))
+    let (clusters, split) = routes::tcp_proxy_clusters(&tcp).map_err(|e| err(name, e))?;
+    Ok((clusters, split, tcp.stat_prefix))
 }
 
 /// The one cluster of a chain's `tcp_proxy` (zone proxies' SNI routes).
@@ -371,7 +380,7 @@ fn tcp_proxy_cluster(
     name: &str,
     chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
 ) -> Result<String, DecodeError> {
-    match tcp_proxy_clusters(name, chain)?.as_slice() {
+    match tcp_proxy_clusters(name, chain)?.0.as_slice() {
         [one] => Ok(one.cluster.clone()),
         _ => Err(err(name, "tcp_proxy must name one cluster")),
     }
@@ -423,7 +432,7 @@ fn sni_router(
 }
 
 /// The route table of an HTTP connection manager.
-fn hcm_routes(name: &str, cfg: &Any) -> Result<Vec<RoutePlan>, DecodeError> {
+fn hcm_routes(name: &str, cfg: &Any) -> Result<(String, Vec<RoutePlan>), DecodeError> {
     let hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
     routes::hcm_routes(&hcm).map_err(|e| err(name, e))
 }

@@ -263,9 +263,10 @@ fn refuse_rest<T: Default + PartialEq>(
     Ok(())
 }
 
-/// The plan of an HTTP connection manager: its routes, in order. `http_filters` are left to
-/// the decoders of the filters (the router filter is implied).
-pub fn hcm_routes(hcm: &HttpConnectionManager) -> Result<Vec<RoutePlan>, String> {
+/// The plan of an HTTP connection manager: its route configuration's name (the generator names
+/// it after the destination service) and its routes, in order. `http_filters` are left to the
+/// decoders of the filters (the router filter is implied).
+pub fn hcm_routes(hcm: &HttpConnectionManager) -> Result<(String, Vec<RoutePlan>), String> {
     let mut rest = hcm.clone();
     rest.stat_prefix.clear();
     rest.http_filters.clear();
@@ -342,7 +343,7 @@ pub fn hcm_routes(hcm: &HttpConnectionManager) -> Result<Vec<RoutePlan>, String>
         path,
         "stat_prefix, codec_type AUTO, http_filters, route_config",
     )?;
-    route_configuration(&rc)
+    Ok((rc.name.clone(), route_configuration(&rc)?))
 }
 
 /// The routes of an inline RouteConfiguration with one virtual host matching every domain.
@@ -916,8 +917,9 @@ fn redirect(r: &RedirectAction, path: &str) -> Result<RedirectPlan, String> {
     })
 }
 
-/// The clusters of a `tcp_proxy`: one (`cluster`) or a weighted split.
-pub fn tcp_proxy_clusters(tcp: &TcpProxy) -> Result<Vec<WeightedClusterPlan>, String> {
+/// The clusters of a `tcp_proxy`: one (`cluster`), or a weighted split (`weighted_clusters`,
+/// the bool; possibly of one cluster).
+pub fn tcp_proxy_clusters(tcp: &TcpProxy) -> Result<(Vec<WeightedClusterPlan>, bool), String> {
     let path = "tcp_proxy";
     let mut rest = tcp.clone();
     rest.stat_prefix.clear();
@@ -950,10 +952,13 @@ pub fn tcp_proxy_clusters(tcp: &TcpProxy) -> Result<Vec<WeightedClusterPlan>, St
     );
     refuse_rest(&rest, path, "stat_prefix, cluster, weighted_clusters")?;
     match specifier {
-        Some(TcpCluster::Cluster(c)) if !c.is_empty() => Ok(vec![WeightedClusterPlan {
-            cluster: c,
-            weight: 1,
-        }]),
+        Some(TcpCluster::Cluster(c)) if !c.is_empty() => Ok((
+            vec![WeightedClusterPlan {
+                cluster: c,
+                weight: 1,
+            }],
+            false,
+        )),
         Some(TcpCluster::WeightedClusters(w)) => {
             let path = "tcp_proxy.weighted_clusters";
             let out: Vec<WeightedClusterPlan> = w
@@ -976,7 +981,7 @@ pub fn tcp_proxy_clusters(tcp: &TcpProxy) -> Result<Vec<WeightedClusterPlan>, St
                 })
                 .collect::<Result<_, String>>()?;
             check_weights(&out, path)?;
-            Ok(out)
+            Ok((out, true))
         }
         _ => Err(format!(
             "{path}: a cluster or weighted_clusters is required"

@@ -1,6 +1,7 @@
 //! MeshTCPRoute's configurer (Kuma plugin order 200): an outbound whose service has a
-//! `tcp_route` rule sends each connection to its backendRefs: `tcp_proxy.cluster` for one,
-//! `tcp_proxy.weighted_clusters` for several (fact sheet §2.8). On an HTTP outbound it applies
+//! `tcp_route` rule sends each connection to its backendRefs with `tcp_proxy.weighted_clusters`
+//! (fact sheet §2.8; Kuma uses `cluster` for one backend, the same to Envoy, but the split
+//! form keeps the service in `stat_prefix` for kuma-dp: its DNS name under transparent proxying). On an HTTP outbound it applies
 //! only when no MeshHTTPRoute does (MeshHTTPRoute wins), and then the outbound becomes TCP.
 
 use envoy_types::pb::envoy::config::listener::v3::Filter;
@@ -31,20 +32,21 @@ fn tcp_proxy(
         .filter(|b| b.weight > 0)
         .map(|b| (ensure_cluster(input, resources, b), b.weight))
         .collect();
-    let cluster_specifier = match clusters.len() {
-        0 => return None,
-        1 => ClusterSpecifier::Cluster(clusters.remove(0).0),
-        _ => ClusterSpecifier::WeightedClusters(WeightedCluster {
-            clusters: clusters
-                .into_iter()
-                .map(|(name, weight)| ClusterWeight {
-                    name,
-                    weight,
-                    metadata_match: None,
-                })
-                .collect(),
-        }),
-    };
+    if clusters.is_empty() {
+        return None;
+    }
+    // Always weighted (even one backend), its stat_prefix the service: the proxy then still
+    // knows which service the outbound is for (its DNS name under transparent proxying).
+    let cluster_specifier = ClusterSpecifier::WeightedClusters(WeightedCluster {
+        clusters: clusters
+            .drain(..)
+            .map(|(name, weight)| ClusterWeight {
+                name,
+                weight,
+                metadata_match: None,
+            })
+            .collect(),
+    });
     Some(TcpProxy {
         stat_prefix: service.to_string(),
         cluster_specifier: Some(cluster_specifier),

@@ -440,7 +440,8 @@ fn the_route_configuration_and_hcm_refuse_what_they_do_not_enforce() {
         stream_idle_timeout: None,
         ..hcm
     };
-    assert_eq!(hcm_routes(&ok).expect("decodes").len(), 1);
+    let (name, routes) = hcm_routes(&ok).expect("decodes");
+    assert_eq!((name.as_str(), routes.len()), ("backend", 1));
 }
 
 #[test]
@@ -463,7 +464,9 @@ fn tcp_proxy_weighted_clusters_become_a_split() {
         ..Default::default()
     };
     assert_eq!(
-        tcp_proxy_clusters(&split(&[("redis", 80), ("redis-dr", 20)])).expect("decodes"),
+        tcp_proxy_clusters(&split(&[("redis", 80), ("redis-dr", 20)]))
+            .expect("decodes")
+            .0,
         vec![
             WeightedClusterPlan {
                 cluster: "redis".into(),

@@ -403,8 +403,15 @@ fn tcp_routes_split_connections_and_lose_to_http_routes() {
     let backend = &config.listeners["outbound:127.0.0.1:20012"];
     assert!(!backend.http);
     assert_eq!(
-        backend.cluster,
-        subset_cluster("backend", &tags(&[("version", "v2")]))
+        backend.cluster, "backend",
+        "the plan still names the service"
+    );
+    assert_eq!(
+        backend.weighted,
+        [WeightedClusterPlan {
+            cluster: subset_cluster("backend", &tags(&[("version", "v2")])),
+            weight: 1
+        }]
     );
 
     // With a MeshHTTPRoute as well, the HTTP route wins on the HTTP outbound.
