@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use meshzone_bench::percentile;
 use serde_json::{Value, json};
 
 fn free_port() -> anyhow::Result<u16> {
@@ -126,12 +127,6 @@ async fn zone_connected(client: &reqwest::Client, api: &str, zone: &str) -> anyh
     Ok(insight["subscriptions"]
         .as_array()
         .is_some_and(|s| s.iter().any(|x| x["disconnectTime"].is_null())))
-}
-
-fn percentile(samples: &mut [f64], q: f64) -> f64 {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-    samples.get(i).copied().unwrap_or(f64::NAN)
 }
 
 #[tokio::main]

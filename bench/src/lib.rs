@@ -91,13 +91,22 @@ pub async fn app(listener: TcpListener) {
     }
 }
 
-/// Sends one request on a keep-alive connection and reads the whole response.
+/// Sends one request on a keep-alive connection and reads the whole response; the body size.
 pub async fn request(conn: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> anyhow::Result<usize> {
+    Ok(request_status(conn, path, buf).await?.1)
+}
+
+/// Like [`request`], also giving the response's status code.
+pub async fn request_status(
+    conn: &mut TcpStream,
+    path: &str,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<(u16, usize)> {
     conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
         .await?;
     buf.clear();
     let mut chunk = vec![0u8; 64 * 1024];
-    let (head_end, length) = loop {
+    let (head_end, length, status) = loop {
         let n = conn.read(&mut chunk).await?;
         if n == 0 {
             bail!("connection closed");
@@ -110,7 +119,12 @@ pub async fn request(conn: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> any
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .and_then(|v| v.trim().parse().ok())
                 .context("no content-length")?;
-            break (i + 4, len);
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .context("no status line")?;
+            break (i + 4, len, status);
         }
     };
     let mut got = buf.len() - head_end;
@@ -121,7 +135,7 @@ pub async fn request(conn: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> any
         }
         got += n;
     }
-    Ok(got)
+    Ok((status, got))
 }
 
 pub struct Latency {
@@ -254,6 +268,29 @@ impl Cp {
         }
         Ok(())
     }
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        let r = self
+            .client
+            .delete(format!("{}{path}", self.api))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("DELETE {path}: {}", r.text().await?);
+        }
+        Ok(())
+    }
+    /// The JSON at `path`, or `None` when the answer is not a success.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            return Ok(None);
+        }
+        Ok(Some(r.json().await?))
+    }
     pub async fn token(&self, name: &str) -> anyhow::Result<String> {
         Ok(self
             .client
@@ -342,6 +379,13 @@ pub async fn start_cp(bin_dir: &Path, work: &Path, env: &[(&str, String)]) -> an
     })
 }
 
+/// The `q` quantile (0..=1) of `samples` (sorted in place), nearest rank.
+pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    samples.get(i).copied().unwrap_or(f64::NAN)
+}
+
 /// `--flag N` from the command line, or `default`.
 pub fn numeric_flag(flag: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -357,4 +401,153 @@ pub fn fixed(v: &Value, decimals: usize) -> String {
     v.as_f64()
         .map(|x| format!("{x:.decimals$}"))
         .unwrap_or_else(|| "-".into())
+}
+
+/// Opens one ADS stream to a DP server as proxy `node_id` (the zone CP must run with
+/// `KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE=none`), subscribes to every type and ACKs each response
+/// right after `observe` saw it, as a proxy does. `ended` gets the final status (`None` for a
+/// clean end). The stream runs in its own task.
+pub async fn ads_stream(
+    channel: tonic::transport::Channel,
+    node_id: String,
+    mut observe: impl FnMut(&meshzone_xds::discovery::DiscoveryResponse) + Send + 'static,
+    ended: impl FnOnce(Option<tonic::Status>) + Send + 'static,
+) -> anyhow::Result<()> {
+    use meshzone_xds::discovery::DiscoveryRequest;
+    use meshzone_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use meshzone_xds::envoy_types::pb::envoy::config::core::v3::Node;
+    use meshzone_xds::names::TypeUrl;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<DiscoveryRequest>(16);
+    let node = Node {
+        id: node_id,
+        ..Default::default()
+    };
+    for t in TypeUrl::ALL {
+        tx.send(DiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: t.as_str().to_string(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut responses = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tokio::spawn(async move {
+        loop {
+            let r = match responses.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return ended(None),
+                Err(status) => return ended(Some(status)),
+            };
+            observe(&r);
+            let ack = DiscoveryRequest {
+                type_url: r.type_url.clone(),
+                version_info: r.version_info.clone(),
+                response_nonce: r.nonce.clone(),
+                ..Default::default()
+            };
+            if tx.send(ack).await.is_err() {
+                return ended(None);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A gRPC channel to a control plane's DP server, trusting its generated certificate.
+pub async fn dp_server_channel(cp: &Cp) -> anyhow::Result<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let ca = std::fs::read_to_string(cp.work.join("kuma/kuma-cp.crt"))?;
+    Ok(
+        Channel::from_shared(format!("https://127.0.0.1:{}", cp.dp_port))?
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&ca))
+                    .domain_name("localhost"),
+            )?
+            .connect()
+            .await?,
+    )
+}
+
+/// Envoy 1.40: `ENVOY_BIN`, or the one scripts/test.sh installs into `.venv`.
+pub fn envoy_binary() -> anyhow::Result<PathBuf> {
+    let bin = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy"));
+    if !bin.exists() {
+        bail!(
+            "Envoy not found at {} (scripts/test.sh installs it into .venv, or set ENVOY_BIN)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// An Envoy sidecar for Dataplane `dp` of mesh `default`, configured over ADS by `cp`, with 2
+/// workers; its admin port.
+pub fn spawn_envoy(
+    bin: &Path,
+    cp: &Cp,
+    name: &str,
+    dp: &Value,
+    token: &str,
+    label: &'static str,
+) -> anyhow::Result<(Proc, u16)> {
+    let admin = free_port()?;
+    let bootstrap = json!({
+        "node": {"id": format!("default.{name}"), "cluster": name, "metadata": {"dataplane.resource": dp.to_string()}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "ads_cluster"},
+                    "initial_metadata": [{"key": "authorization", "value": format!("Bearer {token}")}]}]},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"}},
+        "static_resources": {"clusters": [{"name": "ads_cluster", "type": "STATIC", "connect_timeout": "5s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": "ads_cluster", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
+                {"socket_address": {"address": "127.0.0.1", "port_value": cp.dp_port}}}}]}]},
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "localhost",
+                "common_tls_context": {"validation_context": {"trusted_ca": {"filename": cp.work.join("kuma/kuma-cp.crt").display().to_string()}}}}}}]}
+    });
+    let file = cp.work.join(format!("{label}.json"));
+    std::fs::write(&file, bootstrap.to_string())?;
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&file)
+        .args([
+            "--concurrency",
+            "2",
+            "--use-dynamic-base-id",
+            "--log-level",
+            "error",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok((Proc(child), admin))
+}
+
+/// Mesh `default` with a builtin CA (mTLS on).
+pub fn mtls_mesh() -> Value {
+    json!({"type": "Mesh", "name": "default",
+        "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}})
+}
+
+/// Starts [`app`] on a free loopback port; the port.
+pub async fn start_app() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(app(listener));
+    Ok(port)
 }

@@ -10,64 +10,16 @@
 //! Usage: `bench/run.sh` (or `target/release/proxy-bench [--rate N] [--seconds S]`).
 //! Prints a table and writes `bench/results/proxy.json`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use meshzone_bench::{
-    BODY, BULK, CONNECTIONS, Cp, Proc, app, bulk, dataplane, fixed, free_port, load, numeric_flag,
-    proc_stat, spawn_kuma_dp, start_cp, wait_http, wait_path,
+    BODY, BULK, CONNECTIONS, Proc, bulk, dataplane, envoy_binary, fixed, free_port, load,
+    mtls_mesh, numeric_flag, proc_stat, spawn_envoy, spawn_kuma_dp, start_app, start_cp, wait_http,
+    wait_path,
 };
-use serde_json::{Value, json};
-use tokio::net::TcpListener;
-
-fn spawn_envoy(
-    bin: &Path,
-    cp: &Cp,
-    name: &str,
-    dp: &Value,
-    token: &str,
-    label: &'static str,
-) -> anyhow::Result<(Proc, u16)> {
-    let admin = free_port()?;
-    let bootstrap = json!({
-        "node": {"id": format!("default.{name}"), "cluster": name, "metadata": {"dataplane.resource": dp.to_string()}},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "dynamic_resources": {
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "ads_cluster"},
-                    "initial_metadata": [{"key": "authorization", "value": format!("Bearer {token}")}]}]},
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"}},
-        "static_resources": {"clusters": [{"name": "ads_cluster", "type": "STATIC", "connect_timeout": "5s",
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}},
-            "load_assignment": {"cluster_name": "ads_cluster", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
-                {"socket_address": {"address": "127.0.0.1", "port_value": cp.dp_port}}}}]}]},
-            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": "localhost",
-                "common_tls_context": {"validation_context": {"trusted_ca": {"filename": cp.work.join("kuma/kuma-cp.crt").display().to_string()}}}}}}]}
-    });
-    let file = cp.work.join(format!("{label}.json"));
-    std::fs::write(&file, bootstrap.to_string())?;
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&file)
-        .args([
-            "--concurrency",
-            "2",
-            "--use-dynamic-base-id",
-            "--log-level",
-            "error",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok((Proc(child), admin))
-}
+use serde_json::json;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -75,28 +27,13 @@ async fn main() -> anyhow::Result<()> {
     let seconds = numeric_flag("--seconds", 10);
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
-    let envoy_bin = std::env::var_os("ENVOY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy"));
-    if !envoy_bin.exists() {
-        bail!(
-            "Envoy not found at {} (scripts/test.sh installs it into .venv, or set ENVOY_BIN)",
-            envoy_bin.display()
-        );
-    }
+    let envoy_bin = envoy_binary()?;
 
     let work = tempfile::tempdir()?;
     let cp = start_cp(&dir, work.path(), &[]).await?;
-    cp.put(
-        "/meshes/default",
-        json!({"type": "Mesh", "name": "default",
-        "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
-    )
-    .await?;
+    cp.put("/meshes/default", mtls_mesh()).await?;
 
-    let app_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let app_port = app_listener.local_addr()?.port();
-    tokio::spawn(app(app_listener));
+    let app_port = start_app().await?;
 
     // kuma-dp pair.
     let (k_in, k_out) = (free_port()?, free_port()?);

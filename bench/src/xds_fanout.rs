@@ -12,17 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use meshzone_bench::{numeric_flag, proc_stat, start_cp};
-use meshzone_xds::discovery::DiscoveryRequest;
-use meshzone_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use meshzone_xds::envoy_types::pb::envoy::config::core::v3::Node;
+use meshzone_bench::{ads_stream, dp_server_channel, mtls_mesh, numeric_flag, proc_stat, start_cp};
 use meshzone_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use meshzone_xds::names::TypeUrl;
 use prost::Message;
 use serde_json::json;
-use tokio::sync::{Mutex, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
 const DATAPLANES: usize = 1000;
 const SERVICES: usize = 50;
@@ -35,7 +30,7 @@ fn dataplane(name: &str, service: &str, port: usize) -> serde_json::Value {
 }
 
 /// Endpoint count of `svc-0` seen last by each stream.
-type Seen = Arc<Mutex<Vec<usize>>>;
+type Seen = Arc<std::sync::Mutex<Vec<usize>>>;
 
 /// Streams the control plane ended with `UNAVAILABLE` (its shutdown status).
 type Unavailable = Arc<std::sync::atomic::AtomicUsize>;
@@ -47,70 +42,47 @@ async fn open_stream(
     seen: Seen,
     unavailable: Unavailable,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-    let node = Node {
-        id: format!("default.{name}"),
-        ..Default::default()
-    };
-    for t in TypeUrl::ALL {
-        tx.send(DiscoveryRequest {
-            node: Some(node.clone()),
-            type_url: t.as_str().to_string(),
-            ..Default::default()
-        })
-        .await?;
-    }
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    tokio::spawn(async move {
-        loop {
-            let r = match responses.message().await {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
-                Err(status) => {
-                    if status.code() == tonic::Code::Unavailable {
-                        unavailable.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    return;
-                }
-            };
-            if r.type_url == TypeUrl::ClusterLoadAssignment.as_str() {
-                let count = r
-                    .resources
-                    .iter()
-                    .filter_map(|any| ClusterLoadAssignment::decode(any.value.as_slice()).ok())
-                    .filter(|cla| cla.cluster_name == "svc-0")
-                    .map(|cla| cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum())
-                    .next()
-                    .unwrap_or(0);
-                seen.lock().await[index] = count;
-            }
-            let ack = DiscoveryRequest {
-                type_url: r.type_url.clone(),
-                version_info: r.version_info.clone(),
-                response_nonce: r.nonce.clone(),
-                ..Default::default()
-            };
-            if tx.send(ack).await.is_err() {
+    ads_stream(
+        channel,
+        format!("default.{name}"),
+        move |r| {
+            if r.type_url != TypeUrl::ClusterLoadAssignment.as_str() {
                 return;
             }
-        }
-    });
-    Ok(())
+            let count = r
+                .resources
+                .iter()
+                .filter_map(|any| ClusterLoadAssignment::decode(any.value.as_slice()).ok())
+                .filter(|cla| cla.cluster_name == "svc-0")
+                .map(|cla| cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum())
+                .next()
+                .unwrap_or(0);
+            if let Ok(mut v) = seen.lock() {
+                v[index] = count;
+            }
+        },
+        move |status| {
+            if status.is_some_and(|s| s.code() == tonic::Code::Unavailable) {
+                unavailable.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        },
+    )
+    .await
 }
 
 async fn wait_all(seen: &Seen, expected: usize, deadline: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
     loop {
-        if seen.lock().await.iter().all(|n| *n == expected) {
+        if seen
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .iter()
+            .all(|n| *n == expected)
+        {
             return Ok(start.elapsed());
         }
         if start.elapsed() > deadline {
-            let v = seen.lock().await;
+            let v = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             let done = v.iter().filter(|n| **n == expected).count();
             bail!("only {done}/{} streams saw {expected} endpoints", v.len());
         }
@@ -142,12 +114,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let cp_pid = cp._proc.0.id();
     let unavailable: Unavailable = Arc::default();
-    cp.put(
-        "/meshes/default",
-        json!({"type": "Mesh", "name": "default",
-            "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
-    )
-    .await?;
+    cp.put("/meshes/default", mtls_mesh()).await?;
     for i in 0..DATAPLANES {
         let name = format!("dp-{i}");
         cp.put(
@@ -156,16 +123,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     }
-    let ca = std::fs::read_to_string(work.path().join("kuma/kuma-cp.crt"))?;
-    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", cp.dp_port))?
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca))
-                .domain_name("localhost"),
-        )?
-        .connect()
-        .await?;
-    let seen: Seen = Arc::new(Mutex::new(vec![usize::MAX; streams]));
+    let channel = dp_server_channel(&cp).await?;
+    let seen: Seen = Arc::new(std::sync::Mutex::new(vec![usize::MAX; streams]));
     let mut instances = DATAPLANES / SERVICES;
     for i in 0..streams {
         open_stream(

@@ -5,7 +5,9 @@
 //! It validates and authorizes requests and maps errors to HTTP; it owns no state beyond the
 //! store handle and does no KDS/xDS work.
 
+mod defaults;
 mod error;
+mod inspect;
 mod metrics;
 mod views;
 
@@ -25,6 +27,7 @@ use meshzone_store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+pub use defaults::create_initial_policies;
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
 
@@ -109,6 +112,14 @@ pub fn router(ctx: ApiContext) -> Router {
         .route(
             "/meshes/{mesh}/dataplanes/{name}/xds",
             get(dataplane_config_dump),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/_rules",
+            get(inspect::dataplane_rules_handler),
+        )
+        .route(
+            "/meshes/{mesh}/{ws}/{name}/_resources/dataplanes",
+            get(inspect::policy_dataplanes_handler),
         )
         .route(
             "/meshes/{mesh}/{ws}/{name}",
@@ -538,6 +549,9 @@ async fn put_one(
     let resource = Resource::from_value(value).map_err(ApiError::invalid)?;
     meshzone_model::validate(&resource).map_err(ApiError::invalid)?;
     let (stored, created) = ctx.0.store.upsert(resource, expected).await?;
+    if created && rt == ResourceType::Mesh {
+        create_initial_policies(&ctx.0.store, ctx.0.settings.mode.role(), &stored).await?;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -485,3 +485,306 @@ async fn service_insights_say_why_a_mesh_without_mtls_has_no_cross_zone_traffic(
     let (_, _, body) = call(&app, "GET", "/meshes/default/service-insights", None, None).await;
     assert!(body["items"][0]["crossZone"].is_null(), "{body}");
 }
+
+fn permission(name: &str) -> Value {
+    json!({
+        "type": "MeshTrafficPermission", "mesh": "default", "name": name,
+        "spec": {"targetRef": {"kind": "Mesh"},
+                 "from": [{"targetRef": {"kind": "MeshSubset", "tags": {"kuma.io/zone": "zone-2"}},
+                           "default": {"action": "Deny"}}]}
+    })
+}
+
+#[tokio::test]
+async fn policies_are_written_on_global_and_standalone_zones_and_refused_on_federated_ones() {
+    for mode in [CpMode::Global, standalone()] {
+        let app = app(mode).await;
+        let path = "/meshes/default/meshtrafficpermissions/deny-zone-2";
+        let (s, _, body) = call(&app, "PUT", path, Some(permission("deny-zone-2")), None).await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        assert_eq!(
+            body["spec"]["from"][0]["default"]["action"], "Deny",
+            "{body}"
+        );
+        let (s, _, body) = call(
+            &app,
+            "GET",
+            "/meshes/default/meshtrafficpermissions",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(body["total"], 1, "{body}");
+        let (s, _, _) = call(&app, "DELETE", path, None, None).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let federated = app(CpMode::Zone {
+        name: "z".into(),
+        federated: true,
+    })
+    .await;
+    for (path, body) in [
+        ("/meshes/default/meshtrafficpermissions/p", permission("p")),
+        (
+            "/meshes/default/meshtcproutes/p",
+            json!({"type": "MeshTCPRoute", "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "a"}, "rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "a"}]}}]}]}}),
+        ),
+    ] {
+        let (s, _, answer) = call(&federated, "PUT", path, Some(body), None).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{answer}");
+        assert_eq!(answer["details"], ZONE_READ_ONLY);
+        let (s, _, _) = call(&federated, "DELETE", path, None, None).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_policy_is_a_400_with_each_cause() {
+    let app = app(CpMode::Global).await;
+    let mut bad = permission("bad");
+    bad["spec"]["targetRef"] = json!({"kind": "MeshHTTPRoute", "name": "r"});
+    bad["spec"]["from"][0]["default"]["action"] = json!("Maybe");
+    let (s, _, body) = call(
+        &app,
+        "PUT",
+        "/meshes/default/meshtrafficpermissions/bad",
+        Some(bad),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["causes"][0]["field"], "spec.from[0].default.action",
+        "{body}"
+    );
+    let mut bad = permission("bad");
+    bad["spec"]["targetRef"] = json!({"kind": "MeshHTTPRoute", "name": "r"});
+    let (s, _, body) = call(
+        &app,
+        "PUT",
+        "/meshes/default/meshtrafficpermissions/bad",
+        Some(bad),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["causes"][0]["field"], "spec.targetRef.kind", "{body}");
+    let (_, _, list) = call(
+        &app,
+        "GET",
+        "/meshes/default/meshtrafficpermissions",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(list["total"], 0, "nothing stored: {list}");
+}
+
+#[tokio::test]
+async fn a_new_mesh_gets_allow_all_once_unless_skipped_and_not_on_a_federated_zone() {
+    let global = app(CpMode::Global).await;
+    let (s, _, _) = call(
+        &global,
+        "PUT",
+        "/meshes/demo",
+        Some(json!({"type": "Mesh", "name": "demo"})),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _, mtp) = call(
+        &global,
+        "GET",
+        "/meshes/demo/meshtrafficpermissions/allow-all-demo",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{mtp}");
+    assert_eq!(
+        mtp["spec"],
+        json!({"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]})
+    );
+    // Deleted by the user, it stays deleted when the Mesh is updated.
+    let (s, _, _) = call(
+        &global,
+        "DELETE",
+        "/meshes/demo/meshtrafficpermissions/allow-all-demo",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = call(&global, "PUT", "/meshes/demo", Some(json!({"type": "Mesh", "name": "demo", "mtls": {"enabledBackend": "ca", "backends": [{"name": "ca", "type": "builtin"}]}})), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, _, list) = call(
+        &global,
+        "GET",
+        "/meshes/demo/meshtrafficpermissions",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(list["total"], 0, "{list}");
+
+    // skipCreatingInitialPolicies skips it (by type or "*").
+    for (name, skip) in [
+        ("m1", json!(["MeshTrafficPermission"])),
+        ("m2", json!(["*"])),
+    ] {
+        let (s, _, _) = call(
+            &global,
+            "PUT",
+            &format!("/meshes/{name}"),
+            Some(json!({"type": "Mesh", "name": name, "skipCreatingInitialPolicies": skip})),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (_, _, list) = call(
+            &global,
+            "GET",
+            &format!("/meshes/{name}/meshtrafficpermissions"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(list["total"], 0, "{name}: {list}");
+    }
+
+    // A standalone zone creates it too.
+    let zone = app(standalone()).await;
+    let (s, _, _) = call(
+        &zone,
+        "PUT",
+        "/meshes/z1",
+        Some(json!({"type": "Mesh", "name": "z1"})),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _, _) = call(
+        &zone,
+        "GET",
+        "/meshes/z1/meshtrafficpermissions/allow-all-z1",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_federated_zone_creates_no_initial_policies() {
+    let store = Store::new(AnyBackend::Memory(MemoryBackend::new()));
+    let mesh = store
+        .create(Resource::new(
+            Meta::named("from-global", ""),
+            Spec::Mesh(Default::default()),
+        ))
+        .await
+        .expect("mesh");
+    let made = create_initial_policies(&store, CpRole::FederatedZone, &mesh)
+        .await
+        .expect("ok");
+    assert!(made.is_empty());
+    assert!(
+        store
+            .list(ResourceType::MeshTrafficPermission, None)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let made = create_initial_policies(&store, CpRole::Global, &mesh)
+        .await
+        .expect("ok");
+    assert_eq!(made.len(), 1);
+    // Created once: a second call leaves the existing one alone.
+    assert!(
+        create_initial_policies(&store, CpRole::Global, &mesh)
+            .await
+            .expect("ok")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn rules_of_a_dataplane_and_the_dataplanes_of_a_policy() {
+    let app = app(standalone()).await;
+    for (path, body) in [
+        (
+            "/meshes/default/meshtrafficpermissions/deny-zone-2",
+            permission("deny-zone-2"),
+        ),
+        ("/meshes/default/dataplanes/web-1", dataplane("web-1", 8080)),
+    ] {
+        let (s, _, answer) = call(&app, "PUT", path, Some(body), None).await;
+        assert_eq!(s, StatusCode::CREATED, "{path}: {answer}");
+    }
+    let (s, _, v) = call(
+        &app,
+        "GET",
+        "/meshes/default/dataplanes/web-1/_rules",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["resource"]["name"], "web-1");
+    let mtp = &v["rules"][0];
+    assert_eq!(mtp["type"], "MeshTrafficPermission", "{v}");
+    assert_eq!(
+        mtp["warnings"][0],
+        "Mesh is not Mtls enabled this policy will have no effect"
+    );
+    // The zone stamps its name on the inbound; the deny subset and the rest are told apart.
+    assert_eq!(
+        mtp["fromRules"][0]["inbound"]["tags"]["kuma.io/zone"], "zone-1",
+        "{v}"
+    );
+    assert_eq!(
+        mtp["fromRules"][0]["rules"][0]["conf"]["action"], "Deny",
+        "{v}"
+    );
+    let (s, _, _) = call(
+        &app,
+        "GET",
+        "/meshes/default/dataplanes/nope/_rules",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, _, list) = call(
+        &app,
+        "GET",
+        "/meshes/default/meshtrafficpermissions/deny-zone-2/_resources/dataplanes",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["items"][0]["name"], "web-1");
+    assert!(list["next"].is_null());
+    let (s, _, _) = call(
+        &app,
+        "GET",
+        "/meshes/default/meshtrafficpermissions/nope/_resources/dataplanes",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = call(
+        &app,
+        "GET",
+        "/meshes/default/secrets/x/_resources/dataplanes",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

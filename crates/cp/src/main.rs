@@ -212,7 +212,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     };
 
     if !config.defaults.skip_mesh && !matches!(role, Role::FederatedZone { .. }) {
-        ensure_default_mesh(&store).await?;
+        ensure_default_mesh(&store, mode.role()).await?;
     }
 
     // The DP server's settings come first: the API reads the proxies' configuration from it.
@@ -543,14 +543,20 @@ async fn provision_mesh_cas(store: Store) {
     }
 }
 
-async fn ensure_default_mesh(store: &Store) -> anyhow::Result<()> {
+async fn ensure_default_mesh(store: &Store, role: meshzone_model::CpRole) -> anyhow::Result<()> {
     let mesh = Resource::new(
         Meta::named(DEFAULT_MESH, ""),
         Spec::Mesh(Default::default()),
     );
     match store.create(mesh).await {
-        Ok(_) => {
+        Ok(mesh) => {
             info!("created Mesh \"default\"");
+            let policies = meshzone_api::create_initial_policies(store, role, &mesh)
+                .await
+                .map_err(|e| anyhow!("cannot create the default Mesh's initial policies: {e}"))?;
+            for key in policies {
+                info!("created {key}");
+            }
             Ok(())
         }
         Err(StoreError::AlreadyExists(_)) => Ok(()),

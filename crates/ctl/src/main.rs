@@ -75,8 +75,9 @@ enum Command {
     Inspect {
         #[arg(value_name = "WHAT")]
         what: String,
-        /// One item (for `--type config-dump`).
+        /// One item: a dataplane (see `--type`) or a policy (the proxies it selects).
         name: Option<String>,
+        /// `policies` (the default): the rules every policy type gives the proxy;
         /// `config-dump`: the proxy's configuration as its control plane sent it.
         #[arg(long = "type", value_name = "TYPE")]
         inspect_type: Option<String>,
@@ -349,11 +350,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string_pretty(&dump)?);
                     Ok(())
                 }
+                // `policies` is the default type, as in Kuma.
+                ("dataplane" | "dataplanes", Some(name), None | Some("policies")) => {
+                    let rules = client
+                        .get(&format!("/meshes/{mesh}/dataplanes/{name}/_rules"))
+                        .await?;
+                    match output {
+                        Output::Table => print!("{}", tables::inspect_rules(&rules)),
+                        _ => print_value(&rules, output)?,
+                    }
+                    Ok(())
+                }
                 (_, _, Some(other)) => bail!(
-                    "kumactl inspect --type {other:?} is not supported; use `kumactl inspect dataplane NAME --type config-dump`"
+                    "kumactl inspect --type {other:?} is not supported; use `kumactl inspect dataplane NAME --type policies|config-dump`"
                 ),
+                // `kumactl inspect meshtrafficpermission NAME`: the proxies it selects.
+                (word, Some(name), None)
+                    if ResourceType::from_cli_name(word)
+                        .is_some_and(|rt| rt.descriptor().policy) =>
+                {
+                    let rt = resource_type(word)?;
+                    let path = format!("{}/_resources/dataplanes", item_path(rt, &mesh, &name));
+                    let items = client.list_all(&path).await?;
+                    match output {
+                        Output::Table => print!("{}", tables::inspect_policy_dataplanes(&items)),
+                        _ => print_value(
+                            &json!({ "total": items.len(), "items": items, "next": null }),
+                            output,
+                        )?,
+                    }
+                    Ok(())
+                }
                 (_, Some(name), None) => bail!(
-                    "kumactl inspect {what} {name}: give --type config-dump to see one proxy's configuration"
+                    "kumactl inspect {what} {name}: only dataplanes (--type policies|config-dump) and policies can be inspected by name"
                 ),
                 (_, None, None) => inspect(&client, &what, &mesh, output).await,
             }

@@ -203,6 +203,27 @@ pub fn get_table(rt: ResourceType, items: &[Value], now: DateTime<Utc>) -> Strin
                 .collect();
             render(&["NAME", "ENABLED", "AGE"], &rows)
         }
+        // Policies: what they apply to (Kuma's columns; no top-level targetRef means Mesh).
+        _ if rt.descriptor().policy => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| {
+                    let target = &r["spec"]["targetRef"];
+                    let kind = target["kind"].as_str().unwrap_or("Mesh").to_string();
+                    vec![
+                        s(&r["mesh"]),
+                        s(&r["name"]),
+                        kind,
+                        s(&target["name"]),
+                        age(r),
+                    ]
+                })
+                .collect();
+            render(
+                &["MESH", "NAME", "TARGETREF KIND", "TARGETREF NAME", "AGE"],
+                &rows,
+            )
+        }
         _ if rt.is_mesh_scoped() => {
             let rows: Vec<Vec<String>> = items
                 .iter()
@@ -480,3 +501,103 @@ pub fn inspect_services(items: &[Value]) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// `k=v` / `k!=v` of a rule's matchers; `*` for the subset of everything.
+fn matchers(rule: &Value) -> String {
+    let parts: Vec<String> = rule["matchers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let op = if m["not"].as_bool().unwrap_or(false) {
+                "!="
+            } else {
+                "="
+            };
+            format!("{}{op}{}", s(&m["key"]), s(&m["value"]))
+        })
+        .collect();
+    if parts.is_empty() {
+        "*".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// The names of the policies a rule's conf came from.
+fn origins(rule: &Value) -> String {
+    rule["origin"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| s(&o["resourceMeta"]["name"]))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn rule_rows(rules: &Value) -> Vec<Vec<String>> {
+    rules
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| vec![matchers(r), r["conf"].to_string(), origins(r)])
+        .collect()
+}
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines().map(|l| format!("{by}{l}\n")).collect()
+}
+
+/// `kumactl inspect dataplane NAME --type policies`, from the `_rules` answer: per policy type
+/// its warnings, then its `to` rules and its `from` rules per inbound (subset, merged conf, the
+/// policies it came from).
+pub fn inspect_rules(rules: &Value) -> String {
+    let header = ["MATCHERS", "CONF", "ORIGIN"];
+    let mut out = String::new();
+    let entries = rules["rules"].as_array().cloned().unwrap_or_default();
+    if entries.is_empty() {
+        out.push_str("no policy selects this proxy\n");
+    }
+    for entry in &entries {
+        out.push_str(&format!("{}\n", s(&entry["type"])));
+        for w in entry["warnings"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  warning: {}\n", s(w)));
+        }
+        if let Some(p) = entry.get("proxyRule").filter(|p| !p.is_null()) {
+            out.push_str(&format!("  proxy: {}\n", p["conf"]));
+        }
+        let to = rule_rows(&entry["toRules"]);
+        if !to.is_empty() {
+            out.push_str("  to:\n");
+            out.push_str(&indent(&render(&header, &to), "    "));
+        }
+        for from in entry["fromRules"].as_array().into_iter().flatten() {
+            let inbound = &from["inbound"];
+            let tags: Vec<String> = inbound["tags"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", s(v)))
+                .collect();
+            out.push_str(&format!(
+                "  from, inbound {} ({}):\n",
+                s(&inbound["port"]),
+                tags.join(" ")
+            ));
+            out.push_str(&indent(
+                &render(&header, &rule_rows(&from["rules"])),
+                "    ",
+            ));
+        }
+    }
+    out
+}
+
+/// `kumactl inspect <policy> NAME`: the proxies the policy selects.
+pub fn inspect_policy_dataplanes(items: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|d| vec![s(&d["mesh"]), s(&d["name"])])
+        .collect();
+    render(&["MESH", "DATAPLANE"], &rows)
+}

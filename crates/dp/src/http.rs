@@ -51,14 +51,21 @@ pub async fn serve<S>(
     listener: String,
     rt: Arc<Runtime>,
     stats: Arc<Stats>,
+    guard: crate::rbac::RequestGuard,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (listener, rt, stats) = (listener.clone(), rt.clone(), stats.clone());
+        // Judged by the newest permissions, whenever the connection was opened.
+        let allowed = guard.allows(&stats);
         async move {
-            let resp = route(req, &listener, &rt, &stats).await;
+            let resp = if allowed {
+                route(req, &listener, &rt, &stats).await
+            } else {
+                error_response(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY)
+            };
             stats.inc(format!("http.{listener}.rq_total"));
             stats.inc(format!(
                 "http.{listener}.rq_{}xx",

@@ -7,6 +7,7 @@ mod admin;
 mod dns;
 mod http;
 mod proxy;
+mod rbac;
 mod routes;
 mod runtime;
 mod stats;

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use meshzone_xds::decode::ListenerPlan;
 
+use crate::rbac::{self, Registry, RequestGuard};
 use crate::runtime::Runtime;
 use crate::stats::Stats;
 
@@ -67,6 +68,8 @@ pub struct Listeners {
     running: BTreeMap<String, (SocketAddr, JoinHandle<()>)>,
     stats: Arc<Stats>,
     drain: Arc<Drain>,
+    /// Live inbound connections and their peers, re-judged on every update.
+    registry: Arc<Registry>,
 }
 
 impl Listeners {
@@ -75,6 +78,7 @@ impl Listeners {
             running: BTreeMap::new(),
             stats,
             drain,
+            registry: Arc::default(),
         }
     }
 
@@ -107,6 +111,7 @@ impl Listeners {
                         runtime.clone(),
                         self.stats.clone(),
                         self.drain.clone(),
+                        self.registry.clone(),
                     ));
                     self.running.insert(name, (addr, task));
                 }
@@ -115,6 +120,12 @@ impl Listeners {
                     warn!(listener = name, %addr, error = %e, "cannot listen");
                 }
             }
+        }
+        // Permissions may have changed: close the live connections they now deny.
+        let config = &runtime.borrow().config;
+        let closed = self.registry.reevaluate(config, &self.stats);
+        if closed > 0 {
+            debug!(closed, "closed connections the new permissions deny");
         }
     }
 
@@ -132,6 +143,7 @@ async fn accept_loop(
     runtime: watch::Receiver<Arc<Runtime>>,
     stats: Arc<Stats>,
     drain: Arc<Drain>,
+    registry: Arc<Registry>,
 ) {
     loop {
         let (conn, peer) = match listener.accept().await {
@@ -146,11 +158,15 @@ async fn accept_loop(
         let rt = runtime.borrow().clone();
         let guard = drain.enter();
         let (name, stats) = (name.clone(), stats.clone());
+        let access = Access {
+            registry: registry.clone(),
+            latest: runtime.clone(),
+        };
         tokio::spawn(async move {
             let _guard = guard;
             stats.inc(format!("listener.{name}.downstream_cx_total"));
             stats.inc(format!("listener.{name}.downstream_cx_active"));
-            if let Err(reason) = handle(&name, conn, rt, stats.clone()).await {
+            if let Err(reason) = handle(&name, conn, rt, stats.clone(), access).await {
                 stats.inc(format!("listener.{name}.downstream_cx_refused"));
                 debug!(listener = name, %peer, reason, "connection closed");
             }
@@ -159,12 +175,20 @@ async fn accept_loop(
     }
 }
 
+/// What a connection needs for its permissions: the registry of live connections and the
+/// newest configuration.
+struct Access {
+    registry: Arc<Registry>,
+    latest: watch::Receiver<Arc<Runtime>>,
+}
+
 /// Runs one downstream connection to its end.
 async fn handle(
     listener: &str,
     conn: TcpStream,
     rt: Arc<Runtime>,
     stats: Arc<Stats>,
+    access: Access,
 ) -> Result<(), String> {
     let mut plan = rt
         .listener(listener)
@@ -198,7 +222,8 @@ async fn handle(
         if plan.tls.is_some() {
             stats.inc(format!("listener.{listener}.plaintext.cx_total"));
         }
-        return carry(conn, &plan, rt, stats).await;
+        // No certificate, no SANs: only a principal that needs no identity admits it.
+        return permitted(conn, &plan, Vec::new(), rt, stats, access).await;
     }
     let tls = rt
         .downstream
@@ -209,40 +234,70 @@ async fn handle(
         stats.inc(format!("listener.{listener}.ssl.handshake_error"));
         format!("TLS handshake: {e}")
     })?;
-    let peer = stream
+    let cert = stream
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| crate::tls::peer_identity(c, &tls.peer));
+        .and_then(|c| c.first());
+    let peer = cert.and_then(|c| crate::tls::peer_identity(c, &tls.peer));
     let Some(peer) = peer else {
         stats.inc(format!("listener.{listener}.rbac.denied"));
         return Err("peer identity is not allowed".into());
     };
     stats.inc(format!("listener.{listener}.peer.{peer}.cx_total"));
-    carry(stream, &plan, rt, stats).await
+    let sans = cert
+        .map(|c| rbac::peer_sans(c.as_ref()))
+        .unwrap_or_default();
+    permitted(stream, &plan, sans, rt, stats, access).await
 }
 
-/// Moves the connection's traffic: request by request for HTTP listeners, bytes otherwise.
-async fn carry<D>(
+/// Judges a connection by the listener's permissions before anything reaches the
+/// application, then carries it until it ends or an update denies its client. TCP is judged
+/// here, once; HTTP per request (the connection itself is admitted).
+async fn permitted<D>(
     stream: D,
     plan: &ListenerPlan,
+    sans: Vec<String>,
     rt: Arc<Runtime>,
     stats: Arc<Stats>,
+    access: Access,
 ) -> Result<(), String>
 where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if plan.http {
-        crate::http::serve(stream, plan.name.clone(), rt, stats).await
-    } else {
-        // A TCP route's split picks the cluster once per connection.
-        let cluster = rt
-            .listeners
-            .get(&plan.name)
-            .map_or(plan.cluster.as_str(), |l| l.tcp_cluster())
-            .to_string();
-        forward(stream, &cluster, &rt, &stats, &[]).await
+    let (registration, verdict, current) =
+        access
+            .registry
+            .admit(&plan.name, sans, plan.rbac.as_ref(), &access.latest);
+    if !plan.http {
+        rbac::count(&stats, current.as_ref(), verdict);
+        if !verdict.allowed {
+            return Err(rbac::DENIED_BODY.into());
+        }
+    }
+    let guard = RequestGuard {
+        listener: plan.name.clone(),
+        sans: registration.sans.clone(),
+        started: plan.rbac.clone(),
+        latest: access.latest,
+    };
+    // Request by request for HTTP listeners, bytes otherwise.
+    let carried = async {
+        if plan.http {
+            crate::http::serve(stream, plan.name.clone(), rt, stats, guard).await
+        } else {
+            // A TCP route's split picks the cluster once per connection.
+            let cluster = rt
+                .listeners
+                .get(&plan.name)
+                .map_or(plan.cluster.as_str(), |l| l.tcp_cluster())
+                .to_string();
+            forward(stream, &cluster, &rt, &stats, &[]).await
+        }
+    };
+    tokio::select! {
+        carried = carried => carried,
+        () = registration.closed() => Err("closed: an update denies this client".into()),
     }
 }
 

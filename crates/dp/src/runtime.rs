@@ -545,6 +545,7 @@ mod tests {
             sni_routes: BTreeMap::new(),
             bind: true,
             use_original_dst: false,
+            rbac: None,
         };
         config.listeners.insert("out".into(), listener.clone());
         let (rt, _) = Runtime::build(config.clone(), &Runtime::empty());

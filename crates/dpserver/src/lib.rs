@@ -9,6 +9,7 @@
 pub mod available_services;
 pub mod endpoints;
 mod handshake;
+mod policies;
 mod stream;
 mod view;
 

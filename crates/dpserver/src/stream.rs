@@ -394,6 +394,18 @@ impl ProxyStream {
         else {
             return Err(Status::not_found(format!("{} was deleted", self.key)));
         };
+        let policies = match crate::policies::proxy_policies(
+            &view.policies,
+            own,
+            self.shared.settings.zone.as_deref(),
+        ) {
+            Ok(p) => p,
+            // Never a half configuration: the proxy keeps the last good one.
+            Err(e) => {
+                warn!(key = %self.key, error = %e, "cannot compute the proxy's policy rules; it keeps its last configuration");
+                return Ok(());
+            }
+        };
         let Spec::Dataplane(own) = own.spec.clone() else {
             return Err(internal("stored Dataplane has another spec"));
         };
@@ -420,8 +432,7 @@ impl ProxyStream {
             tls: material,
             protocols,
             proxyless: self.proxyless,
-            // Filled from the mesh's policies once the policy types exist.
-            policies: &Default::default(),
+            policies: &policies,
         });
         self.set_snapshot(snapshot);
         Ok(())

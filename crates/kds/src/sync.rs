@@ -41,6 +41,34 @@ pub fn global_name(zone: &str, name: &str) -> String {
     format!("{head}-{hash:016x}")
 }
 
+/// Label holding the name a resource had where it was created (the copy's name is hashed).
+pub use meshzone_model::policy::DISPLAY_NAME_LABEL;
+
+/// Kuma's name for a synced copy (MADR-029, `pkg/kds/hash`): the original name, shortened to
+/// fit, then `-` and 16 characters of the FNV-64a hash of the mesh, the name and the extra
+/// values, hex-encoded and mapped onto k8s' consonants-and-digits alphabet
+/// (`rand.SafeEncodeString`), so the copy never collides with a resource the receiver created
+/// itself.
+pub fn hashed_name(mesh: &str, name: &str, extra: &[&str]) -> String {
+    const SAFE: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let hash = [mesh, name]
+        .iter()
+        .chain(extra)
+        .flat_map(|s| s.bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let suffix: String = format!("{hash:016x}")
+        .bytes()
+        .map(|b| char::from(SAFE[usize::from(b) % SAFE.len()]))
+        .collect();
+    let mut keep = name.len().min(MAX_NAME - 17);
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}-{suffix}", &name[..keep])
+}
+
 /// A keyed set of resources of some types.
 pub type Set = BTreeMap<ResourceKey, Resource>;
 
@@ -68,6 +96,16 @@ pub fn offer_to_zone(
                 copy.meta
                     .labels
                     .insert(ORIGIN_LABEL.into(), "global".into());
+                if copy.resource_type().descriptor().policy {
+                    // Policies get Kuma's hashed names; Meshes and Secrets keep theirs (other
+                    // resources refer to them by name: a Dataplane's mesh, a CA's secret).
+                    let display = copy.meta.name.clone();
+                    copy.meta.name = hashed_name(&copy.meta.mesh, &display, &[]);
+                    copy.meta
+                        .labels
+                        .entry(DISPLAY_NAME_LABEL.into())
+                        .or_insert(display);
+                }
                 copy
             }
             Direction::UpThenAcross => {

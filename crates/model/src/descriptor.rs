@@ -23,6 +23,9 @@ pub enum ResourceType {
     GlobalSecret,
     ServiceInsight,
     Config,
+    MeshTrafficPermission,
+    MeshHTTPRoute,
+    MeshTCPRoute,
 }
 
 /// Whether a resource lives inside a mesh or beside the meshes.
@@ -117,7 +120,8 @@ pub struct Descriptor {
     /// The status of the same-named resource of this type, owned by it (deleted with it, and
     /// applied after it when synced).
     pub insight_of: Option<ResourceType>,
-    /// A traffic policy (matched to proxies and merged). None exist yet.
+    /// A traffic policy (matched to proxies and merged); its spec is a
+    /// [`PolicyConf`](crate::policies::PolicyConf).
     pub policy: bool,
 }
 
@@ -327,6 +331,48 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         insight_of: None,
         policy: false,
     },
+    Descriptor {
+        resource_type: ResourceType::MeshTrafficPermission,
+        name: "MeshTrafficPermission",
+        ws_path: "meshtrafficpermissions",
+        ws_aliases: &[],
+        cli_plural: "meshtrafficpermissions",
+        cli_singular: "meshtrafficpermission",
+        cli_aliases: &[],
+        scope: Scope::Mesh,
+        owner: Owner::Global,
+        sync: Direction::Down,
+        insight_of: None,
+        policy: true,
+    },
+    Descriptor {
+        resource_type: ResourceType::MeshHTTPRoute,
+        name: "MeshHTTPRoute",
+        ws_path: "meshhttproutes",
+        ws_aliases: &[],
+        cli_plural: "meshhttproutes",
+        cli_singular: "meshhttproute",
+        cli_aliases: &[],
+        scope: Scope::Mesh,
+        owner: Owner::Global,
+        sync: Direction::Down,
+        insight_of: None,
+        policy: true,
+    },
+    Descriptor {
+        resource_type: ResourceType::MeshTCPRoute,
+        name: "MeshTCPRoute",
+        ws_path: "meshtcproutes",
+        ws_aliases: &[],
+        cli_plural: "meshtcproutes",
+        cli_singular: "meshtcproute",
+        cli_aliases: &[],
+        scope: Scope::Mesh,
+        owner: Owner::Global,
+        sync: Direction::Down,
+        insight_of: None,
+        policy: true,
+    },
 ];
 
 /// Types global sends to zones, in apply order.
@@ -353,7 +399,7 @@ impl ResourceType {
         DESCRIPTORS.iter().map(|d| d.resource_type)
     }
 
-    /// The policy types (none yet).
+    /// The policy types.
     pub fn policies() -> impl Iterator<Item = ResourceType> {
         DESCRIPTORS
             .iter()

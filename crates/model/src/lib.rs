@@ -7,6 +7,7 @@
 
 pub mod descriptor;
 pub mod insights;
+pub mod policies;
 pub mod policy;
 pub mod resource;
 pub mod specs;

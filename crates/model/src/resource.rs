@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::descriptor::ResourceType;
+use crate::policies::PolicyConf;
 use crate::specs::*;
 use crate::validate::{Violation, Violations};
 
@@ -99,6 +100,8 @@ pub enum Spec {
     GlobalSecret(SecretSpec),
     ServiceInsight(ServiceInsightSpec),
     Config(ConfigSpec),
+    /// Every policy type (its resource type is the conf's).
+    Policy(PolicyConf),
 }
 
 /// The types that record a proxy's ADS subscriptions (its status): those whose spec has them
@@ -161,6 +164,7 @@ impl Spec {
             Spec::GlobalSecret(_) => ResourceType::GlobalSecret,
             Spec::ServiceInsight(_) => ResourceType::ServiceInsight,
             Spec::Config(_) => ResourceType::Config,
+            Spec::Policy(p) => p.resource_type(),
         }
     }
 
@@ -181,6 +185,10 @@ impl Spec {
             ResourceType::GlobalSecret => Spec::GlobalSecret(Default::default()),
             ResourceType::ServiceInsight => Spec::ServiceInsight(Default::default()),
             ResourceType::Config => Spec::Config(Default::default()),
+            policy => match PolicyConf::default_for(policy) {
+                Some(conf) => Spec::Policy(conf),
+                None => Spec::Config(Default::default()),
+            },
         }
     }
 
@@ -200,6 +208,7 @@ impl Spec {
             ResourceType::GlobalSecret => Spec::GlobalSecret(typed(fields)?),
             ResourceType::ServiceInsight => Spec::ServiceInsight(typed(fields)?),
             ResourceType::Config => Spec::Config(typed(fields)?),
+            policy => Spec::Policy(PolicyConf::from_fields(policy, fields)?),
         })
     }
 
@@ -220,11 +229,12 @@ impl Spec {
             ResourceType::GlobalSecret => Spec::GlobalSecret(typed_str(text)?),
             ResourceType::ServiceInsight => Spec::ServiceInsight(typed_str(text)?),
             ResourceType::Config => Spec::Config(typed_str(text)?),
+            policy => Spec::Policy(PolicyConf::from_json(policy, text)?),
         })
     }
 }
 
-fn typed_str<T: DeserializeOwned>(text: &str) -> Result<T, Violation> {
+pub(crate) fn typed_str<T: DeserializeOwned>(text: &str) -> Result<T, Violation> {
     let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -233,7 +243,7 @@ fn typed_str<T: DeserializeOwned>(text: &str) -> Result<T, Violation> {
     })
 }
 
-fn typed<T: DeserializeOwned>(fields: Value) -> Result<T, Violation> {
+pub(crate) fn typed<T: DeserializeOwned>(fields: Value) -> Result<T, Violation> {
     serde_path_to_error::deserialize(fields).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
@@ -263,6 +273,8 @@ impl Serialize for Spec {
             Spec::Secret(x) | Spec::GlobalSecret(x) => x.serialize(s),
             Spec::ServiceInsight(x) => x.serialize(s),
             Spec::Config(x) => x.serialize(s),
+            // `{"spec": {...}}`: a policy's output keeps Kuma's `spec:` level.
+            Spec::Policy(x) => x.serialize(s),
         }
     }
 }
@@ -367,7 +379,12 @@ impl Resource {
         };
         let creation_time = take_time(&mut map, "creationTime", &mut violations);
         let modification_time = take_time(&mut map, "modificationTime", &mut violations);
-        if let Some(Value::Object(nested)) = map.remove("spec") {
+        if resource_type.descriptor().policy {
+            // A policy keeps its `spec:` level (Kuma's form); fields given inline go under it.
+            if !map.contains_key("spec") && !map.is_empty() {
+                map = Map::from_iter([("spec".to_string(), Value::Object(map))]);
+            }
+        } else if let Some(Value::Object(nested)) = map.remove("spec") {
             for (k, v) in nested {
                 if map.contains_key(&k) {
                     violations.push(

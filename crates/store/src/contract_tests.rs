@@ -229,6 +229,22 @@ async fn concurrent_updates_one_wins<B: Backend>(store: Store<B>) {
     assert_eq!(store.get(&base.key()).await.expect("get").meta.version, 2);
 }
 
+/// Every policy type is stored and read back unchanged (each backend has its own spec codec).
+async fn policies_round_trip<B: Backend>(store: Store<B>) {
+    store.create(mesh("default")).await.expect("mesh");
+    for policy in meshzone_model::policies::initial_policies("default", &MeshSpec::default()) {
+        let key = policy.key();
+        store.create(policy.clone()).await.expect("create policy");
+        let back = store.get(&key).await.expect("get policy");
+        assert_eq!(back.spec, policy.spec);
+        let listed = store
+            .list(ResourceType::MeshTrafficPermission, Some("default"))
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 1);
+    }
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory {
@@ -252,7 +268,8 @@ contract!(
     create_get_list_update_delete,
     invalid_and_orphans_are_refused,
     deletes_cascade,
-    concurrent_updates_one_wins
+    concurrent_updates_one_wins,
+    policies_round_trip
 );
 
 #[tokio::test]

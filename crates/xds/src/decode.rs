@@ -24,7 +24,11 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig as ExplicitProtocol;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
@@ -35,7 +39,9 @@ use serde::Serialize;
 
 use crate::names::TypeUrl;
 
+mod rbac;
 pub mod routes;
+pub use rbac::{PrincipalPlan, RbacPlan, Verdict};
 pub use routes::{RoutePlan, WeightedClusterPlan};
 
 /// Why one resource could not be used.
@@ -107,6 +113,10 @@ pub struct ListenerPlan {
     pub bind: bool,
     /// The redirect listener: dispatch by original destination (`SO_ORIGINAL_DST`).
     pub use_original_dst: bool,
+    /// Who may connect (network RBAC, per connection) or send requests (HTTP RBAC, per
+    /// request); `None`: everyone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rbac: Option<RbacPlan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -265,8 +275,8 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
     if routes_by_sni {
         return sni_router(name, address, &l);
     }
-    let (chain, permissive) = match l.filter_chains.as_slice() {
-        [chain] => (chain, false),
+    let (chain_index, permissive) = match l.filter_chains.as_slice() {
+        [_] => (0, false),
         // Permissive: a TLS chain and a plaintext chain, told apart by the TLS inspector.
         [a, b] => {
             let proto = |c: &envoy_types::pb::envoy::config::listener::v3::FilterChain| {
@@ -276,8 +286,8 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
                     .unwrap_or_default()
             };
             match (proto(a).as_str(), proto(b).as_str()) {
-                ("tls", "raw_buffer") => (a, true),
-                ("raw_buffer", "tls") => (b, true),
+                ("tls", "raw_buffer") => (0, true),
+                ("raw_buffer", "tls") => (1, true),
                 _ => {
                     return Err(err(
                         &name,
@@ -293,38 +303,27 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
             ));
         }
     };
-    let hcm = chain.filters.first().and_then(|f| match &f.config_type {
-        Some(FilterConfigType::TypedConfig(cfg))
-            if cfg.type_url == HttpConnectionManager::type_url() =>
-        {
-            Some(cfg)
+    let chain = &l.filter_chains[chain_index];
+    let filters = chain_filters(&name, chain_index, chain)?;
+    if permissive {
+        // kuma-dp runs one plan per listener: the plaintext chain must do what the TLS one does.
+        let other = 1 - chain_index;
+        if chain_filters(&name, other, &l.filter_chains[other])? != filters {
+            return Err(err(
+                &name,
+                format!(
+                    "filter_chains[{other}]: the plaintext chain must have the same filters as the TLS chain"
+                ),
+            ));
         }
-        _ => None,
-    });
-    let (cluster, http, routes, weighted) = match hcm {
-        Some(cfg) if chain.filters.len() == 1 => {
-            let (service, routes) = hcm_routes(&name, cfg)?;
-            let cluster = if service.is_empty() {
-                default_cluster(&routes)
-            } else {
-                service
-            };
-            (cluster, true, routes, Vec::new())
-        }
-        _ => {
-            let (clusters, split, service) = tcp_proxy_clusters(&name, chain)?;
-            let first = clusters
-                .first()
-                .map(|c| c.cluster.clone())
-                .unwrap_or_default();
-            if split {
-                let cluster = if service.is_empty() { first } else { service };
-                (cluster, false, Vec::new(), clusters)
-            } else {
-                (first, false, Vec::new(), Vec::new())
-            }
-        }
-    };
+    }
+    let ChainFilters {
+        cluster,
+        http,
+        rbac,
+        routes,
+        weighted,
+    } = filters;
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
         Some(d) => {
@@ -352,38 +351,107 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         sni_routes: BTreeMap::new(),
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.is_some_and(|b| b.value),
+        rbac,
     })
 }
 
-/// The TCP proxy filter of a chain: the clusters it sends to, whether it splits, and its
-/// `stat_prefix` (a split's names the destination service).
-fn tcp_proxy_clusters(
-    name: &str,
-    chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
-) -> Result<(Vec<WeightedClusterPlan>, bool, String), DecodeError> {
-    let [filter] = chain.filters.as_slice() else {
-        return Err(err(
-            name,
-            "exactly one network filter (tcp_proxy) is supported",
-        ));
-    };
-    let Some(FilterConfigType::TypedConfig(cfg)) = &filter.config_type else {
-        return Err(err(name, "filter without typed config"));
-    };
-    let tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
-    let (clusters, split) = routes::tcp_proxy_clusters(&tcp).map_err(|e| err(name, e))?;
-    Ok((clusters, split, tcp.stat_prefix))
+/// What the network filters of one filter chain do.
+#[derive(Debug, PartialEq)]
+struct ChainFilters {
+    cluster: String,
+    http: bool,
+    rbac: Option<RbacPlan>,
+    routes: Vec<RoutePlan>,
+    weighted: Vec<WeightedClusterPlan>,
 }
 
-/// The one cluster of a chain's `tcp_proxy` (zone proxies' SNI routes).
-fn tcp_proxy_cluster(
+/// A chain's filters: an optional network RBAC filter, then a TCP proxy or an HTTP connection
+/// manager (which may hold an HTTP RBAC filter). Any other network filter is refused: kuma-dp
+/// would not apply it.
+fn chain_filters(
     name: &str,
+    index: usize,
     chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
-) -> Result<String, DecodeError> {
-    match tcp_proxy_clusters(name, chain)?.0.as_slice() {
-        [one] => Ok(one.cluster.clone()),
-        _ => Err(err(name, "tcp_proxy must name one cluster")),
+) -> Result<ChainFilters, DecodeError> {
+    let at = |i: usize| format!("filter_chains[{index}].filters[{i}]");
+    let typed =
+        |i: usize, f: &envoy_types::pb::envoy::config::listener::v3::Filter| match &f.config_type {
+            Some(FilterConfigType::TypedConfig(cfg)) => Ok(cfg.clone()),
+            _ => Err(err(name, format!("{}: filter without typed config", at(i)))),
+        };
+    let mut configs = chain
+        .filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| typed(i, f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut network_rbac = None;
+    if configs
+        .first()
+        .is_some_and(|c| c.type_url == NetworkRbac::type_url())
+    {
+        network_rbac = Some(rbac::network_rbac(name, &at(0), &configs.remove(0))?);
     }
+    let offset = usize::from(network_rbac.is_some());
+    let [cfg] = configs.as_slice() else {
+        return Err(err(
+            name,
+            format!(
+                "filter_chains[{index}].filters: {} filters; kuma-dp enforces an optional network RBAC filter followed by one tcp_proxy or http_connection_manager",
+                chain.filters.len()
+            ),
+        ));
+    };
+    let at = at(offset);
+    if cfg.type_url == HttpConnectionManager::type_url() {
+        if network_rbac.is_some() {
+            return Err(err(
+                name,
+                format!(
+                    "{at}: network RBAC in front of an HTTP connection manager is not enforced by kuma-dp (use the HTTP RBAC filter)"
+                ),
+            ));
+        }
+        let (service, routes, rbac) = hcm_routes(name, &at, cfg)?;
+        let cluster = if service.is_empty() {
+            default_cluster(&routes)
+        } else {
+            service
+        };
+        return Ok(ChainFilters {
+            cluster,
+            http: true,
+            rbac,
+            routes,
+            weighted: Vec::new(),
+        });
+    }
+    if cfg.type_url != TcpProxy::type_url() {
+        return Err(err(
+            name,
+            format!("{at}: {} is not enforced by kuma-dp", cfg.type_url),
+        ));
+    }
+    let tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
+    let (clusters, split) =
+        routes::tcp_proxy_clusters(&tcp).map_err(|e| err(name, format!("{at}: {e}")))?;
+    let first = clusters
+        .first()
+        .map(|c| c.cluster.clone())
+        .unwrap_or_default();
+    let (cluster, weighted) = match split {
+        // A split names its service in stat_prefix.
+        true if !tcp.stat_prefix.is_empty() => (tcp.stat_prefix, clusters),
+        true => (first, clusters),
+        false => (first, Vec::new()),
+    };
+    Ok(ChainFilters {
+        cluster,
+        http: false,
+        rbac: network_rbac,
+        routes: Vec::new(),
+        weighted,
+    })
 }
 
 /// A listener whose every filter chain matches server names: a zone proxy's SNI router.
@@ -393,7 +461,7 @@ fn sni_router(
     l: &Listener,
 ) -> Result<ListenerPlan, DecodeError> {
     let mut sni_routes = BTreeMap::new();
-    for chain in &l.filter_chains {
+    for (i, chain) in l.filter_chains.iter().enumerate() {
         let names = chain
             .filter_chain_match
             .as_ref()
@@ -411,7 +479,21 @@ fn sni_router(
                 "an SNI-routing listener passes TLS through; a chain must not terminate it",
             ));
         }
-        let cluster = tcp_proxy_cluster(&name, chain)?;
+        let cluster = match chain_filters(&name, i, chain)? {
+            ChainFilters {
+                cluster,
+                http: false,
+                rbac: None,
+                weighted,
+                ..
+            } if weighted.is_empty() => cluster,
+            _ => {
+                return Err(err(
+                    &name,
+                    format!("filter_chains[{i}]: an SNI-routing chain has exactly one tcp_proxy"),
+                ));
+            }
+        };
         for server_name in names {
             sni_routes.insert(server_name, cluster.clone());
         }
@@ -428,13 +510,50 @@ fn sni_router(
         sni_routes,
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: false,
+        rbac: None,
     })
 }
 
-/// The route table of an HTTP connection manager.
-fn hcm_routes(name: &str, cfg: &Any) -> Result<(String, Vec<RoutePlan>), DecodeError> {
+/// The route table of an HTTP connection manager (with its route configuration's name) and its
+/// HTTP RBAC. Its HTTP filters must be an optional RBAC filter and the router, last; any other
+/// HTTP filter is refused (kuma-dp would not apply it).
+fn hcm_routes(
+    name: &str,
+    at: &str,
+    cfg: &Any,
+) -> Result<(String, Vec<RoutePlan>, Option<RbacPlan>), DecodeError> {
     let hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
-    routes::hcm_routes(&hcm).map_err(|e| err(name, e))
+    let mut rbac = None;
+    let last = hcm.http_filters.len().saturating_sub(1);
+    for (i, filter) in hcm.http_filters.iter().enumerate() {
+        let at = format!("{at}.http_filters[{i}]");
+        let Some(HttpFilterConfigType::TypedConfig(typed)) = &filter.config_type else {
+            return Err(err(name, format!("{at}: HTTP filter without typed config")));
+        };
+        match typed.type_url.as_str() {
+            t if t == Router::type_url() && i == last => {}
+            t if t == HttpRbac::type_url() && i == 0 && i != last => {
+                rbac = Some(rbac::http_rbac(name, &at, typed, &hcm.stat_prefix)?);
+            }
+            t => {
+                return Err(err(
+                    name,
+                    format!(
+                        "{at}: {t} is not enforced by kuma-dp here (an optional RBAC filter first, the router last)"
+                    ),
+                ));
+            }
+        }
+    }
+    if hcm.http_filters.is_empty() {
+        return Err(err(
+            name,
+            format!("{at}.http_filters: the router is required"),
+        ));
+    }
+    let (service, routes) =
+        routes::hcm_routes(&hcm).map_err(|e| err(name, format!("{at}: {e}")))?;
+    Ok((service, routes, rbac))
 }
 
 /// The cluster an HTTP listener falls back to: the last route's first cluster.

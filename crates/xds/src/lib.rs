@@ -6,8 +6,6 @@
 //! It does no I/O.
 
 pub mod decode;
-#[cfg(test)]
-pub(crate) mod envoy_json;
 pub mod generate;
 pub mod names;
 pub mod policy;

@@ -64,6 +64,21 @@ fn get_tables() {
             "global-secret.yaml",
             "get-global-secrets.txt",
         ),
+        (
+            ResourceType::MeshTrafficPermission,
+            "mesh-traffic-permission.yaml",
+            "get-meshtrafficpermissions.txt",
+        ),
+        (
+            ResourceType::MeshHTTPRoute,
+            "mesh-http-route.yaml",
+            "get-meshhttproutes.txt",
+        ),
+        (
+            ResourceType::MeshTCPRoute,
+            "mesh-tcp-route.yaml",
+            "get-meshtcproutes.txt",
+        ),
     ];
     for (rt, input, out) in cases {
         let mut second = fixture(input);
@@ -146,4 +161,40 @@ fn ago_units() {
     assert_eq!(ago(Some(n - chrono::Duration::minutes(3)), n), "3m");
     assert_eq!(ago(Some(n - chrono::Duration::hours(2)), n), "2h");
     assert_eq!(ago(Some(n - chrono::Duration::days(4)), n), "4d");
+}
+
+#[test]
+fn inspect_policy_rules_and_selected_dataplanes() {
+    let rules = json!({
+        "resource": {"type": "Dataplane", "mesh": "default", "name": "backend-1"},
+        "rules": [
+            {"type": "MeshTrafficPermission", "toRules": [], "inboundRules": [],
+             "warnings": ["Mesh is not Mtls enabled this policy will have no effect"],
+             "fromRules": [{"inbound": {"port": 8080, "tags": {"kuma.io/service": "backend", "kuma.io/zone": "zone-1"}},
+                "rules": [
+                    {"matchers": [{"key": "kuma.io/zone", "value": "zone-2"}], "conf": {"action": "Deny"},
+                     "origin": [{"resourceMeta": {"name": "allow-all-default", "mesh": "default"}, "ruleIndex": 0},
+                                {"resourceMeta": {"name": "deny-zone-2", "mesh": "default"}, "ruleIndex": 0}]},
+                    {"matchers": [{"key": "kuma.io/zone", "value": "zone-2", "not": true}], "conf": {"action": "Allow"},
+                     "origin": [{"resourceMeta": {"name": "allow-all-default", "mesh": "default"}, "ruleIndex": 0}]}]}]},
+            {"type": "MeshHTTPRoute", "fromRules": [], "inboundRules": [], "warnings": [],
+             "toRules": [{"matchers": [{"key": "kuma.io/service", "value": "web"}],
+                "conf": {"rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "default": {"backendRefs": [{"kind": "MeshService", "name": "web-v2"}]}}]},
+                "origin": [{"resourceMeta": {"name": "web-v2", "mesh": "default"}, "ruleIndex": 0}]}]}
+        ],
+        "httpMatches": []
+    });
+    golden("inspect-dataplane-policies.txt", &inspect_rules(&rules));
+    assert_eq!(
+        inspect_rules(&json!({"rules": []})),
+        "no policy selects this proxy\n"
+    );
+    let items = [
+        json!({"type": "Dataplane", "mesh": "default", "name": "backend-1"}),
+        json!({"type": "Dataplane", "mesh": "default", "name": "zone-a.backend-2"}),
+    ];
+    golden(
+        "inspect-policy-dataplanes.txt",
+        &inspect_policy_dataplanes(&items),
+    );
 }

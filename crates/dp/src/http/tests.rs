@@ -158,12 +158,21 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
             sni_routes: BTreeMap::new(),
             bind: true,
             use_original_dst: false,
+            rbac: None,
         },
     );
     let (rt, problems) = Runtime::build(config, &Runtime::empty());
     assert!(problems.is_empty(), "{problems:?}");
     let rt = Arc::new(rt);
     let stats = Arc::new(Stats::default());
+    // No permissions on this listener: every request is admitted.
+    let (_latest_tx, latest) = tokio::sync::watch::channel(rt.clone());
+    let guard = crate::rbac::RequestGuard {
+        listener: "out".into(),
+        sans: Arc::from(Vec::<String>::new()),
+        started: None,
+        latest,
+    };
 
     // kuma-dp's HTTP path on a loopback listener.
     let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -176,6 +185,7 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
                 "out".into(),
                 serve_rt.clone(),
                 serve_stats.clone(),
+                guard.clone(),
             ));
         }
     });

@@ -323,3 +323,75 @@ fn zones_offer_every_type_the_table_sends_up_and_no_other() {
     assert_eq!(types_of(&offered), expected);
     assert!(offered.keys().all(|k| k.name == "local"));
 }
+
+/// Policies go down under Kuma's hashed names (MADR-029) with the original name in
+/// `kuma.io/display-name`; Meshes and Secrets keep their names. A deleted policy is removed
+/// under its hashed name.
+#[test]
+fn policies_go_down_with_hashed_names_and_their_display_name() {
+    let policy = one_of(ResourceType::MeshTrafficPermission, "allow-all-default");
+    let all = vec![
+        mesh("default"),
+        one_of(ResourceType::Secret, "ca"),
+        policy.clone(),
+    ];
+    let offered = offer_to_zone("zone-a", &all, &[], |pem| Some(pem.to_vec()));
+    let names: Vec<(ResourceType, &str)> = offered
+        .keys()
+        .map(|k| (k.resource_type, k.name.as_str()))
+        .collect();
+    let hashed = hashed_name("default", "allow-all-default", &[]);
+    assert_eq!(
+        names,
+        [
+            (ResourceType::Mesh, "default"),
+            (ResourceType::Secret, "ca"),
+            (ResourceType::MeshTrafficPermission, hashed.as_str()),
+        ]
+    );
+    let copy = &offered[&ResourceKey::new(ResourceType::MeshTrafficPermission, "default", &hashed)];
+    assert_eq!(
+        copy.meta.labels.get(DISPLAY_NAME_LABEL).map(String::as_str),
+        Some("allow-all-default")
+    );
+    assert_eq!(origin(copy), Some("global"));
+    // The same policy gets the same name for every zone and every send.
+    let again = offer_to_zone("zone-b", &all, &[], |pem| Some(pem.to_vec()));
+    assert!(again.contains_key(&copy.key()));
+    // Deleting it on global removes the hashed copy.
+    let d = delta(
+        &offered,
+        &offer_to_zone("zone-a", &all[..2], &[], |pem| Some(pem.to_vec())),
+    );
+    assert_eq!(d.removed, [copy.key()]);
+    // The engine orders it by its display name.
+    let engine = meshzone_model::policies::to_engine_policy(copy).expect("a policy");
+    assert_eq!(engine.display_name(), "allow-all-default");
+}
+
+#[test]
+fn hashed_names_follow_kuma_and_stay_bounded() {
+    let h = hashed_name("default", "backend-canary", &[]);
+    let (head, suffix) = h.rsplit_once('-').expect("suffix");
+    assert_eq!(head, "backend-canary");
+    assert_eq!(suffix.len(), 16);
+    assert!(
+        suffix
+            .bytes()
+            .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b)),
+        "{suffix}"
+    );
+    // Mesh, name and extra values all feed the hash.
+    assert_ne!(h, hashed_name("other", "backend-canary", &[]));
+    assert_ne!(h, hashed_name("default", "backend-canary", &["zone-1"]));
+    let long = "a".repeat(300);
+    let hl = hashed_name("default", &long, &[]);
+    assert_eq!(hl.len(), MAX_NAME);
+    let r = Resource::new(
+        Meta::named(&hl, "default"),
+        Spec::default_for(ResourceType::MeshTCPRoute),
+    );
+    assert!(
+        meshzone_model::validate(&r).is_err_and(|v| v.violations.iter().all(|x| x.field != "name"))
+    );
+}

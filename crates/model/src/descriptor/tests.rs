@@ -109,12 +109,28 @@ fn insights_are_computed_and_travel_with_what_they_describe() {
 }
 
 #[test]
-fn policies_are_user_written_mesh_types_and_none_exist_yet() {
+fn policies_are_user_written_mesh_types_with_a_policy_conf() {
     for d in DESCRIPTORS.iter().filter(|d| d.policy) {
         assert_eq!(d.scope, Scope::Mesh, "{}", d.name);
         assert!(!d.read_only(), "{}", d.name);
     }
-    assert_eq!(ResourceType::policies().count(), 0);
+    // A row is a policy exactly when the policy list declares a conf for it.
+    for d in DESCRIPTORS {
+        assert_eq!(
+            crate::policies::PolicyConf::default_for(d.resource_type).is_some(),
+            d.policy,
+            "{}",
+            d.name
+        );
+    }
+    assert_eq!(
+        ResourceType::policies().collect::<Vec<_>>(),
+        [
+            ResourceType::MeshTrafficPermission,
+            ResourceType::MeshHTTPRoute,
+            ResourceType::MeshTCPRoute
+        ]
+    );
 }
 
 #[test]
@@ -143,6 +159,9 @@ fn synced_types_come_in_apply_order_owners_first() {
             ResourceType::ZoneIngress,
             ResourceType::GlobalSecret,
             ResourceType::Secret,
+            ResourceType::MeshTrafficPermission,
+            ResourceType::MeshHTTPRoute,
+            ResourceType::MeshTCPRoute,
         ]
     );
     assert_eq!(

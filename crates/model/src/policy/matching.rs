@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use crate::specs::{SERVICE_TAG, Tags};
+use crate::specs::{DataplaneSpec, SERVICE_TAG, Tags};
 
 use super::target_ref::{ProxyType, TargetRef, TargetRefKind};
 use super::{NAMESPACE_LABEL, ORIGIN_LABEL, Policy, PolicyRole, ZONE_LABEL, compare_names};
@@ -45,6 +45,23 @@ impl ProxyDescription {
             inbounds,
             gateway: None,
         }
+    }
+
+    /// A sidecar described by its Dataplane: one inbound per `networking.inbound`, with the
+    /// port and tags as they are (the zone CP stamps `kuma.io/zone` on registration).
+    pub fn of_dataplane(mesh: &str, dataplane: &DataplaneSpec) -> Self {
+        Self::sidecar(
+            mesh,
+            dataplane
+                .networking
+                .inbound
+                .iter()
+                .map(|i| InboundDescription {
+                    port: i.port,
+                    tags: i.tags.clone(),
+                })
+                .collect(),
+        )
     }
 
     /// The tag sets a kind other than MeshGateway is matched against: the inbounds of a

@@ -3,11 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use meshzone_model::Spec;
+use meshzone_model::{Resource, Spec, parse_documents};
 
 use super::*;
-use crate::envoy_json::fixture;
 use crate::generate::{EndpointInfo, ProxyInput, TlsMaterial, generate};
+
+fn fixture(name: &str) -> Resource {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/resources")
+        .join(name);
+    let text = std::fs::read_to_string(path).expect("fixture");
+    Resource::from_value(parse_documents(&text).expect("yaml").remove(0)).expect("valid")
+}
 
 fn decoded(tls: bool) -> (ProxyConfig, Vec<DecodeError>) {
     decoded_with(tls, None)

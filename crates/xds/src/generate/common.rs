@@ -109,3 +109,23 @@ pub fn sni(service: &str, mesh: &str) -> String {
 pub(crate) fn spiffe(mesh: &str, service: &str) -> String {
     format!("spiffe://{mesh}/{service}")
 }
+
+/// The URI SAN of a client's tag (`kuma://<tag>/<value>`, as `meshzone_pki::tag_uri` issues
+/// it), which traffic permissions match.
+pub(crate) fn tag_uri(tag: &str, value: &str) -> String {
+    format!("kuma://{tag}/{value}")
+}
+
+/// A listener or filter name as a stats prefix: every character other than ASCII letters,
+/// digits, `_` and `-` becomes `_` (Kuma's `SanitizeMetric`).
+pub(crate) fn sanitize_stat(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -27,6 +27,7 @@ pub(crate) mod listeners;
 mod secrets;
 
 pub use common::sni;
+pub(crate) use common::{sanitize_stat, spiffe, tag_uri};
 
 /// One instance of a service that a proxy may connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +242,17 @@ impl ProxyInput<'_> {
                 .is_some_and(|m| m.eq_ignore_ascii_case("permissive")),
         })
     }
+}
+
+/// A static cluster of one endpoint (what an inbound's application cluster is), speaking
+/// HTTP/2 when `http2`.
+pub fn static_cluster(name: &str, address: &str, port: u32, http2: bool) -> Cluster {
+    let protocol = if http2 {
+        common::Protocol::Http2
+    } else {
+        common::Protocol::Tcp
+    };
+    clusters::app_cluster(name, address, port, protocol)
 }
 
 /// Generates the whole configuration of one proxy: base resources, then the policies.

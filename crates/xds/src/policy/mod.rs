@@ -9,6 +9,8 @@
 
 use meshzone_model::policy::PolicyRules;
 
+pub mod mesh_traffic_permission;
+
 /// The rules of every policy type the generator knows, for one proxy.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProxyPolicies {
@@ -40,6 +42,7 @@ pub type Configurer = fn(&ProxyInput<'_>, &mut Resources);
 pub const CONFIGURERS: &[(&str, Configurer)] = &[
     ("MeshHTTPRoute", mesh_http_route::configure),
     ("MeshTCPRoute", mesh_tcp_route::configure),
+    ("MeshTrafficPermission", mesh_traffic_permission::configure),
 ];
 
 /// Applies every policy's configurer to the base resources of a proxy, in [`CONFIGURERS`]

@@ -1,0 +1,169 @@
+//! A proxy's policy rules: its description (mesh, labels, inbounds with `kuma.io/zone`) run
+//! through the shared engine for every policy type the generator takes. Pure; the mesh's
+//! policies come from the shared view (read once per change).
+
+use meshzone_model::policies::{MeshPolicies, describe_dataplane};
+use meshzone_model::policy::PolicyError;
+use meshzone_model::{Resource, ResourceType};
+use meshzone_xds::policy::ProxyPolicies;
+
+/// Why a proxy's policy rules could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RulesError {
+    #[error("{0} is not a Dataplane")]
+    NotADataplane(String),
+    #[error("{policy_type} rules: {source}")]
+    Engine {
+        policy_type: ResourceType,
+        source: PolicyError,
+    },
+}
+
+/// The rules of every policy type the generator knows, for the Dataplane `own` in `zone`.
+pub(crate) fn proxy_policies(
+    policies: &MeshPolicies,
+    own: &Resource,
+    zone: Option<&str>,
+) -> Result<ProxyPolicies, RulesError> {
+    let proxy = describe_dataplane(own, zone)
+        .ok_or_else(|| RulesError::NotADataplane(own.key().to_string()))?;
+    let rules = |policy_type: ResourceType| {
+        policies
+            .rules(policy_type, &proxy)
+            .map_err(|source| RulesError::Engine {
+                policy_type,
+                source,
+            })
+    };
+    Ok(ProxyPolicies {
+        traffic_permission: rules(ResourceType::MeshTrafficPermission)?,
+        http_route: rules(ResourceType::MeshHTTPRoute)?,
+        tcp_route: rules(ResourceType::MeshTCPRoute)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use meshzone_model::specs::Tags;
+    use serde_json::json;
+
+    use super::*;
+
+    fn resource(value: serde_json::Value) -> Resource {
+        let r = Resource::from_value(value).expect("parses");
+        meshzone_model::validate(&r).expect("valid");
+        r
+    }
+
+    fn dataplane(service: &str) -> Resource {
+        resource(
+            json!({"type": "Dataplane", "mesh": "default", "name": format!("{service}-1"),
+            "networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": service}}]}}),
+        )
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn each_type_is_computed_for_the_proxy_with_its_zone() {
+        let policies = MeshPolicies::from_resources(&[
+            resource(
+                json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "deny-zone-2",
+                "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [
+                    {"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}},
+                    {"targetRef": {"kind": "MeshSubset", "tags": {"kuma.io/zone": "zone-2"}}, "default": {"action": "Deny"}}]}}),
+            ),
+            resource(
+                json!({"type": "MeshHTTPRoute", "mesh": "default", "name": "split",
+                "spec": {"targetRef": {"kind": "MeshService", "name": "frontend"}, "to": [
+                    {"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+                        {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                         "default": {"backendRefs": [{"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}, "weight": 90}]}}]}]}}),
+            ),
+            resource(
+                json!({"type": "MeshTCPRoute", "mesh": "default", "name": "tcp",
+                "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "db"},
+                    "rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "db-replica"}]}}]}]}}),
+            ),
+        ]);
+
+        let backend =
+            proxy_policies(&policies, &dataplane("backend"), Some("zone-1")).expect("rules");
+        let from = |zone: &str| {
+            backend
+                .traffic_permission
+                .from_rule(
+                    8080,
+                    &tags(&[("kuma.io/service", "frontend"), ("kuma.io/zone", zone)]),
+                )
+                .map(|r| r.conf.clone())
+        };
+        assert_eq!(from("zone-1"), Some(json!({"action": "Allow"})));
+        assert_eq!(from("zone-2"), Some(json!({"action": "Deny"})));
+        assert_eq!(
+            backend.traffic_permission.from_rules[0]
+                .inbound
+                .tags
+                .get("kuma.io/zone")
+                .map(String::as_str),
+            Some("zone-1")
+        );
+        assert!(
+            backend.http_route.to_rules.is_empty(),
+            "the route selects frontends only"
+        );
+        assert!(backend.tcp_route.to_rule("db").is_some());
+
+        let frontend = proxy_policies(&policies, &dataplane("frontend"), None).expect("rules");
+        assert!(frontend.traffic_permission.from_rules.is_empty());
+        let route = frontend
+            .http_route
+            .to_rule("backend")
+            .expect("backend route");
+        assert_eq!(
+            route.conf.pointer("/rules/0/default/backendRefs/0/weight"),
+            Some(&json!(90))
+        );
+    }
+
+    #[test]
+    fn an_engine_error_names_the_type() {
+        // 4 keys of 8 values each: 9⁴ = 6561 tag combinations, more than the engine enumerates.
+        let mut from = Vec::new();
+        for k in 0..4 {
+            for v in 0..8 {
+                from.push(json!({"targetRef": {"kind": "MeshSubset", "tags": {format!("k{k}"): format!("v{v}")}}, "default": {"action": "Allow"}}));
+            }
+        }
+        let policies = MeshPolicies::from_resources(&[resource(json!({
+            "type": "MeshTrafficPermission", "mesh": "default", "name": "wide", "spec": {"from": from}}))]);
+        let err = proxy_policies(&policies, &dataplane("backend"), None).expect_err("too many");
+        assert!(
+            matches!(
+                err,
+                RulesError::Engine {
+                    policy_type: ResourceType::MeshTrafficPermission,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with("MeshTrafficPermission rules: "),
+            "{err}"
+        );
+        let not_dp = Resource::new(
+            meshzone_model::Meta::named("m", ""),
+            meshzone_model::Spec::Mesh(Default::default()),
+        );
+        assert!(matches!(
+            proxy_policies(&policies, &not_dp, None),
+            Err(RulesError::NotADataplane(_))
+        ));
+    }
+}
