@@ -7,18 +7,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, EchoServer, Envoy, apply_ok, free_port, http_request, start_sidecar, wait_for,
+    ControlPlane, EchoServer, Envoy, apply_ok, free_port, http_request, mtls_mesh, start_sidecar,
+    wait_for,
 };
 use serde_json::{Value, json};
-
-const MESH: &str = "type: Mesh
-name: default
-mtls:
-  enabledBackend: ca-1
-  backends:
-    - name: ca-1
-      type: builtin
-";
 
 const ROUTE: &str = r#"type: MeshHTTPRoute
 name: web-canary
@@ -80,7 +72,7 @@ fn a_mesh_http_route_splits_and_matches_headers_on_kuma_dp() {
     let dir = dir.path();
     let cp = ControlPlane::start(dir, &[("KUMA_STORE_TYPE", "memory")]);
     cp.configure_kumactl();
-    apply_ok(&cp, dir, "mesh.yaml", MESH);
+    apply_ok(&cp, dir, "mesh.yaml", &mtls_mesh("24h"));
     let (v1, v2, app) = (
         EchoServer::start("v1"),
         EchoServer::start("v2"),
