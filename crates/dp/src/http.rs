@@ -81,10 +81,15 @@ where
 }
 
 fn empty_body() -> Body {
-    Full::new(Bytes::new())
-        .map_err(|never| match never {})
-        .boxed()
+    full_body(Bytes::new())
 }
+
+fn full_body(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// Largest request body copied to a mirror (read before forwarding, so it is bounded).
+const MAX_MIRROR_BODY: u64 = 64 * 1024;
 
 /// Mirrored requests in flight, process-wide; past [`MAX_MIRRORS`] a copy is dropped.
 static MIRRORS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -92,7 +97,7 @@ const MAX_MIRRORS: usize = 64;
 /// How long a mirrored request may take before it is abandoned.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends a bodiless copy of a request to a mirror cluster and drops the answer.
+/// Sends a copy of a request to a mirror cluster and drops the answer.
 fn mirror(
     rt: &Arc<Runtime>,
     stats: &Arc<Stats>,
@@ -100,6 +105,7 @@ fn mirror(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    body: &Bytes,
 ) {
     if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::SeqCst) >= MAX_MIRRORS {
         MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
@@ -115,18 +121,19 @@ fn mirror(
     {
         headers.insert(HOST, shadow);
     }
-    let (rt, stats, cluster, method, path) = (
+    let (rt, stats, cluster, method, path, body) = (
         rt.clone(),
         stats.clone(),
         cluster.to_string(),
         method.clone(),
         path.to_string(),
+        body.clone(),
     );
     tokio::spawn(async move {
         stats.inc(format!("cluster.{cluster}.mirror_total"));
         let sent = tokio::time::timeout(
             MIRROR_TIMEOUT,
-            forward(&method, &path, headers, empty_body(), &cluster, &rt),
+            forward(&method, &path, headers, full_body(body), &cluster, &rt),
         )
         .await;
         if let Ok(resp) = sent {
@@ -186,17 +193,38 @@ async fn route(
             {
                 headers.insert(HOST, host);
             }
-            let bodiless = hyper::body::Body::is_end_stream(&body);
-            for m in &route.mirrors {
-                if m.take() {
-                    if bodiless {
-                        mirror(rt, stats, &m.cluster, &parts.method, &path, &headers);
-                    } else {
-                        stats.inc(format!("cluster.{}.mirror_skipped_body", m.cluster));
+            let mirrors: Vec<&str> = route
+                .mirrors
+                .iter()
+                .filter(|m| m.take())
+                .map(|m| m.cluster.as_str())
+                .collect();
+            let body = if mirrors.is_empty() {
+                body.map_err(Into::into).boxed()
+            } else {
+                // A mirrored request's body is read first (up to MAX_MIRROR_BODY, as its
+                // length says) so that both copies carry it; a larger one is not mirrored.
+                let small = hyper::body::Body::size_hint(&body)
+                    .upper()
+                    .is_some_and(|n| n <= MAX_MIRROR_BODY);
+                if small {
+                    let bytes = match body.collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => {
+                            return error_response(StatusCode::BAD_REQUEST, "request body\n");
+                        }
+                    };
+                    for cluster in &mirrors {
+                        mirror(rt, stats, cluster, &parts.method, &path, &headers, &bytes);
                     }
+                    full_body(bytes)
+                } else {
+                    for cluster in &mirrors {
+                        stats.inc(format!("cluster.{cluster}.mirror_skipped_body"));
+                    }
+                    body.map_err(Into::into).boxed()
                 }
-            }
-            let body = body.map_err(Into::into).boxed();
+            };
             forward(&parts.method, &path, headers, body, &cluster, rt).await
         }
         (RouteActionPlan::Forward(_), None) => {

@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use super::*;
 use crate::routes::tests::fixtures::{forward, route};
 
-/// Requests one backend saw: (path, `x-via` header).
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
+/// Requests one backend saw: (path, `x-via` header, body).
+type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
 
 /// An HTTP backend answering `<name>` and recording what it got.
 async fn backend(name: &'static str) -> (SocketAddr, Seen) {
@@ -41,11 +41,16 @@ async fn backend(name: &'static str) -> (SocketAddr, Seen) {
                         .path_and_query()
                         .map(|p| p.as_str().to_string())
                         .unwrap_or_default();
-                    record
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((path, via));
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name)))) }
+                    let record = record.clone();
+                    async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                        let body = String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
+                        record
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((path, via, body));
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(conn), service)
@@ -227,7 +232,7 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
         seen.lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .all(|(_, via)| via == "mesh")
+            .all(|(_, via, _)| via == "mesh")
     };
     assert!(via_mesh(&seen_v1) && via_mesh(&seen_v2));
 
@@ -236,6 +241,28 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
         seen_shadow.lock().unwrap_or_else(|p| p.into_inner()).len() == 100
     })
     .await;
+
+    // A mirrored request carries its body: the 10th of the next 10 POSTs is copied.
+    for i in 0..10 {
+        let mut req = Request::new(Full::new(Bytes::from(format!("order {i}"))));
+        *req.method_mut() = hyper::Method::POST;
+        *req.uri_mut() = format!("http://{front_addr}/orders").parse().expect("uri");
+        let resp = client.request(req).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    poll("the mirrored POST", || {
+        seen_shadow.lock().unwrap_or_else(|p| p.into_inner()).len() == 101
+    })
+    .await;
+    let last = seen_shadow
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .last()
+        .cloned();
+    assert_eq!(
+        last.map(|(path, _, body)| (path, body)),
+        Some(("/orders".to_string(), "order 9".to_string()))
+    );
 
     // The header match sends every canary request to v2, without the split's filter.
     let before = seen_v2.lock().unwrap_or_else(|p| p.into_inner()).len();
@@ -246,7 +273,7 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
     }
     let seen = seen_v2.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert_eq!(seen.len(), before + 20);
-    assert!(seen[before..].iter().all(|(_, via)| via.is_empty()));
+    assert!(seen[before..].iter().all(|(_, via, _)| via.is_empty()));
 
     // A redirect is answered by kuma-dp itself.
     let (status, headers, _) = get("/old/page?x=1", false).await;
