@@ -456,6 +456,9 @@ impl ProxyStream {
             .list(ResourceType::Mesh, None)
             .await
             .map_err(internal)?;
+        // The mesh's MeshHTTPRoutes and MeshTCPRoutes: their subsets get SNI routes. Read from
+        // the store once the route policy types exist; none until then.
+        let route_policies: Vec<meshzone_model::policy::Policy> = Vec::new();
         let (address, port, routes) = match store.find(&self.key).await.map_err(internal)? {
             Some(Resource {
                 spec: Spec::ZoneIngress(z),
@@ -465,7 +468,7 @@ impl ProxyStream {
                     .list(ResourceType::Dataplane, None)
                     .await
                     .map_err(internal)?;
-                let routes = ingress_routes(&meshes, &dataplanes);
+                let routes = ingress_routes(&meshes, &dataplanes, &route_policies);
                 (z.networking.address, z.networking.port, routes)
             }
             Some(Resource {
@@ -473,7 +476,7 @@ impl ProxyStream {
                 ..
             }) => {
                 let remote = remote_ingresses(&self.shared).await?;
-                let routes = egress_routes(&meshes, &remote);
+                let routes = egress_routes(&meshes, &remote, &route_policies);
                 (z.networking.address, z.networking.port, routes)
             }
             _ => return Err(Status::not_found(format!("{} was deleted", self.key))),
