@@ -8,22 +8,27 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONNECTION, HeaderName, TRANSFER_ENCODING, UPGRADE};
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::header::{
+    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, TRANSFER_ENCODING, UPGRADE,
+};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshzone_xds::decode::routes::RouteActionPlan;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::routes::{RequestView, modify_headers};
 use crate::runtime::Runtime;
 use crate::stats::Stats;
 
@@ -39,11 +44,11 @@ pub fn client(tls: Option<(Arc<ClientConfig>, Option<String>)>, http2: bool) -> 
         .build(Connector { tls })
 }
 
-/// Serves one downstream connection as HTTP until it closes.
+/// Serves one downstream connection as HTTP until it closes: each request goes through the
+/// listener's route table.
 pub async fn serve<S>(
     stream: S,
     listener: String,
-    cluster: String,
     rt: Arc<Runtime>,
     stats: Arc<Stats>,
     guard: crate::rbac::RequestGuard,
@@ -52,13 +57,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (listener, cluster, rt, stats) =
-            (listener.clone(), cluster.clone(), rt.clone(), stats.clone());
+        let (listener, rt, stats) = (listener.clone(), rt.clone(), stats.clone());
         // Judged by the newest permissions, whenever the connection was opened.
         let allowed = guard.allows(&stats);
         async move {
             let resp = if allowed {
-                forward(req, &cluster, &rt).await
+                route(req, &listener, &rt, &stats).await
             } else {
                 error_response(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY)
             };
@@ -74,6 +78,161 @@ where
         .serve_connection(TokioIo::new(stream), service)
         .await
         .map_err(|e| format!("HTTP: {e}"))
+}
+
+fn empty_body() -> Body {
+    full_body(Bytes::new())
+}
+
+fn full_body(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// Largest request body copied to a mirror (read before forwarding, so it is bounded).
+const MAX_MIRROR_BODY: u64 = 64 * 1024;
+
+/// Mirrored requests in flight, process-wide; past [`MAX_MIRRORS`] a copy is dropped.
+static MIRRORS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+const MAX_MIRRORS: usize = 64;
+/// How long a mirrored request may take before it is abandoned.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends a copy of a request to a mirror cluster and drops the answer.
+fn mirror(
+    rt: &Arc<Runtime>,
+    stats: &Arc<Stats>,
+    cluster: &str,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) {
+    if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::SeqCst) >= MAX_MIRRORS {
+        MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        stats.inc(format!("cluster.{cluster}.mirror_dropped"));
+        return;
+    }
+    let mut headers = headers.clone();
+    // Envoy marks shadowed requests by their authority.
+    if let Some(shadow) = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| HeaderValue::from_str(&format!("{h}-shadow")).ok())
+    {
+        headers.insert(HOST, shadow);
+    }
+    let (rt, stats, cluster, method, path, body) = (
+        rt.clone(),
+        stats.clone(),
+        cluster.to_string(),
+        method.clone(),
+        path.to_string(),
+        body.clone(),
+    );
+    tokio::spawn(async move {
+        stats.inc(format!("cluster.{cluster}.mirror_total"));
+        let sent = tokio::time::timeout(
+            MIRROR_TIMEOUT,
+            forward(&method, &path, headers, full_body(body), &cluster, &rt),
+        )
+        .await;
+        if let Ok(resp) = sent {
+            let _ = resp.into_body().collect().await;
+        }
+        MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    });
+}
+
+/// One request through the listener's route table: match, filters, then forward or redirect.
+async fn route(
+    req: Request<Incoming>,
+    listener: &str,
+    rt: &Arc<Runtime>,
+    stats: &Arc<Stats>,
+) -> Response<Body> {
+    let Some(table) = rt.listeners.get(listener).and_then(|l| l.routes.as_ref()) else {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "no route table\n");
+    };
+    let (parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()));
+    let view = RequestView {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        authority,
+        headers: &parts.headers,
+    };
+    let Some(route) = table.find(&view) else {
+        stats.inc(format!("http.{listener}.no_route"));
+        return error_response(StatusCode::NOT_FOUND, "no route matched\n");
+    };
+    let plan = &route.plan;
+    let mut resp = match (&plan.action, &route.split) {
+        (RouteActionPlan::Redirect(r), _) => {
+            let location = route.redirect_location(r, &view);
+            let mut resp = Response::new(empty_body());
+            *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(LOCATION, v);
+            }
+            resp
+        }
+        (RouteActionPlan::Forward(f), Some(split)) => {
+            let cluster = split.pick().to_string();
+            let path = route.rewritten_path(view.path, view.query);
+            let mut headers = parts.headers.clone();
+            modify_headers(&plan.request_headers, &mut headers);
+            if let Some(host) = f
+                .host_rewrite
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok())
+            {
+                headers.insert(HOST, host);
+            }
+            let mirrors: Vec<&str> = route
+                .mirrors
+                .iter()
+                .filter(|m| m.take())
+                .map(|m| m.cluster.as_str())
+                .collect();
+            let body = if mirrors.is_empty() {
+                body.map_err(Into::into).boxed()
+            } else {
+                // A mirrored request's body is read first (up to MAX_MIRROR_BODY, as its
+                // length says) so that both copies carry it; a larger one is not mirrored.
+                let small = hyper::body::Body::size_hint(&body)
+                    .upper()
+                    .is_some_and(|n| n <= MAX_MIRROR_BODY);
+                if small {
+                    let bytes = match body.collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => {
+                            return error_response(StatusCode::BAD_REQUEST, "request body\n");
+                        }
+                    };
+                    for cluster in &mirrors {
+                        mirror(rt, stats, cluster, &parts.method, &path, &headers, &bytes);
+                    }
+                    full_body(bytes)
+                } else {
+                    for cluster in &mirrors {
+                        stats.inc(format!("cluster.{cluster}.mirror_skipped_body"));
+                    }
+                    body.map_err(Into::into).boxed()
+                }
+            };
+            forward(&parts.method, &path, headers, body, &cluster, rt).await
+        }
+        (RouteActionPlan::Forward(_), None) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "route without clusters\n")
+        }
+    };
+    modify_headers(&plan.response_headers, resp.headers_mut());
+    resp
 }
 
 fn error_response(status: StatusCode, text: &str) -> Response<Body> {
@@ -106,25 +265,35 @@ fn not_delivered() -> Response<Body> {
     r
 }
 
-async fn forward(req: Request<Incoming>, cluster: &str, rt: &Runtime) -> Response<Body> {
-    let Some(client) = rt.http_clients.get(cluster) else {
+/// Sends a request to an endpoint of `cluster`; a bodiless request moves on to the next endpoint
+/// when it reached no application.
+async fn forward(
+    method: &Method,
+    path: &str,
+    mut headers: HeaderMap,
+    body: Body,
+    cluster: &str,
+    rt: &Runtime,
+) -> Response<Body> {
+    let Some(c) = rt.cluster(cluster) else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no such cluster\n");
     };
-    let candidates = rt.pick(cluster);
+    if c.tls.is_err() {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream TLS material is missing\n",
+        );
+    }
+    let client = &c.http;
+    let candidates = c.pick();
     if candidates.is_empty() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
     }
-    let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
     for h in HOP_BY_HOP {
-        parts.headers.remove(h);
+        headers.remove(h);
     }
-    parts.headers.remove("keep-alive");
-    let version = if rt.http2(cluster) {
+    headers.remove("keep-alive");
+    let version = if c.plan().http2 {
         Version::HTTP_2
     } else {
         Version::HTTP_11
@@ -135,21 +304,17 @@ async fn forward(req: Request<Incoming>, cluster: &str, rt: &Runtime) -> Respons
     } else {
         1
     };
-    let mut body = Some(body.map_err(Into::into).boxed());
+    let mut body = Some(body);
     let mut last_refusal = None;
     for endpoint in candidates.into_iter().take(attempts) {
         let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
             return error_response(StatusCode::BAD_REQUEST, "bad request path\n");
         };
-        let mut request = Request::new(body.take().unwrap_or_else(|| {
-            Full::new(Bytes::new())
-                .map_err(|never| match never {})
-                .boxed()
-        }));
-        *request.method_mut() = parts.method.clone();
+        let mut request = Request::new(body.take().unwrap_or_else(empty_body));
+        *request.method_mut() = method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = version;
-        *request.headers_mut() = parts.headers.clone();
+        *request.headers_mut() = headers.clone();
         match client.request(request).await {
             // The peer proxy could not reach its application: the request went nowhere, so the
             // next endpoint may have it (when there is one and the request has no body).
@@ -164,11 +329,11 @@ async fn forward(req: Request<Incoming>, cluster: &str, rt: &Runtime) -> Respons
                 last_refusal = Some(resp.map(|b| b.map_err(Into::into).boxed()));
             }
             Ok(resp) => {
-                rt.health.restore(endpoint);
+                c.health.restore(endpoint);
                 return resp.map(|b| b.map_err(Into::into).boxed());
             }
             Err(e) if e.is_connect() => {
-                rt.health.eject(endpoint);
+                c.health.eject(endpoint);
                 tracing::debug!(cluster, %endpoint, error = %e, "cannot connect; trying the next endpoint");
             }
             Err(e) => {
@@ -288,3 +453,6 @@ impl hyper::rt::Write for UpstreamIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

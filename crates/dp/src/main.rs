@@ -8,6 +8,7 @@ mod dns;
 mod http;
 mod proxy;
 mod rbac;
+mod routes;
 mod runtime;
 mod stats;
 mod tls;

@@ -284,10 +284,15 @@ where
     // Request by request for HTTP listeners, bytes otherwise.
     let carried = async {
         if plan.http {
-            let (name, cluster) = (plan.name.clone(), plan.cluster.clone());
-            crate::http::serve(stream, name, cluster, rt, stats, guard).await
+            crate::http::serve(stream, plan.name.clone(), rt, stats, guard).await
         } else {
-            forward(stream, &plan.cluster, &rt, &stats, &[]).await
+            // A TCP route's split picks the cluster once per connection.
+            let cluster = rt
+                .listeners
+                .get(&plan.name)
+                .map_or(plan.cluster.as_str(), |l| l.tcp_cluster())
+                .to_string();
+            forward(stream, &cluster, &rt, &stats, &[]).await
         }
     };
     tokio::select! {
@@ -425,7 +430,14 @@ async fn forward<D>(
 where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    let candidates = rt.pick(cluster);
+    let Some(c) = rt.cluster(cluster) else {
+        return Err(format!("no cluster {cluster}"));
+    };
+    let upstream_tls = c
+        .tls
+        .as_ref()
+        .map_err(|e| format!("cluster {cluster}: {e}"))?;
+    let candidates = c.pick();
     if candidates.is_empty() {
         stats.inc(format!("cluster.{cluster}.upstream_cx_none_healthy"));
         return Err(format!("cluster {cluster} has no endpoints"));
@@ -435,15 +447,15 @@ where
             Ok(Ok(s)) => s,
             _ => {
                 stats.inc(format!("cluster.{cluster}.upstream_cx_connect_fail"));
-                rt.health.eject(addr);
+                c.health.eject(addr);
                 continue;
             }
         };
-        rt.health.restore(addr);
+        c.health.restore(addr);
         let _ = tcp.set_nodelay(true);
         stats.inc(format!("cluster.{cluster}.upstream_cx_total"));
         stats.inc(format!("cluster.{cluster}.endpoint.{addr}.cx_total"));
-        let copied = match rt.upstream.get(cluster) {
+        let copied = match upstream_tls {
             None => {
                 let mut tcp = tcp;
                 if !preface.is_empty() {

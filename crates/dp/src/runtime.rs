@@ -1,6 +1,10 @@
-//! What the proxy runs right now: the decoded configuration plus the TLS configurations built
-//! from its secrets. Replaced as a whole (behind `watch`) on every accepted update, so each
-//! connection works with one consistent version while new connections use the newest.
+//! What the proxy runs right now: the decoded configuration plus, per cluster and per listener,
+//! a runtime object built from its plan. The `Runtime` is replaced as a whole (behind `watch`)
+//! on every accepted update, so each connection works with one consistent version while new
+//! connections use the newest; the per-cluster objects (endpoints, round-robin cursor, health,
+//! TLS, HTTP pool) and per-listener objects (route table, split state) are carried over from the
+//! previous version unless their own plan changed, so an update of one cluster or of another
+//! xDS type keeps every other cluster's cursor, health and pooled connections.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -9,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meshzone_xds::decode::{
-    EndpointPlan, ListenerPlan, ProxyConfig, SanMatch, SecretPlan, TlsPlan,
+    ClusterPlan, EndpointPlan, ListenerPlan, ProxyConfig, SanMatch, SecretPlan, TlsPlan,
 };
 use rustls::{ClientConfig, ServerConfig};
 
+use crate::routes::{RouteTable, Split};
 use crate::tls;
 
 /// Client side TLS of one cluster.
@@ -27,16 +32,61 @@ pub struct DownstreamTls {
     pub peer: Vec<SanMatch>,
 }
 
+/// Everything a cluster's runtime object is built from; the object is rebuilt when it changes.
+#[derive(PartialEq)]
+struct ClusterKey {
+    plan: ClusterPlan,
+    endpoints: Vec<EndpointPlan>,
+    /// The secrets its TLS uses, as received.
+    secrets: Option<(Option<SecretPlan>, Option<SecretPlan>)>,
+}
+
+/// One cluster as the data path uses it, kept across updates while its plan is unchanged.
+pub struct ClusterRuntime {
+    key: ClusterKey,
+    /// Round-robin position.
+    cursor: AtomicUsize,
+    /// Endpoints that recently failed; carried over when the cluster is rebuilt.
+    pub health: Arc<Health>,
+    /// `Err`: the cluster has TLS but its material is unusable, so nothing is sent.
+    pub tls: Result<Option<UpstreamTls>, String>,
+    /// Pooled HTTP client (connections are made on first use).
+    pub http: crate::http::HttpClient,
+}
+
+impl ClusterRuntime {
+    pub fn plan(&self) -> &ClusterPlan {
+        &self.key.plan
+    }
+
+    pub fn endpoints(&self) -> &[EndpointPlan] {
+        &self.key.endpoints
+    }
+}
+
+/// One listener's routing state: its HTTP route table or TCP split.
+pub struct ListenerRuntime {
+    plan: ListenerPlan,
+    pub routes: Option<RouteTable>,
+    /// A TCP listener's weighted split (none: everything goes to `plan.cluster`).
+    pub split: Option<Split>,
+}
+
+impl ListenerRuntime {
+    /// The cluster of a new TCP connection.
+    pub fn tcp_cluster(&self) -> &str {
+        match &self.split {
+            Some(s) => s.pick(),
+            None => &self.plan.cluster,
+        }
+    }
+}
+
 pub struct Runtime {
     pub config: ProxyConfig,
     pub downstream: BTreeMap<String, DownstreamTls>,
-    pub upstream: BTreeMap<String, UpstreamTls>,
-    /// Pooled HTTP clients of the clusters that HTTP listeners send to.
-    pub http_clients: BTreeMap<String, crate::http::HttpClient>,
-    /// Round-robin position of each cluster.
-    cursors: BTreeMap<String, AtomicUsize>,
-    /// Endpoints that recently failed; shared by every version of the runtime.
-    pub health: Arc<Health>,
+    pub clusters: BTreeMap<String, Arc<ClusterRuntime>>,
+    pub listeners: BTreeMap<String, Arc<ListenerRuntime>>,
     /// `.mesh` name → VIP, for the local resolver of a transparent proxy.
     pub dns_names: BTreeMap<String, std::net::Ipv4Addr>,
 }
@@ -103,12 +153,87 @@ fn material(
     Ok((identity, roots))
 }
 
-impl Runtime {
-    pub fn empty() -> Self {
-        Self::build(ProxyConfig::default(), Arc::default()).0
+fn upstream_tls(config: &ProxyConfig, c: &ClusterPlan) -> Result<Option<UpstreamTls>, String> {
+    let Some(plan) = &c.tls else { return Ok(None) };
+    let (id, roots) = material(config, plan)?;
+    let cfg = tls::client_config(&id, roots, plan.peer.clone()).map_err(|e| e.to_string())?;
+    Ok(Some(UpstreamTls {
+        config: cfg,
+        sni: plan.sni.clone(),
+    }))
+}
+
+impl ClusterRuntime {
+    fn build(config: &ProxyConfig, key: ClusterKey, health: Arc<Health>) -> Self {
+        let tls = upstream_tls(config, &key.plan);
+        let http = crate::http::client(
+            tls.as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .map(|u| (u.config.clone(), u.sni.clone())),
+            key.plan.http2,
+        );
+        ClusterRuntime {
+            key,
+            cursor: AtomicUsize::new(0),
+            health,
+            tls,
+            http,
+        }
     }
 
-    pub fn build(config: ProxyConfig, health: Arc<Health>) -> (Self, Vec<RuntimeProblem>) {
+    /// Endpoints in the order to try them. The first comes from weighted round robin over the
+    /// lowest priority that has a healthy endpoint; the other healthy endpoints follow as
+    /// fallbacks (same priority first), and ejected ones come last.
+    pub fn pick(&self) -> Vec<SocketAddr> {
+        let endpoints = self.endpoints();
+        if endpoints.is_empty() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let healthy: Vec<&EndpointPlan> = endpoints
+            .iter()
+            .filter(|e| !self.health.is_ejected(e.address, now))
+            .collect();
+        // Panic mode: when everything is ejected, try everything rather than nothing.
+        let pool: Vec<&EndpointPlan> = if healthy.is_empty() {
+            endpoints.iter().collect()
+        } else {
+            healthy
+        };
+        let top = pool.iter().map(|e| e.priority).min().unwrap_or(0);
+        let tier: Vec<&EndpointPlan> = pool.iter().copied().filter(|e| e.priority == top).collect();
+        let total: usize = tier.iter().map(|e| e.weight.max(1) as usize).sum();
+        let n = self.cursor.fetch_add(1, Ordering::Relaxed) % total.max(1);
+        let first = tier[weighted_index(&tier, n)].address;
+        let mut order: Vec<SocketAddr> = Vec::with_capacity(endpoints.len());
+        order.push(first);
+        let mut rest: Vec<&EndpointPlan> =
+            endpoints.iter().filter(|e| e.address != first).collect();
+        rest.sort_by_key(|e| (self.health.is_ejected(e.address, now), e.priority));
+        for e in rest {
+            if !order.contains(&e.address) {
+                order.push(e.address);
+            }
+        }
+        order
+    }
+}
+
+impl Runtime {
+    pub fn empty() -> Self {
+        Runtime {
+            config: ProxyConfig::default(),
+            downstream: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            listeners: BTreeMap::new(),
+            dns_names: BTreeMap::new(),
+        }
+    }
+
+    /// The runtime of `config`, reusing every cluster and listener object of `previous` whose
+    /// own plan did not change.
+    pub fn build(config: ProxyConfig, previous: &Runtime) -> (Self, Vec<RuntimeProblem>) {
         let mut problems = Vec::new();
         let mut downstream = BTreeMap::new();
         for l in config.listeners.values() {
@@ -128,104 +253,85 @@ impl Runtime {
                 Err(e) => problems.push(RuntimeProblem(format!("listener {}: {e}", l.name))),
             }
         }
-        let mut upstream = BTreeMap::new();
+        let mut clusters = BTreeMap::new();
         for c in config.clusters.values() {
-            let Some(plan) = &c.tls else { continue };
-            match material(&config, plan).and_then(|(id, roots)| {
-                tls::client_config(&id, roots, plan.peer.clone()).map_err(|e| e.to_string())
-            }) {
-                Ok(cfg) => {
-                    upstream.insert(
-                        c.name.clone(),
-                        UpstreamTls {
-                            config: cfg,
-                            sni: plan.sni.clone(),
-                        },
-                    );
-                }
-                Err(e) => problems.push(RuntimeProblem(format!("cluster {}: {e}", c.name))),
+            let key = ClusterKey {
+                plan: c.clone(),
+                endpoints: config.cluster_endpoints(&c.name).to_vec(),
+                secrets: c.tls.as_ref().map(|t| {
+                    (
+                        config.secrets.get(&t.identity_secret).cloned(),
+                        config.secrets.get(&t.ca_secret).cloned(),
+                    )
+                }),
+            };
+            let old = previous.clusters.get(&c.name);
+            let cluster = match old {
+                Some(old) if old.key == key => old.clone(),
+                _ => Arc::new(ClusterRuntime::build(
+                    &config,
+                    key,
+                    old.map(|o| o.health.clone()).unwrap_or_default(),
+                )),
+            };
+            if let Err(e) = &cluster.tls {
+                problems.push(RuntimeProblem(format!("cluster {}: {e}", c.name)));
             }
+            clusters.insert(c.name.clone(), cluster);
         }
-        let cursors = config
-            .clusters
-            .keys()
-            .map(|k| (k.clone(), AtomicUsize::new(0)))
-            .collect();
-        let http_clients = config
-            .listeners
-            .values()
-            .filter(|l| l.http)
-            .filter_map(|l| config.clusters.get(&l.cluster))
-            .map(|c| {
-                let tls = upstream
-                    .get(&c.name)
-                    .map(|u: &UpstreamTls| (u.config.clone(), u.sni.clone()));
-                (c.name.clone(), crate::http::client(tls, c.http2))
-            })
-            .collect();
+        let mut listeners = BTreeMap::new();
+        for l in config.listeners.values() {
+            let listener = match previous.listeners.get(&l.name) {
+                Some(old) if old.plan == *l => old.clone(),
+                _ => {
+                    let routes = if l.http {
+                        match RouteTable::new(&l.routes) {
+                            Ok(t) => Some(t),
+                            Err(e) => {
+                                problems.push(RuntimeProblem(format!("listener {}: {e}", l.name)));
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    Arc::new(ListenerRuntime {
+                        plan: l.clone(),
+                        routes,
+                        split: (!l.weighted.is_empty()).then(|| Split::new(&l.weighted)),
+                    })
+                }
+            };
+            listeners.insert(l.name.clone(), listener);
+        }
         let dns_names = crate::dns::table(&config);
         (
             Runtime {
                 config,
                 downstream,
-                upstream,
-                http_clients,
-                cursors,
-                health,
+                clusters,
+                listeners,
                 dns_names,
             },
             problems,
         )
     }
 
-    /// Whether a cluster's endpoints speak HTTP/2.
-    pub fn http2(&self, cluster: &str) -> bool {
-        self.config.clusters.get(cluster).is_some_and(|c| c.http2)
+    pub fn cluster(&self, name: &str) -> Option<&Arc<ClusterRuntime>> {
+        self.clusters.get(name)
     }
 
     pub fn listener(&self, name: &str) -> Option<&ListenerPlan> {
         self.config.listeners.get(name)
     }
 
-    /// Endpoints of a cluster in the order to try them. The first comes from weighted round
-    /// robin over the lowest priority that has a healthy endpoint; the other healthy endpoints
-    /// follow as fallbacks (same priority first), and ejected ones come last.
+    /// Endpoints of a cluster in the order to try them (see [`ClusterRuntime::pick`]).
+    #[cfg(test)]
     pub fn pick(&self, cluster: &str) -> Vec<SocketAddr> {
-        let endpoints = self.config.cluster_endpoints(cluster);
-        if endpoints.is_empty() {
-            return Vec::new();
-        }
-        let now = Instant::now();
-        let healthy: Vec<&EndpointPlan> = endpoints
-            .iter()
-            .filter(|e| !self.health.is_ejected(e.address, now))
-            .collect();
-        // Panic mode: when everything is ejected, try everything rather than nothing.
-        let pool: Vec<&EndpointPlan> = if healthy.is_empty() {
-            endpoints.iter().collect()
-        } else {
-            healthy
-        };
-        let top = pool.iter().map(|e| e.priority).min().unwrap_or(0);
-        let tier: Vec<&EndpointPlan> = pool.iter().copied().filter(|e| e.priority == top).collect();
-        let total: usize = tier.iter().map(|e| e.weight.max(1) as usize).sum();
-        let n = self
-            .cursors
+        self.clusters
             .get(cluster)
-            .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed))
-            % total.max(1);
-        let first = tier[weighted_index(&tier, n)].address;
-        let mut order: Vec<SocketAddr> = Vec::with_capacity(endpoints.len());
-        order.push(first);
-        let mut rest: Vec<&EndpointPlan> =
-            endpoints.iter().filter(|e| e.address != first).collect();
-        rest.sort_by_key(|e| (self.health.is_ejected(e.address, now), e.priority));
-        for e in rest {
-            if !order.contains(&e.address) {
-                order.push(e.address);
-            }
-        }
-        order
+            .map(|c| c.pick())
+            .unwrap_or_default()
     }
 }
 
@@ -273,7 +379,7 @@ mod tests {
             priority: 0,
         };
         let config = web_cluster(vec![endpoint(a, 1), endpoint(b, 2)]);
-        let (rt, problems) = Runtime::build(config, Arc::default());
+        let (rt, problems) = Runtime::build(config, &Runtime::empty());
         assert!(problems.is_empty());
         let firsts: Vec<SocketAddr> = (0..6).map(|_| rt.pick("web")[0]).collect();
         assert_eq!(firsts.iter().filter(|x| **x == a).count(), 2);
@@ -293,11 +399,11 @@ mod tests {
             priority,
         };
         let config = web_cluster(vec![endpoint(remote, 1), endpoint(local, 0)]);
-        let (rt, _) = Runtime::build(config, Arc::default());
+        let (rt, _) = Runtime::build(config, &Runtime::empty());
         for _ in 0..10 {
             assert_eq!(rt.pick("web"), vec![local, remote]);
         }
-        rt.health.eject(local);
+        rt.clusters["web"].health.eject(local);
         for _ in 0..10 {
             assert_eq!(
                 rt.pick("web"),
@@ -305,9 +411,161 @@ mod tests {
                 "fails over to priority 1"
             );
         }
-        rt.health.eject(remote);
+        rt.clusters["web"].health.eject(remote);
         assert_eq!(rt.pick("web").len(), 2, "all ejected: try all");
-        rt.health.restore(local);
+        rt.clusters["web"].health.restore(local);
         assert_eq!(rt.pick("web")[0], local);
+    }
+
+    /// The plan of `web_cluster` plus a second cluster `other` and a listener.
+    fn two_clusters(web: Vec<EndpointPlan>) -> ProxyConfig {
+        let mut config = web_cluster(web);
+        config.clusters.insert(
+            "other".into(),
+            ClusterPlan {
+                name: "other".into(),
+                static_endpoints: None,
+                tls: None,
+                http2: false,
+                original_dst: false,
+            },
+        );
+        config.endpoints.insert(
+            "other".into(),
+            vec![EndpointPlan {
+                address: "10.0.9.1:80".parse().unwrap(),
+                weight: 1,
+                zone: None,
+                priority: 0,
+            }],
+        );
+        config
+    }
+
+    #[test]
+    fn an_update_keeps_the_objects_of_clusters_whose_plan_did_not_change() {
+        let endpoint = |last: u8| EndpointPlan {
+            address: SocketAddr::from(([10, 0, 0, last], 80)),
+            weight: 1,
+            zone: None,
+            priority: 0,
+        };
+        let (first, _) = Runtime::build(
+            two_clusters(vec![endpoint(1), endpoint(2)]),
+            &Runtime::empty(),
+        );
+        // Move the cursor: state the next version must keep.
+        assert_eq!(first.pick("web")[0], endpoint(1).address);
+
+        // An unrelated update (a secret arrives): same objects, same cursor, same pool.
+        let mut unrelated = first.config.clone();
+        unrelated
+            .secrets
+            .insert("ca".into(), SecretPlan::TrustedCa { ca_pem: "x".into() });
+        let (second, _) = Runtime::build(unrelated, &first);
+        assert!(Arc::ptr_eq(&first.clusters["web"], &second.clusters["web"]));
+        assert!(Arc::ptr_eq(
+            &first.clusters["other"],
+            &second.clusters["other"]
+        ));
+        assert_eq!(
+            second.pick("web")[0],
+            endpoint(2).address,
+            "the cursor moved on instead of starting over"
+        );
+        second.clusters["web"].health.eject(endpoint(2).address);
+
+        // The endpoints of `web` change: `web` is rebuilt (health carried over), `other` kept.
+        let mut changed = second.config.clone();
+        changed
+            .endpoints
+            .insert("web".into(), vec![endpoint(1), endpoint(2), endpoint(3)]);
+        let (third, _) = Runtime::build(changed, &second);
+        assert!(!Arc::ptr_eq(
+            &second.clusters["web"],
+            &third.clusters["web"]
+        ));
+        assert!(Arc::ptr_eq(
+            &second.clusters["other"],
+            &third.clusters["other"]
+        ));
+        assert!(Arc::ptr_eq(
+            &second.clusters["web"].health,
+            &third.clusters["web"].health
+        ));
+        assert_eq!(third.clusters["web"].endpoints().len(), 3);
+        let firsts: Vec<SocketAddr> = (0..4).map(|_| third.pick("web")[0]).collect();
+        assert!(!firsts.contains(&endpoint(2).address), "{firsts:?}");
+
+        // A removed cluster is gone.
+        let mut removed = third.config.clone();
+        removed.clusters.remove("other");
+        let (fourth, _) = Runtime::build(removed, &third);
+        assert!(fourth.cluster("other").is_none());
+    }
+
+    #[test]
+    fn a_cluster_whose_tls_material_has_not_arrived_sends_nothing() {
+        let mut config = web_cluster(vec![]);
+        if let Some(c) = config.clusters.get_mut("web") {
+            c.tls = Some(TlsPlan {
+                identity_secret: "id".into(),
+                ca_secret: "ca".into(),
+                peer: vec![SanMatch::Exact("spiffe://default/web".into())],
+                sni: None,
+            });
+        }
+        let (rt, problems) = Runtime::build(config, &Runtime::empty());
+        assert!(rt.clusters["web"].tls.is_err());
+        assert_eq!(problems.len(), 1, "{:?}", problems);
+        assert!(problems[0].0.contains("secret id has not arrived"));
+    }
+
+    #[test]
+    fn a_tcp_listener_with_a_split_picks_a_cluster_per_connection() {
+        let mut config = two_clusters(vec![]);
+        let listener = ListenerPlan {
+            name: "out".into(),
+            address: "127.0.0.1:1".parse().unwrap(),
+            cluster: "web".into(),
+            tls: None,
+            permissive: false,
+            http: false,
+            routes: vec![],
+            weighted: vec![
+                meshzone_xds::decode::WeightedClusterPlan {
+                    cluster: "web".into(),
+                    weight: 3,
+                },
+                meshzone_xds::decode::WeightedClusterPlan {
+                    cluster: "other".into(),
+                    weight: 1,
+                },
+            ],
+            sni_routes: BTreeMap::new(),
+            bind: true,
+            use_original_dst: false,
+            rbac: None,
+        };
+        config.listeners.insert("out".into(), listener.clone());
+        let (rt, _) = Runtime::build(config.clone(), &Runtime::empty());
+        let picks: Vec<&str> = (0..8).map(|_| rt.listeners["out"].tcp_cluster()).collect();
+        assert_eq!(
+            picks.iter().filter(|c| **c == "other").count(),
+            2,
+            "{picks:?}"
+        );
+        // The split state survives an unrelated update and is reset by a change of the listener.
+        let (same, _) = Runtime::build(config.clone(), &rt);
+        assert!(Arc::ptr_eq(&rt.listeners["out"], &same.listeners["out"]));
+        config.listeners.insert(
+            "out".into(),
+            ListenerPlan {
+                weighted: vec![],
+                ..listener
+            },
+        );
+        let (single, _) = Runtime::build(config, &same);
+        assert_eq!(single.listeners["out"].tcp_cluster(), "web");
     }
 }

@@ -196,7 +196,6 @@ async fn connect_once(
     };
     info!(cp = settings.cp_address, "connected to the control plane");
     let mut config: ProxyConfig = runtime.borrow().config.clone();
-    let health = runtime.borrow().health.clone();
     let mut received: BTreeSet<TypeUrl> = BTreeSet::new();
     let mut updates = 0u64;
     loop {
@@ -214,7 +213,7 @@ async fn connect_once(
         };
         let mut next = config.clone();
         let errors = next.apply(type_url, &response.resources);
-        let (rt, problems) = Runtime::build(next.clone(), health.clone());
+        let (rt, problems) = Runtime::build(next.clone(), &runtime.borrow());
         let mut reasons: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         reasons.extend(problems.into_iter().map(|p| p.0));
         let ack = DiscoveryRequest {

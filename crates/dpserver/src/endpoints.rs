@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use meshzone_model::specs::{AvailableService, MeshSpec, SERVICE_TAG, ZONE_TAG};
+use meshzone_model::policy::Policy;
+use meshzone_model::specs::{AvailableService, MeshSpec, SERVICE_TAG, Tags, ZONE_TAG};
 use meshzone_model::{Resource, Spec};
 use meshzone_xds::generate::{EndpointInfo, sni};
+use meshzone_xds::policy::backend_refs::{carries, requested_subsets, subset_endpoints};
 
 /// Another zone's ingress, as this zone can reach it (its advertised address, resolved to IP).
 #[derive(Debug, Clone, PartialEq)]
@@ -24,8 +26,8 @@ pub struct LocalEgress {
     pub port: u32,
 }
 
-/// Zone → the ingresses of that zone offering a service, with their instance counts.
-type OfferByZone<'a> = BTreeMap<&'a str, Vec<(&'a RemoteIngress, u32)>>;
+/// Zone → the ingresses of that zone offering a service, with their instance counts per tag set.
+type OfferByZone<'a> = BTreeMap<&'a str, Vec<(&'a RemoteIngress, Vec<(Tags, u32)>)>>;
 
 /// Largest weight scale used to keep the per-zone split exact; beyond it, shares are rounded.
 const MAX_SCALE: u32 = 10_000;
@@ -59,27 +61,40 @@ pub fn local_endpoints(dataplanes: &[Resource]) -> BTreeMap<String, Vec<Endpoint
                     weight: 1,
                     zone: inbound.tags.get(ZONE_TAG).cloned(),
                     priority: 0,
+                    tags: inbound.tags.clone(),
                 });
         }
     }
     out
 }
 
-/// Instances a remote ingress offers of each service of `mesh` (summed over tag sets).
-fn offered<'a>(ingress: &'a RemoteIngress, mesh: &str) -> BTreeMap<&'a str, u32> {
-    let mut out = BTreeMap::new();
-    for a in ingress.available.iter().filter(|a| a.mesh == mesh) {
+/// What a remote ingress offers of each service of `mesh`: every tag set with its instances
+/// (`kuma.io/zone` set to the ingress's zone where the tags lack it).
+fn offered<'a>(ingress: &'a RemoteIngress, mesh: &str) -> BTreeMap<&'a str, Vec<(Tags, u32)>> {
+    let mut out: BTreeMap<&str, Vec<(Tags, u32)>> = BTreeMap::new();
+    for a in ingress
+        .available
+        .iter()
+        .filter(|a| a.mesh == mesh && a.instances > 0)
+    {
         if let Some(service) = a.tags.get(SERVICE_TAG) {
-            *out.entry(service.as_str()).or_insert(0) += a.instances;
+            let mut tags = a.tags.clone();
+            tags.entry(ZONE_TAG.to_string())
+                .or_insert_with(|| ingress.zone.clone());
+            out.entry(service.as_str())
+                .or_default()
+                .push((tags, a.instances));
         }
     }
-    out.retain(|_, n| *n > 0);
     out
 }
 
 /// Every endpoint of every service of `mesh` for a proxy of this zone.
 ///
-/// Weights keep the split fair per instance: a local instance weighs `S`, and a remote zone
+/// A remote ingress comes once per tag set it offers (each carrying those tags, weighted by
+/// their instances), so subset clusters can take the matching share; the proxy's own cluster of
+/// the service merges them back into one endpoint per address. Weights keep the split fair per
+/// instance: a local instance weighs `S`, and a remote zone
 /// with `n` instances behind `k` ingresses gives each ingress `n·S/k`, where `S` is the least
 /// common multiple of the `k`s. With `localityAwareLoadBalancing`, remote endpoints get priority
 /// 1 (used only when no local endpoint is healthy). With `zoneEgress` and a local egress, the
@@ -102,13 +117,13 @@ pub fn mesh_endpoints(
 
     let mut by_service: BTreeMap<&str, OfferByZone> = BTreeMap::new();
     for ingress in remote {
-        for (service, n) in offered(ingress, mesh) {
+        for (service, sets) in offered(ingress, mesh) {
             by_service
                 .entry(service)
                 .or_default()
                 .entry(ingress.zone.as_str())
                 .or_default()
-                .push((ingress, n));
+                .push((ingress, sets));
         }
     }
     for (service, zones) in by_service {
@@ -122,30 +137,40 @@ pub fn mesh_endpoints(
         let mut remote_endpoints = Vec::new();
         for (zone, ingresses) in &zones {
             let k = ingresses.len() as u32;
-            for (ingress, n) in ingresses {
-                remote_endpoints.push(EndpointInfo {
-                    address: ingress.address.clone(),
-                    port: ingress.port,
-                    weight: (n.saturating_mul(scale) / k).max(1),
-                    zone: Some(zone.to_string()),
-                    priority: remote_priority,
-                });
+            for (ingress, sets) in ingresses {
+                for (tags, n) in sets {
+                    remote_endpoints.push(EndpointInfo {
+                        address: ingress.address.clone(),
+                        port: ingress.port,
+                        weight: (n.saturating_mul(scale) / k).max(1),
+                        zone: Some(zone.to_string()),
+                        priority: remote_priority,
+                        tags: tags.clone(),
+                    });
+                }
             }
         }
         let endpoints = out.entry(service.to_string()).or_default();
         if via_egress {
-            let remote_total: u32 = remote_endpoints.iter().map(|e| e.weight).sum();
+            // The remote share per tag set, each egress carrying it.
+            let mut remote_by_tags: BTreeMap<&Tags, u32> = BTreeMap::new();
+            for r in &remote_endpoints {
+                *remote_by_tags.entry(&r.tags).or_default() += r.weight;
+            }
             let e = egresses.len() as u32;
             for local in endpoints.iter_mut() {
                 local.weight = scale.saturating_mul(e);
             }
-            endpoints.extend(egresses.iter().map(|egress| EndpointInfo {
-                address: egress.address.clone(),
-                port: egress.port,
-                weight: remote_total.max(1),
-                zone: None,
-                priority: remote_priority,
-            }));
+            for egress in egresses {
+                endpoints.extend(remote_by_tags.iter().map(|(tags, weight)| EndpointInfo {
+                    address: egress.address.clone(),
+                    port: egress.port,
+                    weight: (*weight).max(1),
+                    zone: None,
+                    priority: remote_priority,
+                    tags: (*tags).clone(),
+                }));
+            }
         } else {
             for local in endpoints.iter_mut() {
                 local.weight = scale;
@@ -157,10 +182,13 @@ pub fn mesh_endpoints(
 }
 
 /// What a zone ingress routes: for every mesh with mTLS, the SNI of each local service to its
-/// healthy local instances.
+/// healthy local instances, and the SNI of every subset that a route policy of the mesh sends to
+/// (`route_policies`: the MeshHTTPRoutes and MeshTCPRoutes) to the local instances carrying its
+/// tags.
 pub fn ingress_routes(
     meshes: &[Resource],
     dataplanes: &[Resource],
+    route_policies: &[Policy],
 ) -> BTreeMap<String, Vec<EndpointInfo>> {
     let mut routes = BTreeMap::new();
     for mesh in meshes {
@@ -175,7 +203,17 @@ pub fn ingress_routes(
             .filter(|d| d.meta.mesh == mesh.meta.name)
             .cloned()
             .collect();
-        for (service, endpoints) in local_endpoints(&in_mesh) {
+        let local = local_endpoints(&in_mesh);
+        for subset in requested_subsets(route_policies, &mesh.meta.name) {
+            let endpoints = local
+                .get(&subset.service)
+                .map(|all| subset_endpoints(all, &subset.tags))
+                .unwrap_or_default();
+            if !endpoints.is_empty() {
+                routes.insert(subset.sni(&mesh.meta.name), endpoints);
+            }
+        }
+        for (service, endpoints) in local {
             routes.insert(sni(&service, &mesh.meta.name), endpoints);
         }
     }
@@ -183,11 +221,13 @@ pub fn ingress_routes(
 }
 
 /// What a zone egress routes: for every mesh with mTLS, the SNI of each service offered by
-/// another zone to that zone's ingresses, weighted by instances. Each remote ingress is its own
-/// endpoint, so health and outlier state is kept per remote zone.
+/// another zone to that zone's ingresses, weighted by instances, and likewise the SNI of every
+/// subset a route policy sends to, to the ingresses offering instances with its tags. Each
+/// remote ingress is its own endpoint, so health and outlier state is kept per remote zone.
 pub fn egress_routes(
     meshes: &[Resource],
     remote: &[RemoteIngress],
+    route_policies: &[Policy],
 ) -> BTreeMap<String, Vec<EndpointInfo>> {
     let mut routes: BTreeMap<String, Vec<EndpointInfo>> = BTreeMap::new();
     for mesh in meshes {
@@ -197,18 +237,38 @@ pub fn egress_routes(
         if spec.enabled_mtls_backend().is_none() {
             continue;
         }
+        let subsets = requested_subsets(route_policies, &mesh.meta.name);
         for ingress in remote {
-            for (service, n) in offered(ingress, &mesh.meta.name) {
+            let offers = offered(ingress, &mesh.meta.name);
+            let endpoint = |weight: u32| EndpointInfo {
+                address: ingress.address.clone(),
+                port: ingress.port,
+                weight,
+                zone: Some(ingress.zone.clone()),
+                priority: 0,
+                tags: Tags::new(),
+            };
+            for (service, sets) in &offers {
+                let n = sets.iter().map(|(_, n)| n).sum();
                 routes
                     .entry(sni(service, &mesh.meta.name))
                     .or_default()
-                    .push(EndpointInfo {
-                        address: ingress.address.clone(),
-                        port: ingress.port,
-                        weight: n,
-                        zone: Some(ingress.zone.clone()),
-                        priority: 0,
-                    });
+                    .push(endpoint(n));
+            }
+            for subset in &subsets {
+                let n: u32 = offers
+                    .get(subset.service.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|(tags, _)| carries(tags, &subset.tags))
+                    .map(|(_, n)| n)
+                    .sum();
+                if n > 0 {
+                    routes
+                        .entry(subset.sni(&mesh.meta.name))
+                        .or_default()
+                        .push(endpoint(n));
+                }
             }
         }
     }

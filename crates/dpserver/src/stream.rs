@@ -289,6 +289,11 @@ impl ProxyStream {
             (ProxyKind::Dataplane, t) if t.is_mesh_scoped() => e.key.mesh == self.key.mesh,
             (ProxyKind::Ingress, ResourceType::Mesh | ResourceType::Dataplane) => true,
             (ProxyKind::Egress, ResourceType::Mesh | ResourceType::ZoneIngress) => true,
+            // Route backendRefs to tag subsets get SNI routes of their own on zone proxies.
+            (
+                ProxyKind::Ingress | ProxyKind::Egress,
+                ResourceType::MeshHTTPRoute | ResourceType::MeshTCPRoute,
+            ) => true,
             _ => false,
         }
     }
@@ -456,6 +461,17 @@ impl ProxyStream {
             .list(ResourceType::Mesh, None)
             .await
             .map_err(internal)?;
+        // Every mesh's MeshHTTPRoutes and MeshTCPRoutes: the subsets their backendRefs ask for
+        // get SNI routes of their own.
+        let mut route_policies = Vec::new();
+        for t in [ResourceType::MeshHTTPRoute, ResourceType::MeshTCPRoute] {
+            let stored = store.list(t, None).await.map_err(internal)?;
+            route_policies.extend(
+                stored
+                    .iter()
+                    .filter_map(meshzone_model::policies::to_engine_policy),
+            );
+        }
         let (address, port, routes) = match store.find(&self.key).await.map_err(internal)? {
             Some(Resource {
                 spec: Spec::ZoneIngress(z),
@@ -465,7 +481,7 @@ impl ProxyStream {
                     .list(ResourceType::Dataplane, None)
                     .await
                     .map_err(internal)?;
-                let routes = ingress_routes(&meshes, &dataplanes);
+                let routes = ingress_routes(&meshes, &dataplanes, &route_policies);
                 (z.networking.address, z.networking.port, routes)
             }
             Some(Resource {
@@ -473,7 +489,7 @@ impl ProxyStream {
                 ..
             }) => {
                 let remote = remote_ingresses(&self.shared).await?;
-                let routes = egress_routes(&meshes, &remote);
+                let routes = egress_routes(&meshes, &remote, &route_policies);
                 (z.networking.address, z.networking.port, routes)
             }
             _ => return Err(Status::not_found(format!("{} was deleted", self.key))),

@@ -458,6 +458,13 @@ pub fn zone_token_file(global: &ControlPlane, dir: &Path, zone: &str, scope: &st
     write_file(dir, &format!("{zone}-{scope}.token"), token.trim())
 }
 
+/// The Mesh `default` with builtin mTLS, its certificates valid for `expiration` (`24h`).
+pub fn mtls_mesh(expiration: &str) -> String {
+    format!(
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n      dpCert:\n        rotation:\n          expiration: {expiration}\n"
+    )
+}
+
 /// `kumactl apply` of `yaml` on `cp`, which must succeed.
 pub fn apply_ok(cp: &ControlPlane, dir: &Path, file: &str, yaml: &str) {
     ok(&apply(cp, dir, file, yaml));

@@ -6,21 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, EchoServer, free_port, http_get, ok, stdout, wait_for,
+    ControlPlane, DataPlane, EchoServer, free_port, http_get, mtls_mesh, ok, stdout, wait_for,
 };
-
-const MESH: &str = r#"
-type: Mesh
-name: default
-mtls:
-  enabledBackend: ca-1
-  backends:
-    - name: ca-1
-      type: builtin
-      dpCert:
-        rotation:
-          expiration: EXPIRATION
-"#;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -55,11 +42,7 @@ impl Mesh {
     fn start(dir: &Path, cert_expiration: &str, extra_env: &[(&str, &str)]) -> Mesh {
         let cp = ControlPlane::start(dir, extra_env);
         cp.configure_kumactl();
-        let mesh = write(
-            dir,
-            "mesh.yaml",
-            &MESH.replace("EXPIRATION", cert_expiration),
-        );
+        let mesh = write(dir, "mesh.yaml", &mtls_mesh(cert_expiration));
         ok(&cp.kumactl(&["apply", "-f", &mesh.display().to_string()]));
         Mesh {
             cp,
@@ -379,9 +362,7 @@ fn permissive_mesh_accepts_plaintext_next_to_mtls() {
     let permissive = write(
         &mesh.dir,
         "permissive.yaml",
-        &MESH
-            .replace("EXPIRATION", "24h")
-            .replace("type: builtin", "type: builtin\n      mode: permissive"),
+        &mtls_mesh("24h").replace("type: builtin", "type: builtin\n      mode: permissive"),
     );
     ok(&mesh
         .cp

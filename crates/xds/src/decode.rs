@@ -13,7 +13,6 @@ use envoy_types::pb::envoy::config::core::v3::{Address, DataSource, TransportSoc
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -21,15 +20,11 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::Any;
-use envoy_types::pb::envoy::config::route::v3::RouteAction;
-use envoy_types::pb::envoy::config::route::v3::route::Action as RouteActionKind;
-use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use prost::{Message, Name};
 use serde::Serialize;
 
@@ -37,8 +32,10 @@ use crate::names::TypeUrl;
 
 mod clusters;
 mod rbac;
+pub mod routes;
 pub use clusters::{decode_assignment, decode_cluster};
 pub use rbac::{PrincipalPlan, RbacPlan, Verdict};
+pub use routes::{RoutePlan, WeightedClusterPlan};
 
 /// Why one resource could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +89,14 @@ pub struct ListenerPlan {
     pub permissive: bool,
     /// HTTP-aware (an HTTP connection manager): requests are balanced and counted one by one.
     pub http: bool,
+    /// HTTP listeners: the route table, tried in order (`cluster` then names the destination
+    /// service: the route configuration's name, which the generator gives its service).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RoutePlan>,
+    /// TCP listeners whose `tcp_proxy` has `weighted_clusters`: one cluster per connection,
+    /// picked by weight (`cluster` then names the destination service: the `stat_prefix`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub weighted: Vec<WeightedClusterPlan>,
     /// A zone proxy's SNI router: SNI → cluster, TLS passed through untouched (`cluster` is
     /// empty). A connection without a listed SNI is closed.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -309,6 +314,8 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         cluster,
         http,
         rbac,
+        routes,
+        weighted,
     } = filters;
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
@@ -332,6 +339,8 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         tls,
         permissive,
         http,
+        routes,
+        weighted,
         sni_routes: BTreeMap::new(),
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.is_some_and(|b| b.value),
@@ -345,6 +354,8 @@ struct ChainFilters {
     cluster: String,
     http: bool,
     rbac: Option<RbacPlan>,
+    routes: Vec<RoutePlan>,
+    weighted: Vec<WeightedClusterPlan>,
 }
 
 /// A chain's filters: an optional network RBAC filter, then a TCP proxy or an HTTP connection
@@ -394,11 +405,18 @@ fn chain_filters(
                 ),
             ));
         }
-        let (cluster, rbac) = hcm_cluster(name, &at, cfg)?;
+        let (service, routes, rbac) = hcm_routes(name, &at, cfg)?;
+        let cluster = if service.is_empty() {
+            default_cluster(&routes)
+        } else {
+            service
+        };
         return Ok(ChainFilters {
             cluster,
             http: true,
             rbac,
+            routes,
+            weighted: Vec::new(),
         });
     }
     if cfg.type_url != TcpProxy::type_url() {
@@ -407,20 +425,26 @@ fn chain_filters(
             format!("{at}: {} is not enforced by kuma-dp", cfg.type_url),
         ));
     }
+    let tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
+    let (clusters, split) =
+        routes::tcp_proxy_clusters(&tcp).map_err(|e| err(name, format!("{at}: {e}")))?;
+    let first = clusters
+        .first()
+        .map(|c| c.cluster.clone())
+        .unwrap_or_default();
+    let (cluster, weighted) = match split {
+        // A split names its service in stat_prefix.
+        true if !tcp.stat_prefix.is_empty() => (tcp.stat_prefix, clusters),
+        true => (first, clusters),
+        false => (first, Vec::new()),
+    };
     Ok(ChainFilters {
-        cluster: tcp_proxy_cluster(name, cfg)?,
+        cluster,
         http: false,
         rbac: network_rbac,
+        routes: Vec::new(),
+        weighted,
     })
-}
-
-/// The one cluster a TCP proxy filter sends to.
-fn tcp_proxy_cluster(name: &str, cfg: &Any) -> Result<String, DecodeError> {
-    let tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
-    match tcp.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(cluster)) => Ok(cluster),
-        _ => Err(err(name, "tcp_proxy must name one cluster")),
-    }
 }
 
 /// A listener whose every filter chain matches server names: a zone proxy's SNI router.
@@ -453,7 +477,9 @@ fn sni_router(
                 cluster,
                 http: false,
                 rbac: None,
-            } => cluster,
+                weighted,
+                ..
+            } if weighted.is_empty() => cluster,
             _ => {
                 return Err(err(
                     &name,
@@ -472,6 +498,8 @@ fn sni_router(
         tls: None,
         permissive: false,
         http: false,
+        routes: Vec::new(),
+        weighted: Vec::new(),
         sni_routes,
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: false,
@@ -479,10 +507,14 @@ fn sni_router(
     })
 }
 
-/// The one cluster an HTTP connection manager routes everything to, and its HTTP RBAC. Its
-/// HTTP filters must be an optional RBAC filter and the router, last; any other HTTP filter is
-/// refused (kuma-dp would not apply it).
-fn hcm_cluster(name: &str, at: &str, cfg: &Any) -> Result<(String, Option<RbacPlan>), DecodeError> {
+/// The route table of an HTTP connection manager (with its route configuration's name) and its
+/// HTTP RBAC. Its HTTP filters must be an optional RBAC filter and the router, last; any other
+/// HTTP filter is refused (kuma-dp would not apply it).
+fn hcm_routes(
+    name: &str,
+    at: &str,
+    cfg: &Any,
+) -> Result<(String, Vec<RoutePlan>, Option<RbacPlan>), DecodeError> {
     let hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
     let mut rbac = None;
     let last = hcm.http_filters.len().saturating_sub(1);
@@ -512,27 +544,19 @@ fn hcm_cluster(name: &str, at: &str, cfg: &Any) -> Result<(String, Option<RbacPl
             format!("{at}.http_filters: the router is required"),
         ));
     }
-    let Some(RouteSpecifier::RouteConfig(rc)) = hcm.route_specifier else {
-        return Err(err(
-            name,
-            "HTTP listeners need an inline route configuration",
-        ));
-    };
-    let routes: Vec<_> = rc
-        .virtual_hosts
+    let (service, routes) =
+        routes::hcm_routes(&hcm).map_err(|e| err(name, format!("{at}: {e}")))?;
+    Ok((service, routes, rbac))
+}
+
+/// The cluster an HTTP listener falls back to: the last route's first cluster.
+fn default_cluster(routes: &[RoutePlan]) -> String {
+    routes
         .iter()
-        .flat_map(|v| v.routes.iter())
-        .collect();
-    let [route] = routes.as_slice() else {
-        return Err(err(name, "exactly one HTTP route is supported"));
-    };
-    match &route.action {
-        Some(RouteActionKind::Route(RouteAction {
-            cluster_specifier: Some(RouteCluster::Cluster(c)),
-            ..
-        })) => Ok((c.clone(), rbac)),
-        _ => Err(err(name, "the HTTP route must send to one cluster")),
-    }
+        .rev()
+        .find_map(|r| r.clusters().next())
+        .unwrap_or_default()
+        .to_string()
 }
 
 pub fn decode_secret(any: &Any) -> Result<(String, SecretPlan), DecodeError> {

@@ -95,6 +95,7 @@ fn generated(mode: Option<&str>, mtls: bool) -> (Resources, Resources) {
             weight: 1,
             zone: None,
             priority: 0,
+            tags: Default::default(),
         }],
     )]);
     let material = TlsMaterial {

@@ -107,6 +107,8 @@ fn runtime_with(listener: &str, rbac: Option<RbacPlan>) -> Arc<Runtime> {
             tls: None,
             permissive: false,
             http: false,
+            routes: vec![],
+            weighted: vec![],
             sni_routes: BTreeMap::new(),
             bind: true,
             use_original_dst: false,
@@ -397,7 +399,7 @@ async fn inbound_permissions_are_enforced_on_loopback_and_updates_close_denied_c
     let http_app_port = http_app().await;
     let ports = (free_port(), tcp_app, free_port(), http_app_port);
     let (tcp, http) = (ports.0, ports.2);
-    let build = |from| Arc::new(Runtime::build(config(&pki, ports, from), Arc::default()).0);
+    let build = |from| Arc::new(Runtime::build(config(&pki, ports, from), &Runtime::empty()).0);
     let (tx, rx) = watch::channel(build(only_orders()));
     let stats = Arc::new(Stats::default());
     let mut listeners = Listeners::new(stats.clone(), Arc::new(Drain::default()));

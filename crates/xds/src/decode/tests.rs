@@ -41,6 +41,7 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
                 weight: 1,
                 zone: None,
                 priority: 0,
+                tags: Default::default(),
             },
             EndpointInfo {
                 address: "10.0.0.6".into(),
@@ -48,6 +49,7 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
                 weight: 2,
                 zone: Some("zone-2".into()),
                 priority: 1,
+                tags: Default::default(),
             },
         ],
     )]);
@@ -160,6 +162,7 @@ fn a_zone_proxy_listener_decodes_to_sni_routes() {
         weight: 2,
         zone: Some(zone.into()),
         priority: 0,
+        tags: Default::default(),
     };
     let routes = BTreeMap::from([
         (

@@ -74,13 +74,27 @@ pub(crate) fn outbound_cluster(
     protocol: Protocol,
     mtls: bool,
 ) -> Cluster {
-    let mut cluster = eds_cluster(service);
+    destination_cluster(service, service, &sni(service, mesh), mesh, protocol, mtls)
+}
+
+/// An EDS cluster `name` towards `service`: with mTLS it sends `sni` (a subset's SNI names its
+/// tags, so that a zone ingress picks the matching instances) and accepts only the service's
+/// SPIFFE ID.
+pub(crate) fn destination_cluster(
+    name: &str,
+    service: &str,
+    sni: &str,
+    mesh: &str,
+    protocol: Protocol,
+    mtls: bool,
+) -> Cluster {
+    let mut cluster = eds_cluster(name);
     if protocol == Protocol::Http2 {
         cluster.typed_extension_protocol_options = http2_upstream().into_iter().collect();
     }
     if mtls {
         cluster.transport_socket = Some(transport_socket(pack_any(UpstreamTlsContext {
-            sni: sni(service, mesh),
+            sni: sni.to_string(),
             common_tls_context: Some(common_tls(
                 mesh,
                 StringMatcher {

@@ -12,15 +12,32 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use super::EndpointInfo;
 use super::common::socket;
 
-/// Endpoints grouped into localities by (priority, zone).
+/// Endpoints grouped into localities by (priority, zone). The same address in a locality is one
+/// endpoint with the weights added up (a remote ingress comes once per tag set it offers).
 pub(crate) fn load_assignment(cluster: &str, endpoints: &[EndpointInfo]) -> ClusterLoadAssignment {
-    let mut groups: BTreeMap<(u32, Option<&str>), Vec<LbEndpoint>> = BTreeMap::new();
+    // (priority, zone) → (address, port, weight)
+    type Hosts<'a> = Vec<(&'a str, u32, u32)>;
+    let mut merged: BTreeMap<(u32, Option<&str>), Hosts> = BTreeMap::new();
     for e in endpoints {
-        groups
-            .entry((e.priority, e.zone.as_deref()))
-            .or_default()
-            .push(lb_endpoint(&e.address, e.port, e.weight));
+        let group = merged.entry((e.priority, e.zone.as_deref())).or_default();
+        match group
+            .iter_mut()
+            .find(|(a, p, _)| *a == e.address && *p == e.port)
+        {
+            Some((_, _, w)) => *w = w.saturating_add(e.weight),
+            None => group.push((&e.address, e.port, e.weight)),
+        }
     }
+    let groups: BTreeMap<(u32, Option<&str>), Vec<LbEndpoint>> = merged
+        .into_iter()
+        .map(|(k, eps)| {
+            let lb = eps
+                .into_iter()
+                .map(|(a, p, w)| lb_endpoint(a, p, w))
+                .collect();
+            (k, lb)
+        })
+        .collect();
     ClusterLoadAssignment {
         cluster_name: cluster.to_string(),
         endpoints: groups

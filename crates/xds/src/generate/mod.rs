@@ -15,15 +15,15 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
-use meshzone_model::specs::{DataplaneSpec, MeshSpec, PROTOCOL_TAG};
+use meshzone_model::specs::{DataplaneSpec, MeshSpec, PROTOCOL_TAG, Tags};
 
 use crate::names::{self, TypeUrl};
 use crate::policy::{self, ProxyPolicies};
 
 pub(crate) mod clusters;
-mod common;
-mod endpoints;
-mod listeners;
+pub(crate) mod common;
+pub(crate) mod endpoints;
+pub(crate) mod listeners;
 mod secrets;
 
 pub use common::sni;
@@ -39,6 +39,10 @@ pub struct EndpointInfo {
     /// 0 is tried first; higher priorities only take traffic when no lower one has a healthy
     /// endpoint (locality-aware load balancing puts remote zones at 1).
     pub priority: u32,
+    /// The tags of the instances behind the endpoint (a local inbound's tags; for a remote
+    /// ingress, one `availableServices` tag set, `weight` counting its instances). Subset
+    /// clusters take the endpoints whose tags include the subset's.
+    pub tags: Tags,
 }
 
 /// Certificates of a proxy when its mesh has mTLS on.

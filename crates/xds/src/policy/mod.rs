@@ -27,6 +27,10 @@ pub struct ProxyPolicies {
     pub tcp_route: PolicyRules,
 }
 
+pub mod backend_refs;
+mod mesh_http_route;
+mod mesh_tcp_route;
+
 use crate::generate::{ProxyInput, Resources};
 
 /// A policy type's configurer: edits the typed resources of one proxy from that proxy's input
@@ -35,8 +39,11 @@ pub type Configurer = fn(&ProxyInput<'_>, &mut Resources);
 
 /// Every configurer, in the order they run (Kuma's plugin order: MeshHTTPRoute 100,
 /// MeshTCPRoute 200, …, MeshTrafficPermission 1100). One line per policy type.
-pub const CONFIGURERS: &[(&str, Configurer)] =
-    &[("MeshTrafficPermission", mesh_traffic_permission::configure)];
+pub const CONFIGURERS: &[(&str, Configurer)] = &[
+    ("MeshHTTPRoute", mesh_http_route::configure),
+    ("MeshTCPRoute", mesh_tcp_route::configure),
+    ("MeshTrafficPermission", mesh_traffic_permission::configure),
+];
 
 /// Applies every policy's configurer to the base resources of a proxy, in [`CONFIGURERS`]
 /// order. None of them sees packed bytes.

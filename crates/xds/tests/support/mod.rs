@@ -196,7 +196,7 @@ pub fn assert_envoy_accepts(name: &str, resources: &Resources) {
         }),
         ..Default::default()
     };
-    // One directory per check: tests of one process run in parallel and each removes its own.
+    // One folder per call: tests of one binary run in parallel and each removes its own.
     let dir =
         std::env::temp_dir().join(format!("meshzone-xds-envoy-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -214,11 +214,11 @@ pub fn assert_envoy_accepts(name: &str, resources: &Resources) {
         .arg(&file)
         .output()
         .expect("run envoy");
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         out.status.success(),
         "Envoy rejects {name}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
