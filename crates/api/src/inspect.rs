@@ -1,9 +1,11 @@
 //! Policy inspection: `GET /meshes/{mesh}/dataplanes/{name}/_rules` (what every policy type
 //! configures on one proxy, in Kuma's `InspectRules` shape) and
 //! `GET /meshes/{mesh}/{policy-path}/{name}/_resources/dataplanes` (the proxies a policy
-//! selects). Both are computed here from the store with the same engine the DP server uses:
-//! on a zone from its own Dataplanes, on global from every zone's Dataplane copies (their
-//! inbounds carry `kuma.io/zone`) and global's own policies.
+//! selects). A zone computes both from its store with the same engine the DP server uses. On
+//! global, `_rules` is asked of the zone that owns the proxy (`ApiSettings::zone_rules`) and its
+//! answer returned unchanged — never computed from global's copies, which may lag; the list of
+//! selected proxies is computed over every zone's Dataplane copies (their inbounds carry
+//! `kuma.io/zone`).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -15,7 +17,11 @@ use meshzone_model::specs::MeshSpec;
 use meshzone_model::{Resource, ResourceKey, ResourceType, Spec};
 use serde_json::{Value, json};
 
-use crate::{ApiContext, ApiError, ApiResult, CpMode, PageQuery, page, paged, resolve};
+use meshzone_store::Store;
+
+use crate::{
+    ApiContext, ApiError, ApiResult, CpMode, PageQuery, ZoneAnswerError, page, paged, resolve,
+};
 
 /// Kuma's warning for a MeshTrafficPermission in a mesh without mTLS
 /// (`api/openapi/specs/common/resource.yaml`).
@@ -141,10 +147,10 @@ fn zone_name(ctx: &ApiContext) -> Option<&str> {
     }
 }
 
-async fn mesh_policies(ctx: &ApiContext, mesh: &str) -> ApiResult<MeshPolicies> {
+async fn mesh_policies(store: &Store, mesh: &str) -> ApiResult<MeshPolicies> {
     let mut resources = Vec::new();
     for rt in ResourceType::policies() {
-        resources.extend(ctx.0.store.list(rt, Some(mesh)).await?);
+        resources.extend(store.list(rt, Some(mesh)).await?);
     }
     Ok(MeshPolicies::from_resources(&resources))
 }
@@ -154,33 +160,68 @@ pub(crate) async fn dataplane_rules_handler(
     State(ctx): State<ApiContext>,
     Path((mesh, name)): Path<(String, String)>,
 ) -> ApiResult {
-    let mesh_spec = match ctx
-        .0
-        .store
-        .get(&ResourceKey::global(ResourceType::Mesh, &mesh))
+    let key = ResourceKey::new(ResourceType::Dataplane, &mesh, &name);
+    if !matches!(ctx.0.settings.mode, CpMode::Global) {
+        let answer = local_dataplane_rules(&ctx.0.store, &key, zone_name(&ctx)).await?;
+        return Ok(Json(answer).into_response());
+    }
+    if ctx.0.store.find(&key).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "Dataplane {name:?} not found in mesh {mesh:?}"
+        )));
+    }
+    let Some(ask) = &ctx.0.settings.zone_rules else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Zone unavailable",
+            "this global control plane cannot reach zones: ask the zone control plane the proxy belongs to",
+        ));
+    };
+    match ask(key).await {
+        Ok(answer) => Ok(Json(answer).into_response()),
+        Err(ZoneAnswerError::Unavailable(why)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Zone unavailable",
+            why,
+        )),
+        Err(ZoneAnswerError::Refused(why)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "The zone could not answer",
+            why,
+        )),
+    }
+}
+
+/// The `_rules` answer for Dataplane `key` from this control plane's own store, with `zone`
+/// stamped on its inbounds: what a zone (or a standalone CP) answers, over REST and over KDS.
+pub async fn local_dataplane_rules(
+    store: &Store,
+    key: &ResourceKey,
+    zone: Option<&str>,
+) -> Result<Value, ApiError> {
+    let mesh = &key.mesh;
+    let mesh_spec = match store
+        .get(&ResourceKey::global(ResourceType::Mesh, mesh))
         .await?
         .spec
     {
         Spec::Mesh(m) => m,
         _ => MeshSpec::default(),
     };
-    let dp = ctx
-        .0
-        .store
-        .find(&ResourceKey::new(ResourceType::Dataplane, &mesh, &name))
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!("Dataplane {name:?} not found in mesh {mesh:?}"))
-        })?;
-    let policies = mesh_policies(&ctx, &mesh).await?;
-    let answer = dataplane_rules(&dp, &mesh_spec, &policies, zone_name(&ctx)).map_err(|e| {
+    let dp = store.find(key).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "Dataplane {:?} not found in mesh {mesh:?}",
+            key.name
+        ))
+    })?;
+    let policies = mesh_policies(store, mesh).await?;
+    dataplane_rules(&dp, &mesh_spec, &policies, zone).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Could not compute the rules",
             e.to_string(),
         )
-    })?;
-    Ok(Json(answer).into_response())
+    })
 }
 
 /// `GET /meshes/{mesh}/{policy-path}/{name}/_resources/dataplanes`.
@@ -200,7 +241,7 @@ pub(crate) async fn policy_dataplanes_handler(
     let stored = ctx.0.store.get(&ResourceKey::new(rt, &mesh, &name)).await?;
     let policy = to_engine_policy(&stored)
         .ok_or_else(|| ApiError::not_found(format!("{rt} {name:?} is not a policy")))?;
-    let policies = mesh_policies(&ctx, &mesh).await?;
+    let policies = mesh_policies(&ctx.0.store, &mesh).await?;
     let dataplanes = ctx
         .0
         .store

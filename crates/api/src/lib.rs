@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 
 pub use defaults::create_initial_policies;
 pub use error::ApiError;
+pub use inspect::local_dataplane_rules;
 pub use metrics::ApiMetrics;
 
 /// How this control plane runs; decides who may write what.
@@ -63,6 +64,28 @@ pub struct ApiSettings {
     /// Where `GET /meshes/{mesh}/dataplanes/{name}/xds` reads a connected proxy's configuration:
     /// the local DP server on a zone, the owning zone (over KDS) on global.
     pub config_dump: Option<ConfigDumpFn>,
+    /// On global, where `GET /meshes/{mesh}/dataplanes/{name}/_rules` is asked: the zone that
+    /// owns the proxy (over KDS). Zones compute it themselves.
+    pub zone_rules: Option<ZoneRulesFn>,
+}
+
+/// Asks the zone that owns a Dataplane (named as global names it) for its `_rules`.
+pub type ZoneRulesFn = std::sync::Arc<
+    dyn Fn(
+            ResourceKey,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Value, ZoneAnswerError>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+/// Why the zone owning a proxy gave no answer; each message names the zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneAnswerError {
+    /// The zone is not connected, went away or did not answer in time (HTTP 503).
+    Unavailable(String),
+    /// The zone answered that it cannot (HTTP 502).
+    Refused(String),
 }
 
 /// Looks up the configuration of a connected proxy by its resource key; `Err` says why not.

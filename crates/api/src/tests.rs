@@ -12,7 +12,15 @@ use tower::ServiceExt;
 use super::*;
 
 async fn app(mode: CpMode) -> Router {
-    let store = Store::new(AnyBackend::Memory(MemoryBackend::new()));
+    app_with(
+        mode,
+        Store::new(AnyBackend::Memory(MemoryBackend::new())),
+        None,
+    )
+    .await
+}
+
+async fn app_with(mode: CpMode, store: Store, zone_rules: Option<ZoneRulesFn>) -> Router {
     store
         .create(Resource::new(
             Meta::named("default", ""),
@@ -27,6 +35,7 @@ async fn app(mode: CpMode) -> Router {
         config: json!({"mode": "zone"}),
         store_type: "memory".into(),
         config_dump: None,
+        zone_rules,
     };
     router(ApiContext::new(store, settings, ApiMetrics::default()))
 }
@@ -788,3 +797,5 @@ async fn rules_of_a_dataplane_and_the_dataplanes_of_a_policy() {
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+mod global_rules;

@@ -247,17 +247,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             Some(Arc::new(move |key: meshzone_model::ResourceKey| {
                 let (hub, store) = (hub.clone(), store.clone());
                 Box::pin(async move {
-                    let resource = store
-                        .find(&key)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .ok_or_else(|| format!("{key} not found"))?;
-                    let zone = resource
-                        .meta
-                        .labels
-                        .get(meshzone_kds::sync::ZONE_LABEL)
-                        .cloned()
-                        .ok_or_else(|| format!("{key} belongs to no zone"))?;
+                    let zone = owning_zone(&store, &key).await?;
                     hub.config_dump(&zone, &key).await
                 })
             }))
@@ -276,6 +266,28 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         }
     };
 
+    // Policy rules: global asks the owning zone over the same stream, and returns its answer.
+    let zone_rules: Option<meshzone_api::ZoneRulesFn> = matches!(role, Role::Global).then(|| {
+        let (hub, store) = (inspect_hub.clone(), store.clone());
+        let ask: meshzone_api::ZoneRulesFn = Arc::new(move |key: meshzone_model::ResourceKey| {
+            let (hub, store) = (hub.clone(), store.clone());
+            Box::pin(async move {
+                use meshzone_api::ZoneAnswerError;
+                let zone = owning_zone(&store, &key)
+                    .await
+                    .map_err(ZoneAnswerError::Refused)?;
+                hub.rules(&zone, &key).await.map_err(|e| {
+                    if e.unavailable() {
+                        ZoneAnswerError::Unavailable(e.to_string())
+                    } else {
+                        ZoneAnswerError::Refused(e.to_string())
+                    }
+                })
+            })
+        });
+        ask
+    });
+
     let mut registry = prometheus_client::registry::Registry::with_prefix("kuma_cp");
     let metrics = ApiMetrics::register(&mut registry);
     let settings = ApiSettings {
@@ -285,6 +297,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         config: serde_json::to_value(&config).unwrap_or_default(),
         store_type,
         config_dump,
+        zone_rules,
     };
     let api = meshzone_api::router(ApiContext::new(store.clone(), settings, metrics));
 
@@ -438,11 +451,14 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             instance_id: instance_id.clone(),
             cp_version: meshzone_model::VERSION.into(),
             config: serde_json::json!({"store": {"type": config.store.store_type}}).to_string(),
-            config_dump: local_dumps.clone().map(|dumps| {
-                let lookup: meshzone_kds::inspect::LocalDumpFn =
-                    Arc::new(move |key: &meshzone_model::ResourceKey| dumps.dump(key));
-                lookup
-            }),
+            inspect: meshzone_kds::inspect::LocalAnswers {
+                config_dump: local_dumps.clone().map(|dumps| {
+                    let lookup: meshzone_kds::inspect::LocalDumpFn =
+                        Arc::new(move |key: &meshzone_model::ResourceKey| dumps.dump(key));
+                    lookup
+                }),
+                rules: Some(local_rules(store.clone(), name.clone())),
+            },
             token: if kds.auth_token_file.is_empty() {
                 None
             } else {
@@ -515,6 +531,37 @@ async fn returns_only_on_error(task: impl std::future::Future<Output = ()>) -> R
 
 /// On global: every Mesh with a builtin mTLS backend gets its CA at once, so that KDS carries the
 /// same trust root to every zone before any proxy asks for a certificate.
+/// The zone a Dataplane copy on global came from (its `kuma.io/zone` label).
+async fn owning_zone(store: &Store, key: &meshzone_model::ResourceKey) -> Result<String, String> {
+    let resource = store
+        .find(key)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{key} not found"))?;
+    resource
+        .meta
+        .labels
+        .get(meshzone_kds::sync::ZONE_LABEL)
+        .cloned()
+        .ok_or_else(|| format!("{key} belongs to no zone"))
+}
+
+/// A zone's answer to global's `_rules` question: what its own API answers.
+fn local_rules(store: Store, zone: String) -> meshzone_kds::inspect::LocalRulesFn {
+    Arc::new(move |key: meshzone_model::ResourceKey| {
+        let (store, zone) = (store.clone(), zone.clone());
+        Box::pin(async move {
+            meshzone_api::local_dataplane_rules(
+                &store,
+                &key,
+                Some(&zone).filter(|z| !z.is_empty()).map(String::as_str),
+            )
+            .await
+            .map_err(|e| format!("zone {zone:?}: {}: {}", e.title, e.details))
+        })
+    })
+}
+
 async fn provision_mesh_cas(store: Store) {
     let mut events = store.subscribe();
     loop {

@@ -34,8 +34,8 @@ pub struct ZoneSettings {
     pub config: String,
     /// Zone token (scope `cp`) presented to global, if global requires one.
     pub token: Option<String>,
-    /// Answers global's questions about this zone's proxies (config dumps).
-    pub config_dump: Option<crate::inspect::LocalDumpFn>,
+    /// Answers global's questions about this zone's proxies (config dumps, policy rules).
+    pub inspect: crate::inspect::LocalAnswers,
 }
 
 fn authorized<T>(settings: &ZoneSettings, message: T) -> Request<T> {
@@ -181,13 +181,8 @@ async fn answer_inspections(
         }
     };
     while let Ok(Some(request)) = requests.message().await {
-        let response = crate::inspect::answer(
-            &settings.zone,
-            store,
-            settings.config_dump.as_ref(),
-            &request,
-        )
-        .await;
+        let response =
+            crate::inspect::answer(&settings.zone, store, &settings.inspect, &request).await;
         if tx.send(response).await.is_err() {
             break;
         }
