@@ -1,6 +1,7 @@
 //! Policies as resources across zones, with real processes on loopback: created on global with
 //! kumactl, received by every zone under Kuma's hashed names with `kuma.io/origin: global`,
 //! refused on a federated zone with Kuma's 405, and deleted everywhere with global's delete.
+//! `_rules` on global is the owning zone's answer, and an error naming the zone once it stopped.
 
 use std::time::Duration;
 
@@ -39,6 +40,17 @@ fn items(cp: &ControlPlane, plural: &str) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// `GET /meshes/default/dataplanes/{name}/_rules` on `cp`: status and JSON body.
+fn rules_at(cp: &ControlPlane, name: &str) -> (u16, Value) {
+    let resp = reqwest::blocking::get(format!(
+        "{}/meshes/default/dataplanes/{name}/_rules",
+        cp.api_url()
+    ))
+    .expect("GET _rules");
+    let status = resp.status().as_u16();
+    (status, resp.json().expect("JSON body"))
+}
+
 /// The copy of global's policy `display` on a zone, when it is there.
 fn copy_of(cp: &ControlPlane, plural: &str, display: &str) -> Option<Value> {
     items(cp, plural)
@@ -52,7 +64,7 @@ fn policies_created_on_global_reach_every_zone_and_zones_refuse_policy_writes() 
     let dirs = host_dirs(root.path(), &["global", "zone-a", "zone-b"]);
     let kds_port = free_port();
     let global = start_global(&dirs[0], kds_port, &[]);
-    let zone_a = zone(&dirs[1], "zone-a", &global, kds_port);
+    let mut zone_a = zone(&dirs[1], "zone-a", &global, kds_port);
     let zone_b = zone(&dirs[2], "zone-b", &global, kds_port);
     let zones = [&zone_a, &zone_b];
 
@@ -181,6 +193,10 @@ fn policies_created_on_global_reach_every_zone_and_zones_refuse_policy_writes() 
         mtp["fromRules"][0]["inbound"]["tags"]["kuma.io/zone"], "zone-a",
         "{rules}"
     );
+    // Global asked zone-a, which owns the proxy: its answer is the zone's own, unchanged.
+    let (status, on_zone) = rules_at(&zone_a, "payments-1");
+    assert_eq!(status, 200, "{on_zone}");
+    assert_eq!(rules_at(&global, "zone-a.payments-1"), (200, on_zone));
     let selected = global.kumactl_ok(&["inspect", "meshtrafficpermission", "allow-orders"]);
     assert!(selected.contains("zone-a.payments-1"), "{selected}");
     let table = zone_b.kumactl_ok(&["get", "meshtrafficpermissions"]);
@@ -199,4 +215,22 @@ fn policies_created_on_global_reach_every_zone_and_zones_refuse_policy_writes() 
             .then_some(())
         });
     }
+
+    // A stopped zone: global says which zone cannot answer, rather than answering from copies.
+    zone_a.kill9();
+    let (status, body) = wait_for(
+        "global's _rules for a stopped zone",
+        Duration::from_secs(30),
+        || {
+            let (status, body) = rules_at(&global, "zone-a.payments-1");
+            (status != 200).then_some((status, body))
+        },
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("\"zone-a\"")),
+        "{body}"
+    );
 }
