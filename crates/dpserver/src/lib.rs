@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshzone_lifecycle::Shutdown;
-use meshzone_store::Store;
+use meshzone_store::{Store, StoreEvent};
 use meshzone_xds::decode::ProxyConfig;
 use meshzone_xds::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -28,6 +28,7 @@ use meshzone_xds::discovery::{
 };
 use meshzone_xds::generate::Snapshot;
 use meshzone_xds::names::TypeUrl;
+use tokio::sync::broadcast;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -59,6 +60,8 @@ struct Owners {
 
 pub(crate) struct Shared {
     pub(crate) store: Store,
+    /// The store's changes that can matter to a proxy (see [`relay_changes`]).
+    pub(crate) changes: broadcast::Sender<Change>,
     pub(crate) settings: DpServerSettings,
     /// Streams end with `UNAVAILABLE` when it begins; the process waits for them to record it.
     pub(crate) shutdown: Shutdown,
@@ -100,6 +103,48 @@ impl Shared {
             c.remove(key);
         }
     }
+}
+
+/// What a stream hears of the store.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    Store(StoreEvent),
+    /// The relay fell behind the store: every stream must re-read.
+    Missed,
+}
+
+/// How many changes a stream may fall behind before it re-reads.
+const CHANGE_BUFFER: usize = 16 * 1024;
+
+/// Whether a change of this type can matter to a proxy's configuration. Insights never do
+/// (they are status, written by the streams themselves on every ACK), so a burst of insight
+/// writes after a change wakes this relay once per write instead of every stream.
+fn may_configure(e: &StoreEvent) -> bool {
+    e.key.resource_type.descriptor().insight_of.is_none()
+}
+
+/// Relays the store's changes that [`may_configure`] a proxy to the streams, until the
+/// shutdown begins.
+fn relay_changes(store: &Store, shutdown: &Shutdown) -> broadcast::Sender<Change> {
+    let (tx, _) = broadcast::channel(CHANGE_BUFFER);
+    let mut events = store.subscribe();
+    let (out, stop) = (tx.clone(), shutdown.clone());
+    shutdown.spawn(async move {
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                () = stop.begun() => return,
+            };
+            // A send fails only when no stream listens right now.
+            match event {
+                Ok(e) if may_configure(&e) => drop(out.send(Change::Store(e))),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => drop(out.send(Change::Missed)),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    tx
 }
 
 /// Read access to what connected proxies were configured with (`GET …/xds`, "config dump").
@@ -149,6 +194,7 @@ impl AdsService {
     pub fn new(store: Store, settings: DpServerSettings, shutdown: Shutdown) -> Self {
         AdsService {
             shared: Arc::new(Shared {
+                changes: relay_changes(&store, &shutdown),
                 store,
                 settings,
                 shutdown,
@@ -232,5 +278,26 @@ impl AggregatedDiscoveryService for AdsService {
         Err(Status::unimplemented(
             "delta xDS is not served yet; use state-of-the-world ADS (StreamAggregatedResources)",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshzone_model::{ResourceKey, ResourceType};
+    use meshzone_store::{EventKind, StoreEvent};
+
+    use super::may_configure;
+
+    #[test]
+    fn insight_writes_wake_no_stream() {
+        let event = |t| StoreEvent {
+            kind: EventKind::Updated,
+            key: ResourceKey::new(t, "default", "dp-1"),
+            seq: 1,
+        };
+        assert!(!may_configure(&event(ResourceType::DataplaneInsight)));
+        assert!(!may_configure(&event(ResourceType::ZoneIngressInsight)));
+        assert!(may_configure(&event(ResourceType::Dataplane)));
+        assert!(may_configure(&event(ResourceType::MeshTrafficPermission)));
     }
 }

@@ -26,12 +26,12 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::Shared;
 use crate::endpoints::{egress_routes, ingress_routes};
 use crate::handshake::{
     DATAPLANE_METADATA_KEY, ProxyKind, deregister_later, identify, metadata_string, register,
 };
 use crate::view::remote_ingresses;
+use crate::{Change, Shared};
 
 /// How many past subscriptions a DataplaneInsight keeps.
 const KEPT_SUBSCRIPTIONS: usize = 5;
@@ -83,7 +83,7 @@ pub(crate) async fn start(
     };
     let generation = shared.claim(&key);
     let (tx, rx) = mpsc::channel(16);
-    let events = store.subscribe();
+    let events = shared.changes.subscribe();
     let mut stream = ProxyStream::new(shared.clone(), key.clone(), kind, tx);
     stream.generation = generation;
     stream.version = node_version(&node);
@@ -207,7 +207,7 @@ impl ProxyStream {
         &mut self,
         first: DiscoveryRequest,
         mut inbound: Streaming<DiscoveryRequest>,
-        mut events: broadcast::Receiver<StoreEvent>,
+        mut events: broadcast::Receiver<Change>,
     ) -> Result<(), Status> {
         self.recompute().await?;
         self.handle_request(first).await?;
@@ -236,12 +236,18 @@ impl ProxyStream {
                     }
                 },
                 event = events.recv() => match event {
-                    Ok(e) if self.affects(&e) => {
+                    Ok(Change::Store(e)) if self.affects(&e) => {
                         self.seen_seq = self.seen_seq.max(e.seq);
                         // Coalesce a burst of changes into one recomputation.
                         while let Ok(more) = events.try_recv() {
-                            if self.affects(&more) {
-                                self.seen_seq = self.seen_seq.max(more.seq);
+                            match more {
+                                Change::Store(more) if self.affects(&more) => {
+                                    self.seen_seq = self.seen_seq.max(more.seq);
+                                }
+                                Change::Store(_) => {}
+                                Change::Missed => {
+                                    self.seen_seq = self.shared.store.sequence();
+                                }
                             }
                         }
                         if e.key == self.key && e.kind == EventKind::Deleted {
@@ -250,8 +256,8 @@ impl ProxyStream {
                         self.recompute().await?;
                         self.push().await?;
                     }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Ok(Change::Store(_)) => {}
+                    Ok(Change::Missed) | Err(broadcast::error::RecvError::Lagged(_)) => {
                         self.seen_seq = self.shared.store.sequence();
                         self.recompute().await?;
                         self.push().await?;

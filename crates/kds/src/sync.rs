@@ -2,7 +2,7 @@
 //! labelled on the way, what changed since the last send, and how a receiver reconciles its
 //! store with what it received. No I/O; table-tested.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use meshzone_model::specs::ZONE_TAG;
 use meshzone_model::{Direction, Meta, Resource, ResourceKey, ResourceType, Spec};
@@ -202,6 +202,29 @@ pub fn delta(previous: &Set, current: &Set) -> Delta {
             .cloned()
             .collect(),
     }
+}
+
+/// The delta of a burst of changes to `keys` only, whose current offered resources are
+/// `current` (a key absent from it is no longer offered); `sent` becomes what is offered now.
+/// Work is proportional to the burst, not to everything offered (a zone's insight writes come
+/// one proxy at a time).
+pub fn delta_of(sent: &mut Set, keys: &BTreeSet<ResourceKey>, mut current: Set) -> Delta {
+    let mut d = Delta::default();
+    for k in keys {
+        match (sent.get(k), current.remove(k)) {
+            (Some(old), Some(new)) if same(old, &new) => {}
+            (_, Some(new)) => {
+                d.upserted.push(new.clone());
+                sent.insert(k.clone(), new);
+            }
+            (Some(_), None) => {
+                sent.remove(k);
+                d.removed.push(k.clone());
+            }
+            (None, None) => {}
+        }
+    }
+    d
 }
 
 /// A store operation a receiver performs.

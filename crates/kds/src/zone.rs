@@ -359,19 +359,20 @@ async fn zone_to_global(
                 if keys.is_empty() && !full {
                     continue;
                 }
-                let offer = if full {
-                    local_offer(store).await?
+                let d = if full {
+                    let offer = local_offer(store).await?;
+                    let d = sync::delta(&sent, &offer);
+                    sent = offer;
+                    d
                 } else {
-                    let mut offer = sent.clone();
+                    let mut current = sync::Set::new();
                     for k in &keys {
-                        offer.remove(k);
                         if let Some(r) = store.find(k).await.map_err(|e| e.to_string())? {
-                            offer.extend(sync::offer_to_global(std::slice::from_ref(&r)));
+                            current.extend(sync::offer_to_global(std::slice::from_ref(&r)));
                         }
                     }
-                    offer
+                    sync::delta_of(&mut sent, &keys, current)
                 };
-                let d = sync::delta(&sent, &offer);
                 if d.is_empty() {
                     continue;
                 }
@@ -385,7 +386,6 @@ async fn zone_to_global(
                 if tx.send(changes).await.is_err() {
                     return Ok(());
                 }
-                sent = offer;
             }
         }
     }

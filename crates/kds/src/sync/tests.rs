@@ -136,6 +136,26 @@ fn delta_lists_changes_and_removals() {
 }
 
 #[test]
+fn delta_of_a_burst_looks_at_its_keys_only() {
+    let mut sent = keyed([mesh("a"), mesh("b"), mesh("c")]);
+    let mut changed = mesh("b");
+    changed.meta.labels.insert("x".into(), "y".into());
+    let key = |n: &str| ResourceKey::global(ResourceType::Mesh, n);
+    // b changed, a is gone, d is new, c is untouched (and not looked at).
+    let keys = [key("a"), key("b"), key("d")].into_iter().collect();
+    let d = delta_of(&mut sent, &keys, keyed([changed.clone(), mesh("d")]));
+    let upserted: Vec<&str> = d.upserted.iter().map(|r| r.meta.name.as_str()).collect();
+    assert_eq!(upserted, ["b", "d"]);
+    assert_eq!(d.removed, vec![key("a")]);
+    assert_eq!(sent, keyed([changed.clone(), mesh("c"), mesh("d")]));
+    // The same burst again changes nothing, and matches a full diff.
+    let before = sent.clone();
+    let again = delta_of(&mut sent, &keys, keyed([changed, mesh("d")]));
+    assert!(again.is_empty());
+    assert!(delta(&before, &sent).is_empty());
+}
+
+#[test]
 fn initial_sync_deletes_stale_managed_copies_only() {
     let mut stale = mesh("stale");
     stale
