@@ -16,3 +16,5 @@ cargo build --release -p kuma-cp -p kuma-dp -p meshzone-bench
 ./target/release/kds-bench
 ./target/release/cross-zone-bench
 ./target/release/xds-fanout-bench
+./target/release/policy-bench
+./target/release/route-bench

@@ -124,6 +124,9 @@ async fn main() -> anyhow::Result<()> {
     wait_path(e_out).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    // Warm both paths up (connections, pools, caches) before the first measurement.
+    load(k_out, rate, 3).await?;
+    load(e_out, rate, 3).await?;
     let mut rows = Vec::new();
     let before = [
         load(k_out, rate, seconds).await?,
