@@ -11,7 +11,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use meshzone_model::policies::{MeshPolicies, describe_dataplane, to_engine_policy};
+use meshzone_model::policies::{
+    DataplaneRulesError, MeshPolicies, describe_dataplane, to_engine_policy,
+};
 use meshzone_model::policy::{Policy, PolicyRules, Rule, TargetRef, select};
 use meshzone_model::specs::MeshSpec;
 use meshzone_model::{Resource, ResourceKey, ResourceType, Spec};
@@ -78,36 +80,16 @@ fn http_matches(rules: &PolicyRules) -> Vec<Value> {
     out
 }
 
-/// Why a proxy's rules could not be computed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum InspectError {
-    #[error("{0} is not a Dataplane")]
-    NotADataplane(String),
-    #[error("{policy_type} rules: {message}")]
-    Engine {
-        policy_type: ResourceType,
-        message: String,
-    },
-}
-
 /// The `_rules` answer for the Dataplane `dp` (pure).
 pub(crate) fn dataplane_rules(
     dp: &Resource,
     mesh: &MeshSpec,
     policies: &MeshPolicies,
     zone: Option<&str>,
-) -> Result<Value, InspectError> {
-    let proxy = describe_dataplane(dp, zone)
-        .ok_or_else(|| InspectError::NotADataplane(dp.key().to_string()))?;
+) -> Result<Value, DataplaneRulesError> {
     let mut entries = Vec::new();
     let mut matches = Vec::new();
-    for rt in ResourceType::policies() {
-        let rules = policies
-            .rules(rt, &proxy)
-            .map_err(|e| InspectError::Engine {
-                policy_type: rt,
-                message: e.to_string(),
-            })?;
+    for (rt, rules) in policies.dataplane_rules(dp, zone)? {
         if rules.policies.is_empty() {
             continue;
         }

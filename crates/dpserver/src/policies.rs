@@ -2,43 +2,22 @@
 //! through the shared engine for every policy type the generator takes. Pure; the mesh's
 //! policies come from the shared view (read once per change).
 
-use meshzone_model::policies::{MeshPolicies, describe_dataplane};
-use meshzone_model::policy::PolicyError;
+use meshzone_model::policies::{DataplaneRulesError, MeshPolicies};
 use meshzone_model::{Resource, ResourceType};
 use meshzone_xds::policy::ProxyPolicies;
-
-/// Why a proxy's policy rules could not be computed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RulesError {
-    #[error("{0} is not a Dataplane")]
-    NotADataplane(String),
-    #[error("{policy_type} rules: {source}")]
-    Engine {
-        policy_type: ResourceType,
-        source: PolicyError,
-    },
-}
 
 /// The rules of every policy type the generator knows, for the Dataplane `own` in `zone`.
 pub(crate) fn proxy_policies(
     policies: &MeshPolicies,
     own: &Resource,
     zone: Option<&str>,
-) -> Result<ProxyPolicies, RulesError> {
-    let proxy = describe_dataplane(own, zone)
-        .ok_or_else(|| RulesError::NotADataplane(own.key().to_string()))?;
-    let rules = |policy_type: ResourceType| {
-        policies
-            .rules(policy_type, &proxy)
-            .map_err(|source| RulesError::Engine {
-                policy_type,
-                source,
-            })
-    };
+) -> Result<ProxyPolicies, DataplaneRulesError> {
+    let mut rules = policies.dataplane_rules(own, zone)?;
+    let mut take = |rt: ResourceType| rules.remove(&rt).unwrap_or_default();
     Ok(ProxyPolicies {
-        traffic_permission: rules(ResourceType::MeshTrafficPermission)?,
-        http_route: rules(ResourceType::MeshHTTPRoute)?,
-        tcp_route: rules(ResourceType::MeshTCPRoute)?,
+        traffic_permission: take(ResourceType::MeshTrafficPermission),
+        http_route: take(ResourceType::MeshHTTPRoute),
+        tcp_route: take(ResourceType::MeshTCPRoute),
     })
 }
 
@@ -146,7 +125,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                RulesError::Engine {
+                DataplaneRulesError::Engine {
                     policy_type: ResourceType::MeshTrafficPermission,
                     ..
                 }
@@ -163,7 +142,7 @@ mod tests {
         );
         assert!(matches!(
             proxy_policies(&policies, &not_dp, None),
-            Err(RulesError::NotADataplane(_))
+            Err(DataplaneRulesError::NotADataplane(_))
         ));
     }
 }

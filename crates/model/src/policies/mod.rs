@@ -12,7 +12,7 @@ pub mod mesh_tcp_route;
 pub mod mesh_traffic_permission;
 pub mod proxy;
 
-pub use proxy::{MeshPolicies, describe_dataplane};
+pub use proxy::{DataplaneRulesError, MeshPolicies, describe_dataplane};
 
 #[cfg(test)]
 mod tests;

@@ -58,6 +58,39 @@ impl MeshPolicies {
     ) -> Result<PolicyRules, PolicyError> {
         rules_for_proxy(proxy, self.of(rt), &self.http_routes)
     }
+
+    /// The rules of every policy type for the Dataplane `dp` in `zone` (see
+    /// [`describe_dataplane`]): what the DP server configures and what `_rules` shows.
+    pub fn dataplane_rules(
+        &self,
+        dp: &Resource,
+        zone: Option<&str>,
+    ) -> Result<BTreeMap<ResourceType, PolicyRules>, DataplaneRulesError> {
+        let proxy = describe_dataplane(dp, zone)
+            .ok_or_else(|| DataplaneRulesError::NotADataplane(dp.key().to_string()))?;
+        ResourceType::policies()
+            .map(|rt| {
+                self.rules(rt, &proxy)
+                    .map(|rules| (rt, rules))
+                    .map_err(|source| DataplaneRulesError::Engine {
+                        policy_type: rt,
+                        source,
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Why a Dataplane's policy rules could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneRulesError {
+    #[error("{0} is not a Dataplane")]
+    NotADataplane(String),
+    #[error("{policy_type} rules: {source}")]
+    Engine {
+        policy_type: ResourceType,
+        source: PolicyError,
+    },
 }
 
 /// A Dataplane as the engine sees it: its mesh, labels, and inbounds with their tags; the
