@@ -166,14 +166,16 @@ impl ConfigDumps {
                 .unwrap_or_else(|e| e.into_inner());
             c.get(key).map(|(_, s)| s.clone())?
         };
-        let mut config = ProxyConfig::default();
-        let mut versions = serde_json::Map::new();
-        for t in TypeUrl::ALL {
-            let Some(ts) = snapshot.get(t) else { continue };
-            let resources: Vec<_> = ts.resources.iter().map(|r| r.resource.clone()).collect();
-            let _ = config.apply(t, &resources);
-            versions.insert(t.short().to_string(), ts.version.clone().into());
-        }
+        let (config, _) = ProxyConfig::from_snapshot(&snapshot);
+        let versions: serde_json::Map<_, _> = TypeUrl::ALL
+            .into_iter()
+            .filter_map(|t| {
+                Some((
+                    t.short().to_string(),
+                    snapshot.get(t)?.version.clone().into(),
+                ))
+            })
+            .collect();
         Some(serde_json::json!({
             "type": "ConfigDump",
             "proxy": key.to_string(),

@@ -23,7 +23,7 @@ pub(crate) fn proxy_policies(
 
 #[cfg(test)]
 mod tests {
-    use meshzone_model::specs::Tags;
+    use meshzone_model::specs::tags;
     use serde_json::json;
 
     use super::*;
@@ -39,13 +39,6 @@ mod tests {
             json!({"type": "Dataplane", "mesh": "default", "name": format!("{service}-1"),
             "networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": service}}]}}),
         )
-    }
-
-    fn tags(pairs: &[(&str, &str)]) -> Tags {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
     }
 
     #[test]

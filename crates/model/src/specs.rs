@@ -9,6 +9,14 @@ use serde::{Deserialize, Serialize};
 /// Tags are string pairs; `kuma.io/service` names the service.
 pub type Tags = BTreeMap<String, String>;
 
+/// Tags from `(key, value)` pairs.
+pub fn tags(pairs: &[(&str, &str)]) -> Tags {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 pub const SERVICE_TAG: &str = "kuma.io/service";
 pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
 pub const ZONE_TAG: &str = "kuma.io/zone";

@@ -581,6 +581,21 @@ pub fn decode_secret(any: &Any) -> Result<(String, SecretPlan), DecodeError> {
 }
 
 impl ProxyConfig {
+    /// The plan of a whole generated configuration, every type applied in order, with the
+    /// resources that failed to decode (what a proxy given this snapshot would NACK).
+    pub fn from_snapshot(snapshot: &crate::generate::Snapshot) -> (ProxyConfig, Vec<DecodeError>) {
+        let mut config = ProxyConfig::default();
+        let mut errors = Vec::new();
+        for t in TypeUrl::ALL {
+            let resources: Vec<Any> = snapshot
+                .get(t)
+                .map(|s| s.resources.iter().map(|r| r.resource.clone()).collect())
+                .unwrap_or_default();
+            errors.extend(config.apply(t, &resources));
+        }
+        (config, errors)
+    }
+
     /// Replaces every resource of one type with the given set (state-of-the-world). Resources
     /// that fail to decode are skipped and returned; the rest apply.
     pub fn apply(&mut self, type_url: TypeUrl, resources: &[Any]) -> Vec<DecodeError> {

@@ -6,10 +6,11 @@
 
 mod support;
 
+use meshzone_model::specs::tags;
 use std::collections::BTreeMap;
 
 use meshzone_model::policy::{PolicyRules, Rule, TagMatcher};
-use meshzone_model::specs::{SERVICE_TAG, Tags};
+use meshzone_model::specs::SERVICE_TAG;
 use meshzone_model::{Resource, Spec, parse_documents};
 use meshzone_xds::decode::routes::{PathMatch, PathRewrite, RouteActionPlan};
 use meshzone_xds::decode::{ProxyConfig, SanMatch, WeightedClusterPlan};
@@ -26,13 +27,6 @@ fn fixture(name: &str) -> Resource {
         .join(name);
     let text = std::fs::read_to_string(path).expect("fixture");
     Resource::from_value(parse_documents(&text).expect("yaml").remove(0)).expect("valid")
-}
-
-fn tags(pairs: &[(&str, &str)]) -> Tags {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn endpoint(address: &str, zone: &str, version: &str, priority: u32) -> EndpointInfo {
@@ -141,18 +135,11 @@ fn envoy_json(resources: &Resources) -> serde_json::Value {
 
 fn decoded(resources: &Resources) -> ProxyConfig {
     let snapshot = resources.clone().into_snapshot();
-    let mut config = ProxyConfig::default();
-    for t in TypeUrl::ALL {
-        let resources: Vec<_> = snapshot
-            .get(t)
-            .map(|s| s.resources.iter().map(|r| r.resource.clone()).collect())
-            .unwrap_or_default();
-        let errors = config.apply(t, &resources);
-        assert!(
-            errors.is_empty(),
-            "the proxy refuses our own output: {errors:?}"
-        );
-    }
+    let (config, errors) = ProxyConfig::from_snapshot(&snapshot);
+    assert!(
+        errors.is_empty(),
+        "the proxy refuses our own output: {errors:?}"
+    );
     config
 }
 

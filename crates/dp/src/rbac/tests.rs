@@ -11,7 +11,6 @@ use meshzone_model::specs::{DataplaneSpec, MeshSpec};
 use meshzone_pki::CertifiedKey;
 use meshzone_xds::decode::{ListenerPlan, PrincipalPlan};
 use meshzone_xds::generate::{ProxyInput, TlsMaterial, generate};
-use meshzone_xds::names::TypeUrl;
 use meshzone_xds::policy::ProxyPolicies;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -299,15 +298,8 @@ fn config(
         transparent: None,
         policies: &policies,
     });
-    let mut config = meshzone_xds::decode::ProxyConfig::default();
-    for t in TypeUrl::ALL {
-        let resources: Vec<_> = snapshot
-            .get(t)
-            .map(|s| s.resources.iter().map(|r| r.resource.clone()).collect())
-            .unwrap_or_default();
-        let errors = config.apply(t, &resources);
-        assert!(errors.is_empty(), "{errors:?}");
-    }
+    let (config, errors) = meshzone_xds::decode::ProxyConfig::from_snapshot(&snapshot);
+    assert!(errors.is_empty(), "{errors:?}");
     config
 }
 

@@ -1,5 +1,6 @@
 //! Table tests of the policy engine, with the examples of `kuma-policies.md` §1.5.
 
+use crate::specs::tags;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -7,13 +8,6 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::specs::Tags;
-
-fn tags(pairs: &[(&str, &str)]) -> Tags {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn spec(yaml: &str) -> PolicySpec {
     serde_norway::from_str(yaml).expect("test spec parses")

@@ -69,16 +69,7 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
         proxyless: false,
         policies: &Default::default(),
     });
-    let mut config = ProxyConfig::default();
-    let mut errors = Vec::new();
-    for t in TypeUrl::ALL {
-        let resources: Vec<Any> = snapshot
-            .get(t)
-            .map(|s| s.resources.iter().map(|r| r.resource.clone()).collect())
-            .unwrap_or_default();
-        errors.extend(config.apply(t, &resources));
-    }
-    (config, errors)
+    ProxyConfig::from_snapshot(&snapshot)
 }
 
 #[test]
@@ -183,14 +174,8 @@ fn a_zone_proxy_listener_decodes_to_sni_routes() {
         port: 10002,
         routes: &routes,
     });
-    let mut config = ProxyConfig::default();
-    for t in TypeUrl::ALL {
-        let resources: Vec<_> = snapshot
-            .get(t)
-            .map(|ts| ts.resources.iter().map(|r| r.resource.clone()).collect())
-            .unwrap_or_default();
-        assert!(config.apply(t, &resources).is_empty());
-    }
+    let (config, errors) = ProxyConfig::from_snapshot(&snapshot);
+    assert!(errors.is_empty(), "{errors:?}");
     let listener = &config.listeners["inbound:10.0.2.50:10002"];
     assert_eq!(
         listener.sni_routes,

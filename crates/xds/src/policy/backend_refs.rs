@@ -223,14 +223,8 @@ pub(crate) fn ensure_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshzone_model::specs::tags;
     use serde_json::json;
-
-    fn tags(pairs: &[(&str, &str)]) -> Tags {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn subset_names_are_stable_dns_safe_and_ignore_the_service_tag() {

@@ -1,6 +1,7 @@
 //! RBAC decoding: evaluation tables, NACK tables (every field kuma-dp does not enforce), and
 //! round trips generate → decode checked against the policy engine's own decision.
 
+use meshzone_model::specs::tags;
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
@@ -466,13 +467,6 @@ fn a_permissive_listener_needs_the_same_filters_on_both_chains() {
 
 // ---------------------------------------------------------------------------------------------
 // Round trips: generate → decode, judged against the engine
-
-fn tags(pairs: &[(&str, &str)]) -> Tags {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn dataplane(protocol: &str) -> DataplaneSpec {
     serde_json::from_value(json!({
