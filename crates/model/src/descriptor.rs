@@ -126,6 +126,30 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
+    /// The row of a targetRef policy type: mesh-scoped, written on global and sent down, its
+    /// REST path also its kumactl plural.
+    const fn policy(
+        resource_type: ResourceType,
+        name: &'static str,
+        ws_path: &'static str,
+        cli_singular: &'static str,
+    ) -> Descriptor {
+        Descriptor {
+            resource_type,
+            name,
+            ws_path,
+            ws_aliases: &[],
+            cli_plural: ws_path,
+            cli_singular,
+            cli_aliases: &[],
+            scope: Scope::Mesh,
+            owner: Owner::Global,
+            sync: Direction::Down,
+            insight_of: None,
+            policy: true,
+        }
+    }
+
     /// Written only by the control plane itself; the API refuses writes.
     pub fn read_only(&self) -> bool {
         self.owner == Owner::ControlPlane
@@ -331,48 +355,24 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         insight_of: None,
         policy: false,
     },
-    Descriptor {
-        resource_type: ResourceType::MeshTrafficPermission,
-        name: "MeshTrafficPermission",
-        ws_path: "meshtrafficpermissions",
-        ws_aliases: &[],
-        cli_plural: "meshtrafficpermissions",
-        cli_singular: "meshtrafficpermission",
-        cli_aliases: &[],
-        scope: Scope::Mesh,
-        owner: Owner::Global,
-        sync: Direction::Down,
-        insight_of: None,
-        policy: true,
-    },
-    Descriptor {
-        resource_type: ResourceType::MeshHTTPRoute,
-        name: "MeshHTTPRoute",
-        ws_path: "meshhttproutes",
-        ws_aliases: &[],
-        cli_plural: "meshhttproutes",
-        cli_singular: "meshhttproute",
-        cli_aliases: &[],
-        scope: Scope::Mesh,
-        owner: Owner::Global,
-        sync: Direction::Down,
-        insight_of: None,
-        policy: true,
-    },
-    Descriptor {
-        resource_type: ResourceType::MeshTCPRoute,
-        name: "MeshTCPRoute",
-        ws_path: "meshtcproutes",
-        ws_aliases: &[],
-        cli_plural: "meshtcproutes",
-        cli_singular: "meshtcproute",
-        cli_aliases: &[],
-        scope: Scope::Mesh,
-        owner: Owner::Global,
-        sync: Direction::Down,
-        insight_of: None,
-        policy: true,
-    },
+    Descriptor::policy(
+        ResourceType::MeshTrafficPermission,
+        "MeshTrafficPermission",
+        "meshtrafficpermissions",
+        "meshtrafficpermission",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshHTTPRoute,
+        "MeshHTTPRoute",
+        "meshhttproutes",
+        "meshhttproute",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshTCPRoute,
+        "MeshTCPRoute",
+        "meshtcproutes",
+        "meshtcproute",
+    ),
 ];
 
 /// Types global sends to zones, in apply order.
