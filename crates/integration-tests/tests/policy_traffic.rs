@@ -1,5 +1,5 @@
 //! Policies created on global and enforced in every zone, with real processes on loopback: a
-//! global CP, two zone CPs with a zone ingress each, `backend` v1 in zone-1 and v2 in zone-2
+//! global CP, two zone CPs with a zone ingress each, `backend` v1 in zone-1, v2 and another v1 in zone-2
 //! (HTTP), `tcp-backend` in zone-1 (TCP), and a client sidecar in each zone.
 //!
 //! - a zone refuses a policy write (HTTP 405, Kuma's message; kumactl exits non-zero);
@@ -178,6 +178,16 @@ fn policies_created_on_global_are_enforced_in_every_zone() {
     let mut backend_v1 = Envoy::start(&zone1, dir, "backend-v1", &v1_dp, v1_token.trim());
     backend_v1.wait_ready();
     let _backend_v2 = instance(&zone2, dir, "backend-v2", &v2, &http_tags("v2"));
+    // A v1 instance in zone-2 too: zone-2's ingress must route the v2 subset's SNI to v2 only,
+    // not to every instance of the service behind it.
+    let v1_zone2 = EchoServer::start("v1");
+    let _backend_v1_zone2 = instance(
+        &zone2,
+        dir,
+        "backend-v1-zone-2",
+        &v1_zone2,
+        &http_tags("v1"),
+    );
     let _tcp_backend = instance(
         &zone1,
         dir,
@@ -193,9 +203,14 @@ fn policies_created_on_global_are_enforced_in_every_zone() {
     let zone1_http = [client1.http, envoy1_http];
     let zone2_http = [client2.http, envoy2_http];
 
-    // Every client reaches both versions (the other one through the other zone's ingress), and
-    // the kuma-dp clients the TCP service.
-    for port in zone1_http.into_iter().chain(zone2_http) {
+    // Every client is answered; zone-2's reach both versions. (Zone-1's requests through
+    // zone-2's ingress ride one pooled connection, so they may all land on one instance there.)
+    for port in zone1_http {
+        wait_answers("the backend answers", port, &[], |a| {
+            count(a, "v1") + count(a, "v2") == 10
+        });
+    }
+    for port in zone2_http {
         wait_answers("both versions answer", port, &[], |a| {
             count(a, "v1") > 0 && count(a, "v2") > 0 && count(a, "v1") + count(a, "v2") == 10
         });
