@@ -8,60 +8,24 @@
 //! marked in the table and listed with its reasons; the soak reports, it does not assert.
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{Context, bail};
-use meshzone_bench::numeric_flag;
-use serde_json::{Value, json};
+use meshzone_bench::{machine, numeric_flag, run_reporting_test};
+use serde_json::json;
 
 fn main() -> anyhow::Result<()> {
     let window = numeric_flag("--window-secs", 45);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let work = tempfile::tempdir()?;
-    let report = work.path().join("chaos.json");
-    let log = work.path().join("chaos-test.log");
-    eprintln!(
-        "chaos soak: windows of {window}s; test output in {}",
-        log.display()
-    );
     let started = chrono::Utc::now();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args([
-            "test",
-            "-p",
-            "meshzone-integration-tests",
-            "--test",
-            "chaos",
-            "--",
-            "--nocapture",
-        ])
-        .env("MESHZONE_CHAOS_WINDOW_SECS", window.to_string())
-        .env("MESHZONE_CHAOS_REPORT", &report)
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::create(work.path().join("cargo.log"))?)
-        .status()
-        .context("cargo test")?;
-    let text = std::fs::read_to_string(&report).with_context(|| {
-        format!(
-            "the chaos test wrote no report ({status}); see {}",
-            work.path().join("cargo.log").display()
-        )
-    });
-    let text = match text {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = work.keep();
-            bail!(e)
-        }
-    };
-    let test: Value = serde_json::from_str(&text)?;
+    let (test, passed) = run_reporting_test(
+        "chaos",
+        "MESHZONE_CHAOS_REPORT",
+        &[("MESHZONE_CHAOS_WINDOW_SECS", window.to_string())],
+    )?;
     let rows = test["rows"].as_array().cloned().unwrap_or_default();
     println!(
-        "chaos soak {} — {window}s windows, {} req/s per client, machine: {} cores",
+        "chaos soak {} — {window}s windows, {} req/s per client, machine: {}",
         started.format("%Y-%m-%d"),
         test["rate_per_client"],
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        machine()
     );
     println!(
         "{:<56} {:>8} {:>7}  {:<5} convergence (ms)",
@@ -91,9 +55,9 @@ fn main() -> anyhow::Result<()> {
     }
     let results = json!({
         "date": started.to_rfc3339(),
-        "machine": format!("{} cores", std::thread::available_parallelism().map_or(0, |n| n.get())),
+        "machine": machine(),
         "window_secs": window,
-        "test_passed": status.success(),
+        "test_passed": passed,
         "rate_per_client": test["rate_per_client"],
         "timeout_ms": test["timeout_ms"],
         "rows": rows,

@@ -551,3 +551,55 @@ pub async fn start_app() -> anyhow::Result<u16> {
     tokio::spawn(app(listener));
     Ok(port)
 }
+
+/// Runs one integration test of `crates/integration-tests` (debug profile, as CI runs it) with
+/// `env`, pointing `report_var` at a file the test writes its JSON report to. The test's output
+/// goes to files in a temporary directory, kept (and named in the error) when no report came.
+/// The report and whether the test passed.
+pub fn run_reporting_test(
+    test: &str,
+    report_var: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<(Value, bool)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let work = tempfile::tempdir()?;
+    let report = work.path().join(format!("{test}.json"));
+    let log = work.path().join(format!("{test}-test.log"));
+    eprintln!("running the {test} test; its output in {}", log.display());
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&root)
+        .args([
+            "test",
+            "-p",
+            "meshzone-integration-tests",
+            "--test",
+            test,
+            "--",
+            "--nocapture",
+        ])
+        .env(report_var, &report)
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(work.path().join("cargo.log"))?);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().context("cargo test")?;
+    match std::fs::read_to_string(&report) {
+        Ok(text) => Ok((serde_json::from_str(&text)?, status.success())),
+        Err(e) => {
+            let kept = work.keep();
+            bail!(
+                "the {test} test wrote no report ({status}, {e}); see {}",
+                kept.join("cargo.log").display()
+            )
+        }
+    }
+}
+
+/// "N cores", for the results files.
+pub fn machine() -> String {
+    format!(
+        "{} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}

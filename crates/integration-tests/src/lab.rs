@@ -399,6 +399,63 @@ impl Lab {
         });
     }
 
+    /// An Envoy 1.40 sidecar on `host` in zone `z` for the Dataplane `dataplane` (JSON, mesh
+    /// `default`): token from the zone CP, ADS to 198.18.<z>.1:5678 trusting the CP's
+    /// certificate, admin on loopback `admin_port`; waited until ready. The process is
+    /// `<name>-envoy`.
+    pub fn envoy_sidecar(
+        &mut self,
+        host: &str,
+        z: &str,
+        dataplane: &serde_json::Value,
+        admin_port: u16,
+    ) {
+        let name = dataplane["name"]
+            .as_str()
+            .expect("a named Dataplane")
+            .to_string();
+        let cp = format!("z{z}-cp");
+        let token = ok(&self.kumactl(&cp, &["generate", "dataplane-token", "--name", &name]));
+        let ca = self.file(host, "kuma-cp.crt", &self.cp_cert(z));
+        let cp_ip = format!("198.18.{z}.1");
+        let bootstrap = crate::envoy_bootstrap(
+            &format!("default.{name}"),
+            &name,
+            serde_json::json!({ "dataplane.resource": dataplane.to_string() }),
+            token.trim(),
+            admin_port,
+            (&cp_ip, 5678),
+            Path::new(&ca),
+        );
+        let file = self.file(
+            host,
+            &format!("{name}.bootstrap.json"),
+            &bootstrap.to_string(),
+        );
+        let envoy = crate::envoy_binary().display().to_string();
+        let log = format!("{name}-envoy");
+        self.spawn(
+            host,
+            &log,
+            &envoy,
+            &[
+                "-c",
+                &file,
+                "--concurrency",
+                "1",
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warn",
+            ],
+            &[],
+        );
+        wait_for("Envoy sidecar ready", Duration::from_secs(60), || {
+            self.curl(host, &[&format!("http://127.0.0.1:{admin_port}/ready")])
+                .ok()
+                .filter(|b| b.contains("LIVE"))
+        });
+    }
+
     /// A static HTTP server on `ip:8080` (process `<name>-app`) that answers `<name>\n`.
     pub fn echo_app(&mut self, host: &str, ip: &str, name: &str) {
         let site = self.home(host).join("site");
@@ -473,6 +530,46 @@ impl Drop for Lab {
         if keep.as_deref() == Some("always") || (std::thread::panicking() && keep.is_some()) {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tmp"));
             eprintln!("lab files kept in {}", dir.keep().display());
+        }
+    }
+}
+
+/// A `loadgen` process on a host (`loadgen load …` or `loadgen sample …`, see its docs); its
+/// JSON when it ends on its own. Killed on drop.
+pub struct LoadGen {
+    what: String,
+    child: Option<Child>,
+}
+
+impl LoadGen {
+    pub fn start(lab: &Lab, host: &str, what: &str, args: &[&str]) -> LoadGen {
+        let loadgen = binary("loadgen").display().to_string();
+        let child = lab
+            .command(host, &loadgen, args, &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn loadgen");
+        LoadGen {
+            what: what.to_string(),
+            child: Some(child),
+        }
+    }
+
+    /// Waits for the generator (it stops by itself after its duration).
+    pub fn finish(mut self) -> serde_json::Value {
+        let child = self.child.take().expect("running");
+        let out = child.wait_with_output().expect("loadgen output");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{}: bad loadgen output ({e}): {:?}", self.what, out))
+    }
+}
+
+impl Drop for LoadGen {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -686,6 +686,63 @@ pub fn line_of(table: &str, name: &str) -> String {
 mod envoy_binary;
 pub use envoy_binary::envoy_binary;
 
+/// The bootstrap of an Envoy configured only by our control plane: its node (id, cluster,
+/// metadata with the proxy's resource), an admin listener on loopback `admin_port`, and ADS
+/// over TLS (trusting `ca`) to the DP server at `cp` with the data-plane token.
+pub fn envoy_bootstrap(
+    node_id: &str,
+    name: &str,
+    metadata: serde_json::Value,
+    token: &str,
+    admin_port: u16,
+    cp: (&str, u16),
+    ca: &Path,
+) -> serde_json::Value {
+    serde_json::json!({
+        "node": {
+            "id": node_id,
+            "cluster": name,
+            "metadata": metadata
+        },
+        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{
+                    "envoy_grpc": { "cluster_name": "ads_cluster" },
+                    "initial_metadata": [{ "key": "authorization", "value": format!("Bearer {token}") }]
+                }]
+            },
+            "cds_config": { "ads": {}, "resource_api_version": "V3" },
+            "lds_config": { "ads": {}, "resource_api_version": "V3" }
+        },
+        "static_resources": { "clusters": [{
+            "name": "ads_cluster",
+            "type": "STATIC",
+            "connect_timeout": "5s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": { "http2_protocol_options": {} }
+                }
+            },
+            "load_assignment": { "cluster_name": "ads_cluster", "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+                "address": { "socket_address": { "address": cp.0, "port_value": cp.1 } }
+            } }] }] },
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": "localhost",
+                    "common_tls_context": { "validation_context": { "trusted_ca": { "filename": ca.display().to_string() } } }
+                }
+            }
+        }] }
+    })
+}
+
 /// A real Envoy 1.40 configured only by our control plane (bootstrap: ADS over TLS to the CP's
 /// DP server, the proxy's resource in node metadata). Killed on drop.
 pub struct Envoy {
@@ -736,49 +793,15 @@ impl Envoy {
     ) -> Envoy {
         let admin_port = free_port();
         let ca = cp.work_dir.join("kuma").join("kuma-cp.crt");
-        let bootstrap = serde_json::json!({
-            "node": {
-                "id": node_id,
-                "cluster": name,
-                "metadata": metadata
-            },
-            "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
-            "dynamic_resources": {
-                "ads_config": {
-                    "api_type": "GRPC",
-                    "transport_api_version": "V3",
-                    "set_node_on_first_message_only": true,
-                    "grpc_services": [{
-                        "envoy_grpc": { "cluster_name": "ads_cluster" },
-                        "initial_metadata": [{ "key": "authorization", "value": format!("Bearer {token}") }]
-                    }]
-                },
-                "cds_config": { "ads": {}, "resource_api_version": "V3" },
-                "lds_config": { "ads": {}, "resource_api_version": "V3" }
-            },
-            "static_resources": { "clusters": [{
-                "name": "ads_cluster",
-                "type": "STATIC",
-                "connect_timeout": "5s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": { "http2_protocol_options": {} }
-                    }
-                },
-                "load_assignment": { "cluster_name": "ads_cluster", "endpoints": [{ "lb_endpoints": [{ "endpoint": {
-                    "address": { "socket_address": { "address": "127.0.0.1", "port_value": cp.dp_port } }
-                } }] }] },
-                "transport_socket": {
-                    "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                        "sni": "localhost",
-                        "common_tls_context": { "validation_context": { "trusted_ca": { "filename": ca.display().to_string() } } }
-                    }
-                }
-            }] }
-        });
+        let bootstrap = envoy_bootstrap(
+            node_id,
+            name,
+            metadata,
+            token,
+            admin_port,
+            ("127.0.0.1", cp.dp_port),
+            &ca,
+        );
         let file = dir.join(format!("{name}.bootstrap.json"));
         std::fs::write(&file, bootstrap.to_string()).expect("bootstrap");
         let log = dir.join(format!("{name}.envoy.log"));

@@ -14,14 +14,12 @@
 //! this test with long windows and tabulates it).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use meshzone_integration_tests::lab::{Lab, mtls_mesh, wait_for_or};
+use meshzone_integration_tests::lab::{Lab, LoadGen, mtls_mesh, wait_for_or};
 use meshzone_integration_tests::{ok, wait_for};
 use serde_json::{Value, json};
 
-const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
 const ECHO: &str = "echo";
 /// Requests per second of each client.
 const RATE: u64 = 25;
@@ -75,47 +73,9 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A `loadgen` process on a host (load or sampler); its JSON when it ends on its own.
-struct Gen {
-    what: String,
-    child: Option<Child>,
-}
-
-impl Gen {
-    fn start(lab: &Lab, host: &str, what: &str, args: &[&str]) -> Gen {
-        let child = lab
-            .command(host, LOADGEN, args, &[])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn loadgen");
-        Gen {
-            what: what.to_string(),
-            child: Some(child),
-        }
-    }
-
-    /// Waits for the generator (it stops by itself after its duration).
-    fn finish(mut self) -> Value {
-        let child = self.child.take().expect("running");
-        let out = child.wait_with_output().expect("loadgen output");
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{}: bad loadgen output ({e}): {:?}", self.what, out))
-    }
-}
-
-impl Drop for Gen {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// The two clients' loads and config samplers for one window of `secs`.
 struct Traffic {
-    gens: Vec<(String, Gen)>,
+    gens: Vec<(String, LoadGen)>,
 }
 
 const CLIENTS: [(&str, &str); 2] = [
@@ -131,7 +91,7 @@ impl Traffic {
         for (who, host) in CLIENTS {
             gens.push((
                 format!("{who} load"),
-                Gen::start(
+                LoadGen::start(
                     lab,
                     host,
                     who,
@@ -140,7 +100,7 @@ impl Traffic {
             ));
             gens.push((
                 format!("{who} endpoints"),
-                Gen::start(
+                LoadGen::start(
                     lab,
                     host,
                     who,

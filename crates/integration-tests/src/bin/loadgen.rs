@@ -4,7 +4,8 @@
 //! `loadgen load <url> <rate/s> <seconds> <timeout-ms>`: `rate × seconds` HTTP/1.1 GETs, one
 //! new connection each, started on a fixed schedule whether or not earlier ones finished (open
 //! loop, so a hang shows as a timeout and does not slow the schedule). Prints one JSON object:
-//! counts, answers by body, failure reasons, and each failure's start offset and duration.
+//! counts, answers by body, failure reasons, each failure's start offset and duration, and each
+//! answer's start offset and body.
 //!
 //! `loadgen sample <url> <interval-ms> <seconds>`: GETs a kuma-dp `/config_dump` on a fixed
 //! interval and prints, per cluster, every change of its endpoint set (with its offset), so a
@@ -130,6 +131,7 @@ fn load(t: Target, rate: u32, seconds: u64, timeout: Duration) -> Value {
     let mut bodies: BTreeMap<String, u64> = BTreeMap::new();
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut answers = Vec::new();
     let mut max_ok_ms = 0u128;
     let mut max_failed_ms = 0u128;
     // Every request ends by its own deadline; this one only guards against a stuck thread.
@@ -141,6 +143,9 @@ fn load(t: Target, rate: u32, seconds: u64, timeout: Duration) -> Value {
             Ok(body) => {
                 ok += 1;
                 max_ok_ms = max_ok_ms.max(took.as_millis());
+                if answers.len() < MAX_LISTED {
+                    answers.push(json!([at.as_millis(), body.trim()]));
+                }
                 *bodies.entry(body.trim().to_string()).or_default() += 1;
             }
             Err(reason) => {
@@ -167,6 +172,8 @@ fn load(t: Target, rate: u32, seconds: u64, timeout: Duration) -> Value {
         "bodies": bodies,
         "reasons": reasons,
         "failures": failures,
+        // `[start offset ms, body]` of each answered request, in the order they ended.
+        "answers": answers,
         "max_ok_ms": max_ok_ms,
         "max_failed_ms": max_failed_ms,
     })
