@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use hickory_proto::op::Message;
-use meshzone_model::specs::ConfigSpec;
+use meshzone_model::specs::{ConfigSpec, Tags};
+use meshzone_model::virtual_outbound::{VirtualOutboundSpec, entries};
 use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec};
 use meshzone_store::{Store, StoreError};
 use tokio::net::UdpSocket;
@@ -13,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
 use crate::answer::answer;
-use crate::vips::{Cidr, allocate, names};
+use crate::vips::{Cidr, allocate, host_key, key_names};
 
 /// Name of the Config resource holding the assignments (service → VIP).
 pub const VIPS_CONFIG: &str = "meshzone-dns-vips";
@@ -21,28 +22,56 @@ pub const VIPS_CONFIG: &str = "meshzone-dns-vips";
 /// DNS name (lowercase, without the trailing dot) → VIP.
 pub type Table = Arc<BTreeMap<String, Ipv4Addr>>;
 
-/// Services that should have a VIP: every inbound service of the zone's Dataplanes, and every
-/// service other zones' ingresses offer.
+/// Keys that should have a VIP: every inbound service of the zone's Dataplanes, every service
+/// other zones' ingresses offer, and every hostname the virtual outbounds of a mesh give for
+/// the tags of its services' instances ([`host_key`]).
 async fn wanted(store: &Store) -> Result<BTreeSet<String>, StoreError> {
     let mut out = BTreeSet::new();
+    // Mesh → the tag sets of its instances (local inbounds, remote offers).
+    let mut tag_sets: BTreeMap<String, Vec<Tags>> = BTreeMap::new();
     for r in store.list(ResourceType::Dataplane, None).await? {
         if let Spec::Dataplane(d) = &r.spec {
-            out.extend(
-                d.networking
-                    .inbound
-                    .iter()
-                    .filter_map(|i| i.service().map(str::to_string)),
-            );
+            for i in &d.networking.inbound {
+                if let Some(service) = i.service() {
+                    out.insert(service.to_string());
+                    tag_sets
+                        .entry(r.meta.mesh.clone())
+                        .or_default()
+                        .push(i.tags.clone());
+                }
+            }
         }
     }
     for r in store.list(ResourceType::ZoneIngress, None).await? {
         if let Spec::ZoneIngress(z) = &r.spec {
-            out.extend(
-                z.available_services
-                    .iter()
-                    .filter_map(|s| s.tags.get(meshzone_model::specs::SERVICE_TAG).cloned()),
-            );
+            for s in &z.available_services {
+                if let Some(service) = s.tags.get(meshzone_model::specs::SERVICE_TAG) {
+                    out.insert(service.clone());
+                    tag_sets
+                        .entry(s.mesh.clone())
+                        .or_default()
+                        .push(s.tags.clone());
+                }
+            }
         }
+    }
+    let mut virtual_outbounds: BTreeMap<String, Vec<Resource>> = BTreeMap::new();
+    for r in store.list(ResourceType::VirtualOutbound, None).await? {
+        virtual_outbounds
+            .entry(r.meta.mesh.clone())
+            .or_default()
+            .push(r);
+    }
+    for (mesh, resources) in &virtual_outbounds {
+        let specs: Vec<(&str, &VirtualOutboundSpec)> = resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::VirtualOutbound(s) => Some((r.meta.name.as_str(), s)),
+                _ => None,
+            })
+            .collect();
+        let sets = tag_sets.get(mesh).map(Vec::as_slice).unwrap_or_default();
+        out.extend(entries(&specs, sets).iter().map(|e| host_key(&e.host)));
     }
     Ok(out)
 }
@@ -115,7 +144,7 @@ async fn refresh(store: &Store, cidr: Cidr, domain: &str) -> Result<Table, VipEr
         }
         let mut table = BTreeMap::new();
         for (service, ip) in &assigned {
-            for name in names(service, domain) {
+            for name in key_names(service, domain) {
                 table.insert(name, *ip);
             }
         }
@@ -123,8 +152,8 @@ async fn refresh(store: &Store, cidr: Cidr, domain: &str) -> Result<Table, VipEr
     }
 }
 
-/// Keeps `table` current: recomputes on every change of Dataplanes, ZoneIngresses or the stored
-/// table itself. On an error the last good table stays in service.
+/// Keeps `table` current: recomputes on every change of Dataplanes, ZoneIngresses,
+/// VirtualOutbounds or the stored table itself. On an error the last good table stays in service.
 pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: &watch::Sender<Table>) {
     let mut events = store.subscribe();
     loop {
@@ -144,6 +173,7 @@ pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: &watch::S
             &[
                 ResourceType::Dataplane,
                 ResourceType::ZoneIngress,
+                ResourceType::VirtualOutbound,
                 ResourceType::Config,
             ],
         )
@@ -275,6 +305,54 @@ mod tests {
         store.update(repaired).await.expect("repair");
         let next = next_table(&mut rx, |t| t.contains_key("api.mesh")).await;
         assert_eq!(next.get("web.mesh"), Some(&web));
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn virtual_outbound_hostnames_get_vips_of_their_own_and_follow_their_policy() {
+        let store = Store::new(AnyBackend::Memory(MemoryBackend::new()));
+        let mesh = Resource::new(Meta::named("default", ""), Spec::Mesh(Default::default()));
+        store.create(mesh).await.expect("mesh");
+        let value = serde_json::json!({
+            "type": "Dataplane", "mesh": "default", "name": "web-1",
+            "networking": {"address": "127.0.0.1", "inbound": [
+                {"port": 10001, "servicePort": 8080, "tags": {"kuma.io/service": "web", "version": "v1"}}
+            ]}
+        });
+        store
+            .create(Resource::from_value(value).expect("dataplane"))
+            .await
+            .expect("create dataplane");
+        let vo = Resource::from_value(serde_json::json!({
+            "type": "VirtualOutbound", "mesh": "default", "name": "by-version",
+            "selectors": [{"match": {"kuma.io/service": "*"}}],
+            "conf": {"host": "{{.v}}.{{.s}}.mesh", "port": "8080", "parameters": [
+                {"name": "s", "tagKey": "kuma.io/service"}, {"name": "v", "tagKey": "version"}]}
+        }))
+        .expect("virtual outbound");
+        let vo_key = vo.key();
+        store.create(vo).await.expect("create vo");
+        let cidr = Cidr::parse("240.0.0.0/4").expect("cidr");
+        let (tx, mut rx) = watch::channel(Table::default());
+        let task = tokio::spawn({
+            let store = store.clone();
+            async move { maintain(store, cidr, "mesh".into(), &tx).await }
+        });
+        let t = next_table(&mut rx, |t| t.contains_key("v1.web.mesh")).await;
+        assert_ne!(
+            t["v1.web.mesh"], t["web.mesh"],
+            "a hostname has a VIP of its own"
+        );
+        assert!(
+            load_vips(&store)
+                .await
+                .expect("stored")
+                .contains_key("@v1.web.mesh")
+        );
+        // The virtual outbound goes: so does its hostname, and the service keeps its VIP.
+        store.delete(&vo_key, None).await.expect("delete vo");
+        let after = next_table(&mut rx, |t| !t.contains_key("v1.web.mesh")).await;
+        assert_eq!(after.get("web.mesh"), t.get("web.mesh"));
         task.abort();
     }
 }

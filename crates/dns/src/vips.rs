@@ -47,6 +47,24 @@ pub fn names(service: &str, domain: &str) -> Vec<String> {
     out
 }
 
+/// Keys of the VIP table that are not services but hostnames of virtual outbounds start with
+/// this character, which tag values (hence service names) cannot contain.
+pub const HOST_KEY_PREFIX: char = '@';
+
+/// The VIP table key of a virtual outbound's hostname.
+pub fn host_key(hostname: &str) -> String {
+    format!("{HOST_KEY_PREFIX}{}", hostname.to_ascii_lowercase())
+}
+
+/// The DNS names a VIP table key answers: a hostname key its hostname, a service its
+/// [`names`].
+pub fn key_names(key: &str, domain: &str) -> Vec<String> {
+    match key.strip_prefix(HOST_KEY_PREFIX) {
+        Some(host) => vec![host.to_string()],
+        None => names(key, domain),
+    }
+}
+
 /// Assigns a VIP to every wanted service. Kept: every previous assignment of a wanted service
 /// inside the range. New: the lowest free addresses (the network address itself is skipped).
 pub fn allocate(
@@ -111,6 +129,16 @@ mod tests {
             ]
         );
         assert_eq!(names("Web", "mesh"), ["web.mesh"]);
+    }
+
+    #[test]
+    fn hostname_keys_answer_their_hostname_and_never_collide_with_services() {
+        assert_eq!(host_key("V1.Web.mesh"), "@v1.web.mesh");
+        assert_eq!(
+            key_names(&host_key("web.svc.local"), "mesh"),
+            ["web.svc.local"]
+        );
+        assert_eq!(key_names("web", "mesh"), ["web.mesh"]);
     }
 
     #[test]

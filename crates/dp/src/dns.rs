@@ -27,13 +27,19 @@ pub const DOMAIN: &str = "mesh";
 /// How long a relayed query may wait for the upstream resolver.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Name → VIP from a configuration's unbound `VIP:80` listeners (their cluster is the
-/// service). Built once per configuration, with the runtime.
+/// Name → VIP from a configuration's unbound listeners: a listener naming its DNS names (a
+/// VirtualOutbound's hostname) answers those, a `VIP:80` listener its service's names (its
+/// cluster is the service). Built once per configuration, with the runtime.
 pub fn table(config: &ProxyConfig) -> BTreeMap<String, Ipv4Addr> {
     let mut out = BTreeMap::new();
     for l in config.listeners.values().filter(|l| !l.bind) {
         if let IpAddr::V4(ip) = l.address.ip() {
-            for name in names(&l.cluster, DOMAIN) {
+            let names = if l.dns_names.is_empty() {
+                names(&l.cluster, DOMAIN)
+            } else {
+                l.dns_names.clone()
+            };
+            for name in names {
                 out.insert(name, ip);
             }
         }
@@ -73,13 +79,20 @@ pub async fn serve(
             debug!(%peer, "ignoring a malformed DNS message");
             continue;
         };
-        let local = query
-            .queries
-            .iter()
-            .all(|q| in_domain(&q.name().to_ascii(), DOMAIN));
-        if local {
+        // Answered here: `.mesh` names, and the other names of the configuration (hostnames of
+        // VirtualOutbounds); the rest is relayed.
+        let reply = {
+            let rt = runtime.borrow();
+            let names = &rt.dns_names;
+            let local = query.queries.iter().all(|q| {
+                let name = q.name().to_ascii();
+                in_domain(&name, DOMAIN)
+                    || names.contains_key(name.trim_end_matches('.').to_ascii_lowercase().as_str())
+            });
+            local.then(|| answer(&query, names, DOMAIN).to_vec())
+        };
+        if let Some(reply) = reply {
             stats.inc("dns.mesh_queries");
-            let reply = answer(&query, &runtime.borrow().dns_names, DOMAIN).to_vec();
             if let Ok(bytes) = reply {
                 let _ = socket.send_to(&bytes, peer).await;
             }

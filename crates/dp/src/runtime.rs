@@ -546,6 +546,7 @@ mod tests {
             bind: true,
             use_original_dst: false,
             rbac: None,
+            dns_names: vec![],
         };
         config.listeners.insert("out".into(), listener.clone());
         let (rt, _) = Runtime::build(config.clone(), &Runtime::empty());

@@ -2,13 +2,14 @@
 //! with mTLS) every other zone's ingress that offers the service, or the local zone egress in
 //! front of them. Pure: the caller lists the store and resolves ingress hostnames.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use meshzone_model::policy::Policy;
 use meshzone_model::specs::{AvailableService, MeshSpec, SERVICE_TAG, Tags, ZONE_TAG};
+use meshzone_model::virtual_outbound::{VirtualOutboundSpec, entries};
 use meshzone_model::{Resource, Spec};
 use meshzone_xds::generate::{EndpointInfo, sni};
-use meshzone_xds::policy::backend_refs::{carries, requested_subsets, subset_endpoints};
+use meshzone_xds::policy::backend_refs::{Subset, carries, requested_subsets, subset_endpoints};
 
 /// Another zone's ingress, as this zone can reach it (its advertised address, resolved to IP).
 #[derive(Debug, Clone, PartialEq)]
@@ -189,6 +190,7 @@ pub fn ingress_routes(
     meshes: &[Resource],
     dataplanes: &[Resource],
     route_policies: &[Policy],
+    virtual_outbounds: &[Resource],
 ) -> BTreeMap<String, Vec<EndpointInfo>> {
     let mut routes = BTreeMap::new();
     for mesh in meshes {
@@ -204,7 +206,13 @@ pub fn ingress_routes(
             .cloned()
             .collect();
         let local = local_endpoints(&in_mesh);
-        for subset in requested_subsets(route_policies, &mesh.meta.name) {
+        let mut subsets = requested_subsets(route_policies, &mesh.meta.name);
+        subsets.extend(virtual_outbound_subsets(
+            virtual_outbounds,
+            &mesh.meta.name,
+            local.values().flatten().map(|e| &e.tags),
+        ));
+        for subset in subsets {
             let endpoints = local
                 .get(&subset.service)
                 .map(|all| subset_endpoints(all, &subset.tags))
@@ -228,6 +236,7 @@ pub fn egress_routes(
     meshes: &[Resource],
     remote: &[RemoteIngress],
     route_policies: &[Policy],
+    virtual_outbounds: &[Resource],
 ) -> BTreeMap<String, Vec<EndpointInfo>> {
     let mut routes: BTreeMap<String, Vec<EndpointInfo>> = BTreeMap::new();
     for mesh in meshes {
@@ -237,7 +246,15 @@ pub fn egress_routes(
         if spec.enabled_mtls_backend().is_none() {
             continue;
         }
-        let subsets = requested_subsets(route_policies, &mesh.meta.name);
+        let mut subsets = requested_subsets(route_policies, &mesh.meta.name);
+        let offers: Vec<_> = remote.iter().map(|i| offered(i, &mesh.meta.name)).collect();
+        subsets.extend(virtual_outbound_subsets(
+            virtual_outbounds,
+            &mesh.meta.name,
+            offers
+                .iter()
+                .flat_map(|o| o.values().flatten().map(|(tags, _)| tags)),
+        ));
         for ingress in remote {
             let offers = offered(ingress, &mesh.meta.name);
             let endpoint = |weight: u32| EndpointInfo {
@@ -273,6 +290,35 @@ pub fn egress_routes(
         }
     }
     routes
+}
+
+/// The tag subsets (beyond the service) that the VirtualOutbounds of `mesh` give
+/// `hostname:port`s for, for instances carrying `tag_sets`: zone proxies route their SNIs like
+/// those of route policies.
+pub fn virtual_outbound_subsets<'a>(
+    virtual_outbounds: &[Resource],
+    mesh: &str,
+    tag_sets: impl IntoIterator<Item = &'a Tags>,
+) -> BTreeSet<Subset> {
+    let specs: Vec<(&str, &VirtualOutboundSpec)> = virtual_outbounds
+        .iter()
+        .filter(|r| r.meta.mesh == mesh)
+        .filter_map(|r| match &r.spec {
+            Spec::VirtualOutbound(s) => Some((r.meta.name.as_str(), s)),
+            _ => None,
+        })
+        .collect();
+    if specs.is_empty() {
+        return BTreeSet::new();
+    }
+    entries(&specs, tag_sets)
+        .into_iter()
+        .filter(|e| e.tags.keys().any(|k| k != SERVICE_TAG))
+        .map(|e| Subset {
+            service: e.service().to_string(),
+            tags: e.tags,
+        })
+        .collect()
 }
 
 #[cfg(test)]

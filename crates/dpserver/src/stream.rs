@@ -298,7 +298,9 @@ impl ProxyStream {
             // Route backendRefs to tag subsets get SNI routes of their own on zone proxies.
             (
                 ProxyKind::Ingress | ProxyKind::Egress,
-                ResourceType::MeshHTTPRoute | ResourceType::MeshTCPRoute,
+                ResourceType::MeshHTTPRoute
+                | ResourceType::MeshTCPRoute
+                | ResourceType::VirtualOutbound,
             ) => true,
             _ => false,
         }
@@ -435,6 +437,7 @@ impl ProxyStream {
                         .unwrap_or(DEFAULT_REDIRECT_PORT_OUTBOUND),
                     redirect_port_inbound: t.redirect_port_inbound,
                     vips,
+                    virtual_outbounds: &view.virtual_outbounds,
                 }),
             mesh: &self.key.mesh,
             mesh_spec: mesh,
@@ -478,6 +481,11 @@ impl ProxyStream {
                     .filter_map(meshzone_model::policies::to_engine_policy),
             );
         }
+        // VirtualOutbounds to tag subsets: those subsets get SNI routes too.
+        let virtual_outbounds = store
+            .list(ResourceType::VirtualOutbound, None)
+            .await
+            .map_err(internal)?;
         let (address, port, routes) = match store.find(&self.key).await.map_err(internal)? {
             Some(Resource {
                 spec: Spec::ZoneIngress(z),
@@ -487,7 +495,8 @@ impl ProxyStream {
                     .list(ResourceType::Dataplane, None)
                     .await
                     .map_err(internal)?;
-                let routes = ingress_routes(&meshes, &dataplanes, &route_policies);
+                let routes =
+                    ingress_routes(&meshes, &dataplanes, &route_policies, &virtual_outbounds);
                 (z.networking.address, z.networking.port, routes)
             }
             Some(Resource {
@@ -495,7 +504,7 @@ impl ProxyStream {
                 ..
             }) => {
                 let remote = remote_ingresses(&self.shared).await?;
-                let routes = egress_routes(&meshes, &remote, &route_policies);
+                let routes = egress_routes(&meshes, &remote, &route_policies, &virtual_outbounds);
                 (z.networking.address, z.networking.port, routes)
             }
             _ => return Err(Status::not_found(format!("{} was deleted", self.key))),

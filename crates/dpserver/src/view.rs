@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use meshzone_model::policies::MeshPolicies;
 use meshzone_model::specs::MeshSpec;
+use meshzone_model::virtual_outbound::{VirtualOutboundSpec, entries};
 use meshzone_model::{Resource, ResourceKey, ResourceType, Spec};
-use meshzone_xds::generate::EndpointInfo;
+use meshzone_xds::generate::{EndpointInfo, VirtualListener};
 use tonic::Status;
 use tracing::{debug, warn};
 
@@ -33,6 +34,9 @@ pub(crate) struct MeshView {
     pub(crate) protocols: BTreeMap<String, String>,
     /// Service → VIP (for transparent proxies).
     pub(crate) vips: BTreeMap<String, String>,
+    /// The `hostname:port`s of the mesh's VirtualOutbounds that have a VIP (transparent
+    /// proxies get a listener for each).
+    pub(crate) virtual_outbounds: Vec<VirtualListener>,
     /// The mesh's policies, in the engine's form.
     pub(crate) policies: MeshPolicies,
 }
@@ -97,6 +101,11 @@ async fn read_view(
         Err(e) => return Err(internal(e)),
     };
     let protocols = protocols_of(&dataplanes);
+    let stored = store
+        .list(ResourceType::VirtualOutbound, Some(mesh))
+        .await
+        .map_err(internal)?;
+    let virtual_outbounds = virtual_listeners(&stored, &endpoints, &vips);
     let mut policy_resources = Vec::new();
     for rt in ResourceType::policies() {
         policy_resources.extend(store.list(rt, Some(mesh)).await.map_err(internal)?);
@@ -108,8 +117,42 @@ async fn read_view(
         endpoints,
         protocols,
         vips,
+        virtual_outbounds,
         policies,
     })
+}
+
+/// The VirtualOutbound entries for the tag sets of the mesh's endpoints (local instances and
+/// remote offers), each with the VIP of its hostname; entries without a VIP yet (the DNS task
+/// assigns them) are left out until it has one.
+fn virtual_listeners(
+    stored: &[Resource],
+    endpoints: &BTreeMap<String, Vec<EndpointInfo>>,
+    vips: &BTreeMap<String, String>,
+) -> Vec<VirtualListener> {
+    let specs: Vec<(&str, &VirtualOutboundSpec)> = stored
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::VirtualOutbound(s) => Some((r.meta.name.as_str(), s)),
+            _ => None,
+        })
+        .collect();
+    if specs.is_empty() {
+        return Vec::new();
+    }
+    let tag_sets = endpoints.values().flatten().map(|e| &e.tags);
+    entries(&specs, tag_sets)
+        .into_iter()
+        .filter_map(|e| {
+            let vip = vips.get(&meshzone_dns::vips::host_key(&e.host))?;
+            Some(VirtualListener {
+                hostname: e.host,
+                vip: vip.clone(),
+                port: u32::from(e.port),
+                tags: e.tags,
+            })
+        })
+        .collect()
 }
 
 /// The `kuma.io/protocol` of each service, when all its inbounds agree on one; otherwise tcp.

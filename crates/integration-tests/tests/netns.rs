@@ -155,7 +155,7 @@ fn seed_universal_walkthrough_across_hosts() {
             (10011, "", &[])
         };
         let dp = format!(
-            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {ip}\n  inbound:\n  - port: {port}\n    servicePort: 8080\n    tags:\n      kuma.io/service: {SERVICE}\n      kuma.io/protocol: http\n{extra}"
+            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {ip}\n  inbound:\n  - port: {port}\n    servicePort: 8080\n    tags:\n      kuma.io/service: {SERVICE}\n      kuma.io/protocol: http\n      instance: {name}\n{extra}"
         );
         lab.sidecar(host, z, name, &dp, wrapper);
     };
@@ -255,6 +255,60 @@ fn seed_universal_walkthrough_across_hosts() {
         });
         assert!(body.starts_with("zone-1-"), "{body}");
     }
+    // VirtualOutbounds, applied on global: another name and port for the service (outside
+    // `.mesh`), and one name per instance (a tag subset, reached across zones through zone-1's
+    // ingress by the subset's SNI). Each name answers from kuma-dp's resolver and the zone CP,
+    // and reaches only what it names.
+    for (i, vo) in [
+        "type: VirtualOutbound\nmesh: default\nname: cluster-local\nselectors:\n- match:\n    kuma.io/service: '*'\nconf:\n  host: '{{.svc}}.svc.cluster.local'\n  port: '8080'\n  parameters:\n  - name: svc\n    tagKey: kuma.io/service\n",
+        "type: VirtualOutbound\nmesh: default\nname: per-instance\nselectors:\n- match:\n    kuma.io/service: '*'\n    instance: '*'\nconf:\n  host: '{{.inst}}.echo.mesh'\n  port: '80'\n  parameters:\n  - name: svc\n    tagKey: kuma.io/service\n  - name: inst\n    tagKey: instance\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let file = lab.file("global", &format!("vo-{i}.yaml"), vo);
+        ok(&lab.kumactl("global", &["apply", "-f", &file]));
+    }
+    let cluster_local = format!("{SERVICE}.svc.cluster.local");
+    for (name, port, answers) in [
+        (cluster_local.as_str(), 8080, &["zone-1-a", "zone-1-b"][..]),
+        ("zone-1-a.echo.mesh", 80, &["zone-1-a"][..]),
+        ("zone-1-b.echo.mesh", 80, &["zone-1-b"][..]),
+    ] {
+        let last = std::cell::RefCell::new(String::new());
+        let vip = wait_for_or(&format!("dig {name} (kuma-dp's resolver)"), &last, || {
+            let o = lab.exec("z2-client", "dig", &["+short", "+time=1", "+tries=1", name]);
+            let vip = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            *last.borrow_mut() = vip.clone();
+            vip.starts_with("240.").then_some(vip)
+        });
+        let cp_dig = lab.exec(
+            "z2-client",
+            "dig",
+            &["@198.18.2.1", "-p", "5653", "+short", name],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&cp_dig.stdout).trim(),
+            vip,
+            "{name}: kuma-dp and the zone CP agree"
+        );
+        let url = format!("http://{name}:{port}/");
+        let last = std::cell::RefCell::new(String::new());
+        let seen = wait_for_or(&format!("curl {url}"), &last, || {
+            let seen = lab.split("z2-client", &url, 12);
+            *last.borrow_mut() = format!("{seen:?}");
+            answers
+                .iter()
+                .all(|a| seen.contains_key(*a))
+                .then_some(seen)
+        });
+        let unexpected: Vec<&String> = seen
+            .keys()
+            .filter(|k| !answers.contains(&k.as_str()))
+            .collect();
+        assert!(unexpected.is_empty(), "{url} answered by {seen:?}");
+    }
+
     let unknown = lab.exec("z2-client", "dig", &["nope.mesh"]);
     assert!(String::from_utf8_lossy(&unknown.stdout).contains("NXDOMAIN"));
 

@@ -13,6 +13,7 @@ pub mod resource;
 pub mod specs;
 pub mod testdata;
 pub mod validate;
+pub mod virtual_outbound;
 
 pub use descriptor::{CpRole, Descriptor, Direction, Owner, ResourceType, Scope, WriteRefusal};
 pub use resource::{

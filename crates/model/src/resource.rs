@@ -13,6 +13,7 @@ use crate::descriptor::ResourceType;
 use crate::policies::PolicyConf;
 use crate::specs::*;
 use crate::validate::{Violation, Violations};
+use crate::virtual_outbound::VirtualOutboundSpec;
 
 /// Identifies one stored resource. `mesh` is empty for global-scoped types.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,6 +101,7 @@ pub enum Spec {
     GlobalSecret(SecretSpec),
     ServiceInsight(ServiceInsightSpec),
     Config(ConfigSpec),
+    VirtualOutbound(VirtualOutboundSpec),
     /// Every policy type (its resource type is the conf's).
     Policy(PolicyConf),
 }
@@ -164,6 +166,7 @@ impl Spec {
             Spec::GlobalSecret(_) => ResourceType::GlobalSecret,
             Spec::ServiceInsight(_) => ResourceType::ServiceInsight,
             Spec::Config(_) => ResourceType::Config,
+            Spec::VirtualOutbound(_) => ResourceType::VirtualOutbound,
             Spec::Policy(p) => p.resource_type(),
         }
     }
@@ -185,6 +188,7 @@ impl Spec {
             ResourceType::GlobalSecret => Spec::GlobalSecret(Default::default()),
             ResourceType::ServiceInsight => Spec::ServiceInsight(Default::default()),
             ResourceType::Config => Spec::Config(Default::default()),
+            ResourceType::VirtualOutbound => Spec::VirtualOutbound(Default::default()),
             policy => match PolicyConf::default_for(policy) {
                 Some(conf) => Spec::Policy(conf),
                 None => Spec::Config(Default::default()),
@@ -208,6 +212,7 @@ impl Spec {
             ResourceType::GlobalSecret => Spec::GlobalSecret(typed(fields)?),
             ResourceType::ServiceInsight => Spec::ServiceInsight(typed(fields)?),
             ResourceType::Config => Spec::Config(typed(fields)?),
+            ResourceType::VirtualOutbound => Spec::VirtualOutbound(typed(fields)?),
             policy => Spec::Policy(PolicyConf::from_fields(policy, fields)?),
         })
     }
@@ -229,6 +234,7 @@ impl Spec {
             ResourceType::GlobalSecret => Spec::GlobalSecret(typed_str(text)?),
             ResourceType::ServiceInsight => Spec::ServiceInsight(typed_str(text)?),
             ResourceType::Config => Spec::Config(typed_str(text)?),
+            ResourceType::VirtualOutbound => Spec::VirtualOutbound(typed_str(text)?),
             policy => Spec::Policy(PolicyConf::from_json(policy, text)?),
         })
     }
@@ -273,6 +279,7 @@ impl Serialize for Spec {
             Spec::Secret(x) | Spec::GlobalSecret(x) => x.serialize(s),
             Spec::ServiceInsight(x) => x.serialize(s),
             Spec::Config(x) => x.serialize(s),
+            Spec::VirtualOutbound(x) => x.serialize(s),
             // `{"spec": {...}}`: a policy's output keeps Kuma's `spec:` level.
             Spec::Policy(x) => x.serialize(s),
         }

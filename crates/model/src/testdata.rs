@@ -39,3 +39,19 @@ pub fn invalid_documents(dir: &Path) -> std::io::Result<Vec<InvalidDocument>> {
     }
     Ok(out)
 }
+
+/// The first resource of `testdata/resources/<name>` (the golden inputs at the repository
+/// root), parsed and validated; panics when it is not (test fixtures only).
+pub fn resource_fixture(name: &str) -> crate::Resource {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/resources")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let value = crate::parse_documents(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .remove(0);
+    let r =
+        crate::Resource::from_value(value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    crate::validate(&r).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    r
+}

@@ -98,6 +98,7 @@ pub fn validate(resource: &Resource) -> Result<(), Violations> {
             validate_subscriptions(&s.subscriptions, &mut v)
         }
         Spec::ServiceInsight(_) | Spec::Config(_) => {}
+        Spec::VirtualOutbound(s) => s.validate(&mut v),
         Spec::Policy(p) => p.validate(&mut v),
     }
     v.into_result()

@@ -110,6 +110,10 @@ pub struct ListenerPlan {
     /// request); `None`: everyone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rbac: Option<RbacPlan>,
+    /// DNS names the listener's address answers (a VirtualOutbound's hostname), from its
+    /// metadata ([`crate::generate::DNS_METADATA`]); kuma-dp's resolver serves them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -342,6 +346,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         routes,
         weighted,
         sni_routes: BTreeMap::new(),
+        dns_names: dns_names(&l),
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.is_some_and(|b| b.value),
         rbac,
@@ -504,7 +509,33 @@ fn sni_router(
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: false,
         rbac: None,
+        dns_names: Vec::new(),
     })
+}
+
+/// The hostnames in a listener's [`crate::generate::DNS_METADATA`] metadata (strings of its
+/// `hostnames` list; anything else there is ignored).
+fn dns_names(l: &Listener) -> Vec<String> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let Some(list) = l
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get(crate::generate::DNS_METADATA))
+        .and_then(|s| s.fields.get("hostnames"))
+        .and_then(|v| match &v.kind {
+            Some(Kind::ListValue(list)) => Some(list),
+            _ => None,
+        })
+    else {
+        return Vec::new();
+    };
+    list.values
+        .iter()
+        .filter_map(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The route table of an HTTP connection manager (with its route configuration's name) and its

@@ -9,9 +9,9 @@ mod support;
 use meshzone_model::specs::tags;
 use std::collections::BTreeMap;
 
+use meshzone_model::Spec;
 use meshzone_model::policy::{PolicyRules, Rule, TagMatcher};
 use meshzone_model::specs::SERVICE_TAG;
-use meshzone_model::{Resource, Spec, parse_documents};
 use meshzone_xds::decode::routes::{PathMatch, PathRewrite, RouteActionPlan};
 use meshzone_xds::decode::{ProxyConfig, SanMatch, WeightedClusterPlan};
 use meshzone_xds::generate::{EndpointInfo, ProxyInput, Resources, TlsMaterial, base_resources};
@@ -21,13 +21,7 @@ use meshzone_xds::policy::{ProxyPolicies, configure};
 use serde_json::json;
 use support::{assert_envoy_accepts, assert_golden, json_by_name};
 
-fn fixture(name: &str) -> Resource {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/resources")
-        .join(name);
-    let text = std::fs::read_to_string(path).expect("fixture");
-    Resource::from_value(parse_documents(&text).expect("yaml").remove(0)).expect("valid")
-}
+use meshzone_model::testdata::resource_fixture as fixture;
 
 fn endpoint(address: &str, zone: &str, version: &str, priority: u32) -> EndpointInfo {
     EndpointInfo {

@@ -164,6 +164,7 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
             bind: true,
             use_original_dst: false,
             rbac: None,
+            dns_names: vec![],
         },
     );
     let (rt, problems) = Runtime::build(config, &Runtime::empty());

@@ -112,6 +112,7 @@ fn runtime_with(listener: &str, rbac: Option<RbacPlan>) -> Arc<Runtime> {
             bind: true,
             use_original_dst: false,
             rbac,
+            dns_names: vec![],
         },
     );
     Arc::new(rt)

@@ -155,6 +155,7 @@ fn ingress_and_egress_route_by_the_mesh_sni() {
         &meshes,
         &[local("a", "10.0.2.1"), local("b", "10.0.2.2")],
         &[],
+        &[],
     );
     assert_eq!(routes.keys().collect::<Vec<_>>(), vec!["echo.default.mesh"]);
     assert_eq!(routes["echo.default.mesh"].len(), 2);
@@ -165,6 +166,7 @@ fn ingress_and_egress_route_by_the_mesh_sni() {
             ingress("zone-3", "10.0.3.100", 1),
         ],
         &[],
+        &[],
     );
     assert_eq!(
         weights(&routes["echo.default.mesh"]),
@@ -174,6 +176,7 @@ fn ingress_and_egress_route_by_the_mesh_sni() {
         ingress_routes(
             &[resource("type: Mesh\nname: plain\n")],
             &[local("a", "10.0.2.1")],
+            &[],
             &[]
         )
         .is_empty()
@@ -313,6 +316,7 @@ fn routed_subsets_get_their_own_sni_on_ingresses_and_egresses() {
             versioned("b", "10.0.2.2", "v2"),
         ],
         &policies,
+        &[],
     );
     let addresses =
         |eps: &[EndpointInfo]| -> Vec<String> { eps.iter().map(|e| e.address.clone()).collect() };
@@ -338,6 +342,7 @@ fn routed_subsets_get_their_own_sni_on_ingresses_and_egresses() {
             versioned_ingress("zone-3", "10.0.3.100", &[("v2", 3)]),
         ],
         &policies,
+        &[],
     );
     assert_eq!(
         weights(&routes["echo.default.mesh"]),
@@ -358,7 +363,42 @@ fn routed_subsets_get_their_own_sni_on_ingresses_and_egresses() {
         ..route_to(std::slice::from_ref(&v2))
     };
     assert_eq!(
-        ingress_routes(&meshes, &[versioned("b", "10.0.2.2", "v2")], &[elsewhere]).len(),
+        ingress_routes(
+            &meshes,
+            &[versioned("b", "10.0.2.2", "v2")],
+            &[elsewhere],
+            &[]
+        )
+        .len(),
         1
+    );
+
+    // A VirtualOutbound per version asks for the same subsets as a route would.
+    let by_version = resource(
+        "type: VirtualOutbound\nmesh: default\nname: by-version\nselectors:\n- match:\n    kuma.io/service: '*'\nconf:\n  host: '{{.v}}.{{.s}}.mesh'\n  port: '80'\n  parameters:\n  - name: s\n    tagKey: kuma.io/service\n  - name: v\n    tagKey: version\n",
+    );
+    let routes = ingress_routes(
+        &meshes,
+        &[
+            versioned("a", "10.0.2.1", "v1"),
+            versioned("b", "10.0.2.2", "v2"),
+        ],
+        &[],
+        std::slice::from_ref(&by_version),
+    );
+    assert_eq!(addresses(&routes[&sni_of(&v2)]), ["10.0.2.2"]);
+    let routes = egress_routes(
+        &meshes,
+        &[versioned_ingress(
+            "zone-1",
+            "10.0.1.100",
+            &[("v1", 2), ("v2", 1)],
+        )],
+        &[],
+        &[by_version],
+    );
+    assert_eq!(
+        weights(&routes[&sni_of(&v2)]),
+        vec![("10.0.1.100".into(), 1, 0)]
     );
 }

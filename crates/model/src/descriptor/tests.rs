@@ -159,6 +159,7 @@ fn synced_types_come_in_apply_order_owners_first() {
             ResourceType::ZoneIngress,
             ResourceType::GlobalSecret,
             ResourceType::Secret,
+            ResourceType::VirtualOutbound,
             ResourceType::MeshTrafficPermission,
             ResourceType::MeshHTTPRoute,
             ResourceType::MeshTCPRoute,

@@ -3,19 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use meshzone_model::{Resource, Spec, parse_documents};
+use meshzone_model::Spec;
 
 use super::*;
 use crate::generate::{EndpointInfo, ProxyInput, TlsMaterial, generate};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 
-fn fixture(name: &str) -> Resource {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/resources")
-        .join(name);
-    let text = std::fs::read_to_string(path).expect("fixture");
-    Resource::from_value(parse_documents(&text).expect("yaml").remove(0)).expect("valid")
-}
+use meshzone_model::testdata::resource_fixture as fixture;
 
 fn decoded(tls: bool) -> (ProxyConfig, Vec<DecodeError>) {
     decoded_with(tls, None)

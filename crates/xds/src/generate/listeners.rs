@@ -26,7 +26,8 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::envoy::config::core::v3::Metadata;
+use envoy_types::pb::google::protobuf::{BoolValue, ListValue, Struct, Value, value};
 use envoy_types::util::pack_any;
 
 use super::PASSTHROUGH_CLUSTER;
@@ -117,6 +118,32 @@ pub(crate) fn outbound_listener(
             ..Default::default()
         }],
         bind_to_port: (!bind).then_some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+/// Metadata naming the DNS `hostnames` a listener's address answers ([`super::DNS_METADATA`]).
+pub(crate) fn dns_metadata(hostnames: &[String]) -> Metadata {
+    let list = ListValue {
+        values: hostnames
+            .iter()
+            .map(|h| Value {
+                kind: Some(value::Kind::StringValue(h.clone())),
+            })
+            .collect(),
+    };
+    let fields = [(
+        "hostnames".to_string(),
+        Value {
+            kind: Some(value::Kind::ListValue(list)),
+        },
+    )]
+    .into_iter()
+    .collect();
+    Metadata {
+        filter_metadata: [(super::DNS_METADATA.to_string(), Struct { fields })]
+            .into_iter()
+            .collect(),
         ..Default::default()
     }
 }

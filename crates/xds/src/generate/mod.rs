@@ -84,7 +84,25 @@ pub struct Transparent<'a> {
     pub redirect_port_inbound: Option<u32>,
     /// Service → its virtual IP (from the zone's DNS).
     pub vips: &'a BTreeMap<String, String>,
+    /// The `hostname:port`s the mesh's VirtualOutbounds give, each with its own VIP.
+    pub virtual_outbounds: &'a [VirtualListener],
 }
+
+/// A VirtualOutbound's `hostname:port` on a transparent proxy: a `vip:port` listener (not
+/// bound, like `VIP:80`) towards the instances carrying `tags`. The listener's metadata names
+/// the hostname ([`DNS_METADATA`]), so kuma-dp's resolver answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualListener {
+    pub hostname: String,
+    pub vip: String,
+    pub port: u32,
+    /// `kuma.io/service` and the other tags of the virtual outbound's parameters.
+    pub tags: Tags,
+}
+
+/// Listener `metadata.filter_metadata` key of the DNS names a listener's address answers
+/// (`{"hostnames": [..]}`), read by kuma-dp's resolver; Envoy ignores it.
+pub const DNS_METADATA: &str = "io.meshzone.dns";
 
 /// Port of the `VIP:port` listeners, the seed's convention (`<service>.mesh:80`).
 pub const VIP_PORT: u32 = 80;
@@ -157,6 +175,9 @@ pub enum ListenerOrigin {
     Outbound { service: String },
     /// A proxyless gRPC client's API listener for `service`.
     Api { service: String },
+    /// A VirtualOutbound listener towards a tag subset of `service` (one whose tags are only
+    /// the service is an `Outbound`, so every policy of the service applies to it).
+    VirtualOutbound { service: String, tags: Tags },
     /// A transparent proxy's redirect listener.
     Redirect,
     /// A zone proxy's SNI router.
@@ -372,10 +393,48 @@ pub fn base_resources(input: &ProxyInput<'_>) -> Resources {
             .push(endpoints::load_assignment(service, endpoints));
     }
 
+    if let Some(t) = &input.transparent {
+        for v in t.virtual_outbounds {
+            virtual_listener(input, &mut out, v);
+        }
+    }
+
     if let (Some(_), Some(tls)) = (mtls, input.tls) {
         out.secrets = secrets::secrets(mesh, tls);
     }
     out
+}
+
+/// The listener (and, for a subset, the cluster) of one VirtualOutbound `hostname:port`.
+fn virtual_listener(input: &ProxyInput<'_>, out: &mut Resources, v: &VirtualListener) {
+    let Some(service) = v.tags.get(meshzone_model::specs::SERVICE_TAG) else {
+        return;
+    };
+    if !input.endpoints.contains_key(service) {
+        return;
+    }
+    let backend = policy::backend_refs::BackendRef {
+        service: service.clone(),
+        tags: v.tags.clone(),
+        weight: 1,
+    };
+    let cluster = policy::backend_refs::ensure_cluster(input, out, &backend);
+    let origin = if cluster == *service {
+        ListenerOrigin::Outbound {
+            service: service.clone(),
+        }
+    } else {
+        ListenerOrigin::VirtualOutbound {
+            service: service.clone(),
+            tags: v.tags.clone(),
+        }
+    };
+    let name = names::outbound_listener(&v.vip, v.port);
+    let protocol = common::protocol(input.protocols.get(service).map(String::as_str));
+    let mut listener =
+        listeners::outbound_listener(&name, &v.vip, v.port, &cluster, protocol, false);
+    listener.metadata = Some(listeners::dns_metadata(std::slice::from_ref(&v.hostname)));
+    out.listeners.push(GeneratedListener { origin, listener });
 }
 
 /// A zone proxy (ingress or egress): one listener that routes each TLS connection by its SNI to
