@@ -27,6 +27,7 @@ pub enum ResourceType {
     MeshTrafficPermission,
     MeshHTTPRoute,
     MeshTCPRoute,
+    MeshLoadBalancingStrategy,
 }
 
 /// Whether a resource lives inside a mesh or beside the meshes.
@@ -388,6 +389,12 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "MeshTCPRoute",
         "meshtcproutes",
         "meshtcproute",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshLoadBalancingStrategy,
+        "MeshLoadBalancingStrategy",
+        "meshloadbalancingstrategies",
+        "meshloadbalancingstrategy",
     ),
 ];
 

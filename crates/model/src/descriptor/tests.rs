@@ -128,7 +128,8 @@ fn policies_are_user_written_mesh_types_with_a_policy_conf() {
         [
             ResourceType::MeshTrafficPermission,
             ResourceType::MeshHTTPRoute,
-            ResourceType::MeshTCPRoute
+            ResourceType::MeshTCPRoute,
+            ResourceType::MeshLoadBalancingStrategy
         ]
     );
 }
@@ -163,6 +164,7 @@ fn synced_types_come_in_apply_order_owners_first() {
             ResourceType::MeshTrafficPermission,
             ResourceType::MeshHTTPRoute,
             ResourceType::MeshTCPRoute,
+            ResourceType::MeshLoadBalancingStrategy,
         ]
     );
     assert_eq!(

@@ -8,6 +8,7 @@
 //! `spec: {targetRef, to|from}`; its output keeps the `spec:` level (other types are inline).
 
 pub mod mesh_http_route;
+pub mod mesh_load_balancing_strategy;
 pub mod mesh_tcp_route;
 pub mod mesh_traffic_permission;
 pub mod proxy;
@@ -114,6 +115,7 @@ policies! {
     MeshTrafficPermission => mesh_traffic_permission::MeshTrafficPermission,
     MeshHTTPRoute => mesh_http_route::MeshHTTPRoute,
     MeshTCPRoute => mesh_tcp_route::MeshTCPRoute,
+    MeshLoadBalancingStrategy => mesh_load_balancing_strategy::MeshLoadBalancingStrategy,
 }
 
 /// The stored and wire form of a policy: its conf under `spec`.
