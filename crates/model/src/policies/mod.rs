@@ -7,13 +7,18 @@
 //! A policy's resource form is Kuma's Universal one: `type`, `name`, `mesh`, `labels`, then
 //! `spec: {targetRef, to|from}`; its output keeps the `spec:` level (other types are inline).
 
+pub mod inbound_from;
+pub mod mesh_fault_injection;
 pub mod mesh_http_route;
+pub mod mesh_rate_limit;
 pub mod mesh_tcp_route;
 pub mod mesh_traffic_permission;
 pub mod proxy;
 
 pub use proxy::{DataplaneRulesError, MeshPolicies, describe_dataplane};
 
+#[cfg(test)]
+mod inbound_tests;
 #[cfg(test)]
 mod tests;
 
@@ -114,6 +119,8 @@ policies! {
     MeshTrafficPermission => mesh_traffic_permission::MeshTrafficPermission,
     MeshHTTPRoute => mesh_http_route::MeshHTTPRoute,
     MeshTCPRoute => mesh_tcp_route::MeshTCPRoute,
+    MeshFaultInjection => mesh_fault_injection::MeshFaultInjection,
+    MeshRateLimit => mesh_rate_limit::MeshRateLimit,
 }
 
 /// The stored and wire form of a policy: its conf under `spec`.
