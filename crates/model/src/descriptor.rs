@@ -28,6 +28,8 @@ pub enum ResourceType {
     MeshHTTPRoute,
     MeshTCPRoute,
     MeshLoadBalancingStrategy,
+    MeshFaultInjection,
+    MeshRateLimit,
 }
 
 /// Whether a resource lives inside a mesh or beside the meshes.
@@ -395,6 +397,18 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "MeshLoadBalancingStrategy",
         "meshloadbalancingstrategies",
         "meshloadbalancingstrategy",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshFaultInjection,
+        "MeshFaultInjection",
+        "meshfaultinjections",
+        "meshfaultinjection",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshRateLimit,
+        "MeshRateLimit",
+        "meshratelimits",
+        "meshratelimit",
     ),
 ];
 

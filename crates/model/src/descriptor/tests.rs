@@ -129,7 +129,9 @@ fn policies_are_user_written_mesh_types_with_a_policy_conf() {
             ResourceType::MeshTrafficPermission,
             ResourceType::MeshHTTPRoute,
             ResourceType::MeshTCPRoute,
-            ResourceType::MeshLoadBalancingStrategy
+            ResourceType::MeshLoadBalancingStrategy,
+            ResourceType::MeshFaultInjection,
+            ResourceType::MeshRateLimit,
         ]
     );
 }
@@ -165,6 +167,8 @@ fn synced_types_come_in_apply_order_owners_first() {
             ResourceType::MeshHTTPRoute,
             ResourceType::MeshTCPRoute,
             ResourceType::MeshLoadBalancingStrategy,
+            ResourceType::MeshFaultInjection,
+            ResourceType::MeshRateLimit,
         ]
     );
     assert_eq!(

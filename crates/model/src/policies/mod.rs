@@ -7,14 +7,19 @@
 //! A policy's resource form is Kuma's Universal one: `type`, `name`, `mesh`, `labels`, then
 //! `spec: {targetRef, to|from}`; its output keeps the `spec:` level (other types are inline).
 
+pub mod inbound_from;
+pub mod mesh_fault_injection;
 pub mod mesh_http_route;
 pub mod mesh_load_balancing_strategy;
+pub mod mesh_rate_limit;
 pub mod mesh_tcp_route;
 pub mod mesh_traffic_permission;
 pub mod proxy;
 
 pub use proxy::{DataplaneRulesError, MeshPolicies, describe_dataplane};
 
+#[cfg(test)]
+mod inbound_tests;
 #[cfg(test)]
 mod tests;
 
@@ -116,6 +121,8 @@ policies! {
     MeshHTTPRoute => mesh_http_route::MeshHTTPRoute,
     MeshTCPRoute => mesh_tcp_route::MeshTCPRoute,
     MeshLoadBalancingStrategy => mesh_load_balancing_strategy::MeshLoadBalancingStrategy,
+    MeshFaultInjection => mesh_fault_injection::MeshFaultInjection,
+    MeshRateLimit => mesh_rate_limit::MeshRateLimit,
 }
 
 /// The stored and wire form of a policy: its conf under `spec`.
