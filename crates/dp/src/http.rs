@@ -133,7 +133,15 @@ fn mirror(
         stats.inc(format!("cluster.{cluster}.mirror_total"));
         let sent = tokio::time::timeout(
             MIRROR_TIMEOUT,
-            forward(&method, &path, headers, full_body(body), &cluster, &rt),
+            forward(
+                &method,
+                &path,
+                headers,
+                full_body(body),
+                &cluster,
+                &rt,
+                None,
+            ),
         )
         .await;
         if let Ok(resp) = sent {
@@ -183,6 +191,13 @@ async fn route(
         }
         (RouteActionPlan::Forward(f), Some(split)) => {
             let cluster = split.pick().to_string();
+            let hashing = !f.hash_policy.is_empty()
+                && rt.cluster(&cluster).is_some_and(|c| c.balancer.hashes());
+            let hash = if hashing {
+                hash_key::hash_key(&f.hash_policy, &parts.headers, view.query)
+            } else {
+                hash_key::HashKey::default()
+            };
             let path = route.rewritten_path(view.path, view.query);
             let mut headers = parts.headers.clone();
             modify_headers(&plan.request_headers, &mut headers);
@@ -225,7 +240,12 @@ async fn route(
                     body.map_err(Into::into).boxed()
                 }
             };
-            forward(&parts.method, &path, headers, body, &cluster, rt).await
+            let mut resp =
+                forward(&parts.method, &path, headers, body, &cluster, rt, hash.key).await;
+            if let Some(v) = hash.set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                resp.headers_mut().append(hyper::header::SET_COOKIE, v);
+            }
+            resp
         }
         (RouteActionPlan::Forward(_), None) => {
             error_response(StatusCode::SERVICE_UNAVAILABLE, "route without clusters\n")
@@ -274,6 +294,7 @@ async fn forward(
     body: Body,
     cluster: &str,
     rt: &Runtime,
+    hash: Option<u64>,
 ) -> Response<Body> {
     let Some(c) = rt.cluster(cluster) else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no such cluster\n");
@@ -285,7 +306,7 @@ async fn forward(
         );
     }
     let client = &c.http;
-    let candidates = c.pick();
+    let candidates = c.pick_with(hash);
     if candidates.is_empty() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
     }
@@ -315,7 +336,11 @@ async fn forward(
         *request.uri_mut() = uri;
         *request.version_mut() = version;
         *request.headers_mut() = headers.clone();
-        match client.request(request).await {
+        // Counted in flight (least request) until the response head arrives.
+        let in_flight = c.balancer.begin(endpoint);
+        let sent = client.request(request).await;
+        drop(in_flight);
+        match sent {
             // The peer proxy could not reach its application: the request went nowhere, so the
             // next endpoint may have it (when there is one and the request has no body).
             Ok(resp)
@@ -453,6 +478,8 @@ impl hyper::rt::Write for UpstreamIo {
         }
     }
 }
+
+mod hash_key;
 
 #[cfg(test)]
 mod tests;

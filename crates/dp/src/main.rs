@@ -4,6 +4,7 @@
 //! forward to the application. It keeps serving its last configuration if the CP goes away.
 
 mod admin;
+mod balancer;
 mod dns;
 mod http;
 mod proxy;

@@ -452,6 +452,8 @@ where
             }
         };
         c.health.restore(addr);
+        // A connection counts as one request in flight (least request).
+        let _in_flight = c.balancer.begin(addr);
         let _ = tcp.set_nodelay(true);
         stats.inc(format!("cluster.{cluster}.upstream_cx_total"));
         stats.inc(format!("cluster.{cluster}.endpoint.{addr}.cx_total"));

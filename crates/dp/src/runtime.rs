@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use meshzone_xds::decode::balancing::BalancingPlan;
 use meshzone_xds::decode::{
     ClusterPlan, EndpointPlan, ListenerPlan, ProxyConfig, SanMatch, SecretPlan, TlsPlan,
 };
 use rustls::{ClientConfig, ServerConfig};
 
+use crate::balancer::Balancer;
 use crate::routes::{RouteTable, Split};
 use crate::tls;
 
@@ -37,6 +39,8 @@ pub struct DownstreamTls {
 struct ClusterKey {
     plan: ClusterPlan,
     endpoints: Vec<EndpointPlan>,
+    /// Balancer, overprovisioning and localities (`decode::balancing`).
+    balancing: BalancingPlan,
     /// The secrets its TLS uses, as received.
     secrets: Option<(Option<SecretPlan>, Option<SecretPlan>)>,
 }
@@ -44,8 +48,8 @@ struct ClusterKey {
 /// One cluster as the data path uses it, kept across updates while its plan is unchanged.
 pub struct ClusterRuntime {
     key: ClusterKey,
-    /// Round-robin position.
-    cursor: AtomicUsize,
+    /// Priority, locality and endpoint choice (`balancer.rs`), with in-flight counts.
+    pub balancer: Balancer,
     /// Endpoints that recently failed; carried over when the cluster is rebuilt.
     pub health: Arc<Health>,
     /// `Err`: the cluster has TLS but its material is unusable, so nothing is sent.
@@ -174,38 +178,31 @@ impl ClusterRuntime {
             key.plan.http2,
         );
         ClusterRuntime {
+            balancer: Balancer::new(key.balancing.clone(), &key.endpoints),
             key,
-            cursor: AtomicUsize::new(0),
             health,
             tls,
             http,
         }
     }
 
-    /// Endpoints in the order to try them. The first comes from weighted round robin over the
-    /// lowest priority that has a healthy endpoint; the other healthy endpoints follow as
-    /// fallbacks (same priority first), and ejected ones come last.
+    /// Endpoints in the order to try them, for a request without a hash key (see
+    /// [`ClusterRuntime::pick_with`]).
     pub fn pick(&self) -> Vec<SocketAddr> {
+        self.pick_with(None)
+    }
+
+    /// Endpoints in the order to try them. The first is the balancer's choice (priority with
+    /// spill-over, locality, then the balancer type; `key` is the request's hash for ring hash
+    /// and maglev); the other healthy endpoints follow as fallbacks (same priority first), and
+    /// ejected ones come last.
+    pub fn pick_with(&self, key: Option<u64>) -> Vec<SocketAddr> {
         let endpoints = self.endpoints();
-        if endpoints.is_empty() {
-            return Vec::new();
-        }
         let now = Instant::now();
-        let healthy: Vec<&EndpointPlan> = endpoints
-            .iter()
-            .filter(|e| !self.health.is_ejected(e.address, now))
-            .collect();
-        // Panic mode: when everything is ejected, try everything rather than nothing.
-        let pool: Vec<&EndpointPlan> = if healthy.is_empty() {
-            endpoints.iter().collect()
-        } else {
-            healthy
+        let healthy = |a: SocketAddr| !self.health.is_ejected(a, now);
+        let Some(first) = self.balancer.choose(endpoints, &healthy, key) else {
+            return Vec::new();
         };
-        let top = pool.iter().map(|e| e.priority).min().unwrap_or(0);
-        let tier: Vec<&EndpointPlan> = pool.iter().copied().filter(|e| e.priority == top).collect();
-        let total: usize = tier.iter().map(|e| e.weight.max(1) as usize).sum();
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed) % total.max(1);
-        let first = tier[weighted_index(&tier, n)].address;
         let mut order: Vec<SocketAddr> = Vec::with_capacity(endpoints.len());
         order.push(first);
         let mut rest: Vec<&EndpointPlan> =
@@ -258,6 +255,7 @@ impl Runtime {
             let key = ClusterKey {
                 plan: c.clone(),
                 endpoints: config.cluster_endpoints(&c.name).to_vec(),
+                balancing: config.balancing(&c.name),
                 secrets: c.tls.as_ref().map(|t| {
                     (
                         config.secrets.get(&t.identity_secret).cloned(),
@@ -333,17 +331,6 @@ impl Runtime {
             .map(|c| c.pick())
             .unwrap_or_default()
     }
-}
-
-fn weighted_index(endpoints: &[&EndpointPlan], mut n: usize) -> usize {
-    for (i, e) in endpoints.iter().enumerate() {
-        let w = e.weight.max(1) as usize;
-        if n < w {
-            return i;
-        }
-        n -= w;
-    }
-    0
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub(crate) fn proxy_policies(
         traffic_permission: take(ResourceType::MeshTrafficPermission),
         http_route: take(ResourceType::MeshHTTPRoute),
         tcp_route: take(ResourceType::MeshTCPRoute),
+        load_balancing: take(ResourceType::MeshLoadBalancingStrategy),
     })
 }
 

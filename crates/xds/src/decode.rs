@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use crate::names::TypeUrl;
 
+pub mod balancing;
 mod clusters;
 mod rbac;
 pub mod routes;
@@ -158,6 +159,12 @@ pub struct ProxyConfig {
     pub clusters: BTreeMap<String, ClusterPlan>,
     pub endpoints: BTreeMap<String, Vec<EndpointPlan>>,
     pub secrets: BTreeMap<String, SecretPlan>,
+    /// Each cluster's balancer (`lb_policy`, `lb_config`, `common_lb_config`); a STATIC
+    /// cluster's own load assignment is read into `static_assignments`.
+    pub balancers: BTreeMap<String, balancing::ClusterBalancing>,
+    pub static_assignments: BTreeMap<String, balancing::AssignmentBalancing>,
+    /// Each EDS load assignment's overprovisioning factor and localities.
+    pub assignment_balancing: BTreeMap<String, balancing::AssignmentBalancing>,
 }
 
 fn unpack<T: Message + Name + Default>(any: &Any) -> Result<T, String> {
@@ -645,11 +652,28 @@ impl ProxyConfig {
                     .filter_map(|r| decode_cluster(r).map_err(|e| errors.push(e)).ok())
                     .map(|c| (c.name.clone(), c))
                     .collect();
+                // `decode_cluster` checked the balancing fields, so this reads accepted ones.
+                (self.balancers, self.static_assignments) = (BTreeMap::new(), BTreeMap::new());
+                for r in resources {
+                    if let Ok((name, b, own)) = balancing::decode_cluster_balancing(r)
+                        && self.clusters.contains_key(&name)
+                    {
+                        self.balancers.insert(name.clone(), b);
+                        if let Some(own) = own {
+                            self.static_assignments.insert(name, own);
+                        }
+                    }
+                }
             }
             TypeUrl::ClusterLoadAssignment => {
                 self.endpoints = resources
                     .iter()
                     .filter_map(|r| decode_assignment(r).map_err(|e| errors.push(e)).ok())
+                    .collect();
+                self.assignment_balancing = resources
+                    .iter()
+                    .filter_map(|r| balancing::decode_assignment_balancing(r).ok())
+                    .filter(|(name, _)| self.endpoints.contains_key(name))
                     .collect();
             }
             TypeUrl::Secret => {
@@ -660,6 +684,23 @@ impl ProxyConfig {
             }
         }
         errors
+    }
+
+    /// How a cluster balances: its balancer and its (static or EDS) assignment's localities.
+    pub fn balancing(&self, cluster: &str) -> balancing::BalancingPlan {
+        let b = self.balancers.get(cluster).cloned().unwrap_or_default();
+        let a = self
+            .static_assignments
+            .get(cluster)
+            .or_else(|| self.assignment_balancing.get(cluster))
+            .cloned()
+            .unwrap_or_default();
+        balancing::BalancingPlan {
+            balancer: b.balancer,
+            locality_weighted: b.locality_weighted,
+            overprovisioning_factor: a.overprovisioning_factor,
+            localities: a.localities,
+        }
     }
 
     /// Endpoints of a cluster: its own (static) or those assigned by EDS.

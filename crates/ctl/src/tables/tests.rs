@@ -79,6 +79,11 @@ fn get_tables() {
             "mesh-tcp-route.yaml",
             "get-meshtcproutes.txt",
         ),
+        (
+            ResourceType::MeshLoadBalancingStrategy,
+            "mesh-load-balancing-strategy.yaml",
+            "get-meshloadbalancingstrategies.txt",
+        ),
     ];
     for (rt, input, out) in cases {
         let mut second = fixture(input);

@@ -365,6 +365,7 @@ pub mod fixtures {
             path_rewrite: None,
             host_rewrite: None,
             mirrors,
+            hash_policy: vec![],
         })
     }
 

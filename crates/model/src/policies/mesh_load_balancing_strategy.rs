@@ -304,14 +304,15 @@ pub const MAX_RING_SIZE: u32 = 8_388_608;
 
 const TO_KINDS: [TargetRefKind; 2] = [TargetRefKind::Mesh, TargetRefKind::MeshService];
 
-fn is_prime(n: u32) -> bool {
+/// Whether `n` is prime (Maglev table sizes must be).
+pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
     let n = u64::from(n);
     let mut d = 2u64;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;

@@ -8,7 +8,7 @@
 //! features refused elsewhere) pass; each is listed below with the reason.
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, ClusterProtocolSelection, DiscoveryType, LbPolicy,
+    ClusterDiscoveryType, ClusterProtocolSelection, DiscoveryType,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
@@ -121,7 +121,7 @@ fn seconds(d: &Duration) -> Option<i64> {
 #[allow(deprecated)]
 fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
     // Fields refused whenever set, each with why kuma-dp cannot do what Envoy would.
-    let refused: [(&str, bool, &str); 28] = [
+    let refused: [(&str, bool, &str); 26] = [
         // One transport socket for every endpoint (read by `decode_cluster`).
         (
             "transport_socket_matches",
@@ -181,9 +181,6 @@ fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
         // Source address binding.
         ("upstream_bind_config", c.upstream_bind_config.is_some(), ""),
         ("lb_subset_config", c.lb_subset_config.is_some(), ""),
-        // Panic threshold, zone-aware and locality-weighted balancing, update merging, slow
-        // start…
-        ("common_lb_config", c.common_lb_config.is_some(), ""),
         (
             "protocol_selection",
             c.protocol_selection != ClusterProtocolSelection::UseConfiguredProtocol as i32,
@@ -225,8 +222,6 @@ fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
             "",
         ),
         ("queuing_policies", c.queuing_policies.is_some(), ""),
-        // Ring hash, Maglev, least request, round-robin slow start, original-destination headers.
-        ("lb_config", c.lb_config.is_some(), ""),
         (
             "load_assignment",
             c.load_assignment.is_some() && discovery != Discovery::Static,
@@ -287,20 +282,8 @@ fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
             format!("kuma-dp connects with a fixed {CONNECT_TIMEOUT_SECONDS}s timeout"),
         ));
     }
-    let wanted = match discovery {
-        Discovery::Static | Discovery::Eds => LbPolicy::RoundRobin,
-        Discovery::OriginalDst => LbPolicy::ClusterProvided,
-    };
-    if c.lb_policy != wanted as i32 {
-        let got = LbPolicy::try_from(c.lb_policy).map_or("unknown", |p| p.as_str_name());
-        return Err(refuse(
-            "lb_policy",
-            format!(
-                "{got} is not enforced by kuma-dp here (only {})",
-                wanted.as_str_name()
-            ),
-        ));
-    }
+    // `lb_policy`, `lb_config`, `common_lb_config`: read by `balancing` (its own refusals).
+    super::balancing::cluster_balancing(c, discovery == Discovery::OriginalDst)?;
     outlier_detection(c.outlier_detection.as_ref(), discovery, c)?;
     if let Some(md) = &c.metadata {
         metadata("metadata", md)?;
@@ -539,18 +522,22 @@ fn endpoints_of(
         return Err(fail("named_endpoints".into(), "not enforced by kuma-dp"));
     }
     if let Some(policy) = &cla.policy {
-        // kuma-dp drops nothing, and moves to the next priority only when a priority has no
-        // healthy endpoint (Envoy's overprovisioning spills earlier; a known difference).
+        // kuma-dp drops nothing; `overprovisioning_factor` is read by `balancing` (spill-over
+        // between priorities as Envoy does it).
         if !policy.drop_overloads.is_empty() {
             return Err(fail(
                 "policy.drop_overloads".into(),
                 "not enforced by kuma-dp",
             ));
         }
-        if policy.overprovisioning_factor.is_some() {
+        if policy
+            .overprovisioning_factor
+            .as_ref()
+            .is_some_and(|f| f.value == 0)
+        {
             return Err(fail(
                 "policy.overprovisioning_factor".into(),
-                "not enforced by kuma-dp",
+                "must be greater than 0",
             ));
         }
         if policy.endpoint_stale_after.is_some() {
@@ -570,8 +557,8 @@ fn endpoints_of(
     for (li, locality) in cla.endpoints.iter().enumerate() {
         let at = format!("endpoints[{li}]");
         // `locality`: its zone is read; region and sub-zone only annotate.
-        // `load_balancing_weight`: used by Envoy only with locality-weighted balancing, which
-        // `common_lb_config` would turn on (refused). `proximity`: unused by Envoy. Pass.
+        // `load_balancing_weight`: read by `balancing` (used with locality-weighted
+        // balancing). `proximity`: unused by Envoy. Pass.
         if let Some(md) = &locality.metadata {
             metadata(&format!("{at}.metadata"), md)
                 .map_err(|(f, w)| err(name, format!("{prefix}{f}: {w}")))?;

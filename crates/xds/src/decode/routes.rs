@@ -17,8 +17,9 @@ use envoy_types::pb::envoy::config::route::v3::redirect_action::{
     PathRewriteSpecifier, SchemeRewriteSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_action::{
-    ClusterSpecifier, HostRewriteSpecifier, RequestMirrorPolicy,
+    ClusterSpecifier, HashPolicy, HostRewriteSpecifier, RequestMirrorPolicy,
 };
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{
@@ -162,6 +163,32 @@ pub struct ForwardPlan {
     pub host_rewrite: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorPlan>,
+    /// `hash_policy`: the request's key for ring hash and maglev clusters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hash_policy: Vec<HashPolicyPlan>,
+}
+
+/// One `route.hash_policy` entry kuma-dp computes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HashPolicyPlan {
+    pub key: HashKeyPlan,
+    /// Stop at this policy when it produced a hash.
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum HashKeyPlan {
+    /// A request header's value.
+    Header(String),
+    /// A cookie's value; with `ttl_seconds`, a request without it gets one generated (and set
+    /// on the response with `Max-Age` and `Path`), as Envoy does.
+    Cookie {
+        name: String,
+        ttl_seconds: Option<u64>,
+        path: String,
+    },
+    /// A query parameter's value.
+    QueryParameter(String),
 }
 
 /// `route.redirect`: answered by the proxy itself.
@@ -788,6 +815,10 @@ fn forward(a: &RouteAction, path: &str) -> Result<ForwardPlan, String> {
     let regex_rewrite = rest.regex_rewrite.take();
     let host = rest.host_rewrite_specifier.take();
     let mirrors = std::mem::take(&mut rest.request_mirror_policies);
+    let hash_policy = hash_policies(
+        &std::mem::take(&mut rest.hash_policy),
+        &format!("{path}.hash_policy"),
+    )?;
     // Timeouts come with MeshTimeout; until kuma-dp enforces them only "none" (0) is accepted.
     if rest.timeout.is_some_and(|d| d.seconds == 0 && d.nanos == 0) {
         rest.timeout = None;
@@ -810,7 +841,6 @@ fn forward(a: &RouteAction, path: &str) -> Result<ForwardPlan, String> {
             priority,
             rate_limits,
             include_vh_rate_limits,
-            hash_policy,
             cors,
             max_grpc_timeout,
             grpc_timeout_offset,
@@ -825,7 +855,7 @@ fn forward(a: &RouteAction, path: &str) -> Result<ForwardPlan, String> {
     refuse_rest(
         &rest,
         path,
-        "cluster, weighted_clusters, prefix_rewrite, regex_rewrite, host_rewrite_literal, request_mirror_policies",
+        "cluster, weighted_clusters, prefix_rewrite, regex_rewrite, host_rewrite_literal, request_mirror_policies, hash_policy",
     )?;
     let clusters = match specifier {
         Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => vec![WeightedClusterPlan {
@@ -874,7 +904,65 @@ fn forward(a: &RouteAction, path: &str) -> Result<ForwardPlan, String> {
         path_rewrite,
         host_rewrite,
         mirrors: each(&mirrors, &format!("{path}.request_mirror_policies"), mirror)?,
+        hash_policy,
     })
+}
+
+/// The hash policies kuma-dp computes: header, cookie (name, ttl, path) and query parameter.
+/// The source IP (`connection_properties`) is not known on kuma-dp's HTTP path, and it keeps no
+/// filter state, so those are refused.
+fn hash_policies(policies: &[HashPolicy], path: &str) -> Result<Vec<HashPolicyPlan>, String> {
+    policies
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let at = format!("{path}[{i}]");
+            let key = match &h.policy_specifier {
+                Some(PolicySpecifier::Header(x)) => {
+                    if x.regex_rewrite.is_some() {
+                        return Err(format!("{at}.header.regex_rewrite: not enforced by kuma-dp"));
+                    }
+                    if x.header_name.is_empty() {
+                        return Err(format!("{at}.header.header_name: empty"));
+                    }
+                    HashKeyPlan::Header(x.header_name.to_ascii_lowercase())
+                }
+                Some(PolicySpecifier::Cookie(c)) => {
+                    if !c.attributes.is_empty() {
+                        return Err(format!("{at}.cookie.attributes: not enforced by kuma-dp"));
+                    }
+                    let ttl_seconds = match &c.ttl {
+                        None => None,
+                        Some(d) if d.nanos == 0 && d.seconds >= 0 => Some(d.seconds as u64),
+                        Some(_) => {
+                            return Err(format!(
+                                "{at}.cookie.ttl: only whole non-negative seconds are enforced by kuma-dp"
+                            ));
+                        }
+                    };
+                    HashKeyPlan::Cookie {
+                        name: c.name.clone(),
+                        ttl_seconds,
+                        path: c.path.clone(),
+                    }
+                }
+                Some(PolicySpecifier::QueryParameter(q)) => HashKeyPlan::QueryParameter(q.name.clone()),
+                Some(PolicySpecifier::ConnectionProperties(_)) => {
+                    return Err(format!(
+                        "{at}.connection_properties: not enforced by kuma-dp (its HTTP path does not hash the source address)"
+                    ));
+                }
+                Some(PolicySpecifier::FilterState(_)) => {
+                    return Err(format!("{at}.filter_state: not enforced by kuma-dp"));
+                }
+                None => return Err(format!("{at}: a policy specifier is required")),
+            };
+            Ok(HashPolicyPlan {
+                key,
+                terminal: h.terminal,
+            })
+        })
+        .collect()
 }
 
 fn redirect(r: &RedirectAction, path: &str) -> Result<RedirectPlan, String> {

@@ -25,10 +25,14 @@ pub struct ProxyPolicies {
     /// MeshTCPRoute: `to_rules` per outbound service; each conf holds `rules`
     /// (`[{default: {backendRefs}}]`).
     pub tcp_route: PolicyRules,
+    /// MeshLoadBalancingStrategy: `to_rules` per outbound service; each conf is a merged
+    /// `meshzone_model::policies::mesh_load_balancing_strategy::LbConf`.
+    pub load_balancing: PolicyRules,
 }
 
 pub mod backend_refs;
 mod mesh_http_route;
+mod mesh_load_balancing_strategy;
 mod mesh_tcp_route;
 
 use crate::generate::{ProxyInput, Resources};
@@ -42,6 +46,10 @@ pub type Configurer = fn(&ProxyInput<'_>, &mut Resources);
 pub const CONFIGURERS: &[(&str, Configurer)] = &[
     ("MeshHTTPRoute", mesh_http_route::configure),
     ("MeshTCPRoute", mesh_tcp_route::configure),
+    (
+        "MeshLoadBalancingStrategy",
+        mesh_load_balancing_strategy::configure,
+    ),
     ("MeshTrafficPermission", mesh_traffic_permission::configure),
 ];
 

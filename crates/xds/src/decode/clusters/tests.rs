@@ -1,7 +1,9 @@
 //! Cluster and load-assignment decoding: what the generator emits is accepted; every field
 //! kuma-dp does not enforce is refused, one case each, with its path in the message.
 
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{LbConfig, RoundRobinLbConfig};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    CommonLbConfig, LbConfig, LbPolicy, RoundRobinLbConfig,
+};
 use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{ConfigSource, HealthStatus, Metadata};
@@ -186,10 +188,10 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
             |c| c.per_connection_buffer_high_watermark_timeout = secs(1),
         ),
         ("lb_policy", Base::Eds, |c| {
-            c.lb_policy = LbPolicy::LeastRequest as i32
+            c.lb_policy = LbPolicy::ClusterProvided as i32
         }),
         ("lb_policy", Base::Static, |c| {
-            c.lb_policy = LbPolicy::RingHash as i32
+            c.lb_policy = LbPolicy::ClusterProvided as i32
         }),
         ("lb_policy", Base::Passthrough, |c| {
             c.lb_policy = LbPolicy::RoundRobin as i32
@@ -305,7 +307,10 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
             c.lb_subset_config = Some(Default::default())
         }),
         ("common_lb_config", Base::Eds, |c| {
-            c.common_lb_config = Some(Default::default())
+            c.common_lb_config = Some(CommonLbConfig {
+                ignore_new_hosts_until_first_hc: true,
+                ..Default::default()
+            })
         }),
         ("metadata.filter_metadata[\"envoy.lb\"]", Base::Eds, |c| {
             c.metadata = matching_metadata("envoy.lb")
@@ -360,8 +365,10 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
         ("queuing_policies", Base::Eds, |c| {
             c.queuing_policies = Some(Default::default())
         }),
-        ("lb_config", Base::Eds, |c| {
-            c.lb_config = Some(LbConfig::RoundRobinLbConfig(RoundRobinLbConfig::default()))
+        ("round_robin_lb_config.slow_start_config", Base::Eds, |c| {
+            c.lb_config = Some(LbConfig::RoundRobinLbConfig(RoundRobinLbConfig {
+                slow_start_config: Some(Default::default()),
+            }))
         }),
         (
             "typed_extension_protocol_options[\"envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions\"]",
@@ -468,7 +475,7 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
         (
             "load_assignment.policy.overprovisioning_factor",
             Base::Static,
-            |c| cla_policy(c).overprovisioning_factor = u32v(100),
+            |c| cla_policy(c).overprovisioning_factor = u32v(0),
         ),
         (
             "load_assignment.policy.endpoint_stale_after",

@@ -187,6 +187,7 @@ fn a_full_route_becomes_its_plan() {
                     cluster: "shadow".into(),
                     per_million: 100_000
                 }],
+                hash_policy: vec![],
             }),
             request_headers: HeaderModPlan {
                 add: vec![HeaderAdd {
@@ -268,7 +269,7 @@ fn unenforced_fields_are_refused_by_name() {
         ),
         (
             with_action(|a| a.hash_policy = vec![HashPolicy::default()]),
-            "route.hash_policy: not supported",
+            "route.hash_policy[0]: a policy specifier is required",
         ),
         (
             with_action(|a| {
