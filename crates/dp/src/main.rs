@@ -5,8 +5,10 @@
 
 mod admin;
 mod dns;
+mod faults;
 mod http;
 mod proxy;
+mod ratelimit;
 mod rbac;
 mod routes;
 mod runtime;

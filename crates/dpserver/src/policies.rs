@@ -18,6 +18,8 @@ pub(crate) fn proxy_policies(
         traffic_permission: take(ResourceType::MeshTrafficPermission),
         http_route: take(ResourceType::MeshHTTPRoute),
         tcp_route: take(ResourceType::MeshTCPRoute),
+        fault_injection: take(ResourceType::MeshFaultInjection),
+        rate_limit: take(ResourceType::MeshRateLimit),
     })
 }
 

@@ -164,6 +164,8 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
             bind: true,
             use_original_dst: false,
             rbac: None,
+            inbound_http: Default::default(),
+            connection_limit: None,
         },
     );
     let (rt, problems) = Runtime::build(config, &Runtime::empty());

@@ -25,10 +25,19 @@ pub struct ProxyPolicies {
     /// MeshTCPRoute: `to_rules` per outbound service; each conf holds `rules`
     /// (`[{default: {backendRefs}}]`).
     pub tcp_route: PolicyRules,
+    /// MeshFaultInjection: `from_rules` per inbound; each conf is `{"http": [{abort, delay,
+    /// responseBandwidth}]}`.
+    pub fault_injection: PolicyRules,
+    /// MeshRateLimit: `from_rules` per inbound; the conf of the empty client set
+    /// (`{"local": {http, tcp}}`) limits the inbound.
+    pub rate_limit: PolicyRules,
 }
 
 pub mod backend_refs;
+pub mod inbound_http;
+pub mod mesh_fault_injection;
 mod mesh_http_route;
+pub mod mesh_rate_limit;
 mod mesh_tcp_route;
 
 use crate::generate::{ProxyInput, Resources};
@@ -42,6 +51,8 @@ pub type Configurer = fn(&ProxyInput<'_>, &mut Resources);
 pub const CONFIGURERS: &[(&str, Configurer)] = &[
     ("MeshHTTPRoute", mesh_http_route::configure),
     ("MeshTCPRoute", mesh_tcp_route::configure),
+    ("MeshFaultInjection", mesh_fault_injection::configure),
+    ("MeshRateLimit", mesh_rate_limit::configure),
     ("MeshTrafficPermission", mesh_traffic_permission::configure),
 ];
 
