@@ -60,9 +60,36 @@ where
         let (listener, rt, stats) = (listener.clone(), rt.clone(), stats.clone());
         // Judged by the newest permissions, whenever the connection was opened.
         let allowed = guard.allows(&stats);
+        // Faults and rate limits too come from the newest configuration.
+        let latest = guard.latest.borrow().clone();
+        let sans = guard.sans.clone();
         async move {
+            let mut req = req;
             let resp = if allowed {
-                route(req, &listener, &rt, &stats).await
+                let inbound = latest.listeners.get(&listener);
+                let decision = match inbound {
+                    Some(l) if !l.plan().inbound_http.is_empty() => {
+                        crate::faults::before_routing(
+                            &mut req,
+                            &l.plan().inbound_http,
+                            l.limits.http.as_ref(),
+                            &sans,
+                            &stats,
+                        )
+                        .await
+                    }
+                    _ => crate::faults::Decision::Route { throttle_kib: None },
+                };
+                match decision {
+                    crate::faults::Decision::Answer(resp) => resp,
+                    crate::faults::Decision::Route { throttle_kib } => {
+                        let resp = route(req, &listener, &rt, &stats).await;
+                        match throttle_kib {
+                            Some(kib) => crate::faults::throttled(resp, kib),
+                            None => resp,
+                        }
+                    }
+                }
             } else {
                 error_response(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY)
             };

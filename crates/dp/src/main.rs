@@ -6,8 +6,10 @@
 mod admin;
 mod balancer;
 mod dns;
+mod faults;
 mod http;
 mod proxy;
+mod ratelimit;
 mod rbac;
 mod routes;
 mod runtime;

@@ -275,6 +275,20 @@ where
             return Err(rbac::DENIED_BODY.into());
         }
     }
+    // MeshRateLimit's connection budget, after the network RBAC as in Envoy's filter order.
+    if let (Some(limit), Some(bucket)) = (
+        &plan.connection_limit,
+        rt.listeners
+            .get(&plan.name)
+            .and_then(|l| l.limits.connections.as_ref()),
+    ) && !bucket.take()
+    {
+        stats.inc(format!(
+            "local_ratelimit.{}.rate_limited",
+            limit.stat_prefix
+        ));
+        return Err("closed: over the connection rate limit".into());
+    }
     let guard = RequestGuard {
         listener: plan.name.clone(),
         sans: registration.sans.clone(),

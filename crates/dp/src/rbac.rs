@@ -188,4 +188,4 @@ impl RequestGuard {
 pub const DENIED_BODY: &str = "RBAC: access denied";
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -74,9 +74,15 @@ pub struct ListenerRuntime {
     pub routes: Option<RouteTable>,
     /// A TCP listener's weighted split (none: everything goes to `plan.cluster`).
     pub split: Option<Split>,
+    /// MeshRateLimit's token buckets (requests, connections).
+    pub limits: crate::ratelimit::Limits,
 }
 
 impl ListenerRuntime {
+    pub fn plan(&self) -> &ListenerPlan {
+        &self.plan
+    }
+
     /// The cluster of a new TCP connection.
     pub fn tcp_cluster(&self) -> &str {
         match &self.split {
@@ -297,6 +303,7 @@ impl Runtime {
                         plan: l.clone(),
                         routes,
                         split: (!l.weighted.is_empty()).then(|| Split::new(&l.weighted)),
+                        limits: crate::ratelimit::Limits::of(l),
                     })
                 }
             };
@@ -534,6 +541,8 @@ mod tests {
             use_original_dst: false,
             rbac: None,
             dns_names: vec![],
+            inbound_http: Default::default(),
+            connection_limit: None,
         };
         config.listeners.insert("out".into(), listener.clone());
         let (rt, _) = Runtime::build(config.clone(), &Runtime::empty());

@@ -19,6 +19,8 @@ pub(crate) fn proxy_policies(
         http_route: take(ResourceType::MeshHTTPRoute),
         tcp_route: take(ResourceType::MeshTCPRoute),
         load_balancing: take(ResourceType::MeshLoadBalancingStrategy),
+        fault_injection: take(ResourceType::MeshFaultInjection),
+        rate_limit: take(ResourceType::MeshRateLimit),
     })
 }
 

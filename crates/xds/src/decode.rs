@@ -25,6 +25,10 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3::HeaderMutation;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as HttpLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as NetworkLocalRateLimit;
 use prost::{Message, Name};
 use serde::Serialize;
 
@@ -32,9 +36,14 @@ use crate::names::TypeUrl;
 
 pub mod balancing;
 mod clusters;
+mod inbound;
 mod rbac;
 pub mod routes;
 pub use clusters::{decode_assignment, decode_cluster};
+pub use inbound::{
+    ConnectionLimitPlan, FaultPlan, HeaderContains, HttpRateLimitPlan, InboundHttpPlan, Injected,
+    TokenBucketPlan,
+};
 pub use rbac::{PrincipalPlan, RbacPlan, Verdict};
 pub use routes::{RoutePlan, WeightedClusterPlan};
 
@@ -115,6 +124,13 @@ pub struct ListenerPlan {
     /// metadata ([`crate::generate::DNS_METADATA`]); kuma-dp's resolver serves them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dns_names: Vec<String>,
+    /// HTTP listeners: the caller header, faults and rate limit applied to each request
+    /// (MeshFaultInjection, MeshRateLimit).
+    #[serde(skip_serializing_if = "InboundHttpPlan::is_empty")]
+    pub inbound_http: InboundHttpPlan,
+    /// New connections beyond this budget are closed at once (MeshRateLimit's TCP limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_limit: Option<ConnectionLimitPlan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -327,6 +343,8 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         rbac,
         routes,
         weighted,
+        inbound_http,
+        connection_limit,
     } = filters;
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
@@ -357,6 +375,8 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.is_some_and(|b| b.value),
         rbac,
+        inbound_http,
+        connection_limit,
     })
 }
 
@@ -368,6 +388,8 @@ struct ChainFilters {
     rbac: Option<RbacPlan>,
     routes: Vec<RoutePlan>,
     weighted: Vec<WeightedClusterPlan>,
+    inbound_http: InboundHttpPlan,
+    connection_limit: Option<ConnectionLimitPlan>,
 }
 
 /// A chain's filters: an optional network RBAC filter, then a TCP proxy or an HTTP connection
@@ -397,12 +419,19 @@ fn chain_filters(
     {
         network_rbac = Some(rbac::network_rbac(name, &at(0), &configs.remove(0))?);
     }
-    let offset = usize::from(network_rbac.is_some());
+    let mut offset = usize::from(network_rbac.is_some());
+    let mut connection_limit = None;
+    if configs.len() > 1 && configs[0].type_url == NetworkLocalRateLimit::type_url() {
+        connection_limit = Some(
+            inbound::connection_limit(&configs.remove(0), &at(offset)).map_err(|e| err(name, e))?,
+        );
+        offset += 1;
+    }
     let [cfg] = configs.as_slice() else {
         return Err(err(
             name,
             format!(
-                "filter_chains[{index}].filters: {} filters; kuma-dp enforces an optional network RBAC filter followed by one tcp_proxy or http_connection_manager",
+                "filter_chains[{index}].filters: {} filters; kuma-dp enforces an optional network RBAC filter, an optional network local_ratelimit, then one tcp_proxy or http_connection_manager",
                 chain.filters.len()
             ),
         ));
@@ -417,7 +446,7 @@ fn chain_filters(
                 ),
             ));
         }
-        let (service, routes, rbac) = hcm_routes(name, &at, cfg)?;
+        let (service, routes, rbac, inbound_http) = hcm_routes(name, &at, cfg)?;
         let cluster = if service.is_empty() {
             default_cluster(&routes)
         } else {
@@ -429,6 +458,8 @@ fn chain_filters(
             rbac,
             routes,
             weighted: Vec::new(),
+            inbound_http,
+            connection_limit,
         });
     }
     if cfg.type_url != TcpProxy::type_url() {
@@ -456,6 +487,8 @@ fn chain_filters(
         rbac: network_rbac,
         routes: Vec::new(),
         weighted,
+        inbound_http: InboundHttpPlan::default(),
+        connection_limit,
     })
 }
 
@@ -490,6 +523,7 @@ fn sni_router(
                 http: false,
                 rbac: None,
                 weighted,
+                connection_limit: None,
                 ..
             } if weighted.is_empty() => cluster,
             _ => {
@@ -517,6 +551,8 @@ fn sni_router(
         use_original_dst: false,
         rbac: None,
         dns_names: Vec::new(),
+        inbound_http: InboundHttpPlan::default(),
+        connection_limit: None,
     })
 }
 
@@ -545,32 +581,79 @@ fn dns_names(l: &Listener) -> Vec<String> {
         .collect()
 }
 
-/// The route table of an HTTP connection manager (with its route configuration's name) and its
-/// HTTP RBAC. Its HTTP filters must be an optional RBAC filter and the router, last; any other
-/// HTTP filter is refused (kuma-dp would not apply it).
+/// The route table of an HTTP connection manager (with its route configuration's name), its
+/// HTTP RBAC and its inbound policies. Its HTTP filters must be, in this order, an optional RBAC
+/// filter, an optional caller header (`header_mutation`), fault filters, an optional
+/// `local_ratelimit`, and the router, last; any other HTTP filter or order is refused (kuma-dp
+/// would not apply it).
 fn hcm_routes(
     name: &str,
     at: &str,
     cfg: &Any,
-) -> Result<(String, Vec<RoutePlan>, Option<RbacPlan>), DecodeError> {
-    let hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
+) -> Result<(String, Vec<RoutePlan>, Option<RbacPlan>, InboundHttpPlan), DecodeError> {
+    let mut hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
     let mut rbac = None;
+    let mut inbound_http = InboundHttpPlan {
+        stat_prefix: hcm.stat_prefix.clone(),
+        ..Default::default()
+    };
+    let mut rate_limited = false;
+    // Each filter's place in the fixed order; a filter may not come before an earlier one's.
+    let mut stage = 0;
     let last = hcm.http_filters.len().saturating_sub(1);
     for (i, filter) in hcm.http_filters.iter().enumerate() {
         let at = format!("{at}.http_filters[{i}]");
         let Some(HttpFilterConfigType::TypedConfig(typed)) = &filter.config_type else {
             return Err(err(name, format!("{at}: HTTP filter without typed config")));
         };
+        let out_of_order = |wanted: u8| {
+            (stage > wanted).then(|| {
+                err(
+                    name,
+                    format!(
+                        "{at}: out of order; kuma-dp applies RBAC, the caller header, faults, then the rate limit"
+                    ),
+                )
+            })
+        };
         match typed.type_url.as_str() {
             t if t == Router::type_url() && i == last => {}
             t if t == HttpRbac::type_url() && i == 0 && i != last => {
                 rbac = Some(rbac::http_rbac(name, &at, typed, &hcm.stat_prefix)?);
             }
+            t if t == HeaderMutation::type_url()
+                && i != last
+                && inbound_http.caller_header.is_none() =>
+            {
+                if let Some(e) = out_of_order(1) {
+                    return Err(e);
+                }
+                stage = 1;
+                inbound_http.caller_header =
+                    Some(inbound::caller_header(typed, &at).map_err(|e| err(name, e))?);
+            }
+            t if t == HttpFault::type_url() && i != last => {
+                if let Some(e) = out_of_order(2) {
+                    return Err(e);
+                }
+                stage = 2;
+                inbound_http
+                    .faults
+                    .push(inbound::fault(typed, &at).map_err(|e| err(name, e))?);
+            }
+            t if t == HttpLocalRateLimit::type_url() && i != last && !rate_limited => {
+                if let Some(e) = out_of_order(3) {
+                    return Err(e);
+                }
+                stage = 3;
+                inbound::http_rate_limit_filter(typed, &at).map_err(|e| err(name, e))?;
+                rate_limited = true;
+            }
             t => {
                 return Err(err(
                     name,
                     format!(
-                        "{at}: {t} is not enforced by kuma-dp here (an optional RBAC filter first, the router last)"
+                        "{at}: {t} is not enforced by kuma-dp here (an optional RBAC filter first, then the caller header, faults and a local rate limit, the router last)"
                     ),
                 ));
             }
@@ -582,9 +665,56 @@ fn hcm_routes(
             format!("{at}.http_filters: the router is required"),
         ));
     }
+    if rate_limited {
+        inbound_http.rate_limit = Some(route_rate_limit(name, at, &mut hcm)?);
+    }
     let (service, routes) =
         routes::hcm_routes(&hcm).map_err(|e| err(name, format!("{at}: {e}")))?;
-    Ok((service, routes, rbac))
+    Ok((service, routes, rbac, inbound_http))
+}
+
+/// Takes the per-route limit of the `local_ratelimit` filter out of the single route of an
+/// inline route configuration (the route decoder refuses any other per-filter config).
+fn route_rate_limit(
+    name: &str,
+    at: &str,
+    hcm: &mut HttpConnectionManager,
+) -> Result<HttpRateLimitPlan, DecodeError> {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+    let filter = crate::policy::mesh_rate_limit::HTTP_FILTER;
+    let single = match &mut hcm.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => match rc.virtual_hosts.as_mut_slice() {
+            [vh] => match vh.routes.as_mut_slice() {
+                [route] => Some(route),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(route) = single else {
+        return Err(err(
+            name,
+            format!(
+                "{at}: kuma-dp enforces a local rate limit on an inline route configuration of one route"
+            ),
+        ));
+    };
+    let Some(cfg) = route.typed_per_filter_config.remove(filter) else {
+        return Err(err(
+            name,
+            format!(
+                "{at}: the route has no typed_per_filter_config for {filter}; Envoy would not limit"
+            ),
+        ));
+    };
+    inbound::http_rate_limit_route(
+        &cfg,
+        &format!(
+            "{at}.route_config.virtual_hosts[0].routes[0].typed_per_filter_config[{filter:?}]"
+        ),
+    )
+    .map_err(|e| err(name, e))
 }
 
 /// The cluster an HTTP listener falls back to: the last route's first cluster.

@@ -165,6 +165,8 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
             use_original_dst: false,
             rbac: None,
             dns_names: vec![],
+            inbound_http: Default::default(),
+            connection_limit: None,
         },
     );
     let (rt, problems) = Runtime::build(config, &Runtime::empty());

@@ -113,6 +113,8 @@ fn runtime_with(listener: &str, rbac: Option<RbacPlan>) -> Arc<Runtime> {
             use_original_dst: false,
             rbac,
             dns_names: vec![],
+            inbound_http: Default::default(),
+            connection_limit: None,
         },
     );
     Arc::new(rt)
@@ -164,7 +166,7 @@ async fn the_registry_closes_connections_an_update_denies() {
 // ---------------------------------------------------------------------------------------------
 // The inbound path on loopback
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -172,7 +174,7 @@ fn free_port() -> u16 {
 }
 
 /// An echo application counting its connections.
-async fn echo_app() -> (u16, Arc<AtomicUsize>) {
+pub(crate) async fn echo_app() -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -210,19 +212,19 @@ async fn http_app() -> u16 {
     port
 }
 
-struct Pki {
-    ca: CertifiedKey,
+pub(crate) struct Pki {
+    pub(crate) ca: CertifiedKey,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let ca = meshzone_pki::generate_ca("default", Duration::from_secs(3600), SystemTime::now())
             .expect("ca");
         Pki { ca }
     }
 
     /// A workload certificate of `service` with these inbound tags, as the DP server issues it.
-    fn workload(&self, service: &str, tags: &[(&str, &str)]) -> CertifiedKey {
+    pub(crate) fn workload(&self, service: &str, tags: &[(&str, &str)]) -> CertifiedKey {
         let mut uris = vec![meshzone_pki::spiffe_id("default", service)];
         uris.push(meshzone_pki::tag_uri("kuma.io/service", service));
         uris.extend(tags.iter().map(|(k, v)| meshzone_pki::tag_uri(k, v)));
@@ -319,7 +321,7 @@ fn nobody() -> serde_json::Value {
 }
 
 /// Polls `check` until it holds or 10 s pass.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -327,7 +329,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-async fn connect(
+pub(crate) async fn connect(
     pki: &Pki,
     cert: &CertifiedKey,
     port: u16,
@@ -350,7 +352,9 @@ async fn connect(
 }
 
 /// Reads until EOF or error; true when the peer closed within 10 s.
-async fn closed_by_peer(stream: &mut tokio_rustls::client::TlsStream<TcpStream>) -> bool {
+pub(crate) async fn closed_by_peer(
+    stream: &mut tokio_rustls::client::TlsStream<TcpStream>,
+) -> bool {
     let mut buf = [0u8; 64];
     matches!(
         tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await,
@@ -358,11 +362,11 @@ async fn closed_by_peer(stream: &mut tokio_rustls::client::TlsStream<TcpStream>)
     )
 }
 
-type HttpSender =
+pub(crate) type HttpSender =
     hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>;
 
 /// An HTTP/1.1 keep-alive connection over mTLS, presenting `cert`.
-async fn http_client(pki: &Pki, cert: &CertifiedKey, port: u16) -> HttpSender {
+pub(crate) async fn http_client(pki: &Pki, cert: &CertifiedKey, port: u16) -> HttpSender {
     let stream = connect(pki, cert, port).await;
     let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))

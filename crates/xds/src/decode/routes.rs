@@ -256,7 +256,7 @@ fn each<T, U>(
         .collect()
 }
 
-fn is_set<T: Default + PartialEq>(v: &T) -> bool {
+pub(super) fn is_set<T: Default + PartialEq>(v: &T) -> bool {
     *v != T::default()
 }
 
@@ -277,7 +277,7 @@ macro_rules! refuse_set {
 
 /// Refuses whatever is left once the supported fields were taken out (a field newer than the
 /// lists above).
-fn refuse_rest<T: Default + PartialEq>(
+pub(super) fn refuse_rest<T: Default + PartialEq>(
     rest: &T,
     path: &str,
     supported: &str,
@@ -665,7 +665,7 @@ fn query_match(q: &QueryParameterMatcher, path: &str) -> Result<QueryMatchPlan, 
     })
 }
 
-fn header_mods(
+pub(super) fn header_mods(
     add: &[HeaderValueOption],
     remove: Vec<String>,
     path: &str,

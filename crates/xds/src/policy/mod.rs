@@ -28,11 +28,20 @@ pub struct ProxyPolicies {
     /// MeshLoadBalancingStrategy: `to_rules` per outbound service; each conf is a merged
     /// `meshzone_model::policies::mesh_load_balancing_strategy::LbConf`.
     pub load_balancing: PolicyRules,
+    /// MeshFaultInjection: `from_rules` per inbound; each conf is `{"http": [{abort, delay,
+    /// responseBandwidth}]}`.
+    pub fault_injection: PolicyRules,
+    /// MeshRateLimit: `from_rules` per inbound; the conf of the empty client set
+    /// (`{"local": {http, tcp}}`) limits the inbound.
+    pub rate_limit: PolicyRules,
 }
 
 pub mod backend_refs;
+pub mod inbound_http;
+pub mod mesh_fault_injection;
 mod mesh_http_route;
 mod mesh_load_balancing_strategy;
+pub mod mesh_rate_limit;
 mod mesh_tcp_route;
 
 use crate::generate::{ProxyInput, Resources};
@@ -50,6 +59,8 @@ pub const CONFIGURERS: &[(&str, Configurer)] = &[
         "MeshLoadBalancingStrategy",
         mesh_load_balancing_strategy::configure,
     ),
+    ("MeshFaultInjection", mesh_fault_injection::configure),
+    ("MeshRateLimit", mesh_rate_limit::configure),
     ("MeshTrafficPermission", mesh_traffic_permission::configure),
 ];
 

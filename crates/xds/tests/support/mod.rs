@@ -39,6 +39,12 @@ const PROTOS: &[&str] = &[
     "envoy/extensions/filters/http/router/v3/router.proto",
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+    // Before fault.proto: it declares `envoy.extensions.filters.common`, which would capture
+    // the local rate limits' relative `common.ratelimit.v3` names in protox.
+    "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
+    "envoy/extensions/filters/network/local_ratelimit/v3/local_rate_limit.proto",
+    "envoy/extensions/filters/http/fault/v3/fault.proto",
+    "envoy/extensions/filters/http/header_mutation/v3/header_mutation.proto",
 ];
 
 /// The `proto/` folder of the envoy-types crate this build uses (it ships Envoy's protos).
