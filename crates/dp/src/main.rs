@@ -6,6 +6,8 @@
 mod admin;
 mod dns;
 mod http;
+mod limits;
+mod outlier;
 mod proxy;
 mod rbac;
 mod routes;

@@ -26,6 +26,8 @@ pub enum ResourceType {
     MeshTrafficPermission,
     MeshHTTPRoute,
     MeshTCPRoute,
+    MeshHealthCheck,
+    MeshCircuitBreaker,
 }
 
 /// Whether a resource lives inside a mesh or beside the meshes.
@@ -372,6 +374,18 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "MeshTCPRoute",
         "meshtcproutes",
         "meshtcproute",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshHealthCheck,
+        "MeshHealthCheck",
+        "meshhealthchecks",
+        "meshhealthcheck",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshCircuitBreaker,
+        "MeshCircuitBreaker",
+        "meshcircuitbreakers",
+        "meshcircuitbreaker",
     ),
 ];
 

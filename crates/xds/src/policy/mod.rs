@@ -25,11 +25,20 @@ pub struct ProxyPolicies {
     /// MeshTCPRoute: `to_rules` per outbound service; each conf holds `rules`
     /// (`[{default: {backendRefs}}]`).
     pub tcp_route: PolicyRules,
+    /// MeshHealthCheck: `to_rules` per outbound service; each conf is the merged `default`
+    /// (`{interval, timeout, …, http, tcp, grpc}`).
+    pub health_check: PolicyRules,
+    /// MeshCircuitBreaker: `to_rules` per outbound service; each conf is the merged `default`
+    /// (`{connectionLimits, outlierDetection}`).
+    pub circuit_breaker: PolicyRules,
 }
 
 pub mod backend_refs;
+mod mesh_circuit_breaker;
+mod mesh_health_check;
 mod mesh_http_route;
 mod mesh_tcp_route;
+mod resilience;
 
 use crate::generate::{ProxyInput, Resources};
 
@@ -43,6 +52,8 @@ pub const CONFIGURERS: &[(&str, Configurer)] = &[
     ("MeshHTTPRoute", mesh_http_route::configure),
     ("MeshTCPRoute", mesh_tcp_route::configure),
     ("MeshTrafficPermission", mesh_traffic_permission::configure),
+    ("MeshHealthCheck", mesh_health_check::configure),
+    ("MeshCircuitBreaker", mesh_circuit_breaker::configure),
 ];
 
 /// Applies every policy's configurer to the base resources of a proxy, in [`CONFIGURERS`]
