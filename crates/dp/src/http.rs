@@ -28,8 +28,9 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::outlier::Ejection;
 use crate::routes::{RequestView, modify_headers};
-use crate::runtime::Runtime;
+use crate::runtime::{Outcome, Runtime};
 use crate::stats::Stats;
 
 type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -168,6 +169,7 @@ fn mirror(
                 &cluster,
                 &rt,
                 None,
+                &stats,
             ),
         )
         .await;
@@ -267,8 +269,17 @@ async fn route(
                     body.map_err(Into::into).boxed()
                 }
             };
-            let mut resp =
-                forward(&parts.method, &path, headers, body, &cluster, rt, hash.key).await;
+            let mut resp = forward(
+                &parts.method,
+                &path,
+                headers,
+                body,
+                &cluster,
+                rt,
+                hash.key,
+                stats,
+            )
+            .await;
             if let Some(v) = hash.set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
                 resp.headers_mut().append(hyper::header::SET_COOKIE, v);
             }
@@ -314,6 +325,8 @@ fn not_delivered() -> Response<Body> {
 
 /// Sends a request to an endpoint of `cluster`; a bodiless request moves on to the next endpoint
 /// when it reached no application.
+// The request's parts, where it goes and what it needs there (runtime, hash key, stats).
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     method: &Method,
     path: &str,
@@ -322,6 +335,7 @@ async fn forward(
     cluster: &str,
     rt: &Runtime,
     hash: Option<u64>,
+    stats: &Stats,
 ) -> Response<Body> {
     let Some(c) = rt.cluster(cluster) else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no such cluster\n");
@@ -335,8 +349,19 @@ async fn forward(
     let client = &c.http;
     let candidates = c.pick_with(hash);
     if candidates.is_empty() {
+        stats.inc(format!("cluster.{cluster}.upstream_cx_none_healthy"));
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
     }
+    if c.limits.connections_busy() {
+        stats.inc(format!("cluster.{cluster}.upstream_cx_overflow"));
+    }
+    let slot = match c.limits.request().await {
+        Ok(slot) => slot,
+        Err(_) => {
+            stats.inc(format!("cluster.{cluster}.upstream_rq_pending_overflow"));
+            return overloaded();
+        }
+    };
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
@@ -354,7 +379,16 @@ async fn forward(
     };
     let mut body = Some(body);
     let mut last_refusal = None;
-    for endpoint in candidates.into_iter().take(attempts) {
+    let mut retry = None;
+    for (i, endpoint) in candidates.into_iter().take(attempts).enumerate() {
+        // Moving on to another endpoint is a retry, within the cluster's max_retries.
+        if i > 0 {
+            retry = c.limits.retry();
+            if retry.is_none() {
+                stats.inc(format!("cluster.{cluster}.upstream_rq_retry_overflow"));
+                break;
+            }
+        }
         let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
             return error_response(StatusCode::BAD_REQUEST, "bad request path\n");
         };
@@ -381,14 +415,32 @@ async fn forward(
                 last_refusal = Some(resp.map(|b| b.map_err(Into::into).boxed()));
             }
             Ok(resp) => {
-                c.health.restore(endpoint);
-                return resp.map(|b| b.map_err(Into::into).boxed());
+                c.record(endpoint, Outcome::Connected { last: false });
+                for (addr, why) in c.record(endpoint, Outcome::Status(resp.status().as_u16())) {
+                    ejected(stats, cluster, addr, why);
+                }
+                drop(retry);
+                // The request holds its place under the limits until its response is done.
+                return resp.map(|b| {
+                    b.map_err(Into::into)
+                        .map_frame(move |f| {
+                            let _held = &slot;
+                            f
+                        })
+                        .boxed()
+                });
             }
             Err(e) if e.is_connect() => {
-                c.health.eject(endpoint);
+                for (addr, why) in c.record(endpoint, Outcome::LocalFailure) {
+                    ejected(stats, cluster, addr, why);
+                }
                 tracing::debug!(cluster, %endpoint, error = %e, "cannot connect; trying the next endpoint");
             }
             Err(e) => {
+                // Reset or closed after connecting: a local-origin failure.
+                for (addr, why) in c.record(endpoint, Outcome::LocalFailure) {
+                    ejected(stats, cluster, addr, why);
+                }
                 tracing::debug!(cluster, %endpoint, error = %e, "upstream request failed");
                 return error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -398,6 +450,34 @@ async fn forward(
         }
     }
     last_refusal.unwrap_or_else(not_delivered)
+}
+
+/// Envoy's answer to a request over a circuit breaker's limit.
+fn overloaded() -> Response<Body> {
+    let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n");
+    r.headers_mut().insert(
+        HeaderName::from_static("x-envoy-overloaded"),
+        HeaderValue::from_static("true"),
+    );
+    r
+}
+
+/// Counts an ejection as Envoy's stats name it.
+pub(crate) fn ejected(stats: &Stats, cluster: &str, addr: std::net::SocketAddr, why: Ejection) {
+    let kind = match why {
+        Ejection::Consecutive5xx => "consecutive_5xx",
+        Ejection::ConsecutiveGatewayFailure => "consecutive_gateway_failure",
+        Ejection::ConsecutiveLocalOriginFailure => "consecutive_local_origin_failure",
+        Ejection::SuccessRate => "success_rate",
+        Ejection::FailurePercentage => "failure_percentage",
+    };
+    stats.inc(format!(
+        "cluster.{cluster}.outlier_detection.ejections_enforced_total"
+    ));
+    stats.inc(format!(
+        "cluster.{cluster}.outlier_detection.ejections_enforced_{kind}"
+    ));
+    tracing::debug!(cluster, %addr, kind, "endpoint ejected");
 }
 
 /// Opens upstream connections: TCP, then mTLS when the cluster has it.
@@ -508,5 +588,7 @@ impl hyper::rt::Write for UpstreamIo {
 
 mod hash_key;
 
+#[cfg(test)]
+mod resilience_tests;
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,8 @@ mod balancer;
 mod dns;
 mod faults;
 mod http;
+mod limits;
+mod outlier;
 mod proxy;
 mod ratelimit;
 mod rbac;

@@ -454,18 +454,25 @@ where
     let candidates = c.pick();
     if candidates.is_empty() {
         stats.inc(format!("cluster.{cluster}.upstream_cx_none_healthy"));
-        return Err(format!("cluster {cluster} has no endpoints"));
+        return Err(format!("cluster {cluster} has no healthy endpoint"));
     }
+    // Over max_connections the connection is closed, as Envoy's tcp_proxy does.
+    let Ok(_slot) = c.limits.connection() else {
+        stats.inc(format!("cluster.{cluster}.upstream_cx_overflow"));
+        return Err(format!("cluster {cluster}: max_connections reached"));
+    };
     for addr in candidates {
         let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             _ => {
                 stats.inc(format!("cluster.{cluster}.upstream_cx_connect_fail"));
-                c.health.eject(addr);
+                for (a, why) in c.record(addr, crate::runtime::Outcome::LocalFailure) {
+                    crate::http::ejected(stats, cluster, a, why);
+                }
                 continue;
             }
         };
-        c.health.restore(addr);
+        c.record(addr, crate::runtime::Outcome::Connected { last: true });
         // A connection counts as one request in flight (least request).
         let _in_flight = c.balancer.begin(addr);
         let _ = tcp.set_nodelay(true);

@@ -6,11 +6,11 @@
 //! previous version unless their own plan changed, so an update of one cluster or of another
 //! xDS type keeps every other cluster's cursor, health and pooled connections.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+
+use std::time::Instant;
 
 use meshzone_xds::decode::balancing::BalancingPlan;
 use meshzone_xds::decode::{
@@ -56,6 +56,8 @@ pub struct ClusterRuntime {
     pub tls: Result<Option<UpstreamTls>, String>,
     /// Pooled HTTP client (connections are made on first use).
     pub http: crate::http::HttpClient,
+    /// Connection limits (circuit breakers) in force.
+    pub limits: crate::limits::Limits,
 }
 
 impl ClusterRuntime {
@@ -101,44 +103,7 @@ pub struct Runtime {
     pub dns_names: BTreeMap<String, std::net::Ipv4Addr>,
 }
 
-/// Passive health (outlier detection): an endpoint that refused or timed out a connection is
-/// skipped for a while, so traffic moves to the others, or to the next priority (another zone),
-/// without waiting for the control plane.
-#[derive(Default)]
-pub struct Health {
-    ejected: Mutex<HashMap<SocketAddr, Instant>>,
-    /// Entries in `ejected`: lets the common case (nothing ejected) skip the lock.
-    count: AtomicUsize,
-}
-
-/// How long a failed endpoint is skipped.
-const EJECTION: Duration = Duration::from_secs(10);
-
-impl Health {
-    pub fn eject(&self, endpoint: SocketAddr) {
-        let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
-        e.insert(endpoint, Instant::now() + EJECTION);
-        self.count.store(e.len(), Ordering::Relaxed);
-    }
-
-    /// A connection to the endpoint worked again.
-    pub fn restore(&self, endpoint: SocketAddr) {
-        if self.count.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
-        e.remove(&endpoint);
-        self.count.store(e.len(), Ordering::Relaxed);
-    }
-
-    fn is_ejected(&self, endpoint: SocketAddr, now: Instant) -> bool {
-        if self.count.load(Ordering::Relaxed) == 0 {
-            return false;
-        }
-        let e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
-        e.get(&endpoint).is_some_and(|until| *until > now)
-    }
-}
+pub use crate::outlier::{Health, Outcome};
 
 /// A problem that makes one listener or cluster unusable; the rest still runs.
 #[derive(Debug, Clone)]
@@ -183,13 +148,31 @@ impl ClusterRuntime {
                 .map(|u| (u.config.clone(), u.sni.clone())),
             key.plan.http2,
         );
+        let limits = crate::limits::Limits::new(key.plan.limits, key.plan.http2);
         ClusterRuntime {
             balancer: Balancer::new(key.balancing.clone(), &key.endpoints),
             key,
             health,
             tls,
             http,
+            limits,
         }
+    }
+
+    /// Records what an attempt to use `endpoint` gave, for outlier detection; returns the
+    /// ejections it caused.
+    pub fn record(
+        &self,
+        endpoint: SocketAddr,
+        outcome: Outcome,
+    ) -> Vec<(SocketAddr, crate::outlier::Ejection)> {
+        self.health.record(
+            self.key.plan.outlier.as_ref(),
+            self.endpoints(),
+            endpoint,
+            outcome,
+            Instant::now(),
+        )
     }
 
     /// Endpoints in the order to try them, for a request without a hash key (see
@@ -201,11 +184,27 @@ impl ClusterRuntime {
     /// Endpoints in the order to try them. The first is the balancer's choice (priority with
     /// spill-over, locality, then the balancer type; `key` is the request's hash for ring hash
     /// and maglev); the other healthy endpoints follow as fallbacks (same priority first), and
-    /// ejected ones come last.
+    /// ejected ones come last. In panic — fewer than the cluster's `healthy_panic_threshold`
+    /// of its endpoints healthy (Envoy's default 50 %) — the balancer chooses among every
+    /// endpoint as if healthy, as Envoy does, unless the cluster fails traffic on panic (then
+    /// nothing is picked).
     pub fn pick_with(&self, key: Option<u64>) -> Vec<SocketAddr> {
         let endpoints = self.endpoints();
         let now = Instant::now();
-        let healthy = |a: SocketAddr| !self.health.is_ejected(a, now);
+        if endpoints.is_empty() {
+            return Vec::new();
+        }
+        // Panic (Envoy's): fewer than `healthy_panic_threshold` (basis points of the cluster's
+        // endpoints) healthy, and the balancer chooses among all of them as if healthy —
+        // unless the cluster fails traffic on panic.
+        let ejected = |a: SocketAddr| self.health.is_ejected(a, now);
+        let healthy_count = endpoints.iter().filter(|e| !ejected(e.address)).count();
+        let threshold = self.key.plan.panic_threshold as usize;
+        let panic = healthy_count * 10_000 < threshold * endpoints.len();
+        if panic && self.key.plan.fail_traffic_on_panic {
+            return Vec::new();
+        }
+        let healthy = |a: SocketAddr| panic || !ejected(a);
         let Some(first) = self.balancer.choose(endpoints, &healthy, key) else {
             return Vec::new();
         };
@@ -342,6 +341,8 @@ impl Runtime {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use meshzone_xds::decode::ClusterPlan;
 
@@ -356,6 +357,7 @@ mod tests {
                 tls: None,
                 http2: false,
                 original_dst: false,
+                ..Default::default()
             },
         );
         config.endpoints.insert("web".into(), endpoints);
@@ -397,7 +399,9 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(rt.pick("web"), vec![local, remote]);
         }
-        rt.clusters["web"].health.eject(local);
+        rt.clusters["web"]
+            .health
+            .eject_until(local, Instant::now() + Duration::from_secs(10));
         for _ in 0..10 {
             assert_eq!(
                 rt.pick("web"),
@@ -405,9 +409,11 @@ mod tests {
                 "fails over to priority 1"
             );
         }
-        rt.clusters["web"].health.eject(remote);
+        rt.clusters["web"]
+            .health
+            .eject_until(remote, Instant::now() + Duration::from_secs(10));
         assert_eq!(rt.pick("web").len(), 2, "all ejected: try all");
-        rt.clusters["web"].health.restore(local);
+        rt.clusters["web"].record(local, Outcome::Connected { last: true });
         assert_eq!(rt.pick("web")[0], local);
     }
 
@@ -422,6 +428,7 @@ mod tests {
                 tls: None,
                 http2: false,
                 original_dst: false,
+                ..Default::default()
             },
         );
         config.endpoints.insert(
@@ -467,7 +474,10 @@ mod tests {
             endpoint(2).address,
             "the cursor moved on instead of starting over"
         );
-        second.clusters["web"].health.eject(endpoint(2).address);
+        second.clusters["web"].health.eject_until(
+            endpoint(2).address,
+            Instant::now() + Duration::from_secs(10),
+        );
 
         // The endpoints of `web` change: `web` is rebuilt (health carried over), `other` kept.
         let mut changed = second.config.clone();

@@ -21,6 +21,8 @@ pub(crate) fn proxy_policies(
         load_balancing: take(ResourceType::MeshLoadBalancingStrategy),
         fault_injection: take(ResourceType::MeshFaultInjection),
         rate_limit: take(ResourceType::MeshRateLimit),
+        health_check: take(ResourceType::MeshHealthCheck),
+        circuit_breaker: take(ResourceType::MeshCircuitBreaker),
     })
 }
 

@@ -30,6 +30,8 @@ pub enum ResourceType {
     MeshLoadBalancingStrategy,
     MeshFaultInjection,
     MeshRateLimit,
+    MeshHealthCheck,
+    MeshCircuitBreaker,
 }
 
 /// Whether a resource lives inside a mesh or beside the meshes.
@@ -409,6 +411,18 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "MeshRateLimit",
         "meshratelimits",
         "meshratelimit",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshHealthCheck,
+        "MeshHealthCheck",
+        "meshhealthchecks",
+        "meshhealthcheck",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshCircuitBreaker,
+        "MeshCircuitBreaker",
+        "meshcircuitbreakers",
+        "meshcircuitbreaker",
     ),
 ];
 

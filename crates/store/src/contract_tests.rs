@@ -238,7 +238,7 @@ async fn policies_round_trip<B: Backend>(store: Store<B>) {
         let back = store.get(&key).await.expect("get policy");
         assert_eq!(back.spec, policy.spec);
         let listed = store
-            .list(ResourceType::MeshTrafficPermission, Some("default"))
+            .list(key.resource_type, Some("default"))
             .await
             .expect("list");
         assert_eq!(listed.len(), 1);

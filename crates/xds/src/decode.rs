@@ -38,6 +38,7 @@ pub mod balancing;
 mod clusters;
 mod inbound;
 mod rbac;
+mod resilience;
 pub mod routes;
 pub use clusters::{decode_assignment, decode_cluster};
 pub use inbound::{
@@ -45,6 +46,7 @@ pub use inbound::{
     TokenBucketPlan,
 };
 pub use rbac::{PrincipalPlan, RbacPlan, Verdict};
+pub use resilience::{DEFAULT_PANIC_THRESHOLD, LimitsPlan, OutlierPlan, RatePlan};
 pub use routes::{RoutePlan, WeightedClusterPlan};
 
 /// Why one resource could not be used.
@@ -153,6 +155,32 @@ pub struct ClusterPlan {
     pub http2: bool,
     /// ORIGINAL_DST: connect to wherever the connection was going (transparent passthrough).
     pub original_dst: bool,
+    /// Connection limits (Envoy's defaults when the cluster sets none).
+    pub limits: LimitsPlan,
+    /// Passive health; none: no endpoint is ever ejected.
+    pub outlier: Option<OutlierPlan>,
+    /// Below this share of healthy endpoints (hundredths of a percent) every endpoint is used.
+    pub panic_threshold: u32,
+    /// In panic, fail requests instead of using unhealthy endpoints.
+    pub fail_traffic_on_panic: bool,
+}
+
+/// An EDS cluster without TLS, HTTP/2 or outlier detection, with Envoy's default limits and
+/// panic threshold (what tests build plans from).
+impl Default for ClusterPlan {
+    fn default() -> Self {
+        ClusterPlan {
+            name: String::new(),
+            static_endpoints: None,
+            tls: None,
+            http2: false,
+            original_dst: false,
+            limits: LimitsPlan::default(),
+            outlier: None,
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
+            fail_traffic_on_panic: false,
+        }
+    }
 }
 
 /// A certificate with its key, or a trust anchor. `Serialize` (config dump) hides the key.

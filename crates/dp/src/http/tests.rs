@@ -70,6 +70,7 @@ fn cluster(config: &mut ProxyConfig, name: &str, addr: SocketAddr) {
             tls: None,
             http2: false,
             original_dst: false,
+            ..Default::default()
         },
     );
     config.endpoints.insert(

@@ -132,6 +132,8 @@ fn policies_are_user_written_mesh_types_with_a_policy_conf() {
             ResourceType::MeshLoadBalancingStrategy,
             ResourceType::MeshFaultInjection,
             ResourceType::MeshRateLimit,
+            ResourceType::MeshHealthCheck,
+            ResourceType::MeshCircuitBreaker,
         ]
     );
 }
@@ -169,6 +171,8 @@ fn synced_types_come_in_apply_order_owners_first() {
             ResourceType::MeshLoadBalancingStrategy,
             ResourceType::MeshFaultInjection,
             ResourceType::MeshRateLimit,
+            ResourceType::MeshHealthCheck,
+            ResourceType::MeshCircuitBreaker,
         ]
     );
     assert_eq!(

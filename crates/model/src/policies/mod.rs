@@ -8,18 +8,23 @@
 //! `spec: {targetRef, to|from}`; its output keeps the `spec:` level (other types are inline).
 
 pub mod inbound_from;
+pub mod mesh_circuit_breaker;
 pub mod mesh_fault_injection;
+pub mod mesh_health_check;
 pub mod mesh_http_route;
 pub mod mesh_load_balancing_strategy;
 pub mod mesh_rate_limit;
 pub mod mesh_tcp_route;
 pub mod mesh_traffic_permission;
 pub mod proxy;
+pub(crate) mod resilience;
 
 pub use proxy::{DataplaneRulesError, MeshPolicies, describe_dataplane};
 
 #[cfg(test)]
 mod inbound_tests;
+#[cfg(test)]
+mod resilience_tests;
 #[cfg(test)]
 mod tests;
 
@@ -123,6 +128,8 @@ policies! {
     MeshLoadBalancingStrategy => mesh_load_balancing_strategy::MeshLoadBalancingStrategy,
     MeshFaultInjection => mesh_fault_injection::MeshFaultInjection,
     MeshRateLimit => mesh_rate_limit::MeshRateLimit,
+    MeshHealthCheck => mesh_health_check::MeshHealthCheck,
+    MeshCircuitBreaker => mesh_circuit_breaker::MeshCircuitBreaker,
 }
 
 /// The stored and wire form of a policy: its conf under `spec`.
@@ -163,9 +170,16 @@ pub fn allow_all_name(mesh: &str) -> String {
     format!("allow-all-{mesh}")
 }
 
+/// The name of the MeshCircuitBreaker created with a mesh (Kuma's name).
+pub fn circuit_breaker_all_name(mesh: &str) -> String {
+    format!("mesh-circuit-breaker-all-{mesh}")
+}
+
 /// The policies created with a new Mesh on global or a standalone zone: `allow-all-<mesh>`
 /// (a MeshTrafficPermission allowing every client, which Kuma created up to 2.5; without it
-/// mTLS denies everything). The Mesh's `skipCreatingInitialPolicies` skips a type by name, or
+/// mTLS denies everything) and `mesh-circuit-breaker-all-<mesh>` (Kuma 2.6's default limits,
+/// plus the passive ejection on connection failures this mesh's failover relies on; see
+/// `MeshCircuitBreaker::default_for_mesh`). The Mesh's `skipCreatingInitialPolicies` skips a type by name, or
 /// every type with `"*"`.
 pub fn initial_policies(mesh: &str, spec: &crate::specs::MeshSpec) -> Vec<Resource> {
     use mesh_traffic_permission::{Action, MeshTrafficPermission};
@@ -180,6 +194,14 @@ pub fn initial_policies(mesh: &str, spec: &crate::specs::MeshSpec) -> Vec<Resour
             crate::resource::Meta::named(&allow_all_name(mesh), mesh),
             crate::resource::Spec::Policy(PolicyConf::MeshTrafficPermission(
                 MeshTrafficPermission::everyone(Action::Allow),
+            )),
+        ));
+    }
+    if !skipped(ResourceType::MeshCircuitBreaker) {
+        out.push(Resource::new(
+            crate::resource::Meta::named(&circuit_breaker_all_name(mesh), mesh),
+            crate::resource::Spec::Policy(PolicyConf::MeshCircuitBreaker(
+                mesh_circuit_breaker::MeshCircuitBreaker::default_for_mesh(),
             )),
         ));
     }

@@ -229,23 +229,12 @@ pub(crate) fn cluster_balancing(
     };
     let mut locality_weighted = false;
     if let Some(common) = &c.common_lb_config {
-        let at = |f: &str| format!("common_lb_config.{f}");
-        let mut rest = common.clone();
-        match rest.locality_config_specifier.take() {
-            None => {}
-            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => locality_weighted = true,
-            Some(LocalityConfigSpecifier::ZoneAwareLbConfig(_)) => {
-                return Err(refuse(
-                    at("zone_aware_lb_config"),
-                    "not enforced by kuma-dp",
-                ));
-            }
-        }
-        if rest != Default::default() {
-            return Err(refuse(
-                "common_lb_config",
-                "only locality_weighted_lb_config is enforced by kuma-dp",
-            ));
+        // Its other fields (the panic threshold, `fail_traffic_on_panic`) are read, and the rest
+        // refused with their paths, by `resilience::common_lb`.
+        if let Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) =
+            &common.locality_config_specifier
+        {
+            locality_weighted = true;
         }
     }
     Ok(ClusterBalancing {
@@ -419,13 +408,14 @@ mod tests {
             cluster_balancing(&c, false).map(|b| b.locality_weighted),
             Ok(true)
         );
+        // The other `common_lb_config` fields are `resilience::common_lb`'s to read or refuse.
         c.common_lb_config = Some(CommonLbConfig {
             ignore_new_hosts_until_first_hc: true,
             ..Default::default()
         });
         assert_eq!(
-            cluster_balancing(&c, false).map_err(|e| e.0),
-            Err("common_lb_config".into())
+            cluster_balancing(&c, false).map(|b| b.locality_weighted),
+            Ok(false)
         );
         assert!(cluster_balancing(&cluster(LbPolicy::ClusterProvided, None), true).is_ok());
         assert!(cluster_balancing(&cluster(LbPolicy::RoundRobin, None), true).is_err());

@@ -1,6 +1,7 @@
 //! Clusters and load assignments as a plan kuma-dp runs, field by field. kuma-dp balances with
-//! weighted round robin over the lowest priority that has a healthy endpoint, ejects for 10 s an
-//! endpoint that refuses or times out a connection, connects with a 5 s timeout, speaks HTTP/1
+//! weighted round robin over the lowest priority that has a healthy endpoint, runs the outlier
+//! detection, connection limits and panic threshold the cluster asks for (`resilience.rs`),
+//! connects with a 5 s timeout, speaks HTTP/1
 //! or prior-knowledge HTTP/2, and originates mTLS. Every `Cluster` and `ClusterLoadAssignment`
 //! field that would make Envoy do something else is a decode error naming the cluster and the
 //! field path, so the control plane gets a NACK instead of a proxy that silently differs from
@@ -10,7 +11,7 @@
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, ClusterProtocolSelection, DiscoveryType,
 };
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -21,9 +22,10 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
     ExplicitHttpConfig, UpstreamProtocolOptions,
 };
-use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, Duration};
 use prost::Name;
 
+use super::resilience::{self, LimitsPlan, OutlierPlan};
 use super::{
     ClusterPlan, DecodeError, EndpointPlan, err, socket_addr, tls_plan, transport_tls, unpack,
 };
@@ -33,9 +35,6 @@ const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProt
 
 /// kuma-dp's fixed connect timeout (`proxy.rs`, `http.rs`), which is also Envoy's default.
 const CONNECT_TIMEOUT_SECONDS: i64 = 5;
-
-/// kuma-dp's fixed ejection time (`runtime.rs` `EJECTION`).
-const EJECTION_SECONDS: i64 = 10;
 
 /// Metadata namespaces that select endpoints or transport sockets (subset load balancing,
 /// `transport_socket_matches`); other namespaces only annotate.
@@ -86,12 +85,18 @@ pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
         }
     };
     let http2 = http2(&c).map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
+    let r = resilience_of(&c, discovery)
+        .map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
     Ok(ClusterPlan {
         name,
         static_endpoints,
         tls,
         http2,
         original_dst: discovery == Discovery::OriginalDst,
+        limits: r.limits,
+        outlier: r.outlier,
+        panic_threshold: r.panic_threshold,
+        fail_traffic_on_panic: r.fail_traffic_on_panic,
     })
 }
 
@@ -121,7 +126,7 @@ fn seconds(d: &Duration) -> Option<i64> {
 #[allow(deprecated)]
 fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
     // Fields refused whenever set, each with why kuma-dp cannot do what Envoy would.
-    let refused: [(&str, bool, &str); 26] = [
+    let refused: [(&str, bool, &str); 25] = [
         // One transport socket for every endpoint (read by `decode_cluster`).
         (
             "transport_socket_matches",
@@ -154,9 +159,6 @@ fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
             c.max_requests_per_connection.is_some(),
             "",
         ),
-        // Envoy's default thresholds (1024 connections, pending and requests) still apply when
-        // this is unset; kuma-dp has no such limits (a known difference).
-        ("circuit_breakers", c.circuit_breakers.is_some(), ""),
         // The deprecated protocol fields: kuma-dp reads `typed_extension_protocol_options` only.
         (
             "upstream_http_protocol_options",
@@ -282,155 +284,42 @@ fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
             format!("kuma-dp connects with a fixed {CONNECT_TIMEOUT_SECONDS}s timeout"),
         ));
     }
-    // `lb_policy`, `lb_config`, `common_lb_config`: read by `balancing` (its own refusals).
+    // `lb_policy`, `lb_config`, `common_lb_config`: read by `balancing` (its own refusals;
+    // the panic threshold and `fail_traffic_on_panic` are `resilience`'s).
     super::balancing::cluster_balancing(c, discovery == Discovery::OriginalDst)?;
-    outlier_detection(c.outlier_detection.as_ref(), discovery, c)?;
     if let Some(md) = &c.metadata {
         metadata("metadata", md)?;
     }
     Ok(())
 }
 
-/// Outlier detection as kuma-dp does it (`runtime.rs` `Health`): a refused or timed-out
-/// connection (a local-origin failure) ejects the endpoint at once for 10 s, up to every
-/// endpoint of the cluster; no other detector. kuma-dp ejects on every cluster with an endpoint
-/// list, so an EDS cluster must ask for it; a STATIC cluster may omit it only with one endpoint
-/// (ejecting the only endpoint changes nothing: kuma-dp then tries it anyway). ORIGINAL_DST
-/// connections are never ejected.
-fn outlier_detection(
-    od: Option<&OutlierDetection>,
-    discovery: Discovery,
-    c: &Cluster,
-) -> Result<(), Refusal> {
-    let Some(od) = od else {
-        let endpoints = c
-            .load_assignment
-            .iter()
-            .flat_map(|a| &a.endpoints)
-            .map(|l| l.lb_endpoints.len())
-            .sum::<usize>();
-        return match discovery {
-            Discovery::OriginalDst => Ok(()),
-            Discovery::Static if endpoints <= 1 => Ok(()),
-            _ => Err(refuse(
+/// The resilience part of the plan: connection limits, outlier detection, panic threshold.
+fn resilience_of(c: &Cluster, discovery: Discovery) -> Result<Resilience, Refusal> {
+    let outlier = match (&c.outlier_detection, discovery) {
+        (None, _) => None,
+        (Some(_), Discovery::OriginalDst) => {
+            return Err(refuse(
                 "outlier_detection",
-                "required: kuma-dp ejects an endpoint that refuses a connection for 10s (consecutive_local_origin_failure 1)",
-            )),
-        };
+                "kuma-dp does not eject original destinations",
+            ));
+        }
+        (Some(od), _) => Some(resilience::outlier(od)?),
     };
-    if discovery == Discovery::OriginalDst {
-        return Err(refuse(
-            "outlier_detection",
-            "kuma-dp does not eject original destinations",
-        ));
-    }
-    let at = |f: &str| format!("outlier_detection.{f}");
-    let u32_or = |v: &Option<UInt32Value>, default: u32| v.as_ref().map_or(default, |v| v.value);
-    let secs_or = |v: &Option<Duration>, default: i64| v.as_ref().map_or(Some(default), seconds);
-    // Detectors kuma-dp does not run must be switched off (Envoy's defaults are in brackets).
-    let off = [
-        (
-            "enforcing_consecutive_5xx",
-            u32_or(&od.enforcing_consecutive_5xx, 100),
-        ),
-        (
-            "enforcing_success_rate",
-            u32_or(&od.enforcing_success_rate, 100),
-        ),
-        (
-            "enforcing_consecutive_gateway_failure",
-            u32_or(&od.enforcing_consecutive_gateway_failure, 0),
-        ),
-        (
-            "enforcing_local_origin_success_rate",
-            u32_or(&od.enforcing_local_origin_success_rate, 100),
-        ),
-        (
-            "enforcing_failure_percentage",
-            u32_or(&od.enforcing_failure_percentage, 0),
-        ),
-        (
-            "enforcing_failure_percentage_local_origin",
-            u32_or(&od.enforcing_failure_percentage_local_origin, 0),
-        ),
-    ];
-    for (field, value) in off {
-        if value != 0 {
-            return Err(refuse(
-                at(field),
-                format!("{value}: this detector is not run by kuma-dp (set 0)"),
-            ));
-        }
-    }
-    // Their thresholds (`consecutive_5xx`, `success_rate_*`, `consecutive_gateway_failure`,
-    // `failure_percentage_*`) are then inert. Pass.
-    if !od.split_external_local_origin_errors {
-        return Err(refuse(
-            at("split_external_local_origin_errors"),
-            "must be true: kuma-dp ejects on connection failures only",
-        ));
-    }
-    let exact: [(&str, u32, u32); 3] = [
-        (
-            "consecutive_local_origin_failure",
-            u32_or(&od.consecutive_local_origin_failure, 5),
-            1,
-        ),
-        (
-            "enforcing_consecutive_local_origin_failure",
-            u32_or(&od.enforcing_consecutive_local_origin_failure, 100),
-            100,
-        ),
-        (
-            "max_ejection_percent",
-            u32_or(&od.max_ejection_percent, 10),
-            100,
-        ),
-    ];
-    for (field, value, wanted) in exact {
-        if value != wanted {
-            return Err(refuse(
-                at(field),
-                format!("{value}: kuma-dp enforces {wanted}"),
-            ));
-        }
-    }
-    // Envoy multiplies the base time by the number of ejections, up to max_ejection_time; equal
-    // to the base, every ejection lasts 10 s as in kuma-dp.
-    let times = [
-        ("interval", secs_or(&od.interval, 10), EJECTION_SECONDS),
-        (
-            "base_ejection_time",
-            secs_or(&od.base_ejection_time, 30),
-            EJECTION_SECONDS,
-        ),
-        (
-            "max_ejection_time",
-            secs_or(&od.max_ejection_time, 300),
-            EJECTION_SECONDS,
-        ),
-        (
-            "max_ejection_time_jitter",
-            secs_or(&od.max_ejection_time_jitter, 0),
-            0,
-        ),
-    ];
-    for (field, value, wanted) in times {
-        if value != Some(wanted) {
-            return Err(refuse(at(field), format!("kuma-dp enforces {wanted}s")));
-        }
-    }
-    // `successful_active_health_check_uneject_host`: only with active health checks. Pass.
-    if !od.monitors.is_empty() {
-        return Err(not_enforced(&at("monitors")));
-    }
-    if od.always_eject_one_host.as_ref().is_some_and(|b| b.value) {
-        return Err(not_enforced(&at("always_eject_one_host")));
-    }
-    if od.detect_degraded_hosts.as_ref().is_some_and(|b| b.value) {
-        return Err(not_enforced(&at("detect_degraded_hosts")));
-    }
-    Ok(())
+    let (panic_threshold, fail_traffic_on_panic) =
+        resilience::common_lb(c.common_lb_config.as_ref())?;
+    Ok(Resilience {
+        limits: resilience::limits(c.circuit_breakers.as_ref())?,
+        outlier,
+        panic_threshold,
+        fail_traffic_on_panic,
+    })
+}
+
+struct Resilience {
+    limits: LimitsPlan,
+    outlier: Option<OutlierPlan>,
+    panic_threshold: u32,
+    fail_traffic_on_panic: bool,
 }
 
 /// Whether the cluster speaks HTTP/2: `typed_extension_protocol_options` may only hold

@@ -125,7 +125,9 @@ fn http2_upstream() -> BTreeMap<String, Any> {
     )])
 }
 
-/// A round-robin cluster whose endpoints come by EDS (over ADS) under its own name.
+/// A round-robin cluster whose endpoints come by EDS (over ADS) under its own name. A
+/// sidecar's outbound clusters get outlier detection from MeshCircuitBreaker only (the mesh's
+/// default policy has it), as in Kuma.
 pub(crate) fn eds_cluster(name: &str) -> Cluster {
     Cluster {
         name: name.to_string(),
@@ -136,12 +138,19 @@ pub(crate) fn eds_cluster(name: &str) -> Cluster {
             eds_config: Some(ads()),
             service_name: name.to_string(),
         }),
-        outlier_detection: Some(passive_health()),
         ..Default::default()
     }
 }
 
-/// Passive health, as kuma-dp does it: an endpoint that refuses or times out a connection is
+/// The EDS cluster of a zone proxy's SNI route, with passive health.
+pub(crate) fn zone_proxy_cluster(name: &str) -> Cluster {
+    Cluster {
+        outlier_detection: Some(passive_health()),
+        ..eds_cluster(name)
+    }
+}
+
+/// Passive health of a zone proxy (which no policy configures): an endpoint that refuses or times out a connection is
 /// ejected for 10 s, so traffic moves to the other endpoints or the next priority (another zone)
 /// without waiting for the control plane. Envoy's other detectors, on by default (5 consecutive
 /// 5xx, success rates), are switched off, and every ejection lasts the base time (Envoy would

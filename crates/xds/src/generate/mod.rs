@@ -454,7 +454,7 @@ pub struct SniRouterInput<'a> {
 pub fn generate_sni_router(input: &SniRouterInput<'_>) -> Snapshot {
     let mut out = Resources::default();
     for (sni, endpoints) in input.routes {
-        out.clusters.push(clusters::eds_cluster(sni));
+        out.clusters.push(clusters::zone_proxy_cluster(sni));
         out.assignments
             .push(endpoints::load_assignment(sni, endpoints));
     }

@@ -34,15 +34,25 @@ pub struct ProxyPolicies {
     /// MeshRateLimit: `from_rules` per inbound; the conf of the empty client set
     /// (`{"local": {http, tcp}}`) limits the inbound.
     pub rate_limit: PolicyRules,
+    /// MeshHealthCheck: `to_rules` per outbound service; each conf is the merged `default`
+    /// (`{interval, timeout, …, http, tcp, grpc}`).
+    pub health_check: PolicyRules,
+    /// MeshCircuitBreaker: `to_rules` per outbound service; each conf is the merged `default`
+    /// (`{connectionLimits, outlierDetection}`).
+    pub circuit_breaker: PolicyRules,
 }
 
 pub mod backend_refs;
 pub mod inbound_http;
 pub mod mesh_fault_injection;
+
+mod mesh_circuit_breaker;
+mod mesh_health_check;
 mod mesh_http_route;
 mod mesh_load_balancing_strategy;
 pub mod mesh_rate_limit;
 mod mesh_tcp_route;
+mod resilience;
 
 use crate::generate::{ProxyInput, Resources};
 
@@ -62,6 +72,8 @@ pub const CONFIGURERS: &[(&str, Configurer)] = &[
     ("MeshFaultInjection", mesh_fault_injection::configure),
     ("MeshRateLimit", mesh_rate_limit::configure),
     ("MeshTrafficPermission", mesh_traffic_permission::configure),
+    ("MeshHealthCheck", mesh_health_check::configure),
+    ("MeshCircuitBreaker", mesh_circuit_breaker::configure),
 ];
 
 /// Applies every policy's configurer to the base resources of a proxy, in [`CONFIGURERS`]

@@ -2,7 +2,7 @@
 //! kuma-dp does not enforce is refused, one case each, with its path in the message.
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    CommonLbConfig, LbConfig, LbPolicy, RoundRobinLbConfig,
+    LbConfig, LbPolicy, RoundRobinLbConfig,
 };
 use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
@@ -11,11 +11,11 @@ use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Polic
 use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::policy::DropOverload;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{LbEndpoint, LocalityLbEndpoints};
-use envoy_types::pb::google::protobuf::{BoolValue, Struct};
+use envoy_types::pb::google::protobuf::{BoolValue, Struct, UInt32Value};
 use envoy_types::util::pack_any;
 
 use super::*;
-use crate::generate::clusters::{eds_cluster, passthrough_cluster};
+use crate::generate::clusters::{eds_cluster, passthrough_cluster, zone_proxy_cluster};
 use crate::generate::static_cluster;
 
 #[derive(Clone, Copy, Debug)]
@@ -28,7 +28,7 @@ enum Base {
 
 fn base(b: Base) -> Cluster {
     match b {
-        Base::Eds => eds_cluster("web"),
+        Base::Eds => zone_proxy_cluster("web"),
         Base::Static => static_cluster("app", "127.0.0.1", 8080, true),
         Base::Passthrough => passthrough_cluster(),
     }
@@ -56,7 +56,7 @@ fn matching_metadata(ns: &str) -> Option<Metadata> {
     })
 }
 
-fn od(c: &mut Cluster) -> &mut OutlierDetection {
+fn od(c: &mut Cluster) -> &mut envoy_types::pb::envoy::config::cluster::v3::OutlierDetection {
     c.outlier_detection.as_mut().expect("outlier detection")
 }
 
@@ -113,22 +113,45 @@ fn equivalent_spellings_are_accepted() {
         ("default connect timeout unset", Base::Eds, |c| {
             c.connect_timeout = None
         }),
-        (
-            "enforcing local-origin failure left at its default 100",
-            Base::Eds,
-            |c| od(c).enforcing_consecutive_local_origin_failure = None,
-        ),
-        ("interval spelled as its default", Base::Eds, |c| {
-            od(c).interval = secs(10)
+        ("no outlier detection: nothing is ejected", Base::Eds, |c| {
+            c.outlier_detection = None
+        }),
+        ("every detector on", Base::Eds, |c| {
+            let o = od(c);
+            o.enforcing_consecutive_5xx = u32v(100);
+            o.enforcing_consecutive_gateway_failure = u32v(100);
+            o.enforcing_success_rate = u32v(100);
+            o.enforcing_local_origin_success_rate = u32v(100);
+            o.enforcing_failure_percentage = u32v(100);
+            o.enforcing_failure_percentage_local_origin = u32v(100);
+            o.interval = secs(1);
+            o.max_ejection_time = None;
         }),
         (
-            "inert thresholds of switched-off detectors",
+            "circuit breaker thresholds at DEFAULT priority",
             Base::Eds,
             |c| {
-                od(c).consecutive_5xx = u32v(3);
-                od(c).success_rate_minimum_hosts = u32v(2);
+                c.circuit_breakers = Some(envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
+                thresholds: vec![envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds {
+                    max_connections: u32v(2),
+                    max_connection_pools: u32v(1),
+                    track_remaining: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
             },
         ),
+        ("a panic threshold", Base::Eds, |c| {
+            c.common_lb_config = Some(
+                envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig {
+                    healthy_panic_threshold: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+                        value: 30.0,
+                    }),
+                    ..Default::default()
+                },
+            )
+        }),
         ("service_name equal to the cluster name", Base::Eds, |c| {
             c.eds_cluster_config.as_mut().expect("eds").service_name = "web".into()
         }),
@@ -205,9 +228,6 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
         ("max_requests_per_connection", Base::Eds, |c| {
             c.max_requests_per_connection = u32v(1)
         }),
-        ("circuit_breakers", Base::Eds, |c| {
-            c.circuit_breakers = Some(Default::default())
-        }),
         ("upstream_http_protocol_options", Base::Eds, |c| {
             c.upstream_http_protocol_options = Some(Default::default())
         }),
@@ -220,34 +240,18 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
         ("http2_protocol_options", Base::Eds, |c| {
             c.http2_protocol_options = Some(Default::default())
         }),
-        ("outlier_detection", Base::Eds, |c| {
-            c.outlier_detection = None
-        }),
-        ("outlier_detection", Base::Static, |c| {
-            let cla = c.load_assignment.as_mut().expect("cla");
-            let second = cla.endpoints[0].lb_endpoints[0].clone();
-            cla.endpoints[0].lb_endpoints.push(second);
-        }),
         ("outlier_detection", Base::Passthrough, |c| {
-            c.outlier_detection = eds_cluster("x").outlier_detection
-        }),
-        (
-            "outlier_detection.enforcing_consecutive_5xx",
-            Base::Eds,
-            |c| od(c).enforcing_consecutive_5xx = None,
-        ),
-        ("outlier_detection.enforcing_success_rate", Base::Eds, |c| {
-            od(c).enforcing_success_rate = None
+            c.outlier_detection = zone_proxy_cluster("x").outlier_detection
         }),
         (
             "outlier_detection.enforcing_consecutive_gateway_failure",
             Base::Eds,
-            |c| od(c).enforcing_consecutive_gateway_failure = u32v(100),
+            |c| od(c).enforcing_consecutive_gateway_failure = u32v(50),
         ),
         (
             "outlier_detection.enforcing_local_origin_success_rate",
             Base::Eds,
-            |c| od(c).enforcing_local_origin_success_rate = None,
+            |c| od(c).enforcing_local_origin_success_rate = u32v(100),
         ),
         (
             "outlier_detection.enforcing_failure_percentage",
@@ -255,42 +259,41 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
             |c| od(c).enforcing_failure_percentage = u32v(50),
         ),
         (
-            "outlier_detection.enforcing_failure_percentage_local_origin",
-            Base::Eds,
-            |c| od(c).enforcing_failure_percentage_local_origin = u32v(50),
-        ),
-        (
-            "outlier_detection.split_external_local_origin_errors",
-            Base::Eds,
-            |c| od(c).split_external_local_origin_errors = false,
-        ),
-        (
-            "outlier_detection.consecutive_local_origin_failure",
-            Base::Eds,
-            |c| od(c).consecutive_local_origin_failure = u32v(3),
-        ),
-        (
-            "outlier_detection.enforcing_consecutive_local_origin_failure",
-            Base::Eds,
-            |c| od(c).enforcing_consecutive_local_origin_failure = u32v(50),
-        ),
-        ("outlier_detection.max_ejection_percent", Base::Eds, |c| {
-            od(c).max_ejection_percent = None
-        }),
-        ("outlier_detection.interval", Base::Eds, |c| {
-            od(c).interval = secs(1)
-        }),
-        ("outlier_detection.base_ejection_time", Base::Eds, |c| {
-            od(c).base_ejection_time = secs(30)
-        }),
-        ("outlier_detection.max_ejection_time", Base::Eds, |c| {
-            od(c).max_ejection_time = None
-        }),
-        (
             "outlier_detection.max_ejection_time_jitter",
             Base::Eds,
             |c| od(c).max_ejection_time_jitter = secs(1),
         ),
+        ("circuit_breakers.thresholds[0].priority", Base::Eds, |c| {
+            c.circuit_breakers = Some(
+                envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
+                    thresholds: vec![
+                        envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds {
+                            priority:
+                                envoy_types::pb::envoy::config::core::v3::RoutingPriority::High
+                                    as i32,
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                },
+            )
+        }),
+        ("circuit_breakers.per_host_thresholds", Base::Eds, |c| {
+            c.circuit_breakers = Some(
+                envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
+                    per_host_thresholds: vec![Default::default()],
+                    ..Default::default()
+                },
+            )
+        }),
+        ("common_lb_config.update_merge_window", Base::Eds, |c| {
+            c.common_lb_config = Some(
+                envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig {
+                    update_merge_window: secs(1),
+                    ..Default::default()
+                },
+            )
+        }),
         ("outlier_detection.monitors", Base::Eds, |c| {
             od(c).monitors = vec![Default::default()]
         }),
@@ -305,12 +308,6 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
         }),
         ("lb_subset_config", Base::Eds, |c| {
             c.lb_subset_config = Some(Default::default())
-        }),
-        ("common_lb_config", Base::Eds, |c| {
-            c.common_lb_config = Some(CommonLbConfig {
-                ignore_new_hosts_until_first_hc: true,
-                ..Default::default()
-            })
         }),
         ("metadata.filter_metadata[\"envoy.lb\"]", Base::Eds, |c| {
             c.metadata = matching_metadata("envoy.lb")

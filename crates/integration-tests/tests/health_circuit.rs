@@ -1,0 +1,196 @@
+//! MeshCircuitBreaker across zones with real processes on loopback: the mesh's default
+//! `mesh-circuit-breaker-all-default` reaches the zone with the mesh; a policy applied on
+//! global reaches a zone's kuma-dp client sidecar (its cluster plan shows the limits) and takes
+//! effect there: with one connection and one pending request allowed towards a slow backend,
+//! a third concurrent request gets Envoy's 503 with `x-envoy-overloaded: true` at once and is
+//! counted as `upstream_rq_pending_overflow`, while the first two are answered.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use meshzone_integration_tests::{
+    ControlPlane, DataPlane, apply_ok, free_port, start_global, start_sidecar, wait_for, zone,
+};
+
+const PROPAGATION: Duration = Duration::from_secs(30);
+
+const BREAKER: &str = "type: MeshCircuitBreaker
+name: backend-limits
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: MeshService, name: backend}
+      default:
+        connectionLimits: {maxConnections: 1, maxPendingRequests: 1}
+";
+
+/// An HTTP app answering each request `delay` after it arrived (one thread per connection);
+/// counts the requests that arrived.
+fn slow_app(delay: Duration) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let count = arrived.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                // Serve requests on the connection until it closes.
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        count.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(delay);
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow");
+                    }
+                }
+            });
+        }
+    });
+    (port, arrived)
+}
+
+/// One request over a new connection: status and the `x-envoy-overloaded` header.
+fn request(port: u16) -> Result<(u16, Option<String>), String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let head = out.split("\r\n\r\n").next().unwrap_or_default();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no HTTP answer: {out:?}"))?;
+    let overloaded = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("x-envoy-overloaded")
+            .then(|| v.trim().to_string())
+    });
+    Ok((status, overloaded))
+}
+
+/// The client's plan of its `backend` cluster, from its config dump.
+fn backend_plan(client: &DataPlane) -> Option<serde_json::Value> {
+    let dump: serde_json::Value = serde_json::from_str(&client.admin("/config_dump")?).ok()?;
+    Some(dump["clusters"]["backend"].clone()).filter(|c| !c.is_null())
+}
+
+fn zone_has(cp: &ControlPlane, plural: &str, display: &str) -> bool {
+    cp.kumactl_ok(&["get", plural, "-o", "json"])
+        .contains(display)
+}
+
+fn sidecar(cp: &ControlPlane, dir: &Path, name: &str, body: &str) -> DataPlane {
+    let yaml = format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n{body}"
+    );
+    start_sidecar(cp, dir, name, &yaml)
+}
+
+#[test]
+fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
+    let root = tempfile::tempdir().expect("tmp");
+    let dir = root.path();
+    let kds = free_port();
+    let global = start_global(&dir.join("global"), kds, &[]);
+    let zone1 = zone(&dir.join("zone-1"), "zone-1", &global, kds);
+    apply_ok(
+        &global,
+        dir,
+        "mesh.yaml",
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
+    );
+    wait_for(
+        "the default circuit breaker in the zone",
+        PROPAGATION,
+        || {
+            zone_has(
+                &zone1,
+                "meshcircuitbreakers",
+                "mesh-circuit-breaker-all-default",
+            )
+            .then_some(())
+        },
+    );
+
+    let (app, arrived) = slow_app(Duration::from_secs(2));
+    let _backend = sidecar(
+        &zone1,
+        dir,
+        "backend-1",
+        &format!(
+            "  inbound:\n  - port: {}\n    servicePort: {app}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n",
+            free_port()
+        ),
+    );
+    let outbound = free_port();
+    let client = sidecar(
+        &zone1,
+        dir,
+        "web-1",
+        &format!(
+            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
+            free_port(),
+            free_port()
+        ),
+    );
+    // The default policy's passive health is on the client's backend cluster.
+    wait_for("the default outlier detection", PROPAGATION, || {
+        let od = backend_plan(&client)?["outlier"].clone();
+        (od["consecutive_local_origin_failure"] == 1).then_some(())
+    });
+    wait_for("a first answer", PROPAGATION, || {
+        request(outbound).ok().filter(|(s, _)| *s == 200)
+    });
+
+    apply_ok(&global, dir, "breaker.yaml", BREAKER);
+    wait_for("the limits in the client's plan", PROPAGATION, || {
+        let limits = backend_plan(&client)?["limits"].clone();
+        (limits["max_connections"] == 1 && limits["max_pending_requests"] == 1).then_some(())
+    });
+
+    // Two requests take the connection and the pending place; the third overflows at once.
+    let before = arrived.load(Ordering::SeqCst);
+    let first = std::thread::spawn(move || request(outbound));
+    wait_for("the first request at the app", PROPAGATION, || {
+        (arrived.load(Ordering::SeqCst) > before).then_some(())
+    });
+    let second = std::thread::spawn(move || request(outbound));
+    wait_for("the second request waiting", PROPAGATION, || {
+        (client.stat("cluster.backend.upstream_cx_overflow") >= 1).then_some(())
+    });
+    let started = std::time::Instant::now();
+    let third = request(outbound).expect("an answer");
+    assert_eq!(third, (503, Some("true".into())), "Envoy's overflow answer");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the overflow is answered at once, not after the backend's 2 s"
+    );
+    assert_eq!(
+        client.stat("cluster.backend.upstream_rq_pending_overflow"),
+        1
+    );
+    assert_eq!(first.join().expect("thread").map(|r| r.0), Ok(200));
+    assert_eq!(second.join().expect("thread").map(|r| r.0), Ok(200));
+    assert_eq!(
+        arrived.load(Ordering::SeqCst),
+        before + 2,
+        "the overflowing request never reached the app"
+    );
+}

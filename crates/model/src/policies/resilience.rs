@@ -1,0 +1,122 @@
+//! What the resilience policies (MeshCircuitBreaker, MeshHealthCheck) share: their `to`-only
+//! shape (a top-level targetRef, `to[]` items naming a destination with a `default` conf) and
+//! the checks of Kuma's durations and percentages, with `spec.`-rooted paths.
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_target_ref, check_top_level, json};
+use crate::descriptor::ResourceType;
+use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind, ToItem};
+use crate::validate::{Violations, parse_duration};
+
+/// The `to[].targetRef` kinds of the resilience policies here: every outbound, or one service.
+pub(crate) const TO_KINDS: [TargetRefKind; 2] = [TargetRefKind::Mesh, TargetRefKind::MeshService];
+
+/// A percentage Kuma takes as an integer or a decimal string (`50`, `"99.5"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Percentage {
+    Int(i64),
+    Decimal(String),
+}
+
+impl Percentage {
+    /// The value, if it is a number.
+    pub fn value(&self) -> Option<f64> {
+        match self {
+            Percentage::Int(i) => Some(*i as f64),
+            Percentage::Decimal(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+        }
+    }
+}
+
+/// Checks an optional duration: parseable (`10s`, `1m30s`, `500ms`) and, when `positive`,
+/// more than zero.
+pub(crate) fn check_duration(d: Option<&String>, positive: bool, path: &str, v: &mut Violations) {
+    let Some(d) = d else { return };
+    match parse_duration(d) {
+        None => v.push(
+            path,
+            format!("{d:?} is not a duration (e.g. 10s, 1m30s, 500ms)"),
+        ),
+        Some(t) if positive && t.is_zero() => v.push(path, "must be greater than 0"),
+        Some(_) => {}
+    }
+}
+
+/// Checks an optional percentage in `[0, 100]`.
+pub(crate) fn check_percentage(p: Option<&Percentage>, path: &str, v: &mut Violations) {
+    let Some(p) = p else { return };
+    match p.value() {
+        None => v.push(path, "must be a number or a decimal string"),
+        Some(f) if !(0.0..=100.0).contains(&f) => {
+            v.push(path, "must be in inclusive range [0, 100]")
+        }
+        Some(_) => {}
+    }
+}
+
+/// Checks an optional count that must be more than zero.
+pub(crate) fn check_positive(n: Option<i64>, path: &str, v: &mut Violations) {
+    if n.is_some_and(|n| n <= 0) {
+        v.push(path, "must be greater than 0");
+    }
+}
+
+/// Checks an optional integer percentage in `[0, 100]`.
+pub(crate) fn check_int_percent(n: Option<i64>, path: &str, v: &mut Violations) {
+    if n.is_some_and(|n| !(0..=100).contains(&n)) {
+        v.push(path, "must be in inclusive range [0, 100]");
+    }
+}
+
+/// One `to[]` item of a resilience policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct To<C> {
+    pub target_ref: TargetRef,
+    pub default: C,
+}
+
+/// Checks the top-level targetRef, that `to` has items, each `to[i].targetRef`, and each conf
+/// with `check(conf, "spec.to[i].default", v)`.
+pub(crate) fn check_to<C>(
+    top: Option<&TargetRef>,
+    to: &[To<C>],
+    policy: ResourceType,
+    v: &mut Violations,
+    check: impl Fn(&C, &str, &mut Violations),
+) {
+    check_top_level(top, policy, v);
+    if to.is_empty() {
+        v.push("spec.to", "must have at least one item");
+    }
+    for (i, item) in to.iter().enumerate() {
+        let path = format!("spec.to[{i}]");
+        check_target_ref(
+            &item.target_ref,
+            Section::To,
+            &TO_KINDS,
+            policy,
+            &format!("{path}.targetRef"),
+            v,
+        );
+        check(&item.default, &format!("{path}.default"), v);
+    }
+}
+
+/// The engine form: the `to` items with their confs as JSON.
+pub(crate) fn to_engine<C: Serialize>(top: Option<&TargetRef>, to: &[To<C>]) -> PolicySpec {
+    PolicySpec {
+        target_ref: top.cloned(),
+        to: to
+            .iter()
+            .map(|t| ToItem {
+                target_ref: t.target_ref.clone(),
+                default: Some(json(&t.default)),
+                rules: None,
+            })
+            .collect(),
+        ..PolicySpec::default()
+    }
+}
