@@ -6,6 +6,7 @@
 mod admin;
 mod dns;
 mod http;
+mod idle;
 mod proxy;
 mod rbac;
 mod routes;

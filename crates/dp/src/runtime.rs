@@ -172,6 +172,7 @@ impl ClusterRuntime {
                 .and_then(Option::as_ref)
                 .map(|u| (u.config.clone(), u.sni.clone())),
             key.plan.http2,
+            &key.plan.timeouts,
         );
         ClusterRuntime {
             key,
@@ -362,6 +363,7 @@ mod tests {
                 tls: None,
                 http2: false,
                 original_dst: false,
+                timeouts: Default::default(),
             },
         );
         config.endpoints.insert("web".into(), endpoints);
@@ -428,6 +430,7 @@ mod tests {
                 tls: None,
                 http2: false,
                 original_dst: false,
+                timeouts: Default::default(),
             },
         );
         config.endpoints.insert(
@@ -546,6 +549,7 @@ mod tests {
             bind: true,
             use_original_dst: false,
             rbac: None,
+            timeouts: Default::default(),
         };
         config.listeners.insert("out".into(), listener.clone());
         let (rt, _) = Runtime::build(config.clone(), &Runtime::empty());

@@ -18,6 +18,8 @@ pub(crate) fn proxy_policies(
         traffic_permission: take(ResourceType::MeshTrafficPermission),
         http_route: take(ResourceType::MeshHTTPRoute),
         tcp_route: take(ResourceType::MeshTCPRoute),
+        timeout: take(ResourceType::MeshTimeout),
+        retry: take(ResourceType::MeshRetry),
     })
 }
 

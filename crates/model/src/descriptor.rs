@@ -26,6 +26,8 @@ pub enum ResourceType {
     MeshTrafficPermission,
     MeshHTTPRoute,
     MeshTCPRoute,
+    MeshTimeout,
+    MeshRetry,
 }
 
 /// Whether a resource lives inside a mesh or beside the meshes.
@@ -372,6 +374,18 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "MeshTCPRoute",
         "meshtcproutes",
         "meshtcproute",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshTimeout,
+        "MeshTimeout",
+        "meshtimeouts",
+        "meshtimeout",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshRetry,
+        "MeshRetry",
+        "meshretries",
+        "meshretry",
     ),
 ];
 

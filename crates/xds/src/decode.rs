@@ -32,9 +32,11 @@ use crate::names::TypeUrl;
 
 mod clusters;
 mod rbac;
+pub mod resilience;
 pub mod routes;
 pub use clusters::{decode_assignment, decode_cluster};
 pub use rbac::{PrincipalPlan, RbacPlan, Verdict};
+pub use resilience::{ClusterTimeouts, ListenerTimeouts, RetryOn, RetryPlan, RouteTimeouts};
 pub use routes::{RoutePlan, WeightedClusterPlan};
 
 /// Why one resource could not be used.
@@ -110,6 +112,8 @@ pub struct ListenerPlan {
     /// request); `None`: everyone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rbac: Option<RbacPlan>,
+    /// Request-headers timeout (HTTP), idle timeout and connect attempts (TCP).
+    pub timeouts: ListenerTimeouts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -132,6 +136,8 @@ pub struct ClusterPlan {
     pub http2: bool,
     /// ORIGINAL_DST: connect to wherever the connection was going (transparent passthrough).
     pub original_dst: bool,
+    /// Connect timeout and HTTP connection settings (MeshTimeout).
+    pub timeouts: ClusterTimeouts,
 }
 
 /// A certificate with its key, or a trust anchor. `Serialize` (config dump) hides the key.
@@ -316,6 +322,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         rbac,
         routes,
         weighted,
+        timeouts,
     } = filters;
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
@@ -345,6 +352,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.is_some_and(|b| b.value),
         rbac,
+        timeouts,
     })
 }
 
@@ -356,6 +364,7 @@ struct ChainFilters {
     rbac: Option<RbacPlan>,
     routes: Vec<RoutePlan>,
     weighted: Vec<WeightedClusterPlan>,
+    timeouts: ListenerTimeouts,
 }
 
 /// A chain's filters: an optional network RBAC filter, then a TCP proxy or an HTTP connection
@@ -405,7 +414,7 @@ fn chain_filters(
                 ),
             ));
         }
-        let (service, routes, rbac) = hcm_routes(name, &at, cfg)?;
+        let (service, routes, rbac, request_headers) = hcm_routes(name, &at, cfg)?;
         let cluster = if service.is_empty() {
             default_cluster(&routes)
         } else {
@@ -417,6 +426,10 @@ fn chain_filters(
             rbac,
             routes,
             weighted: Vec::new(),
+            timeouts: ListenerTimeouts {
+                request_headers,
+                ..ListenerTimeouts::default()
+            },
         });
     }
     if cfg.type_url != TcpProxy::type_url() {
@@ -425,7 +438,9 @@ fn chain_filters(
             format!("{at}: {} is not enforced by kuma-dp", cfg.type_url),
         ));
     }
-    let tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
+    let mut tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
+    let timeouts = resilience::tcp_resilience(&mut tcp, &format!("{at}.tcp_proxy"))
+        .map_err(|e| err(name, e))?;
     let (clusters, split) =
         routes::tcp_proxy_clusters(&tcp).map_err(|e| err(name, format!("{at}: {e}")))?;
     let first = clusters
@@ -444,6 +459,7 @@ fn chain_filters(
         rbac: network_rbac,
         routes: Vec::new(),
         weighted,
+        timeouts,
     })
 }
 
@@ -504,6 +520,7 @@ fn sni_router(
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: false,
         rbac: None,
+        timeouts: ListenerTimeouts::default(),
     })
 }
 
@@ -514,8 +531,19 @@ fn hcm_routes(
     name: &str,
     at: &str,
     cfg: &Any,
-) -> Result<(String, Vec<RoutePlan>, Option<RbacPlan>), DecodeError> {
-    let hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
+) -> Result<
+    (
+        String,
+        Vec<RoutePlan>,
+        Option<RbacPlan>,
+        Option<std::time::Duration>,
+    ),
+    DecodeError,
+> {
+    let mut hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
+    let request_headers =
+        resilience::hcm_resilience(&mut hcm, &format!("{at}.http_connection_manager"))
+            .map_err(|e| err(name, e))?;
     let mut rbac = None;
     let last = hcm.http_filters.len().saturating_sub(1);
     for (i, filter) in hcm.http_filters.iter().enumerate() {
@@ -546,7 +574,7 @@ fn hcm_routes(
     }
     let (service, routes) =
         routes::hcm_routes(&hcm).map_err(|e| err(name, format!("{at}: {e}")))?;
-    Ok((service, routes, rbac))
+    Ok((service, routes, rbac, request_headers))
 }
 
 /// The cluster an HTTP listener falls back to: the last route's first cluster.

@@ -61,7 +61,7 @@ async fn backend(name: &'static str) -> (SocketAddr, Seen) {
     (addr, seen)
 }
 
-fn cluster(config: &mut ProxyConfig, name: &str, addr: SocketAddr) {
+pub(super) fn cluster(config: &mut ProxyConfig, name: &str, addr: SocketAddr) {
     config.clusters.insert(
         name.into(),
         ClusterPlan {
@@ -70,6 +70,7 @@ fn cluster(config: &mut ProxyConfig, name: &str, addr: SocketAddr) {
             tls: None,
             http2: false,
             original_dst: false,
+            timeouts: Default::default(),
         },
     );
     config.endpoints.insert(
@@ -84,7 +85,7 @@ fn cluster(config: &mut ProxyConfig, name: &str, addr: SocketAddr) {
 }
 
 /// Polls a condition with a deadline.
-async fn poll(what: &str, mut f: impl FnMut() -> bool) {
+pub(super) async fn poll(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -164,6 +165,7 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
             bind: true,
             use_original_dst: false,
             rbac: None,
+            timeouts: Default::default(),
         },
     );
     let (rt, problems) = Runtime::build(config, &Runtime::empty());

@@ -112,6 +112,7 @@ fn runtime_with(listener: &str, rbac: Option<RbacPlan>) -> Arc<Runtime> {
             bind: true,
             use_original_dst: false,
             rbac,
+            timeouts: Default::default(),
         },
     );
     Arc::new(rt)

@@ -365,6 +365,8 @@ pub mod fixtures {
             path_rewrite: None,
             host_rewrite: None,
             mirrors,
+            timeouts: Default::default(),
+            retry: None,
         })
     }
 

@@ -128,7 +128,9 @@ fn policies_are_user_written_mesh_types_with_a_policy_conf() {
         [
             ResourceType::MeshTrafficPermission,
             ResourceType::MeshHTTPRoute,
-            ResourceType::MeshTCPRoute
+            ResourceType::MeshTCPRoute,
+            ResourceType::MeshTimeout,
+            ResourceType::MeshRetry,
         ]
     );
 }
@@ -162,6 +164,8 @@ fn synced_types_come_in_apply_order_owners_first() {
             ResourceType::MeshTrafficPermission,
             ResourceType::MeshHTTPRoute,
             ResourceType::MeshTCPRoute,
+            ResourceType::MeshTimeout,
+            ResourceType::MeshRetry,
         ]
     );
     assert_eq!(

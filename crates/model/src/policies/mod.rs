@@ -7,13 +7,18 @@
 //! A policy's resource form is Kuma's Universal one: `type`, `name`, `mesh`, `labels`, then
 //! `spec: {targetRef, to|from}`; its output keeps the `spec:` level (other types are inline).
 
+pub mod duration;
 pub mod mesh_http_route;
+pub mod mesh_retry;
 pub mod mesh_tcp_route;
+pub mod mesh_timeout;
 pub mod mesh_traffic_permission;
 pub mod proxy;
 
 pub use proxy::{DataplaneRulesError, MeshPolicies, describe_dataplane};
 
+#[cfg(test)]
+mod resilience_tests;
 #[cfg(test)]
 mod tests;
 
@@ -114,6 +119,8 @@ policies! {
     MeshTrafficPermission => mesh_traffic_permission::MeshTrafficPermission,
     MeshHTTPRoute => mesh_http_route::MeshHTTPRoute,
     MeshTCPRoute => mesh_tcp_route::MeshTCPRoute,
+    MeshTimeout => mesh_timeout::MeshTimeout,
+    MeshRetry => mesh_retry::MeshRetry,
 }
 
 /// The stored and wire form of a policy: its conf under `spec`.
@@ -156,7 +163,8 @@ pub fn allow_all_name(mesh: &str) -> String {
 
 /// The policies created with a new Mesh on global or a standalone zone: `allow-all-<mesh>`
 /// (a MeshTrafficPermission allowing every client, which Kuma created up to 2.5; without it
-/// mTLS denies everything). The Mesh's `skipCreatingInitialPolicies` skips a type by name, or
+/// mTLS denies everything), and Kuma 2.6+'s `mesh-timeout-all-<mesh>` and
+/// `mesh-retry-all-<mesh>` (reference §2.2, §2.3). The Mesh's `skipCreatingInitialPolicies` skips a type by name, or
 /// every type with `"*"`.
 pub fn initial_policies(mesh: &str, spec: &crate::specs::MeshSpec) -> Vec<Resource> {
     use mesh_traffic_permission::{Action, MeshTrafficPermission};
@@ -171,6 +179,22 @@ pub fn initial_policies(mesh: &str, spec: &crate::specs::MeshSpec) -> Vec<Resour
             crate::resource::Meta::named(&allow_all_name(mesh), mesh),
             crate::resource::Spec::Policy(PolicyConf::MeshTrafficPermission(
                 MeshTrafficPermission::everyone(Action::Allow),
+            )),
+        ));
+    }
+    if !skipped(ResourceType::MeshTimeout) {
+        out.push(Resource::new(
+            crate::resource::Meta::named(&mesh_timeout::default_name(mesh), mesh),
+            crate::resource::Spec::Policy(PolicyConf::MeshTimeout(
+                mesh_timeout::MeshTimeout::mesh_default(),
+            )),
+        ));
+    }
+    if !skipped(ResourceType::MeshRetry) {
+        out.push(Resource::new(
+            crate::resource::Meta::named(&mesh_retry::default_name(mesh), mesh),
+            crate::resource::Spec::Policy(PolicyConf::MeshRetry(
+                mesh_retry::MeshRetry::mesh_default(),
             )),
         ));
     }

@@ -256,25 +256,28 @@ fn allow_all_is_a_valid_permission() {
 }
 
 #[test]
-fn a_new_mesh_gets_allow_all_unless_skipped() {
+fn a_new_mesh_gets_its_initial_policies_unless_skipped() {
     let spec = |skip: &[&str]| crate::specs::MeshSpec {
         skip_creating_initial_policies: skip.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
-    let made = initial_policies("demo", &spec(&[]));
-    assert_eq!(made.len(), 1);
-    assert_eq!(
-        made[0].key(),
-        crate::ResourceKey::new(
-            ResourceType::MeshTrafficPermission,
-            "demo",
-            "allow-all-demo"
-        )
-    );
-    crate::validate(&made[0]).expect("valid");
-    assert_eq!(initial_policies("demo", &spec(&["MeshTimeout"])).len(), 1);
-    assert!(initial_policies("demo", &spec(&["MeshTrafficPermission"])).is_empty());
-    assert!(initial_policies("demo", &spec(&["*"])).is_empty());
+    let keys = |skip: &[&str]| {
+        initial_policies("demo", &spec(skip))
+            .iter()
+            .map(|r| {
+                crate::validate(r).expect("valid");
+                r.key()
+            })
+            .collect::<Vec<_>>()
+    };
+    let key = |rt, name| crate::ResourceKey::new(rt, "demo", name);
+    let mtp = key(ResourceType::MeshTrafficPermission, "allow-all-demo");
+    let timeout = key(ResourceType::MeshTimeout, "mesh-timeout-all-demo");
+    let retry = key(ResourceType::MeshRetry, "mesh-retry-all-demo");
+    assert_eq!(keys(&[]), [mtp.clone(), timeout.clone(), retry.clone()]);
+    assert_eq!(keys(&["MeshTimeout"]), [mtp.clone(), retry.clone()]);
+    assert_eq!(keys(&["MeshTrafficPermission", "MeshRetry"]), [timeout]);
+    assert!(keys(&["*"]).is_empty());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Clusters and load assignments as a plan kuma-dp runs, field by field. kuma-dp balances with
 //! weighted round robin over the lowest priority that has a healthy endpoint, ejects for 10 s an
-//! endpoint that refuses or times out a connection, connects with a 5 s timeout, speaks HTTP/1
+//! endpoint that refuses or times out a connection, connects within `connect_timeout`, speaks HTTP/1
 //! or prior-knowledge HTTP/2, and originates mTLS. Every `Cluster` and `ClusterLoadAssignment`
 //! field that would make Envoy do something else is a decode error naming the cluster and the
 //! field path, so the control plane gets a NACK instead of a proxy that silently differs from
@@ -30,9 +30,6 @@ use super::{
 
 /// The key of the one typed extension protocol option kuma-dp reads.
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-
-/// kuma-dp's fixed connect timeout (`proxy.rs`, `http.rs`), which is also Envoy's default.
-const CONNECT_TIMEOUT_SECONDS: i64 = 5;
 
 /// kuma-dp's fixed ejection time (`runtime.rs` `EJECTION`).
 const EJECTION_SECONDS: i64 = 10;
@@ -85,13 +82,20 @@ pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
             Some(tls_plan(&name, u.common_tls_context.as_ref(), sni)?)
         }
     };
-    let http2 = http2(&c).map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
+    let mut timeouts = super::ClusterTimeouts {
+        connect: super::resilience::connect_timeout(c.connect_timeout.as_ref())
+            .map_err(|e| err(&name, e))?,
+        ..Default::default()
+    };
+    let http2 =
+        http2(&c, &mut timeouts).map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
     Ok(ClusterPlan {
         name,
         static_endpoints,
         tls,
         http2,
         original_dst: discovery == Discovery::OriginalDst,
+        timeouts,
     })
 }
 
@@ -279,14 +283,7 @@ fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
             ));
         }
     }
-    if let Some(t) = &c.connect_timeout
-        && seconds(t) != Some(CONNECT_TIMEOUT_SECONDS)
-    {
-        return Err(refuse(
-            "connect_timeout",
-            format!("kuma-dp connects with a fixed {CONNECT_TIMEOUT_SECONDS}s timeout"),
-        ));
-    }
+    // `connect_timeout` is read by `decode_cluster` (MeshTimeout's connectionTimeout).
     let wanted = match discovery {
         Discovery::Static | Discovery::Eds => LbPolicy::RoundRobin,
         Discovery::OriginalDst => LbPolicy::ClusterProvided,
@@ -452,7 +449,7 @@ fn outlier_detection(
 
 /// Whether the cluster speaks HTTP/2: `typed_extension_protocol_options` may only hold
 /// `HttpProtocolOptions` with an explicit HTTP/2 configuration of Envoy's defaults.
-fn http2(c: &Cluster) -> Result<bool, Refusal> {
+fn http2(c: &Cluster, timeouts: &mut super::ClusterTimeouts) -> Result<bool, Refusal> {
     let mut keys: Vec<&String> = c.typed_extension_protocol_options.keys().collect();
     keys.sort();
     let mut http2 = false;
@@ -469,10 +466,16 @@ fn http2(c: &Cluster) -> Result<bool, Refusal> {
             ));
         }
         let o: HttpProtocolOptions = unpack(any).map_err(|e| refuse(at.clone(), e))?;
-        // Idle and stream timeouts, header limits, requests per connection: not applied by
-        // kuma-dp's HTTP client.
-        if o.common_http_protocol_options.is_some() {
-            return Err(not_enforced(&format!("{at}.common_http_protocol_options")));
+        // Idle timeout and stream duration (MeshTimeout); header limits, requests per
+        // connection and the rest are not applied by kuma-dp's HTTP client.
+        if let Some(common) = &o.common_http_protocol_options {
+            let at = format!("{at}.common_http_protocol_options");
+            super::resilience::cluster_http_options(common, &at, timeouts).map_err(|e| match e
+                .split_once(": ")
+            {
+                Some((field, what)) => refuse(field, what),
+                None => refuse(at.clone(), e),
+            })?;
         }
         if o.upstream_http_protocol_options.is_some() {
             return Err(not_enforced(&format!(
@@ -503,10 +506,14 @@ fn http2(c: &Cluster) -> Result<bool, Refusal> {
                 }
                 http2 = true;
             }
+            // HTTP/1 with Envoy's defaults (what MeshTimeout's options sit beside).
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                protocol_config: Some(ExplicitProtocol::HttpProtocolOptions(h1)),
+            })) if *h1 == Default::default() => {}
             _ => {
                 return Err(refuse(
                     format!("{at}.upstream_protocol_options"),
-                    "only an explicit HTTP/2 configuration is enforced by kuma-dp",
+                    "only an explicit HTTP/2, or HTTP/1 with Envoy's defaults, is enforced by kuma-dp",
                 ));
             }
         }

@@ -162,6 +162,11 @@ pub struct ForwardPlan {
     pub host_rewrite: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorPlan>,
+    /// Request and stream-idle timeouts (MeshTimeout).
+    pub timeouts: super::resilience::RouteTimeouts,
+    /// Retries (MeshRetry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<super::resilience::RetryPlan>,
 }
 
 /// `route.redirect`: answered by the proxy itself.
@@ -580,7 +585,7 @@ fn string_match(m: &StringMatcher, path: &str) -> Result<ValueMatch, String> {
     })
 }
 
-fn header_match(h: &HeaderMatcher, path: &str) -> Result<HeaderMatchPlan, String> {
+pub(crate) fn header_match(h: &HeaderMatcher, path: &str) -> Result<HeaderMatchPlan, String> {
     if h.treat_missing_header_as_empty {
         return Err(format!(
             "{path}.treat_missing_header_as_empty: not supported by kuma-dp"
@@ -788,10 +793,8 @@ fn forward(a: &RouteAction, path: &str) -> Result<ForwardPlan, String> {
     let regex_rewrite = rest.regex_rewrite.take();
     let host = rest.host_rewrite_specifier.take();
     let mirrors = std::mem::take(&mut rest.request_mirror_policies);
-    // Timeouts come with MeshTimeout; until kuma-dp enforces them only "none" (0) is accepted.
-    if rest.timeout.is_some_and(|d| d.seconds == 0 && d.nanos == 0) {
-        rest.timeout = None;
-    }
+    // Timeouts and retries (MeshTimeout, MeshRetry) are taken out here.
+    let (timeouts, retry) = super::resilience::route_resilience(&mut rest, path)?;
     refuse_set!(
         rest,
         path,
@@ -874,6 +877,8 @@ fn forward(a: &RouteAction, path: &str) -> Result<ForwardPlan, String> {
         path_rewrite,
         host_rewrite,
         mirrors: each(&mirrors, &format!("{path}.request_mirror_policies"), mirror)?,
+        timeouts,
+        retry,
     })
 }
 

@@ -25,11 +25,20 @@ pub struct ProxyPolicies {
     /// MeshTCPRoute: `to_rules` per outbound service; each conf holds `rules`
     /// (`[{default: {backendRefs}}]`).
     pub tcp_route: PolicyRules,
+    /// MeshTimeout: `to_rules` per outbound service and `from_rules` per inbound; confs as
+    /// `meshzone_model::policies::mesh_timeout::TimeoutConf`.
+    pub timeout: PolicyRules,
+    /// MeshRetry: `to_rules` per outbound service; confs as
+    /// `meshzone_model::policies::mesh_retry::RetryConf`.
+    pub retry: PolicyRules,
 }
 
 pub mod backend_refs;
+mod filters;
 mod mesh_http_route;
+pub mod mesh_retry;
 mod mesh_tcp_route;
+pub mod mesh_timeout;
 
 use crate::generate::{ProxyInput, Resources};
 
@@ -42,7 +51,9 @@ pub type Configurer = fn(&ProxyInput<'_>, &mut Resources);
 pub const CONFIGURERS: &[(&str, Configurer)] = &[
     ("MeshHTTPRoute", mesh_http_route::configure),
     ("MeshTCPRoute", mesh_tcp_route::configure),
+    ("MeshTimeout", mesh_timeout::configure),
     ("MeshTrafficPermission", mesh_traffic_permission::configure),
+    ("MeshRetry", mesh_retry::configure),
 ];
 
 /// Applies every policy's configurer to the base resources of a proxy, in [`CONFIGURERS`]
