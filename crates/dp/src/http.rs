@@ -441,10 +441,7 @@ async fn tries(
     let mut last_refusal = None;
     let mut n = 0;
     let mut retried = 0;
-    loop {
-        let Some(endpoint) = retry::endpoint_for(&candidates, n) else {
-            break;
-        };
+    while let Some(endpoint) = retry::endpoint_for(&candidates, n) {
         n += 1;
         let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
             return error_response(StatusCode::BAD_REQUEST, "bad request path\n");

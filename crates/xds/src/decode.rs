@@ -524,22 +524,19 @@ fn sni_router(
     })
 }
 
+/// An HTTP connection manager's route configuration name, routes, RBAC and request-headers
+/// timeout.
+type HcmParts = (
+    String,
+    Vec<RoutePlan>,
+    Option<RbacPlan>,
+    Option<std::time::Duration>,
+);
+
 /// The route table of an HTTP connection manager (with its route configuration's name) and its
 /// HTTP RBAC. Its HTTP filters must be an optional RBAC filter and the router, last; any other
 /// HTTP filter is refused (kuma-dp would not apply it).
-fn hcm_routes(
-    name: &str,
-    at: &str,
-    cfg: &Any,
-) -> Result<
-    (
-        String,
-        Vec<RoutePlan>,
-        Option<RbacPlan>,
-        Option<std::time::Duration>,
-    ),
-    DecodeError,
-> {
+fn hcm_routes(name: &str, at: &str, cfg: &Any) -> Result<HcmParts, DecodeError> {
     let mut hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
     let request_headers =
         resilience::hcm_resilience(&mut hcm, &format!("{at}.http_connection_manager"))

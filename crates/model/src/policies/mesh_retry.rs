@@ -117,25 +117,8 @@ pub enum ResetFormat {
     UnixTimestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HeaderMatcher {
-    /// Exact when absent.
-    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    pub match_type: Option<HeaderMatchType>,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HeaderMatchType {
-    Exact,
-    Prefix,
-    RegularExpression,
-    Present,
-    Absent,
-}
+/// Kuma's shared `HeaderMatch` (the one MeshHTTPRoute matches with).
+pub use super::mesh_http_route::{HeaderMatch as HeaderMatcher, HeaderMatchType};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -308,22 +291,7 @@ fn check_rate_limited(r: Option<&RateLimitedBackOff>, path: &str, v: &mut Violat
 
 fn check_headers(headers: Option<&Vec<HeaderMatcher>>, path: &str, v: &mut Violations) {
     for (i, h) in headers.into_iter().flatten().enumerate() {
-        let at = format!("{path}[{i}]");
-        if h.name.is_empty() {
-            v.push(format!("{at}.name"), "must not be empty");
-        }
-        let kind = h.match_type.unwrap_or(HeaderMatchType::Exact);
-        let needs_value = !matches!(kind, HeaderMatchType::Present | HeaderMatchType::Absent);
-        match (&h.value, needs_value) {
-            (None, true) => v.push(format!("{at}.value"), "must be set"),
-            (Some(_), false) => v.push(format!("{at}.value"), "must not be set"),
-            (Some(re), true) if kind == HeaderMatchType::RegularExpression => {
-                if regex::Regex::new(re).is_err() {
-                    v.push(format!("{at}.value"), "is not a valid regular expression");
-                }
-            }
-            _ => {}
-        }
+        super::mesh_http_route::check_header_match(h, &format!("{path}[{i}]"), v);
     }
 }
 

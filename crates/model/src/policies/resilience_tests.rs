@@ -1,16 +1,10 @@
 //! Table tests of MeshTimeout and MeshRetry: valid documents, defaults, each mistake at its
 //! field path.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
+use super::tests::{assert_each_mistake, edit, parse};
 use super::*;
-
-fn parse(yaml: &str) -> Result<Resource, crate::validate::Violations> {
-    let value: Value = serde_norway::from_str(yaml).expect("test YAML parses");
-    let r = Resource::from_value(value)?;
-    crate::validate(&r)?;
-    Ok(r)
-}
 
 const TIMEOUT: &str = "
 type: MeshTimeout
@@ -129,11 +123,6 @@ fn retry_on_entries_map_to_envoy() {
     assert_eq!(http_retry_on("gateway-error"), None);
 }
 
-fn edit(doc: &str, from: &str, to: &str) -> String {
-    assert!(doc.contains(from), "test edit {from:?} not in document");
-    doc.replacen(from, to, 1)
-}
-
 #[test]
 fn each_mistake_is_reported_at_its_path() {
     let cases: Vec<(&str, String, &str, &str)> = vec![
@@ -164,20 +153,5 @@ fn each_mistake_is_reported_at_its_path() {
         ("reset header format", edit(RETRY, "format: Seconds", "format: Minutes"), "spec.to[0].default.http.rateLimitedBackOff.resetHeaders[0].format", "unknown variant"),
         ("retry to MeshSubset", edit(RETRY, "{kind: MeshService, name: backend}", "{kind: MeshSubset, tags: {a: b}}"), "spec.to[0].targetRef.kind", "not allowed"),
     ];
-    let mut failures = Vec::new();
-    for (what, doc, field, message) in &cases {
-        match parse(doc) {
-            Ok(_) => failures.push(format!("{what}: accepted")),
-            Err(v) => {
-                if !v
-                    .violations
-                    .iter()
-                    .any(|x| x.field == *field && x.message.contains(message))
-                {
-                    failures.push(format!("{what}: want {field}: …{message}…, got {v}"));
-                }
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_each_mistake(&cases);
 }

@@ -3,7 +3,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::resource::Spec;
 
-fn parse(yaml: &str) -> Result<Resource, Violations> {
+pub(super) fn parse(yaml: &str) -> Result<Resource, Violations> {
     let value: Value = serde_norway::from_str(yaml).expect("test YAML parses");
     let r = Resource::from_value(value)?;
     crate::validate(&r)?;
@@ -153,7 +153,7 @@ fn engine_conversion_keeps_sections_and_labels() {
 }
 
 /// Replaces the first occurrence of `from` in `doc` (which must be there).
-fn edit(doc: &str, from: &str, to: &str) -> String {
+pub(super) fn edit(doc: &str, from: &str, to: &str) -> String {
     assert!(doc.contains(from), "test edit {from:?} not in document");
     doc.replacen(from, to, 1)
 }
@@ -198,8 +198,13 @@ fn each_mistake_is_reported_at_its_path() {
         ("empty tcp backendRefs", edit(TCP_ROUTE, "backendRefs: [{kind: MeshService, name: redis, weight: 80}, {kind: MeshService, name: redis-dr, weight: 20}]", "backendRefs: []"), "spec.to[0].rules[0].default.backendRefs", "at least one"),
         ("unknown field in a conf", edit(TCP_ROUTE, "- default:\n", "- default:\n            timeout: 1s\n"), "spec.to[0].rules[0].default.timeout", "unknown field"),
     ];
+    assert_each_mistake(&cases);
+}
+
+/// Every `(what, document, field, part of the message)` case is refused with that violation.
+pub(super) fn assert_each_mistake(cases: &[(&str, String, &str, &str)]) {
     let mut failures = Vec::new();
-    for (what, doc, field, message) in &cases {
+    for (what, doc, field, message) in cases {
         match parse(doc) {
             Ok(_) => failures.push(format!("{what}: accepted")),
             Err(v) => {

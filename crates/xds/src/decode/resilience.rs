@@ -221,11 +221,13 @@ fn retry_plan(p: &RetryPolicy, path: &str) -> Result<RetryPlan, String> {
         .iter()
         .enumerate()
     {
-        let typed = match &pred.config_type {
-            Some(envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(t)) => Some(t),
-            None => None,
+        use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType;
+        let Some(ConfigType::TypedConfig(typed)) = &pred.config_type else {
+            return Err(format!(
+                "{path}.retry_host_predicate[{i}]: without a typed config"
+            ));
         };
-        if typed.is_some_and(|t| t.type_url == PreviousHostsPredicate::type_url()) {
+        if typed.type_url == PreviousHostsPredicate::type_url() {
             omit_previous_hosts = true;
         } else {
             return Err(format!(
@@ -329,7 +331,7 @@ pub(crate) fn cluster_http_options(
     at: &str,
     timeouts: &mut ClusterTimeouts,
 ) -> Result<(), String> {
-    let mut rest = common.clone();
+    let mut rest = *common;
     if let Some(d) = rest.idle_timeout.take() {
         // 0 disables Envoy's idle timeout; kuma-dp then keeps connections for a day.
         timeouts.idle =
