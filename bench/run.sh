@@ -18,3 +18,4 @@ cargo build --release -p kuma-cp -p kuma-dp -p meshzone-bench
 ./target/release/xds-fanout-bench
 ./target/release/policy-bench
 ./target/release/route-bench
+./target/release/route-bench --timeout-retry

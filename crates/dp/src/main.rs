@@ -8,6 +8,7 @@ mod balancer;
 mod dns;
 mod faults;
 mod http;
+mod idle;
 mod limits;
 mod outlier;
 mod proxy;

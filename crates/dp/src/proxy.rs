@@ -14,13 +14,13 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use meshzone_xds::decode::ListenerPlan;
+use meshzone_xds::decode::{ListenerPlan, ListenerTimeouts};
 
 use crate::rbac::{self, Registry, RequestGuard};
 use crate::runtime::Runtime;
 use crate::stats::Stats;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = meshzone_xds::decode::timeouts::ENVOY_CONNECT;
 /// Copy buffer per direction: large enough for bulk transfers to move in few syscalls.
 const BUFFER: usize = 64 * 1024;
 
@@ -306,7 +306,7 @@ where
                 .get(&plan.name)
                 .map_or(plan.cluster.as_str(), |l| l.tcp_cluster())
                 .to_string();
-            forward(stream, &cluster, &rt, &stats, &[]).await
+            forward(stream, &cluster, &rt, &stats, &[], &plan.timeouts).await
         }
     };
     tokio::select! {
@@ -341,7 +341,7 @@ async fn pass_through(
         .get(cluster)
         .is_some_and(|c| c.original_dst)
     {
-        return forward(conn, cluster, rt, stats, &[]).await;
+        return forward(conn, cluster, rt, stats, &[], &EVERY_ENDPOINT).await;
     }
     stats.inc(format!("cluster.{cluster}.upstream_cx_total"));
     let mut upstream =
@@ -387,8 +387,16 @@ async fn route_by_sni(
         no_match();
         return Err(format!("no route for SNI {sni:?}"));
     };
-    forward(conn, cluster, &rt, &stats, &hello).await
+    forward(conn, cluster, &rt, &stats, &hello, &EVERY_ENDPOINT).await
 }
+
+/// Zone proxies and the passthrough keep trying every endpoint when connecting fails (their
+/// plans carry no connect attempts), with Envoy's default idle timeout.
+static EVERY_ENDPOINT: std::sync::LazyLock<ListenerTimeouts> =
+    std::sync::LazyLock::new(|| ListenerTimeouts {
+        max_connect_attempts: u32::MAX,
+        ..ListenerTimeouts::default()
+    });
 
 /// Reads until a whole TLS ClientHello has arrived; returns the bytes read and its SNI.
 async fn read_client_hello(conn: &mut TcpStream) -> Result<(Vec<u8>, Option<String>), String> {
@@ -440,6 +448,7 @@ async fn forward<D>(
     rt: &Runtime,
     stats: &Stats,
     preface: &[u8],
+    limits: &ListenerTimeouts,
 ) -> Result<(), String>
 where
     D: AsyncRead + AsyncWrite + Unpin,
@@ -461,8 +470,17 @@ where
         stats.inc(format!("cluster.{cluster}.upstream_cx_overflow"));
         return Err(format!("cluster {cluster}: max_connections reached"));
     };
-    for addr in candidates {
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    // The listener's connect attempts (MeshRetry `tcp.maxConnectAttempt`), each to the next
+    // endpoint; its idle timeout (MeshTimeout `idleTimeout`).
+    let connect_timeout = c.plan().timeouts.connect;
+    let attempts = usize::try_from(limits.max_connect_attempts.max(1)).unwrap_or(usize::MAX);
+    for (attempt, addr) in candidates.into_iter().take(attempts).enumerate() {
+        if attempt > 0 {
+            stats.inc(format!(
+                "cluster.{cluster}.upstream_cx_connect_attempts_exceeded_retry"
+            ));
+        }
+        let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             _ => {
                 stats.inc(format!("cluster.{cluster}.upstream_cx_connect_fail"));
@@ -486,7 +504,7 @@ where
                         .await
                         .map_err(|e| format!("sending to {addr}: {e}"))?;
                 }
-                tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut tcp, BUFFER, BUFFER)
+                crate::idle::copy_until_idle(&mut downstream, &mut tcp, limits.tcp_idle, BUFFER)
                     .await
             }
             Some(tls) => {
@@ -510,16 +528,19 @@ where
                         continue;
                     }
                 };
-                tokio::io::copy_bidirectional_with_sizes(
+                crate::idle::copy_until_idle(
                     &mut downstream,
                     &mut upstream,
-                    BUFFER,
+                    limits.tcp_idle,
                     BUFFER,
                 )
                 .await
             }
         };
-        if let Ok((up, down)) = copied {
+        if let Ok(None) = copied {
+            stats.inc(format!("cluster.{cluster}.upstream_cx_idle_timeout"));
+        }
+        if let Ok(Some((up, down))) = copied {
             stats.add(format!("cluster.{cluster}.upstream_cx_tx_bytes_total"), up);
             stats.add(
                 format!("cluster.{cluster}.upstream_cx_rx_bytes_total"),
@@ -530,3 +551,6 @@ where
     }
     Err(format!("no endpoint of cluster {cluster} could be reached"))
 }
+
+#[cfg(test)]
+mod resilience_tests;

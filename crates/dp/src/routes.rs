@@ -185,6 +185,8 @@ pub struct Route {
     rewrite_regex: Option<(Regex, String)>,
     pub split: Option<Split>,
     pub mirrors: Vec<Mirror>,
+    /// The retry policy's `retriable_request_headers` (none: every request may be retried).
+    retriable_headers: Vec<(String, Matcher, bool)>,
 }
 
 /// Envoy's `\1` substitution groups in Rust's `${1}` form.
@@ -244,7 +246,26 @@ impl Route {
             rewrite_regex,
             split,
             mirrors,
+            retriable_headers: match &plan.action {
+                RouteActionPlan::Forward(f) => f
+                    .retry
+                    .iter()
+                    .flat_map(|r| &r.retriable_request_headers)
+                    .map(|h| Ok((h.name.clone(), Matcher::new(&h.matcher)?, h.invert)))
+                    .collect::<Result<_, String>>()?,
+                RouteActionPlan::Redirect(_) => Vec::new(),
+            },
         })
+    }
+
+    /// Whether the retry policy may retry this request: it matches one of the retriable
+    /// request headers (`:method` included), or there are none.
+    pub fn retry_allowed(&self, req: &RequestView<'_>) -> bool {
+        self.retriable_headers.is_empty()
+            || self
+                .retriable_headers
+                .iter()
+                .any(|(name, m, invert)| m.matches(req.header(name).as_deref()) != *invert)
     }
 
     pub fn matches(&self, req: &RequestView<'_>) -> bool {

@@ -147,6 +147,7 @@ impl ClusterRuntime {
                 .and_then(Option::as_ref)
                 .map(|u| (u.config.clone(), u.sni.clone())),
             key.plan.http2,
+            &key.plan.timeouts,
         );
         let limits = crate::limits::Limits::new(key.plan.limits, key.plan.http2);
         ClusterRuntime {
@@ -553,6 +554,7 @@ mod tests {
             dns_names: vec![],
             inbound_http: Default::default(),
             connection_limit: None,
+            timeouts: Default::default(),
         };
         config.listeners.insert("out".into(), listener.clone());
         let (rt, _) = Runtime::build(config.clone(), &Runtime::empty());

@@ -23,6 +23,8 @@ pub(crate) fn proxy_policies(
         rate_limit: take(ResourceType::MeshRateLimit),
         health_check: take(ResourceType::MeshHealthCheck),
         circuit_breaker: take(ResourceType::MeshCircuitBreaker),
+        timeout: take(ResourceType::MeshTimeout),
+        retry: take(ResourceType::MeshRetry),
     })
 }
 

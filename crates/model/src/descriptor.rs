@@ -32,6 +32,8 @@ pub enum ResourceType {
     MeshRateLimit,
     MeshHealthCheck,
     MeshCircuitBreaker,
+    MeshTimeout,
+    MeshRetry,
 }
 
 /// Whether a resource lives inside a mesh or beside the meshes.
@@ -423,6 +425,18 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "MeshCircuitBreaker",
         "meshcircuitbreakers",
         "meshcircuitbreaker",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshTimeout,
+        "MeshTimeout",
+        "meshtimeouts",
+        "meshtimeout",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshRetry,
+        "MeshRetry",
+        "meshretries",
+        "meshretry",
     ),
 ];
 

@@ -38,8 +38,9 @@ pub mod balancing;
 mod clusters;
 mod inbound;
 mod rbac;
-mod resilience;
+pub mod resilience;
 pub mod routes;
+pub mod timeouts;
 pub use clusters::{decode_assignment, decode_cluster};
 pub use inbound::{
     ConnectionLimitPlan, FaultPlan, HeaderContains, HttpRateLimitPlan, InboundHttpPlan, Injected,
@@ -48,6 +49,7 @@ pub use inbound::{
 pub use rbac::{PrincipalPlan, RbacPlan, Verdict};
 pub use resilience::{DEFAULT_PANIC_THRESHOLD, LimitsPlan, OutlierPlan, RatePlan};
 pub use routes::{RoutePlan, WeightedClusterPlan};
+pub use timeouts::{ClusterTimeouts, ListenerTimeouts, RetryOn, RetryPlan, RouteTimeouts};
 
 /// Why one resource could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,6 +135,8 @@ pub struct ListenerPlan {
     /// New connections beyond this budget are closed at once (MeshRateLimit's TCP limit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_limit: Option<ConnectionLimitPlan>,
+    /// Request-headers timeout (HTTP), idle timeout and connect attempts (TCP).
+    pub timeouts: ListenerTimeouts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -163,6 +167,8 @@ pub struct ClusterPlan {
     pub panic_threshold: u32,
     /// In panic, fail requests instead of using unhealthy endpoints.
     pub fail_traffic_on_panic: bool,
+    /// Connect timeout and HTTP connection settings (MeshTimeout).
+    pub timeouts: ClusterTimeouts,
 }
 
 /// An EDS cluster without TLS, HTTP/2 or outlier detection, with Envoy's default limits and
@@ -179,6 +185,7 @@ impl Default for ClusterPlan {
             outlier: None,
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             fail_traffic_on_panic: false,
+            timeouts: ClusterTimeouts::default(),
         }
     }
 }
@@ -373,6 +380,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         weighted,
         inbound_http,
         connection_limit,
+        timeouts,
     } = filters;
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
@@ -405,6 +413,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         rbac,
         inbound_http,
         connection_limit,
+        timeouts,
     })
 }
 
@@ -418,6 +427,7 @@ struct ChainFilters {
     weighted: Vec<WeightedClusterPlan>,
     inbound_http: InboundHttpPlan,
     connection_limit: Option<ConnectionLimitPlan>,
+    timeouts: ListenerTimeouts,
 }
 
 /// A chain's filters: an optional network RBAC filter, then a TCP proxy or an HTTP connection
@@ -474,7 +484,7 @@ fn chain_filters(
                 ),
             ));
         }
-        let (service, routes, rbac, inbound_http) = hcm_routes(name, &at, cfg)?;
+        let (service, routes, rbac, inbound_http, request_headers) = hcm_routes(name, &at, cfg)?;
         let cluster = if service.is_empty() {
             default_cluster(&routes)
         } else {
@@ -488,6 +498,10 @@ fn chain_filters(
             weighted: Vec::new(),
             inbound_http,
             connection_limit,
+            timeouts: ListenerTimeouts {
+                request_headers,
+                ..ListenerTimeouts::default()
+            },
         });
     }
     if cfg.type_url != TcpProxy::type_url() {
@@ -496,7 +510,9 @@ fn chain_filters(
             format!("{at}: {} is not enforced by kuma-dp", cfg.type_url),
         ));
     }
-    let tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
+    let mut tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
+    let timeouts =
+        timeouts::tcp_resilience(&mut tcp, &format!("{at}.tcp_proxy")).map_err(|e| err(name, e))?;
     let (clusters, split) =
         routes::tcp_proxy_clusters(&tcp).map_err(|e| err(name, format!("{at}: {e}")))?;
     let first = clusters
@@ -517,6 +533,7 @@ fn chain_filters(
         weighted,
         inbound_http: InboundHttpPlan::default(),
         connection_limit,
+        timeouts,
     })
 }
 
@@ -581,6 +598,7 @@ fn sni_router(
         dns_names: Vec::new(),
         inbound_http: InboundHttpPlan::default(),
         connection_limit: None,
+        timeouts: ListenerTimeouts::default(),
     })
 }
 
@@ -609,17 +627,26 @@ fn dns_names(l: &Listener) -> Vec<String> {
         .collect()
 }
 
+/// What an HTTP connection manager gives kuma-dp: its route configuration's name, the route
+/// table, the HTTP RBAC, the inbound policies and the request-headers timeout.
+type HcmParts = (
+    String,
+    Vec<RoutePlan>,
+    Option<RbacPlan>,
+    InboundHttpPlan,
+    Option<std::time::Duration>,
+);
+
 /// The route table of an HTTP connection manager (with its route configuration's name), its
 /// HTTP RBAC and its inbound policies. Its HTTP filters must be, in this order, an optional RBAC
 /// filter, an optional caller header (`header_mutation`), fault filters, an optional
 /// `local_ratelimit`, and the router, last; any other HTTP filter or order is refused (kuma-dp
 /// would not apply it).
-fn hcm_routes(
-    name: &str,
-    at: &str,
-    cfg: &Any,
-) -> Result<(String, Vec<RoutePlan>, Option<RbacPlan>, InboundHttpPlan), DecodeError> {
+fn hcm_routes(name: &str, at: &str, cfg: &Any) -> Result<HcmParts, DecodeError> {
     let mut hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
+    let request_headers =
+        timeouts::hcm_resilience(&mut hcm, &format!("{at}.http_connection_manager"))
+            .map_err(|e| err(name, e))?;
     let mut rbac = None;
     let mut inbound_http = InboundHttpPlan {
         stat_prefix: hcm.stat_prefix.clone(),
@@ -698,7 +725,7 @@ fn hcm_routes(
     }
     let (service, routes) =
         routes::hcm_routes(&hcm).map_err(|e| err(name, format!("{at}: {e}")))?;
-    Ok((service, routes, rbac, inbound_http))
+    Ok((service, routes, rbac, inbound_http, request_headers))
 }
 
 /// Takes the per-route limit of the `local_ratelimit` filter out of the single route of an

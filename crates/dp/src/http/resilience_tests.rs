@@ -104,6 +104,7 @@ async fn front(
             dns_names: vec![],
             inbound_http: Default::default(),
             connection_limit: None,
+            timeouts: Default::default(),
         },
     );
     let (rt, problems) = Runtime::build(config, &Runtime::empty());

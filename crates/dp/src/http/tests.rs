@@ -61,7 +61,7 @@ async fn backend(name: &'static str) -> (SocketAddr, Seen) {
     (addr, seen)
 }
 
-fn cluster(config: &mut ProxyConfig, name: &str, addr: SocketAddr) {
+pub(super) fn cluster(config: &mut ProxyConfig, name: &str, addr: SocketAddr) {
     config.clusters.insert(
         name.into(),
         ClusterPlan {
@@ -85,7 +85,7 @@ fn cluster(config: &mut ProxyConfig, name: &str, addr: SocketAddr) {
 }
 
 /// Polls a condition with a deadline.
-async fn poll(what: &str, mut f: impl FnMut() -> bool) {
+pub(super) async fn poll(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -168,6 +168,7 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
             dns_names: vec![],
             inbound_http: Default::default(),
             connection_limit: None,
+            timeouts: Default::default(),
         },
     );
     let (rt, problems) = Runtime::build(config, &Runtime::empty());

@@ -115,6 +115,7 @@ fn runtime_with(listener: &str, rbac: Option<RbacPlan>) -> Arc<Runtime> {
             dns_names: vec![],
             inbound_http: Default::default(),
             connection_limit: None,
+            timeouts: Default::default(),
         },
     );
     Arc::new(rt)

@@ -366,6 +366,8 @@ pub mod fixtures {
             host_rewrite: None,
             mirrors,
             hash_policy: vec![],
+            timeouts: Default::default(),
+            retry: None,
         })
     }
 

@@ -134,6 +134,8 @@ fn policies_are_user_written_mesh_types_with_a_policy_conf() {
             ResourceType::MeshRateLimit,
             ResourceType::MeshHealthCheck,
             ResourceType::MeshCircuitBreaker,
+            ResourceType::MeshTimeout,
+            ResourceType::MeshRetry,
         ]
     );
 }
@@ -173,6 +175,8 @@ fn synced_types_come_in_apply_order_owners_first() {
             ResourceType::MeshRateLimit,
             ResourceType::MeshHealthCheck,
             ResourceType::MeshCircuitBreaker,
+            ResourceType::MeshTimeout,
+            ResourceType::MeshRetry,
         ]
     );
     assert_eq!(

@@ -312,6 +312,33 @@ fn check_regex(pattern: &str, path: &str, v: &mut Violations) {
     }
 }
 
+/// Checks one header match at `at` (also MeshRetry's retriable headers, Kuma's shared
+/// `HeaderMatch`): a name, and a value exactly when the type compares one.
+pub(crate) fn check_header_match(h: &HeaderMatch, at: &str, v: &mut Violations) {
+    if h.name.is_empty() {
+        v.push(format!("{at}.name"), "cannot be empty");
+    }
+    match h.match_type.unwrap_or(HeaderMatchType::Exact) {
+        HeaderMatchType::Present | HeaderMatchType::Absent => {
+            if h.value.is_some() {
+                v.push(
+                    format!("{at}.value"),
+                    "must not be set with type Present or Absent",
+                );
+            }
+        }
+        HeaderMatchType::RegularExpression => match &h.value {
+            Some(value) => check_regex(value, &format!("{at}.value"), v),
+            None => v.push(format!("{at}.value"), "must be set"),
+        },
+        HeaderMatchType::Exact | HeaderMatchType::Prefix => {
+            if h.value.is_none() {
+                v.push(format!("{at}.value"), "must be set");
+            }
+        }
+    }
+}
+
 fn check_match(m: &HttpMatch, path: &str, v: &mut Violations) {
     if let Some(p) = &m.path {
         let at = format!("{path}.path.value");
@@ -325,29 +352,7 @@ fn check_match(m: &HttpMatch, path: &str, v: &mut Violations) {
         }
     }
     for (i, h) in m.headers.iter().enumerate() {
-        let at = format!("{path}.headers[{i}]");
-        if h.name.is_empty() {
-            v.push(format!("{at}.name"), "cannot be empty");
-        }
-        match h.match_type.unwrap_or(HeaderMatchType::Exact) {
-            HeaderMatchType::Present | HeaderMatchType::Absent => {
-                if h.value.is_some() {
-                    v.push(
-                        format!("{at}.value"),
-                        "must not be set with type Present or Absent",
-                    );
-                }
-            }
-            HeaderMatchType::RegularExpression => match &h.value {
-                Some(value) => check_regex(value, &format!("{at}.value"), v),
-                None => v.push(format!("{at}.value"), "must be set"),
-            },
-            HeaderMatchType::Exact | HeaderMatchType::Prefix => {
-                if h.value.is_none() {
-                    v.push(format!("{at}.value"), "must be set");
-                }
-            }
-        }
+        check_header_match(h, &format!("{path}.headers[{i}]"), v);
     }
     for (i, q) in m.query_params.iter().enumerate() {
         let at = format!("{path}.queryParams[{i}]");

@@ -7,6 +7,7 @@
 //! A policy's resource form is Kuma's Universal one: `type`, `name`, `mesh`, `labels`, then
 //! `spec: {targetRef, to|from}`; its output keeps the `spec:` level (other types are inline).
 
+pub mod duration;
 pub mod inbound_from;
 pub mod mesh_circuit_breaker;
 pub mod mesh_fault_injection;
@@ -14,7 +15,9 @@ pub mod mesh_health_check;
 pub mod mesh_http_route;
 pub mod mesh_load_balancing_strategy;
 pub mod mesh_rate_limit;
+pub mod mesh_retry;
 pub mod mesh_tcp_route;
+pub mod mesh_timeout;
 pub mod mesh_traffic_permission;
 pub mod proxy;
 pub(crate) mod resilience;
@@ -27,6 +30,8 @@ mod inbound_tests;
 mod resilience_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timeout_retry_tests;
 
 use std::fmt::Debug;
 
@@ -130,6 +135,8 @@ policies! {
     MeshRateLimit => mesh_rate_limit::MeshRateLimit,
     MeshHealthCheck => mesh_health_check::MeshHealthCheck,
     MeshCircuitBreaker => mesh_circuit_breaker::MeshCircuitBreaker,
+    MeshTimeout => mesh_timeout::MeshTimeout,
+    MeshRetry => mesh_retry::MeshRetry,
 }
 
 /// The stored and wire form of a policy: its conf under `spec`.
@@ -179,7 +186,8 @@ pub fn circuit_breaker_all_name(mesh: &str) -> String {
 /// (a MeshTrafficPermission allowing every client, which Kuma created up to 2.5; without it
 /// mTLS denies everything) and `mesh-circuit-breaker-all-<mesh>` (Kuma 2.6's default limits,
 /// plus the passive ejection on connection failures this mesh's failover relies on; see
-/// `MeshCircuitBreaker::default_for_mesh`). The Mesh's `skipCreatingInitialPolicies` skips a type by name, or
+/// `MeshCircuitBreaker::default_for_mesh`). and Kuma 2.6+'s `mesh-timeout-all-<mesh>` and
+/// `mesh-retry-all-<mesh>` (reference §2.2, §2.3). The Mesh's `skipCreatingInitialPolicies` skips a type by name, or
 /// every type with `"*"`.
 pub fn initial_policies(mesh: &str, spec: &crate::specs::MeshSpec) -> Vec<Resource> {
     use mesh_traffic_permission::{Action, MeshTrafficPermission};
@@ -202,6 +210,22 @@ pub fn initial_policies(mesh: &str, spec: &crate::specs::MeshSpec) -> Vec<Resour
             crate::resource::Meta::named(&circuit_breaker_all_name(mesh), mesh),
             crate::resource::Spec::Policy(PolicyConf::MeshCircuitBreaker(
                 mesh_circuit_breaker::MeshCircuitBreaker::default_for_mesh(),
+            )),
+        ));
+    }
+    if !skipped(ResourceType::MeshTimeout) {
+        out.push(Resource::new(
+            crate::resource::Meta::named(&mesh_timeout::default_name(mesh), mesh),
+            crate::resource::Spec::Policy(PolicyConf::MeshTimeout(
+                mesh_timeout::MeshTimeout::mesh_default(),
+            )),
+        ));
+    }
+    if !skipped(ResourceType::MeshRetry) {
+        out.push(Resource::new(
+            crate::resource::Meta::named(&mesh_retry::default_name(mesh), mesh),
+            crate::resource::Spec::Policy(PolicyConf::MeshRetry(
+                mesh_retry::MeshRetry::mesh_default(),
             )),
         ));
     }

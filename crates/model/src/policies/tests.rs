@@ -153,7 +153,7 @@ fn engine_conversion_keeps_sections_and_labels() {
 }
 
 /// Replaces the first occurrence of `from` in `doc` (which must be there).
-fn edit(doc: &str, from: &str, to: &str) -> String {
+pub(super) fn edit(doc: &str, from: &str, to: &str) -> String {
     assert!(doc.contains(from), "test edit {from:?} not in document");
     doc.replacen(from, to, 1)
 }
@@ -198,8 +198,13 @@ fn each_mistake_is_reported_at_its_path() {
         ("empty tcp backendRefs", edit(TCP_ROUTE, "backendRefs: [{kind: MeshService, name: redis, weight: 80}, {kind: MeshService, name: redis-dr, weight: 20}]", "backendRefs: []"), "spec.to[0].rules[0].default.backendRefs", "at least one"),
         ("unknown field in a conf", edit(TCP_ROUTE, "- default:\n", "- default:\n            timeout: 1s\n"), "spec.to[0].rules[0].default.timeout", "unknown field"),
     ];
+    assert_each_mistake(&cases);
+}
+
+/// Every `(what, document, field, part of the message)` case is refused with that violation.
+pub(super) fn assert_each_mistake(cases: &[(&str, String, &str, &str)]) {
     let mut failures = Vec::new();
-    for (what, doc, field, message) in &cases {
+    for (what, doc, field, message) in cases {
         match parse(doc) {
             Ok(_) => failures.push(format!("{what}: accepted")),
             Err(v) => {
@@ -256,32 +261,41 @@ fn allow_all_is_a_valid_permission() {
 }
 
 #[test]
-fn a_new_mesh_gets_allow_all_unless_skipped() {
+fn a_new_mesh_gets_its_initial_policies_unless_skipped() {
     let spec = |skip: &[&str]| crate::specs::MeshSpec {
         skip_creating_initial_policies: skip.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
-    // The MeshTrafficPermission among them (other types have their own tests).
-    let mtps = |skip: &[&str]| {
+    let keys = |skip: &[&str]| {
         initial_policies("demo", &spec(skip))
-            .into_iter()
-            .filter(|r| r.resource_type() == ResourceType::MeshTrafficPermission)
+            .iter()
+            .map(|r| {
+                crate::validate(r).expect("valid");
+                r.key()
+            })
             .collect::<Vec<_>>()
     };
-    let made = mtps(&[]);
-    assert_eq!(made.len(), 1);
-    assert_eq!(
-        made[0].key(),
-        crate::ResourceKey::new(
-            ResourceType::MeshTrafficPermission,
-            "demo",
-            "allow-all-demo"
-        )
+    let key = |rt, name| crate::ResourceKey::new(rt, "demo", name);
+    let mtp = key(ResourceType::MeshTrafficPermission, "allow-all-demo");
+    let timeout = key(ResourceType::MeshTimeout, "mesh-timeout-all-demo");
+    let retry = key(ResourceType::MeshRetry, "mesh-retry-all-demo");
+    let breaker = key(
+        ResourceType::MeshCircuitBreaker,
+        "mesh-circuit-breaker-all-demo",
     );
-    crate::validate(&made[0]).expect("valid");
-    assert_eq!(mtps(&["MeshTimeout"]).len(), 1);
-    assert!(mtps(&["MeshTrafficPermission"]).is_empty());
-    assert!(initial_policies("demo", &spec(&["*"])).is_empty());
+    assert_eq!(
+        keys(&[]),
+        [mtp.clone(), breaker.clone(), timeout.clone(), retry.clone()]
+    );
+    assert_eq!(
+        keys(&["MeshTimeout"]),
+        [mtp.clone(), breaker.clone(), retry.clone()]
+    );
+    assert_eq!(
+        keys(&["MeshTrafficPermission", "MeshRetry", "MeshCircuitBreaker"]),
+        [timeout]
+    );
+    assert!(keys(&["*"]).is_empty());
 }
 
 #[test]

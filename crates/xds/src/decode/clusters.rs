@@ -1,7 +1,7 @@
 //! Clusters and load assignments as a plan kuma-dp runs, field by field. kuma-dp balances with
 //! weighted round robin over the lowest priority that has a healthy endpoint, runs the outlier
 //! detection, connection limits and panic threshold the cluster asks for (`resilience.rs`),
-//! connects with a 5 s timeout, speaks HTTP/1
+//! connects within `connect_timeout`, speaks HTTP/1
 //! or prior-knowledge HTTP/2, and originates mTLS. Every `Cluster` and `ClusterLoadAssignment`
 //! field that would make Envoy do something else is a decode error naming the cluster and the
 //! field path, so the control plane gets a NACK instead of a proxy that silently differs from
@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
     ExplicitHttpConfig, UpstreamProtocolOptions,
 };
-use envoy_types::pb::google::protobuf::{Any, Duration};
+use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 
 use super::resilience::{self, LimitsPlan, OutlierPlan};
@@ -32,9 +32,6 @@ use super::{
 
 /// The key of the one typed extension protocol option kuma-dp reads.
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-
-/// kuma-dp's fixed connect timeout (`proxy.rs`, `http.rs`), which is also Envoy's default.
-const CONNECT_TIMEOUT_SECONDS: i64 = 5;
 
 /// Metadata namespaces that select endpoints or transport sockets (subset load balancing,
 /// `transport_socket_matches`); other namespaces only annotate.
@@ -84,7 +81,13 @@ pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
             Some(tls_plan(&name, u.common_tls_context.as_ref(), sni)?)
         }
     };
-    let http2 = http2(&c).map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
+    let mut timeouts = super::ClusterTimeouts {
+        connect: super::timeouts::connect_timeout(c.connect_timeout.as_ref())
+            .map_err(|e| err(&name, e))?,
+        ..Default::default()
+    };
+    let http2 =
+        http2(&c, &mut timeouts).map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
     let r = resilience_of(&c, discovery)
         .map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
     Ok(ClusterPlan {
@@ -97,6 +100,7 @@ pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
         outlier: r.outlier,
         panic_threshold: r.panic_threshold,
         fail_traffic_on_panic: r.fail_traffic_on_panic,
+        timeouts,
     })
 }
 
@@ -115,10 +119,6 @@ fn refuse(field: impl Into<String>, what: impl Into<String>) -> Refusal {
 
 fn not_enforced(field: &str) -> Refusal {
     refuse(field, "not enforced by kuma-dp")
-}
-
-fn seconds(d: &Duration) -> Option<i64> {
-    (d.nanos == 0).then_some(d.seconds)
 }
 
 /// Every cluster-level field, in the order of `cluster.proto`'s Rust struct. Deprecated
@@ -276,14 +276,7 @@ fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
             ));
         }
     }
-    if let Some(t) = &c.connect_timeout
-        && seconds(t) != Some(CONNECT_TIMEOUT_SECONDS)
-    {
-        return Err(refuse(
-            "connect_timeout",
-            format!("kuma-dp connects with a fixed {CONNECT_TIMEOUT_SECONDS}s timeout"),
-        ));
-    }
+    // `connect_timeout` is read by `decode_cluster` (MeshTimeout's connectionTimeout).
     // `lb_policy`, `lb_config`, `common_lb_config`: read by `balancing` (its own refusals;
     // the panic threshold and `fail_traffic_on_panic` are `resilience`'s).
     super::balancing::cluster_balancing(c, discovery == Discovery::OriginalDst)?;
@@ -324,7 +317,7 @@ struct Resilience {
 
 /// Whether the cluster speaks HTTP/2: `typed_extension_protocol_options` may only hold
 /// `HttpProtocolOptions` with an explicit HTTP/2 configuration of Envoy's defaults.
-fn http2(c: &Cluster) -> Result<bool, Refusal> {
+fn http2(c: &Cluster, timeouts: &mut super::ClusterTimeouts) -> Result<bool, Refusal> {
     let mut keys: Vec<&String> = c.typed_extension_protocol_options.keys().collect();
     keys.sort();
     let mut http2 = false;
@@ -341,10 +334,16 @@ fn http2(c: &Cluster) -> Result<bool, Refusal> {
             ));
         }
         let o: HttpProtocolOptions = unpack(any).map_err(|e| refuse(at.clone(), e))?;
-        // Idle and stream timeouts, header limits, requests per connection: not applied by
-        // kuma-dp's HTTP client.
-        if o.common_http_protocol_options.is_some() {
-            return Err(not_enforced(&format!("{at}.common_http_protocol_options")));
+        // Idle timeout and stream duration (MeshTimeout); header limits, requests per
+        // connection and the rest are not applied by kuma-dp's HTTP client.
+        if let Some(common) = &o.common_http_protocol_options {
+            let at = format!("{at}.common_http_protocol_options");
+            super::timeouts::cluster_http_options(common, &at, timeouts).map_err(|e| {
+                match e.split_once(": ") {
+                    Some((field, what)) => refuse(field, what),
+                    None => refuse(at.clone(), e),
+                }
+            })?;
         }
         if o.upstream_http_protocol_options.is_some() {
             return Err(not_enforced(&format!(
@@ -375,10 +374,14 @@ fn http2(c: &Cluster) -> Result<bool, Refusal> {
                 }
                 http2 = true;
             }
+            // HTTP/1 with Envoy's defaults (what MeshTimeout's options sit beside).
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                protocol_config: Some(ExplicitProtocol::HttpProtocolOptions(h1)),
+            })) if *h1 == Default::default() => {}
             _ => {
                 return Err(refuse(
                     format!("{at}.upstream_protocol_options"),
-                    "only an explicit HTTP/2 configuration is enforced by kuma-dp",
+                    "only an explicit HTTP/2, or HTTP/1 with Envoy's defaults, is enforced by kuma-dp",
                 ));
             }
         }

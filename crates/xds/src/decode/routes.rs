@@ -166,6 +166,11 @@ pub struct ForwardPlan {
     /// `hash_policy`: the request's key for ring hash and maglev clusters.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hash_policy: Vec<HashPolicyPlan>,
+    /// Request and stream-idle timeouts (MeshTimeout).
+    pub timeouts: super::timeouts::RouteTimeouts,
+    /// Retries (MeshRetry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<super::timeouts::RetryPlan>,
 }
 
 /// One `route.hash_policy` entry kuma-dp computes.
@@ -607,7 +612,7 @@ fn string_match(m: &StringMatcher, path: &str) -> Result<ValueMatch, String> {
     })
 }
 
-fn header_match(h: &HeaderMatcher, path: &str) -> Result<HeaderMatchPlan, String> {
+pub(crate) fn header_match(h: &HeaderMatcher, path: &str) -> Result<HeaderMatchPlan, String> {
     if h.treat_missing_header_as_empty {
         return Err(format!(
             "{path}.treat_missing_header_as_empty: not supported by kuma-dp"
@@ -819,10 +824,8 @@ fn forward(a: &RouteAction, path: &str) -> Result<ForwardPlan, String> {
         &std::mem::take(&mut rest.hash_policy),
         &format!("{path}.hash_policy"),
     )?;
-    // Timeouts come with MeshTimeout; until kuma-dp enforces them only "none" (0) is accepted.
-    if rest.timeout.is_some_and(|d| d.seconds == 0 && d.nanos == 0) {
-        rest.timeout = None;
-    }
+    // Timeouts and retries (MeshTimeout, MeshRetry) are taken out here.
+    let (timeouts, retry) = super::timeouts::route_resilience(&mut rest, path)?;
     refuse_set!(
         rest,
         path,
@@ -905,6 +908,8 @@ fn forward(a: &RouteAction, path: &str) -> Result<ForwardPlan, String> {
         host_rewrite,
         mirrors: each(&mirrors, &format!("{path}.request_mirror_policies"), mirror)?,
         hash_policy,
+        timeouts,
+        retry,
     })
 }
 

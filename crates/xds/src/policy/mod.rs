@@ -40,18 +40,26 @@ pub struct ProxyPolicies {
     /// MeshCircuitBreaker: `to_rules` per outbound service; each conf is the merged `default`
     /// (`{connectionLimits, outlierDetection}`).
     pub circuit_breaker: PolicyRules,
+    /// MeshTimeout: `to_rules` per outbound service and `from_rules` per inbound; confs as
+    /// `meshzone_model::policies::mesh_timeout::TimeoutConf`.
+    pub timeout: PolicyRules,
+    /// MeshRetry: `to_rules` per outbound service; confs as
+    /// `meshzone_model::policies::mesh_retry::RetryConf`.
+    pub retry: PolicyRules,
 }
 
 pub mod backend_refs;
+mod filters;
 pub mod inbound_http;
-pub mod mesh_fault_injection;
-
 mod mesh_circuit_breaker;
+pub mod mesh_fault_injection;
 mod mesh_health_check;
 mod mesh_http_route;
 mod mesh_load_balancing_strategy;
 pub mod mesh_rate_limit;
+pub mod mesh_retry;
 mod mesh_tcp_route;
+pub mod mesh_timeout;
 mod resilience;
 
 use crate::generate::{ProxyInput, Resources};
@@ -71,9 +79,11 @@ pub const CONFIGURERS: &[(&str, Configurer)] = &[
     ),
     ("MeshFaultInjection", mesh_fault_injection::configure),
     ("MeshRateLimit", mesh_rate_limit::configure),
+    ("MeshTimeout", mesh_timeout::configure),
     ("MeshTrafficPermission", mesh_traffic_permission::configure),
     ("MeshHealthCheck", mesh_health_check::configure),
     ("MeshCircuitBreaker", mesh_circuit_breaker::configure),
+    ("MeshRetry", mesh_retry::configure),
 ];
 
 /// Applies every policy's configurer to the base resources of a proxy, in [`CONFIGURERS`]

@@ -45,6 +45,7 @@ const PROTOS: &[&str] = &[
     "envoy/extensions/filters/network/local_ratelimit/v3/local_rate_limit.proto",
     "envoy/extensions/filters/http/fault/v3/fault.proto",
     "envoy/extensions/filters/http/header_mutation/v3/header_mutation.proto",
+    "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
 ];
 
 /// The `proto/` folder of the envoy-types crate this build uses (it ships Envoy's protos).

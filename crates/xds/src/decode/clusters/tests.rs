@@ -17,6 +17,7 @@ use envoy_types::util::pack_any;
 use super::*;
 use crate::generate::clusters::{eds_cluster, passthrough_cluster, zone_proxy_cluster};
 use crate::generate::static_cluster;
+use envoy_types::pb::google::protobuf::Duration;
 
 #[derive(Clone, Copy, Debug)]
 enum Base {
@@ -199,8 +200,9 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
         ("eds_cluster_config", Base::Static, |c| {
             c.eds_cluster_config = eds_cluster("app").eds_cluster_config
         }),
+        // Any positive connect timeout is kuma-dp's (MeshTimeout); 0 is not one.
         ("connect_timeout", Base::Eds, |c| {
-            c.connect_timeout = secs(1)
+            c.connect_timeout = secs(0)
         }),
         ("per_connection_buffer_limit_bytes", Base::Eds, |c| {
             c.per_connection_buffer_limit_bytes = u32v(1024)
@@ -388,11 +390,17 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
             },
         ),
         (
+            // Idle timeout and stream duration are kuma-dp's (MeshTimeout); header limits are not.
             "typed_extension_protocol_options[\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\"].common_http_protocol_options",
             Base::Static,
             |c| {
                 with_http(c, |o| {
-                    o.common_http_protocol_options = Some(Default::default())
+                    o.common_http_protocol_options = Some(
+                        envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+                            max_headers_count: u32v(10),
+                            ..Default::default()
+                        },
+                    )
                 })
             },
         ),
@@ -430,10 +438,14 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
             Base::Static,
             |c| {
                 with_http(c, |o| {
+                    // HTTP/1 with Envoy's defaults is kuma-dp's; other HTTP/1 settings are not.
                     o.upstream_protocol_options = Some(UpstreamProtocolOptions::ExplicitHttpConfig(
                         ExplicitHttpConfig {
                             protocol_config: Some(ExplicitProtocol::HttpProtocolOptions(
-                                Default::default(),
+                                envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions {
+                                    accept_http_10: true,
+                                    ..Default::default()
+                                },
                             )),
                         },
                     ))

@@ -188,6 +188,12 @@ fn a_full_route_becomes_its_plan() {
                     per_million: 100_000
                 }],
                 hash_policy: vec![],
+                // The route's `timeout: 0` turns the request timeout off.
+                timeouts: crate::decode::RouteTimeouts {
+                    request: None,
+                    ..Default::default()
+                },
+                retry: None,
             }),
             request_headers: HeaderModPlan {
                 add: vec![HeaderAdd {
@@ -262,10 +268,11 @@ fn unenforced_fields_are_refused_by_name() {
             with_action(|a| {
                 a.retry_policy = Some(RetryPolicy {
                     retry_on: "5xx".into(),
+                    retriable_headers: vec![Default::default()],
                     ..Default::default()
                 })
             }),
-            "routes[0] \"r\".route.retry_policy: not supported",
+            "routes[0] \"r\".route.retry_policy.retriable_headers: not enforced",
         ),
         (
             with_action(|a| a.hash_policy = vec![HashPolicy::default()]),
@@ -273,21 +280,21 @@ fn unenforced_fields_are_refused_by_name() {
         ),
         (
             with_action(|a| {
-                a.timeout = Some(Duration {
-                    seconds: 15,
-                    nanos: 0,
+                a.retry_policy = Some(RetryPolicy {
+                    retry_on: "envoy-ratelimited".into(),
+                    ..Default::default()
                 })
             }),
-            "route.timeout: not supported",
+            "route.retry_policy.retry_on: \"envoy-ratelimited\" is not enforced",
         ),
         (
             with_action(|a| {
-                a.idle_timeout = Some(Duration {
+                a.flush_timeout = Some(Duration {
                     seconds: 1,
                     nanos: 0,
                 })
             }),
-            "route.idle_timeout: not supported",
+            "route.flush_timeout: not supported",
         ),
         (
             with_action(|a| {
