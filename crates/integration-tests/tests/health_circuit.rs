@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, apply_ok, free_port, start_global, start_sidecar, wait_for, zone,
+    ControlPlane, DataPlane, apply_ok, free_port, host_dirs, start_global, start_sidecar, wait_for,
+    zone,
 };
 
 const PROPAGATION: Duration = Duration::from_secs(30);
@@ -108,8 +109,9 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
     let root = tempfile::tempdir().expect("tmp");
     let dir = root.path();
     let kds = free_port();
-    let global = start_global(&dir.join("global"), kds, &[]);
-    let zone1 = zone(&dir.join("zone-1"), "zone-1", &global, kds);
+    let hosts = host_dirs(dir, &["global", "zone-1"]);
+    let global = start_global(&hosts[0], kds, &[]);
+    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
     apply_ok(
         &global,
         dir,
