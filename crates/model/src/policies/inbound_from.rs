@@ -2,11 +2,11 @@
 //! client kinds, the section's checks and its engine form, and the value types of their confs
 //! (Kuma's int-or-string percentages).
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{check_target_ref, json};
+use super::{check_target_ref, from_items};
 use crate::descriptor::ResourceType;
-use crate::policy::{FromItem, PolicySpec, Section, TargetRef, TargetRefKind};
+use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind};
 use crate::validate::Violations;
 
 /// The `from[].targetRef` kinds: which clients an inbound conf applies to.
@@ -49,34 +49,14 @@ pub(crate) fn from_to_engine<'a, C: Serialize + 'a>(
 ) -> PolicySpec {
     PolicySpec {
         target_ref: top.cloned(),
-        from: from
-            .map(|(target_ref, default)| FromItem {
-                target_ref: target_ref.clone(),
-                default: Some(json(default)),
-            })
-            .collect(),
+        from: from_items(from),
         ..PolicySpec::default()
     }
 }
 
-/// Kuma's `intstr` percentage: a whole number or a decimal string, 0 to 100 (`5`, `"12.5"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Percentage {
-    Int(i64),
-    Str(String),
-}
+pub use super::Percentage;
 
 impl Percentage {
-    /// The share in parts per million, for a valid percentage (at most 4 decimals count).
-    pub fn per_million(&self) -> Option<u32> {
-        let p = match self {
-            Percentage::Int(i) => *i as f64,
-            Percentage::Str(s) => s.trim().parse::<f64>().ok()?,
-        };
-        (p.is_finite() && (0.0..=100.0).contains(&p)).then(|| (p * 10_000.0).round() as u32)
-    }
-
     /// Pushes a violation at `path` unless the value is a number in [0, 100].
     pub fn check(&self, path: &str, v: &mut Violations) {
         if self.per_million().is_none() {

@@ -142,11 +142,11 @@ fn percentages_and_bandwidths_convert_as_kuma_does() {
         (Percentage::Int(5), Some(50_000)),
         (Percentage::Int(100), Some(1_000_000)),
         (Percentage::Int(0), Some(0)),
-        (Percentage::Str("12.5".into()), Some(125_000)),
-        (Percentage::Str("0.0001".into()), Some(1)),
+        (Percentage::Decimal("12.5".into()), Some(125_000)),
+        (Percentage::Decimal("0.0001".into()), Some(1)),
         (Percentage::Int(101), None),
-        (Percentage::Str("-0.5".into()), None),
-        (Percentage::Str("NaN".into()), None),
+        (Percentage::Decimal("-0.5".into()), None),
+        (Percentage::Decimal("NaN".into()), None),
     ] {
         assert_eq!(p.per_million(), want, "{p:?}");
     }

@@ -9,9 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{PolicyKind, check_target_ref, check_top_level, json};
+use super::{PolicyKind, check_target_ref, check_top_level, to_items};
 use crate::descriptor::ResourceType;
-use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind, ToItem};
+use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind};
 use crate::validate::{Violations, parse_duration};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -590,15 +590,7 @@ impl PolicyKind for MeshLoadBalancingStrategy {
     fn to_engine(&self) -> PolicySpec {
         PolicySpec {
             target_ref: self.target_ref.clone(),
-            to: self
-                .to
-                .iter()
-                .map(|to| ToItem {
-                    target_ref: to.target_ref.clone(),
-                    default: Some(json(&to.default)),
-                    rules: None,
-                })
-                .collect(),
+            to: to_items(self.to.iter().map(|t| (&t.target_ref, &t.default))),
             ..PolicySpec::default()
         }
     }

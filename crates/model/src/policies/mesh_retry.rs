@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::mesh_timeout::check_duration;
-use super::{PolicyKind, TOP_LEVEL_KINDS, check_target_ref, json};
+use super::{PolicyKind, TOP_LEVEL_KINDS, check_target_ref, to_items};
 use crate::descriptor::ResourceType;
-use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind, ToItem};
+use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind};
 use crate::validate::Violations;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -418,15 +418,7 @@ impl PolicyKind for MeshRetry {
     fn to_engine(&self) -> PolicySpec {
         PolicySpec {
             target_ref: self.target_ref.clone(),
-            to: self
-                .to
-                .iter()
-                .map(|t| ToItem {
-                    target_ref: t.target_ref.clone(),
-                    default: Some(json(&t.default)),
-                    rules: None,
-                })
-                .collect(),
+            to: to_items(self.to.iter().map(|t| (&t.target_ref, &t.default))),
             ..PolicySpec::default()
         }
     }

@@ -5,9 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{PolicyKind, TOP_LEVEL_KINDS, check_target_ref, duration, json};
+use super::{PolicyKind, TOP_LEVEL_KINDS, check_target_ref, duration, from_items, to_items};
 use crate::descriptor::ResourceType;
-use crate::policy::{FromItem, PolicySpec, Section, TargetRef, TargetRefKind, ToItem};
+use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind};
 use crate::validate::Violations;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -204,23 +204,8 @@ impl PolicyKind for MeshTimeout {
     fn to_engine(&self) -> PolicySpec {
         PolicySpec {
             target_ref: self.target_ref.clone(),
-            to: self
-                .to
-                .iter()
-                .map(|t| ToItem {
-                    target_ref: t.target_ref.clone(),
-                    default: Some(json(&t.default)),
-                    rules: None,
-                })
-                .collect(),
-            from: self
-                .from
-                .iter()
-                .map(|f| FromItem {
-                    target_ref: f.target_ref.clone(),
-                    default: Some(json(&f.default)),
-                })
-                .collect(),
+            to: to_items(self.to.iter().map(|t| (&t.target_ref, &t.default))),
+            from: from_items(self.from.iter().map(|f| (&f.target_ref, &f.default))),
             ..PolicySpec::default()
         }
     }

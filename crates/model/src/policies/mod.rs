@@ -331,3 +331,57 @@ pub(crate) fn route_to_engine<'a>(
 pub(crate) fn json<T: Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
+
+/// `to[]` items as the engine takes them: each destination with its `default` conf as JSON.
+pub(crate) fn to_items<'a, C: Serialize + 'a>(
+    items: impl IntoIterator<Item = (&'a TargetRef, &'a C)>,
+) -> Vec<ToItem> {
+    items
+        .into_iter()
+        .map(|(target_ref, default)| ToItem {
+            target_ref: target_ref.clone(),
+            default: Some(json(default)),
+            rules: None,
+        })
+        .collect()
+}
+
+/// `from[]` items as the engine takes them: each client set with its `default` conf as JSON.
+pub(crate) fn from_items<'a, C: Serialize + 'a>(
+    items: impl IntoIterator<Item = (&'a TargetRef, &'a C)>,
+) -> Vec<crate::policy::FromItem> {
+    items
+        .into_iter()
+        .map(|(target_ref, default)| crate::policy::FromItem {
+            target_ref: target_ref.clone(),
+            default: Some(json(default)),
+        })
+        .collect()
+}
+
+/// Kuma's `intstr` number: a whole number or a decimal string (`5`, `"12.5"`, `"1.9"`), used
+/// for percentages and factors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Percentage {
+    Int(i64),
+    Decimal(String),
+}
+
+impl Percentage {
+    /// The value, if it is a finite number.
+    pub fn value(&self) -> Option<f64> {
+        match self {
+            Percentage::Int(i) => Some(*i as f64),
+            Percentage::Decimal(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+        }
+    }
+
+    /// The share in parts per million, for a percentage in [0, 100] (at most 4 decimals count).
+    pub fn per_million(&self) -> Option<u32> {
+        let p = self.value()?;
+        (0.0..=100.0)
+            .contains(&p)
+            .then(|| (p * 10_000.0).round() as u32)
+    }
+}

@@ -4,31 +4,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_target_ref, check_top_level, json};
+pub use super::Percentage;
+use super::{check_target_ref, check_top_level, to_items};
 use crate::descriptor::ResourceType;
-use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind, ToItem};
+use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind};
 use crate::validate::{Violations, parse_duration};
 
 /// The `to[].targetRef` kinds of the resilience policies here: every outbound, or one service.
 pub(crate) const TO_KINDS: [TargetRefKind; 2] = [TargetRefKind::Mesh, TargetRefKind::MeshService];
-
-/// A percentage Kuma takes as an integer or a decimal string (`50`, `"99.5"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Percentage {
-    Int(i64),
-    Decimal(String),
-}
-
-impl Percentage {
-    /// The value, if it is a number.
-    pub fn value(&self) -> Option<f64> {
-        match self {
-            Percentage::Int(i) => Some(*i as f64),
-            Percentage::Decimal(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
-        }
-    }
-}
 
 /// Checks an optional duration: parseable (`10s`, `1m30s`, `500ms`) and, when `positive`,
 /// more than zero.
@@ -109,14 +92,7 @@ pub(crate) fn check_to<C>(
 pub(crate) fn to_engine<C: Serialize>(top: Option<&TargetRef>, to: &[To<C>]) -> PolicySpec {
     PolicySpec {
         target_ref: top.cloned(),
-        to: to
-            .iter()
-            .map(|t| ToItem {
-                target_ref: t.target_ref.clone(),
-                default: Some(json(&t.default)),
-                rules: None,
-            })
-            .collect(),
+        to: to_items(to.iter().map(|t| (&t.target_ref, &t.default))),
         ..PolicySpec::default()
     }
 }
