@@ -533,10 +533,6 @@ mod tests {
             name: "out".into(),
             address: "127.0.0.1:1".parse().unwrap(),
             cluster: "web".into(),
-            tls: None,
-            permissive: false,
-            http: false,
-            routes: vec![],
             weighted: vec![
                 meshzone_xds::decode::WeightedClusterPlan {
                     cluster: "web".into(),
@@ -547,14 +543,7 @@ mod tests {
                     weight: 1,
                 },
             ],
-            sni_routes: BTreeMap::new(),
-            bind: true,
-            use_original_dst: false,
-            rbac: None,
-            dns_names: vec![],
-            inbound_http: Default::default(),
-            connection_limit: None,
-            timeouts: Default::default(),
+            ..Default::default()
         };
         config.listeners.insert("out".into(), listener.clone());
         let (rt, _) = Runtime::build(config.clone(), &Runtime::empty());

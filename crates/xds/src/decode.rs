@@ -139,6 +139,30 @@ pub struct ListenerPlan {
     pub timeouts: ListenerTimeouts,
 }
 
+/// A bound TCP listener on `0.0.0.0:0` with nothing configured (what tests build plans from).
+impl Default for ListenerPlan {
+    fn default() -> Self {
+        ListenerPlan {
+            name: String::new(),
+            address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            cluster: String::new(),
+            tls: None,
+            permissive: false,
+            http: false,
+            routes: Vec::new(),
+            weighted: Vec::new(),
+            sni_routes: BTreeMap::new(),
+            bind: true,
+            use_original_dst: false,
+            rbac: None,
+            dns_names: Vec::new(),
+            inbound_http: InboundHttpPlan::default(),
+            connection_limit: None,
+            timeouts: ListenerTimeouts::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EndpointPlan {
     pub address: SocketAddr,

@@ -2,7 +2,6 @@
 //! ejects a failing endpoint and traffic goes to the other, maxEjectionPercent keeps one in,
 //! and a request over the connection limits gets Envoy's 503 with `x-envoy-overloaded`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -88,23 +87,13 @@ async fn front(
             name: "out".into(),
             address: "127.0.0.1:1".parse().expect("addr"),
             cluster: "backend".into(),
-            tls: None,
-            permissive: false,
             http: true,
             routes: vec![route(
                 "all",
                 PathMatch::Prefix("/".into()),
                 forward_to(&[("backend", 1)], vec![]),
             )],
-            weighted: vec![],
-            sni_routes: BTreeMap::new(),
-            bind: true,
-            use_original_dst: false,
-            rbac: None,
-            dns_names: vec![],
-            inbound_http: Default::default(),
-            connection_limit: None,
-            timeouts: Default::default(),
+            ..Default::default()
         },
     );
     let (rt, problems) = Runtime::build(config, &Runtime::empty());

@@ -1,7 +1,6 @@
 //! MeshTimeout and MeshRetry in kuma-dp's HTTP path, on real loopback sockets: backends that
 //! sleep or fail, a route with a timeout and a retry policy in front of them, a plain client.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
@@ -98,19 +97,9 @@ async fn start_front(
             name: "out".into(),
             address: "127.0.0.1:1".parse().expect("addr"),
             cluster: "backend".into(),
-            tls: None,
-            permissive: false,
             http: true,
             routes: vec![route("all", PathMatch::Prefix("/".into()), action)],
-            weighted: vec![],
-            sni_routes: BTreeMap::new(),
-            bind: true,
-            use_original_dst: false,
-            rbac: None,
-            timeouts: Default::default(),
-            dns_names: vec![],
-            inbound_http: Default::default(),
-            connection_limit: None,
+            ..Default::default()
         },
     );
     let (rt, problems) = Runtime::build(config, &Runtime::empty());

@@ -156,19 +156,9 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
             name: "out".into(),
             address: "127.0.0.1:1".parse().expect("addr"),
             cluster: "backend_v1".into(),
-            tls: None,
-            permissive: false,
             http: true,
             routes: vec![canary, redirect, split],
-            weighted: vec![],
-            sni_routes: BTreeMap::new(),
-            bind: true,
-            use_original_dst: false,
-            rbac: None,
-            dns_names: vec![],
-            inbound_http: Default::default(),
-            connection_limit: None,
-            timeouts: Default::default(),
+            ..Default::default()
         },
     );
     let (rt, problems) = Runtime::build(config, &Runtime::empty());

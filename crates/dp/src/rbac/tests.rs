@@ -103,19 +103,8 @@ fn runtime_with(listener: &str, rbac: Option<RbacPlan>) -> Arc<Runtime> {
             name: listener.into(),
             address: "127.0.0.1:1".parse().expect("addr"),
             cluster: "app".into(),
-            tls: None,
-            permissive: false,
-            http: false,
-            routes: vec![],
-            weighted: vec![],
-            sni_routes: BTreeMap::new(),
-            bind: true,
-            use_original_dst: false,
             rbac,
-            dns_names: vec![],
-            inbound_http: Default::default(),
-            connection_limit: None,
-            timeouts: Default::default(),
+            ..Default::default()
         },
     );
     Arc::new(rt)
