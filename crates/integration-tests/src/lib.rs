@@ -269,7 +269,7 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// A tiny HTTP/1.1 server that answers every request with its own name (keep-alive aware) and
-/// counts the requests it served. Stops when dropped.
+/// counts the requests that reached it. Stops when dropped.
 pub struct EchoServer {
     pub port: u16,
     pub name: String,
@@ -278,7 +278,14 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
+    /// Answers `200` with its name at once.
     pub fn start(name: &str) -> EchoServer {
+        EchoServer::answering(name, 200, Duration::ZERO)
+    }
+
+    /// Answers every request with `status` and its name as the body, `delay` after the request
+    /// arrived (a request is counted on arrival).
+    pub fn answering(name: &str, status: u16, delay: Duration) -> EchoServer {
         use std::io::{BufRead, BufReader, Write};
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -318,9 +325,13 @@ impl EchoServer {
                             continue;
                         }
                         s.fetch_add(1, Ordering::SeqCst);
+                        if !delay.is_zero() {
+                            std::thread::sleep(delay);
+                        }
                         let body = format!("{n}\n");
+                        let reason = if status == 200 { "OK" } else { "Scripted" };
                         let resp = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
                             body.len()
                         );
                         if writer.write_all(resp.as_bytes()).is_err() || close {
@@ -450,6 +461,20 @@ pub fn start_sidecar(cp: &ControlPlane, dir: &Path, name: &str, yaml: &str) -> D
     let mut dp = DataPlane::start(cp, &file, Some(&token));
     dp.wait_ready();
     dp
+}
+
+/// A sidecar of mesh `default` on 127.0.0.1 (see [`start_sidecar`]); `networking` is the rest
+/// of its `networking` section (`  inbound:` …, indented by two).
+pub fn start_loopback_sidecar(
+    cp: &ControlPlane,
+    dir: &Path,
+    name: &str,
+    networking: &str,
+) -> DataPlane {
+    let yaml = format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n{networking}"
+    );
+    start_sidecar(cp, dir, name, &yaml)
 }
 
 /// A zone token for `zone` with `scope` (ingress, egress), generated on global, in a file.

@@ -6,15 +6,11 @@
 //! counted as `upstream_rq_pending_overflow`, while the first two are answered.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, apply_ok, free_port, host_dirs, start_global, start_sidecar, wait_for,
-    zone,
+    ControlPlane, DataPlane, EchoServer, apply_ok, free_port, host_dirs, start_global,
+    start_loopback_sidecar, wait_for, zone,
 };
 
 const PROPAGATION: Duration = Duration::from_secs(30);
@@ -29,39 +25,6 @@ spec:
       default:
         connectionLimits: {maxConnections: 1, maxPendingRequests: 1}
 ";
-
-/// An HTTP app answering each request `delay` after it arrived (one thread per connection);
-/// counts the requests that arrived.
-fn slow_app(delay: Duration) -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let count = arrived.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let count = count.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut got = Vec::new();
-                // Serve requests on the connection until it closes.
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 {
-                        return;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        got.drain(..end + 4);
-                        count.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(delay);
-                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow");
-                    }
-                }
-            });
-        }
-    });
-    (port, arrived)
-}
 
 /// One request over a new connection: status and the `x-envoy-overloaded` header.
 fn request(port: u16) -> Result<(u16, Option<String>), String> {
@@ -97,13 +60,6 @@ fn zone_has(cp: &ControlPlane, plural: &str, display: &str) -> bool {
         .contains(display)
 }
 
-fn sidecar(cp: &ControlPlane, dir: &Path, name: &str, body: &str) -> DataPlane {
-    let yaml = format!(
-        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n{body}"
-    );
-    start_sidecar(cp, dir, name, &yaml)
-}
-
 #[test]
 fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
     let root = tempfile::tempdir().expect("tmp");
@@ -131,8 +87,9 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
         },
     );
 
-    let (app, arrived) = slow_app(Duration::from_secs(2));
-    let _backend = sidecar(
+    let slow = EchoServer::answering("slow", 200, Duration::from_secs(2));
+    let app = slow.port;
+    let _backend = start_loopback_sidecar(
         &zone1,
         dir,
         "backend-1",
@@ -142,7 +99,7 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
         ),
     );
     let outbound = free_port();
-    let client = sidecar(
+    let client = start_loopback_sidecar(
         &zone1,
         dir,
         "web-1",
@@ -168,10 +125,10 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
     });
 
     // Two requests take the connection and the pending place; the third overflows at once.
-    let before = arrived.load(Ordering::SeqCst);
+    let before = slow.served();
     let first = std::thread::spawn(move || request(outbound));
     wait_for("the first request at the app", PROPAGATION, || {
-        (arrived.load(Ordering::SeqCst) > before).then_some(())
+        (slow.served() > before).then_some(())
     });
     let second = std::thread::spawn(move || request(outbound));
     wait_for("the second request waiting", PROPAGATION, || {
@@ -191,7 +148,7 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
     assert_eq!(first.join().expect("thread").map(|r| r.0), Ok(200));
     assert_eq!(second.join().expect("thread").map(|r| r.0), Ok(200));
     assert_eq!(
-        arrived.load(Ordering::SeqCst),
+        slow.served(),
         before + 2,
         "the overflowing request never reached the app"
     );
