@@ -78,6 +78,7 @@ where
         // Faults and rate limits too come from the newest configuration.
         let latest = guard.latest.borrow().clone();
         let sans = guard.sans.clone();
+        let peer = guard.peer;
         async move {
             let mut req = req;
             let resp = if allowed {
@@ -98,7 +99,7 @@ where
                 match decision {
                     crate::faults::Decision::Answer(resp) => resp,
                     crate::faults::Decision::Route { throttle_kib } => {
-                        let resp = route(req, &listener, &rt, &stats).await;
+                        let resp = route(req, &listener, &rt, &stats, peer).await;
                         match throttle_kib {
                             Some(kib) => crate::faults::throttled(resp, kib),
                             None => resp,
@@ -210,6 +211,7 @@ async fn route(
     listener: &str,
     rt: &Arc<Runtime>,
     stats: &Arc<Stats>,
+    peer: Option<std::net::IpAddr>,
 ) -> Response<Body> {
     let Some(table) = rt.listeners.get(listener).and_then(|l| l.routes.as_ref()) else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no route table\n");
@@ -247,7 +249,7 @@ async fn route(
             let hashing = !f.hash_policy.is_empty()
                 && rt.cluster(&cluster).is_some_and(|c| c.balancer.hashes());
             let hash = if hashing {
-                hash_key::hash_key(&f.hash_policy, &parts.headers, view.query)
+                hash_key::hash_key(&f.hash_policy, &parts.headers, view.query, peer)
             } else {
                 hash_key::HashKey::default()
             };

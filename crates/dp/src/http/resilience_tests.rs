@@ -106,6 +106,7 @@ async fn front(
         sans: Arc::from(Vec::<String>::new()),
         started: None,
         latest,
+        peer: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
