@@ -605,7 +605,27 @@ async fn tries(
         {
             retries_left -= 1;
             stats.inc(format!("cluster.{cluster}.upstream_rq_retry"));
-            tokio::time::sleep(retry::back_off(plan, retried, retry::jitter())).await;
+            let rate_limited = plan.rate_limited.as_ref().and_then(|r| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                retry::reset_back_off(r, resp.as_ref()?.headers(), now, retry::jitter())
+            });
+            let pause = match rate_limited {
+                Some(pause) => {
+                    stats.inc(format!(
+                        "cluster.{cluster}.upstream_rq_retry_backoff_ratelimited"
+                    ));
+                    pause
+                }
+                None => {
+                    stats.inc(format!(
+                        "cluster.{cluster}.upstream_rq_retry_backoff_exponential"
+                    ));
+                    retry::back_off(plan, retried, retry::jitter())
+                }
+            };
+            tokio::time::sleep(pause).await;
             retried += 1;
             if resp.is_some() && undelivered {
                 last_refusal = resp;

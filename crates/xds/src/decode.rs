@@ -49,7 +49,10 @@ pub use inbound::{
 pub use rbac::{PrincipalPlan, RbacPlan, Verdict};
 pub use resilience::{DEFAULT_PANIC_THRESHOLD, LimitsPlan, OutlierPlan, RatePlan};
 pub use routes::{RoutePlan, WeightedClusterPlan};
-pub use timeouts::{ClusterTimeouts, ListenerTimeouts, RetryOn, RetryPlan, RouteTimeouts};
+pub use timeouts::{
+    ClusterTimeouts, ListenerTimeouts, RateLimitedBackOffPlan, ResetFormat, RetryOn, RetryPlan,
+    RouteTimeouts,
+};
 
 /// Why one resource could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

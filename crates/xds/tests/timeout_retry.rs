@@ -12,8 +12,8 @@ use std::time::Duration;
 use meshzone_model::policies::MeshPolicies;
 use meshzone_model::specs::{DataplaneSpec, MeshSpec};
 use meshzone_model::{Resource, ResourceType};
-use meshzone_xds::decode::ProxyConfig;
 use meshzone_xds::decode::routes::RouteActionPlan;
+use meshzone_xds::decode::{ProxyConfig, RateLimitedBackOffPlan, ResetFormat};
 use meshzone_xds::generate::{EndpointInfo, ProxyInput, Resources, base_resources};
 use meshzone_xds::names::TypeUrl;
 use meshzone_xds::policy::{ProxyPolicies, configure};
@@ -53,7 +53,9 @@ fn policies(dp: &Resource) -> ProxyPolicies {
                 "backOff": {"baseInterval": "10ms", "maxInterval": "100ms"},
                 "retryOn": ["5xx", "Reset", "503", "HttpMethodGet"],
                 "retriableRequestHeaders": [{"name": "x-idempotent", "type": "Present"}],
-                "hostSelection": [{"predicate": "OmitPreviousHosts"}]}}}]}})));
+                "hostSelection": [{"predicate": "OmitPreviousHosts"}],
+                "rateLimitedBackOff": {"resetHeaders": [{"name": "Retry-After", "format": "Seconds"},
+                    {"name": "X-RateLimit-Reset", "format": "UnixTimestamp"}], "maxInterval": "20s"}}}}]}})));
     let mesh = MeshPolicies::from_resources(&resources);
     let mut rules = mesh.dataplane_rules(dp, Some("zone-1")).expect("rules");
     let mut take = |rt| rules.remove(&rt).unwrap_or_default();
@@ -166,6 +168,16 @@ fn the_proxy_decodes_what_it_enforces() {
         "GET and x-idempotent"
     );
     assert!(retry.omit_previous_hosts);
+    assert_eq!(
+        retry.rate_limited,
+        Some(Box::new(RateLimitedBackOffPlan {
+            reset_headers: vec![
+                ("retry-after".into(), ResetFormat::Seconds),
+                ("x-ratelimit-reset".into(), ResetFormat::UnixTimestamp),
+            ],
+            max_interval: s(20),
+        }))
+    );
 
     // payments is gRPC: the default grpc section.
     let p = forward(30002).retry.expect("payments retries");
