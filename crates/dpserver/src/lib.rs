@@ -10,12 +10,15 @@ pub mod available_services;
 pub mod endpoints;
 mod handshake;
 mod policies;
+mod refuser;
 mod stream;
 mod view;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub use refuser::AdsRefuser;
 
 use meshzone_lifecycle::Shutdown;
 use meshzone_store::{Store, StoreEvent};

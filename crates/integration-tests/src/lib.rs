@@ -544,11 +544,24 @@ impl DataPlane {
         ca: &Path,
         args: &[&str],
     ) -> DataPlane {
+        Self::start_on_port(cp, cp.dp_port, file, token, ca, args)
+    }
+
+    /// Like `start_with_ca`, dialling `port` of the CP's host instead of its DP server (a
+    /// proxy pointed at the wrong port).
+    pub fn start_on_port(
+        cp: &ControlPlane,
+        port: u16,
+        file: &Path,
+        token: Option<&Path>,
+        ca: &Path,
+        args: &[&str],
+    ) -> DataPlane {
         let admin_port = free_port();
         let log = file.with_extension("log");
         let mut cmd = Command::new(binary("kuma-dp"));
         cmd.arg("run")
-            .arg(format!("--cp-address=https://127.0.0.1:{}", cp.dp_port))
+            .arg(format!("--cp-address=https://127.0.0.1:{port}"))
             .arg(format!("--dataplane-file={}", file.display()))
             .arg(format!("--admin-port={admin_port}"))
             .arg("--drain-time=2s")
