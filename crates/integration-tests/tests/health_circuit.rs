@@ -3,13 +3,17 @@
 //! global reaches a zone's kuma-dp client sidecar (its cluster plan shows the limits) and takes
 //! effect there: with one connection and one pending request allowed towards a slow backend,
 //! a third concurrent request gets Envoy's 503 with `x-envoy-overloaded: true` at once and is
-//! counted as `upstream_rq_pending_overflow`, while the first two are answered.
+//! counted as `upstream_rq_pending_overflow`, while the first two are answered. A
+//! MeshHealthCheck applied on global reaches the client sidecar, which accepts it (the check is
+//! in its plan) and probes both instances of `backend` over mTLS: the instance whose health path
+//! starts failing stops receiving requests while the other serves them all, and gets them
+//! again once it heals.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use meshzone_integration_tests::{
@@ -61,6 +65,67 @@ fn slow_app(delay: Duration) -> (u16, Arc<AtomicUsize>) {
         }
     });
     (port, arrived)
+}
+
+const HEALTH_CHECK: &str = "type: MeshHealthCheck
+name: backend-health
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: MeshService, name: backend}
+      default:
+        interval: 1s
+        timeout: 1s
+        unhealthyThreshold: 2
+        healthyThreshold: 1
+        noTrafficInterval: 1s
+        http: {path: /health}
+";
+
+/// An HTTP app: `/health` answers the status in the cell, any other path 200 with `name` as
+/// the body, counted. One thread per connection, keep-alive.
+fn instance(name: &'static str) -> (u16, Arc<AtomicU16>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let health = Arc::new(AtomicU16::new(200));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (h, n) = (health.clone(), hits.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (h, n) = (h.clone(), n.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while let Ok(read) = conn.read(&mut buf) {
+                    if read == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..read]);
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                        got.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                        let status = if path == "/health" {
+                            h.load(Ordering::SeqCst)
+                        } else {
+                            n.fetch_add(1, Ordering::SeqCst);
+                            200
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{name}",
+                            name.len()
+                        );
+                        if conn.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, health, hits)
 }
 
 /// One request over a new connection: status and the `x-envoy-overloaded` header.
@@ -195,4 +260,93 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
         before + 2,
         "the overflowing request never reached the app"
     );
+}
+
+#[test]
+fn a_health_check_applied_on_global_moves_traffic_off_a_failing_instance() {
+    let root = tempfile::tempdir().expect("tmp");
+    let dir = root.path();
+    let kds = free_port();
+    let hosts = host_dirs(dir, &["global", "zone-1"]);
+    let global = start_global(&hosts[0], kds, &[]);
+    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
+    apply_ok(
+        &global,
+        dir,
+        "mesh.yaml",
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
+    );
+    wait_for("the mesh in the zone", PROPAGATION, || {
+        zone_has(
+            &zone1,
+            "meshcircuitbreakers",
+            "mesh-circuit-breaker-all-default",
+        )
+        .then_some(())
+    });
+    let backend = |name: &str, app: u16| {
+        format!(
+            "  inbound:\n  - port: {}\n    servicePort: {app}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n      instance: {name}\n",
+            free_port()
+        )
+    };
+    let (app1, _, hits1) = instance("one");
+    let (app2, health2, hits2) = instance("two");
+    let _one = sidecar(&zone1, dir, "backend-1", &backend("one", app1));
+    let _two = sidecar(&zone1, dir, "backend-2", &backend("two", app2));
+    let outbound = free_port();
+    let client = sidecar(
+        &zone1,
+        dir,
+        "web-1",
+        &format!(
+            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
+            free_port(),
+            free_port()
+        ),
+    );
+    wait_for("both instances answering", PROPAGATION, || {
+        let _ = request(outbound);
+        (hits1.load(Ordering::SeqCst) > 0 && hits2.load(Ordering::SeqCst) > 0).then_some(())
+    });
+
+    apply_ok(&global, dir, "health-check.yaml", HEALTH_CHECK);
+    wait_for("the check in the client's plan", PROPAGATION, || {
+        let check = backend_plan(&client)?["health_check"].clone();
+        (check["unhealthy_threshold"] == 2).then_some(())
+    });
+    wait_for("both instances passing their probes", PROPAGATION, || {
+        (client.stat("cluster.backend.health_check.success") >= 2
+            && client.stat("cluster.backend.health_check.healthy") == 2)
+            .then_some(())
+    });
+
+    health2.store(503, Ordering::SeqCst);
+    wait_for("instance two unhealthy", PROPAGATION, || {
+        (client.stat("cluster.backend.health_check.healthy") == 1).then_some(())
+    });
+    let (before1, before2) = (hits1.load(Ordering::SeqCst), hits2.load(Ordering::SeqCst));
+    for _ in 0..20 {
+        assert_eq!(request(outbound).map(|r| r.0), Ok(200));
+    }
+    assert_eq!(
+        hits2.load(Ordering::SeqCst),
+        before2,
+        "no request reached instance two"
+    );
+    assert_eq!(
+        hits1.load(Ordering::SeqCst),
+        before1 + 20,
+        "instance one served them all"
+    );
+
+    health2.store(200, Ordering::SeqCst);
+    wait_for("instance two healthy again", PROPAGATION, || {
+        (client.stat("cluster.backend.health_check.healthy") == 2).then_some(())
+    });
+    wait_for("instance two serving again", PROPAGATION, || {
+        let _ = request(outbound);
+        (hits2.load(Ordering::SeqCst) > before2).then_some(())
+    });
+    assert!(client.stat("cluster.backend.health_check.failure") >= 1);
 }
