@@ -802,6 +802,9 @@ impl hyper::rt::Write for UpstreamIo {
 mod hash_key;
 
 #[cfg(test)]
+pub(crate) mod loopback;
+
+#[cfg(test)]
 mod resilience_tests;
 mod retry;
 #[cfg(test)]

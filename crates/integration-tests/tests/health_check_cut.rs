@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use meshzone_integration_tests::lab::{Lab, mtls_mesh};
 use meshzone_integration_tests::{ok, wait_for};
-use serde_json::Value;
 
 const GLOBAL: &str = "198.18.0.1";
 const Z1_INGRESS: &str = "198.18.1.2";
@@ -150,19 +149,7 @@ fn a_cut_zone_is_severed_by_health_checks_and_rejoins_after_the_heal() {
         (seen.contains_key("z1-a") && seen.contains_key("z2-a")).then_some(())
     });
     // The echo cluster: the one whose endpoints include the local instance.
-    let dump: Value = serde_json::from_str(
-        &lab.curl("z2-client", &["http://127.0.0.1:9901/config_dump"])
-            .expect("config dump"),
-    )
-    .expect("json");
-    let cluster = dump["endpoints"]
-        .as_object()
-        .and_then(|m| {
-            m.iter()
-                .find(|(_, l)| l.to_string().contains(&format!("{Z2_APP}:10011")))
-                .map(|(k, _)| k.clone())
-        })
-        .unwrap_or_else(|| panic!("no echo cluster: {dump}"));
+    let cluster = lab.cluster_with_endpoint("z2-client", &format!("{Z2_APP}:10011"));
 
     apply(&lab, "health-check.yaml", HEALTH_CHECK);
     wait_for("both endpoints passing their probes", CONVERGE, || {

@@ -34,39 +34,6 @@ spec:
         connectionLimits: {maxConnections: 1, maxPendingRequests: 1}
 ";
 
-/// An HTTP app answering each request `delay` after it arrived (one thread per connection);
-/// counts the requests that arrived.
-fn slow_app(delay: Duration) -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let count = arrived.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let count = count.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut got = Vec::new();
-                // Serve requests on the connection until it closes.
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 {
-                        return;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        got.drain(..end + 4);
-                        count.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(delay);
-                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow");
-                    }
-                }
-            });
-        }
-    });
-    (port, arrived)
-}
-
 const HEALTH_CHECK: &str = "type: MeshHealthCheck
 name: backend-health
 mesh: default
@@ -83,9 +50,9 @@ spec:
         http: {path: /health}
 ";
 
-/// An HTTP app: `/health` answers the status in the cell, any other path 200 with `name` as
-/// the body, counted. One thread per connection, keep-alive.
-fn instance(name: &'static str) -> (u16, Arc<AtomicU16>, Arc<AtomicUsize>) {
+/// An HTTP app: `/health` answers the status in the cell at once, any other path 200 with
+/// `name` as the body `delay` after it arrived, counted. One thread per connection, keep-alive.
+fn app(name: &'static str, delay: Duration) -> (u16, Arc<AtomicU16>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let health = Arc::new(AtomicU16::new(200));
@@ -111,6 +78,7 @@ fn instance(name: &'static str) -> (u16, Arc<AtomicU16>, Arc<AtomicUsize>) {
                             h.load(Ordering::SeqCst)
                         } else {
                             n.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(delay);
                             200
                         };
                         let answer = format!(
@@ -169,10 +137,9 @@ fn sidecar(cp: &ControlPlane, dir: &Path, name: &str, body: &str) -> DataPlane {
     start_sidecar(cp, dir, name, &yaml)
 }
 
-#[test]
-fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
-    let root = tempfile::tempdir().expect("tmp");
-    let dir = root.path();
+/// A global CP and zone `zone-1` in `dir`, with an mTLS Mesh `default` that reached the zone
+/// (its default circuit breaker is there).
+fn global_and_zone(dir: &Path) -> (ControlPlane, ControlPlane) {
     let kds = free_port();
     let hosts = host_dirs(dir, &["global", "zone-1"]);
     let global = start_global(&hosts[0], kds, &[]);
@@ -195,8 +162,16 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
             .then_some(())
         },
     );
+    (global, zone1)
+}
 
-    let (app, arrived) = slow_app(Duration::from_secs(2));
+#[test]
+fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
+    let root = tempfile::tempdir().expect("tmp");
+    let dir = root.path();
+    let (global, zone1) = global_and_zone(dir);
+
+    let (app, _, arrived) = app("slow", Duration::from_secs(2));
     let _backend = sidecar(
         &zone1,
         dir,
@@ -266,32 +241,15 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
 fn a_health_check_applied_on_global_moves_traffic_off_a_failing_instance() {
     let root = tempfile::tempdir().expect("tmp");
     let dir = root.path();
-    let kds = free_port();
-    let hosts = host_dirs(dir, &["global", "zone-1"]);
-    let global = start_global(&hosts[0], kds, &[]);
-    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
-    apply_ok(
-        &global,
-        dir,
-        "mesh.yaml",
-        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
-    );
-    wait_for("the mesh in the zone", PROPAGATION, || {
-        zone_has(
-            &zone1,
-            "meshcircuitbreakers",
-            "mesh-circuit-breaker-all-default",
-        )
-        .then_some(())
-    });
+    let (global, zone1) = global_and_zone(dir);
     let backend = |name: &str, app: u16| {
         format!(
             "  inbound:\n  - port: {}\n    servicePort: {app}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n      instance: {name}\n",
             free_port()
         )
     };
-    let (app1, _, hits1) = instance("one");
-    let (app2, health2, hits2) = instance("two");
+    let (app1, _, hits1) = app("one", Duration::ZERO);
+    let (app2, health2, hits2) = app("two", Duration::ZERO);
     let _one = sidecar(&zone1, dir, "backend-1", &backend("one", app1));
     let _two = sidecar(&zone1, dir, "backend-2", &backend("two", app2));
     let outbound = free_port();

@@ -15,18 +15,16 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshzone_xds::decode::health_checks::{GrpcCheckPlan, HttpCheckPlan, TcpCheckPlan};
-use meshzone_xds::decode::routes::{HeaderModPlan, PathMatch};
+use meshzone_xds::decode::routes::HeaderModPlan;
 use meshzone_xds::decode::{
-    CheckerPlan, ClusterPlan, EndpointPlan, HealthCheckPlan, ListenerPlan, ProxyConfig, SanMatch,
-    SecretPlan, TlsPlan,
+    CheckerPlan, ClusterPlan, EndpointPlan, HealthCheckPlan, ProxyConfig, SanMatch, SecretPlan,
+    TlsPlan,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::rbac::tests::{Pki, eventually};
-use crate::routes::tests::fixtures::{forward, route};
 use crate::runtime::Runtime;
-use crate::stats::Stats;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -136,49 +134,10 @@ fn counter(rt: &Runtime, stat: &str) -> u64 {
         .map_or(0, |(_, v)| v)
 }
 
-/// kuma-dp's HTTP path in front of the runtime's `backend` cluster.
-async fn front(rt: Arc<Runtime>) -> SocketAddr {
-    let (tx, latest) = tokio::sync::watch::channel(rt.clone());
-    let guard = crate::rbac::RequestGuard {
-        listener: "out".into(),
-        sans: Arc::from(Vec::<String>::new()),
-        started: None,
-        latest,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let stats = Arc::new(Stats::default());
-    tokio::spawn(async move {
-        let _keep = tx;
-        while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(crate::http::serve(
-                conn,
-                "out".into(),
-                rt.clone(),
-                stats.clone(),
-                guard.clone(),
-            ));
-        }
-    });
-    addr
-}
-
 fn with_listener(mut config: ProxyConfig) -> ProxyConfig {
-    config.listeners.insert(
-        "out".into(),
-        ListenerPlan {
-            name: "out".into(),
-            address: "127.0.0.1:1".parse().expect("addr"),
-            cluster: "backend".into(),
-            http: true,
-            routes: vec![route(
-                "all",
-                PathMatch::Prefix("/".into()),
-                forward(&[("backend", 1)], vec![]),
-            )],
-            ..Default::default()
-        },
-    );
+    config
+        .listeners
+        .insert("out".into(), crate::http::loopback::listener_to("backend"));
     config
 }
 
@@ -203,7 +162,7 @@ async fn a_failing_health_path_moves_traffic_to_the_other_endpoint_until_it_heal
         cluster(check(3, 2, http_check("/health"))),
         &[a, b],
     )));
-    let front = front(rt.clone()).await;
+    let (front, _) = crate::http::loopback::serve_listener(rt.clone(), "out").await;
     requests(front, 10).await;
     assert!(a_hits.load(Ordering::SeqCst) > 0 && b_hits.load(Ordering::SeqCst) > 0);
 
