@@ -225,6 +225,7 @@ impl ClusterRuntime {
 
     /// Endpoints in the order to try them, for a request without a hash key (see
     /// [`ClusterRuntime::pick_with`]).
+    #[cfg(test)]
     pub fn pick(&self) -> Vec<SocketAddr> {
         self.pick_with(None)
     }

@@ -296,13 +296,14 @@ impl Lab {
     /// `KUMA_MODE=global kuma-cp run` on host `global` (process `global`), durable store in the
     /// host's work dir.
     pub fn global_cp(&mut self) {
-        self.spawn(
-            "global",
-            "global",
-            "kuma-cp",
-            &["run"],
-            &[("KUMA_MODE", "global")],
-        );
+        self.global_cp_with(&[]);
+    }
+
+    /// The global CP with `extra` environment on top.
+    pub fn global_cp_with(&mut self, extra: &[(&str, &str)]) {
+        let mut env = vec![("KUMA_MODE", "global")];
+        env.extend_from_slice(extra);
+        self.spawn("global", "global", "kuma-cp", &["run"], &env);
     }
 
     /// Zone `zone-<z>`'s CP on host `z<z>-cp` (process `zone-<z>`), connected to global at

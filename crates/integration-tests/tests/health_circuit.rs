@@ -10,15 +10,12 @@
 //! again once it heals.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, apply_ok, free_port, host_dirs, start_global, start_sidecar, wait_for,
-    zone,
+    ControlPlane, DataPlane, EchoServer, apply_ok, free_port, host_dirs, start_global,
+    start_loopback_sidecar, wait_for, zone,
 };
 
 const PROPAGATION: Duration = Duration::from_secs(30);
@@ -49,52 +46,6 @@ spec:
         noTrafficInterval: 1s
         http: {path: /health}
 ";
-
-/// An HTTP app: `/health` answers the status in the cell at once, any other path 200 with
-/// `name` as the body `delay` after it arrived, counted. One thread per connection, keep-alive.
-fn app(name: &'static str, delay: Duration) -> (u16, Arc<AtomicU16>, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let health = Arc::new(AtomicU16::new(200));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let (h, n) = (health.clone(), hits.clone());
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let (h, n) = (h.clone(), n.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut got = Vec::new();
-                while let Ok(read) = conn.read(&mut buf) {
-                    if read == 0 {
-                        return;
-                    }
-                    got.extend_from_slice(&buf[..read]);
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&got[..end]).into_owned();
-                        got.drain(..end + 4);
-                        let path = head.split(' ').nth(1).unwrap_or_default().to_string();
-                        let status = if path == "/health" {
-                            h.load(Ordering::SeqCst)
-                        } else {
-                            n.fetch_add(1, Ordering::SeqCst);
-                            std::thread::sleep(delay);
-                            200
-                        };
-                        let answer = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{name}",
-                            name.len()
-                        );
-                        if conn.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (port, health, hits)
-}
 
 /// One request over a new connection: status and the `x-envoy-overloaded` header.
 fn request(port: u16) -> Result<(u16, Option<String>), String> {
@@ -128,13 +79,6 @@ fn backend_plan(client: &DataPlane) -> Option<serde_json::Value> {
 fn zone_has(cp: &ControlPlane, plural: &str, display: &str) -> bool {
     cp.kumactl_ok(&["get", plural, "-o", "json"])
         .contains(display)
-}
-
-fn sidecar(cp: &ControlPlane, dir: &Path, name: &str, body: &str) -> DataPlane {
-    let yaml = format!(
-        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n{body}"
-    );
-    start_sidecar(cp, dir, name, &yaml)
 }
 
 /// A global CP and zone `zone-1` in `dir`, with an mTLS Mesh `default` that reached the zone
@@ -171,8 +115,9 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
     let dir = root.path();
     let (global, zone1) = global_and_zone(dir);
 
-    let (app, _, arrived) = app("slow", Duration::from_secs(2));
-    let _backend = sidecar(
+    let slow = EchoServer::answering("slow", 200, Duration::from_secs(2));
+    let app = slow.port;
+    let _backend = start_loopback_sidecar(
         &zone1,
         dir,
         "backend-1",
@@ -182,7 +127,7 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
         ),
     );
     let outbound = free_port();
-    let client = sidecar(
+    let client = start_loopback_sidecar(
         &zone1,
         dir,
         "web-1",
@@ -208,10 +153,10 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
     });
 
     // Two requests take the connection and the pending place; the third overflows at once.
-    let before = arrived.load(Ordering::SeqCst);
+    let before = slow.served();
     let first = std::thread::spawn(move || request(outbound));
     wait_for("the first request at the app", PROPAGATION, || {
-        (arrived.load(Ordering::SeqCst) > before).then_some(())
+        (slow.served() > before).then_some(())
     });
     let second = std::thread::spawn(move || request(outbound));
     wait_for("the second request waiting", PROPAGATION, || {
@@ -231,7 +176,7 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
     assert_eq!(first.join().expect("thread").map(|r| r.0), Ok(200));
     assert_eq!(second.join().expect("thread").map(|r| r.0), Ok(200));
     assert_eq!(
-        arrived.load(Ordering::SeqCst),
+        slow.served(),
         before + 2,
         "the overflowing request never reached the app"
     );
@@ -248,12 +193,11 @@ fn a_health_check_applied_on_global_moves_traffic_off_a_failing_instance() {
             free_port()
         )
     };
-    let (app1, _, hits1) = app("one", Duration::ZERO);
-    let (app2, health2, hits2) = app("two", Duration::ZERO);
-    let _one = sidecar(&zone1, dir, "backend-1", &backend("one", app1));
-    let _two = sidecar(&zone1, dir, "backend-2", &backend("two", app2));
+    let (one, two) = (EchoServer::start("one"), EchoServer::start("two"));
+    let _one = start_loopback_sidecar(&zone1, dir, "backend-1", &backend("one", one.port));
+    let _two = start_loopback_sidecar(&zone1, dir, "backend-2", &backend("two", two.port));
     let outbound = free_port();
-    let client = sidecar(
+    let client = start_loopback_sidecar(
         &zone1,
         dir,
         "web-1",
@@ -265,7 +209,7 @@ fn a_health_check_applied_on_global_moves_traffic_off_a_failing_instance() {
     );
     wait_for("both instances answering", PROPAGATION, || {
         let _ = request(outbound);
-        (hits1.load(Ordering::SeqCst) > 0 && hits2.load(Ordering::SeqCst) > 0).then_some(())
+        (one.served() > 0 && two.served() > 0).then_some(())
     });
 
     apply_ok(&global, dir, "health-check.yaml", HEALTH_CHECK);
@@ -273,38 +217,29 @@ fn a_health_check_applied_on_global_moves_traffic_off_a_failing_instance() {
         let check = backend_plan(&client)?["health_check"].clone();
         (check["unhealthy_threshold"] == 2).then_some(())
     });
+    let stat = |name: &str| client.stat(&format!("cluster.backend.health_check.{name}"));
     wait_for("both instances passing their probes", PROPAGATION, || {
-        (client.stat("cluster.backend.health_check.success") >= 2
-            && client.stat("cluster.backend.health_check.healthy") == 2)
-            .then_some(())
+        (stat("success") >= 2 && stat("healthy") == 2).then_some(())
     });
 
-    health2.store(503, Ordering::SeqCst);
+    two.set_health(503);
     wait_for("instance two unhealthy", PROPAGATION, || {
-        (client.stat("cluster.backend.health_check.healthy") == 1).then_some(())
+        (stat("healthy") == 1).then_some(())
     });
-    let (before1, before2) = (hits1.load(Ordering::SeqCst), hits2.load(Ordering::SeqCst));
+    let (before1, before2) = (one.served(), two.served());
     for _ in 0..20 {
         assert_eq!(request(outbound).map(|r| r.0), Ok(200));
     }
-    assert_eq!(
-        hits2.load(Ordering::SeqCst),
-        before2,
-        "no request reached instance two"
-    );
-    assert_eq!(
-        hits1.load(Ordering::SeqCst),
-        before1 + 20,
-        "instance one served them all"
-    );
+    assert_eq!(two.served(), before2, "no request reached instance two");
+    assert_eq!(one.served(), before1 + 20, "instance one served them all");
 
-    health2.store(200, Ordering::SeqCst);
+    two.set_health(200);
     wait_for("instance two healthy again", PROPAGATION, || {
-        (client.stat("cluster.backend.health_check.healthy") == 2).then_some(())
+        (stat("healthy") == 2).then_some(())
     });
     wait_for("instance two serving again", PROPAGATION, || {
         let _ = request(outbound);
-        (hits2.load(Ordering::SeqCst) > before2).then_some(())
+        (two.served() > before2).then_some(())
     });
-    assert!(client.stat("cluster.backend.health_check.failure") >= 1);
+    assert!(stat("failure") >= 1);
 }

@@ -139,6 +139,10 @@ pub struct ListenerPlan {
     pub connection_limit: Option<ConnectionLimitPlan>,
     /// Request-headers timeout (HTTP), idle timeout and connect attempts (TCP).
     pub timeouts: ListenerTimeouts,
+    /// TCP listeners: a ring hash or maglev cluster picks by the client's IP address
+    /// (`tcp_proxy.hash_policy` `source_ip`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hash_source_ip: bool,
 }
 
 /// A bound TCP listener on `0.0.0.0:0` with nothing configured (what tests build plans from).
@@ -161,6 +165,7 @@ impl Default for ListenerPlan {
             inbound_http: InboundHttpPlan::default(),
             connection_limit: None,
             timeouts: ListenerTimeouts::default(),
+            hash_source_ip: false,
         }
     }
 }
@@ -412,6 +417,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         inbound_http,
         connection_limit,
         timeouts,
+        hash_source_ip,
     } = filters;
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
@@ -445,6 +451,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         inbound_http,
         connection_limit,
         timeouts,
+        hash_source_ip,
     })
 }
 
@@ -459,6 +466,7 @@ struct ChainFilters {
     inbound_http: InboundHttpPlan,
     connection_limit: Option<ConnectionLimitPlan>,
     timeouts: ListenerTimeouts,
+    hash_source_ip: bool,
 }
 
 /// A chain's filters: an optional network RBAC filter, then a TCP proxy or an HTTP connection
@@ -533,6 +541,7 @@ fn chain_filters(
                 request_headers,
                 ..ListenerTimeouts::default()
             },
+            hash_source_ip: false,
         });
     }
     if cfg.type_url != TcpProxy::type_url() {
@@ -544,6 +553,8 @@ fn chain_filters(
     let mut tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
     let timeouts =
         timeouts::tcp_resilience(&mut tcp, &format!("{at}.tcp_proxy")).map_err(|e| err(name, e))?;
+    let hash_source_ip =
+        routes::tcp_hash_source_ip(&mut tcp).map_err(|e| err(name, format!("{at}: {e}")))?;
     let (clusters, split) =
         routes::tcp_proxy_clusters(&tcp).map_err(|e| err(name, format!("{at}: {e}")))?;
     let first = clusters
@@ -565,6 +576,7 @@ fn chain_filters(
         inbound_http: InboundHttpPlan::default(),
         connection_limit,
         timeouts,
+        hash_source_ip,
     })
 }
 
@@ -616,20 +628,9 @@ fn sni_router(
     Ok(ListenerPlan {
         name,
         address,
-        cluster: String::new(),
-        tls: None,
-        permissive: false,
-        http: false,
-        routes: Vec::new(),
-        weighted: Vec::new(),
         sni_routes,
         bind: l.bind_to_port.is_none_or(|b| b.value),
-        use_original_dst: false,
-        rbac: None,
-        dns_names: Vec::new(),
-        inbound_http: InboundHttpPlan::default(),
-        connection_limit: None,
-        timeouts: ListenerTimeouts::default(),
+        ..ListenerPlan::default()
     })
 }
 

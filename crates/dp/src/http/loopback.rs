@@ -20,6 +20,7 @@ pub(crate) async fn serve_listener(rt: Arc<Runtime>, listener: &str) -> (SocketA
         sans: Arc::from(Vec::<String>::new()),
         started: None,
         latest,
+        peer: None,
     };
     let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = socket.local_addr().expect("addr");

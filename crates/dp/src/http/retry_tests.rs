@@ -112,6 +112,7 @@ async fn start_front(
         sans: Arc::from(Vec::<String>::new()),
         started: None,
         latest,
+        peer: None,
     };
     // The runtime never changes in these tests: the sender may live as long as the process.
     std::mem::forget(keep);

@@ -39,6 +39,8 @@ pub struct ClusterTimeouts {
     pub idle: Duration,
     /// An upstream HTTP stream (one try) lasting longer is reset (504); `None`: no limit.
     pub max_stream_duration: Option<Duration>,
+    /// A pooled upstream HTTP connection older than this is not reused; `None`: no limit.
+    pub max_connection_duration: Option<Duration>,
 }
 
 impl Default for ClusterTimeouts {
@@ -47,6 +49,7 @@ impl Default for ClusterTimeouts {
             connect: ENVOY_CONNECT,
             idle: ENVOY_UPSTREAM_IDLE,
             max_stream_duration: None,
+            max_connection_duration: None,
         }
     }
 }
@@ -324,8 +327,8 @@ pub(crate) fn connect_timeout(d: Option<&PbDuration>) -> Result<Duration, String
     }
 }
 
-/// The common HTTP options of a cluster's `HttpProtocolOptions`: `idle_timeout` (0: never) and
-/// `max_stream_duration`; anything else is refused.
+/// The common HTTP options of a cluster's `HttpProtocolOptions`: `idle_timeout` (0: never),
+/// `max_stream_duration` and `max_connection_duration` (0: none); anything else is refused.
 pub(crate) fn cluster_http_options(
     common: &CommonOptions,
     at: &str,
@@ -340,14 +343,12 @@ pub(crate) fn cluster_http_options(
     if let Some(d) = rest.max_stream_duration.take() {
         timeouts.max_stream_duration = nonzero(&d, &format!("{at}.max_stream_duration"))?;
     }
-    if rest.max_connection_duration.is_some() {
-        return Err(format!(
-            "{at}.max_connection_duration: not enforced by kuma-dp"
-        ));
+    if let Some(d) = rest.max_connection_duration.take() {
+        timeouts.max_connection_duration = nonzero(&d, &format!("{at}.max_connection_duration"))?;
     }
     if rest != CommonOptions::default() {
         return Err(format!(
-            "{at}: only idle_timeout and max_stream_duration are enforced by kuma-dp"
+            "{at}: only idle_timeout, max_stream_duration and max_connection_duration are enforced by kuma-dp"
         ));
     }
     Ok(())
