@@ -81,6 +81,29 @@ fn zone_has(cp: &ControlPlane, plural: &str, display: &str) -> bool {
         .contains(display)
 }
 
+/// A sidecar of an HTTP `backend` instance whose app listens on `app`.
+fn backend_sidecar(zone: &ControlPlane, dir: &Path, name: &str, app: u16) -> DataPlane {
+    let inbound = format!(
+        "  inbound:\n  - port: {}\n    servicePort: {app}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n",
+        free_port()
+    );
+    start_loopback_sidecar(zone, dir, name, &inbound)
+}
+
+/// The client sidecar `web-1` with an outbound to `backend`; the outbound's port.
+fn web_client(zone: &ControlPlane, dir: &Path) -> (DataPlane, u16) {
+    let outbound = free_port();
+    let networking = format!(
+        "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
+        free_port(),
+        free_port()
+    );
+    (
+        start_loopback_sidecar(zone, dir, "web-1", &networking),
+        outbound,
+    )
+}
+
 /// A global CP and zone `zone-1` in `dir`, with an mTLS Mesh `default` that reached the zone
 /// (its default circuit breaker is there).
 fn global_and_zone(dir: &Path) -> (ControlPlane, ControlPlane) {
@@ -117,26 +140,8 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
 
     let slow = EchoServer::answering("slow", 200, Duration::from_secs(2));
     let app = slow.port;
-    let _backend = start_loopback_sidecar(
-        &zone1,
-        dir,
-        "backend-1",
-        &format!(
-            "  inbound:\n  - port: {}\n    servicePort: {app}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n",
-            free_port()
-        ),
-    );
-    let outbound = free_port();
-    let client = start_loopback_sidecar(
-        &zone1,
-        dir,
-        "web-1",
-        &format!(
-            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
-            free_port(),
-            free_port()
-        ),
-    );
+    let _backend = backend_sidecar(&zone1, dir, "backend-1", app);
+    let (client, outbound) = web_client(&zone1, dir);
     // The default policy's passive health is on the client's backend cluster.
     wait_for("the default outlier detection", PROPAGATION, || {
         let od = backend_plan(&client)?["outlier"].clone();
@@ -187,26 +192,10 @@ fn a_health_check_applied_on_global_moves_traffic_off_a_failing_instance() {
     let root = tempfile::tempdir().expect("tmp");
     let dir = root.path();
     let (global, zone1) = global_and_zone(dir);
-    let backend = |name: &str, app: u16| {
-        format!(
-            "  inbound:\n  - port: {}\n    servicePort: {app}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n      instance: {name}\n",
-            free_port()
-        )
-    };
     let (one, two) = (EchoServer::start("one"), EchoServer::start("two"));
-    let _one = start_loopback_sidecar(&zone1, dir, "backend-1", &backend("one", one.port));
-    let _two = start_loopback_sidecar(&zone1, dir, "backend-2", &backend("two", two.port));
-    let outbound = free_port();
-    let client = start_loopback_sidecar(
-        &zone1,
-        dir,
-        "web-1",
-        &format!(
-            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
-            free_port(),
-            free_port()
-        ),
-    );
+    let _one = backend_sidecar(&zone1, dir, "backend-1", one.port);
+    let _two = backend_sidecar(&zone1, dir, "backend-2", two.port);
+    let (client, outbound) = web_client(&zone1, dir);
     wait_for("both instances answering", PROPAGATION, || {
         let _ = request(outbound);
         (one.served() > 0 && two.served() > 0).then_some(())
