@@ -844,6 +844,9 @@ mod connection_age;
 mod hash_key;
 
 #[cfg(test)]
+pub(crate) mod loopback;
+
+#[cfg(test)]
 mod resilience_tests;
 mod retry;
 #[cfg(test)]

@@ -497,6 +497,25 @@ impl Lab {
         out
     }
 
+    /// The name of the cluster of a kuma-dp on `host` (admin on 9901) whose endpoints include
+    /// `endpoint` (`ip:port`); panics naming the configuration when there is none.
+    pub fn cluster_with_endpoint(&self, host: &str, endpoint: &str) -> String {
+        let dump: serde_json::Value = serde_json::from_str(
+            &self
+                .curl(host, &["http://127.0.0.1:9901/config_dump"])
+                .expect("config dump"),
+        )
+        .expect("json");
+        dump["endpoints"]
+            .as_object()
+            .and_then(|m| {
+                m.iter()
+                    .find(|(_, l)| l.to_string().contains(endpoint))
+                    .map(|(k, _)| k.clone())
+            })
+            .unwrap_or_else(|| panic!("no cluster with {endpoint} on {host}: {dump}"))
+    }
+
     /// iptables in a host's namespace; panics when the rule is refused.
     pub fn iptables(&self, host: &str, args: &[&str]) {
         let ns = self.ns(host);

@@ -269,11 +269,13 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// A tiny HTTP/1.1 server that answers every request with its own name (keep-alive aware) and
-/// counts the requests that reached it. Stops when dropped.
+/// counts the requests that reached it; `GET /health` answers the health status (200 unless
+/// set) at once and is not counted. Stops when dropped.
 pub struct EchoServer {
     pub port: u16,
     pub name: String,
     served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    health: std::sync::Arc<std::sync::atomic::AtomicU16>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -288,19 +290,21 @@ impl EchoServer {
     pub fn answering(name: &str, status: u16, delay: Duration) -> EchoServer {
         use std::io::{BufRead, BufReader, Write};
         use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
         let port = listener.local_addr().expect("addr").port();
         let served = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(AtomicU16::new(200));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st, n) = (served.clone(), stop.clone(), name.to_string());
+        let h = health.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (s, n) = (s.clone(), n.clone());
+                let (s, n, h) = (s.clone(), n.clone(), h.clone());
                 std::thread::spawn(move || {
                     let Ok(mut writer) = conn.try_clone() else {
                         return;
@@ -309,6 +313,7 @@ impl EchoServer {
                     loop {
                         let mut saw_request = false;
                         let mut close = false;
+                        let mut health_path = false;
                         loop {
                             let mut line = String::new();
                             match reader.read_line(&mut line) {
@@ -319,15 +324,21 @@ impl EchoServer {
                                 break;
                             }
                             close |= line.to_ascii_lowercase().starts_with("connection: close");
+                            health_path |= !saw_request && line.starts_with("GET /health ");
                             saw_request = true;
                         }
                         if !saw_request {
                             continue;
                         }
-                        s.fetch_add(1, Ordering::SeqCst);
-                        if !delay.is_zero() {
-                            std::thread::sleep(delay);
-                        }
+                        let status = if health_path {
+                            h.load(Ordering::SeqCst)
+                        } else {
+                            s.fetch_add(1, Ordering::SeqCst);
+                            if !delay.is_zero() {
+                                std::thread::sleep(delay);
+                            }
+                            status
+                        };
                         let body = format!("{n}\n");
                         let reason = if status == 200 { "OK" } else { "Scripted" };
                         let resp = format!(
@@ -345,12 +356,19 @@ impl EchoServer {
             port,
             name: name.to_string(),
             served,
+            health,
             stop,
         }
     }
 
     pub fn served(&self) -> usize {
         self.served.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What `GET /health` answers from now on.
+    pub fn set_health(&self, status: u16) {
+        self.health
+            .store(status, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

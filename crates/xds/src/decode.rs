@@ -36,12 +36,14 @@ use crate::names::TypeUrl;
 
 pub mod balancing;
 mod clusters;
+pub mod health_checks;
 mod inbound;
 mod rbac;
 pub mod resilience;
 pub mod routes;
 pub mod timeouts;
 pub use clusters::{decode_assignment, decode_cluster};
+pub use health_checks::{CheckerPlan, HealthCheckPlan};
 pub use inbound::{
     ConnectionLimitPlan, FaultPlan, HeaderContains, HttpRateLimitPlan, InboundHttpPlan, Injected,
     TokenBucketPlan,
@@ -201,6 +203,10 @@ pub struct ClusterPlan {
     pub fail_traffic_on_panic: bool,
     /// Connect timeout and HTTP connection settings (MeshTimeout).
     pub timeouts: ClusterTimeouts,
+    /// Active health checking of the endpoints (MeshHealthCheck); none: no probes (and
+    /// absent from the config dump).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckPlan>,
 }
 
 /// An EDS cluster without TLS, HTTP/2 or outlier detection, with Envoy's default limits and
@@ -218,6 +224,7 @@ impl Default for ClusterPlan {
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             fail_traffic_on_panic: false,
             timeouts: ClusterTimeouts::default(),
+            health_check: None,
         }
     }
 }

@@ -7,15 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
-use meshzone_xds::decode::routes::PathMatch;
-use meshzone_xds::decode::{
-    ClusterPlan, EndpointPlan, LimitsPlan, ListenerPlan, OutlierPlan, ProxyConfig,
-};
+use meshzone_xds::decode::{ClusterPlan, EndpointPlan, LimitsPlan, OutlierPlan, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::*;
-use crate::routes::tests::fixtures::{forward as forward_to, route};
 
 /// An HTTP backend answering `status` with body `name`; with a gate, each request first waits
 /// for one permit of it. Counts the requests that arrived.
@@ -102,49 +98,12 @@ async fn front_with(endpoints: &[SocketAddr], plan: ClusterPlan) -> (SocketAddr,
             })
             .collect(),
     );
-    config.listeners.insert(
-        "out".into(),
-        ListenerPlan {
-            name: "out".into(),
-            address: "127.0.0.1:1".parse().expect("addr"),
-            cluster: "backend".into(),
-            http: true,
-            routes: vec![route(
-                "all",
-                PathMatch::Prefix("/".into()),
-                forward_to(&[("backend", 1)], vec![]),
-            )],
-            ..Default::default()
-        },
-    );
+    config
+        .listeners
+        .insert("out".into(), super::loopback::listener_to("backend"));
     let (rt, problems) = Runtime::build(config, &Runtime::empty());
     assert!(problems.is_empty(), "{problems:?}");
-    let rt = Arc::new(rt);
-    let stats = Arc::new(Stats::default());
-    let (_tx, latest) = tokio::sync::watch::channel(rt.clone());
-    let guard = crate::rbac::RequestGuard {
-        listener: "out".into(),
-        sans: Arc::from(Vec::<String>::new()),
-        started: None,
-        latest,
-        peer: None,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let serve_stats = stats.clone();
-    tokio::spawn(async move {
-        let _keep = _tx;
-        while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(serve(
-                conn,
-                "out".into(),
-                rt.clone(),
-                serve_stats.clone(),
-                guard.clone(),
-            ));
-        }
-    });
-    (addr, stats)
+    super::loopback::serve_listener(Arc::new(rt), "out").await
 }
 
 async fn get(
