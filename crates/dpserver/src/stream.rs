@@ -339,17 +339,23 @@ impl ProxyStream {
         Ok(())
     }
 
-    /// Sends every subscribed type whose content changed since it was last sent.
+    /// Sends every subscribed type whose content changed since it was last sent. After new
+    /// clusters the load assignments go again even when unchanged: Envoy re-creates an updated
+    /// cluster and keeps it warming (the old one in use) until an EDS response arrives for it,
+    /// and its request for one repeats the version it has, which is no reason to answer.
     async fn push(&mut self) -> Result<(), Status> {
         let types: Vec<TypeUrl> = self.subscribed.keys().copied().collect();
+        let mut clusters_sent = false;
         for t in TypeUrl::ALL.into_iter().filter(|t| types.contains(t)) {
             let current = self
                 .snapshot
                 .get(t)
                 .map(|s| s.version.as_str())
                 .unwrap_or("");
-            if self.sent.get(&t).map(|s| s.version.as_str()) != Some(current) {
+            let stale = self.sent.get(&t).map(|s| s.version.as_str()) != Some(current);
+            if stale || (t == TypeUrl::ClusterLoadAssignment && clusters_sent) {
                 self.send(t).await?;
+                clusters_sent |= t == TypeUrl::Cluster;
             }
         }
         Ok(())

@@ -325,6 +325,46 @@ impl Lab {
         self.spawn(&format!("z{z}-cp"), &zone, "kuma-cp", &["run"], &env);
     }
 
+    /// Global on host `global` (with `global_env` on top), zones `zone-1` and `zone-2` on hosts
+    /// `z1-cp` and `z2-cp` connected to it at `global_ip`, kumactl configured on all three, and
+    /// both zones Online.
+    pub fn global_and_two_zones(&mut self, global_ip: &str, global_env: &[(&str, &str)]) {
+        self.global_cp_with(global_env);
+        for z in ["1", "2"] {
+            self.zone_cp(z, global_ip, &[]);
+        }
+        for host in ["global", "z1-cp", "z2-cp"] {
+            self.configure_kumactl(host);
+        }
+        wait_for("both zones Online", Duration::from_secs(60), || {
+            let o = self.kumactl("global", &["get", "zones"]);
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            (text.matches("Online").count() == 2).then_some(())
+        });
+    }
+
+    /// Zone `z`'s ingress `ingress-<z>` on `host` at `ip`:10000 (advertised there too), with an
+    /// ingress token from global.
+    pub fn zone_ingress(&mut self, z: &str, host: &str, ip: &str) {
+        let zone = format!("--zone=zone-{z}");
+        let token = ok(&self.kumactl(
+            "global",
+            &["generate", "zone-token", &zone, "--scope", "ingress"],
+        ));
+        let name = format!("ingress-{z}");
+        self.zone_proxy(
+            host,
+            &name,
+            "ingress",
+            z,
+            token.trim(),
+            &format!(
+                "type: ZoneIngress\nname: {name}\nnetworking:\n  address: {ip}\n  port: 10000\n  advertisedAddress: {ip}\n  advertisedPort: 10000\n"
+            ),
+            &[],
+        );
+    }
+
     /// The zone CP's certificate (`z<z>-cp`'s work dir), for `--ca-cert-file` on other hosts.
     pub fn cp_cert(&self, z: &str) -> String {
         let path = self

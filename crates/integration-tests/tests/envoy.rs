@@ -208,6 +208,31 @@ fn envoy_acks_our_config_and_interoperates_with_kuma_dp() {
         "envoy-server rejected the permissive listener: {rejected:?}"
     );
 
+    // A MeshHealthCheck turns into checks Envoy runs: the updated cluster is in use and its
+    // probes through the kuma-dp server's mTLS inbound succeed. (After every cluster update
+    // the CP sends the load assignments again, which Envoy needs to take an updated cluster
+    // out of warming; `zone_cut.rs` is where a missing resend showed.)
+    let health = dir.path().join("health.yaml");
+    std::fs::write(
+        &health,
+        "type: MeshHealthCheck\nname: kdp-health\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshService, name: behind-kuma-dp}\n    default:\n      interval: 1s\n      timeout: 1s\n      unhealthyThreshold: 2\n      healthyThreshold: 1\n      tcp: {}\n",
+    )
+    .expect("write");
+    cp.kumactl_ok(&["apply", "-f", &health.display().to_string()]);
+    wait_for(
+        "the new cluster's health checks running",
+        Duration::from_secs(10),
+        || {
+            let stats = envoy_client.admin("/stats")?;
+            (meshzone_integration_tests::stat_value(
+                &stats,
+                "cluster.behind-kuma-dp.health_check.success",
+            ) > 0)
+                .then_some(())
+        },
+    );
+    assert_eq!(curl(e_to_kdp).as_deref(), Some("kdp-app"));
+
     // The control plane saw their ACKs and no NACK.
     for name in ["envoy-server", "envoy-client"] {
         // Insights are written at most once a second: poll until the ACKs are recorded.

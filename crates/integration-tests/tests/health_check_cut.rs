@@ -70,17 +70,7 @@ fn a_cut_zone_is_severed_by_health_checks_and_rejoins_after_the_heal() {
     ] {
         lab.host(host, ip);
     }
-    lab.global_cp();
-    lab.zone_cp("1", GLOBAL, &[]);
-    lab.zone_cp("2", GLOBAL, &[]);
-    for host in ["global", "z1-cp", "z2-cp"] {
-        lab.configure_kumactl(host);
-    }
-    wait_for("both zones Online", CONVERGE, || {
-        let zones =
-            String::from_utf8_lossy(&lab.kumactl("global", &["get", "zones"]).stdout).into_owned();
-        (zones.lines().filter(|l| l.contains("Online")).count() == 2).then_some(())
-    });
+    lab.global_and_two_zones(GLOBAL, &[]);
     apply(&lab, "mesh.yaml", &mtls_mesh(""));
     wait_for("the mesh in both zones", CONVERGE, || {
         ["z1-cp", "z2-cp"]
@@ -108,27 +98,7 @@ fn a_cut_zone_is_severed_by_health_checks_and_rejoins_after_the_heal() {
         ],
     ));
 
-    let token = ok(&lab.kumactl(
-        "global",
-        &[
-            "generate",
-            "zone-token",
-            "--zone=zone-1",
-            "--scope",
-            "ingress",
-        ],
-    ));
-    lab.zone_proxy(
-        "z1-ing",
-        "ingress-1",
-        "ingress",
-        "1",
-        token.trim(),
-        &format!(
-            "type: ZoneIngress\nname: ingress-1\nnetworking:\n  address: {Z1_INGRESS}\n  port: 10000\n  advertisedAddress: {Z1_INGRESS}\n  advertisedPort: 10000\n"
-        ),
-        &[],
-    );
+    lab.zone_ingress("1", "z1-ing", Z1_INGRESS);
     for (host, z, ip, name) in [
         ("z1-app", "1", "198.18.1.10", "z1-a"),
         ("z2-app", "2", Z2_APP, "z2-a"),
