@@ -129,6 +129,13 @@ fn material(
 }
 
 fn upstream_tls(config: &ProxyConfig, c: &ClusterPlan) -> Result<Option<UpstreamTls>, String> {
+    if let Some(plan) = &c.origination {
+        let cfg = tls::origination_config(&c.name, plan).map_err(|e| e.to_string())?;
+        return Ok(Some(UpstreamTls {
+            config: cfg,
+            sni: plan.sni.clone(),
+        }));
+    }
     let Some(plan) = &c.tls else { return Ok(None) };
     let (id, roots) = material(config, plan)?;
     let cfg = tls::client_config(&id, roots, plan.peer.clone()).map_err(|e| e.to_string())?;

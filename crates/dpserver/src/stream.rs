@@ -447,6 +447,7 @@ impl ProxyStream {
             protocols,
             proxyless: self.proxyless,
             policies: &policies,
+            external_services: &view.external,
         });
         self.set_snapshot(snapshot);
         Ok(())
@@ -515,6 +516,8 @@ impl ProxyStream {
             address: &address,
             port,
             routes: &routes,
+            external: &[],
+            tls: &Default::default(),
         });
         self.set_snapshot(snapshot);
         Ok(())

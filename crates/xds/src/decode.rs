@@ -37,6 +37,7 @@ use crate::names::TypeUrl;
 pub mod balancing;
 mod clusters;
 mod inbound;
+mod origination;
 mod rbac;
 pub mod resilience;
 pub mod routes;
@@ -46,6 +47,7 @@ pub use inbound::{
     ConnectionLimitPlan, FaultPlan, HeaderContains, HttpRateLimitPlan, InboundHttpPlan, Injected,
     TokenBucketPlan,
 };
+pub use origination::OriginationPlan;
 pub use rbac::{PrincipalPlan, RbacPlan, Verdict};
 pub use resilience::{DEFAULT_PANIC_THRESHOLD, LimitsPlan, OutlierPlan, RatePlan};
 pub use routes::{RoutePlan, WeightedClusterPlan};
@@ -193,6 +195,9 @@ pub struct ClusterPlan {
     pub fail_traffic_on_panic: bool,
     /// Connect timeout and HTTP connection settings (MeshTimeout).
     pub timeouts: ClusterTimeouts,
+    /// TLS towards a server outside the mesh (an ExternalService), instead of `tls`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origination: Option<OriginationPlan>,
 }
 
 /// An EDS cluster without TLS, HTTP/2 or outlier detection, with Envoy's default limits and
@@ -210,6 +215,7 @@ impl Default for ClusterPlan {
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             fail_traffic_on_panic: false,
             timeouts: ClusterTimeouts::default(),
+            origination: None,
         }
     }
 }
