@@ -246,7 +246,12 @@ impl Runtime {
     pub fn build(config: ProxyConfig, previous: &Runtime) -> (Self, Vec<RuntimeProblem>) {
         let mut problems = Vec::new();
         let mut downstream = BTreeMap::new();
-        for l in config.listeners.values() {
+        // Zone egress chains that terminate mTLS hold TLS of their own.
+        let with_chains = config
+            .listeners
+            .values()
+            .flat_map(|l| std::iter::once(l).chain(l.sni_terminated.values()));
+        for l in with_chains {
             let Some(plan) = &l.tls else { continue };
             match material(&config, plan)
                 .and_then(|(id, roots)| tls::server_config(&id, roots).map_err(|e| e.to_string()))

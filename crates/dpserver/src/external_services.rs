@@ -61,6 +61,8 @@ pub struct ExternalServices {
     pub endpoints: BTreeMap<String, Vec<EndpointInfo>>,
     pub protocols: BTreeMap<String, String>,
     pub refused: Vec<Refusal>,
+    /// What this zone's egresses serve of them ([`served_by_egress`]).
+    pub egress: Vec<EgressServed>,
 }
 
 /// Where the zone is, for ExternalServices: its name and its egresses.

@@ -22,7 +22,9 @@ use tracing::{debug, warn};
 
 use crate::Shared;
 use crate::endpoints::{LocalEgress, RemoteIngress, mesh_endpoints};
-use crate::external_services::{ExternalInput, ExternalServices, ZoneSide, external_services};
+use crate::external_services::{
+    EgressServed, ExternalInput, ExternalServices, ZoneSide, external_services, served_by_egress,
+};
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
@@ -43,6 +45,8 @@ pub(crate) struct MeshView {
     /// The mesh's ExternalServices reached directly (their endpoints and protocols are in
     /// `endpoints` and `protocols`).
     pub(crate) external: BTreeMap<String, ExternalUpstream>,
+    /// The mesh's ExternalServices this zone's egresses serve.
+    pub(crate) egress_served: Vec<EgressServed>,
 }
 
 /// The cached views, by mesh, with the store sequence each was read at.
@@ -110,8 +114,8 @@ async fn read_view(
         egresses: &egresses,
     };
     let external = read_external_services(store, mesh, &mesh_spec, &endpoints, &vips, side).await?;
-    endpoints.extend(external.endpoints);
-    protocols.extend(external.protocols);
+    endpoints.extend(external.endpoints.clone());
+    protocols.extend(external.protocols.clone());
     let stored = store
         .list(ResourceType::VirtualOutbound, Some(mesh))
         .await
@@ -131,6 +135,7 @@ async fn read_view(
         virtual_outbounds,
         policies,
         external: external.upstreams,
+        egress_served: external.egress,
     })
 }
 
@@ -180,7 +185,11 @@ async fn read_external_services(
             host_vip,
         });
     }
-    let out = external_services(mesh_spec, &inputs, internal_services, &secrets, side);
+    let mut out = external_services(mesh_spec, &inputs, internal_services, &secrets, side);
+    let (egress, refused) =
+        served_by_egress(mesh_spec, &inputs, internal_services, &secrets, side.zone);
+    out.egress = egress;
+    out.refused.extend(refused);
     for refusal in &out.refused {
         warn!(mesh, "{refusal}");
     }

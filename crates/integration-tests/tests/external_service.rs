@@ -62,6 +62,7 @@ fn external_services_reached_directly_with_tls_origination_dns_and_vips() {
         ("global", "198.18.0.1"),
         ("z1-cp", "198.18.1.1"),
         ("z1-client", "198.18.1.20"),
+        ("z1-egress", "198.18.1.3"),
         ("external", EXTERNAL_IP),
     ] {
         lab.host(host, ip);
@@ -274,5 +275,87 @@ fn external_services_reached_directly_with_tls_origination_dns_and_vips() {
                 .is_err()
                 .then_some(())
         },
+    );
+
+    // From now on the external host answers the egress's host only.
+    lab.iptables(
+        "external",
+        &["-A", "INPUT", "-s", "198.18.1.20", "-j", "DROP"],
+    );
+    assert!(
+        lab.curl("z1-client", &["http://198.18.9.2:8080/"]).is_err(),
+        "the client cannot reach the external host itself"
+    );
+    // Zone-1's egress: mTLS from the sidecar, TLS (or TCP) from the egress to the host.
+    let token = ok(&lab.kumactl(
+        "global",
+        &[
+            "generate",
+            "zone-token",
+            "--zone=zone-1",
+            "--scope",
+            "egress",
+        ],
+    ));
+    lab.zone_proxy(
+        "z1-egress",
+        "egress-1",
+        "egress",
+        "1",
+        token.trim(),
+        "type: ZoneEgress\nname: zoneegress-1\nnetworking:\n  address: 198.18.1.3\n  port: 10002\n",
+        &[],
+    );
+    let before = served_count(&counter);
+    for url in [
+        "http://api.mesh/",
+        "http://127.0.0.1:20001/",
+        "http://plain.mesh/",
+    ] {
+        let last = std::cell::RefCell::new(String::new());
+        let body = wait_for_or(&format!("curl {url} through the egress"), &last, || {
+            lab.curl("z1-client", &[url])
+                .map_err(|e| {
+                    *last.borrow_mut() =
+                        format!("{e}\n{}\n{}", lab.log("client-dp"), lab.log("egress-1"))
+                })
+                .ok()
+        });
+        let want = if url.contains("api") {
+            "external-tls\n"
+        } else {
+            "external-plain\n"
+        };
+        assert_eq!(body, want, "{url}");
+    }
+    assert!(served_count(&counter) > before);
+    let through = "cluster.external:default:api.upstream_cx_total";
+    assert!(lab.stat("z1-egress", 9901, through) >= 1, "{through}");
+
+    // A MeshTrafficPermission denying everyone on the external service: the egress refuses.
+    let deny = lab.file(
+        "global",
+        "deny.yaml",
+        "type: MeshTrafficPermission\nmesh: default\nname: no-api\nspec:\n  targetRef:\n    kind: MeshService\n    name: api\n  from:\n  - targetRef:\n      kind: Mesh\n    default:\n      action: Deny\n",
+    );
+    ok(&lab.kumactl("global", &["apply", "-f", &deny]));
+    wait_for("the egress denies api", Duration::from_secs(30), || {
+        lab.curl("z1-client", &["http://api.mesh/"])
+            .is_err()
+            .then_some(())
+    });
+    let denied = served_count(&counter);
+    for _ in 0..3 {
+        assert!(lab.curl("z1-client", &["http://api.mesh/"]).is_err());
+    }
+    assert_eq!(
+        served_count(&counter),
+        denied,
+        "no denied request reaches the host"
+    );
+    // plain has no such policy: it still goes through.
+    assert_eq!(
+        lab.curl("z1-client", &["http://plain.mesh/"]).as_deref(),
+        Ok("external-plain\n")
     );
 }

@@ -17,8 +17,8 @@ use meshzone_model::{Resource, ResourceType, Spec};
 use meshzone_xds::decode::routes::RouteActionPlan;
 use meshzone_xds::decode::{OriginationPlan, ProxyConfig};
 use meshzone_xds::generate::{
-    EndpointInfo, ExternalUpstream, HostEntry, OriginatedTls, ProxyInput, Resources, TlsMaterial,
-    Transparent, base_resources,
+    EgressExternal, EndpointInfo, ExternalUpstream, HostEntry, OriginatedTls, ProxyInput,
+    Resources, SniRouterInput, TlsMaterial, Transparent, base_resources, generate_sni_router,
 };
 use meshzone_xds::names::TypeUrl;
 use meshzone_xds::policy::{ProxyPolicies, configure};
@@ -251,4 +251,140 @@ fn external_services_golden_envoy_json_that_envoy_accepts_and_kuma_dp_decodes() 
     // db's own VIP listens on its port too; its explicit outbound stays bound.
     assert!(config.listeners.contains_key("outbound:240.0.0.6:5432"));
     assert!(config.listeners["outbound:127.0.0.2:20013"].bind);
+}
+
+/// The MeshTrafficPermission rules of `service` as the DP server computes them for a zone
+/// egress: those of a Dataplane whose inbound carries the service's tags.
+fn permission_of(service: &str, policies: &[Resource]) -> Vec<meshzone_model::policy::Rule> {
+    let stand_in = resource(json!({"type": "Dataplane", "mesh": "default",
+        "name": format!("zone-egress.{service}"), "networking": {"address": "127.0.0.1",
+        "inbound": [{"port": 1, "tags": {"kuma.io/service": service}}]}}));
+    let mut rules = MeshPolicies::from_resources(policies)
+        .dataplane_rules(&stand_in, Some("zone-1"))
+        .expect("rules");
+    let permission = rules
+        .remove(&ResourceType::MeshTrafficPermission)
+        .unwrap_or_default();
+    permission
+        .from_rules
+        .into_iter()
+        .next()
+        .map(|f| f.rules)
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_zone_egress_terminates_mtls_per_external_service_and_originates_its_tls() {
+    let only_web = resource(json!({"type": "MeshTrafficPermission", "mesh": "default",
+        "name": "httpbin-from-web", "spec": {"targetRef": {"kind": "MeshService", "name": "httpbin"},
+        "from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"action": "Allow"}}]}}));
+    let external = [EgressExternal {
+        mesh: "default".into(),
+        service: "httpbin".into(),
+        endpoint: endpoint("198.18.9.2", 443, "httpbin"),
+        tls: Some(OriginatedTls {
+            sni: Some("httpbin.org".into()),
+            ca_pem: Some(certificate("ca.crt")),
+            verify_name: Some("httpbin.org".into()),
+            ..Default::default()
+        }),
+        permission: permission_of("httpbin", &[only_web]),
+    }];
+    let tls = BTreeMap::from([(
+        "default".to_string(),
+        TlsMaterial {
+            identity_cert_pem: "EGRESS CERT".into(),
+            identity_key_pem: "EGRESS KEY".into(),
+            ca_cert_pem: "CA CERT".into(),
+        },
+    )]);
+    // A cross-zone route passes through beside it, TLS untouched.
+    let routes = BTreeMap::from([(
+        "backend.default.mesh".to_string(),
+        vec![endpoint("198.18.2.2", 10000, "backend")],
+    )]);
+    let input = SniRouterInput {
+        listener_name: "inbound:198.18.1.3:10002",
+        address: "198.18.1.3",
+        port: 10002,
+        routes: &routes,
+        external: &external,
+        tls: &tls,
+    };
+    let snapshot = generate_sni_router(&input);
+    let json = json!({
+        "listeners": json_by_name(&snapshot, TypeUrl::Listener),
+        "clusters": json_by_name(&snapshot, TypeUrl::Cluster),
+        "endpoints": json_by_name(&snapshot, TypeUrl::ClusterLoadAssignment),
+        "secrets": json_by_name(&snapshot, TypeUrl::Secret).as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()),
+    });
+    assert_golden("external-service-egress.golden.json", &json);
+    let chains = &json["listeners"]["inbound:198.18.1.3:10002"]["filterChains"];
+    let chain = chains
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["filterChainMatch"]["serverNames"][0] == json!("httpbin.default.mesh"))
+        })
+        .expect("a chain for httpbin");
+    assert_eq!(
+        chain["transportSocket"]["typedConfig"]["requireClientCertificate"],
+        json!(true)
+    );
+    assert_eq!(
+        chain["filters"][0]["name"],
+        json!("envoy.filters.network.rbac")
+    );
+    assert_eq!(
+        json["clusters"]["external:default:httpbin"]["transportSocket"]["typedConfig"]["sni"],
+        json!("httpbin.org")
+    );
+    assert_eq!(
+        json["secrets"],
+        json!(["identity_cert:secret:default", "mesh_ca:secret:default"])
+    );
+
+    // Envoy accepts it (the listener and clusters as a bootstrap).
+    let mut resources = Resources::default();
+    for (url, out) in [(TypeUrl::Listener, 0), (TypeUrl::Cluster, 1)] {
+        for r in &snapshot.get(url).expect("type").resources {
+            use prost::Message;
+            if out == 0 {
+                resources
+                    .listeners
+                    .push(meshzone_xds::generate::GeneratedListener {
+                        origin: meshzone_xds::generate::ListenerOrigin::SniRouter,
+                        listener: Message::decode(r.resource.value.as_slice()).expect("listener"),
+                    });
+            } else {
+                resources
+                    .clusters
+                    .push(Message::decode(r.resource.value.as_slice()).expect("cluster"));
+            }
+        }
+    }
+    assert_envoy_accepts("external-service-egress", &resources);
+
+    // kuma-dp: the passthrough route and the terminating chain with its TLS and RBAC.
+    let (config, errors) = ProxyConfig::from_snapshot(&snapshot);
+    assert!(errors.is_empty(), "{errors:?}");
+    let l = &config.listeners["inbound:198.18.1.3:10002"];
+    assert_eq!(
+        l.sni_routes.get("backend.default.mesh").map(String::as_str),
+        Some("backend.default.mesh")
+    );
+    let chain = &l.sni_terminated["httpbin.default.mesh"];
+    assert_eq!(chain.name, "inbound:198.18.1.3:10002/httpbin.default.mesh");
+    assert_eq!(chain.cluster, "external:default:httpbin");
+    assert!(!chain.bind);
+    let tls = chain.tls.as_ref().expect("terminates mTLS");
+    assert_eq!(tls.identity_secret, "identity_cert:secret:default");
+    assert!(chain.rbac.is_some());
+    assert_eq!(
+        config.clusters["external:default:httpbin"]
+            .origination
+            .as_ref()
+            .and_then(|o| o.sni.as_deref()),
+        Some("httpbin.org")
+    );
 }
