@@ -5,16 +5,18 @@
 //!
 //! With Mesh `routing.zoneEgress` (mTLS required) sidecars reach them through this zone's
 //! egresses ([`external_services`]), which terminate the mesh's mTLS and originate the TLS
-//! ([`served_by_egress`]). Not yet: an ExternalService tagged with another zone
-//! (`kuma.io/zone`), which Kuma reaches through that zone's ingress and egress, is refused.
+//! ([`served_by_egress`]). One tagged with another zone (`kuma.io/zone: X`) is reached as X's
+//! services are: X's ingresses offer it ([`offered_by_zone`]) and route it to X's egresses
+//! ([`ingress_external_routes`]), so traffic goes egress → X's ingress → X's egress → host.
 
 use std::collections::BTreeMap;
 
 use meshzone_model::external_service::{DataSource, DataSourceError, ExternalServiceSpec};
 
 use crate::endpoints::LocalEgress;
-use meshzone_model::specs::MeshSpec;
-use meshzone_xds::generate::{EndpointInfo, ExternalUpstream, HostEntry, OriginatedTls};
+use meshzone_model::specs::{AvailableService, MeshSpec};
+use meshzone_model::{Resource, Spec};
+use meshzone_xds::generate::{EndpointInfo, ExternalUpstream, HostEntry, OriginatedTls, sni};
 
 /// One stored ExternalService with what the caller looked up for it.
 #[derive(Debug, Clone)]
@@ -35,7 +37,7 @@ pub enum Refusal {
     )]
     EgressWithoutMtls(String),
     #[error(
-        "ExternalService {name:?}: kuma.io/zone {zone:?} is another zone; reaching it through that zone's ingress and egress is not implemented yet"
+        "ExternalService {name:?}: kuma.io/zone {zone:?} is another zone, and no ingress of that zone offers it (yet): it needs an egress there and routing.zoneEgress"
     )]
     OtherZone { name: String, zone: String },
     #[error("ExternalService {name:?}: networking.tls.{field}: {error}")]
@@ -92,6 +94,13 @@ pub fn external_services(
         } else {
             direct(es, secrets)
         };
+        // Another zone's: reached like that zone's services, through its ingress, once it
+        // offers it (then it is among `internal`).
+        if let Err(Refusal::OtherZone { .. }) = &taken
+            && es.spec.service().is_some_and(|s| internal.contains_key(s))
+        {
+            continue;
+        }
         match taken {
             Err(r) => out.refused.push(r),
             Ok((service, upstream, endpoints)) => {
@@ -164,6 +173,79 @@ pub fn served_by_egress(
         }
     }
     (served, refused)
+}
+
+/// The meshes with `routing.zoneEgress` and mTLS: only there do ExternalServices leave
+/// through egresses.
+fn egress_meshes(meshes: &[Resource]) -> impl Iterator<Item = &str> {
+    meshes.iter().filter_map(|m| match &m.spec {
+        Spec::Mesh(spec)
+            if spec.routing.as_ref().is_some_and(|r| r.zone_egress)
+                && spec.enabled_mtls_backend().is_some() =>
+        {
+            Some(m.meta.name.as_str())
+        }
+        _ => None,
+    })
+}
+
+/// The ExternalServices tagged `kuma.io/zone: <zone>` in meshes with `routing.zoneEgress`,
+/// as this zone's ingresses offer them (`externalService: true`, one instance: the egress).
+pub fn offered_by_zone(
+    meshes: &[Resource],
+    external: &[Resource],
+    zone: &str,
+) -> Vec<AvailableService> {
+    let meshes: Vec<&str> = egress_meshes(meshes).collect();
+    let mut out: Vec<AvailableService> = external
+        .iter()
+        .filter(|r| meshes.contains(&r.meta.mesh.as_str()))
+        .filter_map(|r| match &r.spec {
+            Spec::ExternalService(es) if es.zone() == Some(zone) && es.service().is_some() => {
+                Some(AvailableService {
+                    tags: es.tags.clone(),
+                    instances: 1,
+                    mesh: r.meta.mesh.clone(),
+                    external_service: true,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.mesh, &a.tags).cmp(&(&b.mesh, &b.tags)));
+    out.dedup();
+    out
+}
+
+/// What a zone ingress routes to this zone's egresses: the SNI of every ExternalService it
+/// offers ([`offered_by_zone`]), TLS passed through to the egress that terminates it.
+pub fn ingress_external_routes(
+    meshes: &[Resource],
+    external: &[Resource],
+    egresses: &[LocalEgress],
+    zone: &str,
+) -> BTreeMap<String, Vec<EndpointInfo>> {
+    if egresses.is_empty() {
+        return BTreeMap::new();
+    }
+    offered_by_zone(meshes, external, zone)
+        .into_iter()
+        .filter_map(|a| {
+            let service = a.tags.get(meshzone_model::specs::SERVICE_TAG)?.clone();
+            let endpoints = egresses
+                .iter()
+                .map(|e| EndpointInfo {
+                    address: e.address.clone(),
+                    port: e.port,
+                    weight: 1,
+                    zone: Some(zone.to_string()),
+                    priority: 0,
+                    tags: a.tags.clone(),
+                })
+                .collect();
+            Some((sni(&service, &a.mesh), endpoints))
+        })
+        .collect()
 }
 
 fn by_name<'a, 'b>(stored: &'a [ExternalInput<'b>]) -> Vec<&'a ExternalInput<'b>> {
@@ -402,6 +484,89 @@ mod tests {
             Some("zone-1"),
         );
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_zones_ingress_offers_its_external_services_and_routes_them_to_its_egresses() {
+        let resource = |v: serde_json::Value| Resource::from_value(v).expect("resource");
+        let meshes = [
+            resource(serde_json::json!({"type": "Mesh", "name": "default",
+                "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]},
+                "routing": {"zoneEgress": true}})),
+            resource(serde_json::json!({"type": "Mesh", "name": "plain"})),
+        ];
+        let es = |mesh: &str, name: &str, zone: Option<&str>| {
+            let mut tags = serde_json::json!({"kuma.io/service": name});
+            if let Some(z) = zone {
+                tags["kuma.io/zone"] = serde_json::json!(z);
+            }
+            resource(
+                serde_json::json!({"type": "ExternalService", "mesh": mesh, "name": name,
+                "networking": {"address": "10.0.0.9:443"}, "tags": tags}),
+            )
+        };
+        let external = [
+            es("default", "here", Some("zone-2")),
+            es("default", "there", Some("zone-1")),
+            es("default", "anywhere", None),
+            es("plain", "no-egress", Some("zone-2")),
+        ];
+        let offered = offered_by_zone(&meshes, &external, "zone-2");
+        assert_eq!(
+            offered
+                .iter()
+                .map(|a| (
+                    a.mesh.as_str(),
+                    a.tags["kuma.io/service"].as_str(),
+                    a.instances,
+                    a.external_service
+                ))
+                .collect::<Vec<_>>(),
+            [("default", "here", 1, true)]
+        );
+        let egresses = [LocalEgress {
+            address: "198.18.2.3".into(),
+            port: 10002,
+        }];
+        let routes = ingress_external_routes(&meshes, &external, &egresses, "zone-2");
+        assert_eq!(routes.keys().collect::<Vec<_>>(), ["here.default.mesh"]);
+        assert_eq!(routes["here.default.mesh"][0].address, "198.18.2.3");
+        assert!(ingress_external_routes(&meshes, &external, &[], "zone-2").is_empty());
+    }
+
+    #[test]
+    fn another_zones_external_service_is_reached_as_its_services_once_offered() {
+        let elsewhere = spec(serde_json::json!({"networking": {"address": "10.0.0.3:80"},
+            "tags": {"kuma.io/service": "c", "kuma.io/zone": "zone-2"}}));
+        let side = ZoneSide {
+            zone: Some("zone-1"),
+            egresses: &[],
+        };
+        // Offered by zone-2's ingress: an ordinary (remote) service, nothing refused.
+        let offered = BTreeMap::from([("c".to_string(), Vec::new())]);
+        let got = external_services(
+            &egress_mesh(),
+            &[input("c", &elsewhere)],
+            &offered,
+            &BTreeMap::new(),
+            side,
+        );
+        assert!(
+            got.upstreams.is_empty() && got.refused.is_empty(),
+            "{got:?}"
+        );
+        // Not offered yet: refused with the reason.
+        let got = external_services(
+            &egress_mesh(),
+            &[input("c", &elsewhere)],
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            side,
+        );
+        assert!(
+            matches!(got.refused.as_slice(), [Refusal::OtherZone { .. }]),
+            "{got:?}"
+        );
     }
 
     #[test]

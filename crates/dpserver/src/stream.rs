@@ -307,6 +307,8 @@ impl ProxyStream {
             (ProxyKind::Dataplane, ResourceType::Config) => e.key.name == meshzone_dns::VIPS_CONFIG,
             (ProxyKind::Dataplane, t) if t.is_mesh_scoped() => e.key.mesh == self.key.mesh,
             (ProxyKind::Ingress, ResourceType::Mesh | ResourceType::Dataplane) => true,
+            // This zone's ExternalServices go on to its egresses.
+            (ProxyKind::Ingress, ResourceType::ExternalService | ResourceType::ZoneEgress) => true,
             (ProxyKind::Egress, ResourceType::Mesh | ResourceType::ZoneIngress) => true,
             // The ExternalServices an egress serves: their certificates, permissions, and
             // the mesh services that shadow them.
@@ -518,8 +520,20 @@ impl ProxyStream {
                     .list(ResourceType::Dataplane, None)
                     .await
                     .map_err(internal)?;
-                let routes =
+                let mut routes =
                     ingress_routes(&meshes, &dataplanes, &route_policies, &virtual_outbounds);
+                if let Some(zone) = self.shared.settings.zone.as_deref() {
+                    let external = store
+                        .list(ResourceType::ExternalService, None)
+                        .await
+                        .map_err(internal)?;
+                    let egresses = crate::view::local_egresses(&self.shared).await?;
+                    for (sni, endpoints) in crate::external_services::ingress_external_routes(
+                        &meshes, &external, &egresses, zone,
+                    ) {
+                        routes.entry(sni).or_insert(endpoints);
+                    }
+                }
                 (z.networking.address, z.networking.port, routes)
             }
             Some(Resource {

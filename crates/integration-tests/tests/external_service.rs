@@ -63,6 +63,9 @@ fn external_services_reached_directly_with_tls_origination_dns_and_vips() {
         ("z1-cp", "198.18.1.1"),
         ("z1-client", "198.18.1.20"),
         ("z1-egress", "198.18.1.3"),
+        ("z2-cp", "198.18.2.1"),
+        ("z2-ingress", "198.18.2.2"),
+        ("z2-egress", "198.18.2.3"),
         ("external", EXTERNAL_IP),
     ] {
         lab.host(host, ip);
@@ -357,5 +360,98 @@ fn external_services_reached_directly_with_tls_origination_dns_and_vips() {
     assert_eq!(
         lab.curl("z1-client", &["http://plain.mesh/"]).as_deref(),
         Ok("external-plain\n")
+    );
+
+    // `kuma.io/zone: zone-2`: reachable only from zone-2's egress host; zone-1 goes
+    // egress(zone-1) → ingress(zone-2) → egress(zone-2) → the host.
+    let far_counter = certs.join("far.count").display().to_string();
+    lab.spawn(
+        "external",
+        "external-far",
+        "python3",
+        &[&script, EXTERNAL_IP, "9443", &cert, &key, &far_counter],
+        &[],
+    );
+    lab.iptables(
+        "external",
+        &[
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "9443",
+            "-s",
+            "198.18.1.3",
+            "-j",
+            "DROP",
+        ],
+    );
+    lab.zone_cp("2", "198.18.0.1", &[]);
+    lab.configure_kumactl("z2-cp");
+    let token = ok(&lab.kumactl(
+        "global",
+        &[
+            "generate",
+            "zone-token",
+            "--zone=zone-2",
+            "--scope",
+            "egress",
+            "--scope",
+            "ingress",
+        ],
+    ));
+    lab.zone_proxy(
+        "z2-ingress",
+        "ingress-2",
+        "ingress",
+        "2",
+        token.trim(),
+        "type: ZoneIngress\nname: ingress-2\nnetworking:\n  address: 198.18.2.2\n  port: 10000\n  advertisedAddress: 198.18.2.2\n  advertisedPort: 10000\n",
+        &[],
+    );
+    lab.zone_proxy(
+        "z2-egress",
+        "egress-2",
+        "egress",
+        "2",
+        token.trim(),
+        "type: ZoneEgress\nname: zoneegress-2\nnetworking:\n  address: 198.18.2.3\n  port: 10002\n",
+        &[],
+    );
+    let far = lab.file(
+        "global",
+        "far.yaml",
+        &format!("type: ExternalService\nmesh: default\nname: far\ntags:\n  kuma.io/service: far\n  kuma.io/protocol: http\n  kuma.io/zone: zone-2\nnetworking:\n  address: {EXTERNAL_IP}:9443\n  tls:\n    enabled: true\n    serverName: {EXTERNAL_NAME}\n    caCert:\n      secret: api-ca\n"),
+    );
+    ok(&lab.kumactl("global", &["apply", "-f", &far]));
+    let last = std::cell::RefCell::new(String::new());
+    let body = wait_for_or("curl http://far.mesh/ across zones", &last, || {
+        lab.curl("z1-client", &["http://far.mesh/"])
+            .map_err(|e| {
+                *last.borrow_mut() = format!(
+                    "{e}\n{}\n{}\n{}",
+                    lab.log("egress-1"),
+                    lab.log("ingress-2"),
+                    lab.log("egress-2")
+                )
+            })
+            .ok()
+    });
+    assert_eq!(body, "external-tls\n");
+    assert!(served_count(&far_counter) >= 1);
+    assert!(
+        lab.stat(
+            "z2-egress",
+            9901,
+            "cluster.external:default:far.upstream_cx_total"
+        ) >= 1
+    );
+    assert!(
+        lab.stat(
+            "z1-egress",
+            9901,
+            "cluster.far.default.mesh.upstream_cx_total"
+        ) >= 1
     );
 }
