@@ -1,12 +1,18 @@
-//! ExternalService reached directly from a sidecar (Mesh without `routing.zoneEgress`), in
-//! network namespaces: global and zone-1's CP, a client host with a transparent proxy
-//! (`kumactl install transparent-proxy --redirect-dns`) and an explicit outbound, and an
-//! "external" host outside the mesh with an HTTPS server (certificate made by the openssl CLI,
-//! its CA given to the mesh as a Secret) and a plain HTTP server. Checked with `dig` (the
-//! service's VIP and the address host's own VIP, kuma-dp's resolver and the zone CP agreeing)
-//! and `curl` (TLS originated by the sidecar; a wrong CA makes it fail). A federated zone
-//! refuses to write ExternalServices. With `routing.zoneEgress` and no egress in the zone the
-//! traffic fails (as in Kuma): nothing bypasses the egress.
+//! ExternalService in network namespaces: global, zone-1's CP, a client host with a transparent
+//! proxy (`kumactl install transparent-proxy --redirect-dns`) and an explicit outbound, a host
+//! with an Envoy 1.40 sidecar, and an "external" host outside the mesh with HTTPS servers
+//! (certificate made by the openssl CLI, its CA given to the mesh as a Secret) and a plain HTTP
+//! server.
+//!
+//! 1. Direct (Mesh without `routing.zoneEgress`): `dig` gives the service's VIP and the address
+//!    host's own (kuma-dp's resolver and the zone CP agree); `curl` by every name and port gets
+//!    the external answer, TLS originated by the sidecar (kuma-dp's and Envoy's); a wrong CA
+//!    makes it fail before the server sees a request. A federated zone refuses to write them.
+//! 2. `routing.zoneEgress`: without an egress nothing goes around it; with zone-1's egress, and
+//!    the external host now refusing the clients' hosts, traffic goes sidecar → egress (mTLS
+//!    terminated, MeshTrafficPermission) → host; a deny on the service stops it there.
+//! 3. `kuma.io/zone: zone-2`: an HTTPS server reachable only from zone-2's egress host, reached
+//!    from zone-1 through zone-1's egress, zone-2's ingress and zone-2's egress.
 
 use std::time::Duration;
 
@@ -62,6 +68,7 @@ fn external_services_reached_directly_with_tls_origination_dns_and_vips() {
         ("global", "198.18.0.1"),
         ("z1-cp", "198.18.1.1"),
         ("z1-client", "198.18.1.20"),
+        ("z1-envoy", "198.18.1.21"),
         ("z1-egress", "198.18.1.3"),
         ("z2-cp", "198.18.2.1"),
         ("z2-ingress", "198.18.2.2"),
@@ -188,6 +195,21 @@ fn external_services_reached_directly_with_tls_origination_dns_and_vips() {
         ],
     );
 
+    // An Envoy 1.40 sidecar with an explicit outbound to api: Envoy originates the TLS.
+    let envoy_dp = serde_json::json!({"type": "Dataplane", "mesh": "default", "name": "envoy-client",
+        "networking": {"address": "198.18.1.21",
+            "inbound": [{"port": 10031, "servicePort": 8082, "tags": {"kuma.io/service": "envoy-client"}}],
+            "outbound": [{"port": 20002, "tags": {"kuma.io/service": "api"}}]}});
+    lab.envoy_sidecar("z1-envoy", "1", &envoy_dp, 9901);
+    let envoy_url = "http://127.0.0.1:20002/";
+    let last = std::cell::RefCell::new(String::new());
+    let body = wait_for_or("curl api through the Envoy sidecar", &last, || {
+        lab.curl("z1-envoy", &[envoy_url])
+            .map_err(|e| *last.borrow_mut() = format!("{e}\n{}", lab.log("envoy-client-envoy")))
+            .ok()
+    });
+    assert_eq!(body, "external-tls\n");
+
     // dig: the service's VIP and the host's own, from kuma-dp's resolver and the zone CP.
     let mut vips = Vec::new();
     for name in ["api.mesh", EXTERNAL_NAME, "plain.mesh"] {
@@ -285,6 +307,10 @@ fn external_services_reached_directly_with_tls_origination_dns_and_vips() {
         "external",
         &["-A", "INPUT", "-s", "198.18.1.20", "-j", "DROP"],
     );
+    lab.iptables(
+        "external",
+        &["-A", "INPUT", "-s", "198.18.1.21", "-j", "DROP"],
+    );
     assert!(
         lab.curl("z1-client", &["http://198.18.9.2:8080/"]).is_err(),
         "the client cannot reach the external host itself"
@@ -331,6 +357,14 @@ fn external_services_reached_directly_with_tls_origination_dns_and_vips() {
         };
         assert_eq!(body, want, "{url}");
     }
+    // Envoy's sidecar goes through kuma-dp's egress as well.
+    let last = std::cell::RefCell::new(String::new());
+    let body = wait_for_or("curl api from Envoy through the egress", &last, || {
+        lab.curl("z1-envoy", &[envoy_url])
+            .map_err(|e| *last.borrow_mut() = format!("{e}\n{}", lab.log("envoy-client-envoy")))
+            .ok()
+    });
+    assert_eq!(body, "external-tls\n");
     assert!(served_count(&counter) > before);
     let through = "cluster.external:default:api.upstream_cx_total";
     assert!(lab.stat("z1-egress", 9901, through) >= 1, "{through}");
