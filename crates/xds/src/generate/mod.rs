@@ -524,8 +524,9 @@ fn external_listeners(
 }
 
 /// A zone proxy (ingress or egress): one listener that routes each TLS connection by its SNI to
-/// the endpoints of that SNI, passing the TLS through untouched. Connections whose SNI is not
-/// listed, or that are not TLS, match no filter chain and are closed.
+/// the endpoints of that SNI, passing the TLS through untouched (an egress's ExternalServices
+/// excepted, see [`EgressExternal`]). Connections whose SNI is not listed, or that are not TLS,
+/// match no filter chain and are closed.
 #[derive(Debug, Clone)]
 pub struct SniRouterInput<'a> {
     pub listener_name: &'a str,
@@ -565,8 +566,10 @@ impl EgressExternal {
     }
 }
 
-/// Generates the whole configuration of a zone ingress or egress. Without routes there is no
-/// listener (Envoy refuses a listener without filter chains), so connections are refused.
+/// Generates the whole configuration of a zone ingress or egress: the passthrough chains of
+/// `routes`, then an egress's terminating chains of `external` with their clusters and the
+/// egress's certificates. Without either there is no listener (Envoy refuses a listener
+/// without filter chains), so connections are refused.
 pub fn generate_sni_router(input: &SniRouterInput<'_>) -> Snapshot {
     let mut out = Resources::default();
     for (sni, endpoints) in input.routes {
@@ -576,7 +579,9 @@ pub fn generate_sni_router(input: &SniRouterInput<'_>) -> Snapshot {
     }
     let mut chains = Vec::new();
     for e in input.external {
-        if !input.tls.contains_key(&e.mesh) {
+        // Without the egress's certificate there is nothing to terminate with; an SNI another
+        // zone already offers stays a passthrough route (two chains cannot match one name).
+        if !input.tls.contains_key(&e.mesh) || input.routes.contains_key(&e.sni()) {
             continue;
         }
         let cluster = e.cluster();
