@@ -387,4 +387,20 @@ fn a_zone_egress_terminates_mtls_per_external_service_and_originates_its_tls() {
             .and_then(|o| o.sni.as_deref()),
         Some("httpbin.org")
     );
+
+    // The same SNI offered by another zone: one passthrough chain, no terminating one.
+    let mut offered = routes.clone();
+    offered.insert(
+        "httpbin.default.mesh".into(),
+        vec![endpoint("198.18.2.2", 10000, "httpbin")],
+    );
+    let both = generate_sni_router(&SniRouterInput {
+        routes: &offered,
+        ..input
+    });
+    let (config, errors) = ProxyConfig::from_snapshot(&both);
+    assert!(errors.is_empty(), "{errors:?}");
+    let l = &config.listeners["inbound:198.18.1.3:10002"];
+    assert!(l.sni_routes.contains_key("httpbin.default.mesh"));
+    assert!(l.sni_terminated.is_empty());
 }
