@@ -369,6 +369,8 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             "KDS",
         )?
         .add_service(service)
+        // A kuma-dp pointed here by mistake learns where to go.
+        .add_service(meshzone_dp_server::AdsRefuser::new(KDS_PORT_REFUSAL).into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.begun(),
@@ -591,6 +593,9 @@ async fn provision_mesh_cas(store: Store) {
         }
     }
 }
+
+/// What a data plane proxy that dialled global's KDS port is told.
+const KDS_PORT_REFUSAL: &str = "this is the global control plane's KDS port, where zone control planes connect; a data plane proxy connects to its zone control plane's DP server (port 5678 by default): kuma-dp run --cp-address=https://<zone-cp>:5678";
 
 async fn ensure_default_mesh(store: &Store, role: meshzone_model::CpRole) -> anyhow::Result<()> {
     let mesh = Resource::new(

@@ -28,11 +28,11 @@ pub fn router(
         .route("/ready", get(ready_handler))
         .route(
             "/stats",
-            get(|State(a): State<Admin>| async move { a.stats.text() }),
+            get(|State(a): State<Admin>| async move { a.stats.text_with(cluster_stats(&a)) }),
         )
         .route(
             "/stats/prometheus",
-            get(|State(a): State<Admin>| async move { a.stats.prometheus() }),
+            get(|State(a): State<Admin>| async move { a.stats.prometheus_with(cluster_stats(&a)) }),
         )
         .route("/config_dump", get(config_dump))
         .with_state(Admin {
@@ -40,6 +40,15 @@ pub fn router(
             runtime,
             ready,
         })
+}
+
+/// Stats the clusters keep themselves (active health checks).
+fn cluster_stats(a: &Admin) -> Vec<(String, u64)> {
+    let rt = a.runtime.borrow().clone();
+    rt.clusters
+        .values()
+        .flat_map(|c| c.health_check_stats())
+        .collect()
 }
 
 async fn ready_handler(State(a): State<Admin>) -> impl IntoResponse {

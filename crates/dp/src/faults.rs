@@ -39,7 +39,7 @@ fn seed() -> u64 {
 }
 
 /// A uniform draw in `0..1_000_000` (xorshift64*, seeded per thread from the OS-keyed hasher).
-fn draw() -> u32 {
+pub(crate) fn draw() -> u32 {
     RNG.with(|r| {
         let mut x = r.get();
         x ^= x >> 12;

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -20,7 +20,7 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::connect::{Connected, Connection, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshzone_xds::decode::routes::RouteActionPlan;
 use meshzone_xds::decode::{ClusterTimeouts, RetryPlan, RouteTimeouts};
@@ -78,6 +78,7 @@ where
         // Faults and rate limits too come from the newest configuration.
         let latest = guard.latest.borrow().clone();
         let sans = guard.sans.clone();
+        let peer = guard.peer;
         async move {
             let mut req = req;
             let resp = if allowed {
@@ -98,7 +99,7 @@ where
                 match decision {
                     crate::faults::Decision::Answer(resp) => resp,
                     crate::faults::Decision::Route { throttle_kib } => {
-                        let resp = route(req, &listener, &rt, &stats).await;
+                        let resp = route(req, &listener, &rt, &stats, peer).await;
                         match throttle_kib {
                             Some(kib) => crate::faults::throttled(resp, kib),
                             None => resp,
@@ -210,6 +211,7 @@ async fn route(
     listener: &str,
     rt: &Arc<Runtime>,
     stats: &Arc<Stats>,
+    peer: Option<std::net::IpAddr>,
 ) -> Response<Body> {
     let Some(table) = rt.listeners.get(listener).and_then(|l| l.routes.as_ref()) else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "no route table\n");
@@ -247,7 +249,7 @@ async fn route(
             let hashing = !f.hash_policy.is_empty()
                 && rt.cluster(&cluster).is_some_and(|c| c.balancer.hashes());
             let hash = if hashing {
-                hash_key::hash_key(&f.hash_policy, &parts.headers, view.query)
+                hash_key::hash_key(&f.hash_policy, &parts.headers, view.query, peer)
             } else {
                 hash_key::HashKey::default()
             };
@@ -520,6 +522,8 @@ async fn tries(
         *request.uri_mut() = uri;
         *request.version_mut() = version;
         *request.headers_mut() = headers.clone();
+        let max_age = c.plan().timeouts.max_connection_duration;
+        let captured = max_age.map(|_| capture_connection(&mut request));
         // Counted in flight (least request) until the response head arrives.
         let in_flight = c.balancer.begin(endpoint);
         let sent = client.request(request);
@@ -542,6 +546,15 @@ async fn tries(
                 (retry::Outcome::Timeout, None, false)
             }
             Some(Ok(resp)) => {
+                if let (Some(max), Some(captured)) = (max_age, &captured) {
+                    connection_age::retire_if_expired(
+                        resp.extensions(),
+                        captured,
+                        max,
+                        stats,
+                        cluster,
+                    );
+                }
                 let refused = resp.status() == StatusCode::SERVICE_UNAVAILABLE
                     && resp.headers().contains_key(NOT_DELIVERED);
                 if !refused {
@@ -592,7 +605,27 @@ async fn tries(
         {
             retries_left -= 1;
             stats.inc(format!("cluster.{cluster}.upstream_rq_retry"));
-            tokio::time::sleep(retry::back_off(plan, retried, retry::jitter())).await;
+            let rate_limited = plan.rate_limited.as_ref().and_then(|r| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                retry::reset_back_off(r, resp.as_ref()?.headers(), now, retry::jitter())
+            });
+            let pause = match rate_limited {
+                Some(pause) => {
+                    stats.inc(format!(
+                        "cluster.{cluster}.upstream_rq_retry_backoff_ratelimited"
+                    ));
+                    pause
+                }
+                None => {
+                    stats.inc(format!(
+                        "cluster.{cluster}.upstream_rq_retry_backoff_exponential"
+                    ));
+                    retry::back_off(plan, retried, retry::jitter())
+                }
+            };
+            tokio::time::sleep(pause).await;
             retried += 1;
             if resp.is_some() && undelivered {
                 last_refusal = resp;
@@ -724,8 +757,9 @@ impl tower_service::Service<Uri> for Connector {
                     .await
                     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
             tcp.set_nodelay(true)?;
-            match tls {
-                None => Ok(UpstreamIo::Plain(TokioIo::new(tcp))),
+            let opened = Instant::now();
+            let stream = match tls {
+                None => UpstreamStream::Plain(TokioIo::new(tcp)),
                 Some((config, sni)) => {
                     let name = sni
                         .and_then(|s| ServerName::try_from(s).ok())
@@ -740,22 +774,29 @@ impl tower_service::Service<Uri> for Connector {
                     let stream = tokio_rustls::TlsConnector::from(config)
                         .connect(name, tcp)
                         .await?;
-                    Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
+                    UpstreamStream::Tls(Box::new(TokioIo::new(stream)))
                 }
-            }
+            };
+            Ok(UpstreamIo { stream, opened })
         })
     }
 }
 
-/// An upstream connection, plain or mTLS.
-pub enum UpstreamIo {
+/// An upstream connection, plain or mTLS, and when it was opened.
+pub struct UpstreamIo {
+    stream: UpstreamStream,
+    opened: Instant,
+}
+
+enum UpstreamStream {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
 impl Connection for UpstreamIo {
+    /// Each response carries its connection's [`connection_age::Opened`].
     fn connected(&self) -> Connected {
-        Connected::new()
+        Connected::new().extra(connection_age::Opened(self.opened))
     }
 }
 
@@ -765,9 +806,9 @@ impl hyper::rt::Read for UpstreamIo {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().stream {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -778,28 +819,32 @@ impl hyper::rt::Write for UpstreamIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().stream {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().stream {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().stream {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
+mod connection_age;
 mod hash_key;
+
+#[cfg(test)]
+pub(crate) mod loopback;
 
 #[cfg(test)]
 mod resilience_tests;

@@ -7,6 +7,7 @@ mod admin;
 mod balancer;
 mod dns;
 mod faults;
+mod health_check;
 mod http;
 mod idle;
 mod limits;

@@ -48,12 +48,14 @@ struct State {
     next_sweep: Option<Instant>,
 }
 
-/// The passive health of one cluster's endpoints.
+/// The passive health of one cluster's endpoints, and beside it their active checks.
 #[derive(Default)]
 pub struct Health {
     state: Mutex<State>,
     /// Hosts that may be ejected: lets the common case (none) skip the lock.
     ejected: AtomicUsize,
+    /// Active health checks (`health_check.rs`).
+    pub active: crate::health_check::ActiveHealth,
 }
 
 /// Why an endpoint was ejected (what the stats count).
@@ -83,7 +85,24 @@ impl Health {
             .is_some_and(|until| until > now)
     }
 
-    /// Ejects an endpoint until `until` (tests; active health checks will too).
+    /// Whether the data path should avoid the endpoint: ejected, or failing active checks.
+    pub fn is_unhealthy(&self, endpoint: SocketAddr, now: Instant) -> bool {
+        self.is_ejected(endpoint, now) || self.active.is_failed(endpoint)
+    }
+
+    /// Lifts an ejection (a passed active check does, as in Envoy).
+    pub fn lift_ejection(&self, endpoint: SocketAddr) {
+        if self.ejected.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut s = self.lock();
+        if let Some(h) = s.hosts.get_mut(&endpoint) {
+            h.ejected_until = None;
+        }
+        self.recount(&s);
+    }
+
+    /// Ejects an endpoint until `until` (tests).
     #[cfg(test)]
     pub fn eject_until(&self, endpoint: SocketAddr, until: Instant) {
         let mut s = self.lock();

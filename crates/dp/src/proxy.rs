@@ -163,6 +163,7 @@ async fn accept_loop(
         let access = Access {
             registry: registry.clone(),
             latest: runtime.clone(),
+            peer: peer.ip(),
         };
         tokio::spawn(async move {
             let _guard = guard;
@@ -182,6 +183,8 @@ async fn accept_loop(
 struct Access {
     registry: Arc<Registry>,
     latest: watch::Receiver<Arc<Runtime>>,
+    /// The client's address (source-IP hashing).
+    peer: std::net::IpAddr,
 }
 
 /// Runs one downstream connection to its end.
@@ -307,11 +310,13 @@ where
         ));
         return Err("closed: over the connection rate limit".into());
     }
+    let peer = access.peer;
     let guard = RequestGuard {
         listener: plan.name.clone(),
         sans: registration.sans.clone(),
         started: plan.rbac.clone(),
         latest: access.latest,
+        peer: Some(peer),
     };
     // Request by request for HTTP listeners, bytes otherwise.
     let carried = async {
@@ -324,7 +329,11 @@ where
                 .get(&plan.name)
                 .map_or(plan.cluster.as_str(), |l| l.tcp_cluster())
                 .to_string();
-            forward(stream, &cluster, &rt, &stats, &[], &plan.timeouts).await
+            // A hashing cluster picks by the client's address when the listener says so.
+            let hash = plan
+                .hash_source_ip
+                .then(|| crate::balancer::fnv64(peer.to_string().as_bytes()));
+            forward(stream, &cluster, &rt, &stats, &[], &plan.timeouts, hash).await
         }
     };
     tokio::select! {
@@ -359,7 +368,7 @@ async fn pass_through(
         .get(cluster)
         .is_some_and(|c| c.original_dst)
     {
-        return forward(conn, cluster, rt, stats, &[], &EVERY_ENDPOINT).await;
+        return forward(conn, cluster, rt, stats, &[], &EVERY_ENDPOINT, None).await;
     }
     stats.inc(format!("cluster.{cluster}.upstream_cx_total"));
     let mut upstream =
@@ -413,7 +422,7 @@ async fn route_by_sni(
         no_match();
         return Err(format!("no route for SNI {sni:?}"));
     };
-    forward(conn, cluster, &rt, &stats, &hello, &EVERY_ENDPOINT).await
+    forward(conn, cluster, &rt, &stats, &hello, &EVERY_ENDPOINT, None).await
 }
 
 /// Zone proxies and the passthrough keep trying every endpoint when connecting fails (their
@@ -475,6 +484,7 @@ async fn forward<D>(
     stats: &Stats,
     preface: &[u8],
     limits: &ListenerTimeouts,
+    hash: Option<u64>,
 ) -> Result<(), String>
 where
     D: AsyncRead + AsyncWrite + Unpin,
@@ -486,7 +496,7 @@ where
         .tls
         .as_ref()
         .map_err(|e| format!("cluster {cluster}: {e}"))?;
-    let candidates = c.pick();
+    let candidates = c.pick_with(hash.filter(|_| c.balancer.hashes()));
     if candidates.is_empty() {
         stats.inc(format!("cluster.{cluster}.upstream_cx_none_healthy"));
         return Err(format!("cluster {cluster} has no healthy endpoint"));

@@ -177,6 +177,8 @@ pub struct RequestGuard {
     pub sans: Arc<[String]>,
     pub started: Option<RbacPlan>,
     pub latest: watch::Receiver<Arc<Runtime>>,
+    /// The client's address, for source-IP hashing.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl RequestGuard {

@@ -46,6 +46,7 @@ struct ClusterKey {
 }
 
 /// One cluster as the data path uses it, kept across updates while its plan is unchanged.
+/// Its health-check stats (`cluster.<name>.health_check.*`) are [`ClusterRuntime::health_check_stats`].
 pub struct ClusterRuntime {
     key: ClusterKey,
     /// Priority, locality and endpoint choice (`balancer.rs`), with in-flight counts.
@@ -58,6 +59,9 @@ pub struct ClusterRuntime {
     pub http: crate::http::HttpClient,
     /// Connection limits (circuit breakers) in force.
     pub limits: crate::limits::Limits,
+    /// The active health checker of the endpoints, when the plan has a check; stopped when
+    /// this object is dropped (its state lives on in `health`).
+    _checker: Option<crate::health_check::Checker>,
 }
 
 impl ClusterRuntime {
@@ -67,6 +71,29 @@ impl ClusterRuntime {
 
     pub fn endpoints(&self) -> &[EndpointPlan] {
         &self.key.endpoints
+    }
+
+    /// Envoy's `cluster.<name>.health_check.{attempt,success,failure,network_failure,healthy}`
+    /// of a cluster with an active check (none without).
+    pub fn health_check_stats(&self) -> Vec<(String, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.key.plan.health_check.is_none() {
+            return Vec::new();
+        }
+        let name = &self.key.plan.name;
+        let c = &self.health.active.counters;
+        let addresses: Vec<SocketAddr> = self.endpoints().iter().map(|e| e.address).collect();
+        let healthy = self.health.active.healthy_count(&addresses) as u64;
+        [
+            ("attempt", c.attempt.load(Relaxed)),
+            ("success", c.success.load(Relaxed)),
+            ("failure", c.failure.load(Relaxed)),
+            ("network_failure", c.network_failure.load(Relaxed)),
+            ("healthy", healthy),
+        ]
+        .into_iter()
+        .map(|(stat, v)| (format!("cluster.{name}.health_check.{stat}"), v))
+        .collect()
     }
 }
 
@@ -145,6 +172,24 @@ fn upstream_tls(config: &ProxyConfig, c: &ClusterPlan) -> Result<Option<Upstream
     }))
 }
 
+/// Starts the active checks of a cluster whose plan has them (none while its TLS is unusable:
+/// nothing is sent to it anyway).
+fn checker(
+    key: &ClusterKey,
+    tls: &Result<Option<UpstreamTls>, String>,
+    health: &Arc<Health>,
+) -> Option<crate::health_check::Checker> {
+    let plan = key.plan.health_check.clone()?;
+    let tls = tls.as_ref().ok()?;
+    let target = crate::health_check::Target {
+        cluster: key.plan.name.clone(),
+        plan,
+        tls: tls.as_ref().map(|u| (u.config.clone(), u.sni.clone())),
+    };
+    let endpoints = key.endpoints.iter().map(|e| e.address).collect();
+    crate::health_check::start(target, endpoints, health.clone())
+}
+
 impl ClusterRuntime {
     fn build(config: &ProxyConfig, key: ClusterKey, health: Arc<Health>) -> Self {
         let tls = upstream_tls(config, &key.plan);
@@ -157,7 +202,9 @@ impl ClusterRuntime {
             &key.plan.timeouts,
         );
         let limits = crate::limits::Limits::new(key.plan.limits, key.plan.http2);
+        let checker = checker(&key, &tls, &health);
         ClusterRuntime {
+            _checker: checker,
             balancer: Balancer::new(key.balancing.clone(), &key.endpoints),
             key,
             health,
@@ -185,6 +232,7 @@ impl ClusterRuntime {
 
     /// Endpoints in the order to try them, for a request without a hash key (see
     /// [`ClusterRuntime::pick_with`]).
+    #[cfg(test)]
     pub fn pick(&self) -> Vec<SocketAddr> {
         self.pick_with(None)
     }
@@ -192,7 +240,7 @@ impl ClusterRuntime {
     /// Endpoints in the order to try them. The first is the balancer's choice (priority with
     /// spill-over, locality, then the balancer type; `key` is the request's hash for ring hash
     /// and maglev); the other healthy endpoints follow as fallbacks (same priority first), and
-    /// ejected ones come last. In panic — fewer than the cluster's `healthy_panic_threshold`
+    /// unhealthy ones (ejected, or failing active checks) come last. In panic — fewer than the cluster's `healthy_panic_threshold`
     /// of its endpoints healthy (Envoy's default 50 %) — the balancer chooses among every
     /// endpoint as if healthy, as Envoy does, unless the cluster fails traffic on panic (then
     /// nothing is picked).
@@ -205,14 +253,15 @@ impl ClusterRuntime {
         // Panic (Envoy's): fewer than `healthy_panic_threshold` (basis points of the cluster's
         // endpoints) healthy, and the balancer chooses among all of them as if healthy —
         // unless the cluster fails traffic on panic.
-        let ejected = |a: SocketAddr| self.health.is_ejected(a, now);
-        let healthy_count = endpoints.iter().filter(|e| !ejected(e.address)).count();
+        self.health.active.mark_used();
+        let unhealthy = |a: SocketAddr| self.health.is_unhealthy(a, now);
+        let healthy_count = endpoints.iter().filter(|e| !unhealthy(e.address)).count();
         let threshold = self.key.plan.panic_threshold as usize;
         let panic = healthy_count * 10_000 < threshold * endpoints.len();
         if panic && self.key.plan.fail_traffic_on_panic {
             return Vec::new();
         }
-        let healthy = |a: SocketAddr| panic || !ejected(a);
+        let healthy = |a: SocketAddr| panic || !unhealthy(a);
         let Some(first) = self.balancer.choose(endpoints, &healthy, key) else {
             return Vec::new();
         };
@@ -220,7 +269,7 @@ impl ClusterRuntime {
         order.push(first);
         let mut rest: Vec<&EndpointPlan> =
             endpoints.iter().filter(|e| e.address != first).collect();
-        rest.sort_by_key(|e| (self.health.is_ejected(e.address, now), e.priority));
+        rest.sort_by_key(|e| (self.health.is_unhealthy(e.address, now), e.priority));
         for e in rest {
             if !order.contains(&e.address) {
                 order.push(e.address);

@@ -28,16 +28,24 @@ impl Stats {
     }
 
     /// `name: value` lines, sorted (Envoy's `/stats` text form).
+    #[cfg(test)]
     pub fn text(&self) -> String {
-        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        c.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
+        self.text_with(Vec::new())
     }
 
-    /// Prometheus text exposition: names sanitized, prefixed `kuma_dp_`.
-    pub fn prometheus(&self) -> String {
-        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+    /// `name: value` lines, sorted (Envoy's `/stats` text form): the counters plus `extra` values kept elsewhere (per-cluster health checks).
+    pub fn text_with(&self, extra: Vec<(String, u64)>) -> String {
+        self.merged(extra)
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\n"))
+            .collect()
+    }
+
+    /// Prometheus text exposition (names sanitized, prefixed `kuma_dp_`) of the counters plus
+    /// `extra`.
+    pub fn prometheus_with(&self, extra: Vec<(String, u64)>) -> String {
         let mut out = String::new();
-        for (k, v) in c.iter() {
+        for (k, v) in self.merged(extra) {
             let name: String = k
                 .chars()
                 .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
@@ -45,5 +53,15 @@ impl Stats {
             out.push_str(&format!("kuma_dp_{name} {v}\n"));
         }
         out
+    }
+
+    fn merged(&self, extra: Vec<(String, u64)>) -> BTreeMap<String, u64> {
+        let mut all = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        all.extend(extra);
+        all
     }
 }

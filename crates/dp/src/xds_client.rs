@@ -279,6 +279,14 @@ fn classify(settings: &XdsSettings, status: tonic::Status) -> Ended {
             address: settings.cp_address.clone(),
             message: status.message().to_string(),
         }),
+        // No ADS here at all (another gRPC server): retrying cannot help.
+        Code::Unimplemented => Ended::Refused(Refused {
+            address: settings.cp_address.clone(),
+            message: format!(
+                "it does not serve xDS ({}); is this a zone control plane's DP server (port 5678 by default)?",
+                status.message()
+            ),
+        }),
         _ => Ended::Failed(format!("{}: {}", status.code(), status.message())),
     }
 }

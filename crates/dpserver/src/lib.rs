@@ -11,12 +11,15 @@ pub mod endpoints;
 pub mod external_services;
 mod handshake;
 mod policies;
+mod refuser;
 mod stream;
 mod view;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub use refuser::AdsRefuser;
 
 use meshzone_lifecycle::Shutdown;
 use meshzone_store::{Store, StoreEvent};

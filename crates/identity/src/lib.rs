@@ -544,6 +544,25 @@ pub async fn issue_dataplane_token<B: Backend>(
     meshzone_pki::sign_token(&claims, &key).map_err(|e| e.to_string())
 }
 
+/// The `mesh` claim of a data-plane token, read without checking its signature: only to say
+/// why a token was refused (a token of another mesh fails the signature check of this one).
+fn claimed_mesh(token: &str) -> Option<String> {
+    let payload = token.trim().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("mesh")?.as_str().map(str::to_string)
+}
+
+/// A refusal of a token that says "for another mesh" when the token claims another mesh.
+fn for_another_mesh(token: &str, mesh: &str) -> Option<TokenError> {
+    let claimed = claimed_mesh(token).filter(|m| m != mesh)?;
+    Some(TokenError::Mismatch(format!(
+        "token is for mesh {claimed:?}, but the proxy is in mesh {mesh:?}: generate a token for it with `kumactl generate dataplane-token --mesh {mesh} --name <proxy>`"
+    )))
+}
+
 /// Checks a data-plane token presented for the proxy `name` in `mesh`.
 pub async fn verify_dataplane_token<B: Backend>(
     store: &Store<B>,
@@ -554,11 +573,21 @@ pub async fn verify_dataplane_token<B: Backend>(
 ) -> Result<DataplaneClaims, TokenError> {
     let keys = verifying_keys(store, KeyRing::dataplane(mesh)).await?;
     if keys.is_empty() && !token.trim().is_empty() {
-        return Err(TokenError::Mismatch(format!(
-            "mesh {mesh:?} has no token signing key: this token was not issued for this mesh"
-        )));
+        return Err(for_another_mesh(token, mesh).unwrap_or_else(|| {
+            TokenError::Mismatch(format!(
+                "mesh {mesh:?} has no token signing key: this token was not issued for this mesh"
+            ))
+        }));
     }
-    let claims: DataplaneClaims = meshzone_pki::verify_token(token, &keys, now)?;
+    // Every mesh signs with keys of its own, so another mesh's token fails the signature
+    // check: say so.
+    let claims: DataplaneClaims =
+        meshzone_pki::verify_token(token, &keys, now).map_err(|e| match e {
+            TokenError::BadSignature | TokenError::UnknownKey(_) => {
+                for_another_mesh(token, mesh).unwrap_or(e)
+            }
+            e => e,
+        })?;
     if claims.mesh != mesh {
         return Err(TokenError::Mismatch(format!(
             "token is for mesh {:?}, but the proxy is in mesh {mesh:?}",
@@ -841,5 +870,55 @@ mod tests {
         )
         .await;
         assert!(bad.unwrap_err().contains("does not exist"));
+    }
+
+    #[tokio::test]
+    async fn a_token_of_another_mesh_is_refused_as_such() {
+        let store = store_with_mesh().await;
+        store
+            .create(Resource::new(
+                Meta::named("other", ""),
+                Spec::Mesh(mtls_mesh()),
+            ))
+            .await
+            .unwrap();
+        let now = SystemTime::now();
+        let for_mesh = |mesh: &str| DataplaneTokenRequest {
+            mesh: mesh.into(),
+            name: "dp-1".into(),
+            valid_for: "1h".into(),
+            ..Default::default()
+        };
+        // Mesh default has no signing key yet: the token of mesh other is named as such.
+        let other = issue_dataplane_token(&store, &for_mesh("other"), now)
+            .await
+            .unwrap();
+        let expected = "token is for mesh \"other\", but the proxy is in mesh \"default\"";
+        let e = verify_dataplane_token(&store, &other, "default", "dp-1", now)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(expected), "{e}");
+        // Both meshes have keys with the same id: the signature check fails, and says why.
+        issue_dataplane_token(&store, &for_mesh("default"), now)
+            .await
+            .unwrap();
+        let e = verify_dataplane_token(&store, &other, "default", "dp-1", now)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(expected), "{e}");
+        assert!(e.to_string().contains("--mesh default"), "{e}");
+        // A forged token of this mesh is still a bad signature.
+        let own = issue_dataplane_token(&store, &for_mesh("default"), now)
+            .await
+            .unwrap();
+        let mut forged: Vec<&str> = own.split('.').collect();
+        let other_sig = other.split('.').nth(2).unwrap().to_string();
+        forged[2] = &other_sig;
+        assert_eq!(
+            verify_dataplane_token(&store, &forged.join("."), "default", "dp-1", now)
+                .await
+                .unwrap_err(),
+            TokenError::BadSignature
+        );
     }
 }

@@ -296,13 +296,14 @@ impl Lab {
     /// `KUMA_MODE=global kuma-cp run` on host `global` (process `global`), durable store in the
     /// host's work dir.
     pub fn global_cp(&mut self) {
-        self.spawn(
-            "global",
-            "global",
-            "kuma-cp",
-            &["run"],
-            &[("KUMA_MODE", "global")],
-        );
+        self.global_cp_with(&[]);
+    }
+
+    /// The global CP with `extra` environment on top.
+    pub fn global_cp_with(&mut self, extra: &[(&str, &str)]) {
+        let mut env = vec![("KUMA_MODE", "global")];
+        env.extend_from_slice(extra);
+        self.spawn("global", "global", "kuma-cp", &["run"], &env);
     }
 
     /// Zone `zone-<z>`'s CP on host `z<z>-cp` (process `zone-<z>`), connected to global at
@@ -494,6 +495,25 @@ impl Lab {
             out.insert("FAILED".into(), n - answered);
         }
         out
+    }
+
+    /// The name of the cluster of a kuma-dp on `host` (admin on 9901) whose endpoints include
+    /// `endpoint` (`ip:port`); panics naming the configuration when there is none.
+    pub fn cluster_with_endpoint(&self, host: &str, endpoint: &str) -> String {
+        let dump: serde_json::Value = serde_json::from_str(
+            &self
+                .curl(host, &["http://127.0.0.1:9901/config_dump"])
+                .expect("config dump"),
+        )
+        .expect("json");
+        dump["endpoints"]
+            .as_object()
+            .and_then(|m| {
+                m.iter()
+                    .find(|(_, l)| l.to_string().contains(endpoint))
+                    .map(|(k, _)| k.clone())
+            })
+            .unwrap_or_else(|| panic!("no cluster with {endpoint} on {host}: {dump}"))
     }
 
     /// iptables in a host's namespace; panics when the rule is refused.

@@ -269,31 +269,42 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// A tiny HTTP/1.1 server that answers every request with its own name (keep-alive aware) and
-/// counts the requests it served. Stops when dropped.
+/// counts the requests that reached it; `GET /health` answers the health status (200 unless
+/// set) at once and is not counted. Stops when dropped.
 pub struct EchoServer {
     pub port: u16,
     pub name: String,
     served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    health: std::sync::Arc<std::sync::atomic::AtomicU16>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EchoServer {
+    /// Answers `200` with its name at once.
     pub fn start(name: &str) -> EchoServer {
+        EchoServer::answering(name, 200, Duration::ZERO)
+    }
+
+    /// Answers every request with `status` and its name as the body, `delay` after the request
+    /// arrived (a request is counted on arrival).
+    pub fn answering(name: &str, status: u16, delay: Duration) -> EchoServer {
         use std::io::{BufRead, BufReader, Write};
         use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
         let port = listener.local_addr().expect("addr").port();
         let served = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(AtomicU16::new(200));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st, n) = (served.clone(), stop.clone(), name.to_string());
+        let h = health.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (s, n) = (s.clone(), n.clone());
+                let (s, n, h) = (s.clone(), n.clone(), h.clone());
                 std::thread::spawn(move || {
                     let Ok(mut writer) = conn.try_clone() else {
                         return;
@@ -302,6 +313,7 @@ impl EchoServer {
                     loop {
                         let mut saw_request = false;
                         let mut close = false;
+                        let mut health_path = false;
                         loop {
                             let mut line = String::new();
                             match reader.read_line(&mut line) {
@@ -312,15 +324,25 @@ impl EchoServer {
                                 break;
                             }
                             close |= line.to_ascii_lowercase().starts_with("connection: close");
+                            health_path |= !saw_request && line.starts_with("GET /health ");
                             saw_request = true;
                         }
                         if !saw_request {
                             continue;
                         }
-                        s.fetch_add(1, Ordering::SeqCst);
+                        let status = if health_path {
+                            h.load(Ordering::SeqCst)
+                        } else {
+                            s.fetch_add(1, Ordering::SeqCst);
+                            if !delay.is_zero() {
+                                std::thread::sleep(delay);
+                            }
+                            status
+                        };
                         let body = format!("{n}\n");
+                        let reason = if status == 200 { "OK" } else { "Scripted" };
                         let resp = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
                             body.len()
                         );
                         if writer.write_all(resp.as_bytes()).is_err() || close {
@@ -334,12 +356,19 @@ impl EchoServer {
             port,
             name: name.to_string(),
             served,
+            health,
             stop,
         }
     }
 
     pub fn served(&self) -> usize {
         self.served.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What `GET /health` answers from now on.
+    pub fn set_health(&self, status: u16) {
+        self.health
+            .store(status, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -452,6 +481,20 @@ pub fn start_sidecar(cp: &ControlPlane, dir: &Path, name: &str, yaml: &str) -> D
     dp
 }
 
+/// A sidecar of mesh `default` on 127.0.0.1 (see [`start_sidecar`]); `networking` is the rest
+/// of its `networking` section (`  inbound:` …, indented by two).
+pub fn start_loopback_sidecar(
+    cp: &ControlPlane,
+    dir: &Path,
+    name: &str,
+    networking: &str,
+) -> DataPlane {
+    let yaml = format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n{networking}"
+    );
+    start_sidecar(cp, dir, name, &yaml)
+}
+
 /// A zone token for `zone` with `scope` (ingress, egress), generated on global, in a file.
 pub fn zone_token_file(global: &ControlPlane, dir: &Path, zone: &str, scope: &str) -> PathBuf {
     let token = global.kumactl_ok(&["generate", "zone-token", "--zone", zone, "--scope", scope]);
@@ -519,11 +562,24 @@ impl DataPlane {
         ca: &Path,
         args: &[&str],
     ) -> DataPlane {
+        Self::start_on_port(cp, cp.dp_port, file, token, ca, args)
+    }
+
+    /// Like `start_with_ca`, dialling `port` of the CP's host instead of its DP server (a
+    /// proxy pointed at the wrong port).
+    pub fn start_on_port(
+        cp: &ControlPlane,
+        port: u16,
+        file: &Path,
+        token: Option<&Path>,
+        ca: &Path,
+        args: &[&str],
+    ) -> DataPlane {
         let admin_port = free_port();
         let log = file.with_extension("log");
         let mut cmd = Command::new(binary("kuma-dp"));
         cmd.arg("run")
-            .arg(format!("--cp-address=https://127.0.0.1:{}", cp.dp_port))
+            .arg(format!("--cp-address=https://127.0.0.1:{port}"))
             .arg(format!("--dataplane-file={}", file.display()))
             .arg(format!("--admin-port={admin_port}"))
             .arg("--drain-time=2s")

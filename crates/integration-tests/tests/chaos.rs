@@ -642,20 +642,7 @@ fn failure_modes_keep_traffic_flowing() {
         ("z1-client", "198.18.1.10:10011"),
         ("z2-client", "198.18.2.10:10011"),
     ] {
-        let dump: Value = serde_json::from_str(
-            &c.lab
-                .curl(host, &["http://127.0.0.1:9901/config_dump"])
-                .expect("config dump"),
-        )
-        .expect("json");
-        let cluster = dump["endpoints"]
-            .as_object()
-            .and_then(|m| {
-                m.iter()
-                    .find(|(_, l)| l.to_string().contains(local))
-                    .map(|(k, _)| k.clone())
-            })
-            .unwrap_or_else(|| panic!("no echo cluster in {host}'s configuration: {dump}"));
+        let cluster = c.lab.cluster_with_endpoint(host, local);
         c.echo_cluster.insert(host.to_string(), cluster);
     }
     let dig = |c: &Chaos| -> std::process::Output {

@@ -383,9 +383,15 @@ fn permissive_mesh_accepts_plaintext_next_to_mtls() {
 #[test]
 fn global_control_plane_turns_data_plane_proxies_away() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let kds = free_port();
+    let kds_port = kds.to_string();
     let cp = ControlPlane::start(
         dir.path(),
-        &[("KUMA_MODE", "global"), ("KUMA_STORE_TYPE", "memory")],
+        &[
+            ("KUMA_MODE", "global"),
+            ("KUMA_STORE_TYPE", "memory"),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds_port),
+        ],
     );
     let file = write(
         dir.path(),
@@ -397,6 +403,17 @@ fn global_control_plane_turns_data_plane_proxies_away() {
     assert!(!status.success());
     assert!(
         log.contains("global control plane does not accept data plane proxies; connect to a zone control plane"),
+        "{log}"
+    );
+
+    // Pointed at global's KDS port, kuma-dp stops and says where to go instead of retrying.
+    let ca = cp.work_dir.join("kuma").join("kuma-cp.crt");
+    let mut dp = DataPlane::start_on_port(&cp, kds, &file, None, &ca, &[]);
+    let (status, log) = dp.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(
+        log.contains("this is the global control plane's KDS port")
+            && log.contains("DP server (port 5678 by default)"),
         "{log}"
     );
 }

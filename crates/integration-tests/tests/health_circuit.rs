@@ -3,18 +3,19 @@
 //! global reaches a zone's kuma-dp client sidecar (its cluster plan shows the limits) and takes
 //! effect there: with one connection and one pending request allowed towards a slow backend,
 //! a third concurrent request gets Envoy's 503 with `x-envoy-overloaded: true` at once and is
-//! counted as `upstream_rq_pending_overflow`, while the first two are answered.
+//! counted as `upstream_rq_pending_overflow`, while the first two are answered. A
+//! MeshHealthCheck applied on global reaches the client sidecar, which accepts it (the check is
+//! in its plan) and probes both instances of `backend` over mTLS: the instance whose health path
+//! starts failing stops receiving requests while the other serves them all, and gets them
+//! again once it heals.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, apply_ok, free_port, host_dirs, start_global, start_sidecar, wait_for,
-    zone,
+    ControlPlane, DataPlane, EchoServer, apply_ok, free_port, host_dirs, start_global,
+    start_loopback_sidecar, wait_for, zone,
 };
 
 const PROPAGATION: Duration = Duration::from_secs(30);
@@ -30,38 +31,21 @@ spec:
         connectionLimits: {maxConnections: 1, maxPendingRequests: 1}
 ";
 
-/// An HTTP app answering each request `delay` after it arrived (one thread per connection);
-/// counts the requests that arrived.
-fn slow_app(delay: Duration) -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let count = arrived.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let count = count.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut got = Vec::new();
-                // Serve requests on the connection until it closes.
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 {
-                        return;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        got.drain(..end + 4);
-                        count.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(delay);
-                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow");
-                    }
-                }
-            });
-        }
-    });
-    (port, arrived)
-}
+const HEALTH_CHECK: &str = "type: MeshHealthCheck
+name: backend-health
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: MeshService, name: backend}
+      default:
+        interval: 1s
+        timeout: 1s
+        unhealthyThreshold: 2
+        healthyThreshold: 1
+        noTrafficInterval: 1s
+        http: {path: /health}
+";
 
 /// One request over a new connection: status and the `x-envoy-overloaded` header.
 fn request(port: u16) -> Result<(u16, Option<String>), String> {
@@ -97,17 +81,32 @@ fn zone_has(cp: &ControlPlane, plural: &str, display: &str) -> bool {
         .contains(display)
 }
 
-fn sidecar(cp: &ControlPlane, dir: &Path, name: &str, body: &str) -> DataPlane {
-    let yaml = format!(
-        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n{body}"
+/// A sidecar of an HTTP `backend` instance whose app listens on `app`.
+fn backend_sidecar(zone: &ControlPlane, dir: &Path, name: &str, app: u16) -> DataPlane {
+    let inbound = format!(
+        "  inbound:\n  - port: {}\n    servicePort: {app}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n",
+        free_port()
     );
-    start_sidecar(cp, dir, name, &yaml)
+    start_loopback_sidecar(zone, dir, name, &inbound)
 }
 
-#[test]
-fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
-    let root = tempfile::tempdir().expect("tmp");
-    let dir = root.path();
+/// The client sidecar `web-1` with an outbound to `backend`; the outbound's port.
+fn web_client(zone: &ControlPlane, dir: &Path) -> (DataPlane, u16) {
+    let outbound = free_port();
+    let networking = format!(
+        "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
+        free_port(),
+        free_port()
+    );
+    (
+        start_loopback_sidecar(zone, dir, "web-1", &networking),
+        outbound,
+    )
+}
+
+/// A global CP and zone `zone-1` in `dir`, with an mTLS Mesh `default` that reached the zone
+/// (its default circuit breaker is there).
+fn global_and_zone(dir: &Path) -> (ControlPlane, ControlPlane) {
     let kds = free_port();
     let hosts = host_dirs(dir, &["global", "zone-1"]);
     let global = start_global(&hosts[0], kds, &[]);
@@ -130,28 +129,19 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
             .then_some(())
         },
     );
+    (global, zone1)
+}
 
-    let (app, arrived) = slow_app(Duration::from_secs(2));
-    let _backend = sidecar(
-        &zone1,
-        dir,
-        "backend-1",
-        &format!(
-            "  inbound:\n  - port: {}\n    servicePort: {app}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n",
-            free_port()
-        ),
-    );
-    let outbound = free_port();
-    let client = sidecar(
-        &zone1,
-        dir,
-        "web-1",
-        &format!(
-            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
-            free_port(),
-            free_port()
-        ),
-    );
+#[test]
+fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
+    let root = tempfile::tempdir().expect("tmp");
+    let dir = root.path();
+    let (global, zone1) = global_and_zone(dir);
+
+    let slow = EchoServer::answering("slow", 200, Duration::from_secs(2));
+    let app = slow.port;
+    let _backend = backend_sidecar(&zone1, dir, "backend-1", app);
+    let (client, outbound) = web_client(&zone1, dir);
     // The default policy's passive health is on the client's backend cluster.
     wait_for("the default outlier detection", PROPAGATION, || {
         let od = backend_plan(&client)?["outlier"].clone();
@@ -168,10 +158,10 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
     });
 
     // Two requests take the connection and the pending place; the third overflows at once.
-    let before = arrived.load(Ordering::SeqCst);
+    let before = slow.served();
     let first = std::thread::spawn(move || request(outbound));
     wait_for("the first request at the app", PROPAGATION, || {
-        (arrived.load(Ordering::SeqCst) > before).then_some(())
+        (slow.served() > before).then_some(())
     });
     let second = std::thread::spawn(move || request(outbound));
     wait_for("the second request waiting", PROPAGATION, || {
@@ -191,8 +181,54 @@ fn a_circuit_breaker_applied_on_global_limits_a_zones_sidecar() {
     assert_eq!(first.join().expect("thread").map(|r| r.0), Ok(200));
     assert_eq!(second.join().expect("thread").map(|r| r.0), Ok(200));
     assert_eq!(
-        arrived.load(Ordering::SeqCst),
+        slow.served(),
         before + 2,
         "the overflowing request never reached the app"
     );
+}
+
+#[test]
+fn a_health_check_applied_on_global_moves_traffic_off_a_failing_instance() {
+    let root = tempfile::tempdir().expect("tmp");
+    let dir = root.path();
+    let (global, zone1) = global_and_zone(dir);
+    let (one, two) = (EchoServer::start("one"), EchoServer::start("two"));
+    let _one = backend_sidecar(&zone1, dir, "backend-1", one.port);
+    let _two = backend_sidecar(&zone1, dir, "backend-2", two.port);
+    let (client, outbound) = web_client(&zone1, dir);
+    wait_for("both instances answering", PROPAGATION, || {
+        let _ = request(outbound);
+        (one.served() > 0 && two.served() > 0).then_some(())
+    });
+
+    apply_ok(&global, dir, "health-check.yaml", HEALTH_CHECK);
+    wait_for("the check in the client's plan", PROPAGATION, || {
+        let check = backend_plan(&client)?["health_check"].clone();
+        (check["unhealthy_threshold"] == 2).then_some(())
+    });
+    let stat = |name: &str| client.stat(&format!("cluster.backend.health_check.{name}"));
+    wait_for("both instances passing their probes", PROPAGATION, || {
+        (stat("success") >= 2 && stat("healthy") == 2).then_some(())
+    });
+
+    two.set_health(503);
+    wait_for("instance two unhealthy", PROPAGATION, || {
+        (stat("healthy") == 1).then_some(())
+    });
+    let (before1, before2) = (one.served(), two.served());
+    for _ in 0..20 {
+        assert_eq!(request(outbound).map(|r| r.0), Ok(200));
+    }
+    assert_eq!(two.served(), before2, "no request reached instance two");
+    assert_eq!(one.served(), before1 + 20, "instance one served them all");
+
+    two.set_health(200);
+    wait_for("instance two healthy again", PROPAGATION, || {
+        (stat("healthy") == 2).then_some(())
+    });
+    wait_for("instance two serving again", PROPAGATION, || {
+        let _ = request(outbound);
+        (two.served() > before2).then_some(())
+    });
+    assert!(stat("failure") >= 1);
 }

@@ -36,6 +36,7 @@ use crate::names::TypeUrl;
 
 pub mod balancing;
 mod clusters;
+pub mod health_checks;
 mod inbound;
 mod origination;
 mod rbac;
@@ -43,6 +44,7 @@ pub mod resilience;
 pub mod routes;
 pub mod timeouts;
 pub use clusters::{decode_assignment, decode_cluster};
+pub use health_checks::{CheckerPlan, HealthCheckPlan};
 pub use inbound::{
     ConnectionLimitPlan, FaultPlan, HeaderContains, HttpRateLimitPlan, InboundHttpPlan, Injected,
     TokenBucketPlan,
@@ -51,7 +53,10 @@ pub use origination::OriginationPlan;
 pub use rbac::{PrincipalPlan, RbacPlan, Verdict};
 pub use resilience::{DEFAULT_PANIC_THRESHOLD, LimitsPlan, OutlierPlan, RatePlan};
 pub use routes::{RoutePlan, WeightedClusterPlan};
-pub use timeouts::{ClusterTimeouts, ListenerTimeouts, RetryOn, RetryPlan, RouteTimeouts};
+pub use timeouts::{
+    ClusterTimeouts, ListenerTimeouts, RateLimitedBackOffPlan, ResetFormat, RetryOn, RetryPlan,
+    RouteTimeouts,
+};
 
 /// Why one resource could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +148,10 @@ pub struct ListenerPlan {
     pub connection_limit: Option<ConnectionLimitPlan>,
     /// Request-headers timeout (HTTP), idle timeout and connect attempts (TCP).
     pub timeouts: ListenerTimeouts,
+    /// TCP listeners: a ring hash or maglev cluster picks by the client's IP address
+    /// (`tcp_proxy.hash_policy` `source_ip`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hash_source_ip: bool,
 }
 
 /// A bound TCP listener on `0.0.0.0:0` with nothing configured (what tests build plans from).
@@ -166,6 +175,7 @@ impl Default for ListenerPlan {
             inbound_http: InboundHttpPlan::default(),
             connection_limit: None,
             timeouts: ListenerTimeouts::default(),
+            hash_source_ip: false,
         }
     }
 }
@@ -203,6 +213,10 @@ pub struct ClusterPlan {
     /// TLS towards a server outside the mesh (an ExternalService), instead of `tls`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origination: Option<OriginationPlan>,
+    /// Active health checking of the endpoints (MeshHealthCheck); none: no probes (and
+    /// absent from the config dump).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckPlan>,
 }
 
 /// An EDS cluster without TLS, HTTP/2 or outlier detection, with Envoy's default limits and
@@ -221,6 +235,7 @@ impl Default for ClusterPlan {
             fail_traffic_on_panic: false,
             timeouts: ClusterTimeouts::default(),
             origination: None,
+            health_check: None,
         }
     }
 }
@@ -416,6 +431,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         inbound_http,
         connection_limit,
         timeouts,
+        hash_source_ip,
     } = filters;
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
@@ -450,6 +466,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         inbound_http,
         connection_limit,
         timeouts,
+        hash_source_ip,
     })
 }
 
@@ -464,6 +481,7 @@ struct ChainFilters {
     inbound_http: InboundHttpPlan,
     connection_limit: Option<ConnectionLimitPlan>,
     timeouts: ListenerTimeouts,
+    hash_source_ip: bool,
 }
 
 /// A chain's filters: an optional network RBAC filter, then a TCP proxy or an HTTP connection
@@ -538,6 +556,7 @@ fn chain_filters(
                 request_headers,
                 ..ListenerTimeouts::default()
             },
+            hash_source_ip: false,
         });
     }
     if cfg.type_url != TcpProxy::type_url() {
@@ -549,6 +568,8 @@ fn chain_filters(
     let mut tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
     let timeouts =
         timeouts::tcp_resilience(&mut tcp, &format!("{at}.tcp_proxy")).map_err(|e| err(name, e))?;
+    let hash_source_ip =
+        routes::tcp_hash_source_ip(&mut tcp).map_err(|e| err(name, format!("{at}: {e}")))?;
     let (clusters, split) =
         routes::tcp_proxy_clusters(&tcp).map_err(|e| err(name, format!("{at}: {e}")))?;
     let first = clusters
@@ -570,6 +591,7 @@ fn chain_filters(
         inbound_http: InboundHttpPlan::default(),
         connection_limit,
         timeouts,
+        hash_source_ip,
     })
 }
 
@@ -625,21 +647,10 @@ fn sni_router(
     Ok(ListenerPlan {
         name,
         address,
-        cluster: String::new(),
-        tls: None,
-        permissive: false,
-        http: false,
-        routes: Vec::new(),
-        weighted: Vec::new(),
         sni_routes,
         sni_terminated,
         bind: l.bind_to_port.is_none_or(|b| b.value),
-        use_original_dst: false,
-        rbac: None,
-        dns_names: Vec::new(),
-        inbound_http: InboundHttpPlan::default(),
-        connection_limit: None,
-        timeouts: ListenerTimeouts::default(),
+        ..ListenerPlan::default()
     })
 }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use meshzone_model::policy::{PolicyRules, Rule, TagMatcher};
 use meshzone_model::specs::{SERVICE_TAG, tags};
 use meshzone_model::{Resource, Spec, parse_documents};
-use meshzone_xds::decode::routes::RouteActionPlan;
+use meshzone_xds::decode::routes::{HashKeyPlan, RouteActionPlan};
 use meshzone_xds::decode::{ProxyConfig, balancing::BalancerPlan};
 use meshzone_xds::envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use meshzone_xds::envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -218,29 +218,15 @@ fn failover_ring_hash_and_maglev_golden_that_envoy_accepts_and_kuma_dp_decodes()
     );
     assert_envoy_accepts_with_assignments("mlbs-failover", &resources);
 
-    // kuma-dp does not hash by source address: the two source-IP policies are NACKed by path.
-    let (_, errors) = ProxyConfig::from_snapshot(&resources.clone().into_snapshot());
-    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("hash_policy[3].connection_properties")),
-        "{errors:?}"
-    );
-    assert!(
-        errors.iter().any(|e| e.contains("tcp_proxy.hash_policy")),
-        "{errors:?}"
-    );
-
-    let mut without_source_ip = failover();
-    let rule = &mut without_source_ip.load_balancing.to_rules[0].conf;
-    rule["hashPolicies"]
-        .as_array_mut()
-        .expect("list")
-        .truncate(3);
-    without_source_ip.load_balancing.to_rules.truncate(1);
-    let config = decoded(&generated(&without_source_ip));
+    // kuma-dp decodes every hash policy, the source-IP ones of the route and of db's TCP
+    // proxy included.
+    let config = decoded(&resources);
+    let db = config
+        .listeners
+        .values()
+        .find(|l| l.cluster == "db")
+        .expect("the db outbound");
+    assert!(db.hash_source_ip, "db's tcp_proxy hashes by source IP");
     // zone-9's rule does not apply to zone-1; zone-2 is rule 1's; zone-4 is rule 2's; zone-3
     // no rule covers, so it is gone. Priorities are renumbered densely.
     assert_eq!(
@@ -272,8 +258,9 @@ fn failover_ring_hash_and_maglev_golden_that_envoy_accepts_and_kuma_dp_decodes()
             _ => None,
         })
         .expect("the backend outbound's route");
-    assert_eq!(f.hash_policy.len(), 3);
+    assert_eq!(f.hash_policy.len(), 4);
     assert!(f.hash_policy[0].terminal);
+    assert_eq!(f.hash_policy[3].key, HashKeyPlan::SourceIp);
     // The hash policies reached the outbound's route and the TCP proxy.
     let out = envoy_json(&resources);
     let listeners = out["listeners"].as_object().expect("listeners");

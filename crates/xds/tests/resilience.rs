@@ -12,7 +12,7 @@ use std::time::Duration;
 use meshzone_model::policies::mesh_circuit_breaker::MeshCircuitBreaker;
 use meshzone_model::policy::{Policy, ProxyDescription, rules_for_proxy};
 use meshzone_model::specs::{DataplaneSpec, MeshSpec};
-use meshzone_xds::decode::{LimitsPlan, ProxyConfig, RatePlan};
+use meshzone_xds::decode::{CheckerPlan, LimitsPlan, ProxyConfig, RatePlan};
 use meshzone_xds::generate::{EndpointInfo, ProxyInput, Resources, TlsMaterial, base_resources};
 use meshzone_xds::names::TypeUrl;
 use meshzone_xds::policy::{ProxyPolicies, configure};
@@ -282,12 +282,13 @@ fn health_checks_follow_the_outbound_protocol_and_envoy_accepts_them() {
     );
     support::assert_envoy_accepts("mesh-health-check", &resources);
 
-    // kuma-dp does not run active checks yet: it NACKs naming the field.
-    let (_, errors) = ProxyConfig::from_snapshot(&resources.into_snapshot());
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.name == "backend" && e.reason.contains("health_checks")),
-        "{errors:?}"
-    );
+    // kuma-dp runs every one of them: no NACK, and each cluster's plan carries its check.
+    let (config, errors) = ProxyConfig::from_snapshot(&resources.into_snapshot());
+    assert!(errors.is_empty(), "{errors:?}");
+    let plan = |c: &str| config.clusters[c].health_check.clone().expect(c);
+    assert!(matches!(plan("backend").checker, CheckerPlan::Http(_)));
+    assert!(matches!(plan("db").checker, CheckerPlan::Tcp(_)));
+    assert!(matches!(plan("grpc-api").checker, CheckerPlan::Grpc(_)));
+    assert_eq!(plan("backend").unhealthy_threshold, 2);
+    assert!(config.clusters["backend"].fail_traffic_on_panic);
 }

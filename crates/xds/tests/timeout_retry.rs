@@ -12,8 +12,8 @@ use std::time::Duration;
 use meshzone_model::policies::MeshPolicies;
 use meshzone_model::specs::{DataplaneSpec, MeshSpec};
 use meshzone_model::{Resource, ResourceType};
-use meshzone_xds::decode::ProxyConfig;
 use meshzone_xds::decode::routes::RouteActionPlan;
+use meshzone_xds::decode::{ProxyConfig, RateLimitedBackOffPlan, ResetFormat};
 use meshzone_xds::generate::{EndpointInfo, ProxyInput, Resources, base_resources};
 use meshzone_xds::names::TypeUrl;
 use meshzone_xds::policy::{ProxyPolicies, configure};
@@ -53,7 +53,9 @@ fn policies(dp: &Resource) -> ProxyPolicies {
                 "backOff": {"baseInterval": "10ms", "maxInterval": "100ms"},
                 "retryOn": ["5xx", "Reset", "503", "HttpMethodGet"],
                 "retriableRequestHeaders": [{"name": "x-idempotent", "type": "Present"}],
-                "hostSelection": [{"predicate": "OmitPreviousHosts"}]}}}]}})));
+                "hostSelection": [{"predicate": "OmitPreviousHosts"}],
+                "rateLimitedBackOff": {"resetHeaders": [{"name": "Retry-After", "format": "Seconds"},
+                    {"name": "X-RateLimit-Reset", "format": "UnixTimestamp"}], "maxInterval": "20s"}}}}]}})));
     let mesh = MeshPolicies::from_resources(&resources);
     let mut rules = mesh.dataplane_rules(dp, Some("zone-1")).expect("rules");
     let mut take = |rt| rules.remove(&rt).unwrap_or_default();
@@ -167,6 +169,16 @@ fn the_proxy_decodes_what_it_enforces() {
         "GET and x-idempotent"
     );
     assert!(retry.omit_previous_hosts);
+    assert_eq!(
+        retry.rate_limited,
+        Some(Box::new(RateLimitedBackOffPlan {
+            reset_headers: vec![
+                ("retry-after".into(), ResetFormat::Seconds),
+                ("x-ratelimit-reset".into(), ResetFormat::UnixTimestamp),
+            ],
+            max_interval: s(20),
+        }))
+    );
 
     // payments is gRPC: the default grpc section.
     let p = forward(30002).retry.expect("payments retries");
@@ -182,34 +194,50 @@ fn the_proxy_decodes_what_it_enforces() {
     assert!(inbound.retry.is_none());
 }
 
-/// What kuma-dp cannot do is refused with its field path.
+/// `max_connection_duration` (MeshTimeout `http.maxConnectionDuration`) is decoded; what
+/// kuma-dp cannot do is refused with its field path.
 #[test]
-fn unenforced_fields_are_refused_by_name() {
-    let mut resources = generated();
-    let backend = resources
-        .clusters
-        .iter_mut()
-        .find(|c| c.name == "backend")
-        .expect("backend cluster");
-    let key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-    let any = backend.typed_extension_protocol_options[key].clone();
-    let mut options: envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions =
-        prost::Message::decode(any.value.as_slice()).expect("options");
-    if let Some(c) = options.common_http_protocol_options.as_mut() {
+fn connection_duration_is_decoded_and_unenforced_fields_are_refused_by_name() {
+    use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions as Common;
+    let with_common = |change: fn(&mut Common)| {
+        let mut resources = generated();
+        let backend = resources
+            .clusters
+            .iter_mut()
+            .find(|c| c.name == "backend")
+            .expect("backend cluster");
+        let key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+        let any = backend.typed_extension_protocol_options[key].clone();
+        let mut options: envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions =
+            prost::Message::decode(any.value.as_slice()).expect("options");
+        if let Some(c) = options.common_http_protocol_options.as_mut() {
+            change(c);
+        }
+        backend
+            .typed_extension_protocol_options
+            .insert(key.into(), envoy_types::util::pack_any(options));
+        ProxyConfig::from_snapshot(&resources.into_snapshot())
+    };
+    let (config, errors) = with_common(|c| {
         c.max_connection_duration = Some(envoy_types::pb::google::protobuf::Duration {
             seconds: 60,
             nanos: 0,
-        });
-    }
-    backend
-        .typed_extension_protocol_options
-        .insert(key.into(), envoy_types::util::pack_any(options));
-    let (_, errors) = ProxyConfig::from_snapshot(&resources.into_snapshot());
+        })
+    });
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        config.clusters["backend"].timeouts.max_connection_duration,
+        Some(std::time::Duration::from_secs(60))
+    );
+
+    let (_, errors) = with_common(|c| {
+        c.max_headers_count = Some(envoy_types::pb::google::protobuf::UInt32Value { value: 10 })
+    });
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
-        errors[0]
-            .to_string()
-            .contains("common_http_protocol_options.max_connection_duration: not enforced"),
+        errors[0].to_string().contains(
+            "common_http_protocol_options: only idle_timeout, max_stream_duration and max_connection_duration are enforced"
+        ),
         "{}",
         errors[0]
     );

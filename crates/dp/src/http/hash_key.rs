@@ -4,6 +4,7 @@
 //! produced one ends the list. A cookie policy with a ttl whose cookie is missing generates a
 //! value, hashes it, and asks for it to be set on the response.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::HeaderMap;
@@ -41,7 +42,12 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 /// The key of one request.
-pub fn hash_key(policies: &[HashPolicyPlan], headers: &HeaderMap, query: Option<&str>) -> HashKey {
+pub fn hash_key(
+    policies: &[HashPolicyPlan],
+    headers: &HeaderMap,
+    query: Option<&str>,
+    source: Option<IpAddr>,
+) -> HashKey {
     let mut out = HashKey::default();
     for p in policies {
         let value: Option<String> = match &p.key {
@@ -54,6 +60,7 @@ pub fn hash_key(policies: &[HashPolicyPlan], headers: &HeaderMap, query: Option<
                 (!values.is_empty()).then(|| values.join(","))
             }
             HashKeyPlan::QueryParameter(name) => query_param(query, name).map(str::to_string),
+            HashKeyPlan::SourceIp => source.map(|ip| ip.to_string()),
             HashKeyPlan::Cookie {
                 name,
                 ttl_seconds,
@@ -109,9 +116,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-user", HeaderValue::from_static("alice"));
         h.insert(COOKIE, HeaderValue::from_static("a=1; sid=s-42"));
-        let alice = hash_key(&[header("x-user")], &h, None).key;
+        let alice = hash_key(&[header("x-user")], &h, None, None).key;
         assert_eq!(alice, Some(fnv64(b"alice")));
-        assert_eq!(hash_key(&[header("x-none")], &h, None).key, None);
+        assert_eq!(hash_key(&[header("x-none")], &h, None, None).key, None);
         // Terminal: the first found hash ends it.
         let terminal = HashPolicyPlan {
             terminal: true,
@@ -122,10 +129,10 @@ mod tests {
             terminal: false,
         };
         assert_eq!(
-            hash_key(&[terminal, q.clone()], &h, Some("u=bob")).key,
+            hash_key(&[terminal, q.clone()], &h, Some("u=bob"), None).key,
             alice
         );
-        let both = hash_key(&[header("x-user"), q.clone()], &h, Some("x=1&u=bob")).key;
+        let both = hash_key(&[header("x-user"), q.clone()], &h, Some("x=1&u=bob"), None).key;
         assert_eq!(both, Some(fnv64(b"alice").rotate_left(1) ^ fnv64(b"bob")));
         let sid = HashPolicyPlan {
             key: HashKeyPlan::Cookie {
@@ -135,7 +142,7 @@ mod tests {
             },
             terminal: false,
         };
-        let k = hash_key(std::slice::from_ref(&sid), &h, None);
+        let k = hash_key(std::slice::from_ref(&sid), &h, None, None);
         assert_eq!(
             k,
             HashKey {
@@ -144,7 +151,7 @@ mod tests {
             }
         );
         // Missing cookie with a ttl: generated, set, and the key is the new value's.
-        let fresh = hash_key(&[sid], &HeaderMap::new(), None);
+        let fresh = hash_key(&[sid], &HeaderMap::new(), None, None);
         let set = fresh.set_cookie.expect("set-cookie");
         assert!(
             set.starts_with("sid=\"") && set.contains("Max-Age=3600") && set.contains("Path=/"),
@@ -152,5 +159,20 @@ mod tests {
         );
         let value = set.split('"').nth(1).expect("value");
         assert_eq!(fresh.key, Some(fnv64(value.as_bytes())));
+    }
+
+    #[test]
+    fn the_source_ip_policy_hashes_the_clients_address() {
+        let source = HashPolicyPlan {
+            key: HashKeyPlan::SourceIp,
+            terminal: false,
+        };
+        let ip: IpAddr = "10.1.2.3".parse().expect("ip");
+        let h = HeaderMap::new();
+        assert_eq!(
+            hash_key(std::slice::from_ref(&source), &h, None, Some(ip)).key,
+            Some(fnv64(b"10.1.2.3"))
+        );
+        assert_eq!(hash_key(&[source], &h, None, None).key, None);
     }
 }

@@ -1,20 +1,17 @@
 //! Circuit breakers on kuma-dp's HTTP path with real sockets on loopback: the 5xx detector
 //! ejects a failing endpoint and traffic goes to the other, maxEjectionPercent keeps one in,
-//! and a request over the connection limits gets Envoy's 503 with `x-envoy-overloaded`.
+//! and a request over the connection limits gets Envoy's 503 with `x-envoy-overloaded`. And
+//! MeshTimeout's `maxConnectionDuration`: a pooled connection past it is replaced.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
-use meshzone_xds::decode::routes::PathMatch;
-use meshzone_xds::decode::{
-    ClusterPlan, EndpointPlan, LimitsPlan, ListenerPlan, OutlierPlan, ProxyConfig,
-};
+use meshzone_xds::decode::{ClusterPlan, EndpointPlan, LimitsPlan, OutlierPlan, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::*;
-use crate::routes::tests::fixtures::{forward as forward_to, route};
 
 /// An HTTP backend answering `status` with body `name`; with a gate, each request first waits
 /// for one permit of it. Counts the requests that arrived.
@@ -23,12 +20,24 @@ async fn backend(
     status: u16,
     gate: Option<Arc<Semaphore>>,
 ) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, arrived, _) = backend_counting(name, status, gate).await;
+    (addr, arrived)
+}
+
+/// [`backend`], also counting the connections it accepted.
+async fn backend_counting(
+    name: &'static str,
+    status: u16,
+    gate: Option<Arc<Semaphore>>,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let arrived = Arc::new(AtomicUsize::new(0));
-    let count = arrived.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (count, accepted) = (arrived.clone(), connections.clone());
     tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
             let (gate, count) = (gate.clone(), count.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
@@ -49,7 +58,7 @@ async fn backend(
             });
         }
     });
-    (addr, arrived)
+    (addr, arrived, connections)
 }
 
 /// One cluster `backend` over `endpoints` with these limits and outlier detection, behind an
@@ -59,14 +68,22 @@ async fn front(
     limits: LimitsPlan,
     outlier: Option<OutlierPlan>,
 ) -> (SocketAddr, Arc<Stats>) {
+    let plan = ClusterPlan {
+        limits,
+        outlier,
+        ..Default::default()
+    };
+    front_with(endpoints, plan).await
+}
+
+/// [`front`] with the cluster's whole plan (its name is set to `backend`).
+async fn front_with(endpoints: &[SocketAddr], plan: ClusterPlan) -> (SocketAddr, Arc<Stats>) {
     let mut config = ProxyConfig::default();
     config.clusters.insert(
         "backend".into(),
         ClusterPlan {
             name: "backend".into(),
-            limits,
-            outlier,
-            ..Default::default()
+            ..plan
         },
     );
     config.endpoints.insert(
@@ -81,48 +98,12 @@ async fn front(
             })
             .collect(),
     );
-    config.listeners.insert(
-        "out".into(),
-        ListenerPlan {
-            name: "out".into(),
-            address: "127.0.0.1:1".parse().expect("addr"),
-            cluster: "backend".into(),
-            http: true,
-            routes: vec![route(
-                "all",
-                PathMatch::Prefix("/".into()),
-                forward_to(&[("backend", 1)], vec![]),
-            )],
-            ..Default::default()
-        },
-    );
+    config
+        .listeners
+        .insert("out".into(), super::loopback::listener_to("backend"));
     let (rt, problems) = Runtime::build(config, &Runtime::empty());
     assert!(problems.is_empty(), "{problems:?}");
-    let rt = Arc::new(rt);
-    let stats = Arc::new(Stats::default());
-    let (_tx, latest) = tokio::sync::watch::channel(rt.clone());
-    let guard = crate::rbac::RequestGuard {
-        listener: "out".into(),
-        sans: Arc::from(Vec::<String>::new()),
-        started: None,
-        latest,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let serve_stats = stats.clone();
-    tokio::spawn(async move {
-        let _keep = _tx;
-        while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(serve(
-                conn,
-                "out".into(),
-                rt.clone(),
-                serve_stats.clone(),
-                guard.clone(),
-            ));
-        }
-    });
-    (addr, stats)
+    super::loopback::serve_listener(Arc::new(rt), "out").await
 }
 
 async fn get(
@@ -280,4 +261,45 @@ async fn poll_until(mut f: impl FnMut() -> bool) {
         assert!(std::time::Instant::now() < deadline, "timed out");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_its_max_duration_is_replaced() {
+    use meshzone_xds::decode::ClusterTimeouts;
+    // Without a limit, one pooled connection carries every request.
+    let (plain, _, plain_connections) = backend_counting("plain", 200, None).await;
+    let (front_plain, _) = front_with(&[plain], ClusterPlan::default()).await;
+    let client = client();
+    for _ in 0..5 {
+        assert_eq!(get(&client, front_plain).await.0, 200);
+    }
+    assert_eq!(plain_connections.load(Ordering::SeqCst), 1);
+
+    // With a 200 ms limit, a request past it is the connection's last: a new one follows.
+    let (aged, _, connections) = backend_counting("aged", 200, None).await;
+    let plan = ClusterPlan {
+        timeouts: ClusterTimeouts {
+            max_connection_duration: Some(Duration::from_millis(200)),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (front, stats) = front_with(&[aged], plan).await;
+    assert_eq!(get(&client, front).await.0, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while connections.load(Ordering::SeqCst) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections were not replaced: {} opened, {} retired",
+            connections.load(Ordering::SeqCst),
+            stat(&stats, "cluster.backend.upstream_cx_max_duration_reached")
+        );
+        assert_eq!(
+            get(&client, front).await.0,
+            200,
+            "every request is answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stat(&stats, "cluster.backend.upstream_cx_max_duration_reached") >= 2);
 }

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::StatusCode;
-use meshzone_xds::decode::RetryPlan;
+use hyper::{HeaderMap, StatusCode};
+use meshzone_xds::decode::{RateLimitedBackOffPlan, ResetFormat, RetryPlan};
 
 /// How one try ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,34 @@ pub fn back_off(plan: &RetryPlan, n: u32, jitter: f64) -> Duration {
     base + spread.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
+/// The pause a rate-limited answer asks for (Envoy's `rate_limited_retry_back_off`): the first
+/// reset header whose value parses — whole seconds to wait, or a Unix time in the future — to
+/// an interval within `max_interval`, jittered up to half again (`jitter` in `[0, 1)`), as
+/// Envoy's lower-bound jitter does. `None`: no header applies; the exponential back-off does.
+pub fn reset_back_off(
+    plan: &RateLimitedBackOffPlan,
+    headers: &HeaderMap,
+    now_unix_secs: u64,
+    jitter: f64,
+) -> Option<Duration> {
+    plan.reset_headers.iter().find_map(|(name, format)| {
+        let value: u64 = headers
+            .get(name.as_str())?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let secs = match format {
+            ResetFormat::Seconds => value,
+            ResetFormat::UnixTimestamp => value.checked_sub(now_unix_secs).filter(|s| *s > 0)?,
+        };
+        let interval = Duration::from_secs(secs);
+        (interval <= plan.max_interval)
+            .then(|| interval + interval.mul_f64(jitter.clamp(0.0, 1.0) / 2.0))
+    })
+}
+
 /// The endpoint of try `n` (0 for the first): the candidates in order, so a retry goes to an
 /// endpoint not tried yet while there is one (another endpoint, then the next priority: another
 /// zone), then around again.
@@ -102,6 +130,7 @@ mod tests {
             retriable_status_codes: vec![418],
             retriable_request_headers: vec![],
             omit_previous_hosts: true,
+            rate_limited: None,
         }
     }
 
@@ -186,6 +215,56 @@ mod tests {
             assert!((0.0..1.0).contains(&j), "{j}");
             let d = back_off(&p, 5, j);
             assert!(d >= ms(25) && d <= ms(250), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn a_reset_header_sets_the_pause_when_it_parses_within_the_max() {
+        use hyper::header::HeaderValue;
+        let plan = RateLimitedBackOffPlan {
+            reset_headers: vec![
+                ("retry-after".into(), ResetFormat::Seconds),
+                ("x-ratelimit-reset".into(), ResetFormat::UnixTimestamp),
+            ],
+            max_interval: Duration::from_secs(10),
+        };
+        let now = 1_700_000_000u64;
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let s = Duration::from_secs;
+        // (headers, jitter, the pause)
+        type Case<'a> = (&'a [(&'a str, &'a str)], f64, Option<Duration>);
+        let cases: [Case; 8] = [
+            (&[("retry-after", "2")], 0.0, Some(s(2))),
+            (
+                &[("retry-after", "2")],
+                0.99,
+                Some(s(2) + s(2).mul_f64(0.495)),
+            ),
+            // Too long: the next header is tried.
+            (
+                &[("retry-after", "60"), ("x-ratelimit-reset", "1700000003")],
+                0.0,
+                Some(s(3)),
+            ),
+            (&[("retry-after", "60")], 0.0, None),
+            // Not a number, or a time already past: not used.
+            (&[("retry-after", "soon")], 0.0, None),
+            (&[("x-ratelimit-reset", "1699999999")], 0.0, None),
+            (&[("x-ratelimit-reset", "1700000010")], 0.0, Some(s(10))),
+            (&[], 0.0, None),
+        ];
+        for (i, (pairs, jitter, want)) in cases.iter().enumerate() {
+            assert_eq!(
+                reset_back_off(&plan, &headers(pairs), now, *jitter),
+                *want,
+                "case {i}: {pairs:?}"
+            );
         }
     }
 

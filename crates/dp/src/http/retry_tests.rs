@@ -14,11 +14,13 @@ use super::tests::{cluster, poll};
 use super::*;
 use crate::routes::tests::fixtures::{forward, route};
 
-/// How a scripted backend answers: its status and how long it waits first.
+/// How a scripted backend answers: its status, how long it waits first, and its headers.
 #[derive(Clone, Copy)]
 struct Script {
     status: u16,
     delay: Duration,
+    /// Headers of every answer.
+    headers: &'static [(&'static str, &'static str)],
 }
 
 /// A backend answering `name` with the script, counting requests and the bodies it got.
@@ -50,6 +52,9 @@ async fn scripted(
                         tokio::time::sleep(script.delay).await;
                         let mut resp = Response::new(Full::new(Bytes::from(name)));
                         *resp.status_mut() = StatusCode::from_u16(script.status).expect("status");
+                        for (k, v) in script.headers {
+                            resp.headers_mut().insert(*k, HeaderValue::from_static(v));
+                        }
                         Ok::<_, Infallible>(resp)
                     }
                 });
@@ -65,6 +70,7 @@ async fn scripted(
 const OK: Script = Script {
     status: 200,
     delay: Duration::ZERO,
+    headers: &[],
 };
 
 /// kuma-dp's HTTP listener routing everything to cluster `backend` (the given endpoints, in
@@ -112,6 +118,7 @@ async fn start_front(
         sans: Arc::from(Vec::<String>::new()),
         started: None,
         latest,
+        peer: None,
     };
     // The runtime never changes in these tests: the sender may live as long as the process.
     std::mem::forget(keep);
@@ -156,6 +163,7 @@ fn retry_plan(on: RetryOn, num_retries: u32, per_try: Option<Duration>) -> Retry
         retriable_status_codes: vec![],
         retriable_request_headers: vec![],
         omit_previous_hosts: true,
+        rate_limited: None,
     }
 }
 
@@ -173,6 +181,7 @@ async fn a_one_second_request_timeout_answers_504_long_before_the_backend() {
     let slow = Script {
         status: 200,
         delay: Duration::from_secs(30),
+        headers: &[],
     };
     let (addr, _, _) = scripted("slow", slow).await;
     let timeouts = RouteTimeouts {
@@ -199,6 +208,7 @@ async fn a_per_try_timeout_retries_on_the_second_healthy_endpoint() {
     let slow = Script {
         status: 200,
         delay: Duration::from_secs(30),
+        headers: &[],
     };
     let (slow_addr, slow_count, _) = scripted("slow", slow).await;
     let (fast_addr, _, _) = scripted("fast", OK).await;
@@ -233,6 +243,7 @@ async fn a_503_is_retried_on_the_next_endpoint_with_its_body() {
     let failing = Script {
         status: 503,
         delay: Duration::ZERO,
+        headers: &[],
     };
     let (bad, bad_count, _) = scripted("bad", failing).await;
     let (good, _, good_bodies) = scripted("good", OK).await;
@@ -287,6 +298,7 @@ async fn without_a_retry_condition_the_answer_is_returned_as_is() {
     let failing = Script {
         status: 503,
         delay: Duration::ZERO,
+        headers: &[],
     };
     let (bad, bad_count, _) = scripted("bad", failing).await;
     let (good, _, _) = scripted("good", OK).await;
@@ -306,4 +318,47 @@ async fn without_a_retry_condition_the_answer_is_returned_as_is() {
     );
     assert_eq!(bad_count.load(Ordering::SeqCst), 1);
     assert_eq!(retries(&stats), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_answer_sets_the_pause_before_the_retry() {
+    let limited = Script {
+        status: 429,
+        delay: Duration::ZERO,
+        headers: &[("retry-after", "1")],
+    };
+    let (busy, busy_count, _) = scripted("busy", limited).await;
+    let (good, _, _) = scripted("good", OK).await;
+    let mut plan = retry_plan(
+        RetryOn {
+            retriable_status_codes: true,
+            ..Default::default()
+        },
+        1,
+        None,
+    );
+    plan.retriable_status_codes = vec![429];
+    plan.rate_limited = Some(Box::new(meshzone_xds::decode::RateLimitedBackOffPlan {
+        reset_headers: vec![(
+            "retry-after".into(),
+            meshzone_xds::decode::ResetFormat::Seconds,
+        )],
+        max_interval: Duration::from_secs(5),
+    }));
+    let (front, stats) = start_front(&[busy, good], RouteTimeouts::default(), Some(plan)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(send(front, "").await, (StatusCode::OK, "good".to_string()));
+    assert_eq!(busy_count.load(Ordering::SeqCst), 1);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the retry waited for Retry-After ({:?})",
+        started.elapsed()
+    );
+    assert!(
+        stats
+            .text()
+            .contains("cluster.backend.upstream_rq_retry_backoff_ratelimited: 1"),
+        "{}",
+        stats.text()
+    );
 }

@@ -172,6 +172,7 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
         sans: Arc::from(Vec::<String>::new()),
         started: None,
         latest,
+        peer: None,
     };
 
     // kuma-dp's HTTP path on a loopback listener.

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use meshzone_xds::decode::balancing::{BalancerPlan, ClusterBalancing};
 use meshzone_xds::decode::{ClusterPlan, EndpointPlan, ProxyConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,6 +24,18 @@ async fn echo() -> SocketAddr {
     addr
 }
 
+/// A server that writes its `name` on every connection and closes it.
+async fn named(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let _ = conn.write_all(name.as_bytes()).await;
+        }
+    });
+    addr
+}
+
 /// A port nothing listens on.
 async fn dead() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -30,7 +43,18 @@ async fn dead() -> SocketAddr {
 }
 
 fn runtime(endpoints: &[SocketAddr]) -> Runtime {
+    runtime_with(endpoints, BalancerPlan::RoundRobin)
+}
+
+fn runtime_with(endpoints: &[SocketAddr], balancer: BalancerPlan) -> Runtime {
     let mut config = ProxyConfig::default();
+    config.balancers.insert(
+        "db".into(),
+        ClusterBalancing {
+            balancer,
+            locality_weighted: false,
+        },
+    );
     config.clusters.insert(
         "db".into(),
         ClusterPlan {
@@ -70,7 +94,7 @@ async fn connect_attempts_move_to_a_live_endpoint() {
     };
     let (client, proxied) = tokio::io::duplex(1024);
     drop(client);
-    let err = forward(proxied, "db", &rt, &stats, &[], &one).await;
+    let err = forward(proxied, "db", &rt, &stats, &[], &one, None).await;
     assert!(err.is_err(), "{err:?}");
 
     // Two attempts: the second goes to the live endpoint, and bytes flow.
@@ -82,7 +106,7 @@ async fn connect_attempts_move_to_a_live_endpoint() {
     let (mut client, proxied) = tokio::io::duplex(1024);
     let task = tokio::spawn(async move {
         let stats = Stats::default();
-        forward(proxied, "db", &rt, &stats, &[], &two).await
+        forward(proxied, "db", &rt, &stats, &[], &two, None).await
     });
     client.write_all(b"ping").await.expect("write");
     let mut got = [0u8; 4];
@@ -106,7 +130,7 @@ async fn an_idle_tcp_connection_is_closed_after_the_idle_timeout() {
     };
     let (mut client, proxied) = tokio::io::duplex(1024);
     let started = Instant::now();
-    let forwarding = forward(proxied, "db", &rt, &stats, &[], &limits);
+    let forwarding = forward(proxied, "db", &rt, &stats, &[], &limits, None);
     let talk = async {
         // Activity keeps it open past the timeout…
         for _ in 0..4 {
@@ -137,4 +161,59 @@ async fn an_idle_tcp_connection_is_closed_after_the_idle_timeout() {
         "{}",
         stats.text()
     );
+}
+
+/// Which server a TCP connection forwarded with `hash` reached.
+async fn reached(rt: &Runtime, hash: Option<u64>) -> String {
+    let stats = Stats::default();
+    let (mut client, proxied) = tokio::io::duplex(1024);
+    let forwarding = forward(proxied, "db", rt, &stats, &[], &EVERY_ENDPOINT, hash);
+    let read = async move {
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        // The client's end closes too, so that the forwarding ends.
+        drop(client);
+        String::from_utf8_lossy(&got).to_string()
+    };
+    let (_, name) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(forwarding, read)
+    })
+    .await
+    .expect("forwarded in time");
+    name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_hash_cluster_keeps_one_source_on_one_endpoint() {
+    let endpoints = [named("a").await, named("b").await, named("c").await];
+    let ring = BalancerPlan::RingHash {
+        min_ring_size: 1024,
+        max_ring_size: 8_388_608,
+        murmur: false,
+    };
+    let rt = runtime_with(&endpoints, ring);
+    let mut chosen = std::collections::BTreeSet::new();
+    for source in 0..12u8 {
+        let hash = crate::balancer::fnv64(format!("10.0.0.{source}").as_bytes());
+        let first = reached(&rt, Some(hash)).await;
+        for _ in 0..4 {
+            assert_eq!(
+                reached(&rt, Some(hash)).await,
+                first,
+                "source {source} moved"
+            );
+        }
+        chosen.insert(first);
+    }
+    assert!(
+        chosen.len() >= 2,
+        "sources spread over endpoints: {chosen:?}"
+    );
+    // The three servers are distinct: round robin reaches each.
+    let rt = runtime_with(&endpoints, BalancerPlan::RoundRobin);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        seen.insert(reached(&rt, None).await);
+    }
+    assert_eq!(seen.len(), 3, "round robin reaches all: {seen:?}");
 }

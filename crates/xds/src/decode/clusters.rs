@@ -95,6 +95,14 @@ pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
         http2(&c, &mut timeouts).map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
     let r = resilience_of(&c, discovery)
         .map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
+    let health_check = match discovery {
+        Discovery::OriginalDst if !c.health_checks.is_empty() => Err(refuse(
+            "health_checks",
+            "kuma-dp does not check original destinations",
+        )),
+        _ => super::health_checks::health_check(&c.health_checks),
+    }
+    .map_err(|(field, what)| err(&name, format!("{field}: {what}")))?;
     Ok(ClusterPlan {
         name,
         static_endpoints,
@@ -107,6 +115,7 @@ pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
         fail_traffic_on_panic: r.fail_traffic_on_panic,
         timeouts,
         origination,
+        health_check,
     })
 }
 
@@ -132,7 +141,7 @@ fn not_enforced(field: &str) -> Refusal {
 #[allow(deprecated)]
 fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
     // Fields refused whenever set, each with why kuma-dp cannot do what Envoy would.
-    let refused: [(&str, bool, &str); 25] = [
+    let refused: [(&str, bool, &str); 24] = [
         // One transport socket for every endpoint (read by `decode_cluster`).
         (
             "transport_socket_matches",
@@ -154,11 +163,6 @@ fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
             "per_connection_buffer_high_watermark_timeout",
             c.per_connection_buffer_high_watermark_timeout.is_some(),
             "",
-        ),
-        (
-            "health_checks",
-            !c.health_checks.is_empty(),
-            "active health checking is not done by kuma-dp",
         ),
         (
             "max_requests_per_connection",
@@ -253,7 +257,10 @@ fn check_cluster(c: &Cluster, discovery: Discovery) -> Result<(), Refusal> {
     // `typed_dns_resolver_config` (only for DNS cluster types, which are refused);
     // `wait_for_warm_on_init` (Envoy's start-up ordering; kuma-dp serves as soon as a resource
     // is decoded); `cleanup_interval` (how often ORIGINAL_DST hosts are garbage-collected;
-    // kuma-dp keeps none); `ignore_health_on_host_removal` (only with active health checks).
+    // kuma-dp keeps none); `ignore_health_on_host_removal` (kuma-dp stops using an endpoint
+    // as soon as the load assignment drops it, checked or not — Envoy keeps a removed endpoint
+    // that still passes its active checks unless this is true).
+    // `health_checks`: read by `decode_cluster` (`health_checks.rs`).
     // Read by `decode_cluster`: `transport_socket`, `typed_extension_protocol_options` (`http2`).
     if discovery == Discovery::Eds {
         let Some(eds) = &c.eds_cluster_config else {
@@ -494,9 +501,19 @@ fn endpoints_of(
                     "an endpoint with an address is required",
                 ));
             };
-            // `health_check_config`: only for active health checks (refused). `hostname`: used
-            // by Envoy's auto SNI / host rewrite, which are refused. `observability_name`:
-            // stats. Pass.
+            // `hostname`: used by Envoy's auto SNI / host rewrite, which are refused.
+            // `observability_name`: stats. Pass. `health_check_config` (another port, address
+            // or host for the probes, or no probes) is refused: probes go where traffic goes.
+            if ep
+                .health_check_config
+                .as_ref()
+                .is_some_and(|h| *h != Default::default())
+            {
+                return Err(fail(
+                    format!("{at}.endpoint.health_check_config"),
+                    "kuma-dp probes an endpoint where its traffic goes",
+                ));
+            }
             if !ep.additional_addresses.is_empty() {
                 return Err(fail(
                     format!("{at}.endpoint.additional_addresses"),

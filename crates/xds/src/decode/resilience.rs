@@ -162,7 +162,17 @@ pub(super) fn outlier(od: &OutlierDetection) -> Result<OutlierPlan, Refusal> {
         ));
     }
     // `successful_active_health_check_uneject_host`: kuma-dp lets an active check's success
-    // lift an ejection, Envoy's default. Pass either way (no active check: nothing to do).
+    // lift an ejection, Envoy's default; the other choice is refused.
+    if od
+        .successful_active_health_check_uneject_host
+        .as_ref()
+        .is_some_and(|b| !b.value)
+    {
+        return Err(refuse(
+            at("successful_active_health_check_uneject_host"),
+            "false is not enforced by kuma-dp (a passed active check lifts an ejection)",
+        ));
+    }
     let split = od.split_external_local_origin_errors;
     let success_rate = on(&od.enforcing_success_rate, "enforcing_success_rate", 100)?;
     let local_success_rate = on(

@@ -35,6 +35,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+use envoy_types::pb::envoy::r#type::v3::hash_policy::PolicySpecifier as TcpHashSpecifier;
 use serde::Serialize;
 
 /// How a request path is matched.
@@ -194,6 +195,8 @@ pub enum HashKeyPlan {
     },
     /// A query parameter's value.
     QueryParameter(String),
+    /// The downstream client's IP address (`connection_properties.source_ip`).
+    SourceIp,
 }
 
 /// `route.redirect`: answered by the proxy itself.
@@ -913,13 +916,16 @@ fn forward(a: &RouteAction, path: &str) -> Result<ForwardPlan, String> {
     })
 }
 
-/// The hash policies kuma-dp computes: header, cookie (name, ttl, path) and query parameter.
-/// The source IP (`connection_properties`) is not known on kuma-dp's HTTP path, and it keeps no
-/// filter state, so those are refused.
+/// The hash policies kuma-dp computes: header, cookie (name, ttl, path), query parameter and
+/// source IP. kuma-dp keeps no filter state, so that one is refused. A `connection_properties`
+/// without `source_ip` can never give a value, so it is left out, as if absent.
 fn hash_policies(policies: &[HashPolicy], path: &str) -> Result<Vec<HashPolicyPlan>, String> {
     policies
         .iter()
         .enumerate()
+        .filter(|(_, h)| {
+            !matches!(&h.policy_specifier, Some(PolicySpecifier::ConnectionProperties(c)) if !c.source_ip)
+        })
         .map(|(i, h)| {
             let at = format!("{path}[{i}]");
             let key = match &h.policy_specifier {
@@ -952,11 +958,7 @@ fn hash_policies(policies: &[HashPolicy], path: &str) -> Result<Vec<HashPolicyPl
                     }
                 }
                 Some(PolicySpecifier::QueryParameter(q)) => HashKeyPlan::QueryParameter(q.name.clone()),
-                Some(PolicySpecifier::ConnectionProperties(_)) => {
-                    return Err(format!(
-                        "{at}.connection_properties: not enforced by kuma-dp (its HTTP path does not hash the source address)"
-                    ));
-                }
+                Some(PolicySpecifier::ConnectionProperties(_)) => HashKeyPlan::SourceIp,
                 Some(PolicySpecifier::FilterState(_)) => {
                     return Err(format!("{at}.filter_state: not enforced by kuma-dp"));
                 }
@@ -1012,6 +1014,28 @@ fn redirect(r: &RedirectAction, path: &str) -> Result<RedirectPlan, String> {
 
 /// The clusters of a `tcp_proxy`: one (`cluster`), or a weighted split (`weighted_clusters`,
 /// the bool; possibly of one cluster).
+/// Takes `tcp_proxy.hash_policy`: whether the connection is hashed by its source IP (the one
+/// policy kuma-dp computes for TCP; a filter-state key is refused).
+pub fn tcp_hash_source_ip(tcp: &mut TcpProxy) -> Result<bool, String> {
+    let mut source_ip = false;
+    for (i, h) in std::mem::take(&mut tcp.hash_policy).iter().enumerate() {
+        match &h.policy_specifier {
+            Some(TcpHashSpecifier::SourceIp(_)) => source_ip = true,
+            Some(TcpHashSpecifier::FilterState(_)) => {
+                return Err(format!(
+                    "tcp_proxy.hash_policy[{i}].filter_state: not enforced by kuma-dp"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "tcp_proxy.hash_policy[{i}]: a policy specifier is required"
+                ));
+            }
+        }
+    }
+    Ok(source_ip)
+}
+
 pub fn tcp_proxy_clusters(tcp: &TcpProxy) -> Result<(Vec<WeightedClusterPlan>, bool), String> {
     let path = "tcp_proxy";
     let mut rest = tcp.clone();

@@ -39,6 +39,8 @@ pub struct ClusterTimeouts {
     pub idle: Duration,
     /// An upstream HTTP stream (one try) lasting longer is reset (504); `None`: no limit.
     pub max_stream_duration: Option<Duration>,
+    /// A pooled upstream HTTP connection older than this is not reused; `None`: no limit.
+    pub max_connection_duration: Option<Duration>,
 }
 
 impl Default for ClusterTimeouts {
@@ -47,6 +49,7 @@ impl Default for ClusterTimeouts {
             connect: ENVOY_CONNECT,
             idle: ENVOY_UPSTREAM_IDLE,
             max_stream_duration: None,
+            max_connection_duration: None,
         }
     }
 }
@@ -125,6 +128,76 @@ pub struct RetryPlan {
     pub retriable_request_headers: Vec<HeaderMatchPlan>,
     /// `previous_hosts`: a retry goes to an endpoint not tried yet while one is left.
     pub omit_previous_hosts: bool,
+    /// `rate_limited_retry_back_off`: an answer carrying one of these headers sets the pause.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limited: Option<Box<RateLimitedBackOffPlan>>,
+}
+
+/// Envoy's `rate_limited_retry_back_off` (MeshRetry `rateLimitedBackOff`): the first of the
+/// reset headers that parses, to an interval no longer than `max_interval`, is the pause before
+/// the retry; without one the exponential back-off applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RateLimitedBackOffPlan {
+    /// Header names (lower case), tried in order, with how each one's value reads.
+    pub reset_headers: Vec<(String, ResetFormat)>,
+    pub max_interval: Duration,
+}
+
+/// How a reset header's value reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ResetFormat {
+    /// Seconds to wait (`Retry-After: 2`).
+    Seconds,
+    /// The Unix time (seconds) to wait until (`X-RateLimit-Reset: 1700000000`).
+    UnixTimestamp,
+}
+
+/// Envoy's default `rate_limited_retry_back_off.max_interval`.
+const ENVOY_RATE_LIMITED_MAX: Duration = Duration::from_secs(300);
+
+fn rate_limited_back_off(
+    r: &envoy_types::pb::envoy::config::route::v3::retry_policy::RateLimitedRetryBackOff,
+    path: &str,
+) -> Result<RateLimitedBackOffPlan, String> {
+    use envoy_types::pb::envoy::config::route::v3::retry_policy::ResetHeaderFormat;
+    if r.reset_headers.is_empty() {
+        return Err(format!("{path}.reset_headers: at least one is required"));
+    }
+    let reset_headers = r
+        .reset_headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            if h.name.is_empty() {
+                return Err(format!("{path}.reset_headers[{i}].name: empty"));
+            }
+            let format = match ResetHeaderFormat::try_from(h.format) {
+                Ok(ResetHeaderFormat::Seconds) => ResetFormat::Seconds,
+                Ok(ResetHeaderFormat::UnixTimestamp) => ResetFormat::UnixTimestamp,
+                Err(_) => {
+                    return Err(format!(
+                        "{path}.reset_headers[{i}].format: unknown value {}",
+                        h.format
+                    ));
+                }
+            };
+            Ok((h.name.to_ascii_lowercase(), format))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_interval = match &r.max_interval {
+        None => ENVOY_RATE_LIMITED_MAX,
+        Some(d) => {
+            let d = std_duration(d).map_err(|e| format!("{path}.max_interval: {e}"))?;
+            if d.is_zero() {
+                return Err(format!("{path}.max_interval: must be greater than 0"));
+            }
+            d
+        }
+    };
+    Ok(RateLimitedBackOffPlan {
+        reset_headers,
+        max_interval,
+    })
 }
 
 fn std_duration(d: &PbDuration) -> Result<Duration, String> {
@@ -238,15 +311,18 @@ fn retry_plan(p: &RetryPolicy, path: &str) -> Result<RetryPlan, String> {
     }
     // Host selection is retried by kuma-dp's endpoint order itself.
     rest.host_selection_retry_max_attempts = 0;
-    let fields: [(&str, bool); 6] = [
+    let rate_limited = match rest.rate_limited_retry_back_off.take() {
+        None => None,
+        Some(r) => Some(Box::new(rate_limited_back_off(
+            &r,
+            &format!("{path}.rate_limited_retry_back_off"),
+        )?)),
+    };
+    let fields: [(&str, bool); 5] = [
         ("retry_priority", rest.retry_priority.is_some()),
         (
             "retry_options_predicates",
             !rest.retry_options_predicates.is_empty(),
-        ),
-        (
-            "rate_limited_retry_back_off",
-            rest.rate_limited_retry_back_off.is_some(),
         ),
         ("retriable_headers", !rest.retriable_headers.is_empty()),
         ("retry_on (none)", on == RetryOn::default()),
@@ -268,6 +344,7 @@ fn retry_plan(p: &RetryPolicy, path: &str) -> Result<RetryPlan, String> {
         retriable_status_codes,
         retriable_request_headers,
         omit_previous_hosts,
+        rate_limited,
     })
 }
 
@@ -324,8 +401,8 @@ pub(crate) fn connect_timeout(d: Option<&PbDuration>) -> Result<Duration, String
     }
 }
 
-/// The common HTTP options of a cluster's `HttpProtocolOptions`: `idle_timeout` (0: never) and
-/// `max_stream_duration`; anything else is refused.
+/// The common HTTP options of a cluster's `HttpProtocolOptions`: `idle_timeout` (0: never),
+/// `max_stream_duration` and `max_connection_duration` (0: none); anything else is refused.
 pub(crate) fn cluster_http_options(
     common: &CommonOptions,
     at: &str,
@@ -340,14 +417,12 @@ pub(crate) fn cluster_http_options(
     if let Some(d) = rest.max_stream_duration.take() {
         timeouts.max_stream_duration = nonzero(&d, &format!("{at}.max_stream_duration"))?;
     }
-    if rest.max_connection_duration.is_some() {
-        return Err(format!(
-            "{at}.max_connection_duration: not enforced by kuma-dp"
-        ));
+    if let Some(d) = rest.max_connection_duration.take() {
+        timeouts.max_connection_duration = nonzero(&d, &format!("{at}.max_connection_duration"))?;
     }
     if rest != CommonOptions::default() {
         return Err(format!(
-            "{at}: only idle_timeout and max_stream_duration are enforced by kuma-dp"
+            "{at}: only idle_timeout, max_stream_duration and max_connection_duration are enforced by kuma-dp"
         ));
     }
     Ok(())

@@ -53,7 +53,7 @@ mod filters;
 pub mod inbound_http;
 mod mesh_circuit_breaker;
 pub mod mesh_fault_injection;
-mod mesh_health_check;
+pub(crate) mod mesh_health_check;
 mod mesh_http_route;
 mod mesh_load_balancing_strategy;
 pub mod mesh_rate_limit;

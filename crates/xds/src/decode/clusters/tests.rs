@@ -92,6 +92,28 @@ fn cla_policy(c: &mut Cluster) -> &mut Policy {
         .get_or_insert_with(Default::default)
 }
 
+/// A connect-only TCP check every 2 s.
+fn tcp_check() -> envoy_types::pb::envoy::config::core::v3::HealthCheck {
+    use envoy_types::pb::envoy::config::core::v3::health_check::{HealthChecker, TcpHealthCheck};
+    envoy_types::pb::envoy::config::core::v3::HealthCheck {
+        timeout: secs(1),
+        interval: secs(2),
+        unhealthy_threshold: u32v(2),
+        healthy_threshold: u32v(1),
+        health_checker: Some(HealthChecker::TcpHealthCheck(TcpHealthCheck::default())),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_active_check_is_part_of_the_plan() {
+    let mut c = base(Base::Eds);
+    assert_eq!(decode(&c).expect("eds").health_check, None);
+    c.health_checks = vec![tcp_check()];
+    let plan = decode(&c).expect("checked").health_check.expect("a check");
+    assert_eq!(plan.unhealthy_threshold, 2);
+}
+
 #[test]
 fn generated_clusters_are_accepted() {
     let eds = decode(&base(Base::Eds)).expect("eds");
@@ -164,6 +186,10 @@ fn equivalent_spellings_are_accepted() {
             lb_endpoint(c).health_status = HealthStatus::Healthy as i32
         }),
         ("stats names", Base::Eds, |c| c.alt_stat_name = "w".into()),
+        ("an active TCP check", Base::Eds, |c| {
+            c.health_checks = vec![tcp_check()];
+            c.ignore_health_on_host_removal = true;
+        }),
     ];
     for (what, b, edit) in cases {
         let mut c = base(*b);
@@ -224,9 +250,23 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
         ("load_assignment", Base::Eds, |c| {
             c.load_assignment = base(Base::Static).load_assignment
         }),
-        ("health_checks", Base::Eds, |c| {
+        // The check itself is `health_checks.rs`'s; a refusal there names its path here.
+        ("health_checks[0].timeout", Base::Eds, |c| {
             c.health_checks = vec![Default::default()]
         }),
+        ("health_checks", Base::Eds, |c| {
+            c.health_checks = vec![tcp_check(), tcp_check()]
+        }),
+        ("health_checks", Base::Passthrough, |c| {
+            c.health_checks = vec![tcp_check()]
+        }),
+        (
+            "outlier_detection.successful_active_health_check_uneject_host",
+            Base::Eds,
+            |c| {
+                od(c).successful_active_health_check_uneject_host = Some(BoolValue { value: false })
+            },
+        ),
         ("max_requests_per_connection", Base::Eds, |c| {
             c.max_requests_per_connection = u32v(1)
         }),
@@ -536,6 +576,20 @@ fn every_field_kuma_dp_does_not_enforce_is_refused_with_its_path() {
             "load_assignment.endpoints[0].lb_endpoints[0].endpoint",
             Base::Static,
             |c| lb_endpoint(c).host_identifier = Some(HostIdentifier::EndpointName("e".into())),
+        ),
+        (
+            "load_assignment.endpoints[0].lb_endpoints[0].endpoint.health_check_config",
+            Base::Static,
+            |c| {
+                if let Some(HostIdentifier::Endpoint(ep)) = &mut lb_endpoint(c).host_identifier {
+                    ep.health_check_config = Some(
+                        envoy_types::pb::envoy::config::endpoint::v3::endpoint::HealthCheckConfig {
+                            port_value: 9000,
+                            ..Default::default()
+                        },
+                    );
+                }
+            },
         ),
         (
             "load_assignment.endpoints[0].lb_endpoints[0].endpoint.additional_addresses",

@@ -503,3 +503,72 @@ fn tcp_proxy_weighted_clusters_become_a_split() {
         "tcp_proxy.idle_timeout: not supported by kuma-dp"
     );
 }
+
+#[test]
+fn source_ip_hash_policies_are_kept_for_routes_and_tcp() {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::ConnectionProperties;
+    use envoy_types::pb::envoy::r#type::v3::HashPolicy as TcpHashPolicy;
+    use envoy_types::pb::envoy::r#type::v3::hash_policy::{FilterState, SourceIp};
+    let by_source = |source_ip| HashPolicy {
+        policy_specifier: Some(PolicySpecifier::ConnectionProperties(
+            ConnectionProperties { source_ip },
+        )),
+        terminal: true,
+    };
+    let route = |policies: Vec<HashPolicy>| {
+        let mut r = Route {
+            name: "r".into(),
+            r#match: prefix("/"),
+            action: to_cluster("backend"),
+            ..Default::default()
+        };
+        if let Some(Action::Route(a)) = &mut r.action {
+            a.hash_policy = policies;
+        }
+        r
+    };
+    let hashing = |plan: RoutePlan| match plan.action {
+        RouteActionPlan::Forward(f) => f.hash_policy,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        hashing(one(route(vec![by_source(true)])).expect("decodes")),
+        vec![HashPolicyPlan {
+            key: HashKeyPlan::SourceIp,
+            terminal: true
+        }]
+    );
+    // `source_ip: false` can never give a value: left out.
+    assert_eq!(
+        hashing(one(route(vec![by_source(false)])).expect("decodes")),
+        vec![]
+    );
+
+    let tcp = |specifiers: Vec<Option<TcpHashSpecifier>>| TcpProxy {
+        stat_prefix: "db".into(),
+        cluster_specifier: Some(TcpCluster::Cluster("db".into())),
+        hash_policy: specifiers
+            .into_iter()
+            .map(|policy_specifier| TcpHashPolicy { policy_specifier })
+            .collect(),
+        ..Default::default()
+    };
+    let mut with_source = tcp(vec![Some(TcpHashSpecifier::SourceIp(SourceIp {}))]);
+    assert_eq!(tcp_hash_source_ip(&mut with_source), Ok(true));
+    assert!(
+        tcp_proxy_clusters(&with_source).is_ok(),
+        "the hash policy was taken"
+    );
+    assert_eq!(tcp_hash_source_ip(&mut tcp(vec![])), Ok(false));
+    let filter_state = Some(TcpHashSpecifier::FilterState(FilterState {
+        key: "k".into(),
+    }));
+    assert_eq!(
+        tcp_hash_source_ip(&mut tcp(vec![filter_state])),
+        Err("tcp_proxy.hash_policy[0].filter_state: not enforced by kuma-dp".into())
+    );
+    assert_eq!(
+        tcp_hash_source_ip(&mut tcp(vec![None])),
+        Err("tcp_proxy.hash_policy[0]: a policy specifier is required".into())
+    );
+}
