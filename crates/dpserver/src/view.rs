@@ -47,6 +47,8 @@ pub(crate) struct MeshView {
     pub(crate) external: BTreeMap<String, ExternalUpstream>,
     /// The mesh's ExternalServices this zone's egresses serve.
     pub(crate) egress_served: Vec<EgressServed>,
+    /// Why some of its ExternalServices are not served (logged when they first appear).
+    pub(crate) external_refused: Vec<String>,
 }
 
 /// The cached views, by mesh, with the store sequence each was read at.
@@ -114,6 +116,13 @@ async fn read_view(
         egresses: &egresses,
     };
     let external = read_external_services(store, mesh, &mesh_spec, &endpoints, &vips, side).await?;
+    // Each refusal is logged once, when it appears (views are read on every change).
+    let refused: Vec<String> = external.refused.iter().map(ToString::to_string).collect();
+    for r in &refused {
+        if !previous.is_some_and(|p| p.external_refused.contains(r)) {
+            warn!(mesh, "{r}");
+        }
+    }
     endpoints.extend(external.endpoints.clone());
     protocols.extend(external.protocols.clone());
     let stored = store
@@ -136,11 +145,12 @@ async fn read_view(
         policies,
         external: external.upstreams,
         egress_served: external.egress,
+        external_refused: refused,
     })
 }
 
 /// The mesh's ExternalServices with their hosts resolved and their certificates read from the
-/// mesh's Secrets; each one that cannot be served is logged with the reason.
+/// mesh's Secrets, with the reasons of those that cannot be served.
 async fn read_external_services(
     store: &meshzone_store::Store,
     mesh: &str,
@@ -190,9 +200,6 @@ async fn read_external_services(
         served_by_egress(mesh_spec, &inputs, internal_services, &secrets, side.zone);
     out.egress = egress;
     out.refused.extend(refused);
-    for refusal in &out.refused {
-        warn!(mesh, "{refusal}");
-    }
     Ok(out)
 }
 
