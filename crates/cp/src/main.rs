@@ -384,9 +384,11 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         });
     } else {
         let store = store.clone();
+        let zone = Some(config.multizone.zone.name.clone()).filter(|z| !z.is_empty());
         supervisor.restarting("zone ingress available services", move || {
             returns_only_on_error(meshzone_dp_server::available_services::maintain(
                 store.clone(),
+                zone.clone(),
             ))
         });
     }

@@ -203,6 +203,31 @@ pub fn get_table(rt: ResourceType, items: &[Value], now: DateTime<Utc>) -> Strin
                 .collect();
             render(&["NAME", "ENABLED", "AGE"], &rows)
         }
+        // Kuma's columns: the tags as `k=v` (sorted) and the address.
+        ResourceType::ExternalService => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| {
+                    let tags = r["tags"]
+                        .as_object()
+                        .map(|t| {
+                            t.iter()
+                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default();
+                    vec![
+                        s(&r["mesh"]),
+                        s(&r["name"]),
+                        tags,
+                        s(&r["networking"]["address"]),
+                        age(r),
+                    ]
+                })
+                .collect();
+            render(&["MESH", "NAME", "TAGS", "ADDRESS", "AGE"], &rows)
+        }
         // Policies: what they apply to (Kuma's columns; no top-level targetRef means Mesh).
         _ if rt.descriptor().policy => {
             let rows: Vec<Vec<String>> = items

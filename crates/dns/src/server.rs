@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use hickory_proto::op::Message;
+use meshzone_model::external_service::ExternalServiceSpec;
 use meshzone_model::specs::{ConfigSpec, Tags};
 use meshzone_model::virtual_outbound::{VirtualOutboundSpec, entries};
 use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec};
@@ -23,7 +24,7 @@ pub const VIPS_CONFIG: &str = "meshzone-dns-vips";
 pub type Table = Arc<BTreeMap<String, Ipv4Addr>>;
 
 /// Keys that should have a VIP: every inbound service of the zone's Dataplanes, every service
-/// other zones' ingresses offer, and every hostname the virtual outbounds of a mesh give for
+/// other zones' ingresses offer, every ExternalService (and the host of its address), and every hostname the virtual outbounds of a mesh give for
 /// the tags of its services' instances ([`host_key`]).
 async fn wanted(store: &Store) -> Result<BTreeSet<String>, StoreError> {
     let mut out = BTreeSet::new();
@@ -55,6 +56,11 @@ async fn wanted(store: &Store) -> Result<BTreeSet<String>, StoreError> {
             }
         }
     }
+    for r in store.list(ResourceType::ExternalService, None).await? {
+        if let Spec::ExternalService(es) = &r.spec {
+            out.extend(external_service_keys(es));
+        }
+    }
     let mut virtual_outbounds: BTreeMap<String, Vec<Resource>> = BTreeMap::new();
     for r in store.list(ResourceType::VirtualOutbound, None).await? {
         virtual_outbounds
@@ -74,6 +80,16 @@ async fn wanted(store: &Store) -> Result<BTreeSet<String>, StoreError> {
         out.extend(entries(&specs, sets).iter().map(|e| host_key(&e.host)));
     }
     Ok(out)
+}
+
+/// The VIP table keys of an ExternalService: its service, and the host of its address as a
+/// hostname key of its own when it gets a DNS entry.
+fn external_service_keys(es: &ExternalServiceSpec) -> Vec<String> {
+    let mut out: Vec<String> = es.service().map(str::to_string).into_iter().collect();
+    if let Some(host) = es.host_dns_entry() {
+        out.push(host_key(host));
+    }
+    out
 }
 
 /// Why the VIP table could not be read or kept.
@@ -153,7 +169,7 @@ async fn refresh(store: &Store, cidr: Cidr, domain: &str) -> Result<Table, VipEr
 }
 
 /// Keeps `table` current: recomputes on every change of Dataplanes, ZoneIngresses,
-/// VirtualOutbounds or the stored table itself. On an error the last good table stays in service.
+/// VirtualOutbounds, ExternalServices or the stored table itself. On an error the last good table stays in service.
 pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: &watch::Sender<Table>) {
     let mut events = store.subscribe();
     loop {
@@ -174,6 +190,7 @@ pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: &watch::S
                 ResourceType::Dataplane,
                 ResourceType::ZoneIngress,
                 ResourceType::VirtualOutbound,
+                ResourceType::ExternalService,
                 ResourceType::Config,
             ],
         )
@@ -219,6 +236,29 @@ mod tests {
                 config: text.to_string(),
             }),
         )
+    }
+
+    #[test]
+    fn an_external_service_has_its_service_and_its_host_unless_disabled_or_an_ip() {
+        let es = |address: &str, disable: bool| -> ExternalServiceSpec {
+            serde_json::from_value(serde_json::json!({
+                "networking": {"address": address, "disableHostDNSEntry": disable},
+                "tags": {"kuma.io/service": "httpbin"}
+            }))
+            .expect("spec")
+        };
+        assert_eq!(
+            external_service_keys(&es("HttpBin.org:443", false)),
+            ["httpbin", "@httpbin.org"]
+        );
+        assert_eq!(
+            external_service_keys(&es("httpbin.org:443", true)),
+            ["httpbin"]
+        );
+        assert_eq!(
+            external_service_keys(&es("10.0.0.1:443", false)),
+            ["httpbin"]
+        );
     }
 
     #[tokio::test]

@@ -17,6 +17,8 @@ use tracing::{debug, warn};
 use meshzone_xds::decode::{ListenerPlan, ListenerTimeouts};
 
 use crate::rbac::{self, Registry, RequestGuard};
+
+mod replay;
 use crate::runtime::Runtime;
 use crate::stats::Stats;
 
@@ -217,8 +219,8 @@ async fn handle(
         }
     }
     let listener = plan.name.as_str();
-    if !plan.sni_routes.is_empty() {
-        return route_by_sni(listener, conn, &plan, rt, stats).await;
+    if !plan.sni_routes.is_empty() || !plan.sni_terminated.is_empty() {
+        return route_by_sni(listener, conn, &plan, rt, stats, access).await;
     }
     let plaintext = plan.tls.is_none() || (plan.permissive && !starts_with_tls(&conn).await);
     if plaintext {
@@ -228,6 +230,22 @@ async fn handle(
         // No certificate, no SANs: only a principal that needs no identity admits it.
         return permitted(conn, &plan, Vec::new(), rt, stats, access).await;
     }
+    let (stream, sans) = accept_mtls(listener, conn, &rt, &stats).await?;
+    permitted(stream, &plan, sans, rt, stats, access).await
+}
+
+/// Terminates the mesh's mTLS of `listener` (an inbound, or a zone egress's terminating
+/// chain): the peer must show a mesh identity the listener accepts. Returns the stream and the
+/// peer's URI SANs.
+async fn accept_mtls<S>(
+    listener: &str,
+    conn: S,
+    rt: &Runtime,
+    stats: &Stats,
+) -> Result<(tokio_rustls::server::TlsStream<S>, Vec<String>), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let tls = rt
         .downstream
         .get(listener)
@@ -251,7 +269,7 @@ async fn handle(
     let sans = cert
         .map(|c| rbac::peer_sans(c.as_ref()))
         .unwrap_or_default();
-    permitted(stream, &plan, sans, rt, stats, access).await
+    Ok((stream, sans))
 }
 
 /// Judges a connection by the listener's permissions before anything reaches the
@@ -378,6 +396,7 @@ async fn route_by_sni(
     plan: &ListenerPlan,
     rt: Arc<Runtime>,
     stats: Arc<Stats>,
+    access: Access,
 ) -> Result<(), String> {
     let no_match = || stats.inc(format!("listener.{listener}.no_filter_chain_match"));
     let (hello, sni) =
@@ -392,6 +411,13 @@ async fn route_by_sni(
                 return Err("no TLS ClientHello within 10s".into());
             }
         };
+    // A zone egress's ExternalService: terminate the mesh's mTLS, judge the client, then on
+    // to the external address.
+    if let Some(chain) = sni.as_deref().and_then(|s| plan.sni_terminated.get(s)) {
+        let replayed = replay::Replay::new(hello, conn);
+        let (stream, sans) = accept_mtls(&chain.name, replayed, &rt, &stats).await?;
+        return permitted(stream, chain, sans, rt, stats, access).await;
+    }
     let Some(cluster) = sni.as_deref().and_then(|s| plan.sni_routes.get(s)) else {
         no_match();
         return Err(format!("no route for SNI {sni:?}"));

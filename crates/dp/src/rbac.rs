@@ -56,7 +56,13 @@ fn current<'a>(
     listener: &str,
     started: Option<&'a RbacPlan>,
 ) -> Option<&'a RbacPlan> {
-    match config.listeners.get(listener) {
+    let chain = || {
+        config
+            .listeners
+            .values()
+            .find_map(|l| l.sni_terminated.values().find(|c| c.name == listener))
+    };
+    match config.listeners.get(listener).or_else(chain) {
         Some(l) => l.rbac.as_ref(),
         None => started,
     }

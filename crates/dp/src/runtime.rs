@@ -156,6 +156,13 @@ fn material(
 }
 
 fn upstream_tls(config: &ProxyConfig, c: &ClusterPlan) -> Result<Option<UpstreamTls>, String> {
+    if let Some(plan) = &c.origination {
+        let cfg = tls::origination_config(&c.name, plan).map_err(|e| e.to_string())?;
+        return Ok(Some(UpstreamTls {
+            config: cfg,
+            sni: plan.sni.clone(),
+        }));
+    }
     let Some(plan) = &c.tls else { return Ok(None) };
     let (id, roots) = material(config, plan)?;
     let cfg = tls::client_config(&id, roots, plan.peer.clone()).map_err(|e| e.to_string())?;
@@ -288,7 +295,12 @@ impl Runtime {
     pub fn build(config: ProxyConfig, previous: &Runtime) -> (Self, Vec<RuntimeProblem>) {
         let mut problems = Vec::new();
         let mut downstream = BTreeMap::new();
-        for l in config.listeners.values() {
+        // Zone egress chains that terminate mTLS hold TLS of their own.
+        let with_chains = config
+            .listeners
+            .values()
+            .flat_map(|l| std::iter::once(l).chain(l.sni_terminated.values()));
+        for l in with_chains {
             let Some(plan) = &l.tls else { continue };
             match material(&config, plan)
                 .and_then(|(id, roots)| tls::server_config(&id, roots).map_err(|e| e.to_string()))

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use meshzone_xds::decode::SanMatch;
+use meshzone_xds::decode::{OriginationPlan, SanMatch};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -83,9 +83,9 @@ pub fn client_config(
     expected: Vec<SanMatch>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = SpiffeServerVerifier {
-        roots,
-        expected,
+    let verifier = ServerVerifier {
+        roots: Some(roots),
+        check: PeerCheck::Spiffe(expected),
         provider: provider.clone(),
     };
     let config = ClientConfig::builder_with_provider(provider)
@@ -93,6 +93,37 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
+    Ok(Arc::new(config))
+}
+
+/// TLS to a server outside the mesh (an ExternalService): its chain checked against the
+/// user's CA and its name against the plan's DNS names; without a CA nothing is checked, as
+/// Envoy does without a validation context. Our client certificate when the plan has one.
+pub fn origination_config(
+    cluster: &str,
+    plan: &OriginationPlan,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let roots = match &plan.trusted_ca_pem {
+        Some(pem) => Some(roots(&format!("{cluster} trusted_ca"), pem)?),
+        None => None,
+    };
+    let verifier = ServerVerifier {
+        roots,
+        check: PeerCheck::DnsNames(plan.dns_sans.clone()),
+        provider: provider.clone(),
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let config = match (&plan.client_cert_pem, &plan.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            let id = identity(&format!("{cluster} client certificate"), cert, key)?;
+            builder.with_client_auth_cert(id.chain, id.key)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
 }
 
@@ -104,16 +135,48 @@ pub fn peer_identity(cert: &CertificateDer<'_>, expected: &[SanMatch]) -> Option
         .find(|san| expected.iter().any(|m| m.matches(san)))
 }
 
-/// Checks the chain against the mesh CA (ignoring DNS names: mesh identities are SPIFFE URIs)
-/// and then the SPIFFE ID.
+/// What a server's certificate must show besides its chain.
 #[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    expected: Vec<SanMatch>,
+enum PeerCheck {
+    /// A mesh peer: one of these SPIFFE IDs (DNS names are ignored: mesh identities are URIs).
+    Spiffe(Vec<SanMatch>),
+    /// An external server: one of these DNS names (none: any name).
+    DnsNames(Vec<String>),
+}
+
+/// Checks the chain against the roots, then the [`PeerCheck`]. Without roots (TLS to an
+/// external server with no CA given) nothing is checked, as Envoy does without a validation
+/// context.
+#[derive(Debug)]
+struct ServerVerifier {
+    roots: Option<Arc<RootCertStore>>,
+    check: PeerCheck,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl ServerVerifier {
+    fn check_names(
+        cert: &rustls::server::ParsedCertificate<'_>,
+        names: &[String],
+    ) -> Result<(), rustls::Error> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut last = rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
+        for name in names {
+            let Ok(expected) = ServerName::try_from(name.as_str()) else {
+                continue;
+            };
+            match rustls::client::verify_server_name(cert, &expected) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -122,20 +185,25 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        if peer_identity(end_entity, &self.expected).is_some() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
+        match &self.check {
+            PeerCheck::Spiffe(expected) if peer_identity(end_entity, expected).is_none() => Err(
+                rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
+            ),
+            PeerCheck::Spiffe(_) => Ok(ServerCertVerified::assertion()),
+            PeerCheck::DnsNames(names) => {
+                Self::check_names(&cert, names).map(|()| ServerCertVerified::assertion())
+            }
         }
     }
 
@@ -173,3 +241,6 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod origination_tests;

@@ -1,18 +1,27 @@
 //! Keeps the `availableServices` of the zone's own ZoneIngresses equal to what the zone's
-//! healthy inbounds offer, on every change (no polling). KDS carries them to global and on to
-//! the other zones, which turn them into endpoints.
+//! healthy inbounds offer, on every change (no polling), plus the ExternalServices tagged with
+//! this zone in meshes with `routing.zoneEgress` (`externalService: true`: other zones reach
+//! them through this zone's ingress and egress). KDS carries them to global and on to the
+//! other zones, which turn them into endpoints.
 
 use meshzone_model::insights::available_services;
 use meshzone_model::{ResourceType, Spec};
 use meshzone_store::{Store, StoreError};
 use tracing::warn;
 
-async fn refresh(store: &Store) -> Result<(), StoreError> {
+async fn refresh(store: &Store, zone: Option<&str>) -> Result<(), StoreError> {
     let dataplanes = store.list(ResourceType::Dataplane, None).await?;
-    let offered = available_services(dataplanes.iter().filter_map(|r| match &r.spec {
+    let mut offered = available_services(dataplanes.iter().filter_map(|r| match &r.spec {
         Spec::Dataplane(d) => Some((r.meta.mesh.as_str(), d)),
         _ => None,
     }));
+    if let Some(zone) = zone {
+        let meshes = store.list(ResourceType::Mesh, None).await?;
+        let external = store.list(ResourceType::ExternalService, None).await?;
+        offered.extend(crate::external_services::offered_by_zone(
+            &meshes, &external, zone,
+        ));
+    }
     for mut ingress in store.list(ResourceType::ZoneIngress, None).await? {
         // Copies of other zones' ingresses (synced from global) are not ours to change.
         if ingress
@@ -41,16 +50,21 @@ async fn refresh(store: &Store) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Runs until the store closes.
-pub async fn maintain(store: Store) {
+/// Runs until the store closes. `zone`: this zone's name (its ExternalServices are offered).
+pub async fn maintain(store: Store, zone: Option<String>) {
     let mut events = store.subscribe();
     loop {
-        if let Err(e) = refresh(&store).await {
+        if let Err(e) = refresh(&store, zone.as_deref()).await {
             warn!(error = %e, "cannot update the zone ingresses' available services");
         }
         if !meshzone_store::changed(
             &mut events,
-            &[ResourceType::Dataplane, ResourceType::ZoneIngress],
+            &[
+                ResourceType::Dataplane,
+                ResourceType::ZoneIngress,
+                ResourceType::Mesh,
+                ResourceType::ExternalService,
+            ],
         )
         .await
         {

@@ -8,6 +8,7 @@
 
 pub mod available_services;
 pub mod endpoints;
+pub mod external_services;
 mod handshake;
 mod policies;
 mod refuser;

@@ -16,7 +16,8 @@ use meshzone_store::{EventKind, StoreError, StoreEvent};
 use meshzone_xds::discovery::{DiscoveryRequest, DiscoveryResponse};
 use meshzone_xds::envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use meshzone_xds::generate::{
-    ProxyInput, Snapshot, SniRouterInput, TlsMaterial, Transparent, generate, generate_sni_router,
+    EgressExternal, ProxyInput, Snapshot, SniRouterInput, TlsMaterial, Transparent, generate,
+    generate_sni_router,
 };
 
 /// Kuma's default outbound redirect port (`redirectPortOutbound`).
@@ -118,6 +119,13 @@ struct Identity {
     backend: String,
 }
 
+impl Identity {
+    /// Still the right certificate: the same URIs and CA backend, not yet due for renewal.
+    fn fits(&self, uris: &[String], backend: &str, now: SystemTime) -> bool {
+        self.uris == uris && self.backend == backend && now < self.renew_at
+    }
+}
+
 struct Sent {
     version: String,
     nonce: String,
@@ -138,6 +146,8 @@ struct ProxyStream {
     /// Which stream of this proxy this is (see `Shared::claim`).
     generation: u64,
     identity: Option<Identity>,
+    /// A zone egress's certificate in each mesh whose ExternalServices it serves.
+    egress_identities: BTreeMap<String, Identity>,
     regenerations: u32,
     last_regeneration: Option<chrono::DateTime<Utc>>,
     subscription_id: String,
@@ -193,6 +203,7 @@ impl ProxyStream {
             snapshot: Arc::default(),
             generation: 0,
             identity: None,
+            egress_identities: BTreeMap::new(),
             regenerations: 0,
             last_regeneration: None,
             subscription_id: uuid::Uuid::new_v4().to_string(),
@@ -217,8 +228,10 @@ impl ProxyStream {
         loop {
             let renew_in = self
                 .identity
-                .as_ref()
-                .and_then(|i| i.renew_at.duration_since(SystemTime::now()).ok())
+                .iter()
+                .chain(self.egress_identities.values())
+                .filter_map(|i| i.renew_at.duration_since(SystemTime::now()).ok())
+                .min()
                 .unwrap_or(Duration::from_secs(3600));
             if self.insight_dirty && !flush_armed {
                 flush
@@ -294,7 +307,18 @@ impl ProxyStream {
             (ProxyKind::Dataplane, ResourceType::Config) => e.key.name == meshzone_dns::VIPS_CONFIG,
             (ProxyKind::Dataplane, t) if t.is_mesh_scoped() => e.key.mesh == self.key.mesh,
             (ProxyKind::Ingress, ResourceType::Mesh | ResourceType::Dataplane) => true,
+            // This zone's ExternalServices go on to its egresses.
+            (ProxyKind::Ingress, ResourceType::ExternalService | ResourceType::ZoneEgress) => true,
             (ProxyKind::Egress, ResourceType::Mesh | ResourceType::ZoneIngress) => true,
+            // The ExternalServices an egress serves: their certificates, permissions, and
+            // the mesh services that shadow them.
+            (
+                ProxyKind::Egress,
+                ResourceType::ExternalService
+                | ResourceType::Secret
+                | ResourceType::MeshTrafficPermission
+                | ResourceType::Dataplane,
+            ) => true,
             // Route backendRefs to tag subsets get SNI routes of their own on zone proxies.
             (
                 ProxyKind::Ingress | ProxyKind::Egress,
@@ -453,6 +477,7 @@ impl ProxyStream {
             protocols,
             proxyless: self.proxyless,
             policies: &policies,
+            external_services: &view.external,
         });
         self.set_snapshot(snapshot);
         Ok(())
@@ -501,8 +526,20 @@ impl ProxyStream {
                     .list(ResourceType::Dataplane, None)
                     .await
                     .map_err(internal)?;
-                let routes =
+                let mut routes =
                     ingress_routes(&meshes, &dataplanes, &route_policies, &virtual_outbounds);
+                if let Some(zone) = self.shared.settings.zone.as_deref() {
+                    let external = store
+                        .list(ResourceType::ExternalService, None)
+                        .await
+                        .map_err(internal)?;
+                    let egresses = crate::view::local_egresses(&self.shared).await?;
+                    for (sni, endpoints) in crate::external_services::ingress_external_routes(
+                        &meshes, &external, &egresses, zone,
+                    ) {
+                        routes.entry(sni).or_insert(endpoints);
+                    }
+                }
                 (z.networking.address, z.networking.port, routes)
             }
             Some(Resource {
@@ -515,15 +552,141 @@ impl ProxyStream {
             }
             _ => return Err(Status::not_found(format!("{} was deleted", self.key))),
         };
+        let (external, tls) = if self.kind == ProxyKind::Egress {
+            self.egress_externals(&meshes).await?
+        } else {
+            Default::default()
+        };
         let listener_name = meshzone_xds::names::inbound_listener(&address, port);
         let snapshot = generate_sni_router(&SniRouterInput {
             listener_name: &listener_name,
             address: &address,
             port,
             routes: &routes,
+            external: &external,
+            tls: &tls,
         });
         self.set_snapshot(snapshot);
         Ok(())
+    }
+
+    /// A zone egress's ExternalServices in every mesh with `routing.zoneEgress` and a builtin
+    /// CA, each with its MeshTrafficPermission rules (those of a Dataplane whose inbound
+    /// carries the service's tags), and the egress's certificate in each such mesh
+    /// (`spiffe://<mesh>/<service>` for every service it serves there).
+    async fn egress_externals(
+        &mut self,
+        meshes: &[Resource],
+    ) -> Result<(Vec<EgressExternal>, BTreeMap<String, TlsMaterial>), Status> {
+        let zone = self.shared.settings.zone.clone();
+        let mut external = Vec::new();
+        let mut tls = BTreeMap::new();
+        let mut kept = BTreeMap::new();
+        for m in meshes {
+            let Spec::Mesh(spec) = &m.spec else { continue };
+            let mesh = m.meta.name.as_str();
+            if !spec.routing.as_ref().is_some_and(|r| r.zone_egress) {
+                continue;
+            }
+            let Some(backend) = builtin_backend(spec) else {
+                continue;
+            };
+            let view = self.shared.mesh_view(mesh, self.seen_seq).await?;
+            if view.egress_served.is_empty() {
+                continue;
+            }
+            let mut uris = Vec::new();
+            for served in &view.egress_served {
+                let stand_in = serde_json::json!({
+                    "type": "Dataplane", "mesh": mesh, "name": format!("zone-egress.{}", served.service),
+                    "networking": {"address": "127.0.0.1", "inbound": [{"port": 1, "tags": served.tags}]}
+                });
+                let permission = match Resource::from_value(stand_in)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| {
+                        crate::policies::proxy_policies(&view.policies, &r, zone.as_deref())
+                            .map_err(|e| e.to_string())
+                    }) {
+                    Ok(p) => p
+                        .traffic_permission
+                        .from_rules
+                        .into_iter()
+                        .next()
+                        .map(|f| f.rules)
+                        .unwrap_or_default(),
+                    // Never a half configuration: the egress keeps its last one.
+                    Err(e) => {
+                        warn!(key = %self.key, mesh, service = served.service, error = %e, "cannot compute the permissions of an external service; the egress keeps its last configuration");
+                        return Ok(Default::default());
+                    }
+                };
+                uris.push(meshzone_pki::spiffe_id(mesh, &served.service));
+                external.push(EgressExternal {
+                    mesh: mesh.to_string(),
+                    service: served.service.clone(),
+                    endpoint: served.endpoint.clone(),
+                    tls: served.tls.clone(),
+                    permission,
+                });
+            }
+            let identity = self.egress_identity(mesh, spec, backend, uris).await?;
+            tls.insert(mesh.to_string(), identity.material.clone());
+            kept.insert(mesh.to_string(), identity);
+        }
+        self.egress_identities = kept;
+        Ok((external, tls))
+    }
+
+    /// The egress's certificate in `mesh` with `uris`: the one it has while it still fits,
+    /// else a new one from the mesh CA.
+    async fn egress_identity(
+        &mut self,
+        mesh: &str,
+        spec: &MeshSpec,
+        backend: &str,
+        uris: Vec<String>,
+    ) -> Result<Identity, Status> {
+        let now = SystemTime::now();
+        if let Some(i) = self.egress_identities.remove(mesh)
+            && i.fits(&uris, backend, now)
+        {
+            return Ok(i);
+        }
+        self.issue(mesh, spec, backend, uris, now).await
+    }
+
+    /// A new certificate with `uris` from the CA of `mesh` (created when this CP creates CAs).
+    async fn issue(
+        &mut self,
+        mesh: &str,
+        spec: &MeshSpec,
+        backend: &str,
+        uris: Vec<String>,
+        now: SystemTime,
+    ) -> Result<Identity, Status> {
+        let ca = if self.shared.settings.create_ca {
+            ensure_mesh_ca(&self.shared.store, mesh, spec, now).await
+        } else {
+            find_mesh_ca(&self.shared.store, mesh, spec).await
+        }
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        let lifetime = cert_lifetime(spec);
+        let cert =
+            meshzone_pki::issue_workload_cert(&ca, &uris, lifetime, now).map_err(internal)?;
+        self.regenerations += 1;
+        self.last_regeneration = Some(Utc::now());
+        self.insight_dirty = true;
+        Ok(Identity {
+            material: TlsMaterial {
+                identity_cert_pem: cert.cert_pem,
+                identity_key_pem: cert.key_pem,
+                ca_cert_pem: ca.cert_pem,
+            },
+            uris,
+            renew_at: now + lifetime.mul_f64(RENEW_AT),
+            expires: now + lifetime,
+            backend: backend.to_string(),
+        })
     }
 
     /// Issues (or keeps) the proxy's workload certificate when its mesh uses a builtin CA.
@@ -538,36 +701,15 @@ impl ProxyStream {
             self.shared.settings.zone.as_deref(),
         );
         let now = SystemTime::now();
-        if let Some(i) = &self.identity
-            && i.uris == uris
-            && i.backend == backend
-            && now < i.renew_at
+        if self
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.fits(&uris, backend, now))
         {
             return Ok(());
         }
-        let ca = if self.shared.settings.create_ca {
-            ensure_mesh_ca(&self.shared.store, &self.key.mesh, mesh, now).await
-        } else {
-            find_mesh_ca(&self.shared.store, &self.key.mesh, mesh).await
-        }
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-        let lifetime = cert_lifetime(mesh);
-        let cert =
-            meshzone_pki::issue_workload_cert(&ca, &uris, lifetime, now).map_err(internal)?;
-        self.regenerations += 1;
-        self.last_regeneration = Some(Utc::now());
-        self.identity = Some(Identity {
-            material: TlsMaterial {
-                identity_cert_pem: cert.cert_pem,
-                identity_key_pem: cert.key_pem,
-                ca_cert_pem: ca.cert_pem,
-            },
-            uris,
-            renew_at: now + lifetime.mul_f64(RENEW_AT),
-            expires: now + lifetime,
-            backend: backend.to_string(),
-        });
-        self.insight_dirty = true;
+        let mesh_name = self.key.mesh.clone();
+        self.identity = Some(self.issue(&mesh_name, mesh, backend, uris, now).await?);
         Ok(())
     }
 

@@ -16,12 +16,15 @@ use meshzone_model::policies::MeshPolicies;
 use meshzone_model::specs::MeshSpec;
 use meshzone_model::virtual_outbound::{VirtualOutboundSpec, entries};
 use meshzone_model::{Resource, ResourceKey, ResourceType, Spec};
-use meshzone_xds::generate::{EndpointInfo, VirtualListener};
+use meshzone_xds::generate::{EndpointInfo, ExternalUpstream, VirtualListener};
 use tonic::Status;
 use tracing::{debug, warn};
 
 use crate::Shared;
 use crate::endpoints::{LocalEgress, RemoteIngress, mesh_endpoints};
+use crate::external_services::{
+    EgressServed, ExternalInput, ExternalServices, ZoneSide, external_services, served_by_egress,
+};
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
@@ -39,6 +42,13 @@ pub(crate) struct MeshView {
     pub(crate) virtual_outbounds: Vec<VirtualListener>,
     /// The mesh's policies, in the engine's form.
     pub(crate) policies: MeshPolicies,
+    /// The mesh's ExternalServices reached directly (their endpoints and protocols are in
+    /// `endpoints` and `protocols`).
+    pub(crate) external: BTreeMap<String, ExternalUpstream>,
+    /// The mesh's ExternalServices this zone's egresses serve.
+    pub(crate) egress_served: Vec<EgressServed>,
+    /// Why some of its ExternalServices are not served (logged when they first appear).
+    pub(crate) external_refused: Vec<String>,
 }
 
 /// The cached views, by mesh, with the store sequence each was read at.
@@ -88,7 +98,7 @@ async fn read_view(
         .map_err(internal)?;
     let remote = remote_ingresses(shared).await?;
     let egresses = local_egresses(shared).await?;
-    let endpoints = mesh_endpoints(mesh, &mesh_spec, &dataplanes, &remote, &egresses);
+    let mut endpoints = mesh_endpoints(mesh, &mesh_spec, &dataplanes, &remote, &egresses);
     let vips = match meshzone_dns::load_vips(store).await {
         Ok(vips) => vips
             .into_iter()
@@ -100,7 +110,21 @@ async fn read_view(
         }
         Err(e) => return Err(internal(e)),
     };
-    let protocols = protocols_of(&dataplanes);
+    let mut protocols = protocols_of(&dataplanes);
+    let side = ZoneSide {
+        zone: shared.settings.zone.as_deref(),
+        egresses: &egresses,
+    };
+    let external = read_external_services(store, mesh, &mesh_spec, &endpoints, &vips, side).await?;
+    // Each refusal is logged once, when it appears (views are read on every change).
+    let refused: Vec<String> = external.refused.iter().map(ToString::to_string).collect();
+    for r in &refused {
+        if !previous.is_some_and(|p| p.external_refused.contains(r)) {
+            warn!(mesh, "{r}");
+        }
+    }
+    endpoints.extend(external.endpoints.clone());
+    protocols.extend(external.protocols.clone());
     let stored = store
         .list(ResourceType::VirtualOutbound, Some(mesh))
         .await
@@ -119,7 +143,64 @@ async fn read_view(
         vips,
         virtual_outbounds,
         policies,
+        external: external.upstreams,
+        egress_served: external.egress,
+        external_refused: refused,
     })
+}
+
+/// The mesh's ExternalServices with their hosts resolved and their certificates read from the
+/// mesh's Secrets, with the reasons of those that cannot be served.
+async fn read_external_services(
+    store: &meshzone_store::Store,
+    mesh: &str,
+    mesh_spec: &MeshSpec,
+    internal_services: &BTreeMap<String, Vec<EndpointInfo>>,
+    vips: &BTreeMap<String, String>,
+    side: ZoneSide<'_>,
+) -> Result<ExternalServices, Status> {
+    let stored = store
+        .list(ResourceType::ExternalService, Some(mesh))
+        .await
+        .map_err(internal)?;
+    if stored.is_empty() {
+        return Ok(ExternalServices::default());
+    }
+    let secrets: BTreeMap<String, String> = store
+        .list(ResourceType::Secret, Some(mesh))
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter_map(|r| match r.spec {
+            Spec::Secret(s) => Some((r.meta.name, s.data)),
+            _ => None,
+        })
+        .collect();
+    let mut inputs = Vec::new();
+    for r in &stored {
+        let Spec::ExternalService(spec) = &r.spec else {
+            continue;
+        };
+        let resolved = match spec.host_port() {
+            Some((host, port)) => resolve(host, u32::from(port)).await,
+            None => None,
+        };
+        let host_vip = spec
+            .host_dns_entry()
+            .and_then(|h| vips.get(&meshzone_dns::vips::host_key(h)).cloned());
+        inputs.push(ExternalInput {
+            name: &r.meta.name,
+            spec,
+            resolved,
+            host_vip,
+        });
+    }
+    let mut out = external_services(mesh_spec, &inputs, internal_services, &secrets, side);
+    let (egress, refused) =
+        served_by_egress(mesh_spec, &inputs, internal_services, &secrets, side.zone);
+    out.egress = egress;
+    out.refused.extend(refused);
+    Ok(out)
 }
 
 /// The VirtualOutbound entries for the tag sets of the mesh's endpoints (local instances and

@@ -6,6 +6,7 @@
 //! inputs so that it can be table-tested.
 
 pub mod descriptor;
+pub mod external_service;
 pub mod insights;
 pub mod policies;
 pub mod policy;

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::descriptor::ResourceType;
+use crate::external_service::ExternalServiceSpec;
 use crate::policies::PolicyConf;
 use crate::specs::*;
 use crate::validate::{Violation, Violations};
@@ -102,6 +103,7 @@ pub enum Spec {
     ServiceInsight(ServiceInsightSpec),
     Config(ConfigSpec),
     VirtualOutbound(VirtualOutboundSpec),
+    ExternalService(ExternalServiceSpec),
     /// Every policy type (its resource type is the conf's).
     Policy(PolicyConf),
 }
@@ -167,6 +169,7 @@ impl Spec {
             Spec::ServiceInsight(_) => ResourceType::ServiceInsight,
             Spec::Config(_) => ResourceType::Config,
             Spec::VirtualOutbound(_) => ResourceType::VirtualOutbound,
+            Spec::ExternalService(_) => ResourceType::ExternalService,
             Spec::Policy(p) => p.resource_type(),
         }
     }
@@ -189,6 +192,7 @@ impl Spec {
             ResourceType::ServiceInsight => Spec::ServiceInsight(Default::default()),
             ResourceType::Config => Spec::Config(Default::default()),
             ResourceType::VirtualOutbound => Spec::VirtualOutbound(Default::default()),
+            ResourceType::ExternalService => Spec::ExternalService(Default::default()),
             policy => match PolicyConf::default_for(policy) {
                 Some(conf) => Spec::Policy(conf),
                 None => Spec::Config(Default::default()),
@@ -213,6 +217,7 @@ impl Spec {
             ResourceType::ServiceInsight => Spec::ServiceInsight(typed(fields)?),
             ResourceType::Config => Spec::Config(typed(fields)?),
             ResourceType::VirtualOutbound => Spec::VirtualOutbound(typed(fields)?),
+            ResourceType::ExternalService => Spec::ExternalService(typed(fields)?),
             policy => Spec::Policy(PolicyConf::from_fields(policy, fields)?),
         })
     }
@@ -235,6 +240,7 @@ impl Spec {
             ResourceType::ServiceInsight => Spec::ServiceInsight(typed_str(text)?),
             ResourceType::Config => Spec::Config(typed_str(text)?),
             ResourceType::VirtualOutbound => Spec::VirtualOutbound(typed_str(text)?),
+            ResourceType::ExternalService => Spec::ExternalService(typed_str(text)?),
             policy => Spec::Policy(PolicyConf::from_json(policy, text)?),
         })
     }
@@ -280,6 +286,7 @@ impl Serialize for Spec {
             Spec::ServiceInsight(x) => x.serialize(s),
             Spec::Config(x) => x.serialize(s),
             Spec::VirtualOutbound(x) => x.serialize(s),
+            Spec::ExternalService(x) => x.serialize(s),
             // `{"spec": {...}}`: a policy's output keeps Kuma's `spec:` level.
             Spec::Policy(x) => x.serialize(s),
         }

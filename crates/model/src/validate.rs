@@ -99,6 +99,7 @@ pub fn validate(resource: &Resource) -> Result<(), Violations> {
         }
         Spec::ServiceInsight(_) | Spec::Config(_) => {}
         Spec::VirtualOutbound(s) => s.validate(&mut v),
+        Spec::ExternalService(s) => s.validate(&mut v),
         Spec::Policy(p) => p.validate(&mut v),
     }
     v.into_result()
@@ -378,7 +379,7 @@ fn check_address(field: &str, value: &str, v: &mut Violations) {
     }
 }
 
-fn check_service_tags(field: &str, tags: &Tags, v: &mut Violations) {
+pub(crate) fn check_service_tags(field: &str, tags: &Tags, v: &mut Violations) {
     match tags.get(SERVICE_TAG) {
         None => v.push(field, format!("tag {SERVICE_TAG:?} is required")),
         Some(s) if s.is_empty() => v.push(

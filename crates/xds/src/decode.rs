@@ -38,6 +38,7 @@ pub mod balancing;
 mod clusters;
 pub mod health_checks;
 mod inbound;
+mod origination;
 mod rbac;
 pub mod resilience;
 pub mod routes;
@@ -48,6 +49,7 @@ pub use inbound::{
     ConnectionLimitPlan, FaultPlan, HeaderContains, HttpRateLimitPlan, InboundHttpPlan, Injected,
     TokenBucketPlan,
 };
+pub use origination::OriginationPlan;
 pub use rbac::{PrincipalPlan, RbacPlan, Verdict};
 pub use resilience::{DEFAULT_PANIC_THRESHOLD, LimitsPlan, OutlierPlan, RatePlan};
 pub use routes::{RoutePlan, WeightedClusterPlan};
@@ -120,6 +122,10 @@ pub struct ListenerPlan {
     /// empty). A connection without a listed SNI is closed.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sni_routes: BTreeMap<String, String>,
+    /// A zone egress's chains that terminate the mesh's mTLS (ExternalServices): SNI → the
+    /// chain as a listener of its own (`<listener>/<sni>`, not bound: TLS, RBAC, cluster).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sni_terminated: BTreeMap<String, ListenerPlan>,
     /// False for a transparent proxy's `VIP:80` listeners: no socket of their own; the redirect
     /// listener hands them the connections whose original destination is their address.
     pub bind: bool,
@@ -161,6 +167,7 @@ impl Default for ListenerPlan {
             routes: Vec::new(),
             weighted: Vec::new(),
             sni_routes: BTreeMap::new(),
+            sni_terminated: BTreeMap::new(),
             bind: true,
             use_original_dst: false,
             rbac: None,
@@ -203,6 +210,9 @@ pub struct ClusterPlan {
     pub fail_traffic_on_panic: bool,
     /// Connect timeout and HTTP connection settings (MeshTimeout).
     pub timeouts: ClusterTimeouts,
+    /// TLS towards a server outside the mesh (an ExternalService), instead of `tls`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origination: Option<OriginationPlan>,
     /// Active health checking of the endpoints (MeshHealthCheck); none: no probes (and
     /// absent from the config dump).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -224,6 +234,7 @@ impl Default for ClusterPlan {
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             fail_traffic_on_panic: false,
             timeouts: ClusterTimeouts::default(),
+            origination: None,
             health_check: None,
         }
     }
@@ -447,6 +458,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         routes,
         weighted,
         sni_routes: BTreeMap::new(),
+        sni_terminated: BTreeMap::new(),
         dns_names: dns_names(&l),
         bind: l.bind_to_port.is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.is_some_and(|b| b.value),
@@ -590,6 +602,7 @@ fn sni_router(
     l: &Listener,
 ) -> Result<ListenerPlan, DecodeError> {
     let mut sni_routes = BTreeMap::new();
+    let mut sni_terminated = BTreeMap::new();
     for (i, chain) in l.filter_chains.iter().enumerate() {
         let names = chain
             .filter_chain_match
@@ -603,10 +616,13 @@ fn sni_router(
             ));
         }
         if chain.transport_socket.is_some() {
-            return Err(err(
-                &name,
-                "an SNI-routing listener passes TLS through; a chain must not terminate it",
-            ));
+            let terminated = terminating_chain(&name, address, i, chain)?;
+            for server_name in names {
+                let mut plan = terminated.clone();
+                plan.name = format!("{name}/{server_name}");
+                sni_terminated.insert(server_name, plan);
+            }
+            continue;
         }
         let cluster = match chain_filters(&name, i, chain)? {
             ChainFilters {
@@ -632,9 +648,62 @@ fn sni_router(
         name,
         address,
         sni_routes,
+        sni_terminated,
         bind: l.bind_to_port.is_none_or(|b| b.value),
         ..ListenerPlan::default()
     })
+}
+
+/// A zone egress's chain that terminates the mesh's mTLS (an ExternalService): a client
+/// certificate required, then an optional network RBAC and one tcp_proxy.
+fn terminating_chain(
+    name: &str,
+    address: SocketAddr,
+    index: usize,
+    chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
+) -> Result<ListenerPlan, DecodeError> {
+    let Some(d) = transport_tls::<DownstreamTlsContext>(name, chain.transport_socket.as_ref())?
+    else {
+        return Err(err(
+            name,
+            format!("filter_chains[{index}].transport_socket: not TLS"),
+        ));
+    };
+    if !d.require_client_certificate.is_some_and(|b| b.value) {
+        return Err(err(
+            name,
+            format!(
+                "filter_chains[{index}]: a terminating chain must require a client certificate"
+            ),
+        ));
+    }
+    let tls = tls_plan(name, d.common_tls_context.as_ref(), None)?;
+    match chain_filters(name, index, chain)? {
+        ChainFilters {
+            cluster,
+            http: false,
+            rbac,
+            weighted,
+            connection_limit: None,
+            timeouts,
+            ..
+        } if weighted.is_empty() => Ok(ListenerPlan {
+            name: name.to_string(),
+            address,
+            cluster,
+            tls: Some(tls),
+            bind: false,
+            rbac,
+            timeouts,
+            ..ListenerPlan::default()
+        }),
+        _ => Err(err(
+            name,
+            format!(
+                "filter_chains[{index}]: a terminating SNI chain has an optional network RBAC and one tcp_proxy"
+            ),
+        )),
+    }
 }
 
 /// The hostnames in a listener's [`crate::generate::DNS_METADATA`] metadata (strings of its

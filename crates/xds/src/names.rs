@@ -74,6 +74,11 @@ pub fn ca_secret(mesh: &str) -> String {
     format!("mesh_ca:secret:{mesh}")
 }
 
+/// A zone egress's cluster towards an ExternalService of a mesh.
+pub fn external_cluster(mesh: &str, service: &str) -> String {
+    format!("external:{mesh}:{service}")
+}
+
 /// Envoy node id of a data plane proxy: `<mesh>.<name>`.
 pub fn node_id(mesh: &str, name: &str) -> String {
     format!("{mesh}.{name}")

@@ -112,6 +112,7 @@ fn generated() -> Resources {
         proxyless: false,
         transparent: None,
         policies: &policies,
+        external_services: &Default::default(),
     };
     let mut resources = base_resources(&input);
     configure(&input, &mut resources);

@@ -120,6 +120,7 @@ fn generated(policies: &ProxyPolicies) -> Resources {
         protocols: &protocols,
         proxyless: false,
         policies,
+        external_services: &Default::default(),
     };
     let mut resources = base_resources(&input);
     configure(&input, &mut resources);

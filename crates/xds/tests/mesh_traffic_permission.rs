@@ -113,6 +113,7 @@ fn generated(mode: Option<&str>, mtls: bool) -> (Resources, Resources) {
         proxyless: false,
         transparent: None,
         policies: &policies,
+        external_services: &Default::default(),
     };
     let base = base_resources(&input);
     let mut configured = base.clone();

@@ -87,6 +87,7 @@ fn generated(policies: &ProxyPolicies) -> Resources {
         proxyless: false,
         transparent: None,
         policies,
+        external_services: &Default::default(),
     };
     let mut resources = base_resources(&input);
     configure(&input, &mut resources);

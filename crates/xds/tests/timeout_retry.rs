@@ -104,6 +104,7 @@ fn generated() -> Resources {
         protocols: &protocols,
         proxyless: false,
         policies: &policies,
+        external_services: &Default::default(),
     };
     let mut resources = base_resources(&input);
     configure(&input, &mut resources);

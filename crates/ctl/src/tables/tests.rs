@@ -84,6 +84,11 @@ fn get_tables() {
             "mesh-load-balancing-strategy.yaml",
             "get-meshloadbalancingstrategies.txt",
         ),
+        (
+            ResourceType::ExternalService,
+            "external-service.yaml",
+            "get-external-services.txt",
+        ),
     ];
     for (rt, input, out) in cases {
         let mut second = fixture(input);

@@ -114,6 +114,7 @@ async fn proxy(pki: &Pki, faults: &[Policy], limits: &[Policy]) -> Proxy {
         proxyless: false,
         transparent: None,
         policies: &policies,
+        external_services: &Default::default(),
     });
     let (config, errors) = meshzone_xds::decode::ProxyConfig::from_snapshot(&snapshot);
     assert!(errors.is_empty(), "{errors:?}");

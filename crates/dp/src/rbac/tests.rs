@@ -290,6 +290,7 @@ fn config(
         proxyless: false,
         transparent: None,
         policies: &policies,
+        external_services: &Default::default(),
     });
     let (config, errors) = meshzone_xds::decode::ProxyConfig::from_snapshot(&snapshot);
     assert!(errors.is_empty(), "{errors:?}");

@@ -167,6 +167,7 @@ fn synced_types_come_in_apply_order_owners_first() {
             ResourceType::GlobalSecret,
             ResourceType::Secret,
             ResourceType::VirtualOutbound,
+            ResourceType::ExternalService,
             ResourceType::MeshTrafficPermission,
             ResourceType::MeshHTTPRoute,
             ResourceType::MeshTCPRoute,
@@ -231,4 +232,25 @@ fn lookups_by_path_and_cli_word() {
     assert_eq!(ResourceType::from_ws_path("nope"), None);
     let err = "Nope".parse::<ResourceType>().unwrap_err();
     assert!(err.to_string().contains("Dataplane"));
+}
+
+#[test]
+fn external_services_are_written_on_global_and_read_only_on_federated_zones() {
+    let d = ResourceType::ExternalService.descriptor();
+    assert_eq!(d.scope, Scope::Mesh);
+    assert!(d.sync.sent_to_zones() && !d.sync.sent_to_global());
+    assert_eq!(d.write_refusal(CpRole::Global), None);
+    assert_eq!(d.write_refusal(CpRole::StandaloneZone), None);
+    assert_eq!(
+        d.write_refusal(CpRole::FederatedZone),
+        Some(WriteRefusal::OwnedByGlobal)
+    );
+    assert_eq!(
+        ResourceType::from_cli_name("external-services"),
+        Some(ResourceType::ExternalService)
+    );
+    assert_eq!(
+        ResourceType::from_ws_path("external-services"),
+        Some(ResourceType::ExternalService)
+    );
 }

@@ -74,8 +74,13 @@ pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
         }
         Discovery::Eds | Discovery::OriginalDst => None,
     };
+    let mut origination = None;
     let tls = match transport_tls::<UpstreamTlsContext>(&name, c.transport_socket.as_ref())? {
         None => None,
+        Some(u) if super::origination::is_origination(&u) => {
+            origination = Some(super::origination::origination_plan(&name, &u)?);
+            None
+        }
         Some(u) => {
             let sni = Some(u.sni.clone()).filter(|s| !s.is_empty());
             Some(tls_plan(&name, u.common_tls_context.as_ref(), sni)?)
@@ -109,6 +114,7 @@ pub fn decode_cluster(any: &Any) -> Result<ClusterPlan, DecodeError> {
         panic_threshold: r.panic_threshold,
         fail_traffic_on_panic: r.fail_traffic_on_panic,
         timeouts,
+        origination,
         health_check,
     })
 }

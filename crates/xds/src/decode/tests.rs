@@ -62,6 +62,7 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
         protocols: &BTreeMap::new(),
         proxyless: false,
         policies: &Default::default(),
+        external_services: &Default::default(),
     });
     ProxyConfig::from_snapshot(&snapshot)
 }
@@ -167,6 +168,8 @@ fn a_zone_proxy_listener_decodes_to_sni_routes() {
         address: "10.0.2.50",
         port: 10002,
         routes: &routes,
+        external: &[],
+        tls: &Default::default(),
     });
     let (config, errors) = ProxyConfig::from_snapshot(&snapshot);
     assert!(errors.is_empty(), "{errors:?}");
@@ -193,6 +196,8 @@ fn a_zone_proxy_listener_decodes_to_sni_routes() {
         address: "10.0.2.50",
         port: 10002,
         routes: &BTreeMap::new(),
+        external: &[],
+        tls: &Default::default(),
     });
     assert!(
         empty

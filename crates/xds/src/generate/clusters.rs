@@ -9,7 +9,12 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
+    UpstreamTlsContext,
+};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig as ExplicitProtocol;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
@@ -21,7 +26,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
 use super::PASSTHROUGH_CLUSTER;
-use super::common::{Protocol, ads, common_tls, sni, spiffe, transport_socket};
+use super::common::{Protocol, ads, common_tls, inline, sni, spiffe, transport_socket};
 use super::endpoints::lb_endpoint;
 
 fn connect_timeout() -> Option<Duration> {
@@ -102,6 +107,59 @@ pub(crate) fn destination_cluster(
                     ..Default::default()
                 },
             )),
+            ..Default::default()
+        })));
+    }
+    cluster
+}
+
+/// The EDS cluster of an ExternalService reached directly: plain TCP, or TLS originated with
+/// the user's CA (inline `trusted_ca`, the server name matched as a DNS SAN), optional client
+/// certificate and SNI, as Kuma does.
+pub(crate) fn external_cluster(
+    service: &str,
+    protocol: Protocol,
+    tls: Option<&super::OriginatedTls>,
+) -> Cluster {
+    let mut cluster = eds_cluster(service);
+    if protocol == Protocol::Http2 {
+        cluster.typed_extension_protocol_options = http2_upstream().into_iter().collect();
+    }
+    if let Some(t) = tls {
+        let validation = t.ca_pem.as_ref().map(|ca| {
+            ValidationContextType::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(inline(ca)),
+                match_typed_subject_alt_names: t
+                    .verify_name
+                    .iter()
+                    .map(|n| SubjectAltNameMatcher {
+                        san_type: SanType::Dns as i32,
+                        matcher: Some(StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(n.clone())),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        });
+        let certificates = match (&t.client_cert_pem, &t.client_key_pem) {
+            (Some(cert), Some(key)) => vec![TlsCertificate {
+                certificate_chain: Some(inline(cert)),
+                private_key: Some(inline(key)),
+                ..Default::default()
+            }],
+            _ => Vec::new(),
+        };
+        cluster.transport_socket = Some(transport_socket(pack_any(UpstreamTlsContext {
+            sni: t.sni.clone().unwrap_or_default(),
+            allow_renegotiation: t.allow_renegotiation,
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificates: certificates,
+                validation_context_type: validation,
+                ..Default::default()
+            }),
             ..Default::default()
         })));
     }

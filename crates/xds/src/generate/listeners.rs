@@ -189,6 +189,31 @@ pub(crate) fn sni_router_listener<'a>(
     }
 }
 
+/// A zone egress's chain for an ExternalService: matched by `sni`, terminating the mesh's mTLS
+/// (a client certificate of the mesh required; ours is the egress's identity in the mesh),
+/// then a TCP proxy to `cluster`. MeshTrafficPermission puts its RBAC filter first.
+pub(crate) fn terminating_sni_chain(sni: &str, mesh: &str, cluster: &str) -> FilterChain {
+    FilterChain {
+        filter_chain_match: Some(FilterChainMatch {
+            server_names: vec![sni.to_string()],
+            ..Default::default()
+        }),
+        filters: vec![tcp_proxy_filter(sni, cluster)],
+        transport_socket: Some(transport_socket(pack_any(DownstreamTlsContext {
+            common_tls_context: Some(common_tls(
+                mesh,
+                StringMatcher {
+                    match_pattern: Some(MatchPattern::Prefix(format!("spiffe://{mesh}/"))),
+                    ..Default::default()
+                },
+            )),
+            require_client_certificate: Some(BoolValue { value: true }),
+            ..Default::default()
+        }))),
+        ..Default::default()
+    }
+}
+
 /// The listener's network filter: a TCP proxy, or for HTTP an HTTP connection manager that
 /// routes every request to `cluster` (per-request balancing and statistics).
 fn network_filter(stat_prefix: &str, cluster: &str, protocol: Protocol) -> Filter {

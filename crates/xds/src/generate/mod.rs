@@ -72,6 +72,44 @@ pub struct ProxyInput<'a> {
     pub transparent: Option<Transparent<'a>>,
     /// What the policies selecting this proxy configure.
     pub policies: &'a ProxyPolicies,
+    /// The mesh's ExternalServices this proxy reaches directly, by `kuma.io/service`.
+    pub external_services: &'a BTreeMap<String, ExternalUpstream>,
+}
+
+/// An ExternalService as a sidecar reaches it directly: its cluster (named after the service,
+/// its endpoint in [`ProxyInput::endpoints`]) originates TLS or plain TCP to the external
+/// address instead of the mesh's mTLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalUpstream {
+    /// The port of `networking.address` (transparent proxies also listen on `VIP:<port>`).
+    pub port: u32,
+    /// TLS to originate, when the ExternalService has `tls.enabled`.
+    pub tls: Option<OriginatedTls>,
+    /// The host of the address when it has a VIP of its own (`disableHostDNSEntry` unset).
+    pub host_entry: Option<HostEntry>,
+    /// Mesh `routing.zoneEgress`: the endpoints are the zone's egresses, reached with the
+    /// mesh's mTLS and the service's SNI (the egress originates `tls`).
+    pub through_egress: bool,
+}
+
+/// TLS a proxy originates towards an external server, with the user's certificates inline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginatedTls {
+    pub sni: Option<String>,
+    /// Trusted CA; without one the server's certificate is not verified (as Envoy does).
+    pub ca_pem: Option<String>,
+    pub client_cert_pem: Option<String>,
+    pub client_key_pem: Option<String>,
+    /// The DNS name the server's certificate must carry (`None`: skipHostnameVerification).
+    pub verify_name: Option<String>,
+    pub allow_renegotiation: bool,
+}
+
+/// A hostname with its VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEntry {
+    pub hostname: String,
+    pub vip: String,
 }
 
 /// Transparent proxying: one listener on the redirect port that dispatches each connection by
@@ -378,12 +416,13 @@ pub fn base_resources(input: &ProxyInput<'_>) -> Resources {
         if !seen_services.insert(service.to_string()) {
             continue;
         }
-        out.clusters.push(clusters::outbound_cluster(
-            service,
-            mesh,
-            outbound_protocol,
-            mtls.is_some(),
-        ));
+        out.clusters
+            .push(match input.external_services.get(service) {
+                Some(external) if !external.through_egress => {
+                    clusters::external_cluster(service, outbound_protocol, external.tls.as_ref())
+                }
+                _ => clusters::outbound_cluster(service, mesh, outbound_protocol, mtls.is_some()),
+            });
         let endpoints = input
             .endpoints
             .get(service)
@@ -396,6 +435,9 @@ pub fn base_resources(input: &ProxyInput<'_>) -> Resources {
     if let Some(t) = &input.transparent {
         for v in t.virtual_outbounds {
             virtual_listener(input, &mut out, v);
+        }
+        for (service, external) in input.external_services {
+            external_listeners(input, &mut out, t, service, external);
         }
     }
 
@@ -437,9 +479,54 @@ fn virtual_listener(input: &ProxyInput<'_>, out: &mut Resources, v: &VirtualList
     out.listeners.push(GeneratedListener { origin, listener });
 }
 
+/// A transparent proxy's further listeners of an ExternalService (its `VIP:80` is an ordinary
+/// service listener): `VIP:<port>` of the service, and the host's own VIP on 80 and `<port>`,
+/// each naming its hostname for kuma-dp's resolver. All go to the service's cluster, so the
+/// service's policies apply to each.
+fn external_listeners(
+    input: &ProxyInput<'_>,
+    out: &mut Resources,
+    t: &Transparent<'_>,
+    service: &str,
+    external: &ExternalUpstream,
+) {
+    if !out.clusters.iter().any(|c| c.name == service) {
+        return;
+    }
+    let mut wanted: Vec<(String, &str, u32)> = Vec::new();
+    let service_name = format!("{service}.mesh").to_ascii_lowercase();
+    if let Some(vip) = t.vips.get(service)
+        && external.port != VIP_PORT
+    {
+        wanted.push((service_name, vip, external.port));
+    }
+    if let Some(h) = &external.host_entry {
+        wanted.push((h.hostname.clone(), &h.vip, VIP_PORT));
+        if external.port != VIP_PORT {
+            wanted.push((h.hostname.clone(), &h.vip, external.port));
+        }
+    }
+    let protocol = common::protocol(input.protocols.get(service).map(String::as_str));
+    for (hostname, vip, port) in wanted {
+        let name = names::outbound_listener(vip, port);
+        if out.listeners.iter().any(|l| l.listener.name == name) {
+            continue;
+        }
+        let mut listener = listeners::outbound_listener(&name, vip, port, service, protocol, false);
+        listener.metadata = Some(listeners::dns_metadata(std::slice::from_ref(&hostname)));
+        out.listeners.push(GeneratedListener {
+            origin: ListenerOrigin::Outbound {
+                service: service.to_string(),
+            },
+            listener,
+        });
+    }
+}
+
 /// A zone proxy (ingress or egress): one listener that routes each TLS connection by its SNI to
-/// the endpoints of that SNI, passing the TLS through untouched. Connections whose SNI is not
-/// listed, or that are not TLS, match no filter chain and are closed.
+/// the endpoints of that SNI, passing the TLS through untouched (an egress's ExternalServices
+/// excepted, see [`EgressExternal`]). Connections whose SNI is not listed, or that are not TLS,
+/// match no filter chain and are closed.
 #[derive(Debug, Clone)]
 pub struct SniRouterInput<'a> {
     pub listener_name: &'a str,
@@ -447,10 +534,42 @@ pub struct SniRouterInput<'a> {
     pub port: u32,
     /// SNI → where connections carrying it go.
     pub routes: &'a BTreeMap<String, Vec<EndpointInfo>>,
+    /// A zone egress's ExternalServices: chains that terminate the mesh's mTLS.
+    pub external: &'a [EgressExternal],
+    /// The egress's certificates in each mesh of `external`.
+    pub tls: &'a BTreeMap<String, TlsMaterial>,
 }
 
-/// Generates the whole configuration of a zone ingress or egress. Without routes there is no
-/// listener (Envoy refuses a listener without filter chains), so connections are refused.
+/// An ExternalService served by a zone egress: a filter chain matched by the SNI sidecars
+/// send for it, terminating the mesh's mTLS (a client certificate of the mesh required; the
+/// egress presents `spiffe://<mesh>/<service>`), judged by the MeshTrafficPermission rules of
+/// the service, then a TCP proxy to the external address (TLS originated or plain).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressExternal {
+    pub mesh: String,
+    pub service: String,
+    pub endpoint: EndpointInfo,
+    pub tls: Option<OriginatedTls>,
+    /// MeshTrafficPermission `from` rules of the service (none: every client is denied).
+    pub permission: Vec<meshzone_model::policy::Rule>,
+}
+
+impl EgressExternal {
+    /// The SNI sidecars send for it (that of the service in its mesh).
+    pub fn sni(&self) -> String {
+        sni(&self.service, &self.mesh)
+    }
+
+    /// The egress's cluster towards the external address.
+    pub fn cluster(&self) -> String {
+        names::external_cluster(&self.mesh, &self.service)
+    }
+}
+
+/// Generates the whole configuration of a zone ingress or egress: the passthrough chains of
+/// `routes`, then an egress's terminating chains of `external` with their clusters and the
+/// egress's certificates. Without either there is no listener (Envoy refuses a listener
+/// without filter chains), so connections are refused.
 pub fn generate_sni_router(input: &SniRouterInput<'_>) -> Snapshot {
     let mut out = Resources::default();
     for (sni, endpoints) in input.routes {
@@ -458,16 +577,49 @@ pub fn generate_sni_router(input: &SniRouterInput<'_>) -> Snapshot {
         out.assignments
             .push(endpoints::load_assignment(sni, endpoints));
     }
-    if !input.routes.is_empty() {
+    let mut chains = Vec::new();
+    for e in input.external {
+        // Without the egress's certificate there is nothing to terminate with; an SNI another
+        // zone already offers stays a passthrough route (two chains cannot match one name).
+        if !input.tls.contains_key(&e.mesh) || input.routes.contains_key(&e.sni()) {
+            continue;
+        }
+        let cluster = e.cluster();
+        out.clusters.push(clusters::external_cluster(
+            &cluster,
+            common::Protocol::Tcp,
+            e.tls.as_ref(),
+        ));
+        out.assignments.push(endpoints::load_assignment(
+            &cluster,
+            std::slice::from_ref(&e.endpoint),
+        ));
+        let mut chain = listeners::terminating_sni_chain(&e.sni(), &e.mesh, &cluster);
+        crate::policy::mesh_traffic_permission::protect_external_chain(
+            &mut chain,
+            &e.mesh,
+            &e.permission,
+            &format!("{}.", sanitize_stat(&e.sni())),
+        );
+        chains.push(chain);
+    }
+    if !input.routes.is_empty() || !chains.is_empty() {
+        let mut listener = listeners::sni_router_listener(
+            input.listener_name,
+            input.address,
+            input.port,
+            input.routes.keys(),
+        );
+        listener.filter_chains.extend(chains);
         out.listeners.push(GeneratedListener {
             origin: ListenerOrigin::SniRouter,
-            listener: listeners::sni_router_listener(
-                input.listener_name,
-                input.address,
-                input.port,
-                input.routes.keys(),
-            ),
+            listener,
         });
+    }
+    for (mesh, tls) in input.tls {
+        if input.external.iter().any(|e| &e.mesh == mesh) {
+            out.secrets.extend(secrets::secrets(mesh, tls));
+        }
     }
     out.into_snapshot()
 }

@@ -199,6 +199,18 @@ fn protect_chain(chain: &mut FilterChain, stat_prefix: &str, rules: &Rbac, shado
     );
 }
 
+/// RBAC on a zone egress's chain of an ExternalService of `mesh`, from the service's rules
+/// (none: every client is denied, as on an inbound).
+pub(crate) fn protect_external_chain(
+    chain: &mut FilterChain,
+    mesh: &str,
+    rules: &[Rule],
+    stat_prefix: &str,
+) {
+    let (rules, shadow) = rules_of(mesh, rules);
+    protect_chain(chain, stat_prefix, &rules, &shadow);
+}
+
 /// The configurer: RBAC on every chain of every inbound listener, when the mesh has mTLS.
 pub fn configure(input: &ProxyInput<'_>, resources: &mut Resources) {
     if input.mtls().is_none() {

@@ -527,6 +527,7 @@ fn generate_inbound(permissive: bool, protocol: &str, policies: &ProxyPolicies) 
         proxyless: false,
         transparent: None,
         policies,
+        external_services: &Default::default(),
     });
     let listener = snapshot
         .get(TypeUrl::Listener)
