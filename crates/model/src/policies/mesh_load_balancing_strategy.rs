@@ -9,10 +9,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::parse_non_negative as parse_duration;
 use super::{PolicyKind, check_target_ref, check_top_level, to_items};
 use crate::descriptor::ResourceType;
 use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind};
-use crate::validate::{Violations, parse_duration};
+use crate::validate::Violations;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

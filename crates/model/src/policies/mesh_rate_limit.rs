@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::parse_non_negative as parse_duration;
 use super::inbound_from::{check_from, from_to_engine, required};
 use super::{PolicyKind, check_top_level};
 use crate::descriptor::ResourceType;
 use crate::policy::{PolicySpec, TargetRef};
-use crate::validate::{Violations, parse_duration};
+use crate::validate::Violations;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -5,22 +5,23 @@
 use serde::{Deserialize, Serialize};
 
 pub use super::Percentage;
+use super::duration::parse_non_negative as parse_duration;
 use super::{check_target_ref, check_top_level, to_items};
 use crate::descriptor::ResourceType;
 use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind};
-use crate::validate::{Violations, parse_duration};
+use crate::validate::Violations;
 
 /// The `to[].targetRef` kinds of the resilience policies here: every outbound, or one service.
 pub(crate) const TO_KINDS: [TargetRefKind; 2] = [TargetRefKind::Mesh, TargetRefKind::MeshService];
 
-/// Checks an optional duration: parseable (`10s`, `1m30s`, `500ms`) and, when `positive`,
-/// more than zero.
+/// Checks an optional duration: a non-negative Go duration, as Kuma's (`10s`, `1m30s`,
+/// `500ms`, `1.5h`; no days), and, when `positive`, more than zero.
 pub(crate) fn check_duration(d: Option<&String>, positive: bool, path: &str, v: &mut Violations) {
     let Some(d) = d else { return };
     match parse_duration(d) {
         None => v.push(
             path,
-            format!("{d:?} is not a duration (e.g. 10s, 1m30s, 500ms)"),
+            format!("{d:?} is not a non-negative duration (e.g. 10s, 1m30s, 500ms)"),
         ),
         Some(t) if positive && t.is_zero() => v.push(path, "must be greater than 0"),
         Some(_) => {}

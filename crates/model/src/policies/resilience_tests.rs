@@ -40,7 +40,7 @@ spec:
   to:
     - targetRef: {kind: MeshService, name: backend}
       default:
-        interval: 1s
+        interval: 1.5s
         timeout: 500ms
         unhealthyThreshold: 2
         healthyThreshold: 1
@@ -103,7 +103,10 @@ fn each_mistake_is_reported_at_its_path() {
         ("empty limits", edit(MCB, "{maxConnections: 2, maxConnectionPools: 4, maxPendingRequests: 1, maxRequests: 3, maxRetries: 1}", "{}"), format!("{d}.connectionLimits"), "at least one defined"),
         ("zero connections", edit(MCB, "maxConnections: 2", "maxConnections: 0"), format!("{d}.connectionLimits.maxConnections"), "greater than 0"),
         ("negative requests", edit(MCB, "maxRequests: 3", "maxRequests: -3"), format!("{d}.connectionLimits.maxRequests"), "greater than 0"),
-        ("bad interval", edit(MCB, "interval: 5s", "interval: five"), format!("{od}.interval"), "not a duration"),
+        ("bad interval", edit(MCB, "interval: 5s", "interval: five"), format!("{od}.interval"), "not a non-negative duration"),
+        // Kuma's durations are Go's: no days, no negative values.
+        ("days", edit(MCB, "baseEjectionTime: 30s", "baseEjectionTime: 1d"), format!("{od}.baseEjectionTime"), "not a non-negative duration"),
+        ("negative", edit(MCB, "interval: 5s", "interval: -5s"), format!("{od}.interval"), "not a non-negative duration"),
         ("zero ejection", edit(MCB, "baseEjectionTime: 30s", "baseEjectionTime: 0s"), format!("{od}.baseEjectionTime"), "greater than 0"),
         ("ejection percent", edit(MCB, "maxEjectionPercent: 50", "maxEjectionPercent: 101"), format!("{od}.maxEjectionPercent"), "[0, 100]"),
         ("panic threshold", edit(MCB, "healthyPanicThreshold: '30.5'", "healthyPanicThreshold: '130'"), format!("{od}.healthyPanicThreshold"), "[0, 100]"),
@@ -114,8 +117,8 @@ fn each_mistake_is_reported_at_its_path() {
         ("unknown detector", edit(MCB, "totalFailures:", "allFailures:"), format!("{od}.detectors.allFailures"), "unknown field"),
         ("empty detectors", "type: MeshCircuitBreaker\nname: a\nmesh: default\nspec: {to: [{targetRef: {kind: Mesh}, default: {outlierDetection: {detectors: {}}}}]}\n".into(), format!("{od}.detectors"), "at least one defined"),
         ("hc to subset", edit(MHC, "targetRef: {kind: MeshService, name: backend}", "targetRef: {kind: MeshSubset, tags: {a: b}}"), "spec.to[0].targetRef.kind".into(), "not allowed"),
-        ("hc interval", edit(MHC, "interval: 1s", "interval: 0s"), format!("{d}.interval"), "greater than 0"),
-        ("hc timeout", edit(MHC, "timeout: 500ms", "timeout: soon"), format!("{d}.timeout"), "not a duration"),
+        ("hc interval", edit(MHC, "interval: 1.5s", "interval: 0s"), format!("{d}.interval"), "greater than 0"),
+        ("hc timeout", edit(MHC, "timeout: 500ms", "timeout: soon"), format!("{d}.timeout"), "not a non-negative duration"),
         ("hc thresholds", edit(MHC, "unhealthyThreshold: 2", "unhealthyThreshold: 0"), format!("{d}.unhealthyThreshold"), "greater than 0"),
         ("hc jitter percent", edit(MHC, "intervalJitterPercent: 10", "intervalJitterPercent: 200"), format!("{d}.intervalJitterPercent"), "[0, 100]"),
         ("hc path", edit(MHC, "path: /health", "path: health"), format!("{d}.http.path"), "start with '/'"),

@@ -19,10 +19,10 @@ use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use envoy_types::util::pack_any;
+use meshzone_model::policies::duration::parse_non_negative as parse_duration;
 use meshzone_model::policies::inbound_from::Percentage;
 use meshzone_model::policies::mesh_fault_injection::{self as mfi, FaultConf};
 use meshzone_model::policy::Rule;
-use meshzone_model::validate::parse_duration;
 
 use super::inbound_http::{
     HEADER_MUTATION_FILTER, caller_header_filter, caller_matchers, edit_hcm, inbound_rules,

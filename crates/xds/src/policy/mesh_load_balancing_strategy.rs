@@ -59,7 +59,7 @@ use meshzone_model::policies::mesh_load_balancing_strategy::{
     HashFunction, HashPolicyType, LbConf, LbType, LocalityAwareness,
 };
 use meshzone_model::specs::{Tags, ZONE_TAG};
-use meshzone_model::validate::parse_duration;
+use meshzone_model::policies::duration::parse_non_negative as parse_duration;
 use prost::{Message, Name};
 
 use crate::generate::{ListenerOrigin, ProxyInput, Resources};

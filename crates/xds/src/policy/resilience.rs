@@ -8,7 +8,7 @@ use serde_json::Value;
 
 /// A Kuma duration string (`10s`, `500ms`) as a protobuf Duration.
 pub(crate) fn duration(v: &Value) -> Option<Duration> {
-    let d = meshzone_model::validate::parse_duration(v.as_str()?)?;
+    let d = meshzone_model::policies::duration::parse_non_negative(v.as_str()?)?;
     Some(Duration {
         seconds: i64::try_from(d.as_secs()).ok()?,
         nanos: i32::try_from(d.subsec_nanos()).ok()?,
