@@ -539,10 +539,19 @@ async fn tries(
                 ejected(stats, cluster, addr, why);
             }
         };
+        // Through the zone egress, what fails past it (a handshake, an answer, a timeout)
+        // belongs to one remote zone, whose health the egress keeps; only not reaching the
+        // egress counts against it, so one failing zone does not eject every zone (Kuma #8297).
+        let via_egress = c.via_zone_egress(endpoint);
+        let failed_past_connect = |what: Outcome| {
+            if !via_egress {
+                failed(what);
+            }
+        };
         let (outcome, resp, undelivered) = match result {
             None => {
                 stats.inc(format!("cluster.{cluster}.upstream_rq_per_try_timeout"));
-                failed(Outcome::LocalFailure);
+                failed_past_connect(Outcome::LocalFailure);
                 (retry::Outcome::Timeout, None, false)
             }
             Some(Ok(resp)) => {
@@ -561,7 +570,7 @@ async fn tries(
                     // Not counted when refused: the peer proxy is healthy, and its application
                     // may be up a moment later (an instance that is still starting).
                     c.record(endpoint, Outcome::Connected { last: false });
-                    failed(Outcome::Status(resp.status().as_u16()));
+                    failed_past_connect(Outcome::Status(resp.status().as_u16()));
                 }
                 let grpc_status = resp
                     .headers()
@@ -579,13 +588,17 @@ async fn tries(
                 )
             }
             Some(Err(e)) if e.is_connect() => {
-                failed(Outcome::LocalFailure);
+                if handshake_failed(&e) {
+                    failed_past_connect(Outcome::LocalFailure);
+                } else {
+                    failed(Outcome::LocalFailure);
+                }
                 tracing::debug!(cluster, %endpoint, error = %e, "cannot connect");
                 (retry::Outcome::ConnectFailure, None, true)
             }
             Some(Err(e)) => {
                 // Reset or closed after connecting: a local-origin failure.
-                failed(Outcome::LocalFailure);
+                failed_past_connect(Outcome::LocalFailure);
                 tracing::debug!(cluster, %endpoint, error = %e, "upstream request failed");
                 (retry::Outcome::Reset, None, false)
             }
@@ -773,13 +786,34 @@ impl tower_service::Service<Uri> for Connector {
                         })?;
                     let stream = tokio_rustls::TlsConnector::from(config)
                         .connect(name, tcp)
-                        .await?;
+                        .await
+                        .map_err(|e| io::Error::new(e.kind(), Handshake(e)))?;
                     UpstreamStream::Tls(Box::new(TokioIo::new(stream)))
                 }
             };
             Ok(UpstreamIo { stream, opened })
         })
     }
+}
+
+/// A TLS handshake that failed after the TCP connection was made: through a zone egress, a
+/// failure past the egress.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake: {0}")]
+struct Handshake(io::Error);
+
+/// Whether a request's connection failed in its TLS handshake (not in reaching the peer).
+fn handshake_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    // An io::Error hides its inner error from `source()`; `get_ref` shows it.
+    let mut source = e.source();
+    while let Some(s) = source {
+        let inner = s.downcast_ref::<io::Error>().and_then(io::Error::get_ref);
+        if s.is::<Handshake>() || inner.is_some_and(|i| i.is::<Handshake>()) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// An upstream connection, plain or mTLS, and when it was opened.
@@ -843,6 +877,8 @@ impl hyper::rt::Write for UpstreamIo {
 mod connection_age;
 mod hash_key;
 
+#[cfg(test)]
+mod egress_tests;
 #[cfg(test)]
 pub(crate) mod loopback;
 

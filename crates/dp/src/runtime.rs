@@ -73,6 +73,14 @@ impl ClusterRuntime {
         &self.key.endpoints
     }
 
+    /// Whether `endpoint` is the zone's egress (remote zones' traffic passes it).
+    pub fn via_zone_egress(&self, endpoint: SocketAddr) -> bool {
+        self.key
+            .endpoints
+            .iter()
+            .any(|e| e.address == endpoint && e.via_zone_egress)
+    }
+
     /// Envoy's `cluster.<name>.health_check.{attempt,success,failure,network_failure,healthy}`
     /// of a cluster with an active check (none without).
     pub fn health_check_stats(&self) -> Vec<(String, u64)> {
@@ -435,6 +443,7 @@ mod tests {
             weight,
             zone: None,
             priority: 0,
+            via_zone_egress: false,
         };
         let config = web_cluster(vec![endpoint(a, 1), endpoint(b, 2)]);
         let (rt, problems) = Runtime::build(config, &Runtime::empty());
@@ -455,6 +464,7 @@ mod tests {
             weight: 5,
             zone: None,
             priority,
+            via_zone_egress: false,
         };
         let config = web_cluster(vec![endpoint(remote, 1), endpoint(local, 0)]);
         let (rt, _) = Runtime::build(config, &Runtime::empty());
@@ -500,6 +510,7 @@ mod tests {
                 weight: 1,
                 zone: None,
                 priority: 0,
+                via_zone_egress: false,
             }],
         );
         config
@@ -512,6 +523,7 @@ mod tests {
             weight: 1,
             zone: None,
             priority: 0,
+            via_zone_egress: false,
         };
         let (first, _) = Runtime::build(
             two_clusters(vec![endpoint(1), endpoint(2)]),

@@ -63,6 +63,7 @@ pub fn local_endpoints(dataplanes: &[Resource]) -> BTreeMap<String, Vec<Endpoint
                     zone: inbound.tags.get(ZONE_TAG).cloned(),
                     priority: 0,
                     tags: inbound.tags.clone(),
+                    via_egress: false,
                 });
         }
     }
@@ -147,6 +148,7 @@ pub fn mesh_endpoints(
                         zone: Some(zone.to_string()),
                         priority: remote_priority,
                         tags: tags.clone(),
+                        via_egress: false,
                     });
                 }
             }
@@ -170,6 +172,7 @@ pub fn mesh_endpoints(
                     zone: None,
                     priority: remote_priority,
                     tags: (*tags).clone(),
+                    via_egress: true,
                 }));
             }
         } else {
@@ -264,6 +267,7 @@ pub fn egress_routes(
                 zone: Some(ingress.zone.clone()),
                 priority: 0,
                 tags: Tags::new(),
+                via_egress: false,
             };
             for (service, sets) in &offers {
                 let n = sets.iter().map(|(_, n)| n).sum();

@@ -241,6 +241,7 @@ pub fn ingress_external_routes(
                     zone: Some(zone.to_string()),
                     priority: 0,
                     tags: a.tags.clone(),
+                    via_egress: false,
                 })
                 .collect();
             Some((sni(&service, &a.mesh), endpoints))
@@ -303,6 +304,7 @@ fn via_egress(
             zone: side.zone.map(str::to_string),
             priority: 0,
             tags: es.spec.tags.clone(),
+            via_egress: false,
         })
         .collect();
     Ok((
@@ -361,6 +363,7 @@ fn direct(es: &ExternalInput<'_>, secrets: &BTreeMap<String, String>) -> Result<
         zone: None,
         priority: 0,
         tags: es.spec.tags.clone(),
+        via_egress: false,
     };
     Ok((
         service,

@@ -35,7 +35,7 @@ use serde::Serialize;
 use crate::names::TypeUrl;
 
 pub mod balancing;
-mod clusters;
+pub(crate) mod clusters;
 pub mod health_checks;
 mod inbound;
 mod origination;
@@ -187,6 +187,10 @@ pub struct EndpointPlan {
     pub zone: Option<String>,
     /// Lower first: a higher priority takes traffic only when no lower one has a healthy endpoint.
     pub priority: u32,
+    /// The zone's egress, carrying remote zones' traffic (marked with
+    /// [`crate::generate::ZONE_EGRESS_METADATA`]): only a failure to reach it counts against it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub via_zone_egress: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

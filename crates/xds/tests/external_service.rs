@@ -70,6 +70,7 @@ fn endpoint(address: &str, port: u32, service: &str) -> EndpointInfo {
         zone: None,
         priority: 0,
         tags: tags(&[(SERVICE_TAG, service)]),
+        via_egress: false,
     }
 }
 

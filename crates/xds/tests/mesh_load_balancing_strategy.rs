@@ -44,6 +44,7 @@ fn endpoint(address: &str, zone: &str, host: &str, priority: u32) -> EndpointInf
             ("kuma.io/zone", zone),
             ("k8s.io/hostname", host),
         ]),
+        via_egress: false,
     }
 }
 
@@ -101,6 +102,7 @@ fn generated(policies: &ProxyPolicies) -> Resources {
                 zone: Some("zone-1".into()),
                 priority: 0,
                 tags: tags(&[(SERVICE_TAG, "db")]),
+                via_egress: false,
             }],
         ),
     ]);

@@ -35,6 +35,7 @@ fn endpoint(address: &str, zone: &str, version: &str, priority: u32) -> Endpoint
             ("kuma.io/zone", zone),
             ("version", version),
         ]),
+        via_egress: false,
     }
 }
 
@@ -81,6 +82,7 @@ fn generated(policies: &ProxyPolicies) -> Resources {
                 zone: None,
                 priority: 0,
                 tags: tags(&[(SERVICE_TAG, "db")]),
+                via_egress: false,
             }],
         ),
         (
@@ -92,6 +94,7 @@ fn generated(policies: &ProxyPolicies) -> Resources {
                 zone: None,
                 priority: 0,
                 tags: tags(&[(SERVICE_TAG, "db-dr")]),
+                via_egress: false,
             }],
         ),
     ]);

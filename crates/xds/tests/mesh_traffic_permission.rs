@@ -96,6 +96,7 @@ fn generated(mode: Option<&str>, mtls: bool) -> (Resources, Resources) {
             zone: None,
             priority: 0,
             tags: Default::default(),
+            via_egress: false,
         }],
     )]);
     let material = TlsMaterial {

@@ -59,6 +59,7 @@ fn generated(policies: &ProxyPolicies) -> Resources {
         zone: None,
         priority: 0,
         tags: Default::default(),
+        via_egress: false,
     };
     let endpoints = BTreeMap::from([
         (

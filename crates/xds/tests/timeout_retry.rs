@@ -79,6 +79,7 @@ fn generated() -> Resources {
         zone: None,
         priority: 0,
         tags: Default::default(),
+        via_egress: false,
     };
     let endpoints = BTreeMap::from([
         (

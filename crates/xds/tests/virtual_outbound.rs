@@ -32,6 +32,7 @@ fn endpoint(address: &str, version: &str) -> EndpointInfo {
         zone: Some("zone-1".into()),
         priority: 0,
         tags: tags(&[(SERVICE_TAG, "backend"), ("version", version)]),
+        via_egress: false,
     }
 }
 

@@ -12,6 +12,7 @@ fn ep(port: u16, priority: u32, weight: u32) -> EndpointPlan {
         weight,
         zone: None,
         priority,
+        via_zone_egress: false,
     }
 }
 

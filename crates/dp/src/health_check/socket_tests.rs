@@ -102,6 +102,7 @@ fn config_of(cluster: ClusterPlan, endpoints: &[SocketAddr]) -> ProxyConfig {
                 weight: 1,
                 zone: None,
                 priority: 0,
+                via_zone_egress: false,
             })
             .collect(),
     );

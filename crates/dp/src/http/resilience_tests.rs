@@ -95,6 +95,7 @@ async fn front_with(endpoints: &[SocketAddr], plan: ClusterPlan) -> (SocketAddr,
                 weight: 1,
                 zone: None,
                 priority: 0,
+                via_zone_egress: false,
             })
             .collect(),
     );

@@ -80,6 +80,7 @@ pub(super) fn cluster(config: &mut ProxyConfig, name: &str, addr: SocketAddr) {
             weight: 1,
             zone: None,
             priority: 0,
+            via_zone_egress: false,
         }],
     );
 }

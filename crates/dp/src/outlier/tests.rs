@@ -24,6 +24,7 @@ fn endpoints(n: u8) -> Vec<EndpointPlan> {
             weight: 1,
             zone: None,
             priority: 0,
+            via_zone_egress: false,
         })
         .collect()
 }

@@ -75,6 +75,7 @@ fn runtime_with(endpoints: &[SocketAddr], balancer: BalancerPlan) -> Runtime {
                 weight: 1,
                 zone: None,
                 priority: 0,
+                via_zone_egress: false,
             })
             .collect(),
     );

@@ -417,7 +417,7 @@ fn metadata(at: &str, md: &Metadata) -> Result<(), Refusal> {
 
 /// The endpoints of a load assignment (at `prefix`: `load_assignment.` inside a STATIC
 /// cluster, empty for EDS), every field checked.
-fn endpoints_of(
+pub(crate) fn endpoints_of(
     name: &str,
     prefix: &str,
     cla: &ClusterLoadAssignment,
@@ -495,6 +495,10 @@ fn endpoints_of(
                 metadata(&format!("{at}.metadata"), md)
                     .map_err(|(f, w)| err(name, format!("{prefix}{f}: {w}")))?;
             }
+            let via_zone_egress = e.metadata.as_ref().is_some_and(|md| {
+                md.filter_metadata
+                    .contains_key(crate::generate::ZONE_EGRESS_METADATA)
+            });
             let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
                 return Err(fail(
                     format!("{at}.endpoint"),
@@ -528,6 +532,7 @@ fn endpoints_of(
                     .map_or(1, |w| w.value.max(1)),
                 zone: zone.clone(),
                 priority,
+                via_zone_egress,
             });
         }
     }

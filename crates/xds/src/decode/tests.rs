@@ -36,6 +36,7 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
                 zone: None,
                 priority: 0,
                 tags: Default::default(),
+                via_egress: false,
             },
             EndpointInfo {
                 address: "10.0.0.6".into(),
@@ -44,6 +45,7 @@ fn decoded_with(tls: bool, mode: Option<&str>) -> (ProxyConfig, Vec<DecodeError>
                 zone: Some("zone-2".into()),
                 priority: 1,
                 tags: Default::default(),
+                via_egress: false,
             },
         ],
     )]);
@@ -149,6 +151,7 @@ fn a_zone_proxy_listener_decodes_to_sni_routes() {
         zone: Some(zone.into()),
         priority: 0,
         tags: Default::default(),
+        via_egress: false,
     };
     let routes = BTreeMap::from([
         (

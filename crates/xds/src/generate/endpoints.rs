@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::Locality;
+use envoy_types::pb::envoy::config::core::v3::{Locality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::pb::google::protobuf::{Struct, UInt32Value};
 
 use super::EndpointInfo;
 use super::common::socket;
@@ -15,17 +15,20 @@ use super::common::socket;
 /// Endpoints grouped into localities by (priority, zone). The same address in a locality is one
 /// endpoint with the weights added up (a remote ingress comes once per tag set it offers).
 pub(crate) fn load_assignment(cluster: &str, endpoints: &[EndpointInfo]) -> ClusterLoadAssignment {
-    // (priority, zone) → (address, port, weight)
-    type Hosts<'a> = Vec<(&'a str, u32, u32)>;
+    // (priority, zone) → (address, port, weight, via the egress)
+    type Hosts<'a> = Vec<(&'a str, u32, u32, bool)>;
     let mut merged: BTreeMap<(u32, Option<&str>), Hosts> = BTreeMap::new();
     for e in endpoints {
         let group = merged.entry((e.priority, e.zone.as_deref())).or_default();
         match group
             .iter_mut()
-            .find(|(a, p, _)| *a == e.address && *p == e.port)
+            .find(|(a, p, _, _)| *a == e.address && *p == e.port)
         {
-            Some((_, _, w)) => *w = w.saturating_add(e.weight),
-            None => group.push((&e.address, e.port, e.weight)),
+            Some((_, _, w, egress)) => {
+                *w = w.saturating_add(e.weight);
+                *egress |= e.via_egress;
+            }
+            None => group.push((&e.address, e.port, e.weight, e.via_egress)),
         }
     }
     let groups: BTreeMap<(u32, Option<&str>), Vec<LbEndpoint>> = merged
@@ -33,7 +36,13 @@ pub(crate) fn load_assignment(cluster: &str, endpoints: &[EndpointInfo]) -> Clus
         .map(|(k, eps)| {
             let lb = eps
                 .into_iter()
-                .map(|(a, p, w)| lb_endpoint(a, p, w))
+                .map(|(a, p, w, egress)| {
+                    let mut lb = lb_endpoint(a, p, w);
+                    if egress {
+                        lb.metadata = Some(zone_egress_metadata());
+                    }
+                    lb
+                })
                 .collect();
             (k, lb)
         })
@@ -66,6 +75,16 @@ pub(crate) fn load_assignment(cluster: &str, endpoints: &[EndpointInfo]) -> Clus
     }
 }
 
+/// The [`super::ZONE_EGRESS_METADATA`] mark of an endpoint.
+fn zone_egress_metadata() -> Metadata {
+    Metadata {
+        filter_metadata: [(super::ZONE_EGRESS_METADATA.to_string(), Struct::default())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
@@ -76,5 +95,56 @@ pub(crate) fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
             value: weight.max(1),
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(address: &str, zone: Option<&str>, via_egress: bool) -> EndpointInfo {
+        EndpointInfo {
+            address: address.into(),
+            port: 10002,
+            weight: 1,
+            zone: zone.map(str::to_string),
+            priority: 0,
+            tags: Default::default(),
+            via_egress,
+        }
+    }
+
+    /// The egress mark survives the merge of one address's tag sets and reaches kuma-dp's plan.
+    #[test]
+    fn the_zone_egress_mark_goes_from_the_load_assignment_to_the_plan() {
+        let cla = load_assignment(
+            "backend",
+            &[
+                endpoint("10.0.0.1", Some("zone-1"), false),
+                endpoint("10.0.0.9", None, true),
+                endpoint("10.0.0.9", None, true),
+            ],
+        );
+        let marked: Vec<bool> = cla
+            .endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .map(|e| e.metadata.is_some())
+            .collect();
+        // Localities sort by (priority, zone): the egress's (no zone) comes first.
+        assert_eq!(marked, [true, false], "one merged egress endpoint, marked");
+
+        let plans = crate::decode::clusters::endpoints_of("backend", "", &cla).expect("decodes");
+        let egress: Vec<(String, bool)> = plans
+            .iter()
+            .map(|p| (p.address.to_string(), p.via_zone_egress))
+            .collect();
+        assert_eq!(
+            egress,
+            [
+                ("10.0.0.9:10002".to_string(), true),
+                ("10.0.0.1:10002".to_string(), false)
+            ]
+        );
     }
 }

@@ -43,6 +43,9 @@ pub struct EndpointInfo {
     /// ingress, one `availableServices` tag set, `weight` counting its instances). Subset
     /// clusters take the endpoints whose tags include the subset's.
     pub tags: Tags,
+    /// This zone's egress, carrying a remote zone's share: marked in the load assignment
+    /// ([`ZONE_EGRESS_METADATA`]) so that kuma-dp leaves failures past it to the egress.
+    pub via_egress: bool,
 }
 
 /// Certificates of a proxy when its mesh has mTLS on.
@@ -141,6 +144,10 @@ pub struct VirtualListener {
 /// Listener `metadata.filter_metadata` key of the DNS names a listener's address answers
 /// (`{"hostnames": [..]}`), read by kuma-dp's resolver; Envoy ignores it.
 pub const DNS_METADATA: &str = "io.meshzone.dns";
+
+/// `LbEndpoint.metadata.filter_metadata` key marking an endpoint that is the zone's egress
+/// (an empty struct); kuma-dp reads it, Envoy ignores it.
+pub const ZONE_EGRESS_METADATA: &str = "io.meshzone.zone_egress";
 
 /// Port of the `VIP:port` listeners, the seed's convention (`<service>.mesh:80`).
 pub const VIP_PORT: u32 = 80;

@@ -352,6 +352,7 @@ mod tests {
             zone: None,
             priority: 0,
             tags: t,
+            via_egress: false,
         };
         let all = [
             endpoint("a", tags(&[("version", "v1"), ("kuma.io/zone", "zone-1")])),
