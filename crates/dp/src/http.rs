@@ -534,20 +534,13 @@ async fn tries(
         drop(in_flight);
         // Outlier detection hears of every try (Envoy counts timeouts and resets as
         // local-origin failures).
-        let failed = |what: Outcome| {
-            for (addr, why) in c.record(endpoint, what) {
+        let count = |ejections: Vec<(std::net::SocketAddr, Ejection)>| {
+            for (addr, why) in ejections {
                 ejected(stats, cluster, addr, why);
             }
         };
-        // Through the zone egress, what fails past it (a handshake, an answer, a timeout)
-        // belongs to one remote zone, whose health the egress keeps; only not reaching the
-        // egress counts against it, so one failing zone does not eject every zone (Kuma #8297).
-        let via_egress = c.via_zone_egress(endpoint);
-        let failed_past_connect = |what: Outcome| {
-            if !via_egress {
-                failed(what);
-            }
-        };
+        let failed = |what: Outcome| count(c.record(endpoint, what));
+        let failed_past_connect = |what: Outcome| count(c.record_past_connect(endpoint, what));
         let (outcome, resp, undelivered) = match result {
             None => {
                 stats.inc(format!("cluster.{cluster}.upstream_rq_per_try_timeout"));

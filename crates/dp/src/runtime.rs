@@ -62,6 +62,8 @@ pub struct ClusterRuntime {
     /// The active health checker of the endpoints, when the plan has a check; stopped when
     /// this object is dropped (its state lives on in `health`).
     _checker: Option<crate::health_check::Checker>,
+    /// The endpoints that are the zone's egress (usually none), read once per build.
+    egresses: Vec<SocketAddr>,
 }
 
 impl ClusterRuntime {
@@ -71,14 +73,6 @@ impl ClusterRuntime {
 
     pub fn endpoints(&self) -> &[EndpointPlan] {
         &self.key.endpoints
-    }
-
-    /// Whether `endpoint` is the zone's egress (remote zones' traffic passes it).
-    pub fn via_zone_egress(&self, endpoint: SocketAddr) -> bool {
-        self.key
-            .endpoints
-            .iter()
-            .any(|e| e.address == endpoint && e.via_zone_egress)
     }
 
     /// Envoy's `cluster.<name>.health_check.{attempt,success,failure,network_failure,healthy}`
@@ -211,8 +205,15 @@ impl ClusterRuntime {
         );
         let limits = crate::limits::Limits::new(key.plan.limits, key.plan.http2);
         let checker = checker(&key, &tls, &health);
+        let egresses = key
+            .endpoints
+            .iter()
+            .filter(|e| e.via_zone_egress)
+            .map(|e| e.address)
+            .collect();
         ClusterRuntime {
             _checker: checker,
+            egresses,
             balancer: Balancer::new(key.balancing.clone(), &key.endpoints),
             key,
             health,
@@ -236,6 +237,21 @@ impl ClusterRuntime {
             outcome,
             Instant::now(),
         )
+    }
+
+    /// [`ClusterRuntime::record`] for what happened once the endpoint was reached (an answer,
+    /// a TLS handshake, a timeout or a reset). Through the zone egress that belongs to one
+    /// remote zone, whose health the egress keeps; only not reaching the egress counts against
+    /// it, so one failing zone does not eject every zone (Kuma #8297).
+    pub fn record_past_connect(
+        &self,
+        endpoint: SocketAddr,
+        outcome: Outcome,
+    ) -> Vec<(SocketAddr, crate::outlier::Ejection)> {
+        if self.egresses.contains(&endpoint) {
+            return Vec::new();
+        }
+        self.record(endpoint, outcome)
     }
 
     /// Endpoints in the order to try them, for a request without a hash key (see
