@@ -8,7 +8,8 @@
 //! - `slow` answers after 3 s: without a timeout policy the caller gets the 200; with
 //!   MeshTimeout (`requestTimeout: 500ms`) it gets 504 before the app answered;
 //! - `echo` has three instances: round robin spreads one user's requests over them; with
-//!   MeshLoadBalancingStrategy RingHash on the `x-user` header each user sticks to one.
+//!   MeshLoadBalancingStrategy RingHash on the `x-user` header each user sticks to one, and
+//!   with RingHash on the source IP each client address (curl `--interface 127.0.0.N`) does.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -66,6 +67,34 @@ spec:
       http:
         requestTimeout: 500ms
 ";
+
+/// The same strategy, hashing the client's address instead of a header.
+const RING_HASH_SOURCE_IP: &str = "type: MeshLoadBalancingStrategy
+name: echo-ring-hash
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: echo}
+    default:
+      loadBalancer:
+        type: RingHash
+        ringHash:
+          hashPolicies:
+          - type: Connection
+            connection: {sourceIP: true}
+";
+
+/// The body of one GET through `port` from the local address `source` (curl `--interface`).
+fn from_source(port: u16, source: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", "--interface", source])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl from {source}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
 
 const RING_HASH: &str = "type: MeshLoadBalancingStrategy
 name: echo-ring-hash
@@ -246,6 +275,25 @@ fn retries_timeouts_and_ring_hash_applied_on_global_act_in_a_zones_kuma_dp() {
     assert!(
         chosen.len() >= 2,
         "different users land on different instances: {chosen:?}"
+    );
+
+    // RingHash on the source IP: each client address sticks to one instance.
+    apply_ok(&global, dir, "ring-hash-source.yaml", RING_HASH_SOURCE_IP);
+    wait_for(
+        "the source-IP hash in the client's plan",
+        PROPAGATION,
+        || dump_has(&client, "SourceIp"),
+    );
+    let mut by_source = BTreeSet::new();
+    for n in 1..=12 {
+        let source = format!("127.0.0.{n}");
+        let seen: BTreeSet<String> = (0..6).map(|_| from_source(to_echo, &source)).collect();
+        assert_eq!(seen.len(), 1, "{source} sticks to one instance: {seen:?}");
+        by_source.extend(seen);
+    }
+    assert!(
+        by_source.len() >= 2,
+        "different sources land on different instances: {by_source:?}"
     );
     drop(proxies);
 }
