@@ -112,17 +112,32 @@ pub async fn serve(
     ads: AdsService,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // Only a CP that serves proxies owns their insights; global holds zones' copies, which their
-    // zones keep current.
-    if !ads.refuses_all() {
-        match meshzone_dp_server::close_stale_subscriptions(&store).await {
-            Ok(0) => {}
-            Ok(n) => info!(closed = n, "marked proxies of the previous run offline"),
-            Err(e) => return Err(anyhow!("cannot read insights: {e}")),
-        }
+    // A CP that serves proxies owns their insights (global holds zones' copies and serves
+    // none: `serve_refusal`).
+    match meshzone_dp_server::close_stale_subscriptions(&store).await {
+        Ok(0) => {}
+        Ok(n) => info!(closed = n, "marked proxies of the previous run offline"),
+        Err(e) => return Err(anyhow!("cannot read insights: {e}")),
     }
     server
         .add_service(ads.into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop,
+        )
+        .await
+        .context("DP server")
+}
+
+/// Serves on `listener` an ADS that turns every proxy away with `reason` (global's DP port).
+pub async fn serve_refusal(
+    listener: TcpListener,
+    mut server: Server,
+    reason: &'static str,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    server
+        .add_service(meshzone_dp_server::AdsRefuser::new(reason).into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop,

@@ -216,27 +216,28 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     }
 
     // The DP server's settings come first: the API reads the proxies' configuration from it.
-    let ads = dp_listener.as_ref().map(|_| {
-        // Inbounds carry `kuma.io/zone` once the zone has a name (multi-zone).
-        let zone = Some(config.multizone.zone.name.clone()).filter(|z| !z.is_empty());
-        meshzone_dp_server::AdsService::new(
-            store.clone(),
-            meshzone_dp_server::DpServerSettings {
-                instance_id: instance_id.clone(),
-                require_token: config.dp_server.authn != "none",
-                deregistration_delay: meshzone_model::validate::parse_duration(
-                    &config.dp_server.deregistration_delay,
-                )
-                .unwrap_or(std::time::Duration::from_secs(10)),
-                zone,
-                create_ca: !matches!(role, Role::FederatedZone { .. }),
-                refuse_all: matches!(role, Role::Global).then(|| {
-                    "global control plane does not accept data plane proxies; connect to a zone control plane".to_string()
-                }),
-            },
-            shutdown.clone(),
-        )
-    });
+    // Global serves no proxies: its DP port only turns them away (`AdsRefuser`).
+    let ads = dp_listener
+        .as_ref()
+        .filter(|_| !matches!(role, Role::Global))
+        .map(|_| {
+            // Inbounds carry `kuma.io/zone` once the zone has a name (multi-zone).
+            let zone = Some(config.multizone.zone.name.clone()).filter(|z| !z.is_empty());
+            meshzone_dp_server::AdsService::new(
+                store.clone(),
+                meshzone_dp_server::DpServerSettings {
+                    instance_id: instance_id.clone(),
+                    require_token: config.dp_server.authn != "none",
+                    deregistration_delay: meshzone_model::validate::parse_duration(
+                        &config.dp_server.deregistration_delay,
+                    )
+                    .unwrap_or(std::time::Duration::from_secs(10)),
+                    zone,
+                    create_ca: !matches!(role, Role::FederatedZone { .. }),
+                },
+                shutdown.clone(),
+            )
+        });
     // Config dumps: a zone reads its own DP server; global asks the zone that owns the proxy,
     // over that zone's KDS Inspect stream.
     let inspect_hub = meshzone_kds::inspect::InspectHub::default();
@@ -301,7 +302,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     };
     let api = meshzone_api::router(ApiContext::new(store.clone(), settings, metrics));
 
-    if let (Some(listener), Some(ads)) = (dp_listener, ads) {
+    if let Some(listener) = dp_listener {
         let work_dir = config.work_dir(&home);
         let (cert, key, cert_path) = dp_server::certificate(&config, &work_dir, &hostname())?;
         info!(cert = %cert_path.display(), port = config.dp_server.port, "DP server (xDS) listening; kuma-dp verifies it with --ca-cert-file {}", cert_path.display());
@@ -311,10 +312,17 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             (Duration::from_secs(15), Duration::from_secs(5)),
             "DP server",
         )?;
-        supervisor.critical(
-            "DP server",
-            dp_server::serve(listener, server, store.clone(), ads, shutdown.begun()),
-        );
+        let stop = shutdown.begun();
+        match ads {
+            Some(ads) => supervisor.critical(
+                "DP server",
+                dp_server::serve(listener, server, store.clone(), ads, stop),
+            ),
+            None => supervisor.critical(
+                "DP server",
+                dp_server::serve_refusal(listener, server, GLOBAL_DP_REFUSAL, stop),
+            ),
+        }
     }
     if let Some(listener) = kds_listener {
         let work_dir = config.work_dir(&home);
@@ -593,6 +601,10 @@ async fn provision_mesh_cas(store: Store) {
         }
     }
 }
+
+/// What a data plane proxy that dialled global's DP server port is told.
+const GLOBAL_DP_REFUSAL: &str =
+    "global control plane does not accept data plane proxies; connect to a zone control plane";
 
 /// What a data plane proxy that dialled global's KDS port is told.
 const KDS_PORT_REFUSAL: &str = "this is the global control plane's KDS port, where zone control planes connect; a data plane proxy connects to its zone control plane's DP server (port 5678 by default): kuma-dp run --cp-address=https://<zone-cp>:5678";

@@ -47,8 +47,6 @@ pub struct DpServerSettings {
     pub deregistration_delay: Duration,
     /// The zone this CP serves; stamped as `kuma.io/zone` on registered inbounds.
     pub zone: Option<String>,
-    /// Set on a global control plane: every proxy is turned away with this explanation.
-    pub refuse_all: Option<String>,
     /// Create a mesh's CA when missing (standalone zone). A zone connected to global waits for
     /// global's CA instead, so that every zone of a mesh shares one trust root.
     pub create_ca: bool,
@@ -211,11 +209,6 @@ impl AdsService {
         }
     }
 
-    /// Set on a global control plane: every proxy is turned away.
-    pub fn refuses_all(&self) -> bool {
-        self.shared.settings.refuse_all.is_some()
-    }
-
     /// A handle to read connected proxies' configuration.
     pub fn config_dumps(&self) -> ConfigDumps {
         ConfigDumps {
@@ -264,9 +257,6 @@ impl AggregatedDiscoveryService for AdsService {
                 .get("authorization")
                 .and_then(|v| v.to_str().ok()),
         );
-        if let Some(reason) = &self.shared.settings.refuse_all {
-            return Err(Status::failed_precondition(reason.clone()));
-        }
         if self.shared.shutdown.has_begun() {
             return Err(stream::shutting_down());
         }

@@ -1,5 +1,5 @@
 //! An ADS service that turns every proxy away with an explanation, for ports where a proxy
-//! that dialled them by mistake should learn where to go (global's KDS port), instead of
+//! that dialled them by mistake should learn where to go (global's DP server and KDS ports), instead of
 //! gRPC's bare "Operation is not implemented or not supported".
 
 use meshzone_xds::discovery::aggregated_discovery_service_server::{
