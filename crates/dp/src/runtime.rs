@@ -188,7 +188,12 @@ fn checker(
         plan,
         tls: tls.as_ref().map(|u| (u.config.clone(), u.sni.clone())),
     };
-    let endpoints = key.endpoints.iter().map(|e| e.address).collect();
+    let endpoints = key
+        .endpoints
+        .iter()
+        .filter(|e| !e.no_active_health_check)
+        .map(|e| e.address)
+        .collect();
     crate::health_check::start(target, endpoints, health.clone())
 }
 
@@ -460,6 +465,7 @@ mod tests {
             zone: None,
             priority: 0,
             via_zone_egress: false,
+            no_active_health_check: false,
         };
         let config = web_cluster(vec![endpoint(a, 1), endpoint(b, 2)]);
         let (rt, problems) = Runtime::build(config, &Runtime::empty());
@@ -481,6 +487,7 @@ mod tests {
             zone: None,
             priority,
             via_zone_egress: false,
+            no_active_health_check: false,
         };
         let config = web_cluster(vec![endpoint(remote, 1), endpoint(local, 0)]);
         let (rt, _) = Runtime::build(config, &Runtime::empty());
@@ -527,6 +534,7 @@ mod tests {
                 zone: None,
                 priority: 0,
                 via_zone_egress: false,
+                no_active_health_check: false,
             }],
         );
         config
@@ -540,6 +548,7 @@ mod tests {
             zone: None,
             priority: 0,
             via_zone_egress: false,
+            no_active_health_check: false,
         };
         let (first, _) = Runtime::build(
             two_clusters(vec![endpoint(1), endpoint(2)]),
