@@ -309,8 +309,10 @@ fn a_zone_egress_terminates_mtls_per_external_service_and_originates_its_tls() {
     let route_rules = BTreeMap::from([(
         "backend.default.mesh".to_string(),
         meshzone_xds::policy::zone_egress::EgressRouteRules {
-            health_check: Some(json!({"interval": "1s", "timeout": "500ms", "unhealthyThreshold": 1,
-                "http": {"path": "/health"}})),
+            health_check: Some(
+                json!({"interval": "1s", "timeout": "500ms", "unhealthyThreshold": 1,
+                "http": {"path": "/health"}}),
+            ),
             timeout: Some(json!({"connectionTimeout": "500ms"})),
         },
     )]);
