@@ -385,9 +385,6 @@ async fn pass_through(
     Ok(())
 }
 
-/// Largest ClientHello read while looking for its SNI.
-const MAX_CLIENT_HELLO: usize = 64 * 1024;
-
 /// A zone proxy's connection: read the TLS ClientHello (without terminating TLS), pick the
 /// cluster its SNI names, and pass everything, the hello included, through to an endpoint.
 async fn route_by_sni(
@@ -435,8 +432,8 @@ static EVERY_ENDPOINT: std::sync::LazyLock<ListenerTimeouts> =
 
 /// Reads until a whole TLS ClientHello has arrived; returns the bytes read and its SNI.
 async fn read_client_hello(conn: &mut TcpStream) -> Result<(Vec<u8>, Option<String>), String> {
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut hello = Vec::with_capacity(2048);
+    use meshzone_tls_client::client_hello::{ClientHelloReader, Hello};
+    let mut reader = ClientHelloReader::default();
     let mut chunk = vec![0u8; 4096];
     loop {
         let n = conn
@@ -446,21 +443,8 @@ async fn read_client_hello(conn: &mut TcpStream) -> Result<(Vec<u8>, Option<Stri
         if n == 0 {
             return Err("closed before a TLS ClientHello".into());
         }
-        hello.extend_from_slice(&chunk[..n]);
-        let mut fresh = &chunk[..n];
-        while !fresh.is_empty() {
-            acceptor
-                .read_tls(&mut fresh)
-                .map_err(|e| format!("not a TLS ClientHello: {e}"))?;
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => {
-                let sni = accepted.client_hello().server_name().map(str::to_string);
-                return Ok((hello, sni));
-            }
-            Ok(None) if hello.len() < MAX_CLIENT_HELLO => {}
-            Ok(None) => return Err("ClientHello too large".into()),
-            Err((e, _)) => return Err(format!("not a TLS ClientHello: {e}")),
+        if let Hello::Complete(sni) = reader.push(&chunk[..n])? {
+            return Ok((reader.into_bytes(), sni));
         }
     }
 }

@@ -15,6 +15,7 @@
 //! or serve TLS (servers keep tonic's `ServerTlsConfig`). The only file it reads is the roots
 //! file it is named.
 
+pub mod client_hello;
 mod connector;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
