@@ -54,7 +54,12 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         ("kds_from_zone", vec![changes("zone-1")]),
         ("kds_from_global", vec![changes("")]),
         ("xds_response", xds_seeds()),
-        ("client_hello", vec![real_client_hello("echo.default.mesh")]),
+        (
+            "client_hello",
+            vec![meshzone_tls_client::fixtures::client_hello(
+                "echo.default.mesh",
+            )],
+        ),
         (
             "dns_query",
             vec![dns_seed("echo.mesh."), dns_seed("nope.mesh.")],
@@ -109,21 +114,6 @@ fn xds_seeds() -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn real_client_hello(sni: &str) -> Vec<u8> {
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from(sni.to_string()).expect("a name");
-    let mut conn =
-        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
-    let mut out = Vec::new();
-    conn.write_tls(&mut out).expect("a ClientHello");
-    out
-}
-
 fn dns_seed(name: &str) -> Vec<u8> {
     use hickory_proto::op::{Message, MessageType, OpCode, Query};
     use hickory_proto::rr::{Name, RecordType};
@@ -176,7 +166,7 @@ fn seeds_reach_the_deep_paths() {
     for (target, inputs) in seeds() {
         assert!(!inputs.is_empty(), "{target}");
     }
-    let hello = real_client_hello("echo.default.mesh");
+    let hello = meshzone_tls_client::fixtures::client_hello("echo.default.mesh");
     let mut reader = meshzone_tls_client::client_hello::ClientHelloReader::default();
     assert_eq!(
         reader.push(&hello),

@@ -60,25 +60,9 @@ impl ClientHelloReader {
 mod tests {
     use super::*;
 
-    /// A real ClientHello with `sni`, from rustls's client.
-    fn client_hello(sni: &str) -> Vec<u8> {
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        let name = rustls_pki_types::ServerName::try_from(sni.to_string()).expect("name");
-        let mut conn =
-            rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
-        let mut out = Vec::new();
-        conn.write_tls(&mut out).expect("hello");
-        out
-    }
-
     #[test]
     fn a_hello_in_pieces_gives_its_sni_and_garbage_is_refused() {
-        let hello = client_hello("echo.default.mesh");
+        let hello = crate::fixtures::client_hello("echo.default.mesh");
         let mut r = ClientHelloReader::default();
         let (a, b) = hello.split_at(7);
         assert_eq!(r.push(a), Ok(Hello::NeedMore));

@@ -125,3 +125,19 @@ fn files(dir: &Path, name: &str) -> CertFiles {
         key: dir.join(format!("{name}.key")),
     }
 }
+
+/// A real TLS ClientHello with `sni`, as rustls's client sends it first.
+pub fn client_hello(sni: &str) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_string()).expect("a name");
+    let mut conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("a client");
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).expect("a ClientHello");
+    out
+}
