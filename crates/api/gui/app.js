@@ -72,7 +72,14 @@ function current() {
   return { path: path.replace(/\/$/, ''), query: new URLSearchParams(location.search) };
 }
 
+/** The section a path belongs to: detail pages under `meshes/{mesh}/…` belong to their list. */
+function section(path) {
+  const m = path.match(/^meshes\/[^/]+\/(dataplanes|policies)\//);
+  return m ? m[1] : path;
+}
+
 function renderNav(path) {
+  path = section(path);
   const nav = document.getElementById('nav');
   nav.replaceChildren(...routes.filter(([, , title, shown]) => title && (!shown || shown()))
     .map(([re, , title]) => {
@@ -88,6 +95,7 @@ async function render() {
   const { path, query } = current();
   renderNav(path);
   const main = document.getElementById('main');
+  main.removeAttribute('data-loaded'); // set again once this page's data is shown
   const route = routes.find(([re]) => re.test(path));
   let node;
   try {
