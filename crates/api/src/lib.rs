@@ -397,6 +397,17 @@ fn page(q: &PageQuery) -> ApiResult<Page> {
 }
 
 fn paged<T: serde::Serialize>(items: Vec<T>, p: Page, headers: &HeaderMap, path: &str) -> Response {
+    paged_map(&items, p, headers, path, |x| x)
+}
+
+/// Like [`paged`], converting only the items of the requested page with `f`.
+fn paged_map<'a, T, U: serde::Serialize>(
+    items: &'a [T],
+    p: Page,
+    headers: &HeaderMap,
+    path: &str,
+    f: impl Fn(&'a T) -> U,
+) -> Response {
     let total = items.len();
     let end = p.offset.saturating_add(p.size).min(total);
     let next = (end < total).then(|| {
@@ -409,14 +420,14 @@ fn paged<T: serde::Serialize>(items: Vec<T>, p: Page, headers: &HeaderMap, path:
     });
     // end >= start: end = min(offset + size, total) and start = min(offset, total).
     let start = p.offset.min(total);
-    let items = &items[start..end];
+    let items: Vec<U> = items[start..end].iter().map(f).collect();
     Json(ListBody { total, items, next }).into_response()
 }
 
 #[derive(serde::Serialize)]
-struct ListBody<'a, T> {
+struct ListBody<T> {
     total: usize,
-    items: &'a [T],
+    items: Vec<T>,
     next: Option<String>,
 }
 

@@ -14,7 +14,7 @@ use meshzone_model::specs::{DataplaneInsightSpec, DataplaneSpec, Subscriptions};
 use meshzone_model::{Resource, ResourceType, Scope, Spec, format_time};
 use serde_json::{Value, json};
 
-use crate::{ApiContext, ApiError, ApiResult, PageQuery, page, paged, views};
+use crate::{ApiContext, ApiError, ApiResult, PageQuery, page, paged, paged_map, views};
 
 /// A proxy's status as the GUI shows it (kuma-gui `DataplaneOverview.ts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,18 +374,18 @@ pub async fn list_dataplane_overviews(
     })?;
     let filter = DataplaneFilter::parse(&pairs)?;
     let (dps, insights) = dataplanes_with_insights(&ctx, &mesh).await?;
-    let items: Vec<Value> = dps
+    let matching: Vec<&Resource> = dps
         .iter()
         .filter(|dp| {
             typed(dp, &insights).is_some_and(|(spec, i)| filter.matches(&dp.meta.name, spec, i))
         })
-        .map(|dp| dataplane_overview(dp, &insights))
         .collect();
-    Ok(paged(
-        items,
+    Ok(paged_map(
+        &matching,
         p,
         &headers,
         &format!("/meshes/{mesh}/dataplanes/_overview"),
+        |dp| dataplane_overview(dp, &insights),
     ))
 }
 
