@@ -17,7 +17,7 @@ function services(item) {
 export async function dataplanesPage(params, query) {
   const { meshes, mesh } = await pickMesh(query);
   const offset = Number(query.get('offset') || 0);
-  const size = 50;
+  const size = Math.min(Number(query.get('size')) || 50, 1000);
   const f = {
     name: query.get('name') || '', zone: query.get('zone') || '',
     service: query.get('service') || '', status: query.get('status') || '',

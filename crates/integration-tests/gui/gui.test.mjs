@@ -150,6 +150,21 @@ test('proxies are filtered by zone, service and status on the server', async () 
   await shot('dataplanes');
 });
 
+test('the proxy list pages through the server', async () => {
+  await open(GLOBAL_URL, 'dataplanes?size=2');
+  assert.equal(await page.textContent('[data-testid="page-range"]'), '1–2 of 4');
+  const first = await page.locator('[data-testid="dataplane-name"]').allInnerTexts();
+  await page.click('[data-testid="pager"] button:text("Next")');
+  await page.waitForURL(/offset=2/);
+  await page.waitForSelector('main[data-loaded="dataplanes"]');
+  assert.equal(await page.textContent('[data-testid="page-range"]'), '3–4 of 4');
+  const second = await page.locator('[data-testid="dataplane-name"]').allInnerTexts();
+  assert.equal(second.length, 2);
+  assert.ok(second.every((n) => !first.includes(n)), `${first} then ${second}`);
+  assert.ok(requests.some((u) => u.includes('dataplanes/_overview') && u.includes('offset=2') && u.includes('size=2')),
+    'the page was asked of the server');
+});
+
 test("a proxy's detail page opens its config dump and matched policies", async () => {
   await open(GLOBAL_URL, `dataplanes?zone=zone-1&service=${SERVICE}`);
   await page.locator('[data-testid="dataplane-name"]').first().click();
