@@ -281,7 +281,14 @@ fn lower_first(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The type of `/{ws}/_overview`; kuma-gui also spells the zone proxies `zone-ingresses` and
+/// `zone-egresses`.
 fn overview_type(ws: &str) -> ApiResult<ResourceType> {
+    let ws = match ws {
+        "zone-ingresses" => "zoneingresses",
+        "zone-egresses" => "zoneegresses",
+        other => other,
+    };
     match ResourceType::from_ws_path(ws) {
         Some(rt @ (ResourceType::Zone | ResourceType::ZoneIngress | ResourceType::ZoneEgress)) => {
             Ok(rt)

@@ -183,6 +183,8 @@ async fn zone_overviews_join_zones_with_insights() {
     assert_eq!(g["meshes"]["total"], 1);
     let (_, _, ing) = call(&app, "GET", "/zoneingresses/_overview", None, None).await;
     assert_eq!(ing["total"], 0);
+    let (s, _, eg) = call(&app, "GET", "/zone-egresses/_overview", None, None).await;
+    assert_eq!((s, &eg["total"]), (StatusCode::OK, &json!(0)));
     let (s, _, _) = call(&app, "GET", "/meshes/_overview", None, None).await;
     assert_eq!(
         s,
