@@ -90,6 +90,11 @@ pub fn decide(
         return Ok(());
     }
     let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    // The GUI's files hold no data (its pages read the API, which these rules guard), and a
+    // browser cannot send a token for them.
+    if read && (path == crate::gui::BASE_PATH || path.starts_with("/gui/")) {
+        return Ok(());
+    }
     let needs_admin = !read || is_secret_path(path);
     match who {
         Principal::Anonymous if needs_admin || !settings.unauthenticated_read => {
@@ -189,6 +194,10 @@ mod tests {
             (&get, "/meshes", Principal::Anonymous, &open, None),
             (&get, "/meshes", Principal::Anonymous, &closed, Some(401)),
             (&get, "/meshes", user(&[]), &closed, None),
+            (&get, "/gui/zones", Principal::Anonymous, &closed, None),
+            (&get, "/gui", Principal::Anonymous, &closed, None),
+            (&put, "/gui/zones", Principal::Anonymous, &open, Some(401)),
+            (&get, "/guide", Principal::Anonymous, &closed, Some(401)),
             (
                 &put,
                 "/meshes/default",

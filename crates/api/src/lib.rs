@@ -8,8 +8,10 @@
 pub mod auth;
 mod defaults;
 mod error;
+pub mod gui;
 mod inspect;
 mod metrics;
+mod overviews;
 mod views;
 
 use std::collections::BTreeMap;
@@ -125,7 +127,23 @@ impl ApiContext {
 /// The whole REST API.
 pub fn router(ctx: ApiContext) -> Router {
     let metrics = ctx.0.metrics.clone();
+    let gui = gui::router(&gui_config(&ctx.0.settings));
     Router::new()
+        .merge(gui)
+        .route("/_resources", get(overviews::resource_types))
+        .route("/global-insight", get(overviews::global_insight))
+        .route("/mesh-insights", get(overviews::list_mesh_insights))
+        .route("/mesh-insights/{name}", get(overviews::get_mesh_insight))
+        .route("/{ws}/_overview", get(overviews::list_overviews))
+        .route("/{ws}/{name}/_overview", get(overviews::get_overview))
+        .route(
+            "/meshes/{mesh}/dataplanes/_overview",
+            get(overviews::list_dataplane_overviews),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/_overview",
+            get(overviews::get_dataplane_overview),
+        )
         .route("/", get(index))
         .route("/config", get(config))
         .route("/tokens/dataplane", axum::routing::post(dataplane_token))
@@ -175,6 +193,18 @@ pub fn router(ctx: ApiContext) -> Router {
 }
 
 type ApiResult<T = Response> = Result<T, ApiError>;
+
+fn gui_config(s: &ApiSettings) -> gui::GuiConfig {
+    gui::GuiConfig {
+        mode: s.mode.name().to_string(),
+        version: meshzone_model::VERSION.to_string(),
+        store_type: s.store_type.clone(),
+        zone: match &s.mode {
+            CpMode::Zone { name, .. } => Some(name.clone()),
+            CpMode::Global => None,
+        },
+    }
+}
 
 async fn index(State(ctx): State<ApiContext>) -> Json<Value> {
     let s = &ctx.0.settings;
@@ -367,6 +397,17 @@ fn page(q: &PageQuery) -> ApiResult<Page> {
 }
 
 fn paged<T: serde::Serialize>(items: Vec<T>, p: Page, headers: &HeaderMap, path: &str) -> Response {
+    paged_map(&items, p, headers, path, |x| x)
+}
+
+/// Like [`paged`], converting only the items of the requested page with `f`.
+fn paged_map<'a, T, U: serde::Serialize>(
+    items: &'a [T],
+    p: Page,
+    headers: &HeaderMap,
+    path: &str,
+    f: impl Fn(&'a T) -> U,
+) -> Response {
     let total = items.len();
     let end = p.offset.saturating_add(p.size).min(total);
     let next = (end < total).then(|| {
@@ -379,14 +420,14 @@ fn paged<T: serde::Serialize>(items: Vec<T>, p: Page, headers: &HeaderMap, path:
     });
     // end >= start: end = min(offset + size, total) and start = min(offset, total).
     let start = p.offset.min(total);
-    let items = &items[start..end];
+    let items: Vec<U> = items[start..end].iter().map(f).collect();
     Json(ListBody { total, items, next }).into_response()
 }
 
 #[derive(serde::Serialize)]
-struct ListBody<'a, T> {
+struct ListBody<T> {
     total: usize,
-    items: &'a [T],
+    items: Vec<T>,
     next: Option<String>,
 }
 

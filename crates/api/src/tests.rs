@@ -811,3 +811,5 @@ async fn rules_of_a_dataplane_and_the_dataplanes_of_a_policy() {
 }
 
 mod global_rules;
+
+mod overviews;

@@ -4,42 +4,44 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meshzone_model::insights::compute_service_insight;
 use meshzone_model::specs::{DataplaneInsightSpec, DataplaneSpec, SERVICE_TAG, ZONE_TAG};
-use meshzone_model::{ResourceKey, ResourceType, Spec, format_time};
+use meshzone_model::{Resource, ResourceKey, ResourceType, Spec, format_time};
 use meshzone_store::{Store, StoreError};
 use serde_json::{Value, json};
 
 /// `GET /meshes/{mesh}/dataplanes+insights`: each Dataplane with its insight.
 pub async fn dataplane_overviews(store: &Store, mesh: &str) -> Result<Vec<Value>, StoreError> {
     let dataplanes = store.list(ResourceType::Dataplane, Some(mesh)).await?;
-    let mut insights: BTreeMap<String, Value> = store
+    let insights: BTreeMap<String, Resource> = store
         .list(ResourceType::DataplaneInsight, Some(mesh))
         .await?
         .into_iter()
-        .map(|r| (r.meta.name.clone(), spec_fields(&r.spec)))
+        .map(|r| (r.meta.name.clone(), r))
         .collect();
     Ok(dataplanes
-        .into_iter()
-        .map(|dp| {
-            let spec = spec_fields(&dp.spec);
-            let mut item = json!({
-                "type": "DataplaneOverview",
-                "mesh": dp.meta.mesh,
-                "name": dp.meta.name,
-                "dataplane": spec,
-                "dataplaneInsight": insights.remove(&dp.meta.name).unwrap_or_else(|| json!({})),
-            });
-            if let Some(t) = dp.meta.creation_time {
-                item["creationTime"] = json!(format_time(t));
-            }
-            if let Some(t) = dp.meta.modification_time {
-                item["modificationTime"] = json!(format_time(t));
-            }
-            if !dp.meta.labels.is_empty() {
-                item["labels"] = json!(dp.meta.labels);
-            }
-            item
-        })
+        .iter()
+        .map(|dp| dataplane_overview(dp, insights.get(&dp.meta.name)))
         .collect())
+}
+
+/// One Dataplane with its insight, in Kuma's `DataplaneOverview` shape.
+pub fn dataplane_overview(dp: &Resource, insight: Option<&Resource>) -> Value {
+    let mut item = json!({
+        "type": "DataplaneOverview",
+        "mesh": dp.meta.mesh,
+        "name": dp.meta.name,
+        "dataplane": spec_fields(&dp.spec),
+        "dataplaneInsight": insight.map(|i| spec_fields(&i.spec)).unwrap_or_else(|| json!({})),
+    });
+    if let Some(t) = dp.meta.creation_time {
+        item["creationTime"] = json!(format_time(t));
+    }
+    if let Some(t) = dp.meta.modification_time {
+        item["modificationTime"] = json!(format_time(t));
+    }
+    if !dp.meta.labels.is_empty() {
+        item["labels"] = json!(dp.meta.labels);
+    }
+    item
 }
 
 /// Only the spec fields of a resource, as JSON.

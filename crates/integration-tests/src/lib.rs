@@ -514,6 +514,18 @@ pub fn apply_ok(cp: &ControlPlane, dir: &Path, file: &str, yaml: &str) {
     ok(&apply(cp, dir, file, yaml));
 }
 
+/// Waits until mesh `default` with an mTLS backend has reached every one of `zones`.
+pub fn wait_for_mtls_mesh(zones: &[&ControlPlane]) {
+    for z in zones {
+        wait_for("mTLS mesh in the zone", Duration::from_secs(20), || {
+            let out = z.kumactl(&["get", "mesh", "default", "-o", "yaml"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("enabledBackend")
+                .then_some(())
+        });
+    }
+}
+
 /// A global CP (memory store) and zones `zone-1` and `zone-2` connected to it, each in its own
 /// directory under `dir`.
 pub fn global_and_two_zones(dir: &Path) -> (ControlPlane, ControlPlane, ControlPlane) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use meshzone_integration_tests::{
     ControlPlane, DataPlane, EchoServer, Envoy, apply_ok, free_port, global_and_two_zones,
-    http_get, start_sidecar, wait_for, write_file, zone_token_file,
+    http_get, start_sidecar, wait_for, wait_for_mtls_mesh, write_file, zone_token_file,
 };
 
 const SERVICE: &str = "echo-server_echo-example_svc_1010";
@@ -56,14 +56,7 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
     let dir = root.path();
     let (global, zone1, mut zone2) = global_and_two_zones(dir);
     apply_ok(&global, dir, "mesh.yaml", &mesh(""));
-    for z in [&zone1, &zone2] {
-        wait_for("mTLS mesh in the zone", Duration::from_secs(20), || {
-            let out = z.kumactl(&["get", "mesh", "default", "-o", "yaml"]);
-            String::from_utf8_lossy(&out.stdout)
-                .contains("enabledBackend")
-                .then_some(())
-        });
-    }
+    wait_for_mtls_mesh(&[&zone1, &zone2]);
 
     // Zone ingresses, with zone tokens generated on global (scope ingress).
     let (p1, p2) = (free_port(), free_port());
