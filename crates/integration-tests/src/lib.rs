@@ -3,6 +3,7 @@
 //! polling with a deadline (never a bare sleep).
 
 pub mod lab;
+pub mod scrape;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
