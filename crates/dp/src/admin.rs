@@ -32,7 +32,15 @@ pub fn router(
         )
         .route(
             "/stats/prometheus",
-            get(|State(a): State<Admin>| async move { a.stats.prometheus_with(cluster_stats(&a)) }),
+            get(|State(a): State<Admin>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        meshzone_metrics::CONTENT_TYPE,
+                    )],
+                    a.stats.prometheus_with(cluster_stats(&a)),
+                )
+            }),
         )
         .route("/config_dump", get(config_dump))
         .with_state(Admin {

@@ -71,8 +71,15 @@ where
     let headers_timeout = rt
         .listener(&listener)
         .and_then(|l| l.timeouts.request_headers);
+    // Resolved once per connection (and once per listener build), not per request.
+    let counted = Arc::new(match rt.listeners.get(&listener) {
+        Some(l) => l.stats(&stats).1.clone(),
+        None => stats.http(&listener),
+    });
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (listener, rt, stats) = (listener.clone(), rt.clone(), stats.clone());
+        let counted = counted.clone();
+        let started = std::time::Instant::now();
         // Judged by the newest permissions, whenever the connection was opened.
         let allowed = guard.allows(&stats);
         // Faults and rate limits too come from the newest configuration.
@@ -109,11 +116,7 @@ where
             } else {
                 error_response(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY)
             };
-            stats.inc(format!("http.{listener}.rq_total"));
-            stats.inc(format!(
-                "http.{listener}.rq_{}xx",
-                resp.status().as_u16() / 100
-            ));
+            counted.answered(resp.status().as_u16(), started.elapsed());
             Ok::<_, Infallible>(resp)
         }
     });
@@ -526,6 +529,9 @@ async fn tries(
         let captured = max_age.map(|_| capture_connection(&mut request));
         // Counted in flight (least request) until the response head arrives.
         let in_flight = c.balancer.begin(endpoint);
+        let counted = c.stats(stats);
+        counted.upstream_rq_total.inc();
+        let try_started = std::time::Instant::now();
         let sent = client.request(request);
         let result = match per_try {
             None => Some(sent.await),
@@ -548,6 +554,7 @@ async fn tries(
                 (retry::Outcome::Timeout, None, false)
             }
             Some(Ok(resp)) => {
+                counted.answered(resp.status().as_u16(), try_started.elapsed());
                 if let (Some(max), Some(captured)) = (max_age, &captured) {
                     connection_age::retire_if_expired(
                         resp.extensions(),

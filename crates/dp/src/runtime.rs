@@ -64,6 +64,8 @@ pub struct ClusterRuntime {
     _checker: Option<crate::health_check::Checker>,
     /// The endpoints that are the zone's egress (usually none), read once per build.
     egresses: Vec<SocketAddr>,
+    /// Its stats handles, resolved on first use by this build (never per request).
+    stats: std::sync::OnceLock<crate::stats::ClusterStats>,
 }
 
 impl ClusterRuntime {
@@ -73,6 +75,11 @@ impl ClusterRuntime {
 
     pub fn endpoints(&self) -> &[EndpointPlan] {
         &self.key.endpoints
+    }
+
+    /// The cluster's Envoy stats handles (`cluster.<name>.*`).
+    pub fn stats(&self, all: &crate::stats::Stats) -> &crate::stats::ClusterStats {
+        self.stats.get_or_init(|| all.cluster(&self.key.plan.name))
     }
 
     /// Envoy's `cluster.<name>.health_check.{attempt,success,failure,network_failure,healthy}`
@@ -107,11 +114,22 @@ pub struct ListenerRuntime {
     pub split: Option<Split>,
     /// MeshRateLimit's token buckets (requests, connections).
     pub limits: crate::ratelimit::Limits,
+    /// Its stats handles, resolved on first use by this build (never per connection).
+    stats: std::sync::OnceLock<(crate::stats::ListenerStats, crate::stats::HttpStats)>,
 }
 
 impl ListenerRuntime {
     pub fn plan(&self) -> &ListenerPlan {
         &self.plan
+    }
+
+    /// The listener's Envoy stats handles (`listener.<name>.*`, `http.<name>.*`).
+    pub fn stats(
+        &self,
+        all: &crate::stats::Stats,
+    ) -> &(crate::stats::ListenerStats, crate::stats::HttpStats) {
+        self.stats
+            .get_or_init(|| (all.listener(&self.plan.name), all.http(&self.plan.name)))
     }
 
     /// The cluster of a new TCP connection.
@@ -220,6 +238,7 @@ impl ClusterRuntime {
             tls,
             http,
             limits,
+            stats: Default::default(),
         }
     }
 
@@ -389,6 +408,7 @@ impl Runtime {
                         routes,
                         split: (!l.weighted.is_empty()).then(|| Split::new(&l.weighted)),
                         limits: crate::ratelimit::Limits::of(l),
+                        stats: Default::default(),
                     })
                 }
             };

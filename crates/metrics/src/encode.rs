@@ -120,3 +120,53 @@ pub fn exported_names(text: &str) -> BTreeSet<String> {
         })
         .collect()
 }
+
+/// Writes an exposition family by family, for callers that keep their own handles (kuma-dp's
+/// Envoy-named stats, whose names are known only at run time).
+#[derive(Debug, Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a family: every sample written until the next call belongs to it.
+    pub fn family(&mut self, name: &str, help: &str, kind: Kind) {
+        header(name, help, kind, &mut self.out);
+    }
+
+    pub fn value(&mut self, name: &str, labels: &[(&str, &str)], value: i64) {
+        let labels = self::labels(labels.iter().copied());
+        sample(&mut self.out, name, "", &labels, None, &value.to_string());
+    }
+
+    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &crate::HistogramSnapshot) {
+        let labels = self::labels(labels.iter().copied());
+        for (bound, n) in &h.buckets {
+            sample(
+                &mut self.out,
+                name,
+                "_bucket",
+                &labels,
+                Some(&float(*bound)),
+                &n.to_string(),
+            );
+        }
+        sample(&mut self.out, name, "_sum", &labels, None, &float(h.sum));
+        sample(
+            &mut self.out,
+            name,
+            "_count",
+            &labels,
+            None,
+            &h.count.to_string(),
+        );
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use discovery::{Confirmation, DiscoveryMetrics};
-pub use encode::{CONTENT_TYPE, exported_names, parse_type_lines};
+pub use encode::{CONTENT_TYPE, Exposition, exported_names, parse_type_lines};
 pub use handles::{Counter, Gauge, GaugeGuard, Histogram, HistogramSnapshot};
 
 /// Bucket bounds in seconds for request durations (client_golang's defaults, which Kuma's API
