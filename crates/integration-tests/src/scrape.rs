@@ -90,9 +90,100 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     (!matching.is_empty()).then(|| matching.iter().sum())
 }
 
+/// The metric names a PromQL expression reads: identifiers outside label matchers, strings,
+/// ranges and grouping clauses that are neither functions nor keywords.
+pub fn promql_metric_names(expr: &str) -> std::collections::BTreeSet<String> {
+    const KEYWORDS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = std::collections::BTreeSet::new();
+    let (mut i, mut skip_group) = (0, false);
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' | '`' => {
+                i += 1;
+                while i < chars.len() && chars[i] != c {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            '{' | '[' => {
+                let close = if c == '{' { '}' } else { ']' };
+                let mut quote = None;
+                while i < chars.len() && (quote.is_some() || chars[i] != close) {
+                    match (quote, chars[i]) {
+                        (Some(_), '\\') => i += 1,
+                        (Some(q), ch) if ch == q => quote = None,
+                        (None, ch @ ('"' | '\'' | '`')) => quote = Some(ch),
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            '(' if skip_group => {
+                while i < chars.len() && chars[i] != ')' {
+                    i += 1;
+                }
+                skip_group = false;
+                i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+                {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let mut j = i;
+                while j < chars.len() && chars[j] == ' ' {
+                    j += 1;
+                }
+                let next: String = chars[j..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphanumeric() || **c == '_')
+                    .collect();
+                // `sum by (…) (…)`: an aggregation whose grouping comes first.
+                let call = chars.get(j) == Some(&'(') || next == "by" || next == "without";
+                if KEYWORDS.contains(&word.as_str()) {
+                    skip_group = call;
+                } else if !call && chars.get(start.wrapping_sub(1)) != Some(&'$') {
+                    names.insert(word);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_metrics_a_query_reads() {
+        let names = promql_metric_names(
+            "histogram_quantile(0.99, sum by (le, zone_name) (rate(kds_delta_generation_bucket{instance=~\"$instance\",a=\"b}\"}[$__rate_interval]))) / sum without(x) (leader) > 0 and on(instance) cp_info",
+        );
+        assert_eq!(
+            names.into_iter().collect::<Vec<_>>(),
+            ["cp_info", "kds_delta_generation_bucket", "leader"]
+        );
+    }
 
     #[test]
     fn reads_series_with_escaped_labels() {

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use meshzone_integration_tests::scrape::{scrape, value};
-use meshzone_integration_tests::{
-    ControlPlane, EchoServer, free_port, http_get, start_loopback_sidecar, wait_for,
-};
+use meshzone_integration_tests::{ControlPlane, HttpPair, http_get, wait_for};
 
 const REQUESTS: usize = 12;
 
@@ -15,23 +13,12 @@ fn stats_prometheus_pins_envoys_names_after_real_traffic() {
     let root = tempfile::tempdir().expect("tempdir");
     let cp = ControlPlane::start(root.path(), &[("KUMA_STORE_TYPE", "memory")]);
     cp.configure_kumactl();
-    let app = EchoServer::start("backend-app");
-    let inbound = format!(
-        "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n",
-        free_port(),
-        app.port
-    );
-    let server = start_loopback_sidecar(&cp, root.path(), "backend-1", &inbound);
-    let out = free_port();
-    let networking = format!(
-        "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {out}\n    tags:\n      kuma.io/service: backend\n",
-        free_port(),
-        free_port()
-    );
-    let client = start_loopback_sidecar(&cp, root.path(), "web-1", &networking);
-    wait_for("the outbound answers", Duration::from_secs(30), || {
-        http_get(out).ok()
-    });
+    let HttpPair {
+        app,
+        server,
+        client,
+        out,
+    } = HttpPair::start(&cp, root.path());
     for i in 0..REQUESTS {
         let body = http_get(out).unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert_eq!(body.trim(), "backend-app");
