@@ -1,10 +1,13 @@
 //! kuma-dp's `/stats/prometheus` under Envoy's names and labels, after real HTTP traffic through
 //! a client sidecar to a server sidecar on loopback, and the dotted `/stats` beside it.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use meshzone_integration_tests::scrape::{scrape, value};
-use meshzone_integration_tests::{ControlPlane, HttpPair, http_get, wait_for};
+use meshzone_integration_tests::scrape::{scrape, series, value};
+use meshzone_integration_tests::{
+    ControlPlane, Envoy, HttpPair, envoy_binary, free_port, http_get, wait_for,
+};
 
 const REQUESTS: usize = 12;
 
@@ -123,4 +126,105 @@ fn stats_prometheus_pins_envoys_names_after_real_traffic() {
             "{line} missing: {stats}"
         );
     }
+}
+
+/// Label keys of each series named `name`, and the `le` bounds of a histogram's buckets.
+fn shape(text: &str, name: &str) -> (BTreeSet<Vec<String>>, BTreeSet<String>) {
+    let mut keys = BTreeSet::new();
+    let mut bounds = BTreeSet::new();
+    for (n, labels, _) in series(text) {
+        if n == name {
+            // Order does not matter to Prometheus (Envoy puts the response class first).
+            let mut k: Vec<String> = labels
+                .iter()
+                .filter(|(k, _)| k != "le")
+                .map(|(k, _)| k.clone())
+                .collect();
+            k.sort();
+            keys.insert(k);
+            bounds.extend(
+                labels
+                    .into_iter()
+                    .filter(|(k, _)| k == "le")
+                    .map(|(_, v)| v),
+            );
+        }
+    }
+    (keys, bounds)
+}
+
+#[test]
+fn kuma_dp_and_envoy_export_the_same_names_labels_and_buckets() {
+    envoy_binary();
+    let root = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(root.path(), &[("KUMA_STORE_TYPE", "memory")]);
+    cp.configure_kumactl();
+    let pair = HttpPair::start(&cp, root.path());
+    let envoy_out = free_port();
+    let dataplane = serde_json::json!({
+        "type": "Dataplane", "mesh": "default", "name": "envoy-web",
+        "networking": {
+            "address": "127.0.0.1",
+            "inbound": [{ "port": free_port(), "servicePort": free_port(), "tags": { "kuma.io/service": "envoy-web" } }],
+            "outbound": [{ "port": envoy_out, "tags": { "kuma.io/service": "backend" } }]
+        }
+    });
+    let token = cp.kumactl_ok(&["generate", "dataplane-token", "--name", "envoy-web"]);
+    let mut envoy = Envoy::start(&cp, root.path(), "envoy-web", &dataplane, token.trim());
+    envoy.wait_ready();
+    wait_for("Envoy's outbound answers", Duration::from_secs(30), || {
+        http_get(envoy_out).ok()
+    });
+    for port in [envoy_out, pair.out] {
+        for i in 0..5 {
+            http_get(port).unwrap_or_else(|e| panic!("request {i} via {port}: {e}"));
+        }
+    }
+    let (ours, _) = scrape(pair.client.admin_port, "/stats/prometheus").expect("kuma-dp");
+    let (theirs, _) = scrape(envoy.admin_port, "/stats/prometheus").expect("Envoy");
+    for name in [
+        "envoy_cluster_upstream_rq_total",
+        "envoy_cluster_upstream_rq_xx",
+        "envoy_cluster_upstream_rq_time_bucket",
+        "envoy_cluster_upstream_rq_time_sum",
+        "envoy_cluster_upstream_rq_time_count",
+        "envoy_cluster_upstream_cx_total",
+        "envoy_cluster_upstream_cx_active",
+        "envoy_cluster_upstream_cx_connect_fail",
+        "envoy_cluster_upstream_cx_connect_ms_bucket",
+        "envoy_cluster_upstream_cx_tx_bytes_total",
+        "envoy_cluster_upstream_cx_rx_bytes_total",
+        "envoy_http_downstream_rq_total",
+        "envoy_http_downstream_rq_xx",
+        "envoy_http_downstream_rq_time_bucket",
+        "envoy_listener_downstream_cx_total",
+        "envoy_listener_downstream_cx_active",
+    ] {
+        let (our_keys, our_bounds) = shape(&ours, name);
+        let (their_keys, their_bounds) = shape(&theirs, name);
+        assert!(!their_keys.is_empty(), "Envoy has no {name}");
+        assert!(!our_keys.is_empty(), "kuma-dp has no {name}");
+        assert!(
+            our_keys.is_subset(&their_keys),
+            "{name}: kuma-dp labels {our_keys:?}, Envoy's {their_keys:?}"
+        );
+        assert_eq!(our_bounds, their_bounds, "{name}: bucket bounds");
+    }
+    // The same cluster name for the same service, from the same control plane.
+    let cluster = [("envoy_cluster_name", "backend")];
+    assert!(value(&theirs, "envoy_cluster_upstream_rq_total", &cluster).is_some_and(|v| v >= 5.0));
+    assert!(value(&ours, "envoy_cluster_upstream_rq_total", &cluster).is_some_and(|v| v >= 5.0));
+    // The same kinds.
+    let kinds = |t: &str| {
+        meshzone_metrics::parse_type_lines(t)
+            .into_iter()
+            .filter(|(n, _)| {
+                n.starts_with("envoy_cluster_upstream_")
+                    || n.starts_with("envoy_http_downstream_rq")
+            })
+            .collect::<BTreeSet<_>>()
+    };
+    let (our_kinds, their_kinds) = (kinds(&ours), kinds(&theirs));
+    let differ: Vec<_> = our_kinds.difference(&their_kinds).collect();
+    assert!(differ.is_empty(), "kinds Envoy does not have: {differ:?}");
 }

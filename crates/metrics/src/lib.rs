@@ -37,7 +37,7 @@ pub const ENVOY_BUCKETS: &[f64] = &[
 ];
 
 /// What kind of series a family holds (the exposition's `# TYPE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Counter,
     Gauge,
