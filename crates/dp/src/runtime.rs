@@ -64,8 +64,9 @@ pub struct ClusterRuntime {
     _checker: Option<crate::health_check::Checker>,
     /// The endpoints that are the zone's egress (usually none), read once per build.
     egresses: Vec<SocketAddr>,
-    /// Its stats handles, resolved on first use by this build (never per request).
-    stats: std::sync::OnceLock<crate::stats::ClusterStats>,
+    /// Its stats handles, resolved on first use by this build (never per request); its HTTP
+    /// connector reads them too.
+    stats: crate::stats::ClusterStatsSlot,
 }
 
 impl ClusterRuntime {
@@ -213,6 +214,7 @@ fn checker(
 impl ClusterRuntime {
     fn build(config: &ProxyConfig, key: ClusterKey, health: Arc<Health>) -> Self {
         let tls = upstream_tls(config, &key.plan);
+        let stats = crate::stats::ClusterStatsSlot::default();
         let http = crate::http::client(
             tls.as_ref()
                 .ok()
@@ -220,6 +222,7 @@ impl ClusterRuntime {
                 .map(|u| (u.config.clone(), u.sni.clone())),
             key.plan.http2,
             &key.plan.timeouts,
+            stats.clone(),
         );
         let limits = crate::limits::Limits::new(key.plan.limits, key.plan.http2);
         let checker = checker(&key, &tls, &health);
@@ -238,7 +241,7 @@ impl ClusterRuntime {
             tls,
             http,
             limits,
-            stats: Default::default(),
+            stats,
         }
     }
 

@@ -32,6 +32,10 @@ pub struct Stats {
     handles: Mutex<BTreeMap<String, (Scope, String, Handle)>>,
 }
 
+/// Where a cluster build keeps its [`ClusterStats`] once resolved, shared with its HTTP
+/// connector (which counts the pooled connections).
+pub type ClusterStatsSlot = std::sync::Arc<std::sync::OnceLock<ClusterStats>>;
+
 /// One cluster's hot stats.
 #[derive(Clone)]
 pub struct ClusterStats {

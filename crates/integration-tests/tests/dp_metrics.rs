@@ -76,6 +76,20 @@ fn stats_prometheus_pins_envoys_names_after_real_traffic() {
             "bucket le={le}: {prom}"
         );
     }
+    // The pooled upstream connections of the HTTP path are counted too.
+    let at_least_one = |name: &str| value(&prom, name, &cluster).is_some_and(|v| v >= 1.0);
+    for name in [
+        "envoy_cluster_upstream_cx_total",
+        "envoy_cluster_upstream_cx_connect_ms_count",
+        "envoy_cluster_upstream_cx_tx_bytes_total",
+        "envoy_cluster_upstream_cx_rx_bytes_total",
+    ] {
+        assert!(at_least_one(name), "{name}: {prom}");
+    }
+    assert!(
+        value(&prom, "envoy_cluster_upstream_cx_active", &cluster).is_some_and(|v| v >= 0.0),
+        "{prom}"
+    );
     let hcm = [("envoy_http_conn_manager_prefix", listener.as_str())];
     assert_eq!(
         value(&prom, "envoy_http_downstream_rq_total", &hcm),
