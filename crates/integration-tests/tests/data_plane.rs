@@ -530,6 +530,22 @@ fn a_rejected_configuration_is_counted_in_the_insight() {
     assert!(
         insight["subscriptions"][0]["status"]["total"]["responsesRejected"].as_u64() >= Some(1)
     );
+    // And in the CP's metrics, under Kuma's name and labels.
+    let (metrics, _) =
+        meshzone_integration_tests::scrape::scrape(mesh.cp.diagnostics_port, "/metrics")
+            .expect("scrape /metrics");
+    let nacks = meshzone_integration_tests::scrape::value(
+        &metrics,
+        "xds_requests_received",
+        &[
+            (
+                "type_url",
+                "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ),
+            ("confirmation", "NACK"),
+        ],
+    );
+    assert!(nacks >= Some(1.0), "{metrics}");
 }
 
 #[test]

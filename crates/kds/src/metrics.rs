@@ -105,3 +105,34 @@ impl KdsMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_count_per_type_and_nacks_per_resource_on_global() {
+        let registry = Registry::new();
+        let m = KdsMetrics::register(&registry);
+        let types: BTreeSet<&'static str> = ["Mesh", "MeshTrafficPermission"].into();
+        m.sent(&types);
+        let rejected = vec![
+            "MeshTrafficPermission".to_string(),
+            "MeshTrafficPermission".to_string(),
+        ];
+        m.answered(Some("zone-1"), &types, &rejected);
+        m.answered(None, &types, &[]);
+        m.generated("zone-1", Reason::Resync, false, Duration::from_millis(3));
+        let text = registry.encode();
+        for line in [
+            "kds_delta_responses_sent{type_url=\"Mesh\"} 1\n",
+            "kds_delta_requests_received{type_url=\"Mesh\",confirmation=\"ACK\"} 2\n",
+            "kds_delta_requests_received{type_url=\"MeshTrafficPermission\",confirmation=\"NACK\"} 1\n",
+            "kds_delta_requests_received{type_url=\"MeshTrafficPermission\",confirmation=\"ACK\"} 1\n",
+            "kds_nack_total{zone_name=\"zone-1\",resource_type=\"MeshTrafficPermission\"} 2\n",
+            "kds_delta_generation_count{reason=\"resync\",result=\"no_changes\",zone_name=\"zone-1\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+}
