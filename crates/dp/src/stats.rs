@@ -175,6 +175,37 @@ impl Stats {
             .clone()
     }
 
+    /// Forgets the stats of clusters and listeners the configuration no longer has, so what
+    /// is exported stays bounded by what is configured (a cluster added again starts at zero,
+    /// a counter reset Prometheus handles).
+    pub fn retain_configured<'a>(
+        &self,
+        clusters: impl IntoIterator<Item = &'a str>,
+        listeners: impl IntoIterator<Item = &'a str>,
+    ) {
+        let current: Vec<(Scope, &str)> = clusters
+            .into_iter()
+            .map(|c| (Scope::Cluster, c))
+            .chain(
+                listeners
+                    .into_iter()
+                    .flat_map(|l| [(Scope::Listener, l), (Scope::Http, l)]),
+            )
+            .collect();
+        let configured = |scope: Scope, object: &str| current.contains(&(scope, object));
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (scope, object, _)| configured(*scope, object));
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|dotted, _| match tags::object_of(dotted, &current) {
+                Some((scope, object)) => configured(scope, object),
+                None => true,
+            });
+    }
+
     /// `name: value` lines, sorted (Envoy's `/stats` text form).
     #[cfg(test)]
     pub fn text(&self) -> String {

@@ -235,6 +235,10 @@ async fn connect_once(
         if errors.is_empty() {
             config = next;
             runtime.send_replace(Arc::new(rt));
+            stats.retain_configured(
+                config.clusters.keys().map(String::as_str),
+                config.listeners.keys().map(String::as_str),
+            );
             stats.inc(format!("control_plane.{}.update_success", type_url.short()));
             if !reasons.is_empty() {
                 warn!(

@@ -43,21 +43,13 @@ pub struct Tagged {
     pub labels: Vec<(&'static str, String)>,
 }
 
-/// Tags a dotted stat. Object names may hold dots (`outbound:127.0.0.1:5000`): `known` lists
-/// the objects the proxy has (longest match wins); an unknown one ends at the first dot, as in
-/// Envoy. Our per-endpoint and per-peer stats (`endpoint.<address>.`, `peer.<id>.`) become the
-/// labels `envoy_endpoint_address` and `envoy_peer`, so the names stay few.
-pub fn tag(dotted: &str, known: &[(Scope, &str)]) -> Tagged {
-    let mut labels = Vec::new();
-    let mut name = String::from("envoy_");
-    let mut stat = dotted;
-    for scope in Scope::ALL {
-        let Some(rest) = dotted
+/// The scope and object a dotted stat belongs to (`cluster.backend.x` → cluster `backend`),
+/// matched against `known` first as [`tag`] does; `None` outside the four scopes.
+pub fn object_of<'a>(dotted: &'a str, known: &[(Scope, &str)]) -> Option<(Scope, &'a str)> {
+    Scope::ALL.into_iter().find_map(|scope| {
+        let rest = dotted
             .strip_prefix(scope.prefix())
-            .and_then(|r| r.strip_prefix('.'))
-        else {
-            continue;
-        };
+            .and_then(|r| r.strip_prefix('.'))?;
         let object = known
             .iter()
             .filter(|(s, o)| {
@@ -66,16 +58,26 @@ pub fn tag(dotted: &str, known: &[(Scope, &str)]) -> Tagged {
                     && rest.starts_with(o)
                     && rest.as_bytes()[o.len()] == b'.'
             })
-            .map(|(_, o)| *o)
+            .map(|(_, o)| &rest[..o.len()])
             .max_by_key(|o| o.len())
-            .or_else(|| rest.split_once('.').map(|(o, _)| o));
-        if let Some(object) = object {
-            labels.push((scope.label(), object.to_string()));
-            name.push_str(scope.prefix());
-            name.push('_');
-            stat = &rest[object.len() + 1..];
-        }
-        break;
+            .or_else(|| rest.split_once('.').map(|(o, _)| o))?;
+        Some((scope, object))
+    })
+}
+
+/// Tags a dotted stat. Object names may hold dots (`outbound:127.0.0.1:5000`): `known` lists
+/// the objects the proxy has (longest match wins); an unknown one ends at the first dot, as in
+/// Envoy. Our per-endpoint and per-peer stats (`endpoint.<address>.`, `peer.<id>.`) become the
+/// labels `envoy_endpoint_address` and `envoy_peer`, so the names stay few.
+pub fn tag(dotted: &str, known: &[(Scope, &str)]) -> Tagged {
+    let mut labels = Vec::new();
+    let mut name = String::from("envoy_");
+    let mut stat = dotted;
+    if let Some((scope, object)) = object_of(dotted, known) {
+        labels.push((scope.label(), object.to_string()));
+        name.push_str(scope.prefix());
+        name.push('_');
+        stat = &dotted[scope.prefix().len() + object.len() + 2..];
     }
     for (part, label) in [
         ("endpoint.", "envoy_endpoint_address"),

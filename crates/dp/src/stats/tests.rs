@@ -53,3 +53,23 @@ fn status_classes() {
     assert_eq!(class(0), None);
     assert_eq!(class(600), None);
 }
+
+#[test]
+fn stats_of_removed_clusters_and_listeners_are_forgotten() {
+    let stats = Stats::default();
+    stats.cluster("gone").upstream_rq_total.inc();
+    stats.cluster("kept").upstream_rq_total.inc();
+    stats
+        .listener("outbound:127.0.0.1:1")
+        .downstream_cx_total
+        .inc();
+    stats.inc("cluster.gone.upstream_rq_retry");
+    stats.inc("listener.outbound:127.0.0.1:1.rbac.denied");
+    stats.inc("control_plane.reconnects");
+    stats.retain_configured(["kept"], ["outbound:127.0.0.1:2"]);
+    let text = stats.text();
+    assert!(text.contains("cluster.kept.upstream_rq_total: 1"), "{text}");
+    assert!(text.contains("control_plane.reconnects: 1"), "{text}");
+    assert!(!text.contains("gone"), "{text}");
+    assert!(!text.contains("127.0.0.1:1"), "{text}");
+}
