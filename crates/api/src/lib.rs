@@ -5,6 +5,7 @@
 //! It validates and authorizes requests and maps errors to HTTP; it owns no state beyond the
 //! store handle and does no KDS/xDS work.
 
+pub mod auth;
 mod defaults;
 mod error;
 mod inspect;
@@ -27,6 +28,7 @@ use meshzone_store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+pub use auth::AuthSettings;
 pub use defaults::create_initial_policies;
 pub use error::ApiError;
 pub use inspect::local_dataplane_rules;
@@ -67,6 +69,8 @@ pub struct ApiSettings {
     /// On global, where `GET /meshes/{mesh}/dataplanes/{name}/_rules` is asked: the zone that
     /// owns the proxy (over KDS). Zones compute it themselves.
     pub zone_rules: Option<ZoneRulesFn>,
+    /// Who may do what ([`auth`]).
+    pub auth: AuthSettings,
 }
 
 /// Asks the zone that owns a Dataplane (named as global names it) for its `_rules`.
@@ -126,6 +130,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/config", get(config))
         .route("/tokens/dataplane", axum::routing::post(dataplane_token))
         .route("/tokens/zone", axum::routing::post(zone_token))
+        .route("/tokens/user", axum::routing::post(user_token))
         .route("/meshes", get(list_meshes))
         .route(
             "/meshes/{name}",
@@ -158,6 +163,10 @@ pub fn router(ctx: ApiContext) -> Router {
                 "this path does not accept that method",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            auth::authorize,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             metrics::count_requests,
@@ -192,7 +201,12 @@ async fn config(State(ctx): State<ApiContext>) -> Json<Value> {
 /// A token as `text/plain`, or the reason it was not issued (`field: message` → 400).
 fn token_response(result: Result<String, String>) -> ApiResult {
     let token = result.map_err(|e| match e.split_once(": ") {
-        Some((field, msg)) if matches!(field, "mesh" | "validFor" | "zone" | "scope") => {
+        Some((field, msg))
+            if matches!(
+                field,
+                "mesh" | "validFor" | "zone" | "scope" | "name" | "groups"
+            ) =>
+        {
             ApiError::invalid_field(field, msg)
         }
         _ => ApiError::new(
@@ -205,6 +219,15 @@ fn token_response(result: Result<String, String>) -> ApiResult {
 }
 
 /// `POST /tokens/dataplane` with `{mesh, name, type, tags, validFor}`: a signed token, as text.
+async fn user_token(State(ctx): State<ApiContext>, body: Bytes) -> ApiResult {
+    let value = parse_body(&body)?;
+    let req: meshzone_identity::UserTokenRequest = serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("token request: {e}")))?;
+    token_response(
+        meshzone_identity::issue_user_token(&ctx.0.store, &req, std::time::SystemTime::now()).await,
+    )
+}
+
 async fn dataplane_token(State(ctx): State<ApiContext>, body: Bytes) -> ApiResult {
     let value = parse_body(&body)?;
     let req: meshzone_identity::DataplaneTokenRequest = serde_json::from_value(value)

@@ -36,6 +36,7 @@ async fn app_with(mode: CpMode, store: Store, zone_rules: Option<ZoneRulesFn>) -
         store_type: "memory".into(),
         config_dump: None,
         zone_rules,
+        auth: AuthSettings::default(),
     };
     router(ApiContext::new(store, settings, ApiMetrics::default()))
 }
@@ -54,7 +55,15 @@ async fn call(
     body: Option<Value>,
     if_match: Option<&str>,
 ) -> (StatusCode, Option<String>, Value) {
-    let mut req = Request::builder().method(method).uri(path);
+    // From the CP's own host, as an admin (the auth tests say otherwise).
+    let mut req =
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                40000,
+            ))));
     if let Some(v) = if_match {
         req = req.header("if-match", v);
     }

@@ -51,6 +51,20 @@ pub struct SqliteConfig {
 pub struct ApiServer {
     pub http: HttpListener,
     pub https: HttpsListener,
+    pub authn: ApiAuthn,
+}
+
+/// How API requests are authenticated (Kuma's `apiServer.authn`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiAuthn {
+    /// `tokens`: user tokens (the only type served; `adminClientCerts` needs the HTTPS API).
+    #[serde(rename = "type")]
+    pub authn_type: String,
+    /// Requests from the CP's own host without a token are the admin.
+    pub localhost_is_admin: bool,
+    /// Requests without a token may read everything but secrets.
+    pub unauthenticated_read: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +179,11 @@ impl Default for Config {
                     interface: "0.0.0.0".into(),
                 },
                 https: HttpsListener { port: 5682 },
+                authn: ApiAuthn {
+                    authn_type: "tokens".into(),
+                    localhost_is_admin: true,
+                    unauthenticated_read: true,
+                },
             },
             dp_server: DpServer {
                 port: 5678,
@@ -236,6 +255,21 @@ const ENV: &[(&str, &str, Kind)] = &[
         "KUMA_API_SERVER_HTTPS_PORT",
         "apiServer.https.port",
         Kind::Port,
+    ),
+    (
+        "KUMA_API_SERVER_AUTHN_TYPE",
+        "apiServer.authn.type",
+        Kind::Text,
+    ),
+    (
+        "KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN",
+        "apiServer.authn.localhostIsAdmin",
+        Kind::Bool,
+    ),
+    (
+        "KUMA_API_SERVER_AUTHN_UNAUTHENTICATED_READ",
+        "apiServer.authn.unauthenticatedRead",
+        Kind::Bool,
     ),
     ("KUMA_DP_SERVER_PORT", "dpServer.port", Kind::Port),
     (
@@ -538,6 +572,21 @@ impl Config {
                     self.multizone.global.kds.auth_type
                 ),
             ));
+        }
+        match self.api_server.authn.authn_type.as_str() {
+            "tokens" => {}
+            "adminClientCerts" => {
+                return Err(invalid(
+                    "apiServer.authn.type",
+                    "adminClientCerts needs the HTTPS API (port 5682), which is not served yet; use tokens",
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    "apiServer.authn.type",
+                    format!("{other:?}: expected tokens"),
+                ));
+            }
         }
         if !matches!(self.dp_server.authn.as_str(), "dpToken" | "none") {
             return Err(invalid(

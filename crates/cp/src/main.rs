@@ -212,6 +212,17 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         },
     };
 
+    // The admin's user token, for requests from elsewhere than the CP's host.
+    if meshzone_identity::ensure_admin_token(&store, std::time::SystemTime::now())
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the admin user token: {e}"))?
+    {
+        info!(
+            "stored an admin user token in the GlobalSecret {}; read it on this host with `kumactl get global-secret {}`",
+            meshzone_identity::ADMIN_USER_TOKEN,
+            meshzone_identity::ADMIN_USER_TOKEN
+        );
+    }
     if !config.defaults.skip_mesh && !matches!(role, Role::FederatedZone { .. }) {
         ensure_default_mesh(&store, mode.role()).await?;
     }
@@ -304,6 +315,10 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         store_type,
         config_dump,
         zone_rules,
+        auth: meshzone_api::AuthSettings {
+            localhost_is_admin: config.api_server.authn.localhost_is_admin,
+            unauthenticated_read: config.api_server.authn.unauthenticated_read,
+        },
     };
     let api = meshzone_api::router(ApiContext::new(store.clone(), settings, metrics));
 
@@ -512,9 +527,12 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     let api_addr = api_listener.local_addr().ok();
     supervisor.critical(
         "API server",
-        axum::serve(api_listener, api)
-            .with_graceful_shutdown(shutdown.begun())
-            .into_future(),
+        axum::serve(
+            api_listener,
+            api.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.begun())
+        .into_future(),
     );
     supervisor.critical(
         "diagnostics server",

@@ -11,15 +11,30 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    /// A client that sends `token` as `Authorization: Bearer` on every request.
+    pub fn with_token(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| anyhow!("the configured user token is not a valid header value"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
+            .default_headers(headers)
             .build()
             .map_err(|e| anyhow!("cannot build HTTP client: {e}"))?;
         Ok(ApiClient {
             base: base.trim_end_matches('/').to_string(),
             http,
         })
+    }
+
+    /// The client of the current context of `config`, with its authentication.
+    pub fn of(config: &crate::config::CtlConfig) -> anyhow::Result<Self> {
+        let auth = config.current_auth()?;
+        Self::with_token(&config.current_url()?, auth.token())
     }
 
     pub fn base(&self) -> &str {

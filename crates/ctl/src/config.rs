@@ -34,6 +34,55 @@ pub struct Coordinates {
 #[serde(rename_all = "camelCase")]
 pub struct ApiServer {
     pub url: String,
+    /// `tokens`: requests carry `authConf.token` as a bearer token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub auth_type: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub auth_conf: std::collections::BTreeMap<String, String>,
+}
+
+/// How kumactl authenticates to a control plane (`--auth-type`, `--auth-conf`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Auth {
+    pub auth_type: String,
+    pub conf: std::collections::BTreeMap<String, String>,
+}
+
+impl Auth {
+    /// From the flags: `--auth-type=tokens --auth-conf token=<token>` (Kuma's kumactl).
+    pub fn from_flags(auth_type: Option<&str>, conf: &[String]) -> anyhow::Result<Self> {
+        let mut map = std::collections::BTreeMap::new();
+        for item in conf {
+            let Some((k, v)) = item.split_once('=') else {
+                bail!("--auth-conf {item:?}: expected key=value, e.g. token=<token>");
+            };
+            map.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let auth_type = auth_type.unwrap_or_default().to_string();
+        match auth_type.as_str() {
+            "" if map.is_empty() => {}
+            "" => bail!("--auth-conf needs --auth-type (tokens)"),
+            "tokens" => {
+                if map.get("token").is_none_or(|t| t.is_empty()) || map.len() != 1 {
+                    bail!(
+                        "--auth-type=tokens takes exactly --auth-conf token=<token> (kumactl generate user-token)"
+                    );
+                }
+            }
+            other => bail!("--auth-type {other:?}: expected tokens"),
+        }
+        Ok(Auth {
+            auth_type,
+            conf: map,
+        })
+    }
+
+    /// The bearer token to send, if any.
+    pub fn token(&self) -> Option<&str> {
+        (self.auth_type == "tokens")
+            .then(|| self.conf.get("token").map(String::as_str))
+            .flatten()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,7 +112,7 @@ impl CtlConfig {
 
     fn local() -> Self {
         let mut c = CtlConfig::default();
-        c.put("local", DEFAULT_URL);
+        c.put("local", DEFAULT_URL, &Auth::default());
         c
     }
 
@@ -79,13 +128,17 @@ impl CtlConfig {
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
     }
 
-    fn put(&mut self, name: &str, url: &str) {
+    fn put(&mut self, name: &str, url: &str, auth: &Auth) {
         self.control_planes.retain(|cp| cp.name != name);
         self.contexts.retain(|c| c.name != name);
         self.control_planes.push(ControlPlane {
             name: name.into(),
             coordinates: Coordinates {
-                api_server: ApiServer { url: url.into() },
+                api_server: ApiServer {
+                    url: url.into(),
+                    auth_type: auth.auth_type.clone(),
+                    auth_conf: auth.conf.clone(),
+                },
             },
         });
         self.contexts.push(Context_ {
@@ -96,18 +149,37 @@ impl CtlConfig {
     }
 
     /// Adds a control plane and makes it current.
-    pub fn add(&mut self, name: &str, url: &str, overwrite: bool) -> anyhow::Result<()> {
+    pub fn add(
+        &mut self,
+        name: &str,
+        url: &str,
+        auth: &Auth,
+        overwrite: bool,
+    ) -> anyhow::Result<()> {
         if !overwrite && self.control_planes.iter().any(|cp| cp.name == name) {
             bail!(
                 "Control Plane with name {name:?} already exists. Use --overwrite to replace an existing one."
             );
         }
-        self.put(name, url);
+        self.put(name, url, auth);
         Ok(())
     }
 
     /// The API URL of the current context.
     pub fn current_url(&self) -> anyhow::Result<String> {
+        Ok(self.current()?.url.trim_end_matches('/').to_string())
+    }
+
+    /// How to reach the current context's control plane: its URL and authentication.
+    pub fn current_auth(&self) -> anyhow::Result<Auth> {
+        let api = self.current()?;
+        Ok(Auth {
+            auth_type: api.auth_type.clone(),
+            conf: api.auth_conf.clone(),
+        })
+    }
+
+    fn current(&self) -> anyhow::Result<&ApiServer> {
         let ctx = self
             .contexts
             .iter()
@@ -121,13 +193,7 @@ impl CtlConfig {
         self.control_planes
             .iter()
             .find(|cp| cp.name == ctx.control_plane)
-            .map(|cp| {
-                cp.coordinates
-                    .api_server
-                    .url
-                    .trim_end_matches('/')
-                    .to_string()
-            })
+            .map(|cp| &cp.coordinates.api_server)
             .with_context(|| format!("control plane {:?} is not defined", ctx.control_plane))
     }
 }
@@ -140,11 +206,15 @@ mod tests {
     fn add_switches_and_refuses_duplicates() {
         let mut c = CtlConfig::local();
         assert_eq!(c.current_url().expect("url"), DEFAULT_URL);
-        c.add("zone-1", "http://10.0.0.1:5681/", false)
+        c.add("zone-1", "http://10.0.0.1:5681/", &Auth::default(), false)
             .expect("add");
         assert_eq!(c.current_url().expect("url"), "http://10.0.0.1:5681");
-        assert!(c.add("zone-1", "http://x:1", false).is_err());
-        c.add("zone-1", "http://x:1", true).expect("overwrite");
+        assert!(
+            c.add("zone-1", "http://x:1", &Auth::default(), false)
+                .is_err()
+        );
+        c.add("zone-1", "http://x:1", &Auth::default(), true)
+            .expect("overwrite");
         assert_eq!(c.control_planes.len(), 2);
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("sub/config");

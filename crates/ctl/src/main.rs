@@ -153,6 +153,8 @@ enum UninstallCommand {
     },
 }
 
+// The variants are kumactl's `generate` subcommands, which all end in -token.
+#[allow(clippy::enum_variant_names)]
 #[derive(Subcommand)]
 enum GenerateCommand {
     /// A token a data plane proxy presents to its zone control plane (--dataplane-token-file).
@@ -167,6 +169,18 @@ enum GenerateCommand {
         proxy_type: String,
         /// How long the token is valid, e.g. 24h.
         #[arg(long, default_value = "")]
+        valid_for: String,
+    },
+    /// A user token for the REST API (an admin issues it; groups decide what it may do).
+    #[command(name = "user-token")]
+    UserToken {
+        #[arg(long)]
+        name: String,
+        /// A group of the user; repeat for several (mesh-system:admin makes an admin).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// How long the token is valid, e.g. 24h.
+        #[arg(long)]
         valid_for: String,
     },
     /// A token for the zone proxies (ingress, egress) of a zone, issued by the global CP.
@@ -202,6 +216,12 @@ enum ControlPlanesCommand {
         address: String,
         #[arg(long)]
         overwrite: bool,
+        /// `tokens`: authenticate with a user token given as --auth-conf token=<token>.
+        #[arg(long)]
+        auth_type: Option<String>,
+        /// key=value settings of --auth-type (tokens: token=<token>).
+        #[arg(long)]
+        auth_conf: Vec<String>,
     },
     /// List the configured control planes.
     List,
@@ -264,18 +284,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 address,
                 overwrite,
+                auth_type,
+                auth_conf,
             } => {
+                let auth = config::Auth::from_flags(auth_type.as_deref(), &auth_conf)?;
                 if !(address.starts_with("http://") || address.starts_with("https://")) {
                     bail!(
                         "--address {address:?} must be an http:// or https:// URL, e.g. http://localhost:5681"
                     );
                 }
-                let client = ApiClient::new(&address)?;
+                let client = ApiClient::with_token(&address, auth.token())?;
                 let index = client.get("/").await?;
                 if index["instanceId"].is_null() && index["version"].is_null() {
                     bail!("{address} does not look like a kuma-cp API server");
                 }
-                config.add(&name, &address, overwrite)?;
+                config.add(&name, &address, &auth, overwrite)?;
                 config.save(&config_path)?;
                 println!("added Control Plane {name:?}");
                 println!("switched active Control Plane to {name:?}");
@@ -305,7 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::Apply { file } => apply(&ApiClient::new(&config.current_url()?)?, &file).await,
+        Command::Apply { file } => apply(&ApiClient::of(&config)?, &file).await,
         Command::Get {
             resource,
             name,
@@ -313,7 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         } => {
             get(
-                &ApiClient::new(&config.current_url()?)?,
+                &ApiClient::of(&config)?,
                 &resource,
                 name.as_deref(),
                 &mesh,
@@ -325,15 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             resource,
             name,
             mesh,
-        } => {
-            delete(
-                &ApiClient::new(&config.current_url()?)?,
-                &resource,
-                &name,
-                &mesh,
-            )
-            .await
-        }
+        } => delete(&ApiClient::of(&config)?, &resource, &name, &mesh).await,
         Command::Inspect {
             what,
             name,
@@ -341,7 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mesh,
             output,
         } => {
-            let client = ApiClient::new(&config.current_url()?)?;
+            let client = ApiClient::of(&config)?;
             match (what.as_str(), name, inspect_type.as_deref()) {
                 ("dataplane" | "dataplanes", Some(name), Some("config-dump")) => {
                     let dump = client
@@ -396,7 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     valid_for,
                 },
         } => {
-            let client = ApiClient::new(&config.current_url()?)?;
+            let client = ApiClient::of(&config)?;
             let body =
                 json!({"mesh": mesh, "name": name, "type": proxy_type, "validFor": valid_for});
             let token = client.post_text("/tokens/dataplane", &body).await?;
@@ -411,14 +426,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     valid_for,
                 },
         } => {
-            let client = ApiClient::new(&config.current_url()?)?;
+            let client = ApiClient::of(&config)?;
             let body = json!({"zone": zone, "scope": scope, "validFor": valid_for});
             println!("{}", client.post_text("/tokens/zone", &body).await?);
             Ok(())
         }
+        Command::Generate {
+            command:
+                GenerateCommand::UserToken {
+                    name,
+                    groups,
+                    valid_for,
+                },
+        } => {
+            let client = ApiClient::of(&config)?;
+            let body = json!({"name": name, "groups": groups, "validFor": valid_for});
+            println!("{}", client.post_text("/tokens/user", &body).await?);
+            Ok(())
+        }
         Command::Version => {
             println!("Client: kumactl {}", meshzone_model::VERSION);
-            let client = ApiClient::new(&config.current_url()?)?;
+            let client = ApiClient::of(&config)?;
             match client.get("/").await {
                 Ok(index) => println!(
                     "Control Plane: kuma-cp {} ({} mode) at {}",

@@ -207,7 +207,12 @@ fn checker(
         plan,
         tls: tls.as_ref().map(|u| (u.config.clone(), u.sni.clone())),
     };
-    let endpoints = key.endpoints.iter().map(|e| e.address).collect();
+    let endpoints = key
+        .endpoints
+        .iter()
+        .filter(|e| !e.no_active_health_check)
+        .map(|e| e.address)
+        .collect();
     crate::health_check::start(target, endpoints, health.clone())
 }
 
@@ -483,6 +488,7 @@ mod tests {
             zone: None,
             priority: 0,
             via_zone_egress: false,
+            no_active_health_check: false,
         };
         let config = web_cluster(vec![endpoint(a, 1), endpoint(b, 2)]);
         let (rt, problems) = Runtime::build(config, &Runtime::empty());
@@ -504,6 +510,7 @@ mod tests {
             zone: None,
             priority,
             via_zone_egress: false,
+            no_active_health_check: false,
         };
         let config = web_cluster(vec![endpoint(remote, 1), endpoint(local, 0)]);
         let (rt, _) = Runtime::build(config, &Runtime::empty());
@@ -550,6 +557,7 @@ mod tests {
                 zone: None,
                 priority: 0,
                 via_zone_egress: false,
+                no_active_health_check: false,
             }],
         );
         config
@@ -563,6 +571,7 @@ mod tests {
             zone: None,
             priority: 0,
             via_zone_egress: false,
+            no_active_health_check: false,
         };
         let (first, _) = Runtime::build(
             two_clusters(vec![endpoint(1), endpoint(2)]),

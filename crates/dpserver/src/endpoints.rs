@@ -231,6 +231,14 @@ pub fn ingress_routes(
     routes
 }
 
+/// A zone egress's SNI routes, and the `(mesh, service)` each SNI leads to (whose policies
+/// configure the route's cluster).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EgressRoutes {
+    pub routes: BTreeMap<String, Vec<EndpointInfo>>,
+    pub services: BTreeMap<String, (String, String)>,
+}
+
 /// What a zone egress routes: for every mesh with mTLS, the SNI of each service offered by
 /// another zone to that zone's ingresses, weighted by instances, and likewise the SNI of every
 /// subset a route policy sends to, to the ingresses offering instances with its tags. Each
@@ -240,8 +248,9 @@ pub fn egress_routes(
     remote: &[RemoteIngress],
     route_policies: &[Policy],
     virtual_outbounds: &[Resource],
-) -> BTreeMap<String, Vec<EndpointInfo>> {
+) -> EgressRoutes {
     let mut routes: BTreeMap<String, Vec<EndpointInfo>> = BTreeMap::new();
+    let mut services = BTreeMap::new();
     for mesh in meshes {
         let Spec::Mesh(spec) = &mesh.spec else {
             continue;
@@ -271,10 +280,9 @@ pub fn egress_routes(
             };
             for (service, sets) in &offers {
                 let n = sets.iter().map(|(_, n)| n).sum();
-                routes
-                    .entry(sni(service, &mesh.meta.name))
-                    .or_default()
-                    .push(endpoint(n));
+                let name = sni(service, &mesh.meta.name);
+                services.insert(name.clone(), (mesh.meta.name.clone(), service.to_string()));
+                routes.entry(name).or_default().push(endpoint(n));
             }
             for subset in &subsets {
                 let n: u32 = offers
@@ -285,15 +293,17 @@ pub fn egress_routes(
                     .map(|(_, n)| n)
                     .sum();
                 if n > 0 {
-                    routes
-                        .entry(subset.sni(&mesh.meta.name))
-                        .or_default()
-                        .push(endpoint(n));
+                    let name = subset.sni(&mesh.meta.name);
+                    services.insert(
+                        name.clone(),
+                        (mesh.meta.name.clone(), subset.service.clone()),
+                    );
+                    routes.entry(name).or_default().push(endpoint(n));
                 }
             }
         }
     }
-    routes
+    EgressRoutes { routes, services }
 }
 
 /// The tag subsets (beyond the service) that the VirtualOutbounds of `mesh` give

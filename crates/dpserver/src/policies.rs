@@ -3,8 +3,10 @@
 //! policies come from the shared view (read once per change).
 
 use meshzone_model::policies::{DataplaneRulesError, MeshPolicies};
+use meshzone_model::policy::{PolicyError, PolicyRules, ProxyDescription, ProxyType};
 use meshzone_model::{Resource, ResourceType};
 use meshzone_xds::policy::ProxyPolicies;
+use meshzone_xds::policy::zone_egress::EgressRouteRules;
 
 /// The rules of every policy type the generator knows, for the Dataplane `own` in `zone`.
 pub(crate) fn proxy_policies(
@@ -26,6 +28,42 @@ pub(crate) fn proxy_policies(
         timeout: take(ResourceType::MeshTimeout),
         retry: take(ResourceType::MeshRetry),
     })
+}
+
+/// A zone egress as the engine sees it in `mesh`: no inbounds and no labels, so only top-level
+/// `targetRef: Mesh` policies select it (what Kuma supports on a zone egress).
+fn zone_egress(mesh: &str) -> ProxyDescription {
+    ProxyDescription {
+        proxy_type: ProxyType::Other("ZoneEgress".into()),
+        ..ProxyDescription::sidecar(mesh, Vec::new())
+    }
+}
+
+/// MeshHealthCheck and MeshTimeout rules of a zone egress in `mesh`
+/// (`meshzone_xds::policy::zone_egress`).
+pub(crate) struct EgressRules {
+    health_check: PolicyRules,
+    timeout: PolicyRules,
+}
+
+impl EgressRules {
+    pub(crate) fn of(policies: &MeshPolicies, mesh: &str) -> Result<Self, PolicyError> {
+        let egress = zone_egress(mesh);
+        Ok(EgressRules {
+            health_check: policies.rules(ResourceType::MeshHealthCheck, &egress)?,
+            timeout: policies.rules(ResourceType::MeshTimeout, &egress)?,
+        })
+    }
+
+    /// The confs for a route to `service`; `None` when no policy gives one.
+    pub(crate) fn for_service(&self, service: &str) -> Option<EgressRouteRules> {
+        let conf = |r: &PolicyRules| r.to_rule(service).map(|r| r.conf.clone());
+        let rules = EgressRouteRules {
+            health_check: conf(&self.health_check),
+            timeout: conf(&self.timeout),
+        };
+        (rules != EgressRouteRules::default()).then_some(rules)
+    }
 }
 
 #[cfg(test)]
@@ -144,5 +182,60 @@ mod tests {
             proxy_policies(&policies, &not_dp, None),
             Err(DataplaneRulesError::NotADataplane(_))
         ));
+    }
+
+    #[test]
+    fn a_zone_egress_takes_only_top_level_mesh_policies() {
+        let check = |name: &str, target: serde_json::Value, interval: &str| {
+            resource(
+                json!({"type": "MeshHealthCheck", "mesh": "default", "name": name,
+                "spec": {"targetRef": target, "to": [{"targetRef": {"kind": "MeshService", "name": "echo"},
+                    "default": {"interval": interval, "tcp": {}}}]}}),
+            )
+        };
+        let policies = MeshPolicies::from_resources(&[
+            check("mesh", json!({"kind": "Mesh"}), "1s"),
+            // Neither selects an egress: a service's own proxies, and sidecars only.
+            check(
+                "of-web",
+                json!({"kind": "MeshService", "name": "web"}),
+                "7s",
+            ),
+            check(
+                "sidecars",
+                json!({"kind": "Mesh", "proxyTypes": ["Sidecar"]}),
+                "9s",
+            ),
+            resource(
+                json!({"type": "MeshTimeout", "mesh": "default", "name": "connect",
+                "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+                    "default": {"connectionTimeout": "250ms"}}]}}),
+            ),
+        ]);
+        let rules = EgressRules::of(&policies, "default").expect("rules");
+        let echo = rules.for_service("echo").expect("echo has rules");
+        assert_eq!(
+            echo.health_check
+                .as_ref()
+                .and_then(|c| c.get("interval").cloned()),
+            Some(json!("1s"))
+        );
+        assert_eq!(
+            echo.timeout
+                .as_ref()
+                .and_then(|c| c.get("connectionTimeout").cloned()),
+            Some(json!("250ms"))
+        );
+        let other = rules
+            .for_service("other")
+            .expect("the timeout is for every service");
+        assert_eq!(other.health_check, None);
+        assert!(
+            EgressRules::of(&policies, "other-mesh")
+                .expect("rules")
+                .for_service("echo")
+                .is_none(),
+            "another mesh's policies"
+        );
     }
 }

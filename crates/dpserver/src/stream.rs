@@ -32,9 +32,11 @@ use crate::handshake::{
     DATAPLANE_METADATA_KEY, ProxyKind, deregister_later, identify, metadata_string, register,
 };
 use crate::metrics::Generation;
+use crate::policies::EgressRules;
 use crate::view::remote_ingresses;
 use crate::{Change, Shared};
 use meshzone_metrics::Confirmation;
+use meshzone_xds::policy::zone_egress::EgressRouteRules;
 
 /// How many past subscriptions a DataplaneInsight keeps.
 const KEPT_SUBSCRIPTIONS: usize = 5;
@@ -324,6 +326,8 @@ impl ProxyStream {
                 | ResourceType::MeshTrafficPermission
                 | ResourceType::Dataplane,
             ) => true,
+            // Top-level `Mesh` policies that configure an egress's routes.
+            (ProxyKind::Egress, ResourceType::MeshHealthCheck | ResourceType::MeshTimeout) => true,
             // Route backendRefs to tag subsets get SNI routes of their own on zone proxies.
             (
                 ProxyKind::Ingress | ProxyKind::Egress,
@@ -554,6 +558,7 @@ impl ProxyStream {
             .list(ResourceType::VirtualOutbound, None)
             .await
             .map_err(internal)?;
+        let mut route_rules = BTreeMap::new();
         let (address, port, routes) = match store.find(&self.key).await.map_err(internal)? {
             Some(Resource {
                 spec: Spec::ZoneIngress(z),
@@ -584,8 +589,9 @@ impl ProxyStream {
                 ..
             }) => {
                 let remote = remote_ingresses(&self.shared).await?;
-                let routes = egress_routes(&meshes, &remote, &route_policies, &virtual_outbounds);
-                (z.networking.address, z.networking.port, routes)
+                let egress = egress_routes(&meshes, &remote, &route_policies, &virtual_outbounds);
+                route_rules = self.egress_route_rules(&egress.services).await?;
+                (z.networking.address, z.networking.port, egress.routes)
             }
             _ => return Err(Status::not_found(format!("{} was deleted", self.key))),
         };
@@ -602,9 +608,35 @@ impl ProxyStream {
             routes: &routes,
             external: &external,
             tls: &tls,
+            route_rules: &route_rules,
         });
         self.set_snapshot(snapshot);
         Ok(())
+    }
+
+    /// The policies of each SNI route of a zone egress (`services`: SNI → mesh and service):
+    /// the top-level `Mesh` MeshHealthChecks and MeshTimeouts of the route's mesh.
+    async fn egress_route_rules(
+        &self,
+        services: &BTreeMap<String, (String, String)>,
+    ) -> Result<BTreeMap<String, EgressRouteRules>, Status> {
+        let mut by_mesh = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for (sni, (mesh, service)) in services {
+            if !by_mesh.contains_key(mesh) {
+                let view = self.shared.mesh_view(mesh, self.seen_seq).await?;
+                let rules = EgressRules::of(&view.policies, mesh).map_err(|e| {
+                    // Never a half configuration: the egress keeps its last one.
+                    warn!(key = %self.key, mesh, error = %e, "cannot compute the zone egress's policies; it keeps its last configuration");
+                    Status::internal(format!("policies of the zone egress in mesh {mesh}: {e}"))
+                })?;
+                by_mesh.insert(mesh.clone(), rules);
+            }
+            if let Some(rules) = by_mesh.get(mesh).and_then(|r| r.for_service(service)) {
+                out.insert(sni.clone(), rules);
+            }
+        }
+        Ok(out)
     }
 
     /// A zone egress's ExternalServices in every mesh with `routing.zoneEgress` and a builtin

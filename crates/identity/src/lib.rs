@@ -30,6 +30,9 @@ pub enum IdentityError {
     CaNotSynced(String),
 }
 
+mod user_token;
+pub use user_token::*;
+
 type Result<T, E = IdentityError> = std::result::Result<T, E>;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;

@@ -2,6 +2,7 @@
 //! binaries, free loopback ports, a control plane process with its own work directory, and
 //! polling with a deadline (never a bare sleep).
 
+pub mod cut;
 pub mod lab;
 pub mod scrape;
 

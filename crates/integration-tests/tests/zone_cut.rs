@@ -20,11 +20,12 @@
 //! judged; `MESHZONE_ZONE_CUT_REPORT` names a file for the JSON report, which
 //! `bench/src/zone_cut.rs` tabulates.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use meshzone_integration_tests::lab::{Lab, LoadGen, mtls_mesh};
+use meshzone_integration_tests::cut::{self, Client, Schedule};
+use meshzone_integration_tests::lab::{Lab, mtls_mesh};
 use meshzone_integration_tests::{ok, wait_for};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Requests per second of each client: "one second worth" of failures is this many.
 const RATE: u64 = 40;
@@ -41,21 +42,17 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const GLOBAL: &str = "198.18.0.1";
 const Z1_INGRESS: &str = "198.18.1.2";
 const ZONE_2: &str = "198.18.2.0/24";
-const OUTBOUND: u16 = 20012;
-const ENVOY_ADMIN: u16 = 9902;
+const OUTBOUND: u16 = cut::ECHO_OUTBOUND;
 
-/// The two clients in zone-2: (who, host, admin port).
-const CLIENTS: [(&str, &str, u16); 2] = [
-    ("kuma-dp", "z2-client", 9901),
-    ("Envoy", "z2-envoy", ENVOY_ADMIN),
-];
+const CLIENTS: [Client; 2] = cut::ZONE_2_CLIENTS;
 
-fn unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
-}
+const SCHEDULE: Schedule = Schedule {
+    rate: RATE,
+    timeout_ms: TIMEOUT_MS,
+    before: BEFORE,
+    cut: CUT,
+    after: AFTER,
+};
 
 const ALLOW_ALL: &str = "type: MeshTrafficPermission
 name: allow-all
@@ -185,82 +182,6 @@ const SCENARIOS: [Scenario; 3] = [
     },
 ];
 
-/// What one client saw in one scenario.
-struct Seen {
-    load: Value,
-    /// Unix ms of the load's start, the cut and the heal.
-    start: u128,
-    cut: u128,
-    heal: u128,
-}
-
-impl Seen {
-    /// `(start offset from the load's start, body)` of each answer.
-    fn answers(&self) -> Vec<(u128, String)> {
-        self.load["answers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| {
-                Some((
-                    u128::from(a[0].as_u64()?),
-                    a[1].as_str().unwrap_or("").to_string(),
-                ))
-            })
-            .collect()
-    }
-
-    /// Zone-1's share of the requests started in `[from, to)` (Unix ms), and how many started.
-    fn zone_1_share(&self, from: u128, to: u128) -> (f64, u64) {
-        let started = |at: u128| (from..to).contains(&(self.start + at));
-        let answers = self.answers();
-        let z1 = answers
-            .iter()
-            .filter(|(at, b)| started(*at) && b == "z1-a")
-            .count();
-        let failed = self.load["failures"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|f| started(u128::from(f["at_ms"].as_u64().unwrap_or(0))))
-            .count();
-        let all = answers.iter().filter(|(at, _)| started(*at)).count() + failed;
-        let share = if all == 0 {
-            0.0
-        } else {
-            z1 as f64 / all as f64
-        };
-        (share, all as u64)
-    }
-
-    fn failed(&self) -> u64 {
-        self.load["failed"].as_u64().unwrap_or(u64::MAX) + self.load["lost"].as_u64().unwrap_or(0)
-    }
-
-    /// From the cut to the start of the last request that failed (traffic was re-routed then);
-    /// 0 when none failed.
-    fn reroute_ms(&self) -> u128 {
-        self.load["failures"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|f| self.start + u128::from(f["at_ms"].as_u64().unwrap_or(0)))
-            .max()
-            .map_or(0, |last| last.saturating_sub(self.cut))
-    }
-
-    /// From the heal to the start of the first request zone-1 answered after it.
-    fn recover_ms(&self) -> Option<u128> {
-        self.answers()
-            .iter()
-            .filter(|(_, b)| b == "z1-a")
-            .map(|(at, _)| self.start + at)
-            .filter(|at| *at >= self.heal)
-            .min()
-            .map(|at| at - self.heal)
-    }
-}
-
 fn dataplane(name: &str, ip: &str, inbound: &str) -> String {
     format!(
         "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {ip}\n  inbound:\n{inbound}"
@@ -269,106 +190,6 @@ fn dataplane(name: &str, ip: &str, inbound: &str) -> String {
 
 fn echo_inbound() -> &'static str {
     "  - port: 10011\n    servicePort: 8080\n    tags:\n      kuma.io/service: echo\n      kuma.io/protocol: http\n"
-}
-
-struct Cut {
-    lab: Lab,
-}
-
-impl Cut {
-    fn apply(&self, yaml: &str) {
-        for (i, doc) in yaml.split("\n---\n").enumerate() {
-            let file = self.lab.file("global", &format!("policy-{i}.yaml"), doc);
-            ok(&self.lab.kumactl("global", &["apply", "-f", &file]));
-        }
-    }
-
-    fn config_dump(&self, host: &str, admin: u16) -> String {
-        self.lab
-            .curl(host, &[&format!("http://127.0.0.1:{admin}/config_dump")])
-            .unwrap_or_default()
-    }
-
-    /// Waits until `types` are listed on zone-2 and each client's configuration shows them.
-    fn wait_arrived(&self, s: &Scenario) {
-        for t in s.types {
-            wait_for(&format!("{t} on zone-2"), CONVERGE, || {
-                self.lab
-                    .curl(
-                        "z2-cp",
-                        &[&format!("http://127.0.0.1:5681/meshes/default/{t}")],
-                    )
-                    .ok()
-                    .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-                    .filter(|v| v["total"].as_u64().unwrap_or(0) > 0)
-            });
-        }
-        for ((who, host, admin), needles) in CLIENTS.iter().zip(s.arrived) {
-            wait_for(&format!("{} in {who}'s config", s.name), CONVERGE, || {
-                let dump = self.config_dump(host, *admin);
-                needles.iter().all(|n| dump.contains(n)).then_some(())
-            });
-        }
-    }
-
-    /// Waits until a handful of requests from every client all answer, from both zones.
-    fn wait_both_zones(&self) {
-        for (who, host, _) in CLIENTS {
-            wait_for(&format!("{who} answered by both zones"), CONVERGE, || {
-                let seen = self
-                    .lab
-                    .split(host, &format!("http://127.0.0.1:{OUTBOUND}/"), 16);
-                (!seen.contains_key("FAILED")
-                    && seen.contains_key("z1-a")
-                    && seen.contains_key("z2-a"))
-                .then_some(())
-            });
-        }
-    }
-
-    fn drop_rule(&self, op: &str) {
-        self.lab
-            .iptables("z1-ing", &[op, "INPUT", "-s", ZONE_2, "-j", "DROP"]);
-    }
-
-    /// Load from both clients, the cut and the heal; what each client saw.
-    fn run(&self) -> Vec<Seen> {
-        let secs = (BEFORE + CUT + AFTER).as_secs().to_string();
-        let (rate, timeout) = (RATE.to_string(), TIMEOUT_MS.to_string());
-        let url = format!("http://127.0.0.1:{OUTBOUND}/");
-        let start = unix_ms();
-        let gens: Vec<LoadGen> = CLIENTS
-            .iter()
-            .map(|(who, host, _)| {
-                LoadGen::start(
-                    &self.lab,
-                    host,
-                    who,
-                    &["load", &url, &rate, &secs, &timeout],
-                )
-            })
-            .collect();
-        // The fault is placed inside the load's fixed schedule (an open loop): these sleeps
-        // time the fault, they do not wait for anything.
-        std::thread::sleep(BEFORE);
-        let cut = unix_ms();
-        self.drop_rule("-I");
-        std::thread::sleep(CUT);
-        self.drop_rule("-D");
-        let heal = unix_ms();
-        gens.into_iter()
-            .map(|g| {
-                let load = g.finish();
-                let start = u128::from(load["start_unix_ms"].as_u64().unwrap_or(0)).max(start);
-                Seen {
-                    load,
-                    start,
-                    cut,
-                    heal,
-                }
-            })
-            .collect()
-    }
 }
 
 #[test]
@@ -386,78 +207,56 @@ fn a_cut_zone_is_severed_and_traffic_rerouted() {
     ] {
         lab.host(host, ip);
     }
-    let mut c = Cut { lab };
 
     // ---- Set-up: global, two zones, an mTLS mesh without default policies, proxies.
     // No default Mesh: the test's own starts without initial policies (no default retry,
     // timeout or circuit breaker), so the first scenario has no resilience policy at all.
-    c.lab
-        .global_and_two_zones(GLOBAL, &[("KUMA_DEFAULTS_SKIP_MESH", "true")]);
+    lab.global_and_two_zones(GLOBAL, &[("KUMA_DEFAULTS_SKIP_MESH", "true")]);
     let mesh = mtls_mesh("skipCreatingInitialPolicies: ['*']\n");
-    let file = c.lab.file("global", "mesh.yaml", &mesh);
-    ok(&c.lab.kumactl("global", &["apply", "-f", &file]));
-    c.apply(ALLOW_ALL);
+    let file = lab.file("global", "mesh.yaml", &mesh);
+    ok(&lab.kumactl("global", &["apply", "-f", &file]));
+    cut::apply_on_global(&lab, ALLOW_ALL);
     wait_for("the mesh on zone-2", CONVERGE, || {
-        c.lab
-            .curl(
-                "z2-cp",
-                &["http://127.0.0.1:5681/meshes/default/meshtrafficpermissions"],
-            )
-            .ok()
-            .filter(|b| b.contains("allow-all"))
+        lab.curl(
+            "z2-cp",
+            &["http://127.0.0.1:5681/meshes/default/meshtrafficpermissions"],
+        )
+        .ok()
+        .filter(|b| b.contains("allow-all"))
     });
-    c.lab.zone_ingress("1", "z1-ing", Z1_INGRESS);
+    lab.zone_ingress("1", "z1-ing", Z1_INGRESS);
     for (host, z, ip, name) in [
         ("z1-app", "1", "198.18.1.10", "z1-a"),
         ("z2-app", "2", "198.18.2.10", "z2-a"),
     ] {
-        c.lab.echo_app(host, ip, name);
-        c.lab
-            .sidecar(host, z, name, &dataplane(name, ip, echo_inbound()), &[]);
+        lab.echo_app(host, ip, name);
+        lab.sidecar(host, z, name, &dataplane(name, ip, echo_inbound()), &[]);
     }
-    let client_inbound = |service: &str| {
-        format!(
-            "  - port: 10021\n    servicePort: 8081\n    tags:\n      kuma.io/service: {service}\n  outbound:\n  - port: {OUTBOUND}\n    tags:\n      kuma.io/service: echo\n"
-        )
-    };
-    c.lab.sidecar(
-        "z2-client",
-        "2",
-        "client-2",
-        &dataplane("client-2", "198.18.2.20", &client_inbound("client-2")),
-        &[],
-    );
-    c.lab.envoy_sidecar(
-        "z2-envoy",
-        "2",
-        &json!({
-            "type": "Dataplane", "mesh": "default", "name": "envoy-client-2",
-            "networking": {
-                "address": "198.18.2.21",
-                "inbound": [{"port": 10021, "servicePort": 8081, "tags": {"kuma.io/service": "envoy-client-2"}}],
-                "outbound": [{"port": OUTBOUND, "tags": {"kuma.io/service": "echo"}}]
-            }
-        }),
-        ENVOY_ADMIN,
-    );
-    c.wait_both_zones();
+    cut::start_zone_2_clients(&mut lab);
+    let url = format!("http://127.0.0.1:{OUTBOUND}/");
+    let instances = ["z1-a", "z2-a"];
+    cut::wait_answered_by(&lab, &CLIENTS, &url, &instances, CONVERGE);
 
     // ---- The scenarios, each adding policies on global.
     let mut report = Vec::new();
     let mut broken = Vec::new();
     for s in &SCENARIOS {
         if !s.adds.is_empty() {
-            c.apply(s.adds);
+            cut::apply_on_global(&lab, s.adds);
         }
-        c.wait_arrived(s);
-        c.wait_both_zones();
-        let seen = c.run();
-        for ((who, _, _), seen) in CLIENTS.iter().zip(&seen) {
+        cut::wait_arrived(
+            &lab, "z2-cp", s.types, &CLIENTS, &s.arrived, s.name, CONVERGE,
+        );
+        cut::wait_answered_by(&lab, &CLIENTS, &url, &instances, CONVERGE);
+        let seen = cut::run(&lab, &CLIENTS, &url, &SCHEDULE, |op| {
+            lab.iptables("z1-ing", &[op, "INPUT", "-s", ZONE_2, "-j", "DROP"]);
+        });
+        for (Client { who, .. }, seen) in CLIENTS.iter().zip(&seen) {
             let failed = seen.failed();
-            let (before, _) = seen.zone_1_share(seen.start, seen.cut);
+            let (before, _) = seen.share("z1-a", seen.start, seen.cut);
             let settled = seen.heal + 2 * HEALTH_INTERVAL.as_millis();
-            let (after, after_n) = seen.zone_1_share(settled, u128::MAX);
-            let recover = seen.recover_ms();
+            let (after, after_n) = seen.share("z1-a", settled, u128::MAX);
+            let recover = seen.recover_ms("z1-a");
             eprintln!(
                 "[{}] {who}: {} requests, {failed} failed ({}), re-routed {} ms after the cut, zone-1 answered again {recover:?} ms after the heal; zone-1 share {before:.2} before, {after:.2} after ({after_n} requests)",
                 s.name,

@@ -191,6 +191,10 @@ pub struct EndpointPlan {
     /// [`crate::generate::ZONE_EGRESS_METADATA`]): only a failure to reach it counts against it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub via_zone_egress: bool,
+    /// `health_check_config.disable_active_health_check`: the cluster's active checks leave
+    /// this endpoint alone (the zone's egress, which checks each remote zone itself).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_active_health_check: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

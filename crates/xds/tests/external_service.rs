@@ -304,6 +304,18 @@ fn a_zone_egress_terminates_mtls_per_external_service_and_originates_its_tls() {
         "backend.default.mesh".to_string(),
         vec![endpoint("198.18.2.2", 10000, "backend")],
     )]);
+    // Its cluster takes the top-level Mesh policies' health check (as a TCP connect check of
+    // each remote ingress) and connect timeout (Kuma #8297: health kept per remote zone).
+    let route_rules = BTreeMap::from([(
+        "backend.default.mesh".to_string(),
+        meshzone_xds::policy::zone_egress::EgressRouteRules {
+            health_check: Some(
+                json!({"interval": "1s", "timeout": "500ms", "unhealthyThreshold": 1,
+                "http": {"path": "/health"}}),
+            ),
+            timeout: Some(json!({"connectionTimeout": "500ms"})),
+        },
+    )]);
     let input = SniRouterInput {
         listener_name: "inbound:198.18.1.3:10002",
         address: "198.18.1.3",
@@ -311,6 +323,7 @@ fn a_zone_egress_terminates_mtls_per_external_service_and_originates_its_tls() {
         routes: &routes,
         external: &external,
         tls: &tls,
+        route_rules: &route_rules,
     };
     let snapshot = generate_sni_router(&input);
     let json = json!({
@@ -344,6 +357,9 @@ fn a_zone_egress_terminates_mtls_per_external_service_and_originates_its_tls() {
         json["secrets"],
         json!(["identity_cert:secret:default", "mesh_ca:secret:default"])
     );
+    let backend = &json["clusters"]["backend.default.mesh"];
+    assert_eq!(backend["connectTimeout"], json!("0.500s"));
+    assert_eq!(backend["healthChecks"][0]["tcpHealthCheck"], json!({}));
 
     // Envoy accepts it (the listener and clusters as a bootstrap).
     let mut resources = Resources::default();

@@ -13,6 +13,7 @@ fn ep(port: u16, priority: u32, weight: u32) -> EndpointPlan {
         zone: None,
         priority,
         via_zone_egress: false,
+        no_active_health_check: false,
     }
 }
 

@@ -103,6 +103,7 @@ fn config_of(cluster: ClusterPlan, endpoints: &[SocketAddr]) -> ProxyConfig {
                 zone: None,
                 priority: 0,
                 via_zone_egress: false,
+                no_active_health_check: false,
             })
             .collect(),
     );
@@ -183,6 +184,31 @@ async fn a_failing_health_path_moves_traffic_to_the_other_endpoint_until_it_heal
         "a gets traffic again"
     );
     assert!(counter(&rt, "failure") >= 1 && counter(&rt, "success") >= 2);
+}
+
+/// The zone's egress (Kuma #8297): an endpoint whose `health_check_config` disables active
+/// checks is never probed, so a failing health path behind it does not take it out; the other
+/// endpoint is still checked and ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_without_active_checks_is_not_probed() {
+    let (egress, egress_health, egress_hits) = app("egress").await;
+    let (local, local_health, _) = app("local").await;
+    egress_health.store(503, Ordering::SeqCst);
+    local_health.store(503, Ordering::SeqCst);
+    let mut config = config_of(
+        cluster(check(1, 1, http_check("/health"))),
+        &[egress, local],
+    );
+    if let Some(eps) = config.endpoints.get_mut("backend") {
+        eps[0].no_active_health_check = true;
+    }
+    let rt = built(with_listener(config));
+    eventually("local marked unhealthy", || failed(&rt, local)).await;
+    assert!(!failed(&rt, egress), "the unprobed endpoint stays in");
+    let (front, _) = crate::http::loopback::serve_listener(rt.clone(), "out").await;
+    requests(front, 10).await;
+    // 503 on /health would have failed it: every request went to it, none was a probe.
+    assert_eq!(egress_hits.load(Ordering::SeqCst), 10);
 }
 
 /// A TCP server answering `reply` to whatever arrives.

@@ -117,6 +117,7 @@ async fn front(
             zone: None,
             priority: 0,
             via_zone_egress,
+            no_active_health_check: via_zone_egress,
         }],
     );
     config

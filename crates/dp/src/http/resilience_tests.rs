@@ -96,6 +96,7 @@ async fn front_with(endpoints: &[SocketAddr], plan: ClusterPlan) -> (SocketAddr,
                 zone: None,
                 priority: 0,
                 via_zone_egress: false,
+                no_active_health_check: false,
             })
             .collect(),
     );

@@ -81,6 +81,7 @@ pub(super) fn cluster(config: &mut ProxyConfig, name: &str, addr: SocketAddr) {
             zone: None,
             priority: 0,
             via_zone_egress: false,
+            no_active_health_check: false,
         }],
     );
 }

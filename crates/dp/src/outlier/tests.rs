@@ -25,6 +25,7 @@ fn endpoints(n: u8) -> Vec<EndpointPlan> {
             zone: None,
             priority: 0,
             via_zone_egress: false,
+            no_active_health_check: false,
         })
         .collect()
 }

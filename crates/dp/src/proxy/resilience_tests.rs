@@ -76,6 +76,7 @@ fn runtime_with(endpoints: &[SocketAddr], balancer: BalancerPlan) -> Runtime {
                 zone: None,
                 priority: 0,
                 via_zone_egress: false,
+                no_active_health_check: false,
             })
             .collect(),
     );

@@ -167,7 +167,8 @@ fn ingress_and_egress_route_by_the_mesh_sni() {
         ],
         &[],
         &[],
-    );
+    )
+    .routes;
     assert_eq!(
         weights(&routes["echo.default.mesh"]),
         vec![("10.0.1.100".into(), 2, 0), ("10.0.3.100".into(), 1, 0)]
@@ -343,7 +344,8 @@ fn routed_subsets_get_their_own_sni_on_ingresses_and_egresses() {
         ],
         &policies,
         &[],
-    );
+    )
+    .routes;
     assert_eq!(
         weights(&routes["echo.default.mesh"]),
         vec![("10.0.1.100".into(), 3, 0), ("10.0.3.100".into(), 3, 0)]
@@ -396,7 +398,8 @@ fn routed_subsets_get_their_own_sni_on_ingresses_and_egresses() {
         )],
         &[],
         &[by_version],
-    );
+    )
+    .routes;
     assert_eq!(
         weights(&routes[&sni_of(&v2)]),
         vec![("10.0.1.100".into(), 1, 0)]

@@ -506,18 +506,21 @@ pub(crate) fn endpoints_of(
                 ));
             };
             // `hostname`: used by Envoy's auto SNI / host rewrite, which are refused.
-            // `observability_name`: stats. Pass. `health_check_config` (another port, address
-            // or host for the probes, or no probes) is refused: probes go where traffic goes.
-            if ep
-                .health_check_config
-                .as_ref()
-                .is_some_and(|h| *h != Default::default())
-            {
-                return Err(fail(
-                    format!("{at}.endpoint.health_check_config"),
-                    "kuma-dp probes an endpoint where its traffic goes",
-                ));
-            }
+            // `observability_name`: stats. Pass. `health_check_config`: only "no probes" is
+            // taken; another port, address or host for the probes is refused, as kuma-dp
+            // probes an endpoint where its traffic goes.
+            let no_active_health_check = match &ep.health_check_config {
+                None => false,
+                Some(h) if h.port_value == 0 && h.hostname.is_empty() && h.address.is_none() => {
+                    h.disable_active_health_check
+                }
+                Some(_) => {
+                    return Err(fail(
+                        format!("{at}.endpoint.health_check_config"),
+                        "kuma-dp probes an endpoint where its traffic goes (only disable_active_health_check is taken)",
+                    ));
+                }
+            };
             if !ep.additional_addresses.is_empty() {
                 return Err(fail(
                     format!("{at}.endpoint.additional_addresses"),
@@ -533,6 +536,7 @@ pub(crate) fn endpoints_of(
                 zone: zone.clone(),
                 priority,
                 via_zone_egress,
+                no_active_health_check,
             });
         }
     }

@@ -173,6 +173,7 @@ fn a_zone_proxy_listener_decodes_to_sni_routes() {
         routes: &routes,
         external: &[],
         tls: &Default::default(),
+        route_rules: &BTreeMap::new(),
     });
     let (config, errors) = ProxyConfig::from_snapshot(&snapshot);
     assert!(errors.is_empty(), "{errors:?}");
@@ -201,6 +202,7 @@ fn a_zone_proxy_listener_decodes_to_sni_routes() {
         routes: &BTreeMap::new(),
         external: &[],
         tls: &Default::default(),
+        route_rules: &BTreeMap::new(),
     });
     assert!(
         empty

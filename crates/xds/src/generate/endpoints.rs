@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::{Locality, Metadata};
+use envoy_types::pb::envoy::config::endpoint::v3::endpoint::HealthCheckConfig;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -39,7 +40,7 @@ pub(crate) fn load_assignment(cluster: &str, endpoints: &[EndpointInfo]) -> Clus
                 .map(|(a, p, w, egress)| {
                     let mut lb = lb_endpoint(a, p, w);
                     if egress {
-                        lb.metadata = Some(zone_egress_metadata());
+                        mark_zone_egress(&mut lb);
                     }
                     lb
                 })
@@ -75,13 +76,22 @@ pub(crate) fn load_assignment(cluster: &str, endpoints: &[EndpointInfo]) -> Clus
     }
 }
 
-/// The [`super::ZONE_EGRESS_METADATA`] mark of an endpoint.
-fn zone_egress_metadata() -> Metadata {
-    Metadata {
+/// Marks an endpoint that is the zone's egress (Kuma #8297): the [`super::ZONE_EGRESS_METADATA`]
+/// mark, and no active checks from the sidecar. The egress carries every remote zone's share
+/// and checks each remote ingress itself, so a sidecar's probe through it would judge the whole
+/// egress by whichever remote zone the egress picked for that probe.
+fn mark_zone_egress(lb: &mut LbEndpoint) {
+    lb.metadata = Some(Metadata {
         filter_metadata: [(super::ZONE_EGRESS_METADATA.to_string(), Struct::default())]
             .into_iter()
             .collect(),
         ..Default::default()
+    });
+    if let Some(HostIdentifier::Endpoint(e)) = &mut lb.host_identifier {
+        e.health_check_config = Some(HealthCheckConfig {
+            disable_active_health_check: true,
+            ..Default::default()
+        });
     }
 }
 
@@ -135,15 +145,22 @@ mod tests {
         assert_eq!(marked, [true, false], "one merged egress endpoint, marked");
 
         let plans = crate::decode::clusters::endpoints_of("backend", "", &cla).expect("decodes");
-        let egress: Vec<(String, bool)> = plans
+        let egress: Vec<(String, bool, bool)> = plans
             .iter()
-            .map(|p| (p.address.to_string(), p.via_zone_egress))
+            .map(|p| {
+                (
+                    p.address.to_string(),
+                    p.via_zone_egress,
+                    p.no_active_health_check,
+                )
+            })
             .collect();
+        // The egress is marked and left alone by the sidecar's active checks.
         assert_eq!(
             egress,
             [
-                ("10.0.0.9:10002".to_string(), true),
-                ("10.0.0.1:10002".to_string(), false)
+                ("10.0.0.9:10002".to_string(), true, true),
+                ("10.0.0.1:10002".to_string(), false, false)
             ]
         );
     }

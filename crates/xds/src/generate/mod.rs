@@ -545,6 +545,9 @@ pub struct SniRouterInput<'a> {
     pub external: &'a [EgressExternal],
     /// The egress's certificates in each mesh of `external`.
     pub tls: &'a BTreeMap<String, TlsMaterial>,
+    /// A zone egress's policies per SNI of `routes` (none on an ingress), see
+    /// [`crate::policy::zone_egress`].
+    pub route_rules: &'a BTreeMap<String, crate::policy::zone_egress::EgressRouteRules>,
 }
 
 /// An ExternalService served by a zone egress: a filter chain matched by the SNI sidecars
@@ -580,7 +583,11 @@ impl EgressExternal {
 pub fn generate_sni_router(input: &SniRouterInput<'_>) -> Snapshot {
     let mut out = Resources::default();
     for (sni, endpoints) in input.routes {
-        out.clusters.push(clusters::zone_proxy_cluster(sni));
+        let mut cluster = clusters::zone_proxy_cluster(sni);
+        if let Some(rules) = input.route_rules.get(sni) {
+            crate::policy::zone_egress::configure_route_cluster(rules, &mut cluster);
+        }
+        out.clusters.push(cluster);
         out.assignments
             .push(endpoints::load_assignment(sni, endpoints));
     }

@@ -211,6 +211,11 @@ fn apply(conf: &Value, protocol_tag: Option<&str>, cluster: &mut Cluster) {
         return;
     };
     cluster.health_checks.push(check);
+    apply_panic(conf, cluster);
+}
+
+/// `healthyPanicThreshold` and `failTrafficOnPanic` of a conf, on the cluster that checks.
+pub(crate) fn apply_panic(conf: &Value, cluster: &mut Cluster) {
     if let Some(p) = conf.get("healthyPanicThreshold").and_then(panic_threshold) {
         cluster
             .common_lb_config

@@ -61,6 +61,7 @@ pub mod mesh_retry;
 mod mesh_tcp_route;
 pub mod mesh_timeout;
 mod resilience;
+pub mod zone_egress;
 
 use crate::generate::{ProxyInput, Resources};
 
