@@ -94,6 +94,17 @@ fn class(status: u16) -> Option<usize> {
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The rare stats that are gauges (Envoy's names), besides every `*_active`.
+pub const GAUGES: &[&str] = &[
+    "server.live",
+    "server.uptime",
+    "control_plane.connected_state",
+];
+
+fn is_gauge(dotted: &str) -> bool {
+    dotted.ends_with("_active") || GAUGES.contains(&dotted)
+}
+
 impl Stats {
     pub fn add(&self, name: impl Into<String>, n: u64) {
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -102,6 +113,13 @@ impl Stats {
 
     pub fn inc(&self, name: impl Into<String>) {
         self.add(name, 1);
+    }
+
+    /// Sets one of the rare gauges ([`GAUGES`]).
+    pub fn set(&self, name: &'static str, v: u64) {
+        debug_assert!(GAUGES.contains(&name), "{name} is not a gauge");
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.insert(name.to_string(), v);
     }
 
     /// The handles of cluster `name` (the same ones on every call: a rebuilt cluster counts on).
@@ -255,7 +273,7 @@ impl Stats {
                 .push((t.labels, sample));
         };
         for (dotted, v) in self.plain(extra) {
-            let kind = if dotted.ends_with("_active") {
+            let kind = if is_gauge(&dotted) {
                 Kind::Gauge
             } else {
                 Kind::Counter

@@ -119,6 +119,19 @@ fn stats_prometheus_pins_envoys_names_after_real_traffic() {
         assert!(prom.contains(line), "{line} missing: {prom}");
     }
     assert!(!prom.contains("envoy_cluster_upstream_rq_xx_total"));
+    // Proxy health, as Envoy names it.
+    assert_eq!(value(&prom, "envoy_server_live", &[]), Some(1.0));
+    assert_eq!(
+        value(&prom, "envoy_control_plane_connected_state", &[]),
+        Some(1.0)
+    );
+    for line in [
+        "# TYPE envoy_server_live gauge\n",
+        "# TYPE envoy_server_uptime gauge\n",
+        "# TYPE envoy_control_plane_connected_state gauge\n",
+    ] {
+        assert!(prom.contains(line), "{line} missing: {prom}");
+    }
 
     // The server sidecar answered every request on its inbound.
     let server_prom = wait_for("the server's counts", Duration::from_secs(10), || {
@@ -213,6 +226,9 @@ fn kuma_dp_and_envoy_export_the_same_names_labels_and_buckets() {
         "envoy_http_downstream_rq_time_bucket",
         "envoy_listener_downstream_cx_total",
         "envoy_listener_downstream_cx_active",
+        "envoy_server_live",
+        "envoy_server_uptime",
+        "envoy_control_plane_connected_state",
     ] {
         let (our_keys, our_bounds) = shape(&ours, name);
         let (their_keys, their_bounds) = shape(&theirs, name);
@@ -235,6 +251,8 @@ fn kuma_dp_and_envoy_export_the_same_names_labels_and_buckets() {
             .filter(|(n, _)| {
                 n.starts_with("envoy_cluster_upstream_")
                     || n.starts_with("envoy_http_downstream_rq")
+                    || n.starts_with("envoy_server_")
+                    || n.starts_with("envoy_control_plane_connected_state")
             })
             .collect::<BTreeSet<_>>()
     };
