@@ -1,46 +1,50 @@
-//! Request counters of the API, exported on the diagnostics server's `/metrics`.
+//! The API's request metric under Kuma's name, exported on the diagnostics server's `/metrics`:
+//! `api_server_http_request_duration_seconds{handler,method,code}`. `handler` is the route
+//! pattern (`/meshes/{mesh}/{ws}/{name}`), so the series are bounded by the routes.
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use meshzone_metrics::{Family, Histogram, Registry, SECONDS_BUCKETS};
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub method: String,
-    pub status_code: u16,
+/// Metrics kept by the API. Cheap to clone (shared).
+#[derive(Clone, Debug)]
+pub struct ApiMetrics {
+    durations: Family<Histogram>,
 }
 
-/// Counters kept by the API. Cheap to clone (shared).
-#[derive(Clone, Default)]
-pub struct ApiMetrics {
-    requests: Family<RequestLabels, Counter>,
+impl Default for ApiMetrics {
+    /// Metrics that go nowhere (tests).
+    fn default() -> Self {
+        Self::register(&Registry::new())
+    }
 }
 
 impl ApiMetrics {
-    /// Creates the counters and registers them.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = ApiMetrics::default();
-        registry.register(
-            "api_server_http_requests",
-            "REST API requests by method and status code",
-            m.requests.clone(),
-        );
-        m
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &Registry) -> Self {
+        ApiMetrics {
+            durations: registry.histogram_family(
+                "api_server_http_request_duration_seconds",
+                "Seconds the API server took to answer, by route pattern, method and status code",
+                &["handler", "method", "code"],
+                SECONDS_BUCKETS,
+            ),
+        }
     }
 }
 
 pub async fn count_requests(State(m): State<ApiMetrics>, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
+    let handler = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    m.requests
-        .get_or_create(&RequestLabels {
-            method,
-            status_code: resp.status().as_u16(),
-        })
-        .inc();
+    m.durations
+        .with(&[&handler, &method, resp.status().as_str()])
+        .observe_secs(started.elapsed());
     resp
 }

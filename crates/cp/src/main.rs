@@ -192,7 +192,8 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         }
     };
     let store_type = backend.type_name().to_string();
-    let store = Store::new(backend);
+    let registry = meshzone_metrics::Registry::new();
+    let store = Store::new(backend).with_metrics(&registry);
     let shutdown_timeout = config.shutdown_timeout()?;
     let shutdown = Shutdown::new();
     let (supervisor, mut failures) = Supervisor::new(shutdown.clone(), Backoff::default());
@@ -226,6 +227,10 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         ensure_default_mesh(&store, mode.role()).await?;
     }
 
+    // Every role lists every name (a dashboard shows zeros, not "no data").
+    let xds_metrics = meshzone_dp_server::XdsMetrics::register(&registry);
+    let kds_metrics = meshzone_kds::KdsMetrics::register(&registry);
+
     // The DP server's settings come first: the API reads the proxies' configuration from it.
     // Global serves no proxies: its DP port only turns them away (`AdsRefuser`).
     let ads = dp_listener
@@ -247,6 +252,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                     create_ca: !matches!(role, Role::FederatedZone { .. }),
                 },
                 shutdown.clone(),
+                xds_metrics.clone(),
             )
         });
     // Config dumps: a zone reads its own DP server; global asks the zone that owns the proxy,
@@ -300,8 +306,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         ask
     });
 
-    let mut registry = prometheus_client::registry::Registry::with_prefix("kuma_cp");
-    let metrics = ApiMetrics::register(&mut registry);
+    let metrics = ApiMetrics::register(&registry);
     let settings = ApiSettings {
         mode,
         instance_id: instance_id.clone(),
@@ -383,6 +388,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             require_zone_token,
             inspect_hub.clone(),
             shutdown.clone(),
+            kds_metrics.clone(),
         )
         .into_server();
         let server = dp_server::tls_server(
@@ -486,6 +492,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                 }),
                 rules: Some(local_rules(store.clone(), name.clone())),
             },
+            metrics: kds_metrics.clone(),
             token: if kds.auth_token_file.is_empty() {
                 None
             } else {
@@ -504,7 +511,18 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             returns_only_on_error(meshzone_kds::zone::run(settings.clone(), store.clone()))
         });
     }
-    let diag = diagnostics::router(supervisor.readiness(), Arc::new(registry));
+    let diag_metrics = diagnostics::Metrics::register(
+        registry,
+        store.clone(),
+        &[
+            ("product", "meshzone"),
+            ("version", meshzone_model::VERSION),
+            ("instance_id", &instance_id),
+            ("mode", &config.mode),
+            ("zone", &config.multizone.zone.name),
+        ],
+    );
+    let diag = diagnostics::router(supervisor.readiness(), diag_metrics);
 
     let api_addr = api_listener.local_addr().ok();
     supervisor.critical(

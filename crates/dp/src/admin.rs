@@ -17,6 +17,7 @@ struct Admin {
     stats: Arc<Stats>,
     runtime: watch::Receiver<Arc<Runtime>>,
     ready: watch::Receiver<bool>,
+    started: std::time::Instant,
 }
 
 pub fn router(
@@ -32,22 +33,37 @@ pub fn router(
         )
         .route(
             "/stats/prometheus",
-            get(|State(a): State<Admin>| async move { a.stats.prometheus_with(cluster_stats(&a)) }),
+            get(|State(a): State<Admin>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        meshzone_metrics::CONTENT_TYPE,
+                    )],
+                    a.stats.prometheus_with(cluster_stats(&a)),
+                )
+            }),
         )
         .route("/config_dump", get(config_dump))
         .with_state(Admin {
             stats,
             runtime,
             ready,
+            started: std::time::Instant::now(),
         })
 }
 
-/// Stats the clusters keep themselves (active health checks).
+/// Stats kept elsewhere: the clusters' active health checks, and Envoy's `server.live` and
+/// `server.uptime` (seconds).
 fn cluster_stats(a: &Admin) -> Vec<(String, u64)> {
     let rt = a.runtime.borrow().clone();
+    let server = [
+        ("server.live".to_string(), u64::from(*a.ready.borrow())),
+        ("server.uptime".to_string(), a.started.elapsed().as_secs()),
+    ];
     rt.clusters
         .values()
         .flat_map(|c| c.health_check_stats())
+        .chain(server)
         .collect()
 }
 

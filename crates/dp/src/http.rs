@@ -45,6 +45,7 @@ pub fn client(
     tls: Option<(Arc<ClientConfig>, Option<String>)>,
     http2: bool,
     timeouts: &ClusterTimeouts,
+    stats: crate::stats::ClusterStatsSlot,
 ) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .http2_only(http2)
@@ -53,6 +54,7 @@ pub fn client(
         .build(Connector {
             tls,
             connect_timeout: timeouts.connect,
+            stats,
         })
 }
 
@@ -71,8 +73,15 @@ where
     let headers_timeout = rt
         .listener(&listener)
         .and_then(|l| l.timeouts.request_headers);
+    // Resolved once per connection (and once per listener build), not per request.
+    let counted = Arc::new(match rt.listeners.get(&listener) {
+        Some(l) => l.stats(&stats).1.clone(),
+        None => stats.http(&listener),
+    });
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (listener, rt, stats) = (listener.clone(), rt.clone(), stats.clone());
+        let counted = counted.clone();
+        let started = std::time::Instant::now();
         // Judged by the newest permissions, whenever the connection was opened.
         let allowed = guard.allows(&stats);
         // Faults and rate limits too come from the newest configuration.
@@ -109,11 +118,7 @@ where
             } else {
                 error_response(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY)
             };
-            stats.inc(format!("http.{listener}.rq_total"));
-            stats.inc(format!(
-                "http.{listener}.rq_{}xx",
-                resp.status().as_u16() / 100
-            ));
+            counted.answered(resp.status().as_u16(), started.elapsed());
             Ok::<_, Infallible>(resp)
         }
     });
@@ -526,6 +531,9 @@ async fn tries(
         let captured = max_age.map(|_| capture_connection(&mut request));
         // Counted in flight (least request) until the response head arrives.
         let in_flight = c.balancer.begin(endpoint);
+        let counted = c.stats(stats);
+        counted.upstream_rq_total.inc();
+        let try_started = std::time::Instant::now();
         let sent = client.request(request);
         let result = match per_try {
             None => Some(sent.await),
@@ -548,6 +556,7 @@ async fn tries(
                 (retry::Outcome::Timeout, None, false)
             }
             Some(Ok(resp)) => {
+                counted.answered(resp.status().as_u16(), try_started.elapsed());
                 if let (Some(max), Some(captured)) = (max_age, &captured) {
                     connection_age::retire_if_expired(
                         resp.extensions(),
@@ -737,6 +746,8 @@ impl hyper::body::Body for IdleBody {
 pub struct Connector {
     tls: Option<(Arc<ClientConfig>, Option<String>)>,
     connect_timeout: Duration,
+    /// The cluster's `upstream_cx_*` stats (resolved before its first request).
+    stats: crate::stats::ClusterStatsSlot,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -751,6 +762,7 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = self.tls.clone();
         let connect_timeout = self.connect_timeout;
+        let counted = self.stats.get().cloned();
         Box::pin(async move {
             let host = uri
                 .host()
@@ -758,11 +770,32 @@ impl tower_service::Service<Uri> for Connector {
                 .trim_matches(['[', ']'])
                 .to_string();
             let port = uri.port_u16().unwrap_or(80);
+            let connecting = Instant::now();
             let tcp =
                 tokio::time::timeout(connect_timeout, TcpStream::connect((host.as_str(), port)))
                     .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+                    .and_then(|connected| connected)
+                    .inspect_err(|_| {
+                        if let Some(c) = &counted {
+                            c.upstream_cx_connect_fail.inc();
+                        }
+                    })?;
             tcp.set_nodelay(true)?;
+            let active = counted.as_ref().map(|c| {
+                c.upstream_cx_connect_ms.observe_ms(connecting.elapsed());
+                c.upstream_cx_total.inc();
+                c.upstream_cx_active.track()
+            });
+            let tcp = CountedTcp {
+                tcp,
+                bytes: counted.map(|c| {
+                    (
+                        c.upstream_cx_rx_bytes_total.clone(),
+                        c.upstream_cx_tx_bytes_total.clone(),
+                    )
+                }),
+            };
             let opened = Instant::now();
             let stream = match tls {
                 None => UpstreamStream::Plain(TokioIo::new(tcp)),
@@ -784,7 +817,11 @@ impl tower_service::Service<Uri> for Connector {
                     UpstreamStream::Tls(Box::new(TokioIo::new(stream)))
                 }
             };
-            Ok(UpstreamIo { stream, opened })
+            Ok(UpstreamIo {
+                stream,
+                opened,
+                _active: active,
+            })
         })
     }
 }
@@ -813,11 +850,59 @@ fn handshake_failed(e: &(dyn std::error::Error + 'static)) -> bool {
 pub struct UpstreamIo {
     stream: UpstreamStream,
     opened: Instant,
+    /// Counted in the cluster's `upstream_cx_active` while it lives.
+    _active: Option<meshzone_metrics::GaugeGuard>,
 }
 
 enum UpstreamStream {
-    Plain(TokioIo<TcpStream>),
-    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+    Plain(TokioIo<CountedTcp>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<CountedTcp>>>),
+}
+
+/// A TCP connection that adds what it reads and writes to its cluster's
+/// `upstream_cx_{rx,tx}_bytes_total` (bytes on the wire, as the TCP path counts them).
+struct CountedTcp {
+    tcp: TcpStream,
+    bytes: Option<(meshzone_metrics::Counter, meshzone_metrics::Counter)>,
+}
+
+impl tokio::io::AsyncRead for CountedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut me.tcp).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some((rx, _))) = (&polled, &me.bytes) {
+            rx.add((buf.filled().len() - before) as u64);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.tcp).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some((_, tx))) = (&polled, &me.bytes) {
+            tx.add(*n as u64);
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }
 
 impl Connection for UpstreamIo {

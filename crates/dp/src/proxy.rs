@@ -165,15 +165,18 @@ async fn accept_loop(
             latest: runtime.clone(),
             peer: peer.ip(),
         };
+        let counted = match rt.listeners.get(&name) {
+            Some(l) => l.stats(&stats).0.clone(),
+            None => stats.listener(&name),
+        };
         tokio::spawn(async move {
             let _guard = guard;
-            stats.inc(format!("listener.{name}.downstream_cx_total"));
-            stats.inc(format!("listener.{name}.downstream_cx_active"));
+            counted.downstream_cx_total.inc();
+            let _active = counted.downstream_cx_active.track();
             if let Err(reason) = handle(&name, conn, rt, stats.clone(), access).await {
                 stats.inc(format!("listener.{name}.downstream_cx_refused"));
                 debug!(listener = name, %peer, reason, "connection closed");
             }
-            stats.dec(&format!("listener.{name}.downstream_cx_active"));
         });
     }
 }
@@ -213,7 +216,10 @@ async fn handle(
         {
             Some(target) => {
                 plan = target.clone();
-                stats.inc(format!("listener.{}.downstream_cx_total", plan.name));
+                match rt.listeners.get(&plan.name) {
+                    Some(l) => l.stats(&stats).0.downstream_cx_total.inc(),
+                    None => stats.listener(&plan.name).downstream_cx_total.inc(),
+                }
             }
             None => return pass_through(conn, original, &plan.cluster, &rt, &stats).await,
         }
@@ -370,12 +376,15 @@ async fn pass_through(
     {
         return forward(conn, cluster, rt, stats, &[], &EVERY_ENDPOINT, None).await;
     }
-    stats.inc(format!("cluster.{cluster}.upstream_cx_total"));
+    // The passthrough cluster has no runtime of its own (no endpoints): resolved here, once
+    // per redirected connection to outside the mesh.
+    let counted = stats.cluster(cluster);
+    counted.upstream_cx_total.inc();
     let mut upstream =
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(original)).await {
             Ok(Ok(s)) => s,
             _ => {
-                stats.inc(format!("cluster.{cluster}.upstream_cx_connect_fail"));
+                counted.upstream_cx_connect_fail.inc();
                 return Err(format!("cannot reach {original}"));
             }
         };
@@ -476,6 +485,7 @@ where
     let Some(c) = rt.cluster(cluster) else {
         return Err(format!("no cluster {cluster}"));
     };
+    let counted = c.stats(stats);
     let upstream_tls = c
         .tls
         .as_ref()
@@ -500,10 +510,11 @@ where
                 "cluster.{cluster}.upstream_cx_connect_attempts_exceeded_retry"
             ));
         }
+        let connecting = std::time::Instant::now();
         let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             _ => {
-                stats.inc(format!("cluster.{cluster}.upstream_cx_connect_fail"));
+                counted.upstream_cx_connect_fail.inc();
                 for (a, why) in c.record(addr, crate::runtime::Outcome::LocalFailure) {
                     crate::http::ejected(stats, cluster, a, why);
                 }
@@ -514,7 +525,11 @@ where
         // A connection counts as one request in flight (least request).
         let _in_flight = c.balancer.begin(addr);
         let _ = tcp.set_nodelay(true);
-        stats.inc(format!("cluster.{cluster}.upstream_cx_total"));
+        counted
+            .upstream_cx_connect_ms
+            .observe_ms(connecting.elapsed());
+        counted.upstream_cx_total.inc();
+        let _active = counted.upstream_cx_active.track();
         stats.inc(format!("cluster.{cluster}.endpoint.{addr}.cx_total"));
         let copied = match upstream_tls {
             None => {
@@ -561,11 +576,8 @@ where
             stats.inc(format!("cluster.{cluster}.upstream_cx_idle_timeout"));
         }
         if let Ok(Some((up, down))) = copied {
-            stats.add(format!("cluster.{cluster}.upstream_cx_tx_bytes_total"), up);
-            stats.add(
-                format!("cluster.{cluster}.upstream_cx_rx_bytes_total"),
-                down,
-            );
+            counted.upstream_cx_tx_bytes_total.add(up);
+            counted.upstream_cx_rx_bytes_total.add(down);
         }
         return Ok(());
     }

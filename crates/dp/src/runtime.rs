@@ -64,6 +64,9 @@ pub struct ClusterRuntime {
     _checker: Option<crate::health_check::Checker>,
     /// The endpoints that are the zone's egress (usually none), read once per build.
     egresses: Vec<SocketAddr>,
+    /// Its stats handles, resolved on first use by this build (never per request); its HTTP
+    /// connector reads them too.
+    stats: crate::stats::ClusterStatsSlot,
 }
 
 impl ClusterRuntime {
@@ -73,6 +76,11 @@ impl ClusterRuntime {
 
     pub fn endpoints(&self) -> &[EndpointPlan] {
         &self.key.endpoints
+    }
+
+    /// The cluster's Envoy stats handles (`cluster.<name>.*`).
+    pub fn stats(&self, all: &crate::stats::Stats) -> &crate::stats::ClusterStats {
+        self.stats.get_or_init(|| all.cluster(&self.key.plan.name))
     }
 
     /// Envoy's `cluster.<name>.health_check.{attempt,success,failure,network_failure,healthy}`
@@ -107,11 +115,22 @@ pub struct ListenerRuntime {
     pub split: Option<Split>,
     /// MeshRateLimit's token buckets (requests, connections).
     pub limits: crate::ratelimit::Limits,
+    /// Its stats handles, resolved on first use by this build (never per connection).
+    stats: std::sync::OnceLock<(crate::stats::ListenerStats, crate::stats::HttpStats)>,
 }
 
 impl ListenerRuntime {
     pub fn plan(&self) -> &ListenerPlan {
         &self.plan
+    }
+
+    /// The listener's Envoy stats handles (`listener.<name>.*`, `http.<name>.*`).
+    pub fn stats(
+        &self,
+        all: &crate::stats::Stats,
+    ) -> &(crate::stats::ListenerStats, crate::stats::HttpStats) {
+        self.stats
+            .get_or_init(|| (all.listener(&self.plan.name), all.http(&self.plan.name)))
     }
 
     /// The cluster of a new TCP connection.
@@ -200,6 +219,7 @@ fn checker(
 impl ClusterRuntime {
     fn build(config: &ProxyConfig, key: ClusterKey, health: Arc<Health>) -> Self {
         let tls = upstream_tls(config, &key.plan);
+        let stats = crate::stats::ClusterStatsSlot::default();
         let http = crate::http::client(
             tls.as_ref()
                 .ok()
@@ -207,6 +227,7 @@ impl ClusterRuntime {
                 .map(|u| (u.config.clone(), u.sni.clone())),
             key.plan.http2,
             &key.plan.timeouts,
+            stats.clone(),
         );
         let limits = crate::limits::Limits::new(key.plan.limits, key.plan.http2);
         let checker = checker(&key, &tls, &health);
@@ -225,6 +246,7 @@ impl ClusterRuntime {
             tls,
             http,
             limits,
+            stats,
         }
     }
 
@@ -394,6 +416,7 @@ impl Runtime {
                         routes,
                         split: (!l.weighted.is_empty()).then(|| Split::new(&l.weighted)),
                         limits: crate::ratelimit::Limits::of(l),
+                        stats: Default::default(),
                     })
                 }
             };

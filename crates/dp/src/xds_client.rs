@@ -94,6 +94,7 @@ pub async fn run(
                 );
             }
         }
+        stats.set("control_plane.connected_state", 0);
         stats.inc("control_plane.reconnects");
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -195,6 +196,7 @@ async fn connect_once(
         Err(status) => return classify(settings, status),
     };
     info!(cp = settings.cp_address, "connected to the control plane");
+    stats.set("control_plane.connected_state", 1);
     let mut config: ProxyConfig = runtime.borrow().config.clone();
     let mut received: BTreeSet<TypeUrl> = BTreeSet::new();
     let mut updates = 0u64;
@@ -235,6 +237,10 @@ async fn connect_once(
         if errors.is_empty() {
             config = next;
             runtime.send_replace(Arc::new(rt));
+            stats.retain_configured(
+                config.clusters.keys().map(String::as_str),
+                config.listeners.keys().map(String::as_str),
+            );
             stats.inc(format!("control_plane.{}.update_success", type_url.short()));
             if !reasons.is_empty() {
                 warn!(

@@ -10,6 +10,7 @@ pub mod available_services;
 pub mod endpoints;
 pub mod external_services;
 mod handshake;
+mod metrics;
 mod policies;
 mod refuser;
 mod stream;
@@ -19,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use metrics::XdsMetrics;
 pub use refuser::AdsRefuser;
 
 use meshzone_lifecycle::Shutdown;
@@ -67,6 +69,7 @@ pub(crate) struct Shared {
     pub(crate) settings: DpServerSettings,
     /// Streams end with `UNAVAILABLE` when it begins; the process waits for them to record it.
     pub(crate) shutdown: Shutdown,
+    pub(crate) metrics: XdsMetrics,
     owners: Mutex<Owners>,
     views: view::MeshViews,
     /// The configuration each connected proxy was last given, by the stream that owns it.
@@ -195,13 +198,19 @@ pub struct AdsService {
 }
 
 impl AdsService {
-    pub fn new(store: Store, settings: DpServerSettings, shutdown: Shutdown) -> Self {
+    pub fn new(
+        store: Store,
+        settings: DpServerSettings,
+        shutdown: Shutdown,
+        metrics: XdsMetrics,
+    ) -> Self {
         AdsService {
             shared: Arc::new(Shared {
                 changes: relay_changes(&store, &shutdown),
                 store,
                 settings,
                 shutdown,
+                metrics,
                 owners: Mutex::new(Owners::default()),
                 views: view::MeshViews::default(),
                 configs: Mutex::new(HashMap::new()),

@@ -31,9 +31,11 @@ use crate::endpoints::{egress_routes, ingress_routes};
 use crate::handshake::{
     DATAPLANE_METADATA_KEY, ProxyKind, deregister_later, identify, metadata_string, register,
 };
+use crate::metrics::Generation;
 use crate::policies::EgressRules;
 use crate::view::remote_ingresses;
 use crate::{Change, Shared};
+use meshzone_metrics::Confirmation;
 use meshzone_xds::policy::zone_egress::EgressRouteRules;
 
 /// How many past subscriptions a DataplaneInsight keeps.
@@ -95,6 +97,7 @@ pub(crate) async fn start(
     stream.open_insight().await;
     info!(%key, registered, "proxy connected");
     shared.shutdown.spawn(async move {
+        let _active = stream.shared.metrics.ds.streams_active.track();
         let outcome = stream.run(first, inbound, events).await;
         if let Err(status) = &outcome {
             let _ = stream.tx.send(Err(status.clone())).await;
@@ -131,6 +134,8 @@ impl Identity {
 struct Sent {
     version: String,
     nonce: String,
+    /// When it was sent: its ACK observes `xds_delivery`.
+    at: std::time::Instant,
 }
 
 struct ProxyStream {
@@ -347,6 +352,10 @@ impl ProxyStream {
             let c = self.counters.entry(type_url).or_default();
             if let Some(detail) = &r.error_detail {
                 c.responses_rejected += 1;
+                self.shared
+                    .metrics
+                    .ds
+                    .request_received(type_url.as_str(), Confirmation::Nack);
                 warn!(
                     proxy = %self.key, type_url = type_url.short(), version = r.version_info,
                     error = detail.message, "proxy rejected its configuration (NACK)"
@@ -354,6 +363,11 @@ impl ProxyStream {
                 self.write_insight(false).await;
             } else if current {
                 c.responses_acknowledged += 1;
+                let ds = &self.shared.metrics.ds;
+                ds.request_received(type_url.as_str(), Confirmation::Ack);
+                if let Some(sent) = self.sent.get(&type_url) {
+                    ds.delivery.observe_ms(sent.at.elapsed());
+                }
                 self.insight_dirty = true;
             }
         }
@@ -418,9 +432,11 @@ impl ProxyStream {
             Sent {
                 version: ts.version.clone(),
                 nonce,
+                at: std::time::Instant::now(),
             },
         );
         self.counters.entry(type_url).or_default().responses_sent += 1;
+        self.shared.metrics.ds.response_sent(type_url.as_str());
         self.insight_dirty = true;
         self.tx
             .send(Ok(response))
@@ -428,8 +444,28 @@ impl ProxyStream {
             .map_err(|_| Status::cancelled("proxy went away"))
     }
 
-    /// Rebuilds the proxy's configuration from the store.
+    /// Rebuilds the proxy's configuration from the store, observing `xds_generation`.
     async fn recompute(&mut self) -> Result<(), Status> {
+        let started = std::time::Instant::now();
+        let before = self.snapshot.clone();
+        let outcome = self.generate_config().await;
+        let metrics = &self.shared.metrics;
+        if outcome.is_err() {
+            metrics.generation_errors.inc();
+            return outcome;
+        }
+        let result = if Arc::ptr_eq(&before, &self.snapshot) {
+            Generation::Skip
+        } else if self.sent.is_empty() {
+            Generation::Generated
+        } else {
+            Generation::Changed
+        };
+        metrics.generated(self.kind, result, started.elapsed());
+        outcome
+    }
+
+    async fn generate_config(&mut self) -> Result<(), Status> {
         if self.kind != ProxyKind::Dataplane {
             return self.recompute_zone_proxy().await;
         }
@@ -449,6 +485,7 @@ impl ProxyStream {
             Ok(p) => p,
             // Never a half configuration: the proxy keeps the last good one.
             Err(e) => {
+                self.shared.metrics.generation_errors.inc();
                 warn!(key = %self.key, error = %e, "cannot compute the proxy's policy rules; it keeps its last configuration");
                 return Ok(());
             }

@@ -4,6 +4,7 @@
 
 pub mod cut;
 pub mod lab;
+pub mod scrape;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -924,5 +925,43 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A server sidecar `backend-1` (service `backend`, HTTP) in front of an echo app, and a client
+/// sidecar `web-1` with an outbound to it, of a standalone CP on loopback; the outbound answers.
+pub struct HttpPair {
+    pub app: EchoServer,
+    pub server: DataPlane,
+    pub client: DataPlane,
+    /// The client's outbound port to `backend`.
+    pub out: u16,
+}
+
+impl HttpPair {
+    pub fn start(cp: &ControlPlane, dir: &Path) -> HttpPair {
+        let app = EchoServer::start("backend-app");
+        let inbound = format!(
+            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n",
+            free_port(),
+            app.port
+        );
+        let server = start_loopback_sidecar(cp, dir, "backend-1", &inbound);
+        let out = free_port();
+        let networking = format!(
+            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {out}\n    tags:\n      kuma.io/service: backend\n",
+            free_port(),
+            free_port()
+        );
+        let client = start_loopback_sidecar(cp, dir, "web-1", &networking);
+        wait_for("the outbound answers", Duration::from_secs(30), || {
+            http_get(out).ok()
+        });
+        HttpPair {
+            app,
+            server,
+            client,
+            out,
+        }
     }
 }

@@ -487,7 +487,9 @@ fn http_services_are_balanced_per_request_and_counted() {
     assert_eq!(seen.get("b"), Some(&10), "{seen:?}");
     let stats = client.admin("/stats").unwrap_or_default();
     assert!(
-        stats.contains(&format!("http.outbound:127.0.0.1:{out}.rq_2xx: 20")),
+        stats.contains(&format!(
+            "http.outbound:127.0.0.1:{out}.downstream_rq_2xx: 20"
+        )),
         "{stats}"
     );
 }
@@ -528,6 +530,22 @@ fn a_rejected_configuration_is_counted_in_the_insight() {
     assert!(
         insight["subscriptions"][0]["status"]["total"]["responsesRejected"].as_u64() >= Some(1)
     );
+    // And in the CP's metrics, under Kuma's name and labels.
+    let (metrics, _) =
+        meshzone_integration_tests::scrape::scrape(mesh.cp.diagnostics_port, "/metrics")
+            .expect("scrape /metrics");
+    let nacks = meshzone_integration_tests::scrape::value(
+        &metrics,
+        "xds_requests_received",
+        &[
+            (
+                "type_url",
+                "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ),
+            ("confirmation", "NACK"),
+        ],
+    );
+    assert!(nacks >= Some(1.0), "{metrics}");
 }
 
 #[test]
@@ -549,7 +567,7 @@ fn an_instance_whose_application_is_not_up_yet_costs_no_request() {
     assert!(
         stats
             .lines()
-            .any(|l| l.contains(".rq_5xx: ") && !l.ends_with(": 0")),
+            .any(|l| l.contains(".downstream_rq_5xx: ") && !l.ends_with(": 0")),
         "the starting instance was never tried: {stats}"
     );
 }

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::inspect::InspectHub;
+use crate::metrics::{KdsMetrics, Reason};
 use crate::proto::kds_sync_server::{KdsSync, KdsSyncServer};
 use crate::proto::{Ack, Changes, InspectRequest, InspectResponse};
 use crate::sync::{self, Received, Set};
@@ -32,6 +33,7 @@ pub struct GlobalKds {
     inspect: InspectHub,
     /// When it begins, every stream ends with `UNAVAILABLE` and records that it ended.
     shutdown: Shutdown,
+    metrics: KdsMetrics,
 }
 
 impl GlobalKds {
@@ -45,8 +47,10 @@ impl GlobalKds {
         require_zone_token: bool,
         inspect: InspectHub,
         shutdown: Shutdown,
+        metrics: KdsMetrics,
     ) -> Self {
         GlobalKds {
+            metrics,
             store,
             instance_id,
             inspect,
@@ -350,6 +354,8 @@ impl KdsSync for GlobalKds {
         let me = self.clone();
         let events = self.store.subscribe();
         self.shutdown.spawn(async move {
+            let connection = me.metrics.zone_connection(&zone);
+            let (_stream, _connection) = (me.metrics.ds.streams_active.track(), connection.track());
             if let Err(status) = me.send_loop(&zone, &sub_id, inbound, events, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
@@ -417,6 +423,7 @@ impl KdsSync for GlobalKds {
         let (tx, rx) = mpsc::channel(16);
         let me = self.clone();
         self.shutdown.spawn(async move {
+            let _stream = me.metrics.ds.streams_active.track();
             let mut next = Some(first);
             loop {
                 let changes = match next.take() {
@@ -464,14 +471,28 @@ impl GlobalKds {
         // reconnects and resyncs instead of silently stalling.
         let mut awaiting_ack: Option<tokio::time::Instant> = None;
         let mut last_batch_types: std::collections::BTreeSet<&'static str> = Default::default();
+        let mut sent_at = tokio::time::Instant::now();
         loop {
-            let offer = sync::offer_to_zone(
-                zone,
-                &all_offered_types(&self.store).await?,
-                &disabled_zones(&self.store).await?,
-                |pem| (self.public_key)(pem),
-            );
+            let started = std::time::Instant::now();
+            let read = async {
+                Ok::<_, Status>((
+                    all_offered_types(&self.store).await?,
+                    disabled_zones(&self.store).await?,
+                ))
+            };
+            let (offered, disabled) = read.await.inspect_err(|_| {
+                self.metrics.generation_errors.inc();
+            })?;
+            let offer =
+                sync::offer_to_zone(zone, &offered, &disabled, |pem| (self.public_key)(pem));
             let d = sync::delta(&sent, &offer);
+            let reason = if initial {
+                Reason::Resync
+            } else {
+                Reason::Event
+            };
+            self.metrics
+                .generated(zone, reason, !d.is_empty(), started.elapsed());
             if initial || !d.is_empty() {
                 nonce += 1;
                 let changes = Changes {
@@ -508,6 +529,8 @@ impl GlobalKds {
                     }
                 })
                 .await;
+                self.metrics.sent(&batch_types);
+                sent_at = tokio::time::Instant::now();
                 last_batch_types = batch_types;
                 sent = offer;
                 initial = false;
@@ -527,6 +550,7 @@ impl GlobalKds {
                         Ok(Some(ack)) => {
                             if ack.response_nonce == nonce.to_string() {
                                 awaiting_ack = None;
+                                self.metrics.ds.delivery.observe_ms(sent_at.elapsed());
                             }
                             let rejected = !ack.rejections.is_empty();
                             let rejected_types: std::collections::BTreeSet<String> = ack
@@ -537,6 +561,12 @@ impl GlobalKds {
                             for r in &ack.rejections {
                                 warn!(zone, resource = ?r.key, reason = r.reason, "zone rejected a resource (NACK)");
                             }
+                            let rejected_each: Vec<String> = ack
+                                .rejections
+                                .iter()
+                                .filter_map(|r| r.key.as_ref().map(|k| k.r#type.clone()))
+                                .collect();
+                            self.metrics.answered(Some(zone), &last_batch_types, &rejected_each);
                             edit_insight(&self.store, zone, |s| {
                                 if let Some(sub) = s.subscriptions.iter_mut().find(|x| x.id == sub_id) {
                                     if rejected {

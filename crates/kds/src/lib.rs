@@ -10,9 +10,12 @@
 
 pub mod global;
 pub mod inspect;
+mod metrics;
 pub mod sync;
 pub mod wire;
 pub mod zone;
+
+pub use metrics::KdsMetrics;
 
 pub mod proto {
     #![allow(clippy::all, missing_docs)]

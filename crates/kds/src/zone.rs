@@ -2,6 +2,7 @@
 //! zone's own resources, and reconnects with jittered exponential backoff. The zone keeps
 //! working from its own store whenever global is unreachable.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use meshzone_model::{Resource, ResourceType};
@@ -13,10 +14,14 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tracing::{info, warn};
 
+use crate::metrics::Reason;
 use crate::proto::kds_sync_client::KdsSyncClient;
 use crate::proto::{Ack, Changes, InspectResponse};
 use crate::sync::{self, ORIGIN_LABEL, Received, Set};
 use crate::wire;
+
+/// Unanswered batches whose delivery time is kept.
+const MAX_PENDING: usize = 1024;
 
 #[derive(Clone)]
 pub struct ZoneSettings {
@@ -36,6 +41,7 @@ pub struct ZoneSettings {
     pub token: Option<String>,
     /// Answers global's questions about this zone's proxies (config dumps, policy rules).
     pub inspect: crate::inspect::LocalAnswers,
+    pub metrics: crate::KdsMetrics,
 }
 
 fn authorized<T>(settings: &ZoneSettings, message: T) -> Request<T> {
@@ -301,9 +307,21 @@ async fn zone_to_global(
     store: &Store,
     mut client: KdsSyncClient<Channel>,
 ) -> Result<(), String> {
+    let metrics = &settings.metrics;
+    let _stream = metrics.ds.streams_active.track();
     let mut events = store.subscribe();
     let (tx, rx) = mpsc::channel::<Changes>(16);
-    let mut sent = local_offer(store).await?;
+    let started = std::time::Instant::now();
+    let mut sent = local_offer(store)
+        .await
+        .inspect_err(|_| metrics.generation_errors.inc())?;
+    metrics.generated(&settings.zone, Reason::Resync, true, started.elapsed());
+    // Batches global has not answered yet, oldest first: their nonce, types and send time.
+    let mut pending = std::collections::VecDeque::new();
+    let initial_types: BTreeSet<&'static str> =
+        sent.values().map(|r| r.resource_type().name()).collect();
+    metrics.sent(&initial_types);
+    pending.push_back((1u64, initial_types, std::time::Instant::now()));
     let mut nonce = 1u64;
     let _ = tx
         .send(Changes {
@@ -332,6 +350,24 @@ async fn zone_to_global(
                     for r in &ack.rejections {
                         warn!(resource = ?r.key, reason = r.reason, "global rejected a resource of this zone");
                     }
+                    let rejected: Vec<String> = ack
+                        .rejections
+                        .iter()
+                        .filter_map(|r| r.key.as_ref().map(|k| k.r#type.clone()))
+                        .collect();
+                    let answered: u64 = ack.response_nonce.parse().unwrap_or(0);
+                    while let Some((n, types, at)) = pending.pop_front() {
+                        if n < answered {
+                            continue;
+                        }
+                        if n == answered {
+                            metrics.ds.delivery.observe_ms(at.elapsed());
+                            metrics.answered(None, &types, &rejected);
+                        } else {
+                            pending.push_front((n, types, at));
+                        }
+                        break;
+                    }
                 }
                 Ok(None) => return Ok(()),
                 Err(s) => return Err(status_text(s)),
@@ -359,24 +395,45 @@ async fn zone_to_global(
                 if keys.is_empty() && !full {
                     continue;
                 }
+                let started = std::time::Instant::now();
                 let d = if full {
-                    let offer = local_offer(store).await?;
+                    let offer = local_offer(store)
+                        .await
+                        .inspect_err(|_| metrics.generation_errors.inc())?;
                     let d = sync::delta(&sent, &offer);
                     sent = offer;
                     d
                 } else {
                     let mut current = sync::Set::new();
                     for k in &keys {
-                        if let Some(r) = store.find(k).await.map_err(|e| e.to_string())? {
+                        let found = store.find(k).await.map_err(|e| {
+                            metrics.generation_errors.inc();
+                            e.to_string()
+                        })?;
+                        if let Some(r) = found {
                             current.extend(sync::offer_to_global(std::slice::from_ref(&r)));
                         }
                     }
                     sync::delta_of(&mut sent, &keys, current)
                 };
+                let reason = if full { Reason::Resync } else { Reason::Event };
+                metrics.generated(&settings.zone, reason, !d.is_empty(), started.elapsed());
                 if d.is_empty() {
                     continue;
                 }
                 nonce += 1;
+                let types: BTreeSet<&'static str> = d
+                    .upserted
+                    .iter()
+                    .map(|r| r.resource_type().name())
+                    .chain(d.removed.iter().map(|k| k.resource_type.name()))
+                    .collect();
+                metrics.sent(&types);
+                // Bounded: global answers in order, and a stalled global ends the stream.
+                if pending.len() >= MAX_PENDING {
+                    pending.pop_front();
+                }
+                pending.push_back((nonce, types, std::time::Instant::now()));
                 let changes = Changes {
                     nonce: nonce.to_string(),
                     upserted: d.upserted.iter().map(wire::to_wire).collect(),

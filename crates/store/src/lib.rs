@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
+use meshzone_metrics::{Counter, Family, Histogram, Registry};
 use meshzone_model::{Resource, ResourceKey, ResourceType, Violations};
 use tokio::sync::broadcast;
 
@@ -164,6 +165,37 @@ pub struct Store<B = AnyBackend> {
     backend: Arc<B>,
     events: broadcast::Sender<StoreEvent>,
     sequence: Arc<AtomicU64>,
+    metrics: Option<StoreMetrics>,
+}
+
+/// Kuma's store metrics: `store{operation,resource_type}` (seconds) and
+/// `store_conflicts{resource_type}`.
+#[derive(Clone, Debug)]
+struct StoreMetrics {
+    durations: Family<Histogram>,
+    conflicts: Family<Counter>,
+}
+
+/// A store call (the `operation` label).
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    List,
+    Create,
+    Update,
+    Delete,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::List => "list",
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
 }
 
 impl<B> Clone for Store<B> {
@@ -172,6 +204,7 @@ impl<B> Clone for Store<B> {
             backend: self.backend.clone(),
             events: self.events.clone(),
             sequence: self.sequence.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -185,6 +218,44 @@ impl<B: Backend> Store<B> {
             backend: Arc::new(backend),
             events,
             sequence: Arc::default(),
+            metrics: None,
+        }
+    }
+
+    /// Observes every call's duration into `registry` (`store`, `store_conflicts`).
+    pub fn with_metrics(mut self, registry: &Registry) -> Self {
+        self.metrics = Some(StoreMetrics {
+            durations: registry.histogram_family(
+                "store",
+                "Seconds a store operation took",
+                &["operation", "resource_type"],
+                meshzone_metrics::SECONDS_BUCKETS,
+            ),
+            conflicts: registry.counter_family(
+                "store_conflicts",
+                "Number of updates refused because the resource changed meanwhile",
+                &["resource_type"],
+            ),
+        });
+        self
+    }
+
+    /// Runs one backend call, observing its duration.
+    async fn timed<T>(&self, op: Op, rt: ResourceType, call: impl Future<Output = T>) -> T {
+        let Some(m) = &self.metrics else {
+            return call.await;
+        };
+        let started = std::time::Instant::now();
+        let out = call.await;
+        m.durations
+            .with(&[op.as_str(), rt.name()])
+            .observe_secs(started.elapsed());
+        out
+    }
+
+    fn conflict(&self, rt: ResourceType) {
+        if let Some(m) = &self.metrics {
+            m.conflicts.with(&[rt.name()]).inc();
         }
     }
 
@@ -204,18 +275,18 @@ impl<B: Backend> Store<B> {
     }
 
     pub async fn get(&self, key: &ResourceKey) -> Result<Resource> {
-        self.backend
-            .get(key)
+        self.find(key)
             .await?
             .ok_or_else(|| StoreError::NotFound(key.clone()))
     }
 
     pub async fn find(&self, key: &ResourceKey) -> Result<Option<Resource>> {
-        self.backend.get(key).await
+        self.timed(Op::Get, key.resource_type, self.backend.get(key))
+            .await
     }
 
     pub async fn list(&self, rt: ResourceType, mesh: Option<&str>) -> Result<Vec<Resource>> {
-        self.backend.list(rt, mesh).await
+        self.timed(Op::List, rt, self.backend.list(rt, mesh)).await
     }
 
     /// Creates a resource at version 1. Its `creationTime` is now.
@@ -225,7 +296,9 @@ impl<B: Backend> Store<B> {
         resource.meta.version = 1;
         resource.meta.creation_time = Some(now);
         resource.meta.modification_time = Some(now);
-        self.backend.create(resource.clone()).await?;
+        let rt = resource.resource_type();
+        self.timed(Op::Create, rt, self.backend.create(resource.clone()))
+            .await?;
         self.emit(EventKind::Created, resource.key());
         Ok(resource)
     }
@@ -237,6 +310,7 @@ impl<B: Backend> Store<B> {
         let expected = resource.meta.version;
         let stored = self.get(&resource.key()).await?;
         if stored.meta.version != expected {
+            self.conflict(stored.resource_type());
             return Err(StoreError::Conflict {
                 key: resource.key(),
                 expected,
@@ -249,7 +323,18 @@ impl<B: Backend> Store<B> {
         if resource.meta.owner.is_none() {
             resource.meta.owner = stored.meta.owner;
         }
-        self.backend.update(resource.clone(), expected).await?;
+        let rt = resource.resource_type();
+        let updated = self
+            .timed(
+                Op::Update,
+                rt,
+                self.backend.update(resource.clone(), expected),
+            )
+            .await;
+        if let Err(StoreError::Conflict { .. }) = &updated {
+            self.conflict(rt);
+        }
+        updated?;
         self.emit(EventKind::Updated, resource.key());
         Ok(resource)
     }
@@ -281,7 +366,13 @@ impl<B: Backend> Store<B> {
         key: &ResourceKey,
         expected_version: Option<u64>,
     ) -> Result<Vec<ResourceKey>> {
-        let deleted = self.backend.delete(key, expected_version).await?;
+        let deleted = self
+            .timed(
+                Op::Delete,
+                key.resource_type,
+                self.backend.delete(key, expected_version),
+            )
+            .await?;
         for k in &deleted {
             self.emit(EventKind::Deleted, k.clone());
         }

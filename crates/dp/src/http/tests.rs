@@ -281,7 +281,7 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
         Some("https://new.example/new/page?x=1")
     );
     assert!(
-        stats.text().contains("http.out.rq_3xx: 1"),
+        stats.text().contains("http.out.downstream_rq_3xx: 1"),
         "{}",
         stats.text()
     );
