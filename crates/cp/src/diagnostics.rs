@@ -1,6 +1,6 @@
 //! Diagnostics server (:5680): `/ready` (503 with the reason while starting, stopping, or while a
 //! supervised task is down), `/healthy` and Prometheus `/metrics` under Kuma's exact names
-//! (classic text format, ADR 0005).
+//! (classic text format, ADR 0006).
 
 use axum::Router;
 use axum::extract::State;

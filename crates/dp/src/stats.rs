@@ -1,6 +1,6 @@
 //! The proxy's stats under Envoy's names: `/stats` prints them dotted
 //! (`cluster.<name>.upstream_rq_total: 5`), `/stats/prometheus` tags them as Envoy does
-//! (`envoy_cluster_upstream_rq_total{envoy_cluster_name="<name>"} 5`, ADR 0005).
+//! (`envoy_cluster_upstream_rq_total{envoy_cluster_name="<name>"} 5`, ADR 0006).
 //!
 //! The data path keeps handles: [`ClusterStats`], [`ListenerStats`] and [`HttpStats`] are
 //! resolved once per cluster or listener build (see `runtime.rs`), so a request or connection

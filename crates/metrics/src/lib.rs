@@ -1,7 +1,7 @@
 //! Prometheus metrics under the exact names other tools query (Kuma's dashboards read
 //! `xds_requests_received`, Envoy's read `envoy_cluster_upstream_rq_xx`): a [`Registry`] of
 //! families, lock-free [`Counter`], [`Gauge`] and [`Histogram`] handles, and the classic text
-//! exposition (format 0.0.4), which adds no `_total` suffix. See `docs/adr/0005-metrics.md`.
+//! exposition (format 0.0.4), which adds no `_total` suffix. See `docs/adr/0006-metrics.md`.
 //!
 //! A handle is resolved once from its [`Family`] (a short lock) and then only touches atomics;
 //! callers on a hot path keep the handle. It does no I/O. Besides the generic parts it holds
