@@ -53,45 +53,13 @@ pub fn resource_document(data: &[u8]) {
     }
 }
 
-/// The received batch, decoded and validated as the receiving side does before it plans.
-fn received(
-    changes: &Changes,
-    accepted: &[ResourceType],
-    map: impl Fn(Resource) -> Resource,
-) -> sync::Received {
-    let upserted = changes
-        .upserted
-        .iter()
-        .filter_map(|w| wire::from_wire(w).ok())
-        .filter(|r| accepted.contains(&r.resource_type()))
-        .map(map)
-        .collect();
-    sync::Received {
-        initial: changes.initial,
-        types: accepted.to_vec(),
-        upserted,
-        removed: changes
-            .removed
-            .iter()
-            .filter_map(wire::key_from_wire)
-            .collect(),
-    }
-}
-
 pub fn kds_from_zone(data: &[u8]) {
     let Ok(changes) = Changes::decode(data) else {
         return;
     };
     let _ = wire::compatible(&changes.protocol_version);
     let zone = "zone-1";
-    let mut got = received(&changes, ResourceType::sent_to_global(), |r| {
-        sync::map_from_zone(zone, r)
-    });
-    got.removed = got
-        .removed
-        .iter()
-        .map(|k| sync::key_from_zone(zone, k))
-        .collect();
+    let (got, _) = wire::received_from_zone(zone, &changes);
     let _ = sync::reconcile(&[], &got, |r| sync::from_zone(zone, r), |_| false);
 }
 
@@ -99,7 +67,7 @@ pub fn kds_from_global(data: &[u8]) {
     let Ok(changes) = Changes::decode(data) else {
         return;
     };
-    let got = received(&changes, ResourceType::sent_to_zones(), |r| r);
+    let (got, _) = wire::received_from_global(&changes);
     let _ = sync::reconcile(&[], &got, sync::managed_by_global_sync, |r| {
         r.resource_type() == ResourceType::Mesh
     });

@@ -607,31 +607,7 @@ impl GlobalKds {
 
     /// Applies a batch from a zone to global's store and answers with the ACK.
     async fn receive_from_zone(&self, zone: &str, changes: &Changes) -> Result<Ack, Status> {
-        let mut refusals = Vec::new();
-        let mut upserted = Vec::new();
-        for w in &changes.upserted {
-            match wire::from_wire(w) {
-                Ok(r) if ResourceType::sent_to_global().contains(&r.resource_type()) => {
-                    upserted.push(sync::map_from_zone(zone, r))
-                }
-                Ok(r) => refusals.push(sync::Refusal {
-                    key: r.key(),
-                    reason: format!("global does not accept {} from zones", r.resource_type()),
-                }),
-                Err(refusal) => refusals.push(refusal),
-            }
-        }
-        let received = Received {
-            initial: changes.initial,
-            types: ResourceType::sent_to_global().to_vec(),
-            upserted,
-            removed: changes
-                .removed
-                .iter()
-                .filter_map(wire::key_from_wire)
-                .map(|k| sync::key_from_zone(zone, &k))
-                .collect(),
-        };
+        let (received, mut refusals) = wire::received_from_zone(zone, changes);
         let local = local_copies(&self.store, &received, ResourceType::sent_to_global())
             .await
             .map_err(internal)?;

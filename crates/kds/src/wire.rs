@@ -103,3 +103,70 @@ pub async fn apply(
     }
     Ok(refusals)
 }
+
+/// What global takes from a zone's batch: the valid resources of the types zones send up,
+/// renamed and labelled as global stores them, and the removed keys in global's names; every
+/// other resource becomes a refusal. Pure: the fuzz target `kds_from_zone` runs exactly this.
+pub fn received_from_zone(
+    zone: &str,
+    changes: &proto::Changes,
+) -> (crate::sync::Received, Vec<Refusal>) {
+    let accepted = ResourceType::sent_to_global();
+    let mut refusals = Vec::new();
+    let mut upserted = Vec::new();
+    for w in &changes.upserted {
+        match from_wire(w) {
+            Ok(r) if accepted.contains(&r.resource_type()) => {
+                upserted.push(crate::sync::map_from_zone(zone, r))
+            }
+            Ok(r) => refusals.push(Refusal {
+                key: r.key(),
+                reason: format!("global does not accept {} from zones", r.resource_type()),
+            }),
+            Err(refusal) => refusals.push(refusal),
+        }
+    }
+    let received = crate::sync::Received {
+        initial: changes.initial,
+        types: accepted.to_vec(),
+        upserted,
+        removed: changes
+            .removed
+            .iter()
+            .filter_map(key_from_wire)
+            .map(|k| crate::sync::key_from_zone(zone, &k))
+            .collect(),
+    };
+    (received, refusals)
+}
+
+/// What a zone takes from global's batch: the valid resources of the types global sends down,
+/// labelled `kuma.io/origin: global`, and the removed keys; every other resource becomes a
+/// refusal. Pure: the fuzz target `kds_from_global` runs exactly this.
+pub fn received_from_global(changes: &proto::Changes) -> (crate::sync::Received, Vec<Refusal>) {
+    let accepted = ResourceType::sent_to_zones();
+    let mut refusals = Vec::new();
+    let mut upserted = Vec::new();
+    for w in &changes.upserted {
+        match from_wire(w) {
+            Ok(mut r) if accepted.contains(&r.resource_type()) => {
+                r.meta
+                    .labels
+                    .insert(crate::sync::ORIGIN_LABEL.into(), "global".into());
+                upserted.push(r);
+            }
+            Ok(r) => refusals.push(Refusal {
+                key: r.key(),
+                reason: format!("zones do not accept {} from global", r.resource_type()),
+            }),
+            Err(refusal) => refusals.push(refusal),
+        }
+    }
+    let received = crate::sync::Received {
+        initial: changes.initial,
+        types: accepted.to_vec(),
+        upserted,
+        removed: changes.removed.iter().filter_map(key_from_wire).collect(),
+    };
+    (received, refusals)
+}

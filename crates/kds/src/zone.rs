@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::metrics::Reason;
 use crate::proto::kds_sync_client::KdsSyncClient;
 use crate::proto::{Ack, Changes, InspectResponse};
-use crate::sync::{self, ORIGIN_LABEL, Received, Set};
+use crate::sync::{self, Set};
 use crate::wire;
 
 /// Unanswered batches whose delivery time is kept.
@@ -247,31 +247,7 @@ async fn global_to_zone(
 /// zone's standalone days, see [`sync::managed_by_global_sync`]) are touched; a Mesh created
 /// locally (a standalone zone joining) is replaced by global's.
 pub async fn apply_from_global(store: &Store, changes: &Changes) -> Result<Ack, String> {
-    let mut refusals = Vec::new();
-    let mut upserted = Vec::new();
-    for w in &changes.upserted {
-        match wire::from_wire(w) {
-            Ok(mut r) if ResourceType::sent_to_zones().contains(&r.resource_type()) => {
-                r.meta.labels.insert(ORIGIN_LABEL.into(), "global".into());
-                upserted.push(r);
-            }
-            Ok(r) => refusals.push(sync::Refusal {
-                key: r.key(),
-                reason: format!("zones do not accept {} from global", r.resource_type()),
-            }),
-            Err(refusal) => refusals.push(refusal),
-        }
-    }
-    let received = Received {
-        initial: changes.initial,
-        types: ResourceType::sent_to_zones().to_vec(),
-        upserted,
-        removed: changes
-            .removed
-            .iter()
-            .filter_map(wire::key_from_wire)
-            .collect(),
-    };
+    let (received, mut refusals) = wire::received_from_global(changes);
     let local = crate::global::local_copies(store, &received, ResourceType::sent_to_zones())
         .await
         .map_err(|e| e.to_string())?;
