@@ -149,6 +149,13 @@ pub struct Runtime {
     pub listeners: BTreeMap<String, Arc<ListenerRuntime>>,
     /// `.mesh` name → VIP, for the local resolver of a transparent proxy.
     pub dns_names: BTreeMap<String, std::net::Ipv4Addr>,
+    /// MeshTrace: the span exporter of each collector cluster the listeners trace to.
+    pub tracers: BTreeMap<String, Arc<crate::trace::Exporter>>,
+    /// The proxy's service (Zipkin's `localEndpoint.serviceName`, as Envoy's node cluster);
+    /// carried from build to build.
+    pub local_service: Arc<str>,
+    /// The tracing counters, carried from build to build.
+    pub trace_counters: Arc<crate::trace::TraceCounters>,
 }
 
 pub use crate::outlier::{Health, Outcome};
@@ -191,6 +198,56 @@ fn upstream_tls(config: &ProxyConfig, c: &ClusterPlan) -> Result<Option<Upstream
         config: cfg,
         sni: plan.sni.clone(),
     }))
+}
+
+/// The span exporter of each collector cluster a listener traces to: the previous one when its
+/// provider and cluster object are the same, else a new one (the old one's task stops with it).
+/// A missing collector cluster, or one with TLS for OTLP, is a problem (requests still carry
+/// the trace context; their spans are not recorded).
+fn tracers(
+    config: &ProxyConfig,
+    clusters: &BTreeMap<String, Arc<ClusterRuntime>>,
+    previous: &Runtime,
+    problems: &mut Vec<RuntimeProblem>,
+) -> BTreeMap<String, Arc<crate::trace::Exporter>> {
+    use meshzone_xds::decode::tracing::ProviderPlan;
+    let mut out = BTreeMap::new();
+    for l in config.listeners.values() {
+        let Some(plan) = &l.tracing else { continue };
+        let name = plan.provider.cluster();
+        if out.contains_key(name) {
+            continue;
+        }
+        let Some(cluster) = clusters.get(name) else {
+            problems.push(RuntimeProblem(format!(
+                "listener {}: tracing collector cluster {name} is not configured",
+                l.name
+            )));
+            continue;
+        };
+        if matches!(plan.provider, ProviderPlan::OpenTelemetry { .. })
+            && cluster.tls.as_ref().is_ok_and(|t| t.is_some())
+        {
+            problems.push(RuntimeProblem(format!(
+                "cluster {name}: kuma-dp exports OTLP over plaintext gRPC only"
+            )));
+            continue;
+        }
+        let key = crate::trace::ExporterKey {
+            provider: plan.provider.clone(),
+            service: previous.local_service.to_string(),
+            cluster: cluster.clone(),
+        };
+        let exporter = match previous.tracers.get(name) {
+            Some(old) if old.key == key => old.clone(),
+            _ => Arc::new(crate::trace::Exporter::spawn(
+                key,
+                previous.trace_counters.clone(),
+            )),
+        };
+        out.insert(name.to_string(), exporter);
+    }
+    out
 }
 
 /// Starts the active checks of a cluster whose plan has them (none while its TLS is unusable:
@@ -338,6 +395,17 @@ impl Runtime {
             clusters: BTreeMap::new(),
             listeners: BTreeMap::new(),
             dns_names: BTreeMap::new(),
+            tracers: BTreeMap::new(),
+            local_service: Arc::from(""),
+            trace_counters: Default::default(),
+        }
+    }
+
+    /// The empty runtime of a proxy of `service` (before any configuration).
+    pub fn empty_for(service: &str) -> Self {
+        Runtime {
+            local_service: Arc::from(service),
+            ..Runtime::empty()
         }
     }
 
@@ -423,6 +491,7 @@ impl Runtime {
             listeners.insert(l.name.clone(), listener);
         }
         let dns_names = crate::dns::table(&config);
+        let tracers = tracers(&config, &clusters, previous, &mut problems);
         (
             Runtime {
                 config,
@@ -430,6 +499,9 @@ impl Runtime {
                 clusters,
                 listeners,
                 dns_names,
+                tracers,
+                local_service: previous.local_service.clone(),
+                trace_counters: previous.trace_counters.clone(),
             },
             problems,
         )
