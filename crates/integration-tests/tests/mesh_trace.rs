@@ -6,7 +6,9 @@
 //! tags, at an OTLP/gRPC receiver the test runs (the collector's `TraceService`) and then, with
 //! the policy switched to Zipkin, at a Zipkin v2 HTTP receiver the test runs (there with
 //! Zipkin's shared span context: backend's SERVER span reuses frontend's CLIENT span id). A
-//! caller's "not sampled" decision is respected: such a request leaves no span anywhere.
+//! caller's "not sampled" decision is respected: such a request leaves no span anywhere. A real
+//! Envoy 1.40 sidecar under the same policy exports to the same OTLP receiver, its span a
+//! child of kuma-dp's.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, EchoServer, apply_ok, free_port, host_dirs, http_request,
+    ControlPlane, DataPlane, EchoServer, Envoy, apply_ok, free_port, host_dirs, http_request,
     start_global, start_sidecar, wait_for, zone,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -228,6 +230,20 @@ fn tokio_stream_of(
     tokio_stream::wrappers::TcpListenerStream::new(listener)
 }
 
+/// backend-2: an Envoy sidecar in front of the same application.
+fn envoy_backend(zone: &ControlPlane, dir: &Path, echo: &EchoServer) -> Envoy {
+    let dataplane = serde_json::json!({
+        "type": "Dataplane", "mesh": "default", "name": "backend-2",
+        "networking": {"address": "127.0.0.1", "inbound": [{
+            "port": free_port(), "servicePort": echo.port,
+            "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}]}
+    });
+    let token = zone.kumactl_ok(&["generate", "dataplane-token", "--name", "backend-2"]);
+    let mut envoy = Envoy::start(zone, dir, "backend-2", &dataplane, token.trim());
+    envoy.wait_ready();
+    envoy
+}
+
 fn sidecars(
     zone: &ControlPlane,
     dir: &Path,
@@ -264,19 +280,21 @@ fn one_trace(inbound: u16, spans: &Spans, tenant: &str) -> Vec<Seen> {
             .into_iter()
             .filter(|s| s.tag("tenant") == Some(tenant))
             .collect();
-        let first = ours.first()?.trace_id.clone();
-        let trace: Vec<Seen> = ours.into_iter().filter(|s| s.trace_id == first).collect();
-        let find = |service: &str, kind: &str| {
-            trace
-                .iter()
-                .find(|s| s.service == service && s.kind == kind)
+        // The first trace whose three spans all arrived (a proxy may have got the policy
+        // after the other, and requests before that leave partial traces).
+        let find = |trace: &str, service: &str, kind: &str| {
+            ours.iter()
+                .find(|s| s.trace_id == trace && s.service == service && s.kind == kind)
                 .cloned()
         };
-        Some(vec![
-            find("frontend", "SERVER")?,
-            find("frontend", "CLIENT")?,
-            find("backend", "SERVER")?,
-        ])
+        ours.iter().find_map(|s| {
+            let t = &s.trace_id;
+            Some(vec![
+                find(t, "frontend", "SERVER")?,
+                find(t, "frontend", "CLIENT")?,
+                find(t, "backend", "SERVER")?,
+            ])
+        })
     })
 }
 
@@ -360,6 +378,42 @@ fn a_mesh_trace_from_global_gives_one_trace_through_two_kuma_dps_at_otlp_and_zip
         "an unsampled request left spans: {seen:?}"
     );
 
+    // A real Envoy 1.40 sidecar, a second backend instance under the same policy, exports its
+    // SERVER span to the same receiver as the child of kuma-dp's CLIENT span (Envoy tags its
+    // spans with its node id).
+    let envoy = envoy_backend(&zone1, dir, &echo);
+    let (envoy_span, parent) = wait_for("a span from Envoy", PROPAGATION, || {
+        let answered = http_request(inbound, "/", &[("x-tenant", "envoy")]);
+        assert!(matches!(&answered, Ok((200, _))), "{answered:?}");
+        let seen = receivers
+            .otlp_spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let from_envoy = seen
+            .iter()
+            .find(|s| {
+                s.tag("node_id") == Some("default.backend-2") && s.tag("tenant") == Some("envoy")
+            })?
+            .clone();
+        let parent = seen
+            .iter()
+            .find(|s| Some(s.id.as_str()) == from_envoy.parent.as_deref())?
+            .clone();
+        Some((from_envoy, parent))
+    });
+    assert_eq!(envoy_span.kind, "SERVER");
+    assert_eq!(envoy_span.service, "backend");
+    assert_eq!(envoy_span.tag("team"), Some("core"));
+    assert_eq!(envoy_span.tag("kuma.mesh"), Some("default"));
+    assert_eq!(
+        (parent.service.as_str(), parent.kind.as_str()),
+        ("frontend", "CLIENT")
+    );
+    assert_eq!(parent.trace_id, envoy_span.trace_id);
+    let (rejected, _) = envoy.rejected_and_accepted();
+    assert!(rejected.is_empty(), "Envoy rejected: {rejected:?}");
+
     // Zipkin: B3 context, 64-bit trace ids, and the shared span context (backend's SERVER span
     // joins frontend's CLIENT span: same id and parent).
     let zipkin = format!(
@@ -377,5 +431,6 @@ fn a_mesh_trace_from_global_gives_one_trace_through_two_kuma_dps_at_otlp_and_zip
     for s in &spans {
         check_tags(s, "zipkin-1");
     }
+    drop(envoy);
     drop(rt);
 }
