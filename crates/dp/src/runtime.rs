@@ -760,3 +760,146 @@ mod tests {
         assert_eq!(single.listeners["out"].tcp_cluster(), "web");
     }
 }
+
+#[cfg(test)]
+mod trace_tests {
+    use std::net::SocketAddr;
+
+    use meshzone_xds::decode::tracing::{ProviderPlan, SamplingPlan, SpanKind, TracingPlan};
+    use meshzone_xds::decode::{ClusterPlan, EndpointPlan, ListenerPlan, ProxyConfig};
+
+    use super::*;
+
+    fn traced(collector_port: u16, service_name: &str) -> ProxyConfig {
+        let mut config = ProxyConfig::default();
+        let cluster = "meshtrace:opentelemetry";
+        config.clusters.insert(
+            cluster.into(),
+            ClusterPlan {
+                name: cluster.into(),
+                http2: true,
+                ..Default::default()
+            },
+        );
+        config.endpoints.insert(
+            cluster.into(),
+            vec![EndpointPlan {
+                address: SocketAddr::from(([127, 0, 0, 1], collector_port)),
+                weight: 1,
+                zone: None,
+                priority: 0,
+                via_zone_egress: false,
+                no_active_health_check: false,
+            }],
+        );
+        for name in ["inbound:a", "outbound:b"] {
+            config.listeners.insert(
+                name.into(),
+                ListenerPlan {
+                    name: name.into(),
+                    http: true,
+                    tracing: Some(TracingPlan {
+                        kind: SpanKind::Server,
+                        sampling: SamplingPlan::default(),
+                        tags: Vec::new(),
+                        provider: ProviderPlan::OpenTelemetry {
+                            cluster: cluster.into(),
+                            service_name: service_name.into(),
+                        },
+                    }),
+                    ..Default::default()
+                },
+            );
+        }
+        config
+    }
+
+    #[tokio::test]
+    async fn one_exporter_per_collector_is_kept_until_its_provider_or_cluster_changes() {
+        let (first, problems) = Runtime::build(traced(4317, "web"), &Runtime::empty_for("web"));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(first.tracers.len(), 1, "two listeners share one exporter");
+        assert_eq!(&*first.local_service, "web");
+        let exporter = first.tracers["meshtrace:opentelemetry"].clone();
+        // The same configuration again: the running exporter is kept.
+        let (same, _) = Runtime::build(traced(4317, "web"), &first);
+        assert!(Arc::ptr_eq(
+            &same.tracers["meshtrace:opentelemetry"],
+            &exporter
+        ));
+        assert!(Arc::ptr_eq(&same.trace_counters, &first.trace_counters));
+        // Another collector address or service name: a new one.
+        let (moved, _) = Runtime::build(traced(4318, "web"), &same);
+        assert!(!Arc::ptr_eq(
+            &moved.tracers["meshtrace:opentelemetry"],
+            &exporter
+        ));
+        let (renamed, _) = Runtime::build(traced(4318, "web-2"), &moved);
+        assert!(!Arc::ptr_eq(
+            &renamed.tracers["meshtrace:opentelemetry"],
+            &moved.tracers["meshtrace:opentelemetry"]
+        ));
+        // Without its cluster: no exporter, and the problem names it.
+        let mut config = traced(4318, "web");
+        config.clusters.clear();
+        let (missing, problems) = Runtime::build(config, &renamed);
+        assert!(missing.tracers.is_empty());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.0.contains("meshtrace:opentelemetry is not configured")),
+            "{problems:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_spans_and_counts_them_without_waiting() {
+        use std::sync::atomic::Ordering;
+        use std::time::SystemTime;
+
+        use crate::trace::span::{ActiveSpan, FinishedSpan};
+        // A collector that accepts connections and never answers: the exporter's task is stuck
+        // in its first report while the request path keeps recording.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let (rt, _) = Runtime::build(traced(port, "web"), &Runtime::empty_for("web"));
+        let exporter = rt.tracers["meshtrace:opentelemetry"].clone();
+        let span = FinishedSpan {
+            span: ActiveSpan {
+                kind: SpanKind::Server,
+                trace_id: 1,
+                span_id: 1,
+                parent_id: None,
+                shared: false,
+                name: "ingress".into(),
+                start: SystemTime::UNIX_EPOCH,
+                tags: Vec::new(),
+            },
+            duration: std::time::Duration::from_millis(1),
+            error: false,
+        };
+        let extra = 10;
+        let total = crate::trace::export::QUEUE + crate::trace::export::MAX_BATCH + extra;
+        for _ in 0..total {
+            exporter.record(span.clone());
+        }
+        // At most a queue and one batch are held; the rest was dropped and counted.
+        let dropped = rt
+            .trace_counters
+            .opentelemetry
+            .spans_dropped
+            .load(Ordering::Relaxed);
+        assert!(
+            dropped >= extra as u64 && dropped <= (crate::trace::export::MAX_BATCH + extra) as u64,
+            "{dropped} dropped"
+        );
+        assert_eq!(
+            rt.trace_counters
+                .opentelemetry
+                .spans_sent
+                .load(Ordering::Relaxed),
+            0
+        );
+        drop(silent);
+    }
+}
