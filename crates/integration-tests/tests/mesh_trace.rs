@@ -339,6 +339,15 @@ fn a_mesh_trace_from_global_gives_one_trace_through_two_kuma_dps_at_otlp_and_zip
         receivers.otlp
     );
     apply_ok(&global, dir, "trace.yaml", &trace_policy(&otlp));
+    // Synced down like every policy: the zone holds global's copy under its hashed name.
+    let copy = wait_for("the MeshTrace in zone-1", PROPAGATION, || {
+        let table = zone1.kumactl_ok(&["get", "meshtraces", "--mesh", "default"]);
+        table
+            .lines()
+            .find(|l| l.contains("trace-all-"))
+            .map(str::to_string)
+    });
+    assert!(copy.contains("Mesh"), "{copy}");
     let spans = one_trace(inbound, &receivers.otlp_spans, "otlp-1");
     let [server, client, backend] = [&spans[0], &spans[1], &spans[2]];
     assert_eq!(server.trace_id.len(), 32);
