@@ -236,3 +236,17 @@ fn kuma_dp_decodes_the_tracing_it_runs() {
         assert!(config.clusters.contains_key(cluster), "{cluster}");
     }
 }
+
+#[test]
+fn an_https_zipkin_collector_gets_tls_that_envoy_and_kuma_dp_take() {
+    let resources = generated(
+        json!({"type": "Zipkin", "zipkin": {"url": "https://127.0.0.1:9443/api/v2/spans"}}),
+    );
+    support::assert_envoy_accepts("mesh-trace-https", &resources);
+    let (config, errors) = ProxyConfig::from_snapshot(&resources.into_snapshot());
+    assert!(errors.is_empty(), "{errors:?}");
+    let cluster = &config.clusters["meshtrace:zipkin"];
+    let origination = cluster.origination.as_ref().expect("TLS originated");
+    // An IP address is not sent as SNI.
+    assert_eq!(origination.sni.as_deref().unwrap_or_default(), "");
+}

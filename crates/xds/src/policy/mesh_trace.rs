@@ -85,8 +85,13 @@ fn provider(backend: &Backend, service: &str) -> Option<Provider> {
             };
             let mut cluster = collector_cluster(ZIPKIN_CLUSTER, &url.host, url.port, false);
             if url.tls {
+                // SNI names a host; an IP address is not sent as one.
+                let sni = match url.host.parse::<std::net::IpAddr>() {
+                    Ok(_) => String::new(),
+                    Err(_) => url.host.clone(),
+                };
                 cluster.transport_socket = Some(transport_socket(pack_any(UpstreamTlsContext {
-                    sni: url.host.clone(),
+                    sni,
                     ..Default::default()
                 })));
             }
