@@ -9,6 +9,7 @@
 
 pub mod duration;
 pub mod inbound_from;
+pub mod mesh_access_log;
 pub mod mesh_circuit_breaker;
 pub mod mesh_fault_injection;
 pub mod mesh_health_check;
@@ -24,6 +25,8 @@ pub(crate) mod resilience;
 
 pub use proxy::{DataplaneRulesError, MeshPolicies, describe_dataplane};
 
+#[cfg(test)]
+mod access_log_tests;
 #[cfg(test)]
 mod inbound_tests;
 #[cfg(test)]
@@ -137,6 +140,7 @@ policies! {
     MeshCircuitBreaker => mesh_circuit_breaker::MeshCircuitBreaker,
     MeshTimeout => mesh_timeout::MeshTimeout,
     MeshRetry => mesh_retry::MeshRetry,
+    MeshAccessLog => mesh_access_log::MeshAccessLog,
 }
 
 /// The stored and wire form of a policy: its conf under `spec`.
