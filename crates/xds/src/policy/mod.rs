@@ -46,11 +46,18 @@ pub struct ProxyPolicies {
     /// MeshRetry: `to_rules` per outbound service; confs as
     /// `meshzone_model::policies::mesh_retry::RetryConf`.
     pub retry: PolicyRules,
+    /// MeshAccessLog: `to_rules` per outbound service, `from_rules` and `inbound_rules` per
+    /// inbound; confs as `meshzone_model::policies::mesh_access_log::AccessLogConf`.
+    pub access_log: PolicyRules,
+    /// Where Tcp access-log backends write for kuma-dp to forward
+    /// (`mesh_access_log::socket_path` of the Dataplane's name and mesh).
+    pub access_log_socket: String,
 }
 
 pub mod backend_refs;
 mod filters;
 pub mod inbound_http;
+pub mod mesh_access_log;
 mod mesh_circuit_breaker;
 pub mod mesh_fault_injection;
 pub(crate) mod mesh_health_check;
@@ -78,6 +85,7 @@ pub const CONFIGURERS: &[(&str, Configurer)] = &[
         "MeshLoadBalancingStrategy",
         mesh_load_balancing_strategy::configure,
     ),
+    ("MeshAccessLog", mesh_access_log::configure),
     ("MeshFaultInjection", mesh_fault_injection::configure),
     ("MeshRateLimit", mesh_rate_limit::configure),
     ("MeshTimeout", mesh_timeout::configure),
