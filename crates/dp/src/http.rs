@@ -88,8 +88,17 @@ where
         let latest = guard.latest.borrow().clone();
         let sans = guard.sans.clone();
         let peer = guard.peer;
+        let downstream = guard.downstream;
         async move {
             let mut req = req;
+            // MeshAccessLog: taken from the request now, written when the response is sent.
+            let logging = crate::access_log::http::begin(
+                latest.listeners.get(&listener),
+                &stats,
+                &req,
+                downstream,
+                &sans,
+            );
             let resp = if allowed {
                 let inbound = latest.listeners.get(&listener);
                 let decision = match inbound {
@@ -119,6 +128,10 @@ where
                 error_response(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY)
             };
             counted.answered(resp.status().as_u16(), started.elapsed());
+            let resp = match logging {
+                Some(pending) => crate::access_log::http::finish(pending, resp),
+                None => resp,
+            };
             Ok::<_, Infallible>(resp)
         }
     });
@@ -583,6 +596,9 @@ async fn tries(
                     status: resp.status(),
                     grpc_status,
                 };
+                let mut resp = resp;
+                resp.extensions_mut()
+                    .insert(crate::access_log::http::UpstreamHost(endpoint));
                 (
                     outcome,
                     Some(resp.map(|b| b.map_err(Into::into).boxed())),

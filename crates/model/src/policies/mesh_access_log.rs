@@ -269,7 +269,8 @@ impl PolicyKind for MeshAccessLog {
                 "at least one of 'from', 'to' or 'rules' has to be defined",
             );
         }
-        if !self.rules.is_empty() && !(self.to.is_empty() && self.from.is_empty()) {
+        let mixed = !self.to.is_empty() || !self.from.is_empty();
+        if !self.rules.is_empty() && mixed {
             v.push("spec.rules", "'rules' cannot be mixed with 'from' or 'to'");
         }
         for (section, items, kinds, name) in [
