@@ -111,7 +111,8 @@ fn value(op: &Operator, e: &Entry) -> Rendered {
         Operator::Req(h) => header(request.and_then(|r| r.headers.as_ref()), request, h),
         Operator::Resp(h) => header(e.response_headers.as_ref(), None, h),
         Operator::ResponseCode => Rendered::Number(u64::from(e.response_code)),
-        Operator::ResponseFlags if e.response_flags.is_empty() => Rendered::Missing,
+        // Envoy writes `-` for no flag, in JSON too (a value, not a missing one).
+        Operator::ResponseFlags if e.response_flags.is_empty() => Rendered::Text("-".into()),
         Operator::ResponseFlags => Rendered::Text(e.response_flags.to_string()),
         Operator::Duration => {
             Rendered::Number(u64::try_from(e.duration.as_millis()).unwrap_or(u64::MAX))
