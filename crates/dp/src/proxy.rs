@@ -352,19 +352,7 @@ where
                 .get(&plan.name)
                 .map(|l| l.access_logs(&stats))
                 .unwrap_or_default();
-            if loggers.is_empty() {
-                return forward(
-                    stream,
-                    &cluster,
-                    &rt,
-                    &stats,
-                    &[],
-                    &plan.timeouts,
-                    hash,
-                    &upstream,
-                )
-                .await;
-            }
+            // Bytes are counted on the downstream stream (two relaxed adds per read or write).
             let (start, began) = (std::time::SystemTime::now(), std::time::Instant::now());
             let counts = Arc::new(crate::access_log::ByteCounts::default());
             let counted = crate::access_log::Counted::new(stream, counts.clone());
@@ -379,6 +367,9 @@ where
                 &upstream,
             )
             .await;
+            if loggers.is_empty() {
+                return result;
+            }
             let upstream_host = upstream.get().copied();
             let entry = crate::access_log::Entry {
                 start,

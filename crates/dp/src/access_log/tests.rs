@@ -49,6 +49,15 @@ async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// A loopback port nobody listens on (yet).
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 #[tokio::test]
 async fn a_file_sink_appends_every_line_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -73,12 +82,7 @@ async fn a_file_sink_appends_every_line_in_order() {
 
 #[tokio::test]
 async fn a_late_collector_gets_every_queued_line() {
-    // A free port nobody listens on yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = unused_port();
     let stats = Arc::new(Stats::default());
     let loggers = loggers(&[plan(LogSink::Tcp(format!("127.0.0.1:{port}")))], &stats);
     for code in 200..205 {
@@ -115,11 +119,7 @@ async fn a_late_collector_gets_every_queued_line() {
 #[tokio::test]
 async fn a_full_sink_drops_and_counts_without_waiting() {
     // A collector that never answers: connects are refused, lines pile up.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = unused_port();
     let stats = Arc::new(Stats::default());
     let loggers = loggers(&[plan(LogSink::Tcp(format!("127.0.0.1:{port}")))], &stats);
     let started = Instant::now();

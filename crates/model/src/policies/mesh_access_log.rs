@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{PolicyKind, TOP_LEVEL_KINDS, check_target_ref, from_items, to_items};
+use super::{PolicyKind, check_items, check_top_level, from_items, to_items};
 use crate::descriptor::ResourceType;
 use crate::policy::{PolicySpec, Section, SpecRule, TargetRef, TargetRefKind};
 use crate::validate::Violations;
@@ -253,16 +253,7 @@ impl PolicyKind for MeshAccessLog {
     const TYPE: ResourceType = ResourceType::MeshAccessLog;
 
     fn validate(&self, v: &mut Violations) {
-        if let Some(tr) = &self.target_ref {
-            check_target_ref(
-                tr,
-                Section::TopLevel,
-                &TOP_LEVEL_KINDS,
-                Self::TYPE,
-                "spec.targetRef",
-                v,
-            );
-        }
+        check_top_level(self.target_ref.as_ref(), Self::TYPE, v);
         if self.to.is_empty() && self.from.is_empty() && self.rules.is_empty() {
             v.push(
                 "spec",
@@ -273,22 +264,12 @@ impl PolicyKind for MeshAccessLog {
         if !self.rules.is_empty() && mixed {
             v.push("spec.rules", "'rules' cannot be mixed with 'from' or 'to'");
         }
-        for (section, items, kinds, name) in [
-            (Section::To, &self.to, &TO_KINDS[..], "to"),
-            (Section::From, &self.from, &FROM_KINDS[..], "from"),
+        for (section, items, kinds) in [
+            (Section::To, &self.to, &TO_KINDS[..]),
+            (Section::From, &self.from, &FROM_KINDS[..]),
         ] {
-            for (i, item) in items.iter().enumerate() {
-                let path = format!("spec.{name}[{i}]");
-                check_target_ref(
-                    &item.target_ref,
-                    section,
-                    kinds,
-                    Self::TYPE,
-                    &format!("{path}.targetRef"),
-                    v,
-                );
-                check_conf(&item.default, &format!("{path}.default"), v);
-            }
+            let items = items.iter().map(|i| (&i.target_ref, &i.default));
+            check_items(items, section, kinds, Self::TYPE, v, check_conf);
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let path = format!("spec.rules[{i}]");

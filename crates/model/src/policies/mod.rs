@@ -292,6 +292,27 @@ pub(crate) fn check_top_level(tr: Option<&TargetRef>, policy: ResourceType, v: &
     }
 }
 
+/// Checks the items of section `name` (`to` or `from`): each targetRef against `kinds`, each
+/// `default` with `conf` at `spec.<name>[i].default`.
+pub(crate) fn check_items<'a, C: 'a>(
+    items: impl IntoIterator<Item = (&'a TargetRef, &'a C)>,
+    section: Section,
+    kinds: &[TargetRefKind],
+    policy: ResourceType,
+    v: &mut Violations,
+    conf: impl Fn(&C, &str, &mut Violations),
+) {
+    let name = match section {
+        Section::From => "from",
+        _ => "to",
+    };
+    for (i, (tr, c)) in items.into_iter().enumerate() {
+        let path = format!("spec.{name}[{i}]");
+        check_target_ref(tr, section, kinds, policy, &format!("{path}.targetRef"), v);
+        conf(c, &format!("{path}.default"), v);
+    }
+}
+
 /// Checks what both route policies share: the top-level targetRef, at least one `to` item, and
 /// each `to[i].targetRef` a destination service.
 pub(crate) fn check_route_targets<'a>(
