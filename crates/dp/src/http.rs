@@ -95,7 +95,7 @@ where
             let logging = crate::access_log::http::begin(
                 latest.listeners.get(&listener),
                 &stats,
-                &req,
+                &mut req,
                 downstream,
                 &sans,
             );
@@ -296,6 +296,10 @@ async fn route(
                 .filter(|r| r.num_retries > 0 && route.retry_allowed(&view));
             let needs_copy = !mirrors.is_empty() || retry.is_some();
             let bodiless = hyper::body::Body::is_end_stream(&body);
+            // MeshAccessLog's BYTES_RECEIVED, when the request is logged.
+            let received = parts
+                .extensions
+                .get::<crate::access_log::http::ReceivedBytes>();
             let small = hyper::body::Body::size_hint(&body)
                 .upper()
                 .is_some_and(|n| n <= MAX_REPLAY_BODY);
@@ -308,6 +312,9 @@ async fn route(
                         return error_response(StatusCode::BAD_REQUEST, "request body\n");
                     }
                 };
+                if let Some(r) = received {
+                    r.add(bytes.len());
+                }
                 ReqBody::Replayable(bytes)
             } else {
                 for cluster in &mirrors {
@@ -316,7 +323,10 @@ async fn route(
                 if retry.take().is_some() {
                     stats.inc(format!("cluster.{cluster}.retry_skipped_body"));
                 }
-                ReqBody::Once(body.map_err(Into::into).boxed())
+                ReqBody::Once(crate::access_log::http::count_body(
+                    body.map_err(Into::into).boxed(),
+                    received,
+                ))
             };
             if let ReqBody::Replayable(bytes) = &body {
                 for m in &mirrors {

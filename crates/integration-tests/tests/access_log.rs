@@ -144,6 +144,67 @@ fn raw_exchange(port: u16, path: &str) -> (usize, String) {
     (req.len(), out)
 }
 
+/// An HTTP/1.1 app that reads each request's body (Content-Length) and answers `got <n>\n`.
+fn body_reading_app() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind app");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || {
+                let Ok(mut writer) = conn.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let answer = format!("got {length}\n");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if writer.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A POST with `body` over a new connection: the answer.
+fn post(port: u16, path: &str, body: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nUser-Agent: alog-test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 fn dataplane(
     name: &str,
     service: &str,
@@ -329,12 +390,12 @@ fn envoy_and_kuma_dp_write_the_same_fields_for_the_same_request() {
     let cp = ControlPlane::start(dir, &[("KUMA_STORE_TYPE", "memory")]);
     cp.configure_kumactl();
     apply_ok(&cp, dir, "mesh.yaml", MESH);
-    let web = EchoServer::start("backend");
+    let app = body_reading_app();
     let _backend = start_sidecar(
         &cp,
         dir,
         "backend-1",
-        &dataplane("backend-1", "backend", "http", web.port, &[]),
+        &dataplane("backend-1", "backend", "http", app, &[]),
     );
     let envoy_file = dir.join("envoy.log");
     let kdp_file = dir.join("kuma-dp.log");
@@ -367,7 +428,7 @@ fn envoy_and_kuma_dp_write_the_same_fields_for_the_same_request() {
             &format!("a line in {}", file.display()),
             PROPAGATION,
             || {
-                let (_, answer) = raw_exchange(port, "/same?q=1");
+                let answer = post(port, "/same?q=1", "twelve bytes");
                 if !answer.starts_with("HTTP/1.1 200") {
                     return None;
                 }
@@ -399,7 +460,9 @@ fn envoy_and_kuma_dp_write_the_same_fields_for_the_same_request() {
     }
     assert_eq!(kdp_line["code"], 200);
     assert_eq!(kdp_line["src"], "frontend");
-    assert_eq!(kdp_line["sent"], json!("backend\n".len()));
+    assert_eq!(kdp_line["sent"], json!("got 12\n".len()));
+    assert_eq!(kdp_line["received"], json!(12));
+    assert_eq!(kdp_line["method"], "POST");
     // Envoy's START_TIME and ours have the same shape (2016-04-15T20:17:00.310Z).
     for line in [envoy_line, kdp_line] {
         let start = line["start"].as_str().unwrap_or_default();

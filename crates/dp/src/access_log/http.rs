@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -23,12 +24,40 @@ type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamHost(pub std::net::SocketAddr);
 
+/// The request body bytes read so far (a request extension `http.rs` counts into).
+#[derive(Debug, Clone, Default)]
+pub struct ReceivedBytes(Arc<AtomicU64>);
+
+impl ReceivedBytes {
+    pub fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// `body`, counting its data into `received` when the request is logged.
+pub fn count_body(body: Body, received: Option<&ReceivedBytes>) -> Body {
+    match received {
+        None => body,
+        Some(r) => {
+            let r = r.clone();
+            body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    r.add(data.len());
+                }
+                frame
+            })
+            .boxed()
+        }
+    }
+}
+
 /// A request being logged.
 pub struct Pending {
     listener: Arc<ListenerRuntime>,
     stats: Arc<Stats>,
     entry: Entry,
     began: Instant,
+    received: ReceivedBytes,
 }
 
 fn protocol(v: Version) -> &'static str {
@@ -44,7 +73,7 @@ fn protocol(v: Version) -> &'static str {
 pub fn begin(
     listener: Option<&Arc<ListenerRuntime>>,
     stats: &Arc<Stats>,
-    req: &Request<Incoming>,
+    req: &mut Request<Incoming>,
     downstream: Downstream,
     sans: &[String],
 ) -> Option<Pending> {
@@ -77,7 +106,8 @@ pub fn begin(
         scheme: "http",
         headers,
     };
-    use hyper::body::Body as _;
+    let received = ReceivedBytes::default();
+    req.extensions_mut().insert(received.clone());
     Some(Pending {
         listener: listener.clone(),
         stats: stats.clone(),
@@ -88,8 +118,7 @@ pub fn begin(
             response_code: 0,
             response_headers: None,
             response_flags: "",
-            // The request body's length (Content-Length); unsized bodies count 0.
-            bytes_received: req.body().size_hint().exact().unwrap_or(0),
+            bytes_received: 0,
             bytes_sent: 0,
             upstream_host: None,
             upstream_cluster: listener.plan().cluster.clone(),
@@ -99,6 +128,7 @@ pub fn begin(
             peer_uri_sans: sans.to_vec(),
         },
         began: Instant::now(),
+        received,
     })
 }
 
@@ -145,6 +175,7 @@ impl LoggedBody {
     fn done(&mut self) {
         if let Some(mut p) = self.pending.take() {
             p.entry.duration = p.began.elapsed();
+            p.entry.bytes_received = p.received.0.load(Ordering::Relaxed);
             write_all(p.listener.access_logs(&p.stats), &p.entry);
         }
     }
