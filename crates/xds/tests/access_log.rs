@@ -255,3 +255,56 @@ fn unsupported_access_logs_are_refused_with_their_path() {
         assert!(got.contains(want), "want {want}, got {got}");
     }
 }
+
+/// A `rules` entry (Kuma 2.10+) logs the inbound, for every client, and not the outbounds.
+#[test]
+fn rules_log_the_inbound() {
+    let dp = dataplane();
+    let meshzone_model::Spec::Dataplane(spec) = &dp.spec else {
+        panic!("dataplane");
+    };
+    let resources = vec![resource(
+        json!({"type": "MeshAccessLog", "mesh": "default", "name": "inbound-only",
+        "spec": {"rules": [{"default": {"backends": [{"type": "File", "file": {"path": "/tmp/rules.log"}}]}}]}}),
+    )];
+    let mesh = MeshPolicies::from_resources(&resources);
+    let mut rules = mesh.dataplane_rules(&dp, Some("zone-1")).expect("rules");
+    let policies = ProxyPolicies {
+        access_log: rules
+            .remove(&ResourceType::MeshAccessLog)
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let mesh_spec = Default::default();
+    let endpoints = BTreeMap::new();
+    let protocols = BTreeMap::new();
+    let input = ProxyInput {
+        transparent: None,
+        mesh: "default",
+        mesh_spec: &mesh_spec,
+        dataplane: spec,
+        endpoints: &endpoints,
+        tls: None,
+        protocols: &protocols,
+        proxyless: false,
+        policies: &policies,
+        external_services: &Default::default(),
+    };
+    let mut generated = base_resources(&input);
+    configure(&input, &mut generated);
+    let (config, errors) = ProxyConfig::from_snapshot(&generated.into_snapshot());
+    assert!(errors.is_empty(), "refused: {errors:?}");
+    for l in config.listeners.values() {
+        let want = usize::from(l.address.port() == 10001);
+        assert_eq!(l.access_logs.len(), want, "{}", l.name);
+    }
+    let inbound = config
+        .listeners
+        .values()
+        .find(|l| l.address.port() == 10001)
+        .expect("inbound");
+    assert_eq!(
+        inbound.access_logs[0].sink,
+        LogSink::File("/tmp/rules.log".into())
+    );
+}

@@ -235,7 +235,8 @@ pub(crate) fn configure(input: &ProxyInput<'_>, resources: &mut Resources) {
         .unwrap_or(UNKNOWN_SERVICE);
     for generated in &mut resources.listeners {
         let (conf, values) = match &generated.origin {
-            ListenerOrigin::Outbound { service } => (
+            ListenerOrigin::Outbound { service }
+            | ListenerOrigin::VirtualOutbound { service, .. } => (
                 rules
                     .to_rule(service)
                     .and_then(|r| typed::<AccessLogConf>(&r.conf)),
