@@ -41,8 +41,8 @@ fn dataplane() -> Resource {
     )
 }
 
-fn policies(dp: &Resource) -> ProxyPolicies {
-    let resources = vec![resource(
+fn policy() -> Resource {
+    resource(
         json!({"type": "MeshAccessLog", "mesh": "default", "name": "all",
         "spec": {"targetRef": {"kind": "Mesh"},
             "to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [
@@ -55,8 +55,11 @@ fn policies(dp: &Resource) -> ProxyPolicies {
             "from": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [
                 {"type": "File", "file": {"path": "/tmp/inbound.log", "format": {"type": "Plain",
                     "plain": "%KUMA_TRAFFIC_DIRECTION% %KUMA_SOURCE_SERVICE%->%KUMA_DESTINATION_SERVICE% %REQ(:METHOD)% %RESPONSE_CODE% %BYTES_SENT%"}}}]}}]}}),
-    )];
-    let mesh = MeshPolicies::from_resources(&resources);
+    )
+}
+
+fn policies(dp: &Resource, resources: &[Resource]) -> ProxyPolicies {
+    let mesh = MeshPolicies::from_resources(resources);
     let mut rules = mesh.dataplane_rules(dp, Some("zone-1")).expect("rules");
     ProxyPolicies {
         access_log: rules
@@ -67,7 +70,9 @@ fn policies(dp: &Resource) -> ProxyPolicies {
     }
 }
 
-fn generated() -> Resources {
+/// The configured resources of `dataplane()` under the access-log policies `resources`, with
+/// backend (http) and db (tcp) reachable.
+fn generated_with(resources: &[Resource]) -> Resources {
     let dp = dataplane();
     let meshzone_model::Spec::Dataplane(spec) = &dp.spec else {
         panic!("dataplane");
@@ -86,7 +91,7 @@ fn generated() -> Resources {
         ("db".to_string(), vec![endpoint("10.0.0.8")]),
     ]);
     let protocols = BTreeMap::from([("backend".to_string(), "http".to_string())]);
-    let policies = policies(&dp);
+    let policies = policies(&dp, resources);
     let mesh_spec = Default::default();
     let input = ProxyInput {
         transparent: None,
@@ -100,9 +105,13 @@ fn generated() -> Resources {
         policies: &policies,
         external_services: &Default::default(),
     };
-    let mut resources = base_resources(&input);
-    configure(&input, &mut resources);
-    resources
+    let mut out = base_resources(&input);
+    configure(&input, &mut out);
+    out
+}
+
+fn generated() -> Resources {
+    generated_with(&[policy()])
 }
 
 #[test]
@@ -259,39 +268,10 @@ fn unsupported_access_logs_are_refused_with_their_path() {
 /// A `rules` entry (Kuma 2.10+) logs the inbound, for every client, and not the outbounds.
 #[test]
 fn rules_log_the_inbound() {
-    let dp = dataplane();
-    let meshzone_model::Spec::Dataplane(spec) = &dp.spec else {
-        panic!("dataplane");
-    };
-    let resources = vec![resource(
+    let generated = generated_with(&[resource(
         json!({"type": "MeshAccessLog", "mesh": "default", "name": "inbound-only",
         "spec": {"rules": [{"default": {"backends": [{"type": "File", "file": {"path": "/tmp/rules.log"}}]}}]}}),
-    )];
-    let mesh = MeshPolicies::from_resources(&resources);
-    let mut rules = mesh.dataplane_rules(&dp, Some("zone-1")).expect("rules");
-    let policies = ProxyPolicies {
-        access_log: rules
-            .remove(&ResourceType::MeshAccessLog)
-            .unwrap_or_default(),
-        ..Default::default()
-    };
-    let mesh_spec = Default::default();
-    let endpoints = BTreeMap::new();
-    let protocols = BTreeMap::new();
-    let input = ProxyInput {
-        transparent: None,
-        mesh: "default",
-        mesh_spec: &mesh_spec,
-        dataplane: spec,
-        endpoints: &endpoints,
-        tls: None,
-        protocols: &protocols,
-        proxyless: false,
-        policies: &policies,
-        external_services: &Default::default(),
-    };
-    let mut generated = base_resources(&input);
-    configure(&input, &mut generated);
+    )]);
     let (config, errors) = ProxyConfig::from_snapshot(&generated.into_snapshot());
     assert!(errors.is_empty(), "refused: {errors:?}");
     for l in config.listeners.values() {
