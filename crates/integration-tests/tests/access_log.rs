@@ -257,7 +257,7 @@ fn a_policy_from_global_makes_a_zones_kuma_dp_log_http_and_tcp_both_ways() {
         "db-1",
         &dataplane("db-1", "db", "tcp", db.port, &[]),
     );
-    let _frontend = start_sidecar(
+    let frontend = start_sidecar(
         &zone1,
         dir,
         "frontend-1",
@@ -370,6 +370,28 @@ fn a_policy_from_global_makes_a_zones_kuma_dp_log_http_and_tcp_both_ways() {
         "INBOUND unknown->db 0 sent={} received={request_len}",
         answer.len()
     ));
+
+    // An operator kuma-dp does not fill: the update is refused (NACK), the last accepted
+    // configuration keeps logging.
+    let rejected = frontend.stat("control_plane.lds.update_rejected");
+    let refused = policy(&file, Some(collector.port)).replace(
+        "%KUMA_TRAFFIC_DIRECTION% %KUMA_SOURCE_SERVICE%",
+        "%UPSTREAM_TRANSPORT_FAILURE_REASON% %KUMA_SOURCE_SERVICE%",
+    );
+    apply_ok(&global, dir, "access-log.yaml", &refused);
+    wait_for("the frontend's NACK", PROPAGATION, || {
+        (frontend.stat("control_plane.lds.update_rejected") > rejected).then_some(())
+    });
+    let (_, answer) = raw_exchange(to_backend, "/after-nack");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let kept = find_line(
+        &file,
+        &[
+            ("direction", json!("OUTBOUND")),
+            ("path", json!("/after-nack")),
+        ],
+    );
+    assert_eq!(kept["dst"], "backend");
 }
 
 fn dataplane_json(name: &str, app: u16, outbound: u16) -> Value {
