@@ -217,6 +217,68 @@ async fn send_tcp(address: String, mut rx: mpsc::Receiver<String>, stats: Arc<St
     }
 }
 
+/// A TCP connection being logged: its line is written when this is dropped (the connection
+/// ended, or an update closed it), with the bytes counted on the downstream stream (two relaxed
+/// adds per read or write) and the endpoint that took it.
+pub struct TcpLog<'a> {
+    loggers: &'a [Logger],
+    entry: Option<Entry>,
+    began: std::time::Instant,
+    counts: Arc<ByteCounts>,
+    upstream: std::sync::OnceLock<SocketAddr>,
+}
+
+impl<'a> TcpLog<'a> {
+    pub fn start(
+        loggers: &'a [Logger],
+        cluster: &str,
+        downstream: Downstream,
+        sans: &[String],
+    ) -> Self {
+        let entry = (!loggers.is_empty()).then(|| Entry::starting(cluster, downstream, sans));
+        TcpLog {
+            loggers,
+            entry,
+            began: std::time::Instant::now(),
+            counts: Arc::default(),
+            upstream: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn counts(&self) -> Arc<ByteCounts> {
+        self.counts.clone()
+    }
+
+    /// Where the forwarder records the endpoint that took the connection.
+    pub fn upstream(&self) -> &std::sync::OnceLock<SocketAddr> {
+        &self.upstream
+    }
+
+    /// The connection ended; `failed`: it was not carried (`UF` when no endpoint took it).
+    pub fn finish(self, failed: bool) {
+        let mut this = self;
+        if failed
+            && this.upstream.get().is_none()
+            && let Some(e) = this.entry.as_mut()
+        {
+            e.response_flags = "UF";
+        }
+    }
+}
+
+impl Drop for TcpLog<'_> {
+    fn drop(&mut self) {
+        let Some(mut e) = self.entry.take() else {
+            return;
+        };
+        e.duration = self.began.elapsed();
+        e.bytes_received = self.counts.received.load(Ordering::Relaxed);
+        e.bytes_sent = self.counts.sent.load(Ordering::Relaxed);
+        e.upstream_host = self.upstream.get().copied();
+        write_all(self.loggers, &e);
+    }
+}
+
 /// Bytes read from and written to a stream (TCP entries' `BYTES_RECEIVED` / `BYTES_SENT`).
 #[derive(Default)]
 pub struct ByteCounts {

@@ -346,16 +346,19 @@ where
             let hash = plan
                 .hash_source_ip
                 .then(|| crate::balancer::fnv64(peer.to_string().as_bytes()));
-            let upstream = std::sync::OnceLock::new();
             let loggers = rt
                 .listeners
                 .get(&plan.name)
                 .map(|l| l.access_logs(&stats))
                 .unwrap_or_default();
-            // Bytes are counted on the downstream stream (two relaxed adds per read or write).
-            let (start, began) = (std::time::SystemTime::now(), std::time::Instant::now());
-            let counts = Arc::new(crate::access_log::ByteCounts::default());
-            let counted = crate::access_log::Counted::new(stream, counts.clone());
+            // Written when the connection ends, or when an update closes it.
+            let log = crate::access_log::TcpLog::start(
+                loggers,
+                &cluster,
+                access.downstream,
+                &registration.sans,
+            );
+            let counted = crate::access_log::Counted::new(stream, log.counts());
             let result = forward(
                 counted,
                 &cluster,
@@ -364,34 +367,10 @@ where
                 &[],
                 &plan.timeouts,
                 hash,
-                &upstream,
+                log.upstream(),
             )
             .await;
-            if loggers.is_empty() {
-                return result;
-            }
-            let upstream_host = upstream.get().copied();
-            let entry = crate::access_log::Entry {
-                start,
-                duration: began.elapsed(),
-                request: None,
-                response_code: 0,
-                response_headers: None,
-                response_flags: if upstream_host.is_none() && result.is_err() {
-                    "UF"
-                } else {
-                    ""
-                },
-                bytes_received: counts.received.load(Ordering::Relaxed),
-                bytes_sent: counts.sent.load(Ordering::Relaxed),
-                upstream_host,
-                upstream_cluster: cluster.clone(),
-                downstream_remote: access.downstream.remote,
-                downstream_local: access.downstream.local,
-                protocol: None,
-                peer_uri_sans: registration.sans.to_vec(),
-            };
-            crate::access_log::write_all(loggers, &entry);
+            log.finish(result.is_err());
             result
         }
     };

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
@@ -112,20 +112,9 @@ pub fn begin(
         listener: listener.clone(),
         stats: stats.clone(),
         entry: Entry {
-            start: SystemTime::now(),
-            duration: std::time::Duration::ZERO,
             request: Some(request),
-            response_code: 0,
-            response_headers: None,
-            response_flags: "",
-            bytes_received: 0,
-            bytes_sent: 0,
-            upstream_host: None,
-            upstream_cluster: listener.plan().cluster.clone(),
-            downstream_remote: downstream.remote,
-            downstream_local: downstream.local,
             protocol: Some(protocol(req.version())),
-            peer_uri_sans: sans.to_vec(),
+            ..Entry::starting(&listener.plan().cluster, downstream, sans)
         },
         began: Instant::now(),
         received,

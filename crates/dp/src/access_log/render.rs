@@ -47,6 +47,28 @@ pub struct Entry {
     pub peer_uri_sans: Vec<String>,
 }
 
+impl Entry {
+    /// An entry starting now on a connection from `downstream`, towards `cluster`.
+    pub fn starting(cluster: &str, downstream: super::Downstream, sans: &[String]) -> Self {
+        Entry {
+            start: SystemTime::now(),
+            duration: Duration::ZERO,
+            request: None,
+            response_code: 0,
+            response_headers: None,
+            response_flags: "",
+            bytes_received: 0,
+            bytes_sent: 0,
+            upstream_host: None,
+            upstream_cluster: cluster.to_string(),
+            downstream_remote: downstream.remote,
+            downstream_local: downstream.local,
+            protocol: None,
+            peer_uri_sans: sans.to_vec(),
+        }
+    }
+}
+
 /// A rendered value: text, a number, or nothing.
 enum Rendered {
     Text(String),
