@@ -5,7 +5,8 @@
 //! traffic. One writer task per sink appends to the file, or sends to the TCP collector,
 //! reconnecting with backoff and keeping unsent lines while it is down (up to the channel's
 //! capacity). A sink lives while some listener build uses it: rebuilt listeners share the same
-//! writer, and the writer is aborted when the last user goes away.
+//! writer; when the last user goes away the writer hands over what is queued and ends, or is
+//! aborted after a grace period.
 
 pub mod http;
 pub mod render;
@@ -37,13 +38,32 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// One file or collector and its writer task.
 pub struct Sink {
     tx: mpsc::Sender<String>,
-    writer: tokio::task::JoinHandle<()>,
+    /// Taken by `drop`.
+    writer: Option<tokio::task::JoinHandle<()>>,
     stats: Arc<Stats>,
 }
 
+/// How long a writer may take to hand over what is queued once its last user went away.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for Sink {
+    /// The channel closes with the sender: the writer hands over what is queued and ends. One
+    /// that cannot (a collector that is down or does not read) is aborted after a grace period.
     fn drop(&mut self) {
-        self.writer.abort();
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let abort = writer.abort_handle();
+                    if tokio::time::timeout(DRAIN_GRACE, writer).await.is_err() {
+                        abort.abort();
+                    }
+                });
+            }
+            Err(_) => writer.abort(),
+        }
     }
 }
 
@@ -75,7 +95,7 @@ fn sink(target: &LogSink, stats: &Arc<Stats>) -> Option<Arc<Sink>> {
     };
     let sink = Arc::new(Sink {
         tx,
-        writer,
+        writer: Some(writer),
         stats: stats.clone(),
     });
     sinks.retain(|_, w| w.strong_count() > 0);

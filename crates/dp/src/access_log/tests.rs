@@ -136,3 +136,22 @@ async fn a_full_sink_drops_and_counts_without_waiting() {
         .unwrap_or(0);
     assert!((99..=100).contains(&dropped), "{text}");
 }
+
+#[tokio::test]
+async fn lines_queued_when_the_last_user_goes_away_are_still_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("last.log");
+    let stats = Arc::new(Stats::default());
+    let loggers = loggers(&[plan(LogSink::File(path.display().to_string()))], &stats);
+    for code in 200..300 {
+        write_all(&loggers, &entry(code));
+    }
+    drop(loggers);
+    let text = until("every queued line", || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .filter(|t| t.lines().count() == 100)
+    })
+    .await;
+    assert!(text.starts_with("200 201\n") && text.ends_with("299 300\n"));
+}
