@@ -13,7 +13,8 @@
 //! are resolved here, per listener and direction: `%KUMA_MESH%`, `%KUMA_SOURCE_SERVICE%`
 //! (the proxy's service on an outbound, `unknown` on an inbound, as Kuma),
 //! `%KUMA_DESTINATION_SERVICE%`, `%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%` (the Dataplane's address
-//! in both directions, as Kuma) and `%KUMA_TRAFFIC_DIRECTION%`.
+//! in both directions, as Kuma; the older `%KUMA_SOURCE_ADDRESS%` is it with port 0) and
+//! `%KUMA_TRAFFIC_DIRECTION%`.
 
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
@@ -70,6 +71,11 @@ impl KumaValues<'_> {
         // Longest first: KUMA_SOURCE_ADDRESS_WITHOUT_PORT before any shorter name.
         format
             .replace("%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%", self.source_address)
+            // Kuma's older form, with the port Kuma gives it (0).
+            .replace(
+                "%KUMA_SOURCE_ADDRESS%",
+                &format!("{}:0", self.source_address),
+            )
             .replace("%KUMA_SOURCE_SERVICE%", self.source_service)
             .replace("%KUMA_DESTINATION_SERVICE%", self.destination_service)
             .replace("%KUMA_MESH%", self.mesh)
@@ -297,8 +303,8 @@ mod tests {
             direction: "OUTBOUND",
         };
         assert_eq!(
-            v.resolve("%KUMA_MESH% %KUMA_SOURCE_ADDRESS_WITHOUT_PORT%(%KUMA_SOURCE_SERVICE%)->%KUMA_DESTINATION_SERVICE% %KUMA_TRAFFIC_DIRECTION% %RESPONSE_CODE%"),
-            "default 10.0.0.1(web)->backend OUTBOUND %RESPONSE_CODE%"
+            v.resolve("%KUMA_MESH% %KUMA_SOURCE_ADDRESS_WITHOUT_PORT%(%KUMA_SOURCE_SERVICE%)->%KUMA_DESTINATION_SERVICE% %KUMA_TRAFFIC_DIRECTION% %RESPONSE_CODE% %KUMA_SOURCE_ADDRESS%"),
+            "default 10.0.0.1(web)->backend OUTBOUND %RESPONSE_CODE% 10.0.0.1:0"
         );
         assert_eq!(socket_path("dp-1", "mesh"), "/tmp/kuma-al-dp-1-mesh.sock");
         let long = socket_path(&"x".repeat(200), "m");
