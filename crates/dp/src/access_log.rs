@@ -90,7 +90,10 @@ fn sink(target: &LogSink, stats: &Arc<Stats>) -> Option<Arc<Sink>> {
     };
     let (tx, rx) = mpsc::channel(CAPACITY);
     let writer = match target {
-        LogSink::File(path) => runtime.spawn(write_file(path.clone(), rx, stats.clone())),
+        LogSink::File(path) => {
+            let (path, stats) = (path.clone(), stats.clone());
+            runtime.spawn_blocking(move || write_file(&path, rx, &stats))
+        }
         LogSink::Tcp(address) => runtime.spawn(send_tcp(address.clone(), rx, stats.clone())),
     };
     let sink = Arc::new(Sink {
@@ -151,36 +154,36 @@ fn next_backoff(d: Duration) -> Duration {
     (d * 2).min(BACKOFF_MAX)
 }
 
-async fn write_file(path: String, mut rx: mpsc::Receiver<String>, stats: Arc<Stats>) {
+/// Appends batches to the file on a blocking thread of its own (no per-write hop to tokio's
+/// blocking pool); it ends when the channel closes and is drained.
+fn write_file(path: &str, mut rx: mpsc::Receiver<String>, stats: &Stats) {
+    use std::io::Write as _;
     let mut backoff = BACKOFF_START;
-    let mut file = None;
-    while let Some(first) = rx.recv().await {
+    let mut file: Option<std::fs::File> = None;
+    while let Some(first) = rx.blocking_recv() {
         let bytes = batch(first, &mut rx);
         loop {
             if file.is_none() {
-                match tokio::fs::OpenOptions::new()
+                match std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(&path)
-                    .await
+                    .open(path)
                 {
                     Ok(f) => file = Some(f),
                     Err(e) => {
                         warn!(path, error = %e, "cannot open the access log; retrying");
                         stats.inc("access_logs.file.reopen_failed");
-                        tokio::time::sleep(backoff).await;
+                        std::thread::sleep(backoff);
                         backoff = next_backoff(backoff);
+                        if rx.is_closed() && backoff == BACKOFF_MAX {
+                            return;
+                        }
                         continue;
                     }
                 }
             }
             let Some(f) = file.as_mut() else { continue };
-            match async {
-                f.write_all(&bytes).await?;
-                f.flush().await
-            }
-            .await
-            {
+            match f.write_all(&bytes) {
                 Ok(()) => {
                     backoff = BACKOFF_START;
                     stats.inc("access_logs.file.write_completed");
@@ -190,7 +193,7 @@ async fn write_file(path: String, mut rx: mpsc::Receiver<String>, stats: Arc<Sta
                     warn!(path, error = %e, "cannot write the access log; reopening");
                     stats.inc("access_logs.file.write_failed");
                     file = None;
-                    tokio::time::sleep(backoff).await;
+                    std::thread::sleep(backoff);
                     backoff = next_backoff(backoff);
                 }
             }
