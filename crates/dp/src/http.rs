@@ -91,6 +91,9 @@ where
         let downstream = guard.downstream;
         async move {
             let mut req = req;
+            // MeshTrace, from the newest configuration (a pooled connection outlives updates):
+            // the context headers are written before any filter, as Envoy's HCM does.
+            let recording = crate::trace::begin(&latest, &listener, &mut req, peer);
             // MeshAccessLog: taken from the request now, written when the response is sent.
             let logging = crate::access_log::http::begin(
                 latest.listeners.get(&listener),
@@ -128,6 +131,9 @@ where
                 error_response(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY)
             };
             counted.answered(resp.status().as_u16(), started.elapsed());
+            if let Some(r) = recording {
+                r.end(resp.status().as_u16());
+            }
             let resp = match logging {
                 Some(pending) => crate::access_log::http::finish(pending, resp),
                 None => resp,

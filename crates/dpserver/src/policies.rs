@@ -27,6 +27,7 @@ pub(crate) fn proxy_policies(
         circuit_breaker: take(ResourceType::MeshCircuitBreaker),
         timeout: take(ResourceType::MeshTimeout),
         retry: take(ResourceType::MeshRetry),
+        trace: take(ResourceType::MeshTrace),
         access_log: take(ResourceType::MeshAccessLog),
         access_log_socket: meshzone_xds::policy::mesh_access_log::socket_path(
             &own.meta.name,

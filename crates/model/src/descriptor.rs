@@ -35,6 +35,7 @@ pub enum ResourceType {
     MeshCircuitBreaker,
     MeshTimeout,
     MeshRetry,
+    MeshTrace,
     MeshAccessLog,
 }
 
@@ -454,6 +455,12 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "MeshRetry",
         "meshretries",
         "meshretry",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshTrace,
+        "MeshTrace",
+        "meshtraces",
+        "meshtrace",
     ),
     Descriptor::policy(
         ResourceType::MeshAccessLog,

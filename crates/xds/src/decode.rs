@@ -44,6 +44,7 @@ mod rbac;
 pub mod resilience;
 pub mod routes;
 pub mod timeouts;
+pub mod tracing;
 pub use clusters::{decode_assignment, decode_cluster};
 pub use health_checks::{CheckerPlan, HealthCheckPlan};
 pub use inbound::{
@@ -156,6 +157,9 @@ pub struct ListenerPlan {
     /// MeshAccessLog: a line per request (HTTP) or connection (TCP) to each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub access_logs: Vec<access_log::AccessLogPlan>,
+    /// HTTP listeners with MeshTrace: sampling, tags, span kind and where spans go.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<tracing::TracingPlan>,
 }
 
 /// A bound TCP listener on `0.0.0.0:0` with nothing configured (what tests build plans from).
@@ -181,6 +185,7 @@ impl Default for ListenerPlan {
             timeouts: ListenerTimeouts::default(),
             hash_source_ip: false,
             access_logs: Vec::new(),
+            tracing: None,
         }
     }
 }
@@ -422,11 +427,11 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         }
     };
     let chain = &l.filter_chains[chain_index];
-    let filters = chain_filters(&name, chain_index, chain)?;
+    let filters = chain_filters(&name, chain_index, chain, l.traffic_direction)?;
     if permissive {
         // kuma-dp runs one plan per listener: the plaintext chain must do what the TLS one does.
         let other = 1 - chain_index;
-        if chain_filters(&name, other, &l.filter_chains[other])? != filters {
+        if chain_filters(&name, other, &l.filter_chains[other], l.traffic_direction)? != filters {
             return Err(err(
                 &name,
                 format!(
@@ -446,6 +451,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         timeouts,
         hash_source_ip,
         access_logs,
+        tracing,
     } = filters;
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
@@ -482,6 +488,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         timeouts,
         hash_source_ip,
         access_logs,
+        tracing,
     })
 }
 
@@ -498,6 +505,7 @@ struct ChainFilters {
     timeouts: ListenerTimeouts,
     hash_source_ip: bool,
     access_logs: Vec<access_log::AccessLogPlan>,
+    tracing: Option<tracing::TracingPlan>,
 }
 
 /// A chain's filters: an optional network RBAC filter, then a TCP proxy or an HTTP connection
@@ -507,6 +515,7 @@ fn chain_filters(
     name: &str,
     index: usize,
     chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
+    direction: i32,
 ) -> Result<ChainFilters, DecodeError> {
     let at = |i: usize| format!("filter_chains[{index}].filters[{i}]");
     let typed =
@@ -556,6 +565,7 @@ fn chain_filters(
         }
         let (service, routes, rbac, inbound_http, request_headers, access_logs) =
             hcm_routes(name, &at, cfg)?;
+        let tracing = hcm_tracing(name, &at, cfg, direction)?;
         let cluster = if service.is_empty() {
             default_cluster(&routes)
         } else {
@@ -575,6 +585,7 @@ fn chain_filters(
             },
             hash_source_ip: false,
             access_logs,
+            tracing,
         });
     }
     if cfg.type_url != TcpProxy::type_url() {
@@ -616,6 +627,7 @@ fn chain_filters(
         timeouts,
         hash_source_ip,
         access_logs,
+        tracing: None,
     })
 }
 
@@ -648,7 +660,7 @@ fn sni_router(
             }
             continue;
         }
-        let cluster = match chain_filters(&name, i, chain)? {
+        let cluster = match chain_filters(&name, i, chain, 0)? {
             ChainFilters {
                 cluster,
                 http: false,
@@ -705,7 +717,7 @@ fn terminating_chain(
         ));
     }
     let tls = tls_plan(name, d.common_tls_context.as_ref(), None)?;
-    match chain_filters(name, index, chain)? {
+    match chain_filters(name, index, chain, 0)? {
         ChainFilters {
             cluster,
             http: false,
@@ -785,6 +797,8 @@ fn hcm_routes(name: &str, at: &str, cfg: &Any) -> Result<HcmParts, DecodeError> 
     let request_headers =
         timeouts::hcm_resilience(&mut hcm, &format!("{at}.http_connection_manager"))
             .map_err(|e| err(name, e))?;
+    // Read by `hcm_tracing`.
+    hcm.tracing = None;
     let mut rbac = None;
     let mut inbound_http = InboundHttpPlan {
         stat_prefix: hcm.stat_prefix.clone(),
@@ -871,6 +885,21 @@ fn hcm_routes(name: &str, at: &str, cfg: &Any) -> Result<HcmParts, DecodeError> 
         request_headers,
         access_logs,
     ))
+}
+
+/// The tracing plan of an HTTP connection manager, if it traces.
+fn hcm_tracing(
+    name: &str,
+    at: &str,
+    cfg: &Any,
+    direction: i32,
+) -> Result<Option<tracing::TracingPlan>, DecodeError> {
+    let hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
+    hcm.tracing
+        .as_ref()
+        .map(|t| tracing::plan(t, direction, &format!("{at}.http_connection_manager")))
+        .transpose()
+        .map_err(|e| err(name, e))
 }
 
 /// Takes the per-route limit of the `local_ratelimit` filter out of the single route of an

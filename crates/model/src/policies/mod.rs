@@ -19,6 +19,7 @@ pub mod mesh_rate_limit;
 pub mod mesh_retry;
 pub mod mesh_tcp_route;
 pub mod mesh_timeout;
+pub mod mesh_trace;
 pub mod mesh_traffic_permission;
 pub mod proxy;
 pub(crate) mod resilience;
@@ -140,6 +141,7 @@ policies! {
     MeshCircuitBreaker => mesh_circuit_breaker::MeshCircuitBreaker,
     MeshTimeout => mesh_timeout::MeshTimeout,
     MeshRetry => mesh_retry::MeshRetry,
+    MeshTrace => mesh_trace::MeshTrace,
     MeshAccessLog => mesh_access_log::MeshAccessLog,
 }
 
