@@ -261,6 +261,20 @@ macro_rules! contract {
                 super::$name(crate::Store::new(backend)).await;
             })*
         }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let db = crate::postgres::testing::TestDatabase::migrated().await;
+                let backend = crate::PostgresBackend::connect(db.settings.clone()).await.expect("connect");
+                let store = crate::Store::new(backend);
+                let listener = tokio::spawn(
+                    store.backend().clone().follow_changes(store.event_sink(), Default::default()),
+                );
+                super::$name(store).await;
+                listener.abort();
+                db.drop_now().await;
+            })*
+        }
     };
 }
 
