@@ -9,6 +9,8 @@ pub mod schema;
 pub mod settings;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::str::FromStr;

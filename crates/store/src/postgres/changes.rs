@@ -120,6 +120,7 @@ impl PostgresBackend {
         let mut listener = PgListener::connect_with(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("listener cannot connect: {e}")))?;
+        listener.eager_reconnect(false);
         listener
             .listen(CHANNEL)
             .await
@@ -146,11 +147,12 @@ impl PostgresBackend {
                         sink.emit(kind, key);
                     }
                 }
-                // The connection dropped and sqlx has LISTENed again on a new one: whatever was
-                // sent in between is lost, so compare with the table.
+                // The connection dropped: whatever was sent since is lost. Reconnect (after the
+                // backoff), LISTEN, and only then resync, so nothing falls between the two.
                 Ok(None) => {
-                    let missed = self.resync(sink).await?;
-                    info!(missed, "store change listener reconnected and resynced");
+                    return Err(StoreError::Backend(
+                        "the listener's connection was closed".into(),
+                    ));
                 }
                 Err(e) => return Err(StoreError::Backend(format!("listener: {e}"))),
             }
