@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use meshzone_model::{Meta, Resource, ResourceKey, ResourceType, Spec};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Postgres, Row, Transaction};
 
 pub use changes::{FollowSettings, diff_announced, observe_revision};
 pub use schema::{MigrationReport, SchemaState};
@@ -72,15 +72,29 @@ async fn connect_pool(settings: &PostgresSettings, size: u32, recycle: Recycle) 
         .acquire_timeout(settings.connection_timeout)
         .idle_timeout(idle)
         .max_lifetime(lifetime);
-    match tokio::time::timeout(settings.connection_timeout, pool.connect_with(options)).await {
-        Ok(Ok(pool)) => Ok(pool),
-        Ok(Err(e)) => Err(StoreError::Backend(explain_connect_error(settings, &e))),
-        Err(_) => Err(StoreError::Backend(format!(
-            "cannot connect to {} within {:?} (store.postgres.connectionTimeout, KUMA_STORE_POSTGRES_CONNECTION_TIMEOUT): check KUMA_STORE_POSTGRES_HOST and KUMA_STORE_POSTGRES_PORT",
-            settings.describe(),
-            settings.connection_timeout
-        ))),
+    // One plain connection first: the pool would retry a refused connection until its timeout
+    // and report only that, while this reports why (refused, bad password, no database).
+    let probe = tokio::time::timeout(
+        settings.connection_timeout,
+        <PgConnection as Connection>::connect_with(&options),
+    )
+    .await;
+    match probe {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+        }
+        Ok(Err(e)) => return Err(StoreError::Backend(explain_connect_error(settings, &e))),
+        Err(_) => {
+            return Err(StoreError::Backend(format!(
+                "cannot connect to {} within {:?} (KUMA_STORE_POSTGRES_CONNECTION_TIMEOUT): check KUMA_STORE_POSTGRES_HOST and KUMA_STORE_POSTGRES_PORT",
+                settings.describe(),
+                settings.connection_timeout
+            )));
+        }
     }
+    pool.connect_with(options)
+        .await
+        .map_err(|e| StoreError::Backend(explain_connect_error(settings, &e)))
 }
 
 /// A connection failure in words that say which setting to check.
