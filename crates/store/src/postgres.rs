@@ -119,7 +119,17 @@ fn explain_connect_error(settings: &PostgresSettings, e: &sqlx::Error) -> String
             _ => {}
         }
     }
+    let tls_failed = |text: &str| {
+        let text = text.to_ascii_lowercase();
+        ["certificate", "tls", "handshake", "ssl"]
+            .iter()
+            .any(|w| text.contains(w))
+    };
     match e {
+        // sqlx reports TLS failures (an unknown issuer, a name mismatch) as I/O errors.
+        sqlx::Error::Io(io) if tls_failed(&io.to_string()) => format!(
+            "TLS to {target} failed: {io}: check KUMA_STORE_POSTGRES_TLS_MODE and KUMA_STORE_POSTGRES_TLS_CA_PATH"
+        ),
         sqlx::Error::Io(io) => format!(
             "cannot reach {target}: {io}: check KUMA_STORE_POSTGRES_HOST and KUMA_STORE_POSTGRES_PORT"
         ),

@@ -248,3 +248,51 @@ async fn a_listener_whose_connection_is_cut_catches_up_on_what_it_missed() {
     drop((a, b));
     db.drop_now().await;
 }
+
+/// Whether the session the store's pool hands out is encrypted (Postgres's own view).
+async fn session_uses_tls(backend: &PostgresBackend) -> bool {
+    sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&backend.pool)
+        .await
+        .expect("pg_stat_ssl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_reach_the_server_as_configured() {
+    use super::settings::TlsMode;
+    let db = TestDatabase::migrated().await;
+    let mut settings = db.settings.clone();
+    settings.tls.mode = TlsMode::VerifyNone;
+    let backend = PostgresBackend::connect(settings.clone())
+        .await
+        .expect("TLS without verification (the test server has ssl = on, as Debian's default)");
+    assert!(
+        session_uses_tls(&backend).await,
+        "verifyNone did not use TLS"
+    );
+    let store = Store::new(backend);
+    store.create(mesh("default")).await.expect("write over TLS");
+
+    settings.tls.mode = TlsMode::Disable;
+    let plain = PostgresBackend::connect(settings.clone())
+        .await
+        .expect("plain");
+    assert!(!session_uses_tls(&plain).await, "disable used TLS");
+
+    // Verifying against a CA that did not sign the server's certificate fails, naming TLS.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, UNRELATED_CA).expect("write ca");
+    settings.tls.mode = TlsMode::VerifyFull;
+    settings.tls.ca_path = ca.display().to_string();
+    let e = PostgresBackend::connect(settings)
+        .await
+        .err()
+        .expect("an unrelated CA must not verify the server");
+    assert!(e.to_string().contains("KUMA_STORE_POSTGRES_TLS"), "{e}");
+    drop((store, plain));
+    db.drop_now().await;
+}
+
+/// A self-signed CA (made once with openssl, valid until 2126) that signed nothing the server has.
+const UNRELATED_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBjzCCATWgAwIBAgIUPpQmCScTrFsNlZegwktSWo6+El8wCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRdW5yZWxhdGVkIHRlc3QgQ0EwIBcNMjYxMjAyMDAwOTI5WhgP\nMjEyNjExMDgwMDA5MjlaMBwxGjAYBgNVBAMMEXVucmVsYXRlZCB0ZXN0IENBMFkw\nEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE7l8sCsxSi//LlY1BjicGCa9BPuL4Eu3/\nTFXNi3KqmI0c96a1nADmJOPbYTNZn27yvCoGnZezeFeJn167mnRJnqNTMFEwHQYD\nVR0OBBYEFDzaJyUe1CMD8DvB8QIqZhX8+PWuMB8GA1UdIwQYMBaAFDzaJyUe1CMD\n8DvB8QIqZhX8+PWuMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIg\nXiaqN3wzX/XCtQsxQO4u/XTW2Npo3mhWNihDddY0JXgCIQCoM3sEK5xzrp1A36j8\neNxnXkJ0gQUOvOZnNtB5n/Btwg==\n-----END CERTIFICATE-----\n";
