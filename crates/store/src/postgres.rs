@@ -31,8 +31,8 @@ use crate::{Backend, Result, StoreError};
 pub const CHANNEL: &str = "meshzone_resources";
 
 /// What this instance has announced to its subscribers: the `revision` of every resource as of
-/// its last event. Own writes record theirs before they commit, so the notification of an own
-/// write is recognised and not announced twice.
+/// its last event. Own writes record theirs when they commit (the `Store` announces them), so
+/// the notification of an own write is recognised and not announced twice.
 type Announced = Arc<Mutex<HashMap<ResourceKey, i64>>>;
 
 #[derive(Clone)]
@@ -40,6 +40,10 @@ pub struct PostgresBackend {
     pool: PgPool,
     settings: Arc<PostgresSettings>,
     announced: Announced,
+    /// Own writes hold it shared from begin until their revision is recorded; the listener holds
+    /// it alone while it reads revisions, so what it reads never races an own write between its
+    /// commit and its record in `announced` (which would announce that write a second time).
+    write_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn backend_err(context: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
@@ -154,6 +158,7 @@ impl PostgresBackend {
             pool,
             settings: Arc::new(settings),
             announced: Announced::default(),
+            write_gate: Arc::default(),
         };
         // Everything that exists now counts as known; the listener announces what changes after.
         let snapshot = backend.revisions().await?;
@@ -205,17 +210,32 @@ impl PostgresBackend {
         Ok(out)
     }
 
-    /// The revision of one resource, `None` when it does not exist.
-    async fn revision(&self, key: &ResourceKey) -> Result<Option<i64>> {
-        sqlx::query_scalar(
-            "SELECT revision FROM resources WHERE type = $1 AND mesh = $2 AND name = $3",
+    /// The revisions of some resources; absent ones are missing from the map.
+    async fn revisions_of(&self, keys: &[ResourceKey]) -> Result<HashMap<ResourceKey, i64>> {
+        let types: Vec<&str> = keys.iter().map(|k| k.resource_type.name()).collect();
+        let meshes: Vec<&str> = keys.iter().map(|k| k.mesh.as_str()).collect();
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT r.type, r.mesh, r.name, r.revision FROM resources r
+             JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(type, mesh, name)
+               ON r.type = k.type AND r.mesh = k.mesh AND r.name = k.name",
         )
-        .bind(key.resource_type.name())
-        .bind(&key.mesh)
-        .bind(&key.name)
-        .fetch_optional(&self.pool)
+        .bind(types)
+        .bind(meshes)
+        .bind(names)
+        .fetch_all(&self.pool)
         .await
-        .map_err(backend_err("cannot read a revision"))
+        .map_err(backend_err("cannot read revisions"))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            if let Some(key) = key_of(&row, "type", "mesh", "name") {
+                let revision: i64 = row
+                    .try_get("revision")
+                    .map_err(backend_err("corrupt row: revision"))?;
+                out.insert(key, revision);
+            }
+        }
+        Ok(out)
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
@@ -348,6 +368,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn create(&self, resource: Resource) -> Result<()> {
+        let _gate = self.write_gate.read().await;
         let key = resource.key();
         let owner = resource.meta.owner.as_ref();
         let now = Utc::now();
@@ -380,11 +401,13 @@ impl Backend for PostgresBackend {
                 );
             }
         };
+        tx.commit().await.map_err(backend_err("commit"))?;
         self.lock_announced().insert(key, revision);
-        tx.commit().await.map_err(backend_err("commit"))
+        Ok(())
     }
 
     async fn update(&self, resource: Resource, expected: u64) -> Result<()> {
+        let _gate = self.write_gate.read().await;
         let key = resource.key();
         let owner = resource.meta.owner.as_ref();
         let mut tx = self.begin().await?;
@@ -409,8 +432,9 @@ impl Backend for PostgresBackend {
         .await;
         match updated {
             Ok(Some(revision)) => {
+                tx.commit().await.map_err(backend_err("commit"))?;
                 self.lock_announced().insert(key, revision);
-                tx.commit().await.map_err(backend_err("commit"))
+                Ok(())
             }
             Ok(None) => {
                 let actual: Option<i64> = sqlx::query_scalar(
@@ -438,6 +462,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn delete(&self, key: &ResourceKey, expected: Option<u64>) -> Result<Vec<ResourceKey>> {
+        let _gate = self.write_gate.read().await;
         let mut tx = self.begin().await?;
         // Locking the root first makes a concurrent create under it wait for this delete.
         let actual: Option<i64> = sqlx::query_scalar(
@@ -493,13 +518,11 @@ impl Backend for PostgresBackend {
             .execute(&mut *tx)
             .await
             .map_err(backend_err("delete"))?;
-        {
-            let mut announced = self.lock_announced();
-            for k in &doomed {
-                announced.remove(k);
-            }
-        }
         tx.commit().await.map_err(backend_err("commit"))?;
+        let mut announced = self.lock_announced();
+        for k in &doomed {
+            announced.remove(k);
+        }
         Ok(doomed)
     }
 }

@@ -15,6 +15,9 @@ use tracing::{debug, info, warn};
 use super::{CHANNEL, PostgresBackend, Recycle, connect_pool};
 use crate::{EventKind, EventSink, Result, StoreError};
 
+/// Most notifications read back in one query.
+const BATCH: usize = 500;
+
 /// Reconnection pacing of the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct FollowSettings {
@@ -133,19 +136,25 @@ impl PostgresBackend {
                 return Ok(());
             }
             match listener.try_recv().await {
-                Ok(Some(notification)) => {
-                    let Some(key) = parse_payload(notification.payload()) else {
-                        debug!(
-                            payload = notification.payload(),
-                            "ignoring a notification for a type this kuma-cp does not know"
-                        );
-                        continue;
-                    };
-                    let now = self.revision(&key).await?;
-                    let kind = observe_revision(&mut self.lock_announced(), &key, now);
-                    if let Some(kind) = kind {
-                        sink.emit(kind, key);
+                Ok(Some(first)) => {
+                    // This one and whatever else already arrived, read back in one query.
+                    let mut keys: Vec<ResourceKey> = Vec::new();
+                    for notification in std::iter::once(first)
+                        .chain(std::iter::from_fn(|| listener.next_buffered()))
+                    {
+                        match parse_payload(notification.payload()) {
+                            Some(key) if !keys.contains(&key) => keys.push(key),
+                            Some(_) => {}
+                            None => debug!(
+                                payload = notification.payload(),
+                                "ignoring a notification for a type this kuma-cp does not know"
+                            ),
+                        }
+                        if keys.len() >= BATCH {
+                            break;
+                        }
                     }
+                    self.announce(sink, &keys).await?;
                 }
                 // The connection dropped: whatever was sent since is lost. Reconnect (after the
                 // backoff), LISTEN, and only then resync, so nothing falls between the two.
@@ -159,8 +168,30 @@ impl PostgresBackend {
         }
     }
 
+    /// Reads the current revisions of `keys` and announces those that changed.
+    async fn announce(&self, sink: &EventSink, keys: &[ResourceKey]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let _no_own_write_in_flight = self.write_gate.write().await;
+        let now = self.revisions_of(keys).await?;
+        let events: Vec<(EventKind, ResourceKey)> = {
+            let mut announced = self.lock_announced();
+            keys.iter()
+                .filter_map(|k| {
+                    observe_revision(&mut announced, k, now.get(k).copied()).map(|e| (e, k.clone()))
+                })
+                .collect()
+        };
+        for (kind, key) in events {
+            sink.emit(kind, key);
+        }
+        Ok(())
+    }
+
     /// Announces every difference between the table and what was announced. Returns how many.
     async fn resync(&self, sink: &EventSink) -> Result<usize> {
+        let _no_own_write_in_flight = self.write_gate.write().await;
         let table = self.revisions().await?;
         let events = {
             let mut announced = self.lock_announced();
