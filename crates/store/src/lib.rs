@@ -1,6 +1,8 @@
 //! Resource storage: the [`Backend`] contract, the strict [`Store`] wrapper that every caller
-//! uses (validation, versions, times, change events), and two backends: [`MemoryBackend`] for
-//! tests and [`SqliteBackend`], the durable default in the work directory.
+//! uses (validation, versions, times, change events), and three backends: [`MemoryBackend`] for
+//! tests, [`SqliteBackend`], the durable default in the work directory, and [`PostgresBackend`]
+//! for several control-plane instances on one database (their writes reach each other's
+//! subscribers through [`EventSink`]).
 //!
 //! Backends are dumb and atomic: each call is one transaction. Cascades (owner references and the
 //! contents of a deleted Mesh) happen inside the backend's delete, so a crash never leaves half of
