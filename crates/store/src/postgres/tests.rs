@@ -298,3 +298,60 @@ async fn tls_modes_reach_the_server_as_configured() {
 
 /// A self-signed CA (made once with openssl, valid until 2126) that signed nothing the server has.
 const UNRELATED_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBjzCCATWgAwIBAgIUPpQmCScTrFsNlZegwktSWo6+El8wCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRdW5yZWxhdGVkIHRlc3QgQ0EwIBcNMjYxMjAyMDAwOTI5WhgP\nMjEyNjExMDgwMDA5MjlaMBwxGjAYBgNVBAMMEXVucmVsYXRlZCB0ZXN0IENBMFkw\nEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE7l8sCsxSi//LlY1BjicGCa9BPuL4Eu3/\nTFXNi3KqmI0c96a1nADmJOPbYTNZn27yvCoGnZezeFeJn167mnRJnqNTMFEwHQYD\nVR0OBBYEFDzaJyUe1CMD8DvB8QIqZhX8+PWuMB8GA1UdIwQYMBaAFDzaJyUe1CMD\n8DvB8QIqZhX8+PWuMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIg\nXiaqN3wzX/XCtQsxQO4u/XTW2Npo3mhWNihDddY0JXgCIQCoM3sEK5xzrp1A36j8\neNxnXkJ0gQUOvOZnNtB5n/Btwg==\n-----END CERTIFICATE-----\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_racing_a_mesh_delete_on_another_instance_leave_no_orphan() {
+    let db = TestDatabase::migrated().await;
+    let a = instance(&db, "deleter", FollowSettings::default()).await;
+    let b = instance(&db, "creator", FollowSettings::default()).await;
+    for round in 0..3 {
+        a.store.create(mesh("default")).await.expect("mesh");
+        let creator = b.store.clone();
+        let creates = tokio::spawn(async move {
+            let mut created = 0;
+            for i in 0..200 {
+                match creator
+                    .create(dataplane(&format!("dp-{round}-{i}"), 1))
+                    .await
+                {
+                    Ok(_) => created += 1,
+                    Err(crate::StoreError::MeshNotFound(_)) => {}
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            created
+        });
+        // Delete while the creates are under way (after the first one landed).
+        let start = Instant::now();
+        while b
+            .store
+            .list(ResourceType::Dataplane, Some("default"))
+            .await
+            .expect("list")
+            .is_empty()
+        {
+            assert!(start.elapsed() < DEADLINE, "no create landed");
+        }
+        a.store
+            .delete(&ResourceKey::global(ResourceType::Mesh, "default"), None)
+            .await
+            .expect("delete mesh");
+        let created = creates.await.expect("join");
+        // The delete landed among the creates: the later ones were refused for the missing Mesh.
+        assert!(
+            (1..200).contains(&created),
+            "round {round}: {created} created"
+        );
+        // Every Dataplane that exists has its Mesh: none, since the mesh is gone.
+        assert!(
+            a.store
+                .list(ResourceType::Dataplane, None)
+                .await
+                .expect("list")
+                .is_empty(),
+            "round {round}: a Dataplane outlived its Mesh"
+        );
+    }
+    drop((a, b));
+    db.drop_now().await;
+}
