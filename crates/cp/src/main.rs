@@ -121,13 +121,23 @@ fn load_config(
 
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(log_level)
+            tracing_subscriber::EnvFilter::try_new(quiet_database_notices(log_level))
                 .map_err(|e| anyhow!("--log-level {log_level:?}: {e}"))?,
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     Ok((config, env))
+}
+
+/// Postgres's notices (e.g. "relation … already exists, skipping" on `migrate up`) are logged by
+/// sqlx at info; they are only shown when the level names sqlx.
+fn quiet_database_notices(log_level: &str) -> String {
+    if log_level.contains("sqlx") {
+        log_level.to_string()
+    } else {
+        format!("{log_level},sqlx::postgres::notice=warn")
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
