@@ -30,7 +30,7 @@ async fn wanted(store: &Store) -> Result<BTreeSet<String>, StoreError> {
     let mut out = BTreeSet::new();
     // Mesh → the tag sets of its instances (local inbounds, remote offers).
     let mut tag_sets: BTreeMap<String, Vec<Tags>> = BTreeMap::new();
-    for r in store.list(ResourceType::Dataplane, None).await? {
+    for r in store.list_all(ResourceType::Dataplane).await?.iter() {
         if let Spec::Dataplane(d) = &r.spec {
             for i in &d.networking.inbound {
                 if let Some(service) = i.service() {
@@ -173,6 +173,7 @@ async fn refresh(store: &Store, cidr: Cidr, domain: &str) -> Result<Table, VipEr
 pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: &watch::Sender<Table>) {
     let mut events = store.subscribe();
     loop {
+        let started = std::time::Instant::now();
         match refresh(&store, cidr, &domain).await {
             Ok(t) => {
                 table.send_if_modified(|current| {
@@ -184,7 +185,7 @@ pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: &watch::S
             Err(e @ VipError::Damaged(_)) => error!(error = %e, "cannot update DNS virtual IPs"),
             Err(e) => warn!(error = %e, "cannot update DNS virtual IPs"),
         }
-        if !meshzone_store::changed(
+        if !meshzone_store::changed_paced(
             &mut events,
             &[
                 ResourceType::Dataplane,
@@ -193,6 +194,7 @@ pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: &watch::S
                 ResourceType::ExternalService,
                 ResourceType::Config,
             ],
+            started.elapsed(),
         )
         .await
         {

@@ -63,6 +63,7 @@ fn cluster_stats(a: &Admin) -> Vec<(String, u64)> {
     rt.clusters
         .values()
         .flat_map(|c| c.health_check_stats())
+        .chain(rt.trace_counters.stats())
         .chain(server)
         .collect()
 }

@@ -38,16 +38,21 @@ fn seed() -> u64 {
     h.finish() | 1
 }
 
-/// A uniform draw in `0..1_000_000` (xorshift64*, seeded per thread from the OS-keyed hasher).
-pub(crate) fn draw() -> u32 {
+/// A uniform 64-bit draw (xorshift64*, seeded per thread from the OS-keyed hasher).
+pub(crate) fn next_u64() -> u64 {
     RNG.with(|r| {
         let mut x = r.get();
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
         r.set(x);
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32 % 1_000_000
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     })
+}
+
+/// A uniform draw in `0..1_000_000`.
+pub(crate) fn draw() -> u32 {
+    (next_u64() >> 32) as u32 % 1_000_000
 }
 
 /// Whether a fault with this share (per million) hits this request.

@@ -90,6 +90,9 @@ where
         let peer = guard.peer;
         async move {
             let mut req = req;
+            // MeshTrace, from the newest configuration (a pooled connection outlives updates):
+            // the context headers are written before any filter, as Envoy's HCM does.
+            let recording = crate::trace::begin(&latest, &listener, &mut req, peer);
             let resp = if allowed {
                 let inbound = latest.listeners.get(&listener);
                 let decision = match inbound {
@@ -119,6 +122,9 @@ where
                 error_response(StatusCode::FORBIDDEN, crate::rbac::DENIED_BODY)
             };
             counted.answered(resp.status().as_u16(), started.elapsed());
+            if let Some(r) = recording {
+                r.end(resp.status().as_u16());
+            }
             Ok::<_, Infallible>(resp)
         }
     });

@@ -19,6 +19,7 @@ mod routes;
 mod runtime;
 mod stats;
 mod tls;
+mod trace;
 mod xds_client;
 
 use std::path::{Path, PathBuf};
@@ -216,7 +217,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let stats = Arc::new(Stats::default());
     let drain = Arc::new(Drain::default());
-    let (runtime_tx, runtime_rx) = watch::channel(Arc::new(Runtime::empty()));
+    // Zipkin names spans' service after the first inbound's `kuma.io/service` (Envoy: the node's
+    // cluster, which Kuma sets to it).
+    let local_service = dataplane_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .and_then(|v| {
+            v["networking"]["inbound"][0]["tags"]["kuma.io/service"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| name.clone());
+    let (runtime_tx, runtime_rx) = watch::channel(Arc::new(Runtime::empty_for(&local_service)));
     let (ready_tx, ready_rx) = watch::channel(false);
 
     let admin_listener = tokio::net::TcpListener::bind(("127.0.0.1", args.admin_port))

@@ -149,6 +149,13 @@ pub struct Runtime {
     pub listeners: BTreeMap<String, Arc<ListenerRuntime>>,
     /// `.mesh` name → VIP, for the local resolver of a transparent proxy.
     pub dns_names: BTreeMap<String, std::net::Ipv4Addr>,
+    /// MeshTrace: the span exporter of each collector cluster the listeners trace to.
+    pub tracers: BTreeMap<String, Arc<crate::trace::Exporter>>,
+    /// The proxy's service (Zipkin's `localEndpoint.serviceName`, as Envoy's node cluster);
+    /// carried from build to build.
+    pub local_service: Arc<str>,
+    /// The tracing counters, carried from build to build.
+    pub trace_counters: Arc<crate::trace::TraceCounters>,
 }
 
 pub use crate::outlier::{Health, Outcome};
@@ -191,6 +198,56 @@ fn upstream_tls(config: &ProxyConfig, c: &ClusterPlan) -> Result<Option<Upstream
         config: cfg,
         sni: plan.sni.clone(),
     }))
+}
+
+/// The span exporter of each collector cluster a listener traces to: the previous one when its
+/// provider and cluster object are the same, else a new one (the old one's task stops with it).
+/// A missing collector cluster, or one with TLS for OTLP, is a problem (requests still carry
+/// the trace context; their spans are not recorded).
+fn tracers(
+    config: &ProxyConfig,
+    clusters: &BTreeMap<String, Arc<ClusterRuntime>>,
+    previous: &Runtime,
+    problems: &mut Vec<RuntimeProblem>,
+) -> BTreeMap<String, Arc<crate::trace::Exporter>> {
+    use meshzone_xds::decode::tracing::ProviderPlan;
+    let mut out = BTreeMap::new();
+    for l in config.listeners.values() {
+        let Some(plan) = &l.tracing else { continue };
+        let name = plan.provider.cluster();
+        if out.contains_key(name) {
+            continue;
+        }
+        let Some(cluster) = clusters.get(name) else {
+            problems.push(RuntimeProblem(format!(
+                "listener {}: tracing collector cluster {name} is not configured",
+                l.name
+            )));
+            continue;
+        };
+        if matches!(plan.provider, ProviderPlan::OpenTelemetry { .. })
+            && cluster.tls.as_ref().is_ok_and(|t| t.is_some())
+        {
+            problems.push(RuntimeProblem(format!(
+                "cluster {name}: kuma-dp exports OTLP over plaintext gRPC only"
+            )));
+            continue;
+        }
+        let key = crate::trace::ExporterKey {
+            provider: plan.provider.clone(),
+            service: previous.local_service.to_string(),
+            cluster: cluster.clone(),
+        };
+        let exporter = match previous.tracers.get(name) {
+            Some(old) if old.key == key => old.clone(),
+            _ => Arc::new(crate::trace::Exporter::spawn(
+                key,
+                previous.trace_counters.clone(),
+            )),
+        };
+        out.insert(name.to_string(), exporter);
+    }
+    out
 }
 
 /// Starts the active checks of a cluster whose plan has them (none while its TLS is unusable:
@@ -338,6 +395,17 @@ impl Runtime {
             clusters: BTreeMap::new(),
             listeners: BTreeMap::new(),
             dns_names: BTreeMap::new(),
+            tracers: BTreeMap::new(),
+            local_service: Arc::from(""),
+            trace_counters: Default::default(),
+        }
+    }
+
+    /// The empty runtime of a proxy of `service` (before any configuration).
+    pub fn empty_for(service: &str) -> Self {
+        Runtime {
+            local_service: Arc::from(service),
+            ..Runtime::empty()
         }
     }
 
@@ -423,6 +491,7 @@ impl Runtime {
             listeners.insert(l.name.clone(), listener);
         }
         let dns_names = crate::dns::table(&config);
+        let tracers = tracers(&config, &clusters, previous, &mut problems);
         (
             Runtime {
                 config,
@@ -430,6 +499,9 @@ impl Runtime {
                 clusters,
                 listeners,
                 dns_names,
+                tracers,
+                local_service: previous.local_service.clone(),
+                trace_counters: previous.trace_counters.clone(),
             },
             problems,
         )
@@ -686,5 +758,148 @@ mod tests {
         );
         let (single, _) = Runtime::build(config, &same);
         assert_eq!(single.listeners["out"].tcp_cluster(), "web");
+    }
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use std::net::SocketAddr;
+
+    use meshzone_xds::decode::tracing::{ProviderPlan, SamplingPlan, SpanKind, TracingPlan};
+    use meshzone_xds::decode::{ClusterPlan, EndpointPlan, ListenerPlan, ProxyConfig};
+
+    use super::*;
+
+    fn traced(collector_port: u16, service_name: &str) -> ProxyConfig {
+        let mut config = ProxyConfig::default();
+        let cluster = "meshtrace:opentelemetry";
+        config.clusters.insert(
+            cluster.into(),
+            ClusterPlan {
+                name: cluster.into(),
+                http2: true,
+                ..Default::default()
+            },
+        );
+        config.endpoints.insert(
+            cluster.into(),
+            vec![EndpointPlan {
+                address: SocketAddr::from(([127, 0, 0, 1], collector_port)),
+                weight: 1,
+                zone: None,
+                priority: 0,
+                via_zone_egress: false,
+                no_active_health_check: false,
+            }],
+        );
+        for name in ["inbound:a", "outbound:b"] {
+            config.listeners.insert(
+                name.into(),
+                ListenerPlan {
+                    name: name.into(),
+                    http: true,
+                    tracing: Some(TracingPlan {
+                        kind: SpanKind::Server,
+                        sampling: SamplingPlan::default(),
+                        tags: Vec::new(),
+                        provider: ProviderPlan::OpenTelemetry {
+                            cluster: cluster.into(),
+                            service_name: service_name.into(),
+                        },
+                    }),
+                    ..Default::default()
+                },
+            );
+        }
+        config
+    }
+
+    #[tokio::test]
+    async fn one_exporter_per_collector_is_kept_until_its_provider_or_cluster_changes() {
+        let (first, problems) = Runtime::build(traced(4317, "web"), &Runtime::empty_for("web"));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(first.tracers.len(), 1, "two listeners share one exporter");
+        assert_eq!(&*first.local_service, "web");
+        let exporter = first.tracers["meshtrace:opentelemetry"].clone();
+        // The same configuration again: the running exporter is kept.
+        let (same, _) = Runtime::build(traced(4317, "web"), &first);
+        assert!(Arc::ptr_eq(
+            &same.tracers["meshtrace:opentelemetry"],
+            &exporter
+        ));
+        assert!(Arc::ptr_eq(&same.trace_counters, &first.trace_counters));
+        // Another collector address or service name: a new one.
+        let (moved, _) = Runtime::build(traced(4318, "web"), &same);
+        assert!(!Arc::ptr_eq(
+            &moved.tracers["meshtrace:opentelemetry"],
+            &exporter
+        ));
+        let (renamed, _) = Runtime::build(traced(4318, "web-2"), &moved);
+        assert!(!Arc::ptr_eq(
+            &renamed.tracers["meshtrace:opentelemetry"],
+            &moved.tracers["meshtrace:opentelemetry"]
+        ));
+        // Without its cluster: no exporter, and the problem names it.
+        let mut config = traced(4318, "web");
+        config.clusters.clear();
+        let (missing, problems) = Runtime::build(config, &renamed);
+        assert!(missing.tracers.is_empty());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.0.contains("meshtrace:opentelemetry is not configured")),
+            "{problems:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_spans_and_counts_them_without_waiting() {
+        use std::sync::atomic::Ordering;
+        use std::time::SystemTime;
+
+        use crate::trace::span::{ActiveSpan, FinishedSpan};
+        // A collector that accepts connections and never answers: the exporter's task is stuck
+        // in its first report while the request path keeps recording.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let (rt, _) = Runtime::build(traced(port, "web"), &Runtime::empty_for("web"));
+        let exporter = rt.tracers["meshtrace:opentelemetry"].clone();
+        let span = FinishedSpan {
+            span: ActiveSpan {
+                kind: SpanKind::Server,
+                trace_id: 1,
+                span_id: 1,
+                parent_id: None,
+                shared: false,
+                name: "ingress".into(),
+                start: SystemTime::UNIX_EPOCH,
+                tags: Vec::new(),
+            },
+            duration: std::time::Duration::from_millis(1),
+            error: false,
+        };
+        let extra = 10;
+        let total = crate::trace::export::QUEUE + crate::trace::export::MAX_BATCH + extra;
+        for _ in 0..total {
+            exporter.record(span.clone());
+        }
+        // At most a queue and one batch are held; the rest was dropped and counted.
+        let dropped = rt
+            .trace_counters
+            .opentelemetry
+            .spans_dropped
+            .load(Ordering::Relaxed);
+        assert!(
+            dropped >= extra as u64 && dropped <= (crate::trace::export::MAX_BATCH + extra) as u64,
+            "{dropped} dropped"
+        );
+        assert_eq!(
+            rt.trace_counters
+                .opentelemetry
+                .spans_sent
+                .load(Ordering::Relaxed),
+            0
+        );
+        drop(silent);
     }
 }

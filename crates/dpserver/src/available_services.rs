@@ -10,7 +10,7 @@ use meshzone_store::{Store, StoreError};
 use tracing::warn;
 
 async fn refresh(store: &Store, zone: Option<&str>) -> Result<(), StoreError> {
-    let dataplanes = store.list(ResourceType::Dataplane, None).await?;
+    let dataplanes = store.list_all(ResourceType::Dataplane).await?;
     let mut offered = available_services(dataplanes.iter().filter_map(|r| match &r.spec {
         Spec::Dataplane(d) => Some((r.meta.mesh.as_str(), d)),
         _ => None,
@@ -54,10 +54,11 @@ async fn refresh(store: &Store, zone: Option<&str>) -> Result<(), StoreError> {
 pub async fn maintain(store: Store, zone: Option<String>) {
     let mut events = store.subscribe();
     loop {
+        let started = std::time::Instant::now();
         if let Err(e) = refresh(&store, zone.as_deref()).await {
             warn!(error = %e, "cannot update the zone ingresses' available services");
         }
-        if !meshzone_store::changed(
+        if !meshzone_store::changed_paced(
             &mut events,
             &[
                 ResourceType::Dataplane,
@@ -65,6 +66,7 @@ pub async fn maintain(store: Store, zone: Option<String>) {
                 ResourceType::Mesh,
                 ResourceType::ExternalService,
             ],
+            started.elapsed(),
         )
         .await
         {

@@ -27,6 +27,7 @@ pub(crate) fn proxy_policies(
         circuit_breaker: take(ResourceType::MeshCircuitBreaker),
         timeout: take(ResourceType::MeshTimeout),
         retry: take(ResourceType::MeshRetry),
+        trace: take(ResourceType::MeshTrace),
     })
 }
 

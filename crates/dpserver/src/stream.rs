@@ -565,7 +565,7 @@ impl ProxyStream {
                 ..
             }) => {
                 let dataplanes = store
-                    .list(ResourceType::Dataplane, None)
+                    .list_all(ResourceType::Dataplane)
                     .await
                     .map_err(internal)?;
                 let mut routes =

@@ -35,6 +35,7 @@ pub enum ResourceType {
     MeshCircuitBreaker,
     MeshTimeout,
     MeshRetry,
+    MeshTrace,
 }
 
 /// Whether a resource lives inside a mesh or beside the meshes.
@@ -453,6 +454,12 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "MeshRetry",
         "meshretries",
         "meshretry",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshTrace,
+        "MeshTrace",
+        "meshtraces",
+        "meshtrace",
     ),
 ];
 

@@ -202,6 +202,61 @@ async fn deletes_cascade<B: Backend>(store: Store<B>) {
     );
 }
 
+/// Lists are served from the read cache: each kind of write, through any clone of the store,
+/// shows in the next list, cascades included.
+async fn lists_follow_every_write<B: Backend>(store: Store<B>) {
+    let other = store.clone();
+    let ports = async |mesh: Option<&str>| -> Vec<(String, u32)> {
+        let listed = store
+            .list(ResourceType::Dataplane, mesh)
+            .await
+            .expect("list");
+        listed
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::Dataplane(d) => Some((r.meta.name.clone(), d.networking.inbound[0].port)),
+                _ => None,
+            })
+            .collect()
+    };
+    let one = |name: &str, port: u32| vec![(name.to_string(), port)];
+    store.create(mesh("a")).await.expect("mesh a");
+    assert!(ports(None).await.is_empty());
+    other.create(dataplane("a", "dp-1", 1)).await.expect("dp-1");
+    assert_eq!(ports(None).await, one("dp-1", 1));
+    // The same shared list until the type changes, also after a write of another type.
+    let listed = store.list_all(ResourceType::Dataplane).await.expect("list");
+    store.create(mesh("b")).await.expect("mesh b");
+    let kept = store.list_all(ResourceType::Dataplane).await.expect("list");
+    assert!(std::sync::Arc::ptr_eq(&listed, &kept));
+
+    let mut next = listed[0].clone();
+    if let Spec::Dataplane(d) = &mut next.spec {
+        d.networking.inbound[0].port = 2;
+    }
+    other.update(next).await.expect("update");
+    assert_eq!(ports(Some("a")).await, one("dp-1", 2));
+    // Refused writes change nothing.
+    assert!(other.create(dataplane("a", "dp-1", 3)).await.is_err());
+    assert_eq!(ports(None).await, one("dp-1", 2));
+    other.create(dataplane("b", "dp-2", 4)).await.expect("dp-2");
+    assert_eq!(ports(Some("b")).await, one("dp-2", 4));
+    // Deleting mesh a removes its Dataplane from the cached list too.
+    other
+        .delete(&ResourceKey::global(ResourceType::Mesh, "a"), None)
+        .await
+        .expect("delete mesh");
+    assert_eq!(ports(None).await, one("dp-2", 4));
+    let meshes: Vec<String> = store
+        .list(ResourceType::Mesh, None)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.meta.name)
+        .collect();
+    assert_eq!(meshes, ["b"]);
+}
+
 async fn concurrent_updates_one_wins<B: Backend>(store: Store<B>) {
     store.create(mesh("default")).await.expect("mesh");
     let base = store
@@ -270,6 +325,11 @@ macro_rules! contract {
                 let listener = tokio::spawn(
                     store.backend().clone().follow_changes(store.event_sink(), Default::default()),
                 );
+                let start = std::time::Instant::now();
+                while !store.backend().is_following() {
+                    assert!(start.elapsed() < std::time::Duration::from_secs(20), "the listener never caught up");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
                 super::$name(store).await;
                 listener.abort();
                 db.drop_now().await;
@@ -283,6 +343,7 @@ contract!(
     invalid_and_orphans_are_refused,
     deletes_cascade,
     concurrent_updates_one_wins,
+    lists_follow_every_write,
     policies_round_trip
 );
 

@@ -8,6 +8,7 @@
 //! contents of a deleted Mesh) happen inside the backend's delete, so a crash never leaves half of
 //! a cascade behind. This crate knows nothing about HTTP, KDS or xDS.
 
+mod cache;
 mod memory;
 pub mod postgres;
 mod sqlite;
@@ -138,6 +139,24 @@ impl Backend for AnyBackend {
     }
 }
 
+/// How many times its own duration a whole-type reaction rests before it looks at the next
+/// change ([`changed_paced`]): such a reaction then takes at most a quarter of a core.
+pub const REACTION_PACE: u32 = 3;
+
+/// [`changed`] for a reaction that re-reads whole types on every change (DNS VIPs, the
+/// ingress's available services): it first rests [`REACTION_PACE`] times as long as its last
+/// run took (`last_run`), so that under a stream of writes it runs once per burst instead of
+/// once per write, and writes do not slow down as the store grows. A change after a quiet spell
+/// is handled at once (the rest is already over).
+pub async fn changed_paced(
+    events: &mut broadcast::Receiver<StoreEvent>,
+    types: &[ResourceType],
+    last_run: std::time::Duration,
+) -> bool {
+    tokio::time::sleep(last_run * REACTION_PACE).await;
+    changed(events, types).await
+}
+
 /// What happened to a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -176,14 +195,28 @@ pub async fn changed(events: &mut broadcast::Receiver<StoreEvent>, types: &[Reso
 pub struct EventSink {
     events: broadcast::Sender<StoreEvent>,
     sequence: Arc<AtomicU64>,
+    cache: Arc<cache::ListCache>,
 }
 
 impl EventSink {
-    /// Tells every subscriber; call only after the change is committed.
+    /// Tells every subscriber; call only after the change is committed. The read cache forgets
+    /// the type before anyone can learn of the change.
     pub fn emit(&self, kind: EventKind, key: ResourceKey) {
+        self.cache.invalidate(key.resource_type);
         let seq = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         // No subscriber is fine.
         let _ = self.events.send(StoreEvent { kind, key, seq });
+    }
+
+    /// Other instances' writes may be going unheard (the listener is not connected): lists are
+    /// read from the backend, never from the cache, until [`EventSink::trust_cache`].
+    pub fn distrust_cache(&self) {
+        self.cache.suspend();
+    }
+
+    /// Every write is heard again (the listener has resynced): the cache may serve lists.
+    pub fn trust_cache(&self) {
+        self.cache.resume();
     }
 
     /// Whether the store it belongs to is gone (this sink is the last sender).
@@ -199,6 +232,7 @@ pub struct Store<B = AnyBackend> {
     events: broadcast::Sender<StoreEvent>,
     sequence: Arc<AtomicU64>,
     metrics: Option<StoreMetrics>,
+    cache: Arc<cache::ListCache>,
 }
 
 /// Kuma's store metrics: `store{operation,resource_type}` (seconds) and
@@ -238,6 +272,7 @@ impl<B> Clone for Store<B> {
             events: self.events.clone(),
             sequence: self.sequence.clone(),
             metrics: self.metrics.clone(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -252,6 +287,7 @@ impl<B: Backend> Store<B> {
             events,
             sequence: Arc::default(),
             metrics: None,
+            cache: Arc::default(),
         }
     }
 
@@ -318,8 +354,33 @@ impl<B: Backend> Store<B> {
             .await
     }
 
+    /// Resources of one type, ordered by mesh then name; `mesh` narrows to one mesh. Served from
+    /// the read cache while the type is unchanged.
     pub async fn list(&self, rt: ResourceType, mesh: Option<&str>) -> Result<Vec<Resource>> {
-        self.timed(Op::List, rt, self.backend.list(rt, mesh)).await
+        let all = self.list_all(rt).await?;
+        Ok(match mesh {
+            None => all.as_ref().clone(),
+            Some(mesh) => all
+                .iter()
+                .filter(|r| r.meta.mesh == mesh)
+                .cloned()
+                .collect(),
+        })
+    }
+
+    /// Every resource of one type, ordered by mesh then name, shared with other readers (no
+    /// copy): for components that re-read a whole type on each change.
+    pub async fn list_all(&self, rt: ResourceType) -> Result<Arc<Vec<Resource>>> {
+        let generation = match self.cache.lookup(rt) {
+            Ok(list) => return Ok(list),
+            Err(generation) => generation,
+        };
+        let list = Arc::new(
+            self.timed(Op::List, rt, self.backend.list(rt, None))
+                .await?,
+        );
+        self.cache.fill(rt, generation, list.clone());
+        Ok(list)
     }
 
     /// Creates a resource at version 1. Its `creationTime` is now.
@@ -330,8 +391,12 @@ impl<B: Backend> Store<B> {
         resource.meta.creation_time = Some(now);
         resource.meta.modification_time = Some(now);
         let rt = resource.resource_type();
-        self.timed(Op::Create, rt, self.backend.create(resource.clone()))
-            .await?;
+        let invalidate = self.invalidate_on_drop(Some(rt));
+        let created = self
+            .timed(Op::Create, rt, self.backend.create(resource.clone()))
+            .await;
+        invalidate.settle(&created);
+        created?;
         self.emit(EventKind::Created, resource.key());
         Ok(resource)
     }
@@ -357,6 +422,7 @@ impl<B: Backend> Store<B> {
             resource.meta.owner = stored.meta.owner;
         }
         let rt = resource.resource_type();
+        let invalidate = self.invalidate_on_drop(Some(rt));
         let updated = self
             .timed(
                 Op::Update,
@@ -364,6 +430,7 @@ impl<B: Backend> Store<B> {
                 self.backend.update(resource.clone(), expected),
             )
             .await;
+        invalidate.settle(&updated);
         if let Err(StoreError::Conflict { .. }) = &updated {
             self.conflict(rt);
         }
@@ -399,29 +466,44 @@ impl<B: Backend> Store<B> {
         key: &ResourceKey,
         expected_version: Option<u64>,
     ) -> Result<Vec<ResourceKey>> {
+        let invalidate = self.invalidate_on_drop(None);
         let deleted = self
             .timed(
                 Op::Delete,
                 key.resource_type,
                 self.backend.delete(key, expected_version),
             )
-            .await?;
+            .await;
+        invalidate.settle(&deleted);
+        let deleted = deleted?;
         for k in &deleted {
             self.emit(EventKind::Deleted, k.clone());
         }
         Ok(deleted)
     }
 
+    fn invalidate_on_drop(
+        &self,
+        resource_type: Option<ResourceType>,
+    ) -> cache::InvalidateOnDrop<'_> {
+        cache::InvalidateOnDrop {
+            cache: &self.cache,
+            resource_type,
+        }
+    }
+
     fn emit(&self, kind: EventKind, key: ResourceKey) {
         self.event_sink().emit(kind, key);
     }
 
-    /// A handle that announces changes to this store's subscribers (for a backend's listener of
-    /// other instances' writes). It does not keep the store alive.
+    /// A handle that announces changes to this store's subscribers and keeps its read cache
+    /// exact (for a backend's listener of other instances' writes). It does not keep the store
+    /// alive.
     pub fn event_sink(&self) -> EventSink {
         EventSink {
             events: self.events.clone(),
             sequence: self.sequence.clone(),
+            cache: self.cache.clone(),
         }
     }
 }

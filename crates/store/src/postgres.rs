@@ -44,6 +44,8 @@ pub struct PostgresBackend {
     /// it alone while it reads revisions, so what it reads never races an own write between its
     /// commit and its record in `announced` (which would announce that write a second time).
     write_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Whether the change listener is connected and has resynced.
+    following: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn backend_err(context: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
@@ -159,6 +161,7 @@ impl PostgresBackend {
             settings: Arc::new(settings),
             announced: Announced::default(),
             write_gate: Arc::default(),
+            following: Arc::default(),
         };
         // Everything that exists now counts as known; the listener announces what changes after.
         let snapshot = backend.revisions().await?;
@@ -180,6 +183,12 @@ impl PostgresBackend {
         let state = schema::state(&pool).await;
         pool.close().await;
         state
+    }
+
+    /// Whether [`follow_changes`](Self::follow_changes) is connected and has caught up, so
+    /// every instance's writes reach this store's subscribers (and its read cache is in use).
+    pub fn is_following(&self) -> bool {
+        self.following.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn settings(&self) -> &PostgresSettings {

@@ -43,6 +43,7 @@ mod rbac;
 pub mod resilience;
 pub mod routes;
 pub mod timeouts;
+pub mod tracing;
 pub use clusters::{decode_assignment, decode_cluster};
 pub use health_checks::{CheckerPlan, HealthCheckPlan};
 pub use inbound::{
@@ -152,6 +153,9 @@ pub struct ListenerPlan {
     /// (`tcp_proxy.hash_policy` `source_ip`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub hash_source_ip: bool,
+    /// HTTP listeners with MeshTrace: sampling, tags, span kind and where spans go.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<tracing::TracingPlan>,
 }
 
 /// A bound TCP listener on `0.0.0.0:0` with nothing configured (what tests build plans from).
@@ -176,6 +180,7 @@ impl Default for ListenerPlan {
             connection_limit: None,
             timeouts: ListenerTimeouts::default(),
             hash_source_ip: false,
+            tracing: None,
         }
     }
 }
@@ -417,11 +422,11 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         }
     };
     let chain = &l.filter_chains[chain_index];
-    let filters = chain_filters(&name, chain_index, chain)?;
+    let filters = chain_filters(&name, chain_index, chain, l.traffic_direction)?;
     if permissive {
         // kuma-dp runs one plan per listener: the plaintext chain must do what the TLS one does.
         let other = 1 - chain_index;
-        if chain_filters(&name, other, &l.filter_chains[other])? != filters {
+        if chain_filters(&name, other, &l.filter_chains[other], l.traffic_direction)? != filters {
             return Err(err(
                 &name,
                 format!(
@@ -440,6 +445,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         connection_limit,
         timeouts,
         hash_source_ip,
+        tracing,
     } = filters;
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
         None => None,
@@ -475,6 +481,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         connection_limit,
         timeouts,
         hash_source_ip,
+        tracing,
     })
 }
 
@@ -490,6 +497,7 @@ struct ChainFilters {
     connection_limit: Option<ConnectionLimitPlan>,
     timeouts: ListenerTimeouts,
     hash_source_ip: bool,
+    tracing: Option<tracing::TracingPlan>,
 }
 
 /// A chain's filters: an optional network RBAC filter, then a TCP proxy or an HTTP connection
@@ -499,6 +507,7 @@ fn chain_filters(
     name: &str,
     index: usize,
     chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain,
+    direction: i32,
 ) -> Result<ChainFilters, DecodeError> {
     let at = |i: usize| format!("filter_chains[{index}].filters[{i}]");
     let typed =
@@ -547,6 +556,7 @@ fn chain_filters(
             ));
         }
         let (service, routes, rbac, inbound_http, request_headers) = hcm_routes(name, &at, cfg)?;
+        let tracing = hcm_tracing(name, &at, cfg, direction)?;
         let cluster = if service.is_empty() {
             default_cluster(&routes)
         } else {
@@ -565,6 +575,7 @@ fn chain_filters(
                 ..ListenerTimeouts::default()
             },
             hash_source_ip: false,
+            tracing,
         });
     }
     if cfg.type_url != TcpProxy::type_url() {
@@ -600,6 +611,7 @@ fn chain_filters(
         connection_limit,
         timeouts,
         hash_source_ip,
+        tracing: None,
     })
 }
 
@@ -632,7 +644,7 @@ fn sni_router(
             }
             continue;
         }
-        let cluster = match chain_filters(&name, i, chain)? {
+        let cluster = match chain_filters(&name, i, chain, 0)? {
             ChainFilters {
                 cluster,
                 http: false,
@@ -686,7 +698,7 @@ fn terminating_chain(
         ));
     }
     let tls = tls_plan(name, d.common_tls_context.as_ref(), None)?;
-    match chain_filters(name, index, chain)? {
+    match chain_filters(name, index, chain, 0)? {
         ChainFilters {
             cluster,
             http: false,
@@ -759,6 +771,8 @@ fn hcm_routes(name: &str, at: &str, cfg: &Any) -> Result<HcmParts, DecodeError> 
     let request_headers =
         timeouts::hcm_resilience(&mut hcm, &format!("{at}.http_connection_manager"))
             .map_err(|e| err(name, e))?;
+    // Read by `hcm_tracing`.
+    hcm.tracing = None;
     let mut rbac = None;
     let mut inbound_http = InboundHttpPlan {
         stat_prefix: hcm.stat_prefix.clone(),
@@ -838,6 +852,21 @@ fn hcm_routes(name: &str, at: &str, cfg: &Any) -> Result<HcmParts, DecodeError> 
     let (service, routes) =
         routes::hcm_routes(&hcm).map_err(|e| err(name, format!("{at}: {e}")))?;
     Ok((service, routes, rbac, inbound_http, request_headers))
+}
+
+/// The tracing plan of an HTTP connection manager, if it traces.
+fn hcm_tracing(
+    name: &str,
+    at: &str,
+    cfg: &Any,
+    direction: i32,
+) -> Result<Option<tracing::TracingPlan>, DecodeError> {
+    let hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
+    hcm.tracing
+        .as_ref()
+        .map(|t| tracing::plan(t, direction, &format!("{at}.http_connection_manager")))
+        .transpose()
+        .map_err(|e| err(name, e))
 }
 
 /// Takes the per-route limit of the `local_ratelimit` filter out of the single route of an

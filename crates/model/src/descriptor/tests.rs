@@ -136,6 +136,7 @@ fn policies_are_user_written_mesh_types_with_a_policy_conf() {
             ResourceType::MeshCircuitBreaker,
             ResourceType::MeshTimeout,
             ResourceType::MeshRetry,
+            ResourceType::MeshTrace,
         ]
     );
 }
@@ -178,6 +179,7 @@ fn synced_types_come_in_apply_order_owners_first() {
             ResourceType::MeshCircuitBreaker,
             ResourceType::MeshTimeout,
             ResourceType::MeshRetry,
+            ResourceType::MeshTrace,
         ]
     );
     assert_eq!(

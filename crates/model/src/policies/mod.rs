@@ -18,6 +18,7 @@ pub mod mesh_rate_limit;
 pub mod mesh_retry;
 pub mod mesh_tcp_route;
 pub mod mesh_timeout;
+pub mod mesh_trace;
 pub mod mesh_traffic_permission;
 pub mod proxy;
 pub(crate) mod resilience;
@@ -137,6 +138,7 @@ policies! {
     MeshCircuitBreaker => mesh_circuit_breaker::MeshCircuitBreaker,
     MeshTimeout => mesh_timeout::MeshTimeout,
     MeshRetry => mesh_retry::MeshRetry,
+    MeshTrace => mesh_trace::MeshTrace,
 }
 
 /// The stored and wire form of a policy: its conf under `spec`.

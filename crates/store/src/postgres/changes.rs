@@ -6,6 +6,7 @@
 //! announced and emits the missed creates, updates and deletes. No subscriber stays stale.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use meshzone_model::ResourceKey;
@@ -99,9 +100,14 @@ impl PostgresBackend {
     pub async fn follow_changes(self, sink: EventSink, pacing: FollowSettings) -> Result<()> {
         let mut backoff = pacing.initial_backoff;
         loop {
+            // Until the listener has resynced, another instance's write may be unheard: the
+            // store's read cache must not serve a list from before it.
+            sink.distrust_cache();
             match self.listen(&sink, &mut backoff, pacing).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
+                    self.following.store(false, Ordering::SeqCst);
+                    sink.distrust_cache();
                     warn!(error = %e, retry_in = ?backoff, "store change listener lost its database connection; it reconnects and resyncs");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(pacing.max_backoff);
@@ -129,6 +135,8 @@ impl PostgresBackend {
             .await
             .map_err(|e| StoreError::Backend(format!("LISTEN {CHANNEL}: {e}")))?;
         let missed = self.resync(sink).await?;
+        sink.trust_cache();
+        self.following.store(true, Ordering::SeqCst);
         info!(missed, "store change listener is listening");
         *backoff = pacing.initial_backoff;
         loop {

@@ -126,8 +126,25 @@ async fn a_write_through_one_instance_is_an_event_in_the_other() {
     let mesh_key = ResourceKey::global(ResourceType::Mesh, "default");
     a.store.create(mesh("default")).await.expect("mesh");
     until_seen(&mut b_events, &[(EventKind::Created, mesh_key.clone())]).await;
+    // B's read cache holds the (empty) Dataplane list; A's write must not leave it stale.
+    assert!(
+        b.store
+            .list(ResourceType::Dataplane, None)
+            .await
+            .expect("list")
+            .is_empty()
+    );
     let dp = a.store.create(dataplane("dp-1", 8080)).await.expect("dp");
     until_seen(&mut b_events, &[(EventKind::Created, dp_key("dp-1"))]).await;
+    assert_eq!(
+        b.store
+            .list(ResourceType::Dataplane, None)
+            .await
+            .expect("list")
+            .len(),
+        1,
+        "B's cached list missed A's write"
+    );
     let mut next = dp.clone();
     if let Spec::Dataplane(d) = &mut next.spec {
         d.networking.inbound[0].port = 9090;
@@ -177,6 +194,20 @@ async fn a_listener_whose_connection_is_cut_catches_up_on_what_it_missed() {
     )
     .await;
     let mut b_events = b.store.subscribe();
+    // B's read cache holds the list from before the cut.
+    wait_for_listener(&db, &b).await;
+    let names =
+        |list: Vec<Resource>| -> Vec<String> { list.into_iter().map(|r| r.meta.name).collect() };
+    assert_eq!(
+        names(
+            b.store
+                .list(ResourceType::Dataplane, None)
+                .await
+                .expect("list")
+        )
+        .len(),
+        4
+    );
     let mut cut = false;
     for _attempt in 0..3 {
         let pid = wait_for_listener(&db, &b).await;
@@ -199,6 +230,12 @@ async fn a_listener_whose_connection_is_cut_catches_up_on_what_it_missed() {
         }
     }
     assert!(cut, "could not catch the listener disconnected");
+    // B has noticed: from here on it reads lists from the database.
+    let start = Instant::now();
+    while b.store.backend().is_following() {
+        assert!(start.elapsed() < DEADLINE, "B never noticed the cut");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let changes = a.store.get(&dp_key("changes")).await.expect("get");
     let mut next = changes.clone();
@@ -222,6 +259,17 @@ async fn a_listener_whose_connection_is_cut_catches_up_on_what_it_missed() {
         listener_pid(&db, &b).await,
         None,
         "the listener reconnected during the writes; the test did not cut it long enough"
+    );
+    // Meanwhile B does not serve its cached list: it reads the database.
+    let listed = names(
+        b.store
+            .list(ResourceType::Dataplane, None)
+            .await
+            .expect("list"),
+    );
+    assert!(
+        listed.contains(&"new".to_string()) && !listed.contains(&"goes".to_string()),
+        "B served a stale list while its listener was cut: {listed:?}"
     );
 
     let missed = vec![

@@ -46,6 +46,9 @@ pub struct ProxyPolicies {
     /// MeshRetry: `to_rules` per outbound service; confs as
     /// `meshzone_model::policies::mesh_retry::RetryConf`.
     pub retry: PolicyRules,
+    /// MeshTrace: the proxy-wide `proxy_rule`, whose conf is a merged
+    /// `meshzone_model::policies::mesh_trace::TraceConf`.
+    pub trace: PolicyRules,
 }
 
 pub mod backend_refs;
@@ -60,6 +63,7 @@ pub mod mesh_rate_limit;
 pub mod mesh_retry;
 mod mesh_tcp_route;
 pub mod mesh_timeout;
+pub mod mesh_trace;
 mod resilience;
 pub mod zone_egress;
 
@@ -78,6 +82,7 @@ pub const CONFIGURERS: &[(&str, Configurer)] = &[
         "MeshLoadBalancingStrategy",
         mesh_load_balancing_strategy::configure,
     ),
+    ("MeshTrace", mesh_trace::configure),
     ("MeshFaultInjection", mesh_fault_injection::configure),
     ("MeshRateLimit", mesh_rate_limit::configure),
     ("MeshTimeout", mesh_timeout::configure),

@@ -46,6 +46,9 @@ const PROTOS: &[&str] = &[
     "envoy/extensions/filters/http/fault/v3/fault.proto",
     "envoy/extensions/filters/http/header_mutation/v3/header_mutation.proto",
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
+    "envoy/config/trace/v3/zipkin.proto",
+    "envoy/config/trace/v3/opentelemetry.proto",
+    "envoy/config/trace/v3/datadog.proto",
 ];
 
 /// The `proto/` folder of the envoy-types crate this build uses (it ships Envoy's protos).
