@@ -11,6 +11,10 @@ if ! command -v pg_lsclusters >/dev/null 2>&1 || [ -z "$(pg_lsclusters -h 2>/dev
   apt-get update -q >&2
   apt-get install -y -q postgresql >&2
 fi
+# The package is there but its cluster was dropped: make one for the newest server installed.
+if [ -z "$(pg_lsclusters -h 2>/dev/null)" ]; then
+  pg_createcluster "$(ls /usr/lib/postgresql | sort -V | tail -n 1)" main >&2
+fi
 read -r version cluster port status _ < <(pg_lsclusters -h | head -n 1)
 if [ "$status" != online ]; then
   pg_ctlcluster "$version" "$cluster" start >&2
