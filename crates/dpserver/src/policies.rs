@@ -28,6 +28,7 @@ pub(crate) fn proxy_policies(
         timeout: take(ResourceType::MeshTimeout),
         retry: take(ResourceType::MeshRetry),
         trace: take(ResourceType::MeshTrace),
+        metric: take(ResourceType::MeshMetric),
     })
 }
 

@@ -36,6 +36,7 @@ pub enum ResourceType {
     MeshTimeout,
     MeshRetry,
     MeshTrace,
+    MeshMetric,
 }
 
 /// Whether a resource lives inside a mesh or beside the meshes.
@@ -460,6 +461,12 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "MeshTrace",
         "meshtraces",
         "meshtrace",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshMetric,
+        "MeshMetric",
+        "meshmetrics",
+        "meshmetric",
     ),
 ];
 
