@@ -12,6 +12,8 @@ if [ ! -x .venv/bin/envoy ] && [ -z "${ENVOY_BIN:-}" ]; then
 fi
 cargo build --release -p kuma-cp -p kuma-dp -p meshzone-bench
 ./target/release/store-api-bench
+# Postgres against SQLite: a fresh database on the test server scripts/test-postgres.sh starts.
+MESHZONE_TEST_POSTGRES_URL="${MESHZONE_TEST_POSTGRES_URL:-$(./scripts/test-postgres.sh)}" ./target/release/store-postgres-bench
 ./target/release/proxy-bench
 ./target/release/kds-bench
 ./target/release/cross-zone-bench

@@ -38,6 +38,12 @@ fi
 if [ ! -d crates/integration-tests/gui/node_modules/playwright-core ]; then
   (cd crates/integration-tests/gui && npm ci --no-audit --no-fund)
 fi
+# The Postgres store tests use Debian's PostgreSQL, started here with a test user and database
+# (scripts/test-postgres.sh installs it if missing and is safe to run again).
+if [ -z "${MESHZONE_TEST_POSTGRES_URL:-}" ]; then
+  MESHZONE_TEST_POSTGRES_URL="$(./scripts/test-postgres.sh)"
+  export MESHZONE_TEST_POSTGRES_URL
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Integration tests run the binaries as processes, so build them first.

@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use meshzone_store::postgres::{PostgresSettings, PostgresTls, TlsMode};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -37,6 +40,54 @@ pub struct StoreConfig {
     #[serde(rename = "type")]
     pub store_type: String,
     pub sqlite: SqliteConfig,
+    pub postgres: PostgresConfig,
+}
+
+/// Kuma's `store.postgres`, with its keys and defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PostgresConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub db_name: String,
+    /// Only `pgx` (Kuma's only driver too); kept so Kuma config files load.
+    pub driver_name: String,
+    /// Seconds allowed to establish a connection.
+    pub connection_timeout: u32,
+    /// 0 means no limit.
+    pub max_open_connections: u32,
+    /// Accepted for Kuma's files; the pool closes idle connections after `maxConnectionIdleTime`.
+    pub max_idle_connections: i64,
+    pub min_open_connections: u32,
+    pub max_connection_idle_time: String,
+    pub max_connection_lifetime: String,
+    pub max_connection_lifetime_jitter: String,
+    pub health_check_interval: String,
+    pub max_list_query_elements: u32,
+    pub tls: PostgresTlsConfig,
+    pub read_replica: ReadReplicaConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PostgresTlsConfig {
+    /// `disable`, `verifyNone`, `verifyCa`, `verifyFull`.
+    pub mode: String,
+    pub cert_path: String,
+    pub key_path: String,
+    pub ca_path: String,
+    #[serde(rename = "disableSSLSNI")]
+    pub disable_sslsni: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReadReplicaConfig {
+    pub host: String,
+    pub port: u16,
+    pub ratio: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,6 +223,35 @@ impl Default for Config {
                 sqlite: SqliteConfig {
                     path: String::new(),
                 },
+                postgres: PostgresConfig {
+                    host: "127.0.0.1".into(),
+                    port: 15432,
+                    user: "kuma".into(),
+                    password: "kuma".into(),
+                    db_name: "kuma".into(),
+                    driver_name: "pgx".into(),
+                    connection_timeout: 5,
+                    max_open_connections: 50,
+                    max_idle_connections: 50,
+                    min_open_connections: 0,
+                    max_connection_idle_time: "30m".into(),
+                    max_connection_lifetime: "1h".into(),
+                    max_connection_lifetime_jitter: "1m".into(),
+                    health_check_interval: "30s".into(),
+                    max_list_query_elements: 0,
+                    tls: PostgresTlsConfig {
+                        mode: "disable".into(),
+                        cert_path: String::new(),
+                        key_path: String::new(),
+                        ca_path: String::new(),
+                        disable_sslsni: false,
+                    },
+                    read_replica: ReadReplicaConfig {
+                        host: String::new(),
+                        port: 5432,
+                        ratio: 100,
+                    },
+                },
             },
             api_server: ApiServer {
                 http: HttpListener {
@@ -228,6 +308,10 @@ enum Kind {
     Text,
     Port,
     Bool,
+    /// A whole number ≥ 0.
+    Count,
+    /// A whole number that may be negative.
+    Int,
 }
 
 /// Every environment variable, the config key it sets, and its kind.
@@ -241,6 +325,121 @@ const ENV: &[(&str, &str, Kind)] = &[
     ),
     ("KUMA_STORE_TYPE", "store.type", Kind::Text),
     ("KUMA_STORE_SQLITE_PATH", "store.sqlite.path", Kind::Text),
+    (
+        "KUMA_STORE_POSTGRES_HOST",
+        "store.postgres.host",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_PORT",
+        "store.postgres.port",
+        Kind::Port,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_USER",
+        "store.postgres.user",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_PASSWORD",
+        "store.postgres.password",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_DB_NAME",
+        "store.postgres.dbName",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_DRIVER_NAME",
+        "store.postgres.driverName",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_CONNECTION_TIMEOUT",
+        "store.postgres.connectionTimeout",
+        Kind::Count,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_MAX_OPEN_CONNECTIONS",
+        "store.postgres.maxOpenConnections",
+        Kind::Count,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_MAX_IDLE_CONNECTIONS",
+        "store.postgres.maxIdleConnections",
+        Kind::Int,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_MIN_OPEN_CONNECTIONS",
+        "store.postgres.minOpenConnections",
+        Kind::Count,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_MAX_CONNECTION_IDLE_TIME",
+        "store.postgres.maxConnectionIdleTime",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_MAX_CONNECTION_LIFETIME",
+        "store.postgres.maxConnectionLifetime",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_MAX_CONNECTION_LIFETIME_JITTER",
+        "store.postgres.maxConnectionLifetimeJitter",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_HEALTH_CHECK_INTERVAL",
+        "store.postgres.healthCheckInterval",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_MAX_LIST_QUERY_ELEMENTS",
+        "store.postgres.maxListQueryElements",
+        Kind::Count,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_TLS_MODE",
+        "store.postgres.tls.mode",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_TLS_CERT_PATH",
+        "store.postgres.tls.certPath",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_TLS_KEY_PATH",
+        "store.postgres.tls.keyPath",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_TLS_CA_PATH",
+        "store.postgres.tls.caPath",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_TLS_DISABLE_SSLSNI",
+        "store.postgres.tls.disableSSLSNI",
+        Kind::Bool,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_READ_REPLICA_HOST",
+        "store.postgres.readReplica.host",
+        Kind::Text,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_READ_REPLICA_PORT",
+        "store.postgres.readReplica.port",
+        Kind::Port,
+    ),
+    (
+        "KUMA_STORE_POSTGRES_READ_REPLICA_RATIO",
+        "store.postgres.readReplica.ratio",
+        Kind::Count,
+    ),
     (
         "KUMA_API_SERVER_HTTP_PORT",
         "apiServer.http.port",
@@ -450,6 +649,16 @@ pub fn load(
                 "false" | "0" | "" => false,
                 _ => return Err(env_err("expected true or false")),
             }),
+            Kind::Count => Value::from(
+                raw.trim()
+                    .parse::<u32>()
+                    .map_err(|_| env_err("expected a whole number, 0 or more"))?,
+            ),
+            Kind::Int => Value::from(
+                raw.trim()
+                    .parse::<i64>()
+                    .map_err(|_| env_err("expected a whole number"))?,
+            ),
         };
         set_path(&mut value, key, v);
     }
@@ -537,14 +746,19 @@ impl Config {
                 format!("unknown mode {:?}; expected global or zone", self.mode),
             ));
         }
-        if !matches!(self.store.store_type.as_str(), "memory" | "sqlite") {
-            return Err(invalid(
-                "store.type",
-                format!(
-                    "unknown store type {:?}; expected sqlite (durable, default) or memory",
-                    self.store.store_type
-                ),
-            ));
+        match self.store.store_type.as_str() {
+            "memory" | "sqlite" => {}
+            "postgres" => {
+                self.postgres_settings()?;
+            }
+            other => {
+                return Err(invalid(
+                    "store.type",
+                    format!(
+                        "unknown store type {other:?}; expected sqlite (durable, default), postgres (several instances on one database) or memory"
+                    ),
+                ));
+            }
         }
         for (key, port) in [
             ("apiServer.http.port", self.api_server.http.port),
@@ -667,6 +881,85 @@ impl Config {
             None if self.general.work_dir == "~" => PathBuf::from(home),
             None => PathBuf::from(&self.general.work_dir),
         }
+    }
+
+    /// The Postgres store's settings, checked; errors name the key and its variable.
+    pub fn postgres_settings(&self) -> Result<PostgresSettings, ConfigError> {
+        let pg = &self.store.postgres;
+        let duration = |key: &str, text: &str| -> Result<Option<Duration>, ConfigError> {
+            let d = meshzone_model::validate::parse_duration(text).ok_or_else(|| {
+                invalid(key, format!("{text:?} is not a duration such as 30m or 1h"))
+            })?;
+            Ok(Some(d).filter(|d| !d.is_zero()))
+        };
+        if pg.driver_name != "pgx" {
+            return Err(invalid(
+                "store.postgres.driverName",
+                format!("{:?}: only pgx is supported (as in Kuma)", pg.driver_name),
+            ));
+        }
+        if !pg.read_replica.host.is_empty() {
+            return Err(invalid(
+                "store.postgres.readReplica.host",
+                "read replicas are not supported yet; leave it empty",
+            ));
+        }
+        if pg.tls.disable_sslsni {
+            return Err(invalid(
+                "store.postgres.tls.disableSSLSNI",
+                "not supported: the TLS client sends SNI for host names (never for IP addresses); set KUMA_STORE_POSTGRES_HOST to an IP address to connect without SNI",
+            ));
+        }
+        for key in [
+            (
+                "store.postgres.maxConnectionLifetimeJitter",
+                &pg.max_connection_lifetime_jitter,
+            ),
+            (
+                "store.postgres.healthCheckInterval",
+                &pg.health_check_interval,
+            ),
+        ] {
+            duration(key.0, key.1)?;
+        }
+        let mode = TlsMode::parse(&pg.tls.mode).ok_or_else(|| {
+            invalid(
+                "store.postgres.tls.mode",
+                format!(
+                    "{:?}: expected disable, verifyNone, verifyCa or verifyFull",
+                    pg.tls.mode
+                ),
+            )
+        })?;
+        let settings = PostgresSettings {
+            host: pg.host.clone(),
+            port: pg.port,
+            user: pg.user.clone(),
+            password: pg.password.clone(),
+            db_name: pg.db_name.clone(),
+            connection_timeout: Duration::from_secs(pg.connection_timeout.into()),
+            max_open_connections: pg.max_open_connections,
+            min_open_connections: pg.min_open_connections,
+            max_connection_idle_time: duration(
+                "store.postgres.maxConnectionIdleTime",
+                &pg.max_connection_idle_time,
+            )?,
+            max_connection_lifetime: duration(
+                "store.postgres.maxConnectionLifetime",
+                &pg.max_connection_lifetime,
+            )?,
+            tls: PostgresTls {
+                mode,
+                cert_path: pg.tls.cert_path.clone(),
+                key_path: pg.tls.key_path.clone(),
+                ca_path: pg.tls.ca_path.clone(),
+            },
+            application_name: "kuma-cp".into(),
+        };
+        settings
+            .check()
+            .map_err(|e| invalid(&format!("store.postgres.{}", e.key), e.message.clone()))?;
+        Ok(settings)
     }
 
     pub fn sqlite_path(&self, home: &str) -> PathBuf {
@@ -802,7 +1095,11 @@ mod tests {
     }
 
     /// Settings that are read but whose feature does not exist yet.
-    const NOT_SERVED: &[&str] = &["KUMA_API_SERVER_HTTPS_PORT"];
+    const NOT_SERVED: &[&str] = &[
+        "KUMA_API_SERVER_HTTPS_PORT",
+        "KUMA_STORE_POSTGRES_TLS_DISABLE_SSLSNI",
+        "KUMA_STORE_POSTGRES_READ_REPLICA_HOST",
+    ];
 
     #[test]
     fn the_defaults_file_never_calls_an_implemented_setting_unsupported() {
@@ -862,6 +1159,73 @@ mod tests {
             .find(|(e, _, _)| *e == var)
             .map(|(_, k, _)| *k)
             .unwrap_or("")
+    }
+
+    #[test]
+    fn postgres_settings_follow_kuma_keys_and_name_them_when_bad() {
+        let c = load(
+            None,
+            &env(&[
+                ("KUMA_STORE_TYPE", "postgres"),
+                ("KUMA_STORE_POSTGRES_HOST", "db.example"),
+                ("KUMA_STORE_POSTGRES_PORT", "5432"),
+                ("KUMA_STORE_POSTGRES_MAX_OPEN_CONNECTIONS", "0"),
+                ("KUMA_STORE_POSTGRES_TLS_MODE", "verifyNone"),
+            ]),
+        )
+        .expect("postgres");
+        let s = c.postgres_settings().expect("settings");
+        assert_eq!((s.host.as_str(), s.port), ("db.example", 5432));
+        assert_eq!(s.max_open_connections, 0);
+        assert_eq!(s.tls.mode, TlsMode::VerifyNone);
+        assert_eq!(s.connection_timeout, Duration::from_secs(5));
+        assert_eq!(Config::default().store.postgres.port, 15432);
+
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("KUMA_STORE_POSTGRES_TLS_MODE", "verifyCa")],
+                "store.postgres.tls.caPath (KUMA_STORE_POSTGRES_TLS_CA_PATH)",
+            ),
+            (
+                &[("KUMA_STORE_POSTGRES_TLS_MODE", "require")],
+                "store.postgres.tls.mode (KUMA_STORE_POSTGRES_TLS_MODE)",
+            ),
+            (
+                &[
+                    ("KUMA_STORE_POSTGRES_TLS_CERT_PATH", "/c.pem"),
+                    ("KUMA_STORE_POSTGRES_TLS_MODE", "verifyNone"),
+                ],
+                "store.postgres.tls.keyPath (KUMA_STORE_POSTGRES_TLS_KEY_PATH)",
+            ),
+            (
+                &[("KUMA_STORE_POSTGRES_USER", "")],
+                "store.postgres.user (KUMA_STORE_POSTGRES_USER)",
+            ),
+            (
+                &[("KUMA_STORE_POSTGRES_MAX_CONNECTION_LIFETIME", "soon")],
+                "store.postgres.maxConnectionLifetime (KUMA_STORE_POSTGRES_MAX_CONNECTION_LIFETIME)",
+            ),
+            (
+                &[("KUMA_STORE_POSTGRES_READ_REPLICA_HOST", "replica")],
+                "KUMA_STORE_POSTGRES_READ_REPLICA_HOST",
+            ),
+            (
+                &[("KUMA_STORE_POSTGRES_CONNECTION_TIMEOUT", "-1")],
+                "KUMA_STORE_POSTGRES_CONNECTION_TIMEOUT=\"-1\"",
+            ),
+            (
+                &[("KUMA_STORE_POSTGRES_DRIVER_NAME", "postgres")],
+                "store.postgres.driverName (KUMA_STORE_POSTGRES_DRIVER_NAME)",
+            ),
+        ];
+        for (vars, named) in cases {
+            let mut all = vec![("KUMA_STORE_TYPE", "postgres")];
+            all.extend_from_slice(vars);
+            let e = load(None, &env(&all)).expect_err(named).to_string();
+            assert!(e.contains(named), "{vars:?}: {e}");
+        }
+        // Postgres keys are only checked when the store is postgres.
+        load(None, &env(&[("KUMA_STORE_POSTGRES_TLS_MODE", "verifyCa")])).expect("sqlite");
     }
 
     #[test]

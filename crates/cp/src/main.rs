@@ -18,7 +18,10 @@ use clap::{Parser, Subcommand};
 use meshzone_api::{ApiContext, ApiMetrics, ApiSettings, CpMode};
 use meshzone_lifecycle::{Backoff, Shutdown, Supervisor};
 use meshzone_model::{DEFAULT_MESH, Meta, Resource, Spec};
-use meshzone_store::{AnyBackend, MemoryBackend, SqliteBackend, Store, StoreError};
+use meshzone_store::postgres::{FollowSettings, SchemaState};
+use meshzone_store::{
+    AnyBackend, MemoryBackend, PostgresBackend, SqliteBackend, Store, StoreError,
+};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -42,10 +45,29 @@ enum Command {
         #[arg(long, default_value = "info", env = "KUMA_LOG_LEVEL")]
         log_level: String,
     },
+    /// Manage the Postgres store's schema.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
     /// Print the version.
     Version,
     /// Print the default configuration.
     Defaults,
+}
+
+#[derive(Subcommand)]
+enum MigrateAction {
+    /// Create or upgrade the schema of the Postgres store (KUMA_STORE_TYPE=postgres), with the
+    /// same settings `run` takes; `run` refuses a database that is not migrated.
+    Up {
+        /// YAML configuration, as for `run`. KUMA_* variables win.
+        #[arg(short = 'c', long)]
+        config_file: Option<PathBuf>,
+        /// Log level: error, warn, info, debug, trace.
+        #[arg(long, default_value = "info", env = "KUMA_LOG_LEVEL")]
+        log_level: String,
+    },
 }
 
 fn main() {
@@ -63,6 +85,13 @@ fn main() {
             config_file,
             log_level,
         } => run(config_file, &log_level),
+        Command::Migrate {
+            action:
+                MigrateAction::Up {
+                    config_file,
+                    log_level,
+                },
+        } => migrate_up(config_file, &log_level),
     };
     if let Err(e) = result {
         eprintln!("kuma-cp: {e:#}");
@@ -70,7 +99,11 @@ fn main() {
     }
 }
 
-fn run(config_file: Option<PathBuf>, log_level: &str) -> anyhow::Result<()> {
+/// The configuration from `-c` and the environment, with logging set up.
+fn load_config(
+    config_file: Option<PathBuf>,
+    log_level: &str,
+) -> anyhow::Result<(Config, BTreeMap<String, String>)> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let file_text = match &config_file {
         Some(path) => Some(
@@ -88,17 +121,65 @@ fn run(config_file: Option<PathBuf>, log_level: &str) -> anyhow::Result<()> {
 
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(log_level)
+            tracing_subscriber::EnvFilter::try_new(quiet_database_notices(log_level))
                 .map_err(|e| anyhow!("--log-level {log_level:?}: {e}"))?,
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    Ok((config, env))
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Postgres's notices (e.g. "relation … already exists, skipping" on `migrate up`) are logged by
+/// sqlx at info; they are only shown when the level names sqlx.
+fn quiet_database_notices(log_level: &str) -> String {
+    if log_level.contains("sqlx") {
+        log_level.to_string()
+    } else {
+        format!("{log_level},sqlx::postgres::notice=warn")
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .context("cannot start the async runtime")
+}
+
+fn migrate_up(config_file: Option<PathBuf>, log_level: &str) -> anyhow::Result<()> {
+    let (config, _) = load_config(config_file, log_level)?;
+    if config.store.store_type != "postgres" {
+        return Err(anyhow!(
+            "`kuma-cp migrate up` migrates the Postgres store, but store.type (KUMA_STORE_TYPE) is {:?}: set KUMA_STORE_TYPE=postgres and the KUMA_STORE_POSTGRES_* settings (the SQLite and memory stores need no migration)",
+            config.store.store_type
+        ));
+    }
+    let settings = config.postgres_settings()?;
+    let report = runtime()?
+        .block_on(PostgresBackend::migrate(&settings))
+        .map_err(|e| anyhow!("{e}"))?;
+    let target = settings.describe();
+    match report.before {
+        SchemaState::Current => println!(
+            "database {target} is already at schema version {}; nothing to do",
+            report.version
+        ),
+        SchemaState::Unmigrated => println!(
+            "database {target} migrated to schema version {}",
+            report.version
+        ),
+        before => println!(
+            "database {target} migrated to schema version {} (was: {before:?})",
+            report.version
+        ),
+    }
+    Ok(())
+}
+
+fn run(config_file: Option<PathBuf>, log_level: &str) -> anyhow::Result<()> {
+    let (config, env) = load_config(config_file, log_level)?;
+    let runtime = runtime()?;
     let outcome = runtime.block_on(serve(config, env));
     // Whatever is still running after the shutdown deadline is not waited for.
     runtime.shutdown_timeout(Duration::from_millis(200));
@@ -179,6 +260,16 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
 
     let backend = match config.store.store_type.as_str() {
         "memory" => AnyBackend::Memory(MemoryBackend::new()),
+        "postgres" => {
+            let mut settings = config.postgres_settings()?;
+            settings.application_name = format!("kuma-cp {}", hostname());
+            let target = settings.describe();
+            let backend = PostgresBackend::connect(settings)
+                .await
+                .map_err(|e| anyhow!("cannot open the Postgres store: {e}"))?;
+            info!(database = target, "opened Postgres store");
+            AnyBackend::Postgres(backend)
+        }
         _ => {
             let path = config.sqlite_path(&home);
             let backend = SqliteBackend::open(&path).await.with_context(|| {
@@ -197,6 +288,15 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     let shutdown_timeout = config.shutdown_timeout()?;
     let shutdown = Shutdown::new();
     let (supervisor, mut failures) = Supervisor::new(shutdown.clone(), Backoff::default());
+    if let AnyBackend::Postgres(backend) = store.backend() {
+        // Other instances' writes become this store's events; it reconnects and resyncs itself.
+        let (backend, sink) = (backend.clone(), store.event_sink());
+        supervisor.restarting("store change listener", move || {
+            backend
+                .clone()
+                .follow_changes(sink.clone(), FollowSettings::default())
+        });
+    }
 
     let host = hostname();
     let instance_id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
@@ -311,7 +411,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         mode,
         instance_id: instance_id.clone(),
         hostname: host,
-        config: serde_json::to_value(&config).unwrap_or_default(),
+        config: shown_config(&config),
         store_type,
         config_dump,
         zone_rules,
@@ -568,6 +668,13 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         Err(e) => error!(error = %e, "stopped because a component failed"),
     }
     outcome
+}
+
+/// The configuration the API shows, without the database password (as Kuma's config dump).
+fn shown_config(config: &Config) -> serde_json::Value {
+    let mut shown = config.clone();
+    shown.store.postgres.password = "*****".into();
+    serde_json::to_value(&shown).unwrap_or_default()
 }
 
 /// For a background loop that only returns when something went wrong (its store event channel

@@ -88,11 +88,20 @@ where
         let latest = guard.latest.borrow().clone();
         let sans = guard.sans.clone();
         let peer = guard.peer;
+        let downstream = guard.downstream;
         async move {
             let mut req = req;
             // MeshTrace, from the newest configuration (a pooled connection outlives updates):
             // the context headers are written before any filter, as Envoy's HCM does.
             let recording = crate::trace::begin(&latest, &listener, &mut req, peer);
+            // MeshAccessLog: taken from the request now, written when the response is sent.
+            let logging = crate::access_log::http::begin(
+                latest.listeners.get(&listener),
+                &stats,
+                &mut req,
+                downstream,
+                &sans,
+            );
             let resp = if allowed {
                 let inbound = latest.listeners.get(&listener);
                 let decision = match inbound {
@@ -125,6 +134,10 @@ where
             if let Some(r) = recording {
                 r.end(resp.status().as_u16());
             }
+            let resp = match logging {
+                Some(pending) => crate::access_log::http::finish(pending, resp),
+                None => resp,
+            };
             Ok::<_, Infallible>(resp)
         }
     });
@@ -289,6 +302,10 @@ async fn route(
                 .filter(|r| r.num_retries > 0 && route.retry_allowed(&view));
             let needs_copy = !mirrors.is_empty() || retry.is_some();
             let bodiless = hyper::body::Body::is_end_stream(&body);
+            // MeshAccessLog's BYTES_RECEIVED, when the request is logged.
+            let received = parts
+                .extensions
+                .get::<crate::access_log::http::ReceivedBytes>();
             let small = hyper::body::Body::size_hint(&body)
                 .upper()
                 .is_some_and(|n| n <= MAX_REPLAY_BODY);
@@ -301,6 +318,9 @@ async fn route(
                         return error_response(StatusCode::BAD_REQUEST, "request body\n");
                     }
                 };
+                if let Some(r) = received {
+                    r.add(bytes.len());
+                }
                 ReqBody::Replayable(bytes)
             } else {
                 for cluster in &mirrors {
@@ -309,7 +329,10 @@ async fn route(
                 if retry.take().is_some() {
                     stats.inc(format!("cluster.{cluster}.retry_skipped_body"));
                 }
-                ReqBody::Once(body.map_err(Into::into).boxed())
+                ReqBody::Once(crate::access_log::http::count_body(
+                    body.map_err(Into::into).boxed(),
+                    received,
+                ))
             };
             if let ReqBody::Replayable(bytes) = &body {
                 for m in &mirrors {
@@ -589,6 +612,9 @@ async fn tries(
                     status: resp.status(),
                     grpc_status,
                 };
+                let mut resp = resp;
+                resp.extensions_mut()
+                    .insert(crate::access_log::http::UpstreamHost(endpoint));
                 (
                     outcome,
                     Some(resp.map(|b| b.map_err(Into::into).boxed())),

@@ -3,6 +3,7 @@
 //! outbound listeners send to the endpoints of a service, inbound listeners terminate mTLS and
 //! forward to the application. It keeps serving its last configuration if the CP goes away.
 
+mod access_log;
 mod admin;
 mod balancer;
 mod dns;

@@ -164,6 +164,10 @@ async fn accept_loop(
             registry: registry.clone(),
             latest: runtime.clone(),
             peer: peer.ip(),
+            downstream: crate::access_log::Downstream {
+                remote: Some(peer),
+                local: conn.local_addr().ok(),
+            },
         };
         let counted = match rt.listeners.get(&name) {
             Some(l) => l.stats(&stats).0.clone(),
@@ -188,6 +192,8 @@ struct Access {
     latest: watch::Receiver<Arc<Runtime>>,
     /// The client's address (source-IP hashing).
     peer: std::net::IpAddr,
+    /// The connection's addresses (access logs).
+    downstream: crate::access_log::Downstream,
 }
 
 /// Runs one downstream connection to its end.
@@ -323,6 +329,7 @@ where
         started: plan.rbac.clone(),
         latest: access.latest,
         peer: Some(peer),
+        downstream: access.downstream,
     };
     // Request by request for HTTP listeners, bytes otherwise.
     let carried = async {
@@ -339,7 +346,32 @@ where
             let hash = plan
                 .hash_source_ip
                 .then(|| crate::balancer::fnv64(peer.to_string().as_bytes()));
-            forward(stream, &cluster, &rt, &stats, &[], &plan.timeouts, hash).await
+            let loggers = rt
+                .listeners
+                .get(&plan.name)
+                .map(|l| l.access_logs(&stats))
+                .unwrap_or_default();
+            // Written when the connection ends, or when an update closes it.
+            let log = crate::access_log::TcpLog::start(
+                loggers,
+                &cluster,
+                access.downstream,
+                &registration.sans,
+            );
+            let counted = crate::access_log::Counted::new(stream, log.counts());
+            let result = forward(
+                counted,
+                &cluster,
+                &rt,
+                &stats,
+                &[],
+                &plan.timeouts,
+                hash,
+                log.upstream(),
+            )
+            .await;
+            log.finish(result.is_err());
+            result
         }
     };
     tokio::select! {
@@ -374,7 +406,17 @@ async fn pass_through(
         .get(cluster)
         .is_some_and(|c| c.original_dst)
     {
-        return forward(conn, cluster, rt, stats, &[], &EVERY_ENDPOINT, None).await;
+        return forward(
+            conn,
+            cluster,
+            rt,
+            stats,
+            &[],
+            &EVERY_ENDPOINT,
+            None,
+            &Default::default(),
+        )
+        .await;
     }
     // The passthrough cluster has no runtime of its own (no endpoints): resolved here, once
     // per redirected connection to outside the mesh.
@@ -428,7 +470,17 @@ async fn route_by_sni(
         no_match();
         return Err(format!("no route for SNI {sni:?}"));
     };
-    forward(conn, cluster, &rt, &stats, &hello, &EVERY_ENDPOINT, None).await
+    forward(
+        conn,
+        cluster,
+        &rt,
+        &stats,
+        &hello,
+        &EVERY_ENDPOINT,
+        None,
+        &Default::default(),
+    )
+    .await
 }
 
 /// Zone proxies and the passthrough keep trying every endpoint when connecting fails (their
@@ -469,7 +521,9 @@ async fn starts_with_tls(conn: &TcpStream) -> bool {
 
 /// Connects to an endpoint of `cluster` (TLS if the cluster says so), sends `preface` (bytes
 /// already read from the downstream), and copies bytes both ways. An endpoint that cannot be
-/// reached is ejected for a while and the next one is tried.
+/// reached is ejected for a while and the next one is tried. The endpoint that took the
+/// connection is left in `upstream`.
+#[allow(clippy::too_many_arguments)]
 async fn forward<D>(
     mut downstream: D,
     cluster: &str,
@@ -478,6 +532,7 @@ async fn forward<D>(
     preface: &[u8],
     limits: &ListenerTimeouts,
     hash: Option<u64>,
+    upstream: &std::sync::OnceLock<SocketAddr>,
 ) -> Result<(), String>
 where
     D: AsyncRead + AsyncWrite + Unpin,
@@ -522,6 +577,7 @@ where
             }
         };
         c.record(addr, crate::runtime::Outcome::Connected { last: true });
+        let _ = upstream.set(addr);
         // A connection counts as one request in flight (least request).
         let _in_flight = c.balancer.begin(addr);
         let _ = tcp.set_nodelay(true);

@@ -179,6 +179,8 @@ pub struct RequestGuard {
     pub latest: watch::Receiver<Arc<Runtime>>,
     /// The client's address, for source-IP hashing.
     pub peer: Option<std::net::IpAddr>,
+    /// The connection's addresses, for access logs.
+    pub downstream: crate::access_log::Downstream,
 }
 
 impl RequestGuard {

@@ -117,6 +117,8 @@ pub struct ListenerRuntime {
     pub limits: crate::ratelimit::Limits,
     /// Its stats handles, resolved on first use by this build (never per connection).
     stats: std::sync::OnceLock<(crate::stats::ListenerStats, crate::stats::HttpStats)>,
+    /// Its access loggers (MeshAccessLog), started on first use by this build.
+    access_logs: std::sync::OnceLock<Vec<crate::access_log::Logger>>,
 }
 
 impl ListenerRuntime {
@@ -131,6 +133,15 @@ impl ListenerRuntime {
     ) -> &(crate::stats::ListenerStats, crate::stats::HttpStats) {
         self.stats
             .get_or_init(|| (all.listener(&self.plan.name), all.http(&self.plan.name)))
+    }
+
+    /// The listener's access loggers; empty without a MeshAccessLog.
+    pub fn access_logs(&self, all: &Arc<crate::stats::Stats>) -> &[crate::access_log::Logger] {
+        if self.plan.access_logs.is_empty() {
+            return &[];
+        }
+        self.access_logs
+            .get_or_init(|| crate::access_log::loggers(&self.plan.access_logs, all))
     }
 
     /// The cluster of a new TCP connection.
@@ -485,6 +496,7 @@ impl Runtime {
                         split: (!l.weighted.is_empty()).then(|| Split::new(&l.weighted)),
                         limits: crate::ratelimit::Limits::of(l),
                         stats: Default::default(),
+                        access_logs: Default::default(),
                     })
                 }
             };

@@ -28,6 +28,11 @@ pub(crate) fn proxy_policies(
         timeout: take(ResourceType::MeshTimeout),
         retry: take(ResourceType::MeshRetry),
         trace: take(ResourceType::MeshTrace),
+        access_log: take(ResourceType::MeshAccessLog),
+        access_log_socket: meshzone_xds::policy::mesh_access_log::socket_path(
+            &own.meta.name,
+            &own.meta.mesh,
+        ),
         metric: take(ResourceType::MeshMetric),
     })
 }

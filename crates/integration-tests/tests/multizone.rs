@@ -348,7 +348,39 @@ fn global_can_require_zone_tokens_from_zone_control_planes() {
             ],
         )
     };
-    let _bad = start(&dirs[2], "zone-bad", None);
+    // Refused: no token; zone-good's token presented by another zone; a token of zone-good's
+    // own that is only for ingresses; an expired one; one with a tampered signature.
+    let token_for = |zone: &str, scope: &str, extra: &[&str]| -> String {
+        let mut args = vec!["generate", "zone-token", "--zone", zone, "--scope", scope];
+        args.extend_from_slice(extra);
+        global.kumactl_ok(&args).trim().to_string()
+    };
+    let ingress_only = token_for("zone-scoped", "ingress", &[]);
+    let expired = token_for("zone-expired", "cp", &["--valid-for", "1s"]);
+    let issued = std::time::SystemTime::now();
+    let mut forged = token_for("zone-forged", "cp", &[]);
+    let at = forged.len() - 10;
+    let flipped = if forged.as_bytes()[at] == b'A' {
+        "B"
+    } else {
+        "A"
+    };
+    forged.replace_range(at..at + 1, flipped);
+    wait_for("the short token to expire", Duration::from_secs(5), || {
+        (std::time::SystemTime::now() > issued + Duration::from_millis(1500)).then_some(())
+    });
+    let refused_dirs = host_dirs(root.path(), &["thief", "scoped", "expired", "forged"]);
+    let mut refused = vec![start(&dirs[2], "zone-bad", None)];
+    for (dir, zone, token) in [
+        (&refused_dirs[0], "zone-thief", token.trim().to_string()),
+        (&refused_dirs[1], "zone-scoped", ingress_only),
+        (&refused_dirs[2], "zone-expired", expired),
+        (&refused_dirs[3], "zone-forged", forged),
+    ] {
+        let file = dir.join("zone.token");
+        std::fs::write(&file, token).expect("token");
+        refused.push(start(dir, zone, Some(&file)));
+    }
     let _good = start(&dirs[1], "zone-good", Some(&token_file));
     wait_for(
         "the zone with a token online",
@@ -359,11 +391,31 @@ fn global_can_require_zone_tokens_from_zone_control_planes() {
                 .then_some(())
         },
     );
-    // The zone without a token had the same time to connect and was refused: no Zone exists.
+    // The refused zones started earlier and were turned away each time: no Zone of theirs
+    // exists, and each zone CP was told why.
+    let zones = global.kumactl_ok(&["get", "zones"]);
+    for (cp, zone, reason) in [
+        (&refused[0], "zone-bad", "no token was provided"),
+        (&refused[1], "zone-thief", "token is for zone"),
+        (&refused[2], "zone-scoped", "does not include"),
+        (&refused[3], "zone-expired", "token expired"),
+        (&refused[4], "zone-forged", "token signature is not valid"),
+    ] {
+        assert!(!zones.contains(zone), "{zone} was let in: {zones}");
+        wait_for(
+            &format!("{zone} told {reason:?}"),
+            Duration::from_secs(20),
+            || {
+                std::fs::read_to_string(&cp.log)
+                    .ok()
+                    .filter(|log| log.contains(reason))
+            },
+        );
+    }
+    let zones = global.kumactl_ok(&["get", "zones"]);
     assert!(
-        !global.kumactl_ok(&["get", "zones"]).contains("zone-bad"),
-        "{}",
-        std::fs::read_to_string(&global.log).unwrap_or_default()
+        !zones.contains("zone-thief") && !zones.contains("zone-forged"),
+        "{zones}"
     );
 }
 

@@ -36,6 +36,7 @@ pub enum ResourceType {
     MeshTimeout,
     MeshRetry,
     MeshTrace,
+    MeshAccessLog,
     MeshMetric,
 }
 
@@ -461,6 +462,12 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "MeshTrace",
         "meshtraces",
         "meshtrace",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshAccessLog,
+        "MeshAccessLog",
+        "meshaccesslogs",
+        "meshaccesslog",
     ),
     Descriptor::policy(
         ResourceType::MeshMetric,

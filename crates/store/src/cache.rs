@@ -11,6 +11,7 @@
 //! that raced a write cannot put an old list back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use meshzone_model::{Resource, ResourceType};
@@ -26,6 +27,9 @@ struct Entry {
 #[derive(Default)]
 pub(crate) struct ListCache {
     entries: Mutex<HashMap<ResourceType, Entry>>,
+    /// Set while writes of other instances may go unheard (a Postgres listener that is not
+    /// connected): nothing is served or kept.
+    suspended: AtomicBool,
 }
 
 impl ListCache {
@@ -40,6 +44,9 @@ impl ListCache {
     /// The cached list, or the generation a fill must present.
     pub(crate) fn lookup(&self, rt: ResourceType) -> Result<Arc<Vec<Resource>>, u64> {
         let entries = self.entries();
+        if self.suspended.load(Ordering::SeqCst) {
+            return Err(entries.get(&rt).map_or(0, |e| e.generation));
+        }
         match entries.get(&rt) {
             Some(Entry {
                 list: Some(list), ..
@@ -53,6 +60,9 @@ impl ListCache {
     /// unless the type changed since.
     pub(crate) fn fill(&self, rt: ResourceType, generation: u64, list: Arc<Vec<Resource>>) {
         let mut entries = self.entries();
+        if self.suspended.load(Ordering::SeqCst) {
+            return;
+        }
         let entry = entries.entry(rt).or_default();
         if entry.generation == generation {
             entry.list = Some(list);
@@ -65,6 +75,27 @@ impl ListCache {
         let entry = entries.entry(rt).or_default();
         entry.generation += 1;
         entry.list = None;
+    }
+
+    /// Serves and keeps nothing until [`resume`](Self::resume); forgets every list.
+    pub(crate) fn suspend(&self) {
+        let mut entries = self.entries();
+        self.suspended.store(true, Ordering::SeqCst);
+        for entry in entries.values_mut() {
+            entry.generation += 1;
+            entry.list = None;
+        }
+    }
+
+    /// Caches again (lists are filled on the next reads).
+    pub(crate) fn resume(&self) {
+        let mut entries = self.entries();
+        self.suspended.store(false, Ordering::SeqCst);
+        // A fill that read the backend before the resync ended must not be kept.
+        for entry in entries.values_mut() {
+            entry.generation += 1;
+            entry.list = None;
+        }
     }
 
     /// Forgets every type's list.

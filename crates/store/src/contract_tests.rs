@@ -316,6 +316,25 @@ macro_rules! contract {
                 super::$name(crate::Store::new(backend)).await;
             })*
         }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let db = crate::postgres::testing::TestDatabase::migrated().await;
+                let backend = crate::PostgresBackend::connect(db.settings.clone()).await.expect("connect");
+                let store = crate::Store::new(backend);
+                let listener = tokio::spawn(
+                    store.backend().clone().follow_changes(store.event_sink(), Default::default()),
+                );
+                let start = std::time::Instant::now();
+                while !store.backend().is_following() {
+                    assert!(start.elapsed() < std::time::Duration::from_secs(20), "the listener never caught up");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                super::$name(store).await;
+                listener.abort();
+                db.drop_now().await;
+            })*
+        }
     };
 }
 

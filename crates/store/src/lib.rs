@@ -1,6 +1,8 @@
 //! Resource storage: the [`Backend`] contract, the strict [`Store`] wrapper that every caller
-//! uses (validation, versions, times, change events), and two backends: [`MemoryBackend`] for
-//! tests and [`SqliteBackend`], the durable default in the work directory.
+//! uses (validation, versions, times, change events), and three backends: [`MemoryBackend`] for
+//! tests, [`SqliteBackend`], the durable default in the work directory, and [`PostgresBackend`]
+//! for several control-plane instances on one database (their writes reach each other's
+//! subscribers through [`EventSink`]).
 //!
 //! Backends are dumb and atomic: each call is one transaction. Cascades (owner references and the
 //! contents of a deleted Mesh) happen inside the backend's delete, so a crash never leaves half of
@@ -8,6 +10,7 @@
 
 mod cache;
 mod memory;
+pub mod postgres;
 mod sqlite;
 
 use std::future::Future;
@@ -20,6 +23,7 @@ use meshzone_model::{Resource, ResourceKey, ResourceType, Violations};
 use tokio::sync::broadcast;
 
 pub use memory::MemoryBackend;
+pub use postgres::PostgresBackend;
 pub use sqlite::SqliteBackend;
 
 /// What went wrong in a store call. Each variant names the resource involved.
@@ -80,10 +84,11 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<ResourceKey>>> + Send;
 }
 
-/// Either backend, chosen at start-up by `KUMA_STORE_TYPE`.
+/// The backend chosen at start-up by `KUMA_STORE_TYPE`.
 pub enum AnyBackend {
     Memory(MemoryBackend),
     Sqlite(SqliteBackend),
+    Postgres(PostgresBackend),
 }
 
 impl AnyBackend {
@@ -91,6 +96,7 @@ impl AnyBackend {
         match self {
             AnyBackend::Memory(_) => "memory",
             AnyBackend::Sqlite(_) => "sqlite",
+            AnyBackend::Postgres(_) => "postgres",
         }
     }
 }
@@ -100,30 +106,35 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Memory(b) => b.get(key).await,
             AnyBackend::Sqlite(b) => b.get(key).await,
+            AnyBackend::Postgres(b) => b.get(key).await,
         }
     }
     async fn list(&self, rt: ResourceType, mesh: Option<&str>) -> Result<Vec<Resource>> {
         match self {
             AnyBackend::Memory(b) => b.list(rt, mesh).await,
             AnyBackend::Sqlite(b) => b.list(rt, mesh).await,
+            AnyBackend::Postgres(b) => b.list(rt, mesh).await,
         }
     }
     async fn create(&self, resource: Resource) -> Result<()> {
         match self {
             AnyBackend::Memory(b) => b.create(resource).await,
             AnyBackend::Sqlite(b) => b.create(resource).await,
+            AnyBackend::Postgres(b) => b.create(resource).await,
         }
     }
     async fn update(&self, resource: Resource, expected: u64) -> Result<()> {
         match self {
             AnyBackend::Memory(b) => b.update(resource, expected).await,
             AnyBackend::Sqlite(b) => b.update(resource, expected).await,
+            AnyBackend::Postgres(b) => b.update(resource, expected).await,
         }
     }
     async fn delete(&self, key: &ResourceKey, expected: Option<u64>) -> Result<Vec<ResourceKey>> {
         match self {
             AnyBackend::Memory(b) => b.delete(key, expected).await,
             AnyBackend::Sqlite(b) => b.delete(key, expected).await,
+            AnyBackend::Postgres(b) => b.delete(key, expected).await,
         }
     }
 }
@@ -176,6 +187,42 @@ pub async fn changed(events: &mut broadcast::Receiver<StoreEvent>, types: &[Reso
     }
     while events.try_recv().is_ok() {}
     true
+}
+
+/// Where changes are announced: the store's subscribers. A backend shared by several
+/// instances (Postgres) announces other instances' writes through it.
+#[derive(Clone)]
+pub struct EventSink {
+    events: broadcast::Sender<StoreEvent>,
+    sequence: Arc<AtomicU64>,
+    cache: Arc<cache::ListCache>,
+}
+
+impl EventSink {
+    /// Tells every subscriber; call only after the change is committed. The read cache forgets
+    /// the type before anyone can learn of the change.
+    pub fn emit(&self, kind: EventKind, key: ResourceKey) {
+        self.cache.invalidate(key.resource_type);
+        let seq = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        // No subscriber is fine.
+        let _ = self.events.send(StoreEvent { kind, key, seq });
+    }
+
+    /// Other instances' writes may be going unheard (the listener is not connected): lists are
+    /// read from the backend, never from the cache, until [`EventSink::trust_cache`].
+    pub fn distrust_cache(&self) {
+        self.cache.suspend();
+    }
+
+    /// Every write is heard again (the listener has resynced): the cache may serve lists.
+    pub fn trust_cache(&self) {
+        self.cache.resume();
+    }
+
+    /// Whether the store it belongs to is gone (this sink is the last sender).
+    pub fn is_closed(&self) -> bool {
+        self.events.strong_count() <= 1
+    }
 }
 
 /// The store every component uses: validates, assigns versions and times, and tells
@@ -446,11 +493,18 @@ impl<B: Backend> Store<B> {
     }
 
     fn emit(&self, kind: EventKind, key: ResourceKey) {
-        // The cache forgets the type before anyone can learn of the change.
-        self.cache.invalidate(key.resource_type);
-        // No subscriber is fine.
-        let seq = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
-        let _ = self.events.send(StoreEvent { kind, key, seq });
+        self.event_sink().emit(kind, key);
+    }
+
+    /// A handle that announces changes to this store's subscribers and keeps its read cache
+    /// exact (for a backend's listener of other instances' writes). It does not keep the store
+    /// alive.
+    pub fn event_sink(&self) -> EventSink {
+        EventSink {
+            events: self.events.clone(),
+            sequence: self.sequence.clone(),
+            cache: self.cache.clone(),
+        }
     }
 }
 

@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use crate::names::TypeUrl;
 
+pub mod access_log;
 pub mod balancing;
 pub(crate) mod clusters;
 pub mod health_checks;
@@ -154,6 +155,9 @@ pub struct ListenerPlan {
     /// (`tcp_proxy.hash_policy` `source_ip`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub hash_source_ip: bool,
+    /// MeshAccessLog: a line per request (HTTP) or connection (TCP) to each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_logs: Vec<access_log::AccessLogPlan>,
     /// HTTP listeners with MeshTrace: sampling, tags, span kind and where spans go.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<tracing::TracingPlan>,
@@ -181,6 +185,7 @@ impl Default for ListenerPlan {
             connection_limit: None,
             timeouts: ListenerTimeouts::default(),
             hash_source_ip: false,
+            access_logs: Vec::new(),
             tracing: None,
         }
     }
@@ -450,6 +455,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         connection_limit,
         timeouts,
         hash_source_ip,
+        access_logs,
         tracing,
     } = filters;
     let tls = match transport_tls::<DownstreamTlsContext>(&name, chain.transport_socket.as_ref())? {
@@ -486,6 +492,7 @@ pub fn decode_listener(any: &Any) -> Result<ListenerPlan, DecodeError> {
         connection_limit,
         timeouts,
         hash_source_ip,
+        access_logs,
         tracing,
     })
 }
@@ -502,6 +509,7 @@ struct ChainFilters {
     connection_limit: Option<ConnectionLimitPlan>,
     timeouts: ListenerTimeouts,
     hash_source_ip: bool,
+    access_logs: Vec<access_log::AccessLogPlan>,
     tracing: Option<tracing::TracingPlan>,
 }
 
@@ -560,7 +568,8 @@ fn chain_filters(
                 ),
             ));
         }
-        let (service, routes, rbac, inbound_http, request_headers) = hcm_routes(name, &at, cfg)?;
+        let (service, routes, rbac, inbound_http, request_headers, access_logs) =
+            hcm_routes(name, &at, cfg)?;
         let tracing = hcm_tracing(name, &at, cfg, direction)?;
         let cluster = if service.is_empty() {
             default_cluster(&routes)
@@ -580,6 +589,7 @@ fn chain_filters(
                 ..ListenerTimeouts::default()
             },
             hash_source_ip: false,
+            access_logs,
             tracing,
         });
     }
@@ -590,6 +600,11 @@ fn chain_filters(
         ));
     }
     let mut tcp: TcpProxy = unpack(cfg).map_err(|e| err(name, e))?;
+    let access_logs = access_log::decode(
+        &std::mem::take(&mut tcp.access_log),
+        &format!("{at}.tcp_proxy.access_log"),
+    )
+    .map_err(|e| err(name, e))?;
     let timeouts =
         timeouts::tcp_resilience(&mut tcp, &format!("{at}.tcp_proxy")).map_err(|e| err(name, e))?;
     let hash_source_ip =
@@ -616,6 +631,7 @@ fn chain_filters(
         connection_limit,
         timeouts,
         hash_source_ip,
+        access_logs,
         tracing: None,
     })
 }
@@ -656,12 +672,15 @@ fn sni_router(
                 rbac: None,
                 weighted,
                 connection_limit: None,
+                access_logs,
                 ..
-            } if weighted.is_empty() => cluster,
+            } if weighted.is_empty() && access_logs.is_empty() => cluster,
             _ => {
                 return Err(err(
                     &name,
-                    format!("filter_chains[{i}]: an SNI-routing chain has exactly one tcp_proxy"),
+                    format!(
+                        "filter_chains[{i}]: an SNI-routing chain has exactly one tcp_proxy (no access log)"
+                    ),
                 ));
             }
         };
@@ -711,8 +730,9 @@ fn terminating_chain(
             weighted,
             connection_limit: None,
             timeouts,
+            access_logs,
             ..
-        } if weighted.is_empty() => Ok(ListenerPlan {
+        } if weighted.is_empty() && access_logs.is_empty() => Ok(ListenerPlan {
             name: name.to_string(),
             address,
             cluster,
@@ -725,7 +745,7 @@ fn terminating_chain(
         _ => Err(err(
             name,
             format!(
-                "filter_chains[{index}]: a terminating SNI chain has an optional network RBAC and one tcp_proxy"
+                "filter_chains[{index}]: a terminating SNI chain has an optional network RBAC and one tcp_proxy (no access log)"
             ),
         )),
     }
@@ -764,6 +784,7 @@ type HcmParts = (
     Option<RbacPlan>,
     InboundHttpPlan,
     Option<std::time::Duration>,
+    Vec<access_log::AccessLogPlan>,
 );
 
 /// The route table of an HTTP connection manager (with its route configuration's name), its
@@ -773,6 +794,11 @@ type HcmParts = (
 /// would not apply it).
 fn hcm_routes(name: &str, at: &str, cfg: &Any) -> Result<HcmParts, DecodeError> {
     let mut hcm: HttpConnectionManager = unpack(cfg).map_err(|e| err(name, e))?;
+    let access_logs = access_log::decode(
+        &std::mem::take(&mut hcm.access_log),
+        &format!("{at}.http_connection_manager.access_log"),
+    )
+    .map_err(|e| err(name, e))?;
     let request_headers =
         timeouts::hcm_resilience(&mut hcm, &format!("{at}.http_connection_manager"))
             .map_err(|e| err(name, e))?;
@@ -856,7 +882,14 @@ fn hcm_routes(name: &str, at: &str, cfg: &Any) -> Result<HcmParts, DecodeError> 
     }
     let (service, routes) =
         routes::hcm_routes(&hcm).map_err(|e| err(name, format!("{at}: {e}")))?;
-    Ok((service, routes, rbac, inbound_http, request_headers))
+    Ok((
+        service,
+        routes,
+        rbac,
+        inbound_http,
+        request_headers,
+        access_logs,
+    ))
 }
 
 /// The tracing plan of an HTTP connection manager, if it traces.

@@ -21,6 +21,7 @@ pub(crate) async fn serve_listener(rt: Arc<Runtime>, listener: &str) -> (SocketA
         started: None,
         latest,
         peer: None,
+        downstream: Default::default(),
     };
     let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = socket.local_addr().expect("addr");

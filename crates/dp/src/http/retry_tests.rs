@@ -119,6 +119,7 @@ async fn start_front(
         started: None,
         latest,
         peer: None,
+        downstream: Default::default(),
     };
     // The runtime never changes in these tests: the sender may live as long as the process.
     std::mem::forget(keep);

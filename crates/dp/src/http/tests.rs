@@ -175,6 +175,7 @@ async fn requests_are_routed_split_filtered_redirected_and_mirrored() {
         started: None,
         latest,
         peer: None,
+        downstream: Default::default(),
     };
 
     // kuma-dp's HTTP path on a loopback listener.

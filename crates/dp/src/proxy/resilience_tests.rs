@@ -96,7 +96,17 @@ async fn connect_attempts_move_to_a_live_endpoint() {
     };
     let (client, proxied) = tokio::io::duplex(1024);
     drop(client);
-    let err = forward(proxied, "db", &rt, &stats, &[], &one, None).await;
+    let err = forward(
+        proxied,
+        "db",
+        &rt,
+        &stats,
+        &[],
+        &one,
+        None,
+        &Default::default(),
+    )
+    .await;
     assert!(err.is_err(), "{err:?}");
 
     // Two attempts: the second goes to the live endpoint, and bytes flow.
@@ -108,7 +118,17 @@ async fn connect_attempts_move_to_a_live_endpoint() {
     let (mut client, proxied) = tokio::io::duplex(1024);
     let task = tokio::spawn(async move {
         let stats = Stats::default();
-        forward(proxied, "db", &rt, &stats, &[], &two, None).await
+        forward(
+            proxied,
+            "db",
+            &rt,
+            &stats,
+            &[],
+            &two,
+            None,
+            &Default::default(),
+        )
+        .await
     });
     client.write_all(b"ping").await.expect("write");
     let mut got = [0u8; 4];
@@ -132,7 +152,8 @@ async fn an_idle_tcp_connection_is_closed_after_the_idle_timeout() {
     };
     let (mut client, proxied) = tokio::io::duplex(1024);
     let started = Instant::now();
-    let forwarding = forward(proxied, "db", &rt, &stats, &[], &limits, None);
+    let upstream = std::sync::OnceLock::new();
+    let forwarding = forward(proxied, "db", &rt, &stats, &[], &limits, None, &upstream);
     let talk = async {
         // Activity keeps it open past the timeout…
         for _ in 0..4 {
@@ -169,7 +190,17 @@ async fn an_idle_tcp_connection_is_closed_after_the_idle_timeout() {
 async fn reached(rt: &Runtime, hash: Option<u64>) -> String {
     let stats = Stats::default();
     let (mut client, proxied) = tokio::io::duplex(1024);
-    let forwarding = forward(proxied, "db", rt, &stats, &[], &EVERY_ENDPOINT, hash);
+    let upstream = std::sync::OnceLock::new();
+    let forwarding = forward(
+        proxied,
+        "db",
+        rt,
+        &stats,
+        &[],
+        &EVERY_ENDPOINT,
+        hash,
+        &upstream,
+    );
     let read = async move {
         let mut got = Vec::new();
         let _ = client.read_to_end(&mut got).await;

@@ -137,6 +137,7 @@ fn policies_are_user_written_mesh_types_with_a_policy_conf() {
             ResourceType::MeshTimeout,
             ResourceType::MeshRetry,
             ResourceType::MeshTrace,
+            ResourceType::MeshAccessLog,
             ResourceType::MeshMetric,
         ]
     );
@@ -181,6 +182,7 @@ fn synced_types_come_in_apply_order_owners_first() {
             ResourceType::MeshTimeout,
             ResourceType::MeshRetry,
             ResourceType::MeshTrace,
+            ResourceType::MeshAccessLog,
             ResourceType::MeshMetric,
         ]
     );

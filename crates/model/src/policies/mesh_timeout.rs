@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{PolicyKind, TOP_LEVEL_KINDS, check_target_ref, duration, from_items, to_items};
+use super::{PolicyKind, check_items, check_top_level, duration, from_items, to_items};
 use crate::descriptor::ResourceType;
 use crate::policy::{PolicySpec, Section, TargetRef, TargetRefKind};
 use crate::validate::Violations;
@@ -169,35 +169,16 @@ impl PolicyKind for MeshTimeout {
     const TYPE: ResourceType = ResourceType::MeshTimeout;
 
     fn validate(&self, v: &mut Violations) {
-        if let Some(tr) = &self.target_ref {
-            check_target_ref(
-                tr,
-                Section::TopLevel,
-                &TOP_LEVEL_KINDS,
-                Self::TYPE,
-                "spec.targetRef",
-                v,
-            );
-        }
+        check_top_level(self.target_ref.as_ref(), Self::TYPE, v);
         if self.to.is_empty() && self.from.is_empty() {
             v.push("spec", "at least one of 'from', 'to' has to be defined");
         }
-        for (section, items, kinds, name) in [
-            (Section::To, &self.to, &TO_KINDS[..], "to"),
-            (Section::From, &self.from, &FROM_KINDS[..], "from"),
+        for (section, items, kinds) in [
+            (Section::To, &self.to, &TO_KINDS[..]),
+            (Section::From, &self.from, &FROM_KINDS[..]),
         ] {
-            for (i, item) in items.iter().enumerate() {
-                let path = format!("spec.{name}[{i}]");
-                check_target_ref(
-                    &item.target_ref,
-                    section,
-                    kinds,
-                    Self::TYPE,
-                    &format!("{path}.targetRef"),
-                    v,
-                );
-                check_conf(&item.default, &format!("{path}.default"), v);
-            }
+            let items = items.iter().map(|i| (&i.target_ref, &i.default));
+            check_items(items, section, kinds, Self::TYPE, v, check_conf);
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod duration;
 pub mod inbound_from;
+pub mod mesh_access_log;
 pub mod mesh_circuit_breaker;
 pub mod mesh_fault_injection;
 pub mod mesh_health_check;
@@ -26,6 +27,8 @@ pub(crate) mod resilience;
 
 pub use proxy::{DataplaneRulesError, MeshPolicies, describe_dataplane};
 
+#[cfg(test)]
+mod access_log_tests;
 #[cfg(test)]
 mod inbound_tests;
 #[cfg(test)]
@@ -140,6 +143,7 @@ policies! {
     MeshTimeout => mesh_timeout::MeshTimeout,
     MeshRetry => mesh_retry::MeshRetry,
     MeshTrace => mesh_trace::MeshTrace,
+    MeshAccessLog => mesh_access_log::MeshAccessLog,
     MeshMetric => mesh_metric::MeshMetric,
 }
 
@@ -289,6 +293,27 @@ pub(crate) fn check_top_level(tr: Option<&TargetRef>, policy: ResourceType, v: &
             "spec.targetRef",
             v,
         );
+    }
+}
+
+/// Checks the items of section `name` (`to` or `from`): each targetRef against `kinds`, each
+/// `default` with `conf` at `spec.<name>[i].default`.
+pub(crate) fn check_items<'a, C: 'a>(
+    items: impl IntoIterator<Item = (&'a TargetRef, &'a C)>,
+    section: Section,
+    kinds: &[TargetRefKind],
+    policy: ResourceType,
+    v: &mut Violations,
+    conf: impl Fn(&C, &str, &mut Violations),
+) {
+    let name = match section {
+        Section::From => "from",
+        _ => "to",
+    };
+    for (i, (tr, c)) in items.into_iter().enumerate() {
+        let path = format!("spec.{name}[{i}]");
+        check_target_ref(tr, section, kinds, policy, &format!("{path}.targetRef"), v);
+        conf(c, &format!("{path}.default"), v);
     }
 }
 

@@ -49,6 +49,12 @@ pub struct ProxyPolicies {
     /// MeshTrace: the proxy-wide `proxy_rule`, whose conf is a merged
     /// `meshzone_model::policies::mesh_trace::TraceConf`.
     pub trace: PolicyRules,
+    /// MeshAccessLog: `to_rules` per outbound service, `from_rules` and `inbound_rules` per
+    /// inbound; confs as `meshzone_model::policies::mesh_access_log::AccessLogConf`.
+    pub access_log: PolicyRules,
+    /// Where Tcp access-log backends write for kuma-dp to forward
+    /// (`mesh_access_log::socket_path` of the Dataplane's name and mesh).
+    pub access_log_socket: String,
     /// MeshMetric: the proxy-wide `proxy_rule`, whose conf is a merged
     /// `meshzone_model::policies::mesh_metric::MetricConf`.
     pub metric: PolicyRules,
@@ -57,6 +63,7 @@ pub struct ProxyPolicies {
 pub mod backend_refs;
 mod filters;
 pub mod inbound_http;
+pub mod mesh_access_log;
 mod mesh_circuit_breaker;
 pub mod mesh_fault_injection;
 pub(crate) mod mesh_health_check;
@@ -86,6 +93,7 @@ pub const CONFIGURERS: &[(&str, Configurer)] = &[
         "MeshLoadBalancingStrategy",
         mesh_load_balancing_strategy::configure,
     ),
+    ("MeshAccessLog", mesh_access_log::configure),
     ("MeshTrace", mesh_trace::configure),
     ("MeshFaultInjection", mesh_fault_injection::configure),
     ("MeshRateLimit", mesh_rate_limit::configure),

@@ -49,6 +49,7 @@ const PROTOS: &[&str] = &[
     "envoy/config/trace/v3/zipkin.proto",
     "envoy/config/trace/v3/opentelemetry.proto",
     "envoy/config/trace/v3/datadog.proto",
+    "envoy/extensions/access_loggers/file/v3/file.proto",
 ];
 
 /// The `proto/` folder of the envoy-types crate this build uses (it ships Envoy's protos).
