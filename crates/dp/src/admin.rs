@@ -56,9 +56,18 @@ pub fn router(
 /// `server.uptime` (seconds).
 fn cluster_stats(a: &Admin) -> Vec<(String, u64)> {
     let rt = a.runtime.borrow().clone();
+    extra_stats(&rt, *a.ready.borrow(), a.started)
+}
+
+/// The stats kept outside [`Stats`] (see `cluster_stats`), for the MeshMetric endpoints too.
+pub(crate) fn extra_stats(
+    rt: &Runtime,
+    ready: bool,
+    started: std::time::Instant,
+) -> Vec<(String, u64)> {
     let server = [
-        ("server.live".to_string(), u64::from(*a.ready.borrow())),
-        ("server.uptime".to_string(), a.started.elapsed().as_secs()),
+        ("server.live".to_string(), u64::from(ready)),
+        ("server.uptime".to_string(), started.elapsed().as_secs()),
     ];
     rt.clusters
         .values()

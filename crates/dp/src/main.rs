@@ -12,6 +12,7 @@ mod health_check;
 mod http;
 mod idle;
 mod limits;
+mod metrics_endpoints;
 mod outlier;
 mod proxy;
 mod ratelimit;
@@ -251,6 +252,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             admin::router(stats.clone(), runtime_rx.clone(), ready_rx.clone()),
         )
         .into_future(),
+    );
+
+    supervisor.serving(
+        "MeshMetric endpoints",
+        metrics_endpoints::run(
+            runtime_rx.clone(),
+            stats.clone(),
+            ready_rx.clone(),
+            std::time::Instant::now(),
+        ),
     );
 
     let transparent = dataplane_json

@@ -252,6 +252,19 @@ impl Stats {
     /// Envoy's `/stats/prometheus`: every stat tagged as Envoy tags it (see [`tag`]), in the
     /// classic text format; histograms with Envoy's bucket bounds.
     pub fn prometheus_with(&self, extra: Vec<(String, u64)>) -> String {
+        self.prometheus_filtered(extra, &|_| true, true)
+    }
+
+    /// [`Self::prometheus_with`] keeping only the families whose Prometheus name `keep`
+    /// accepts (MeshMetric's profiles). Without `include_unused`, series never written are left
+    /// out as Envoy's `usedonly` does: counters at zero and histograms with no sample (a gauge
+    /// is always kept: zero is a value it is set to).
+    pub fn prometheus_filtered(
+        &self,
+        extra: Vec<(String, u64)>,
+        keep: &dyn Fn(&str) -> bool,
+        include_unused: bool,
+    ) -> String {
         let handles: Vec<(String, Scope, String, Handle)> = self
             .handles
             .lock()
@@ -266,6 +279,14 @@ impl Stats {
         // Prometheus name → kind and samples.
         let mut families: BTreeMap<String, (Kind, Vec<Labelled>)> = BTreeMap::new();
         let mut put = |t: Tagged, kind: Kind, sample: Sample| {
+            let unused = match (&kind, &sample) {
+                (Kind::Counter, Sample::Value(0)) => true,
+                (Kind::Histogram, Sample::Histogram(h)) => h.count == 0,
+                _ => false,
+            };
+            if !keep(&t.name) || (unused && !include_unused) {
+                return;
+            }
             families
                 .entry(t.name)
                 .or_insert_with(|| (kind, Vec::new()))

@@ -33,6 +33,7 @@ pub(crate) fn proxy_policies(
             &own.meta.name,
             &own.meta.mesh,
         ),
+        metric: take(ResourceType::MeshMetric),
     })
 }
 

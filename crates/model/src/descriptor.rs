@@ -37,6 +37,7 @@ pub enum ResourceType {
     MeshRetry,
     MeshTrace,
     MeshAccessLog,
+    MeshMetric,
 }
 
 /// Whether a resource lives inside a mesh or beside the meshes.
@@ -467,6 +468,12 @@ pub const DESCRIPTORS: &[Descriptor] = &[
         "MeshAccessLog",
         "meshaccesslogs",
         "meshaccesslog",
+    ),
+    Descriptor::policy(
+        ResourceType::MeshMetric,
+        "MeshMetric",
+        "meshmetrics",
+        "meshmetric",
     ),
 ];
 

@@ -39,6 +39,7 @@ pub mod balancing;
 pub(crate) mod clusters;
 pub mod health_checks;
 mod inbound;
+pub mod metrics;
 mod origination;
 mod rbac;
 pub mod resilience;
@@ -284,6 +285,10 @@ pub struct ProxyConfig {
     pub static_assignments: BTreeMap<String, balancing::AssignmentBalancing>,
     /// Each EDS load assignment's overprovisioning factor and localities.
     pub assignment_balancing: BTreeMap<String, balancing::AssignmentBalancing>,
+    /// MeshMetric scrape endpoints (listeners `_kuma:metrics:prometheus:*`), by name; they
+    /// are not in `listeners`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, metrics::MetricsPlan>,
 }
 
 fn unpack<T: Message + Name + Default>(any: &Any) -> Result<T, String> {
@@ -977,6 +982,11 @@ pub fn decode_secret(any: &Any) -> Result<(String, SecretPlan), DecodeError> {
     Ok((name, plan))
 }
 
+/// Whether a packed listener is a MeshMetric scrape endpoint (by its name).
+fn is_metrics_any(any: &Any) -> bool {
+    unpack::<Listener>(any).is_ok_and(|l| metrics::is_metrics_listener(&l.name))
+}
+
 impl ProxyConfig {
     /// The plan of a whole generated configuration, every type applied in order, with the
     /// resources that failed to decode (what a proxy given this snapshot would NACK).
@@ -999,10 +1009,23 @@ impl ProxyConfig {
         let mut errors = Vec::new();
         match type_url {
             TypeUrl::Listener => {
-                self.listeners = resources
-                    .iter()
+                let (scrape, proxied): (Vec<&Any>, Vec<&Any>) =
+                    resources.iter().partition(|r| is_metrics_any(r));
+                self.listeners = proxied
+                    .into_iter()
                     .filter_map(|r| decode_listener(r).map_err(|e| errors.push(e)).ok())
                     .map(|l| (l.name.clone(), l))
+                    .collect();
+                self.metrics = scrape
+                    .into_iter()
+                    .filter_map(|r| {
+                        unpack::<Listener>(r)
+                            .map_err(|e| err("listener", e))
+                            .and_then(|l| metrics::decode(&l))
+                            .map_err(|e| errors.push(e))
+                            .ok()
+                    })
+                    .map(|m| (m.name.clone(), m))
                     .collect();
             }
             TypeUrl::Cluster => {

@@ -138,6 +138,7 @@ fn policies_are_user_written_mesh_types_with_a_policy_conf() {
             ResourceType::MeshRetry,
             ResourceType::MeshTrace,
             ResourceType::MeshAccessLog,
+            ResourceType::MeshMetric,
         ]
     );
 }
@@ -182,6 +183,7 @@ fn synced_types_come_in_apply_order_owners_first() {
             ResourceType::MeshRetry,
             ResourceType::MeshTrace,
             ResourceType::MeshAccessLog,
+            ResourceType::MeshMetric,
         ]
     );
     assert_eq!(

@@ -15,6 +15,7 @@ pub mod mesh_fault_injection;
 pub mod mesh_health_check;
 pub mod mesh_http_route;
 pub mod mesh_load_balancing_strategy;
+pub mod mesh_metric;
 pub mod mesh_rate_limit;
 pub mod mesh_retry;
 pub mod mesh_tcp_route;
@@ -143,6 +144,7 @@ policies! {
     MeshRetry => mesh_retry::MeshRetry,
     MeshTrace => mesh_trace::MeshTrace,
     MeshAccessLog => mesh_access_log::MeshAccessLog,
+    MeshMetric => mesh_metric::MeshMetric,
 }
 
 /// The stored and wire form of a policy: its conf under `spec`.

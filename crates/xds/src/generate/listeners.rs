@@ -262,7 +262,7 @@ pub(crate) fn api_listener(service: &str) -> Listener {
 }
 
 /// HTTP connection manager with an inline route sending every request to `cluster`.
-fn http_connection_manager(stat_prefix: &str, cluster: &str) -> HttpConnectionManager {
+pub(crate) fn http_connection_manager(stat_prefix: &str, cluster: &str) -> HttpConnectionManager {
     HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {

@@ -227,6 +227,8 @@ pub enum ListenerOrigin {
     Redirect,
     /// A zone proxy's SNI router.
     SniRouter,
+    /// A MeshMetric Prometheus backend's scrape endpoint.
+    Metrics { client_id: String },
 }
 
 /// A listener with what it was built for.

@@ -55,6 +55,9 @@ pub struct ProxyPolicies {
     /// Where Tcp access-log backends write for kuma-dp to forward
     /// (`mesh_access_log::socket_path` of the Dataplane's name and mesh).
     pub access_log_socket: String,
+    /// MeshMetric: the proxy-wide `proxy_rule`, whose conf is a merged
+    /// `meshzone_model::policies::mesh_metric::MetricConf`.
+    pub metric: PolicyRules,
 }
 
 pub mod backend_refs;
@@ -66,6 +69,7 @@ pub mod mesh_fault_injection;
 pub(crate) mod mesh_health_check;
 mod mesh_http_route;
 mod mesh_load_balancing_strategy;
+pub mod mesh_metric;
 pub mod mesh_rate_limit;
 pub mod mesh_retry;
 mod mesh_tcp_route;
@@ -98,6 +102,7 @@ pub const CONFIGURERS: &[(&str, Configurer)] = &[
     ("MeshHealthCheck", mesh_health_check::configure),
     ("MeshCircuitBreaker", mesh_circuit_breaker::configure),
     ("MeshRetry", mesh_retry::configure),
+    ("MeshMetric", mesh_metric::configure),
 ];
 
 /// Applies every policy's configurer to the base resources of a proxy, in [`CONFIGURERS`]
