@@ -66,7 +66,8 @@ struct Endpoint {
     started: Instant,
 }
 
-/// Keeps one server per scrape endpoint of the newest configuration until `runtime` closes.
+/// Keeps one server per scrape endpoint of the newest configuration; when `runtime` closes it
+/// stops them and waits for the process to stop.
 pub async fn run(
     mut runtime: watch::Receiver<Arc<Runtime>>,
     stats: Arc<Stats>,
@@ -134,6 +135,10 @@ pub async fn run(
     for (_, server) in servers {
         server.task.abort();
     }
+    // The configuration's sender is gone only when the xDS client has ended (refused, or the
+    // process is stopping): its outcome, not this task's, decides how kuma-dp exits, so the task
+    // must not end first and be reported as a failure in its place.
+    std::future::pending::<()>().await;
 }
 
 async fn scrape(State(e): State<Endpoint>, uri: Uri) -> impl IntoResponse {
