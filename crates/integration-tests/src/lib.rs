@@ -527,6 +527,16 @@ pub fn wait_for_mtls_mesh(zones: &[&ControlPlane]) {
     }
 }
 
+/// A global CP (memory store) and zone `zone-1` connected to it, each in its own directory
+/// under `dir`.
+pub fn global_and_one_zone(dir: &Path) -> (ControlPlane, ControlPlane) {
+    let kds = free_port();
+    let hosts = host_dirs(dir, &["global", "zone-1"]);
+    let global = start_global(&hosts[0], kds, &[]);
+    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
+    (global, zone1)
+}
+
 /// A global CP (memory store) and zones `zone-1` and `zone-2` connected to it, each in its own
 /// directory under `dir`.
 pub fn global_and_two_zones(dir: &Path) -> (ControlPlane, ControlPlane, ControlPlane) {

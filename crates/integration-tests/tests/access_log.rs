@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, EchoServer, Envoy, apply_ok, envoy_binary, free_port, host_dirs,
-    start_global, start_sidecar, wait_for, zone,
+    ControlPlane, DataPlane, EchoServer, Envoy, apply_ok, envoy_binary, free_port,
+    global_and_one_zone, start_sidecar, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -231,10 +231,7 @@ fn dataplane(
 fn a_policy_from_global_makes_a_zones_kuma_dp_log_http_and_tcp_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dir = dir.path();
-    let kds = free_port();
-    let hosts = host_dirs(dir, &["global", "zone-1"]);
-    let global = start_global(&hosts[0], kds, &[]);
-    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
+    let (global, zone1) = global_and_one_zone(dir);
     apply_ok(&global, dir, "mesh.yaml", MESH);
     wait_for("the mesh in zone-1", PROPAGATION, || {
         zone1

@@ -9,8 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    EchoServer, apply_ok, free_port, host_dirs, http_request, start_global, start_sidecar,
-    wait_for, zone,
+    EchoServer, apply_ok, free_port, global_and_one_zone, http_request, start_sidecar, wait_for,
 };
 use meshzone_model::policies::mesh_metric::MetricFilter;
 
@@ -59,10 +58,7 @@ fn curl(port: u16, path: &str) -> Result<String, String> {
 fn a_mesh_metric_from_global_is_scraped_on_a_zone_kuma_dp_until_it_is_deleted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dir = dir.path();
-    let kds = free_port();
-    let hosts = host_dirs(dir, &["global", "zone-1"]);
-    let global = start_global(&hosts[0], kds, &[]);
-    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
+    let (global, zone1) = global_and_one_zone(dir);
     apply_ok(&global, dir, "mesh.yaml", MESH);
     wait_for("the mesh in zone-1", PROPAGATION, || {
         zone1

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, EchoServer, Envoy, apply_ok, free_port, host_dirs, http_request,
-    start_global, start_sidecar, wait_for, zone,
+    ControlPlane, DataPlane, EchoServer, Envoy, apply_ok, free_port, global_and_one_zone,
+    http_request, start_sidecar, wait_for,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -310,10 +310,7 @@ fn check_tags(span: &Seen, tenant: &str) {
 fn a_mesh_trace_from_global_gives_one_trace_through_two_kuma_dps_at_otlp_and_zipkin() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dir = dir.path();
-    let kds = free_port();
-    let hosts = host_dirs(dir, &["global", "zone-1"]);
-    let global = start_global(&hosts[0], kds, &[]);
-    let zone1 = zone(&hosts[1], "zone-1", &global, kds);
+    let (global, zone1) = global_and_one_zone(dir);
     apply_ok(&global, dir, "mesh.yaml", MESH);
 
     let rt = tokio::runtime::Runtime::new().expect("tokio");

@@ -354,18 +354,7 @@ mod tests {
 
 #[cfg(test)]
 mod validation_tests {
-    use crate::{Resource, parse_documents, validate};
-
-    fn check(doc: &str) -> Result<(), Vec<(String, String)>> {
-        let value = parse_documents(doc).expect("yaml").remove(0);
-        let r = Resource::from_value(value).map_err(|e| vec![(e.to_string(), String::new())])?;
-        validate(&r).map_err(|v| {
-            v.violations
-                .iter()
-                .map(|x| (x.field.clone(), x.message.clone()))
-                .collect()
-        })
-    }
+    use crate::policies::test_support::field_errors as check;
 
     const HEAD: &str = "type: MeshTrace\nname: t\nmesh: default\nspec:\n";
 

@@ -34,6 +34,8 @@ mod inbound_tests;
 #[cfg(test)]
 mod resilience_tests;
 #[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod timeout_retry_tests;
