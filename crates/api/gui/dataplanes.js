@@ -1,9 +1,10 @@
 // Data plane proxies: a list filtered and paged by the server (mesh, zone, service, status,
 // name), and a detail page with inbounds, outbounds, insight, xDS stats, config dump and the
-// policies matched on the proxy.
+// policies matched on the proxy, and the proxy's own stats (as traffic per inbound and outbound)
+// and clusters, read from it through its control plane.
 
 import {
-  api, badge, counters, facts, h, link, meshSelect, navigate, pager, subscriptionsOf, table,
+  api, apiText, badge, counters, facts, h, link, meshSelect, navigate, pager, subscriptionsOf, table,
   tagsOf, toYaml, when, withQuery, zoneOfDataplane,
 } from './lib.js';
 import { pickMesh } from './meshes.js';
@@ -54,6 +55,81 @@ export async function dataplanesPage(params, query) {
       ['Status', (d) => badge(d.status)],
     ], page.items, 'dataplane-table', 'No proxy matches.'),
     pager(page, offset, size, (o) => navigate(withQuery({ offset: o }))));
+}
+
+// Stats of the traffic cards, by the prefix they hang under (Envoy's dotted names).
+const CARD_STATS = {
+  outbound: ['upstream_rq_total', 'upstream_rq_2xx', 'upstream_rq_4xx', 'upstream_rq_5xx',
+    'upstream_cx_active', 'upstream_cx_total', 'upstream_cx_rx_bytes_total', 'upstream_cx_tx_bytes_total'],
+  inbound: ['downstream_cx_active', 'downstream_cx_total'],
+  http: ['downstream_rq_total', 'downstream_rq_2xx', 'downstream_rq_4xx', 'downstream_rq_5xx'],
+};
+// Internal clusters are not traffic (kuma-gui hides them too).
+const INTERNAL = /^(ads_cluster|access_log_sink|kuma_envoy_admin|meshtrace:|inbound:passthrough|outbound:passthrough)/;
+
+/** Envoy's text stats → one row per cluster (outbound) and per listener (inbound). */
+export function trafficRows(text) {
+  const rows = new Map();
+  for (const line of text.split('\n')) {
+    const m = /^(cluster|listener|http)\.(.+)\.([a-z0-9_]+): (\d+)$/.exec(line.trim());
+    if (!m) continue;
+    const [, scope, object, stat, value] = m;
+    const group = scope === 'cluster' ? 'outbound' : scope === 'listener' ? 'inbound' : 'http';
+    if (!CARD_STATS[group].includes(stat) || INTERNAL.test(object)) continue;
+    // An inbound's listener and HTTP stats share its name: one row.
+    const kind = group === 'outbound' ? 'outbound' : 'inbound';
+    const key = `${kind} ${object}`;
+    if (!rows.has(key)) rows.set(key, { kind, name: object, stats: {} });
+    rows.get(key).stats[stat] = Number(value);
+  }
+  return [...rows.values()].sort((a, b) => a.kind.localeCompare(b.kind) || a.name.localeCompare(b.name));
+}
+
+/** The stats and clusters buttons and what they show, for the proxy at `base`. */
+export function adminSections(base) {
+  const statsArea = h('div', { 'data-testid': 'stats-area' });
+  const loadStats = async () => {
+    statsArea.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+    try {
+      const text = await apiText(`${base}/stats`);
+      const raw = h('pre', { 'data-testid': 'stats-text' }, text);
+      const filter = h('input', {
+        placeholder: 'filter stats', 'data-testid': 'stats-filter',
+        oninput: (e) => { raw.textContent = text.split('\n').filter((l) => l.includes(e.target.value)).join('\n'); },
+      });
+      const stat = (name) => (r) => (r.stats[name] === undefined ? '—' : String(r.stats[name]));
+      statsArea.replaceChildren(
+        table([
+          ['Direction', (r) => r.kind], ['Name', (r) => r.name],
+          ['Requests', (r) => stat(r.kind === 'outbound' ? 'upstream_rq_total' : 'downstream_rq_total')(r)],
+          ['2xx', (r) => stat(r.kind === 'outbound' ? 'upstream_rq_2xx' : 'downstream_rq_2xx')(r)],
+          ['4xx', (r) => stat(r.kind === 'outbound' ? 'upstream_rq_4xx' : 'downstream_rq_4xx')(r)],
+          ['5xx', (r) => stat(r.kind === 'outbound' ? 'upstream_rq_5xx' : 'downstream_rq_5xx')(r)],
+          ['Active connections', (r) => stat(r.kind === 'outbound' ? 'upstream_cx_active' : 'downstream_cx_active')(r)],
+          ['Connections', (r) => stat(r.kind === 'outbound' ? 'upstream_cx_total' : 'downstream_cx_total')(r)],
+        ], trafficRows(text), 'traffic', 'No traffic yet.'),
+        h('details', {}, h('summary', {}, 'All stats'), filter, raw));
+    } catch (e) {
+      statsArea.replaceChildren(h('div', { class: 'error', 'data-testid': 'stats-error' }, e.message));
+    }
+  };
+  const clustersArea = h('div', { 'data-testid': 'clusters-area' });
+  const loadClusters = async () => {
+    clustersArea.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+    try {
+      clustersArea.replaceChildren(h('pre', { 'data-testid': 'clusters-text' }, await apiText(`${base}/clusters`)));
+    } catch (e) {
+      clustersArea.replaceChildren(h('div', { class: 'error', 'data-testid': 'clusters-error' }, e.message));
+    }
+  };
+  return [
+    h('h2', {}, 'Traffic and stats'),
+    h('button', { type: 'button', onclick: loadStats, 'data-testid': 'load-stats' }, 'Show stats'),
+    statsArea,
+    h('h2', {}, 'Clusters'),
+    h('button', { type: 'button', onclick: loadClusters, 'data-testid': 'load-clusters' }, 'Show clusters'),
+    clustersArea,
+  ];
 }
 
 function tagText(tags) {
@@ -121,6 +197,7 @@ export async function dataplanePage([mesh, name]) {
           .flatMap((x) => (x.origin || []).map((o) => (o.resourceMeta || {}).name || JSON.stringify(o))))].join(', ')],
       ], (rules.rules || []).map((r) => ({ ...r, name: r.type })), 'matched-policies', 'No policy applies.'),
     rules.error ? null : h('details', {}, h('summary', {}, 'Rules as YAML'), h('pre', {}, toYaml(rules))),
+    ...adminSections(base),
     h('h2', {}, 'Config dump'),
     h('button', { type: 'button', onclick: loadDump, 'data-testid': 'load-config-dump' }, 'Show config dump'),
     dumpArea,

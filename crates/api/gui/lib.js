@@ -32,6 +32,18 @@ export async function api(path, params = {}) {
   return body;
 }
 
+/** A text answer (a proxy's stats or clusters); errors carry the API's JSON explanation. */
+export async function apiText(path) {
+  const res = await fetch(`${config.apiUrl}${path}`, { headers: { accept: 'text/plain, application/json' } });
+  const text = await res.text();
+  if (!res.ok) {
+    let body = {};
+    try { body = JSON.parse(text); } catch (_) { /* not JSON: the status says enough */ }
+    throw new Error(`${path}: ${res.status} ${body.title || ''} ${body.details || ''}`.trim());
+  }
+  return text;
+}
+
 /** Every item of a list endpoint, following pages (for small lists: zones, meshes, proxies of a zone). */
 export async function apiAll(path, params = {}) {
   const items = [];

@@ -1,11 +1,13 @@
 // Zones (global only) and zone ingresses/egresses: status, versions, last connection, the
-// zone's proxies, KDS counters and the services an ingress offers.
+// zone's proxies, KDS counters, the services an ingress offers, and a zone proxy's stats and
+// clusters.
 
 import {
   api, apiAll, badge, config, counters, facts, h, link, pager, proxyStatus, subscriptionsOf,
   table, when, zoneStatus,
 } from './lib.js';
 import { navigate, withQuery } from './lib.js';
+import { adminSections } from './dataplanes.js';
 
 const KIND = {
   ingress: { path: '/zoneingresses', route: 'zone-ingresses', spec: 'zoneIngress', insight: 'zoneIngressInsight', title: 'Zone Ingresses' },
@@ -152,5 +154,6 @@ export async function zoneProxyPage(kind, name) {
       ['Instances', (a) => a.instances],
       ['Tags', (a) => Object.entries(a.tags || {}).map(([t, v]) => `${t}=${v}`).join(', ')],
     ], (p[k.spec].availableServices || []).map((a) => ({ ...a, name: (a.tags || {})['kuma.io/service'] })),
-    'available-services', 'No service offered.')] : null);
+    'available-services', 'No service offered.')] : null,
+    ...adminSections(`${k.path}/${encodeURIComponent(name)}`));
 }

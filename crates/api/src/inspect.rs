@@ -21,9 +21,7 @@ use serde_json::{Value, json};
 
 use meshzone_store::Store;
 
-use crate::{
-    ApiContext, ApiError, ApiResult, CpMode, PageQuery, ZoneAnswerError, page, paged, resolve,
-};
+use crate::{ApiContext, ApiError, ApiResult, CpMode, PageQuery, page, paged, resolve};
 
 /// Kuma's warning for a MeshTrafficPermission in a mesh without mTLS
 /// (`api/openapi/specs/common/resource.yaml`).
@@ -159,19 +157,7 @@ pub(crate) async fn dataplane_rules_handler(
             "this global control plane cannot reach zones: ask the zone control plane the proxy belongs to",
         ));
     };
-    match ask(key).await {
-        Ok(answer) => Ok(Json(answer).into_response()),
-        Err(ZoneAnswerError::Unavailable(why)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Zone unavailable",
-            why,
-        )),
-        Err(ZoneAnswerError::Refused(why)) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "The zone could not answer",
-            why,
-        )),
-    }
+    Ok(Json(ask(key).await?).into_response())
 }
 
 /// The `_rules` answer for Dataplane `key` from this control plane's own store, with `zone`

@@ -71,6 +71,9 @@ pub struct ApiSettings {
     /// On global, where `GET /meshes/{mesh}/dataplanes/{name}/_rules` is asked: the zone that
     /// owns the proxy (over KDS). Zones compute it themselves.
     pub zone_rules: Option<ZoneRulesFn>,
+    /// Where `GET …/stats` and `…/clusters` of a proxy are read: from the proxy over its admin
+    /// stream on a zone, from the owning zone (over KDS) on global.
+    pub proxy_admin: Option<ProxyAdminFn>,
     /// Who may do what ([`auth`]).
     pub auth: AuthSettings,
 }
@@ -85,13 +88,40 @@ pub type ZoneRulesFn = std::sync::Arc<
         + Sync,
 >;
 
-/// Why the zone owning a proxy gave no answer; each message names the zone.
+/// Reads a proxy's Envoy-style text admin data: `what` is `"stats"` or `"clusters"`.
+pub type ProxyAdminFn = std::sync::Arc<
+    dyn Fn(
+            ResourceKey,
+            &'static str,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<String, ZoneAnswerError>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+/// Why the zone owning a proxy (or the proxy) gave no answer; each message names who.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ZoneAnswerError {
     /// The zone is not connected, went away or did not answer in time (HTTP 503).
     Unavailable(String),
     /// The zone answered that it cannot (HTTP 502).
     Refused(String),
+    /// The proxy is not connected to the control plane asked (HTTP 404).
+    NotConnected(String),
+}
+
+impl From<ZoneAnswerError> for ApiError {
+    fn from(e: ZoneAnswerError) -> Self {
+        match e {
+            ZoneAnswerError::Unavailable(why) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Zone unavailable", why)
+            }
+            ZoneAnswerError::Refused(why) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "The zone could not answer", why)
+            }
+            ZoneAnswerError::NotConnected(why) => ApiError::not_found(why),
+        }
+    }
 }
 
 /// Looks up the configuration of a connected proxy by its resource key; `Err` says why not.
@@ -159,6 +189,11 @@ pub fn router(ctx: ApiContext) -> Router {
             "/meshes/{mesh}/dataplanes/{name}/xds",
             get(dataplane_config_dump),
         )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/{what}",
+            get(dataplane_admin_text),
+        )
+        .route("/{ws}/{name}/{what}", get(zone_proxy_admin_text))
         .route(
             "/meshes/{mesh}/dataplanes/{name}/_rules",
             get(inspect::dataplane_rules_handler),
@@ -544,6 +579,57 @@ async fn dataplane_config_dump(
         Ok(v) => Ok(Json(v).into_response()),
         Err(why) => Err(ApiError::not_found(why)),
     }
+}
+
+/// What a proxy's admin data may be asked for: `stats` or `clusters`.
+fn admin_kind(what: &str) -> ApiResult<&'static str> {
+    ["stats", "clusters"]
+        .into_iter()
+        .find(|k| *k == what)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no such path: a proxy has stats and clusters, not {what:?}"
+            ))
+        })
+}
+
+/// `GET /meshes/{mesh}/dataplanes/{name}/stats|clusters`.
+async fn dataplane_admin_text(
+    ctx: State<ApiContext>,
+    Path((mesh, name, what)): Path<(String, String, String)>,
+) -> ApiResult {
+    let key = ResourceKey::new(ResourceType::Dataplane, &mesh, &name);
+    proxy_admin_text(ctx, key, admin_kind(&what)?).await
+}
+
+/// `GET /zoneingresses/{name}/stats|clusters` and the same of `zoneegresses`.
+async fn zone_proxy_admin_text(
+    ctx: State<ApiContext>,
+    Path((ws, name, what)): Path<(String, String, String)>,
+) -> ApiResult {
+    let rt = match ResourceType::from_ws_path(&ws) {
+        Some(rt @ (ResourceType::ZoneIngress | ResourceType::ZoneEgress)) => rt,
+        _ => return Err(ApiError::not_found("no such path")),
+    };
+    proxy_admin_text(ctx, ResourceKey::global(rt, &name), admin_kind(&what)?).await
+}
+
+/// `GET …/stats` and `…/clusters` of a proxy: Envoy's text form, read from the proxy.
+async fn proxy_admin_text(
+    State(ctx): State<ApiContext>,
+    key: ResourceKey,
+    what: &'static str,
+) -> ApiResult {
+    if ctx.0.store.find(&key).await?.is_none() {
+        return Err(ApiError::not_found(format!("{key} not found")));
+    }
+    let Some(read) = &ctx.0.settings.proxy_admin else {
+        return Err(ApiError::not_found(
+            "this control plane serves no proxies: ask the zone control plane the proxy is connected to",
+        ));
+    };
+    let text = read(key, what).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
 async fn get_in_mesh(

@@ -21,6 +21,15 @@ async fn app(mode: CpMode) -> Router {
 }
 
 async fn app_with(mode: CpMode, store: Store, zone_rules: Option<ZoneRulesFn>) -> Router {
+    app_full(mode, store, zone_rules, None).await
+}
+
+async fn app_full(
+    mode: CpMode,
+    store: Store,
+    zone_rules: Option<ZoneRulesFn>,
+    proxy_admin: Option<ProxyAdminFn>,
+) -> Router {
     store
         .create(Resource::new(
             Meta::named("default", ""),
@@ -35,6 +44,7 @@ async fn app_with(mode: CpMode, store: Store, zone_rules: Option<ZoneRulesFn>) -
         config: json!({"mode": "zone"}),
         store_type: "memory".into(),
         config_dump: None,
+        proxy_admin,
         zone_rules,
         auth: AuthSettings::default(),
     };
@@ -813,3 +823,4 @@ async fn rules_of_a_dataplane_and_the_dataplanes_of_a_policy() {
 mod global_rules;
 
 mod overviews;
+mod proxy_admin;

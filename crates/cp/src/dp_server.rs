@@ -119,8 +119,10 @@ pub async fn serve(
         Ok(n) => info!(closed = n, "marked proxies of the previous run offline"),
         Err(e) => return Err(anyhow!("cannot read insights: {e}")),
     }
+    let admin = ads.proxy_admin_service();
     server
         .add_service(ads.into_server())
+        .add_service(admin.into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop,

@@ -384,6 +384,40 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         }
     };
 
+    // Stats and clusters: a zone reads them from the proxy over its admin stream; global asks
+    // the zone that owns the proxy, over its KDS Inspect stream.
+    let local_admins = ads.as_ref().map(|a| a.proxy_admins());
+    let proxy_admin: Option<meshzone_api::ProxyAdminFn> = match (&role, &local_admins) {
+        (Role::Global, _) => {
+            let (hub, store) = (inspect_hub.clone(), store.clone());
+            Some(Arc::new(move |key: meshzone_model::ResourceKey, what| {
+                let (hub, store) = (hub.clone(), store.clone());
+                Box::pin(async move {
+                    use meshzone_api::ZoneAnswerError;
+                    let zone = owning_zone(&store, &key)
+                        .await
+                        .map_err(ZoneAnswerError::Refused)?;
+                    hub.proxy_admin(&zone, &key, what)
+                        .await
+                        .map_err(zone_answer_error)
+                })
+            }))
+        }
+        (_, None) => None,
+        (_, Some(admins)) => {
+            let admins = admins.clone();
+            Some(Arc::new(move |key: meshzone_model::ResourceKey, what| {
+                let admins = admins.clone();
+                Box::pin(async move {
+                    admins
+                        .ask(&key, what)
+                        .await
+                        .map_err(meshzone_api::ZoneAnswerError::NotConnected)
+                })
+            }))
+        }
+    };
+
     // Policy rules: global asks the owning zone over the same stream, and returns its answer.
     let zone_rules: Option<meshzone_api::ZoneRulesFn> = matches!(role, Role::Global).then(|| {
         let (hub, store) = (inspect_hub.clone(), store.clone());
@@ -394,13 +428,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                 let zone = owning_zone(&store, &key)
                     .await
                     .map_err(ZoneAnswerError::Refused)?;
-                hub.rules(&zone, &key).await.map_err(|e| {
-                    if e.unavailable() {
-                        ZoneAnswerError::Unavailable(e.to_string())
-                    } else {
-                        ZoneAnswerError::Refused(e.to_string())
-                    }
-                })
+                hub.rules(&zone, &key).await.map_err(zone_answer_error)
             })
         });
         ask
@@ -415,6 +443,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         store_type,
         config_dump,
         zone_rules,
+        proxy_admin,
         auth: meshzone_api::AuthSettings {
             localhost_is_admin: config.api_server.authn.localhost_is_admin,
             unauthenticated_read: config.api_server.authn.unauthenticated_read,
@@ -591,6 +620,13 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                     lookup
                 }),
                 rules: Some(local_rules(store.clone(), name.clone())),
+                proxy_admin: local_admins.clone().map(|admins| {
+                    let read: meshzone_kds::inspect::LocalAdminFn = Arc::new(move |key, what| {
+                        let admins = admins.clone();
+                        Box::pin(async move { admins.ask(&key, what).await })
+                    });
+                    read
+                }),
             },
             metrics: kds_metrics.clone(),
             token: if kds.auth_token_file.is_empty() {
@@ -687,6 +723,15 @@ async fn returns_only_on_error(task: impl std::future::Future<Output = ()>) -> R
 /// On global: every Mesh with a builtin mTLS backend gets its CA at once, so that KDS carries the
 /// same trust root to every zone before any proxy asks for a certificate.
 /// The zone a Dataplane copy on global came from (its `kuma.io/zone` label).
+/// How the API shows a zone's failure to answer: unreachable (503) or refusing (502).
+fn zone_answer_error(e: meshzone_kds::inspect::InspectError) -> meshzone_api::ZoneAnswerError {
+    if e.unavailable() {
+        meshzone_api::ZoneAnswerError::Unavailable(e.to_string())
+    } else {
+        meshzone_api::ZoneAnswerError::Refused(e.to_string())
+    }
+}
+
 async fn owning_zone(store: &Store, key: &meshzone_model::ResourceKey) -> Result<String, String> {
     let resource = store
         .find(key)

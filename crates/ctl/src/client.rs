@@ -116,13 +116,17 @@ impl ApiClient {
     /// POSTs JSON and returns the answer as text (tokens).
     pub async fn post_text(&self, path: &str, body: &Value) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        self.text(self.http.post(&url).json(body), &url).await
+    }
+
+    /// GETs a text answer (a proxy's stats or clusters).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.base);
+        self.text(self.http.get(&url), &url).await
+    }
+
+    async fn text(&self, request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<String> {
+        let resp = request.send().await.map_err(|e| self.transport_error(&e))?;
         let status = resp.status();
         let text = resp
             .text()

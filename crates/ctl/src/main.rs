@@ -71,14 +71,16 @@ enum Command {
     },
     /// Show status views: `inspect dataplanes`, `inspect services`, `inspect zones`,
     /// `inspect zoneingresses`; `inspect dataplane NAME --type config-dump` shows the
-    /// configuration a connected proxy was given (from its zone, also when asked on global).
+    /// configuration a connected proxy was given (from its zone, also when asked on global),
+    /// `--type stats` and `--type clusters` the proxy's own Envoy-style stats and clusters.
     Inspect {
         #[arg(value_name = "WHAT")]
         what: String,
         /// One item: a dataplane (see `--type`) or a policy (the proxies it selects).
         name: Option<String>,
         /// `policies` (the default): the rules every policy type gives the proxy;
-        /// `config-dump`: the proxy's configuration as its control plane sent it.
+        /// `config-dump`: the proxy's configuration as its control plane sent it;
+        /// `stats`, `clusters`: read from the proxy (dataplanes, zoneingresses, zoneegresses).
         #[arg(long = "type", value_name = "TYPE")]
         inspect_type: Option<String>,
         #[arg(short = 'm', long, default_value = meshzone_model::DEFAULT_MESH)]
@@ -365,6 +367,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string_pretty(&dump)?);
                     Ok(())
                 }
+                (word, Some(name), Some(kind @ ("stats" | "clusters"))) => {
+                    let path = match word {
+                        "dataplane" | "dataplanes" => {
+                            format!("/meshes/{mesh}/dataplanes/{name}/{kind}")
+                        }
+                        "zoneingress" | "zoneingresses" => format!("/zoneingresses/{name}/{kind}"),
+                        "zoneegress" | "zoneegresses" => format!("/zoneegresses/{name}/{kind}"),
+                        other => bail!(
+                            "kumactl inspect {other} --type {kind}: only dataplanes, zoneingresses and zoneegresses have {kind}"
+                        ),
+                    };
+                    print!("{}", client.get_text(&path).await?);
+                    Ok(())
+                }
                 // `policies` is the default type, as in Kuma.
                 ("dataplane" | "dataplanes", Some(name), None | Some("policies")) => {
                     let rules = client
@@ -377,7 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(())
                 }
                 (_, _, Some(other)) => bail!(
-                    "kumactl inspect --type {other:?} is not supported; use `kumactl inspect dataplane NAME --type policies|config-dump`"
+                    "kumactl inspect --type {other:?} is not supported; use `kumactl inspect dataplane NAME --type policies|config-dump|stats|clusters`"
                 ),
                 // `kumactl inspect meshtrafficpermission NAME`: the proxies it selects.
                 (word, Some(name), None)
@@ -397,7 +413,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(())
                 }
                 (_, Some(name), None) => bail!(
-                    "kumactl inspect {what} {name}: only dataplanes (--type policies|config-dump) and policies can be inspected by name"
+                    "kumactl inspect {what} {name}: only dataplanes (--type policies|config-dump|stats|clusters), zone proxies (--type stats|clusters) and policies can be inspected by name"
                 ),
                 (_, None, None) => inspect(&client, &what, &mesh, output).await,
             }

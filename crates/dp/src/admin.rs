@@ -1,4 +1,6 @@
-//! Admin server on 127.0.0.1: `/ready`, `/stats`, `/stats/prometheus`, `/config_dump`.
+//! Admin server on 127.0.0.1: `/ready`, `/stats`, `/stats/prometheus`, `/clusters`,
+//! `/config_dump`. The control plane reads `/stats` and `/clusters` over the proxy admin stream
+//! (`xds_client.rs`), from the same [`AdminView`].
 
 use std::sync::Arc;
 
@@ -12,24 +14,54 @@ use tokio::sync::watch;
 use crate::runtime::Runtime;
 use crate::stats::Stats;
 
+/// What the admin API shows: the proxy's stats, its running configuration and readiness.
 #[derive(Clone)]
-struct Admin {
+pub struct AdminView {
     stats: Arc<Stats>,
     runtime: watch::Receiver<Arc<Runtime>>,
     ready: watch::Receiver<bool>,
     started: std::time::Instant,
 }
 
-pub fn router(
-    stats: Arc<Stats>,
-    runtime: watch::Receiver<Arc<Runtime>>,
-    ready: watch::Receiver<bool>,
-) -> Router {
+impl AdminView {
+    pub fn new(
+        stats: Arc<Stats>,
+        runtime: watch::Receiver<Arc<Runtime>>,
+        ready: watch::Receiver<bool>,
+    ) -> Self {
+        AdminView {
+            stats,
+            runtime,
+            ready,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Envoy's text `/stats`: `name: value` lines.
+    pub fn stats_text(&self) -> String {
+        self.stats.text_with(cluster_stats(self))
+    }
+
+    /// Envoy's text `/clusters`: `<cluster>::<endpoint>::<field>::<value>` lines for each
+    /// endpoint (health flags, weight, zone, priority), after a line naming each cluster.
+    pub fn clusters_text(&self) -> String {
+        let rt = self.runtime.borrow().clone();
+        clusters_text(&rt, std::time::Instant::now())
+    }
+}
+
+type Admin = AdminView;
+
+pub fn router(view: AdminView) -> Router {
     Router::new()
         .route("/ready", get(ready_handler))
         .route(
             "/stats",
-            get(|State(a): State<Admin>| async move { a.stats.text_with(cluster_stats(&a)) }),
+            get(|State(a): State<Admin>| async move { a.stats_text() }),
+        )
+        .route(
+            "/clusters",
+            get(|State(a): State<Admin>| async move { a.clusters_text() }),
         )
         .route(
             "/stats/prometheus",
@@ -44,12 +76,45 @@ pub fn router(
             }),
         )
         .route("/config_dump", get(config_dump))
-        .with_state(Admin {
-            stats,
-            runtime,
-            ready,
-            started: std::time::Instant::now(),
-        })
+        .with_state(view)
+}
+
+/// Envoy's `/clusters` text for the clusters in `rt`, sorted by name. An endpoint failing its
+/// active check is `/failed_active_hc`, an ejected one `/failed_outlier_check`, both may show.
+fn clusters_text(rt: &Runtime, now: std::time::Instant) -> String {
+    use std::fmt::Write;
+    let mut names: Vec<&String> = rt.clusters.keys().collect();
+    names.sort();
+    let mut out = String::new();
+    for name in names {
+        let c = &rt.clusters[name];
+        let _ = writeln!(out, "{name}::observability_name::{name}");
+        for e in c.endpoints() {
+            let a = e.address;
+            let mut flags = String::new();
+            if c.health.active.healthy_count(&[a]) == 0 {
+                flags.push_str("/failed_active_hc");
+            }
+            if c.health.is_ejected(a, now) {
+                flags.push_str("/failed_outlier_check");
+            }
+            if flags.is_empty() {
+                flags.push_str("healthy");
+            }
+            let zone = e.zone.as_deref().unwrap_or("");
+            for (field, value) in [
+                ("health_flags", flags),
+                ("weight", e.weight.to_string()),
+                ("region", String::new()),
+                ("zone", zone.to_string()),
+                ("sub_zone", String::new()),
+                ("priority", e.priority.to_string()),
+            ] {
+                let _ = writeln!(out, "{name}::{a}::{field}::{value}");
+            }
+        }
+    }
+    out
 }
 
 /// Stats kept elsewhere: the clusters' active health checks, and Envoy's `server.live` and

@@ -245,13 +245,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // (non-zero) rather than run half-blind; the xDS client's outcome is awaited below.
     let shutdown = Shutdown::new();
     let (supervisor, mut failures) = Supervisor::new(shutdown.clone(), Backoff::default());
+    let admin_view = admin::AdminView::new(stats.clone(), runtime_rx.clone(), ready_rx.clone());
     supervisor.critical(
         "admin server",
-        axum::serve(
-            admin_listener,
-            admin::router(stats.clone(), runtime_rx.clone(), ready_rx.clone()),
-        )
-        .into_future(),
+        axum::serve(admin_listener, admin::router(admin_view.clone())).into_future(),
     );
 
     supervisor.serving(
@@ -302,6 +299,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ProxyType::Ingress => "ingress",
             ProxyType::Egress => "egress",
         },
+        admin: admin_view,
     };
     let mut xds = tokio::spawn(xds_client::run(
         settings,

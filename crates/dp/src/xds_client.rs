@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use meshzone_xds::decode::ProxyConfig;
-use meshzone_xds::discovery::DiscoveryRequest;
 use meshzone_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use meshzone_xds::discovery::{DiscoveryRequest, DiscoveryResponse};
 use meshzone_xds::envoy_types::pb::envoy::config::core::v3::Node;
 use meshzone_xds::envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 use meshzone_xds::envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::runtime::Runtime;
 use crate::stats::Stats;
@@ -34,6 +34,8 @@ pub struct XdsSettings {
     pub dataplane_json: Option<String>,
     /// `dataplane`, `ingress` or `egress`; zone proxies are named by their resource name alone.
     pub proxy_type: &'static str,
+    /// What the control plane may read over the proxy admin stream.
+    pub admin: crate::admin::AdminView,
 }
 
 /// A refusal that retrying cannot fix (bad token, unknown Dataplane, bad resource).
@@ -172,8 +174,8 @@ async fn connect_once(
             return Ended::Failed(msg);
         }
     };
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+    let mut client = AggregatedDiscoveryServiceClient::new(channel.clone())
+        .max_decoding_message_size(16 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
     let node = node(settings);
     for t in TypeUrl::ALL {
@@ -191,12 +193,30 @@ async fn connect_once(
     {
         request.metadata_mut().insert("authorization", v);
     }
-    let mut responses = match client.stream_aggregated_resources(request).await {
+    let responses = match client.stream_aggregated_resources(request).await {
         Ok(r) => r.into_inner(),
         Err(status) => return classify(settings, status),
     };
     info!(cp = settings.cp_address, "connected to the control plane");
     stats.set("control_plane.connected_state", 1);
+    // The admin stream lives as long as this ADS stream: it ends with it.
+    let admin = answer_admin_requests(channel, settings, node.id.clone());
+    tokio::select! {
+        ended = follow_updates(settings, runtime, ready, stats, responses, tx, node) => ended,
+        never = admin => match never {},
+    }
+}
+
+/// Applies every update on the ADS stream and answers with an ACK or NACK, until it ends.
+async fn follow_updates(
+    settings: &XdsSettings,
+    runtime: &watch::Sender<Arc<Runtime>>,
+    ready: &watch::Sender<bool>,
+    stats: &Stats,
+    mut responses: tonic::Streaming<DiscoveryResponse>,
+    tx: mpsc::Sender<DiscoveryRequest>,
+    node: Node,
+) -> Ended {
     let mut config: ProxyConfig = runtime.borrow().config.clone();
     let mut received: BTreeSet<TypeUrl> = BTreeSet::new();
     let mut updates = 0u64;
@@ -273,6 +293,64 @@ async fn connect_once(
     } else {
         Ended::AfterUpdates
     }
+}
+
+/// Opens the proxy admin stream on `channel` and answers the control plane's requests (stats,
+/// clusters) until the stream ends; then stays pending, since the ADS stream decides when this
+/// connection is over. A control plane without the stream (an older one) is only logged.
+async fn answer_admin_requests(
+    channel: Channel,
+    settings: &XdsSettings,
+    node_id: String,
+) -> std::convert::Infallible {
+    use meshzone_xds::proxy_admin::{
+        AdminAnswer, CLUSTERS, STATS, proxy_admin_client::ProxyAdminClient,
+    };
+    let (tx, rx) = mpsc::channel::<AdminAnswer>(4);
+    let hello = AdminAnswer {
+        node_id,
+        proxy_type: settings.proxy_type.to_string(),
+        ..Default::default()
+    };
+    if tx.send(hello).await.is_err() {
+        return std::future::pending().await;
+    }
+    let mut request = Request::new(ReceiverStream::new(rx));
+    if !settings.token.is_empty()
+        && let Ok(v) = format!("Bearer {}", settings.token).parse()
+    {
+        request.metadata_mut().insert("authorization", v);
+    }
+    let mut requests = match ProxyAdminClient::new(channel).stream(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            warn!(%status, "the control plane opened no admin stream: it cannot show this proxy's stats");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        let request = match requests.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(status) => {
+                debug!(%status, "admin stream ended");
+                break;
+            }
+        };
+        let mut answer = AdminAnswer {
+            id: request.id,
+            ..Default::default()
+        };
+        match request.what.as_str() {
+            STATS => answer.body = settings.admin.stats_text().into_bytes(),
+            CLUSTERS => answer.body = settings.admin.clusters_text().into_bytes(),
+            other => answer.error = format!("kuma-dp cannot show {other:?}"),
+        }
+        if tx.send(answer).await.is_err() {
+            break;
+        }
+    }
+    std::future::pending().await
 }
 
 fn classify(settings: &XdsSettings, status: tonic::Status) -> Ended {

@@ -12,6 +12,7 @@ pub mod external_services;
 mod handshake;
 mod metrics;
 mod policies;
+mod proxy_admin;
 mod refuser;
 mod stream;
 mod view;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use metrics::XdsMetrics;
+pub use proxy_admin::{ProxyAdminService, ProxyAdmins};
 pub use refuser::AdsRefuser;
 
 use meshzone_lifecycle::Shutdown;
@@ -74,6 +76,8 @@ pub(crate) struct Shared {
     views: view::MeshViews,
     /// The configuration each connected proxy was last given, by the stream that owns it.
     configs: Mutex<HashMap<meshzone_model::ResourceKey, (u64, Arc<Snapshot>)>>,
+    /// The proxies' admin streams (stats, clusters).
+    admin_calls: proxy_admin::AdminCalls,
 }
 
 impl Shared {
@@ -99,6 +103,12 @@ impl Shared {
     ) {
         let mut c = self.configs.lock().unwrap_or_else(|e| e.into_inner());
         c.insert(key.clone(), (generation, snapshot));
+    }
+
+    /// Whether a proxy has a live ADS stream with a configuration.
+    pub(crate) fn is_configured(&self, key: &meshzone_model::ResourceKey) -> bool {
+        let c = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        c.contains_key(key)
     }
 
     /// Forgets a proxy's configuration when its stream ends (unless a newer stream took over).
@@ -214,6 +224,7 @@ impl AdsService {
                 owners: Mutex::new(Owners::default()),
                 views: view::MeshViews::default(),
                 configs: Mutex::new(HashMap::new()),
+                admin_calls: proxy_admin::AdminCalls::default(),
             }),
         }
     }
@@ -221,6 +232,20 @@ impl AdsService {
     /// A handle to read connected proxies' configuration.
     pub fn config_dumps(&self) -> ConfigDumps {
         ConfigDumps {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A handle to read connected proxies' stats and clusters.
+    pub fn proxy_admins(&self) -> ProxyAdmins {
+        ProxyAdmins {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The gRPC service proxies open their admin stream on; serve it next to ADS.
+    pub fn proxy_admin_service(&self) -> ProxyAdminService {
+        ProxyAdminService {
             shared: self.shared.clone(),
         }
     }
@@ -260,16 +285,7 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let token = meshzone_identity::bearer_token(
-            request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        );
-        if self.shared.shutdown.has_begun() {
-            return Err(stream::shutting_down());
-        }
-        let inbound = request.into_inner();
+        let (token, inbound) = handshake::admit(&self.shared, request)?;
         let rx = stream::start(self.shared.clone(), token, inbound).await?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }

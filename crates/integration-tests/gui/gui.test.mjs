@@ -182,6 +182,16 @@ test("a proxy's detail page opens its config dump and matched policies", async (
   assert.ok(!(await page.$('[data-testid="config-dump-error"]')), `config dump failed: ${dump}`);
   JSON.parse(dump);
   assert.match(dump, new RegExp(SERVICE), 'the dump configures the proxy\'s own service');
+  // Its stats and clusters come from the proxy itself (global → zone-1 → the proxy).
+  await page.click('[data-testid="load-stats"]');
+  await page.waitForSelector('[data-testid="traffic"], [data-testid="stats-error"]');
+  assert.ok(!(await page.$('[data-testid="stats-error"]')),
+    `stats failed: ${await page.innerText('[data-testid="stats-area"]')}`);
+  assert.match(await page.innerText('[data-testid="traffic"]'), /inbound/, 'a traffic row per inbound');
+  assert.match(await page.textContent('[data-testid="stats-text"]'), /^server\.live: 1$/m);
+  await page.click('[data-testid="load-clusters"]');
+  await page.waitForSelector('[data-testid="clusters-text"], [data-testid="clusters-error"]');
+  assert.match(await page.innerText('[data-testid="clusters-area"]'), /::health_flags::healthy$/m);
   await shot('dataplane-detail');
 });
 

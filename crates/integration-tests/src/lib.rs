@@ -633,13 +633,7 @@ impl DataPlane {
 
     /// Sum of the counters whose names start with `prefix` and end with `suffix`.
     pub fn stat_sum(&self, prefix: &str, suffix: &str) -> u64 {
-        self.admin("/stats")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .filter(|(k, _)| k.starts_with(prefix) && k.ends_with(suffix))
-            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
-            .sum()
+        stat_sum_of(&self.admin("/stats").unwrap_or_default(), prefix, suffix)
     }
 
     pub fn wait_ready(&mut self) {
@@ -974,4 +968,14 @@ impl HttpPair {
             out,
         }
     }
+}
+
+/// The sum of the stats named `<prefix>…<suffix>` in Envoy's text `/stats`.
+pub fn stat_sum_of(stats: &str, prefix: &str, suffix: &str) -> u64 {
+    stats
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(k, _)| k.starts_with(prefix) && k.ends_with(suffix))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum()
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use meshzone_integration_tests::{
     ControlPlane, DataPlane, EchoServer, Envoy, apply_ok, free_port, global_and_two_zones,
-    http_get, start_sidecar, wait_for, wait_for_mtls_mesh, write_file, zone_token_file,
+    http_get, start_sidecar, stat_sum_of, wait_for, wait_for_mtls_mesh, write_file,
+    zone_token_file,
 };
 
 const SERVICE: &str = "echo-server_echo-example_svc_1010";
@@ -231,6 +232,35 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
         "the ingress spreads over both instances: {split:?}"
     );
     assert!(ingress1.stat_sum("cluster.", ".upstream_cx_total") >= remote as u64);
+
+    // The client's own stats and clusters, read from the proxy by its zone CP over the
+    // proxy's admin stream, and from global through zone-2 (the GUI's traffic cards).
+    for (cp, name) in [(&zone2, "client-2"), (&global, "zone-2.client-2")] {
+        let stats = cp.kumactl_ok(&["inspect", "dataplane", name, "--type", "stats"]);
+        let sent = stat_sum_of(&stats, "cluster.", ".upstream_cx_total");
+        assert!(
+            sent >= 600,
+            "{name}: {sent} upstream connections in\n{stats}"
+        );
+        let clusters = cp.kumactl_ok(&["inspect", "dataplane", name, "--type", "clusters"]);
+        assert!(
+            clusters.contains(&format!("::{ingress_endpoint}::health_flags::healthy")),
+            "{name}: the zone-1 ingress is a healthy endpoint in\n{clusters}"
+        );
+    }
+    let ingress_stats =
+        zone1.kumactl_ok(&["inspect", "zoneingress", "ingress-1", "--type", "stats"]);
+    assert!(
+        stat_sum_of(&ingress_stats, "cluster.", ".upstream_cx_total") >= remote as u64,
+        "{ingress_stats}"
+    );
+    // Envoy has no admin stream: the refusal says where to read its stats.
+    let envoy_stats = zone2.kumactl(&["inspect", "dataplane", "envoy-client-2", "--type", "stats"]);
+    let why = String::from_utf8_lossy(&envoy_stats.stderr);
+    assert!(
+        !envoy_stats.status.success() && why.contains("opened no admin stream"),
+        "{why}"
+    );
 
     // The ingress refuses plaintext and unknown SNI, and counts it.
     let refused = format!("listener.inbound:127.0.0.1:{p1}.no_filter_chain_match");

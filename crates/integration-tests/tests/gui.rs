@@ -6,10 +6,11 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, EchoServer, apply_ok, free_port, global_and_two_zones,
-    start_loopback_sidecar, wait_for_mtls_mesh, write_file, zone_token_file,
+    ControlPlane, DataPlane, EchoServer, apply_ok, free_port, global_and_two_zones, http_get,
+    start_loopback_sidecar, wait_for, wait_for_mtls_mesh, write_file, zone_token_file,
 };
 
 const SERVICE: &str = "echo";
@@ -53,18 +54,20 @@ fn echo_sidecar(cp: &ControlPlane, dir: &Path, name: &str, echo: &EchoServer) ->
     )
 }
 
-fn client_sidecar(cp: &ControlPlane, dir: &Path, name: &str) -> DataPlane {
-    start_loopback_sidecar(
+/// A client sidecar, with the port of its outbound to [`SERVICE`].
+fn client_sidecar(cp: &ControlPlane, dir: &Path, name: &str) -> (DataPlane, u16) {
+    let outbound = free_port();
+    let dp = start_loopback_sidecar(
         cp,
         dir,
         name,
         &format!(
-            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: client\n  outbound:\n  - port: {}\n    tags:\n      kuma.io/service: {SERVICE}\n",
+            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: client\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: {SERVICE}\n",
             free_port(),
             free_port(),
-            free_port()
         ),
-    )
+    );
+    (dp, outbound)
 }
 
 #[test]
@@ -87,10 +90,20 @@ fn gui_pages_in_chromium() {
     let _ingress1 = ingress(&global, &zone1, dir, "ingress-1", "zone-1");
     let _ingress2 = ingress(&global, &zone2, dir, "ingress-2", "zone-2");
     let (e1, e2) = (EchoServer::start("zone-1"), EchoServer::start("zone-2"));
-    let _echo1 = echo_sidecar(&zone1, dir, "echo-1", &e1);
+    let echo1 = echo_sidecar(&zone1, dir, "echo-1", &e1);
     let _echo2 = echo_sidecar(&zone2, dir, "echo-2", &e2);
-    let _client1 = client_sidecar(&zone1, dir, "client-1");
+    let (_client1, outbound1) = client_sidecar(&zone1, dir, "client-1");
     let _client2 = client_sidecar(&zone2, dir, "client-2");
+    // Traffic through client-1 until echo-1 has served some (at most 100 requests), so that the
+    // proxy page's traffic table has an inbound row to show.
+    let mut sent = 0;
+    wait_for("echo-1 served traffic", Duration::from_secs(30), || {
+        if sent < 100 {
+            sent += 1;
+            let _ = http_get(outbound1);
+        }
+        (echo1.stat_sum("listener.", ".downstream_cx_total") > 0).then_some(())
+    });
 
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gui-artifacts");
     let out = Command::new("node")

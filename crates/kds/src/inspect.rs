@@ -4,20 +4,20 @@
 //! or a [`LocalRulesFn`]. A request names what it wants ([`CONFIG_DUMP`], [`RULES`]); a zone that
 //! does not know a kind answers with an error, so new kinds stay compatible with older zones.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use meshzone_lifecycle::Shutdown;
 use meshzone_model::{ResourceKey, ResourceType};
+use meshzone_reverse::{CallError, ReverseCalls};
 use meshzone_store::Store;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tonic::Status;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::proto::{InspectRequest, InspectResponse};
 use crate::sync::global_name;
@@ -36,10 +36,25 @@ pub type LocalRulesFn = Arc<
         + Sync,
 >;
 
+/// The zone's reading of a connected proxy's admin data (`what` is [`STATS`] or [`CLUSTERS`]),
+/// by its local key; `Err` says why not.
+pub type LocalAdminFn = Arc<
+    dyn Fn(
+            ResourceKey,
+            &'static str,
+        ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Request kind: what the zone's DP server last sent to the proxy.
 pub const CONFIG_DUMP: &str = "config-dump";
 /// Request kind: the policies' rules on the proxy (`GET .../dataplanes/{name}/_rules`).
 pub const RULES: &str = "rules";
+/// Request kind: the proxy's Envoy-style text `/stats`, read from the proxy itself.
+pub const STATS: &str = "stats";
+/// Request kind: the proxy's Envoy-style text `/clusters`.
+pub const CLUSTERS: &str = "clusters";
 
 /// Why global got no answer about a zone's proxy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,74 +82,35 @@ impl InspectError {
     }
 }
 
-type Requests = mpsc::Sender<Result<InspectRequest, Status>>;
-
-#[derive(Default)]
-struct Hub {
-    /// The open Inspect stream of each zone, with an id telling streams of one zone apart.
-    zones: HashMap<String, (u64, Requests)>,
-    /// Requests waiting for an answer, with the stream they went out on.
-    pending: HashMap<String, (u64, oneshot::Sender<InspectResponse>)>,
-    next: u64,
+fn answer_id(a: &InspectResponse) -> &str {
+    &a.id
 }
 
 /// Global's side: routes requests to the zone that owns a proxy and waits for the answer.
 #[derive(Clone, Default)]
 pub struct InspectHub {
-    hub: Arc<Mutex<Hub>>,
+    calls: ReverseCalls<InspectRequest, InspectResponse>,
 }
 
 impl InspectHub {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
-        self.hub.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Serves one zone's Inspect stream until it ends (the hello was already read).
     pub(crate) fn attach<S>(
         &self,
         zone: String,
-        mut answers: S,
+        answers: S,
         shutdown: Shutdown,
     ) -> mpsc::Receiver<Result<InspectRequest, Status>>
     where
         S: Stream<Item = Result<InspectResponse, Status>> + Unpin + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(16);
-        let stream_id = {
-            let mut h = self.lock();
-            h.next += 1;
-            let id = h.next;
-            h.zones.insert(zone.clone(), (id, tx.clone()));
-            id
-        };
         info!(zone, "zone inspect stream open");
-        let me = self.clone();
-        shutdown.clone().spawn(async move {
-            loop {
-                match shutdown.unless_stopped(answers.next()).await {
-                    Some(Some(Ok(answer))) => {
-                        if let Some((_, waiting)) = me.lock().pending.remove(&answer.id) {
-                            let _ = waiting.send(answer);
-                        }
-                    }
-                    Some(_) => break,
-                    None => {
-                        let _ = tx.send(Err(crate::global::shutting_down())).await;
-                        break;
-                    }
-                }
-            }
-            {
-                let mut h = me.lock();
-                if h.zones.get(&zone).is_some_and(|(id, _)| *id == stream_id) {
-                    h.zones.remove(&zone);
-                }
-                // Nobody will answer what went out on this stream: the waiters learn it now.
-                h.pending.retain(|_, (id, _)| *id != stream_id);
-            }
-            debug!(zone, "zone inspect stream closed");
-        });
-        rx
+        self.calls.attach(
+            zone,
+            answers,
+            answer_id,
+            shutdown,
+            crate::global::shutting_down(),
+        )
     }
 
     /// The configuration of proxy `key` (as global names it) from the zone that owns it.
@@ -150,37 +126,41 @@ impl InspectHub {
         self.ask(zone, RULES, key).await
     }
 
+    /// The text `what` ([`STATS`] or [`CLUSTERS`]) of proxy `key` (as global names it: a
+    /// Dataplane, ZoneIngress or ZoneEgress), which the zone reads from the proxy.
+    pub async fn proxy_admin(
+        &self,
+        zone: &str,
+        key: &ResourceKey,
+        what: &'static str,
+    ) -> Result<String, InspectError> {
+        match self.ask(zone, what, key).await? {
+            Value::String(text) => Ok(text),
+            _ => Err(InspectError::Unreadable {
+                zone: zone.to_string(),
+                message: format!("{what} must be text"),
+            }),
+        }
+    }
+
     async fn ask(&self, zone: &str, what: &str, key: &ResourceKey) -> Result<Value, InspectError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let (answer_tx, answer_rx) = oneshot::channel();
-        let sender = {
-            let mut h = self.lock();
-            let Some((stream_id, sender)) = h.zones.get(zone).cloned() else {
-                return Err(InspectError::Offline(zone.to_string()));
-            };
-            h.pending.insert(id.clone(), (stream_id, answer_tx));
-            sender
-        };
-        let request = InspectRequest {
-            id: id.clone(),
+        let request = |id| InspectRequest {
+            id,
             what: what.into(),
             key: Some(key_to_wire(key)),
         };
-        if sender.send(Ok(request)).await.is_err() {
-            self.lock().pending.remove(&id);
-            return Err(InspectError::Gone(zone.to_string()));
-        }
-        let answer = match tokio::time::timeout(ANSWER_TIMEOUT, answer_rx).await {
-            Ok(Ok(a)) => a,
-            Ok(Err(_)) => return Err(InspectError::Gone(zone.to_string())),
-            Err(_) => {
-                self.lock().pending.remove(&id);
-                return Err(InspectError::Timeout {
+        let answer = self
+            .calls
+            .call(zone, request, ANSWER_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                CallError::Offline => InspectError::Offline(zone.to_string()),
+                CallError::Gone => InspectError::Gone(zone.to_string()),
+                CallError::Timeout(after) => InspectError::Timeout {
                     zone: zone.to_string(),
-                    after: ANSWER_TIMEOUT,
-                });
-            }
-        };
+                    after,
+                },
+            })?;
         if !answer.error.is_empty() {
             return Err(InspectError::Refused {
                 zone: zone.to_string(),
@@ -199,6 +179,7 @@ impl InspectHub {
 pub struct LocalAnswers {
     pub config_dump: Option<LocalDumpFn>,
     pub rules: Option<LocalRulesFn>,
+    pub proxy_admin: Option<LocalAdminFn>,
 }
 
 /// The zone's answer to one request: the proxy named `<zone>.<name>` on global is found among
@@ -215,40 +196,58 @@ pub(crate) async fn answer(
         ..Default::default()
     };
     let result = async {
-        if request.what != CONFIG_DUMP && request.what != RULES {
-            return Err(format!("cannot show {:?}", request.what));
-        }
+        let what = [CONFIG_DUMP, RULES, STATS, CLUSTERS]
+            .into_iter()
+            .find(|w| *w == request.what)
+            .ok_or_else(|| format!("cannot show {:?}", request.what))?;
         let key = request
             .key
             .as_ref()
             .and_then(key_from_wire)
             .ok_or("the request names no known resource")?;
-        if key.resource_type != ResourceType::Dataplane {
-            return Err(format!(
-                "cannot show {:?} of a {}",
-                request.what, key.resource_type
-            ));
+        let proxy_types: &[ResourceType] = match what {
+            STATS | CLUSTERS => &[
+                ResourceType::Dataplane,
+                ResourceType::ZoneIngress,
+                ResourceType::ZoneEgress,
+            ],
+            _ => &[ResourceType::Dataplane],
+        };
+        if !proxy_types.contains(&key.resource_type) {
+            return Err(format!("cannot show {what:?} of a {}", key.resource_type));
         }
+        let mesh = Some(key.mesh.as_str()).filter(|m| !m.is_empty());
         let local = store
-            .list(ResourceType::Dataplane, Some(&key.mesh))
+            .list(key.resource_type, mesh)
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
             .find(|r| global_name(zone, &r.meta.name) == key.name)
-            .ok_or_else(|| format!("{key} is not a Dataplane of zone {zone:?}"))?;
-        if request.what == RULES {
-            let rules = answers
-                .rules
-                .as_ref()
-                .ok_or_else(|| format!("zone {zone:?} cannot compute policy rules"))?;
-            return rules(local.key()).await;
+            .ok_or_else(|| format!("{key} is not a {} of zone {zone:?}", key.resource_type))?;
+        match what {
+            RULES => {
+                let rules = answers
+                    .rules
+                    .as_ref()
+                    .ok_or_else(|| format!("zone {zone:?} cannot compute policy rules"))?;
+                rules(local.key()).await
+            }
+            STATS | CLUSTERS => {
+                let read = answers
+                    .proxy_admin
+                    .as_ref()
+                    .ok_or("this zone control plane serves no proxies")?;
+                read(local.key(), what).await.map(Value::String)
+            }
+            _ => {
+                let dump = answers
+                    .config_dump
+                    .as_ref()
+                    .ok_or("this zone control plane serves no proxies")?;
+                dump(&local.key())
+                    .ok_or_else(|| format!("{} is not connected to zone {zone:?}", local.key()))
+            }
         }
-        let dump = answers
-            .config_dump
-            .as_ref()
-            .ok_or("this zone control plane serves no proxies")?;
-        dump(&local.key())
-            .ok_or_else(|| format!("{} is not connected to zone {zone:?}", local.key()))
     }
     .await;
     match result {

@@ -10,5 +10,17 @@ pub mod generate;
 pub mod names;
 pub mod policy;
 
+/// The proxy admin stream (`meshzone.proxyadmin.v1.ProxyAdmin`): a zone CP reads a connected
+/// proxy's stats and clusters on a stream the proxy opened.
+pub mod proxy_admin {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("meshzone.proxyadmin.v1");
+
+    /// What an [`AdminRequest`] may ask for: Envoy's text `/stats`.
+    pub const STATS: &str = "stats";
+    /// Envoy's text `/clusters`.
+    pub const CLUSTERS: &str = "clusters";
+}
+
 pub use envoy_types;
 pub use envoy_types::pb::envoy::service::discovery::v3 as discovery;

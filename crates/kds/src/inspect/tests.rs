@@ -40,6 +40,30 @@ fn rules_echo() -> LocalRulesFn {
     })
 }
 
+/// An admin reader that names what it was asked, of which local proxy.
+fn admin_echo() -> LocalAdminFn {
+    Arc::new(|key: ResourceKey, what: &'static str| {
+        Box::pin(async move { Ok(format!("{what} of {key}\n")) })
+    })
+}
+
+#[tokio::test]
+async fn a_zone_reads_its_proxy_s_stats_and_clusters_as_text() {
+    let store = zone_store().await;
+    let answers = LocalAnswers {
+        proxy_admin: Some(admin_echo()),
+        ..LocalAnswers::default()
+    };
+    let web = global_name(ZONE, "web-1");
+    for what in [STATS, CLUSTERS] {
+        let r = answer(ZONE, &store, &answers, &request(what, &web)).await;
+        assert_eq!(r.error, "", "{what}");
+        let body: Value = serde_json::from_slice(&r.body).expect("json");
+        let local = ResourceKey::new(ResourceType::Dataplane, "default", "web-1");
+        assert_eq!(body, Value::String(format!("{what} of {local}\n")));
+    }
+}
+
 fn request(what: &str, name: &str) -> InspectRequest {
     InspectRequest {
         id: "1".into(),
@@ -58,6 +82,7 @@ async fn a_zone_answers_a_rules_request_about_its_own_dataplane() {
     let answers = LocalAnswers {
         config_dump: None,
         rules: Some(rules_echo()),
+        proxy_admin: Some(admin_echo()),
     };
     let web = global_name(ZONE, "web-1");
     let r = answer(ZONE, &store, &answers, &request(RULES, &web)).await;
@@ -84,9 +109,27 @@ async fn a_zone_answers_a_rules_request_about_its_own_dataplane() {
         ),
         (
             "unknown kind",
-            request("stats", &web),
+            request("memory", &web),
             &answers,
-            "cannot show \"stats\"",
+            "cannot show \"memory\"",
+        ),
+        (
+            "rules of a zone proxy",
+            InspectRequest {
+                key: Some(key_to_wire(&ResourceKey::global(
+                    ResourceType::ZoneIngress,
+                    &global_name(ZONE, "ingress-1"),
+                ))),
+                ..request(RULES, "")
+            },
+            &answers,
+            "cannot show \"rules\" of a ZoneIngress",
+        ),
+        (
+            "no admin reader",
+            request(STATS, &web),
+            &LocalAnswers::default(),
+            "serves no proxies",
         ),
         (
             "no rules answerer",
@@ -152,6 +195,7 @@ async fn global_asks_the_owning_zone_and_says_which_zone_is_offline() {
         LocalAnswers {
             config_dump: Some(dump),
             rules: Some(rules_echo()),
+            proxy_admin: None,
         },
         &shutdown,
     );
