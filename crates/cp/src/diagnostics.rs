@@ -22,15 +22,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers the metrics this process keeps itself: `cp_info`, `leader`, `resources_count`.
+    /// Registers the metrics this process keeps itself: `cp_info`, `resources_count`.
     pub fn register(registry: Registry, store: Store, info: &[(&str, &str)]) -> Self {
         registry
             .info_gauge("cp_info", "Static information about the CP instance", info)
             .set(1);
-        // One instance per store: every instance leads its own work (no election).
-        registry
-            .gauge("leader", "1 when this instance is the leader")
-            .set(1);
+        // `leader` is kept by the election (`leader.rs`).
         let resources_count = registry.gauge_family(
             "resources_count",
             "Number of resources of each type in the store",

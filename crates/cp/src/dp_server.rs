@@ -110,11 +110,12 @@ pub async fn serve(
     mut server: Server,
     store: Store,
     ads: AdsService,
+    dead_instances: impl Fn(&str) -> bool + Send,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // A CP that serves proxies owns their insights (global holds zones' copies and serves
-    // none: `serve_refusal`).
-    match meshzone_dp_server::close_stale_subscriptions(&store).await {
+    // none: `serve_refusal`); those of live instances sharing the store stay theirs.
+    match meshzone_dp_server::close_stale_subscriptions(&store, dead_instances).await {
         Ok(0) => {}
         Ok(n) => info!(closed = n, "marked proxies of the previous run offline"),
         Err(e) => return Err(anyhow!("cannot read insights: {e}")),

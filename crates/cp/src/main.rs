@@ -6,6 +6,7 @@
 mod config;
 mod diagnostics;
 mod dp_server;
+mod leader;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -300,6 +301,27 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
 
     let host = hostname();
     let instance_id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+
+    // Leader election: on Postgres the instances sharing the database elect one; on a store of
+    // its own an instance always leads.
+    let timings = leader::ElectionTimings::default();
+    let shared_db = match store.backend() {
+        AnyBackend::Postgres(b) => Some(b.clone()),
+        _ => None,
+    };
+    let leadership = Arc::new(leader::Leadership::new(&registry, shared_db.is_none()));
+    let leading = leadership.subscribe();
+    if let Some(backend) = &shared_db {
+        // Alive before serving anything, so no other instance takes this one's proxies for dead.
+        backend
+            .heartbeat(&instance_id)
+            .await
+            .map_err(|e| anyhow!("cannot record this instance in the Postgres store: {e}"))?;
+        let (backend, id, leadership) = (backend.clone(), instance_id.clone(), leadership.clone());
+        supervisor.restarting("leader election", move || {
+            leader::campaign(backend.clone(), id.clone(), leadership.clone(), timings)
+        });
+    }
     let mode = match &role {
         Role::Global => CpMode::Global,
         Role::StandaloneZone { name } => CpMode::Zone {
@@ -463,10 +485,28 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         )?;
         let stop = shutdown.begun();
         match ads {
-            Some(ads) => supervisor.critical(
-                "DP server",
-                dp_server::serve(listener, server, store.clone(), ads, stop),
-            ),
+            Some(ads) => {
+                let dead = leader::dead_instances(shared_db.as_ref(), &instance_id, timings)
+                    .await
+                    .map_err(|e| anyhow!("cannot read the live instances: {e}"))?;
+                supervisor.critical(
+                    "DP server",
+                    dp_server::serve(listener, server, store.clone(), ads, dead, stop),
+                );
+                if let Some(backend) = shared_db.clone() {
+                    // The leader closes the subscriptions that dead instances left open.
+                    let (store, id) = (store.clone(), instance_id.clone());
+                    supervisor.leader_only("subscription finalizer", leading.clone(), move || {
+                        finalize_subscriptions(
+                            store.clone(),
+                            backend.clone(),
+                            id.clone(),
+                            timings,
+                            false,
+                        )
+                    });
+                }
+            }
             None => supervisor.critical(
                 "DP server",
                 dp_server::serve_refusal(listener, server, GLOBAL_DP_REFUSAL, stop),
@@ -487,7 +527,17 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             "KDS server listening; zones verify it with KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE={}",
             cert_path.display()
         );
-        let closed = meshzone_kds::global::close_stale_subscriptions(&store)
+        let dead = leader::dead_instances(shared_db.as_ref(), &instance_id, timings)
+            .await
+            .map_err(|e| anyhow!("cannot read the live instances: {e}"))?;
+        if let Some(backend) = shared_db.clone() {
+            // The leader closes the zone subscriptions that dead global instances left open.
+            let (store, id) = (store.clone(), instance_id.clone());
+            supervisor.leader_only("subscription finalizer", leading.clone(), move || {
+                finalize_subscriptions(store.clone(), backend.clone(), id.clone(), timings, true)
+            });
+        }
+        let closed = meshzone_kds::global::close_stale_subscriptions(&store, dead)
             .await
             .map_err(|e| anyhow!("cannot read zone insights: {e}"))?;
         if closed > 0 {
@@ -537,18 +587,22 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     }
     if matches!(role, Role::Global) {
         let store = store.clone();
-        supervisor.restarting("mesh CA provisioning", move || {
+        supervisor.leader_only("mesh CA provisioning", leading.clone(), move || {
             returns_only_on_error(provision_mesh_cas(store.clone()))
         });
     } else {
         let store = store.clone();
         let zone = Some(config.multizone.zone.name.clone()).filter(|z| !z.is_empty());
-        supervisor.restarting("zone ingress available services", move || {
-            returns_only_on_error(meshzone_dp_server::available_services::maintain(
-                store.clone(),
-                zone.clone(),
-            ))
-        });
+        supervisor.leader_only(
+            "zone ingress available services",
+            leading.clone(),
+            move || {
+                returns_only_on_error(meshzone_dp_server::available_services::maintain(
+                    store.clone(),
+                    zone.clone(),
+                ))
+            },
+        );
     }
     if let Some(socket) = dns_socket {
         let cidr = meshzone_dns::vips::Cidr::parse(&config.dns_server.cidr).ok_or_else(|| {
@@ -643,7 +697,8 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             },
         };
         let store = store.clone();
-        supervisor.restarting("KDS client", move || {
+        // Only the leader syncs with global (as in Kuma): one stream per zone.
+        supervisor.leader_only("KDS client", leading.clone(), move || {
             returns_only_on_error(meshzone_kds::zone::run(settings.clone(), store.clone()))
         });
     }
@@ -693,6 +748,12 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         failure = failures.next() => Err(anyhow!("{failure}")),
     };
     let left = shutdown.finish(shutdown_timeout).await;
+    if let Some(backend) = &shared_db {
+        // The leader-only components have stopped: the next instance may take over at once.
+        if let Err(e) = backend.release_lease(leader::LEASE, &instance_id).await {
+            warn!(error = %e, "cannot release the leader lease; it lapses by itself");
+        }
+    }
     if left > 0 {
         warn!(
             tasks = left,
@@ -704,6 +765,32 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         Err(e) => error!(error = %e, "stopped because a component failed"),
     }
     outcome
+}
+
+/// Closes, every [`leader::ElectionTimings::alive_within`], the subscriptions of instances that
+/// stopped beating (killed, or cut off from the database): on a zone its proxies', which show
+/// Offline unless they reconnected elsewhere; on global the zones' KDS subscriptions.
+async fn finalize_subscriptions(
+    store: Store,
+    backend: meshzone_store::postgres::PostgresBackend,
+    instance_id: String,
+    timings: leader::ElectionTimings,
+    global: bool,
+) -> Result<(), String> {
+    loop {
+        tokio::time::sleep(timings.alive_within()).await;
+        let dead = leader::dead_instances(Some(&backend), &instance_id, timings).await?;
+        let closed = if global {
+            meshzone_kds::global::close_stale_subscriptions(&store, dead).await
+        } else {
+            meshzone_dp_server::close_stale_subscriptions(&store, dead).await
+        };
+        match closed {
+            Ok(0) => {}
+            Ok(n) => info!(closed = n, "closed the subscriptions of dead instances"),
+            Err(e) => warn!(error = %e, "cannot close the subscriptions of dead instances"),
+        }
+    }
 }
 
 /// The configuration the API shows, without the database password (as Kuma's config dump).

@@ -255,15 +255,19 @@ impl AdsService {
     }
 }
 
-/// Marks every still-open proxy subscription (DataplaneInsight, ZoneIngressInsight,
-/// ZoneEgressInsight) as ended: after a control plane restart no stream of the previous process
-/// can still be alive.
-pub async fn close_stale_subscriptions(store: &Store) -> Result<usize, meshzone_store::StoreError> {
+/// Marks as ended every still-open proxy subscription (DataplaneInsight, ZoneIngressInsight,
+/// ZoneEgressInsight) held by a control-plane instance that `dead` names: after a restart, no
+/// stream of the previous process can still be alive, while other live instances sharing the
+/// store keep theirs.
+pub async fn close_stale_subscriptions(
+    store: &Store,
+    dead: impl Fn(&str) -> bool,
+) -> Result<usize, meshzone_store::StoreError> {
     let now = chrono::Utc::now();
     let mut closed = 0;
     for &rt in meshzone_model::proxy_insight_types() {
         for mut insight in store.list(rt, None).await? {
-            let n = insight.spec.close_open_subscriptions(now);
+            let n = insight.spec.close_open_subscriptions_of(now, &dead);
             if n == 0 {
                 continue;
             }

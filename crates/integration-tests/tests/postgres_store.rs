@@ -8,27 +8,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use meshzone_integration_tests::{ControlPlane, binary, free_port, write_file};
-use meshzone_store::postgres::PostgresSettings;
 use meshzone_store::postgres::testing::TestDatabase;
 
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
-fn store_env(s: &PostgresSettings) -> Vec<(&'static str, String)> {
-    vec![
-        ("KUMA_STORE_TYPE", "postgres".into()),
-        ("KUMA_STORE_POSTGRES_HOST", s.host.clone()),
-        ("KUMA_STORE_POSTGRES_PORT", s.port.to_string()),
-        ("KUMA_STORE_POSTGRES_USER", s.user.clone()),
-        ("KUMA_STORE_POSTGRES_PASSWORD", s.password.clone()),
-        ("KUMA_STORE_POSTGRES_DB_NAME", s.db_name.clone()),
-    ]
-}
+#[path = "support/postgres.rs"]
+mod postgres;
+use postgres::{block_on, store_env};
 
 /// Runs `kuma-cp ARGS` to its end (bounded), with only the given environment (and free ports).
 fn kuma_cp(args: &[&str], env: &[(&str, String)], dir: &Path) -> Output {
@@ -100,14 +84,14 @@ fn migrate_up_creates_the_schema_that_run_requires() {
     let migrated = kuma_cp(&["migrate", "up", "-c", &file_arg], &[], dir.path());
     assert!(migrated.status.success(), "{}", text(&migrated));
     assert!(
-        text(&migrated).contains("migrated to schema version 1"),
+        text(&migrated).contains("migrated to schema version 2"),
         "{}",
         text(&migrated)
     );
     let again = kuma_cp(&["migrate", "up"], &env, dir.path());
     assert!(again.status.success(), "{}", text(&again));
     assert!(
-        text(&again).contains("already at schema version 1"),
+        text(&again).contains("already at schema version 2"),
         "{}",
         text(&again)
     );

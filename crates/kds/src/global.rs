@@ -234,22 +234,39 @@ pub async fn mark_zone_proxies_offline(
     Ok(closed)
 }
 
-/// Ends every open zone subscription: after a restart of global none can still be alive.
-pub async fn close_stale_subscriptions(store: &Store) -> Result<usize, StoreError> {
-    mark_zone_proxies_offline(store, None).await?;
+/// Ends the open zone subscriptions held by a global instance that `dead` names (by its id):
+/// after a restart of global no stream of the previous process can still be alive, while other
+/// live global instances sharing the store keep theirs. The proxies of every zone without an
+/// open subscription are marked Offline. Returns how many zones had subscriptions closed.
+pub async fn close_stale_subscriptions(
+    store: &Store,
+    dead: impl Fn(&str) -> bool,
+) -> Result<usize, StoreError> {
     let mut closed = 0;
     for r in store.list(ResourceType::ZoneInsight, None).await? {
         let Spec::ZoneInsight(spec) = &r.spec else {
             continue;
         };
-        if spec.is_online() {
+        let stale = |sub: &meshzone_model::specs::KdsSubscription| {
+            sub.disconnect_time.is_none() && dead(&sub.global_instance_id)
+        };
+        let mut online = spec.is_online();
+        if spec.subscriptions.iter().any(stale) {
             closed += 1;
             edit_insight(store, &r.meta.name, |s| {
-                for sub in &mut s.subscriptions {
-                    sub.disconnect_time.get_or_insert_with(Utc::now);
+                for sub in s.subscriptions.iter_mut().filter(|sub| stale(sub)) {
+                    sub.disconnect_time = Some(Utc::now());
                 }
             })
             .await;
+            online = store
+                .find(&r.key())
+                .await?
+                .is_some_and(|now| matches!(&now.spec, Spec::ZoneInsight(s) if s.is_online()));
+        }
+        // Proxies of a zone without a live stream cannot be Online (whatever left them so).
+        if !online {
+            mark_zone_proxies_offline(store, Some(&r.meta.name)).await?;
         }
     }
     Ok(closed)

@@ -16,12 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 /// One shutdown for the whole process: tasks watch [`Shutdown::begun`]; tasks spawned with
 /// [`Shutdown::spawn`] are waited for by [`Shutdown::finish`].
@@ -90,6 +90,8 @@ pub enum Health {
     Failed(String),
     /// It ended because the process is stopping.
     Stopped,
+    /// A leader-only task on an instance that does not lead: waiting, as it should.
+    Standby,
 }
 
 /// A critical task that ended while the process was not stopping.
@@ -230,19 +232,81 @@ impl Supervisor {
     /// A task that is started again, after a backoff, whenever it ends (returns, fails or
     /// panics) while the process is not stopping. `start` makes a fresh run of it. At shutdown
     /// the running instance is dropped.
-    pub fn restarting<M, F, E>(&self, task: &'static str, mut start: M)
+    pub fn restarting<M, F, E>(&self, task: &'static str, start: M)
     where
         M: FnMut() -> F + Send + 'static,
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: Display + Send + 'static,
     {
-        self.set(task, Health::Running);
+        self.supervise_restarting(task, start, None);
+    }
+
+    /// A [`restarting`](Self::restarting) task that runs only while `leading` is true (this
+    /// instance leads): it starts when leadership comes, is dropped as soon as it goes (shown
+    /// as [`Health::Standby`], which is not a failure) and starts afresh when it comes back.
+    pub fn leader_only<M, F, E>(&self, task: &'static str, leading: watch::Receiver<bool>, start: M)
+    where
+        M: FnMut() -> F + Send + 'static,
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        self.supervise_restarting(task, start, Some(leading));
+    }
+
+    fn supervise_restarting<M, F, E>(
+        &self,
+        task: &'static str,
+        mut start: M,
+        mut leading: Option<watch::Receiver<bool>>,
+    ) where
+        M: FnMut() -> F + Send + 'static,
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        let health_while_running = |leading: &Option<watch::Receiver<bool>>| match leading {
+            Some(l) if !*l.borrow() => Health::Standby,
+            _ => Health::Running,
+        };
+        self.set(task, health_while_running(&leading));
         let me = self.clone();
         self.shutdown.spawn(async move {
             let mut backoff = me.backoff.start;
             loop {
+                if let Some(l) = &mut leading {
+                    if !*l.borrow() {
+                        me.set(task, Health::Standby);
+                    }
+                    // A dropped sender means leadership can never come: stand by until the end.
+                    if me
+                        .shutdown
+                        .unless_stopped(l.wait_for(|lead| *lead))
+                        .await
+                        .is_none()
+                    {
+                        break;
+                    }
+                    me.set(task, Health::Running);
+                }
                 let began = Instant::now();
-                let Some(outcome) = me.shutdown.unless_stopped(run_catching(start())).await else {
+                let run = run_catching(start());
+                let outcome = match &mut leading {
+                    None => me.shutdown.unless_stopped(run).await,
+                    Some(l) => {
+                        let lost = async {
+                            if l.wait_for(|lead| !*lead).await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        };
+                        tokio::select! {
+                            out = me.shutdown.unless_stopped(run) => out,
+                            () = lost => {
+                                info!(task, "stopped: this instance is no longer the leader");
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let Some(outcome) = outcome else {
                     break;
                 };
                 if me.shutdown.has_begun() {
@@ -263,7 +327,7 @@ impl Supervisor {
                     break;
                 }
                 backoff = (backoff * 2).min(me.backoff.max);
-                me.set(task, Health::Running);
+                me.set(task, health_while_running(&leading));
             }
             me.set(task, Health::Stopped);
         });
@@ -312,7 +376,7 @@ impl Readiness {
             .tasks
             .iter()
             .filter_map(|(task, health)| match health {
-                Health::Running => None,
+                Health::Running | Health::Standby => None,
                 Health::Restarting(r) => Some(format!("{task} is restarting ({r})")),
                 Health::Failed(r) => Some(format!("{task} failed ({r})")),
                 Health::Stopped => Some(format!("{task} stopped")),
@@ -398,6 +462,62 @@ mod tests {
             assert_eq!(s.health()[task], Health::Failed(reason.into()));
             assert!(s.readiness().check().unwrap_err().contains(task));
         }
+    }
+
+    #[tokio::test]
+    async fn a_leader_only_task_runs_exactly_while_leading() {
+        let shutdown = Shutdown::new();
+        let (s, _failures) = Supervisor::new(shutdown.clone(), quick());
+        s.set_started();
+        let (lead_tx, lead_rx) = watch::channel(false);
+        // How many runs are alive now, and how many began.
+        let alive = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let began = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        struct Alive(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Alive {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let (a, b) = (alive.clone(), began.clone());
+        s.leader_only("kds client", lead_rx, move || {
+            let (a, b) = (a.clone(), b.clone());
+            async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                b.fetch_add(1, Ordering::SeqCst);
+                let _alive = Alive(a);
+                std::future::pending::<()>().await;
+                Ok::<(), String>(())
+            }
+        });
+        wait_health(&s, "kds client", |h| *h == Health::Standby).await;
+        assert_eq!(began.load(Ordering::SeqCst), 0, "no run before leading");
+        assert_eq!(s.readiness().check(), Ok(()), "standing by is ready");
+
+        let count = |n: usize, what: &str| {
+            let (alive, began) = (alive.clone(), began.clone());
+            let what = what.to_string();
+            async move {
+                for _ in 0..1000 {
+                    if alive.load(Ordering::SeqCst) == n {
+                        return began.load(Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                panic!("{what}: {} alive, wanted {n}", alive.load(Ordering::SeqCst));
+            }
+        };
+        lead_tx.send_replace(true);
+        assert_eq!(count(1, "leading").await, 1);
+        wait_health(&s, "kds client", |h| *h == Health::Running).await;
+        lead_tx.send_replace(false);
+        assert_eq!(count(0, "lost").await, 1, "the run is dropped");
+        wait_health(&s, "kds client", |h| *h == Health::Standby).await;
+        lead_tx.send_replace(true);
+        assert_eq!(count(1, "leading again").await, 2, "a fresh run");
+        shutdown.finish(Duration::from_secs(5)).await;
+        assert_eq!(count(0, "stopped").await, 2);
+        assert_eq!(s.health()["kds client"], Health::Stopped);
     }
 
     #[tokio::test]

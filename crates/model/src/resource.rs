@@ -139,13 +139,23 @@ impl Spec {
 
     /// Ends every still-open subscription of a proxy insight at `now`; returns how many.
     pub fn close_open_subscriptions(&mut self, now: DateTime<Utc>) -> usize {
+        self.close_open_subscriptions_of(now, |_| true)
+    }
+
+    /// Ends at `now` the still-open subscriptions of a proxy insight held by a control-plane
+    /// instance that `dead` names (by its id); returns how many.
+    pub fn close_open_subscriptions_of(
+        &mut self,
+        now: DateTime<Utc>,
+        dead: impl Fn(&str) -> bool,
+    ) -> usize {
         let Some(subscriptions) = self.proxy_subscriptions_mut() else {
             return 0;
         };
         let mut closed = 0;
         for sub in subscriptions
             .iter_mut()
-            .filter(|s| s.disconnect_time.is_none())
+            .filter(|s| s.disconnect_time.is_none() && dead(&s.control_plane_instance_id))
         {
             sub.disconnect_time = Some(now);
             closed += 1;

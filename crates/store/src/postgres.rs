@@ -5,6 +5,7 @@
 //! turns those notifications (from every instance) into the store's change events.
 
 mod changes;
+pub mod lease;
 pub mod schema;
 pub mod settings;
 #[cfg(any(test, feature = "test-support"))]

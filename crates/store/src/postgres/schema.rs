@@ -10,11 +10,18 @@ use sqlx::{PgPool, SqlSafeStr};
 use crate::StoreError;
 
 /// `(version, description, SQL)`, oldest first. Never edit a released file: add one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "resources",
-    include_str!("../../migrations/postgres/0001_resources.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "resources",
+        include_str!("../../migrations/postgres/0001_resources.sql"),
+    ),
+    (
+        2,
+        "leases",
+        include_str!("../../migrations/postgres/0002_leases.sql"),
+    ),
+];
 
 /// sqlx's bookkeeping table (one row per applied version, with a checksum).
 const TABLE: &str = "_sqlx_migrations";
@@ -273,6 +280,9 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(versions, sorted);
-        assert_eq!(latest_version(), 1);
+        assert_eq!(
+            latest_version(),
+            *versions.last().expect("one migration at least")
+        );
     }
 }

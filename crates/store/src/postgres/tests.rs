@@ -403,3 +403,87 @@ async fn creates_racing_a_mesh_delete_on_another_instance_leave_no_orphan() {
     drop((a, b));
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_holds_the_lease_until_it_lapses_or_is_released() {
+    use super::lease::LeaseState;
+    let db = TestDatabase::migrated().await;
+    let a = PostgresBackend::connect(db.settings.clone())
+        .await
+        .expect("a");
+    let b = PostgresBackend::connect(db.settings.clone())
+        .await
+        .expect("b");
+    let long = Duration::from_secs(30);
+
+    assert_eq!(
+        a.try_lease("leader", "a", long).await.expect("a takes"),
+        LeaseState::Held { term: 1 }
+    );
+    assert_eq!(
+        b.try_lease("leader", "b", long).await.expect("b tries"),
+        LeaseState::HeldBy { holder: "a".into() }
+    );
+    // Renewing keeps the term.
+    assert_eq!(
+        a.try_lease("leader", "a", long).await.expect("a renews"),
+        LeaseState::Held { term: 1 }
+    );
+    // Released: the next one takes it at once, in a new term.
+    a.release_lease("leader", "a").await.expect("release");
+    assert_eq!(
+        b.try_lease("leader", "b", long).await.expect("b takes"),
+        LeaseState::Held { term: 2 }
+    );
+    // Releasing what one does not hold changes nothing.
+    a.release_lease("leader", "a")
+        .await
+        .expect("release nothing");
+    assert_eq!(
+        a.try_lease("leader", "a", long).await.expect("a tries"),
+        LeaseState::HeldBy { holder: "b".into() }
+    );
+
+    // A short lease that is not renewed lapses: the other instance takes it.
+    b.release_lease("leader", "b").await.expect("release");
+    let short = Duration::from_millis(300);
+    assert_eq!(
+        a.try_lease("leader", "a", short).await.expect("a takes"),
+        LeaseState::Held { term: 3 }
+    );
+    let started = Instant::now();
+    loop {
+        match b.try_lease("leader", "b", long).await.expect("b tries") {
+            LeaseState::Held { term } => {
+                assert_eq!(term, 4);
+                break;
+            }
+            LeaseState::HeldBy { holder } => assert_eq!(holder, "a"),
+        }
+        assert!(started.elapsed() < DEADLINE, "the lease never lapsed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Heartbeats: both alive; one that stops beating drops out of the live set.
+    a.heartbeat("a").await.expect("a beats");
+    b.heartbeat("b").await.expect("b beats");
+    let live = a.live_instances(long).await.expect("live");
+    assert_eq!(live, ["a", "b"]);
+    let started = Instant::now();
+    loop {
+        b.heartbeat("b").await.expect("b beats");
+        let live = a
+            .live_instances(Duration::from_millis(300))
+            .await
+            .expect("live");
+        if live == ["b"] {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "a never dropped out: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    db.drop_now().await;
+}
