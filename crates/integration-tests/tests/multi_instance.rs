@@ -1,21 +1,28 @@
-//! Two zone CP instances on one Postgres database, connected to global: exactly one leads (and
-//! alone syncs with global), kill -9 moves the lead within the lease, a starting instance leaves
-//! the live one's proxies Online, and the leader closes what a dead instance left open.
+//! Several CP instances on Postgres. Two zone instances on one database, connected to global:
+//! exactly one leads (and alone syncs with global), kill -9 moves the lead within the lease, a
+//! starting instance leaves the live one's proxies Online, and the leader closes what a dead
+//! instance left open. Then two globals and two zone instances, each pair behind one address:
+//! proxies and the zone move to the survivors, with no failed request.
 //! Needs MESHZONE_TEST_POSTGRES_URL (scripts/test.sh sets it).
 
 use std::path::Path;
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, apply_ok, free_port, host_dirs, start_global, start_loopback_sidecar,
-    wait_for,
+    ControlPlane, DataPlane, EchoServer, apply_ok, free_port, host_dirs, http_get, start_global,
+    start_loopback_sidecar, wait_for, write_file,
 };
 use meshzone_store::postgres::testing::TestDatabase;
+use meshzone_tls_client::fixtures::{self, KeyKind};
 use serde_json::Value;
 
 #[path = "support/postgres.rs"]
 mod postgres;
 use postgres::{block_on, store_env};
+
+#[path = "support/front.rs"]
+mod front;
+use front::Front;
 
 /// The lease is 5 s; taking it over, syncing with global and the finalizer's rounds fit in this.
 const FAILOVER: Duration = Duration::from_secs(40);
@@ -186,4 +193,216 @@ fn zone_instances_on_one_database_share_the_work_and_take_over_from_a_dead_leade
     );
     drop(instances);
     block_on(db.drop_now());
+}
+
+/// The CP instance holding a proxy's open subscription.
+fn proxy_cp_instance(cp: &ControlPlane, name: &str) -> Option<String> {
+    let overview = get_json(&format!(
+        "{}/meshes/default/dataplanes/{name}/_overview",
+        cp.api_url()
+    ))?;
+    overview["dataplaneInsight"]["subscriptions"]
+        .as_array()?
+        .iter()
+        .find(|s| s.get("disconnectTime").is_none_or(Value::is_null))
+        .and_then(|s| s["controlPlaneInstanceId"].as_str().map(str::to_string))
+}
+
+/// Two global instances on one database and two zone instances on another, each pair behind
+/// one address (a TCP front, as a load balancer), with openssl certificates shared by each
+/// pair: kill -9 the zone's leader and its proxies move to the other instance while requests
+/// keep flowing; kill -9 the leading global and the zone moves to the other global, which
+/// then sends a new policy down and disables the zone.
+#[test]
+fn instances_behind_one_address_take_over_proxies_and_zones_without_failing_requests() {
+    let global_db = block_on(TestDatabase::migrated());
+    let zone_db = block_on(TestDatabase::migrated());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = host_dirs(
+        dir.path(),
+        &[
+            "global-a", "global-b", "zone-a", "zone-b", "proxies", "certs",
+        ],
+    );
+    let kds_cert = fixtures::self_signed(&hosts[5], "global", KeyKind::EcdsaP256, "IP:127.0.0.1")
+        .expect("openssl");
+    let dp_cert = fixtures::self_signed(&hosts[5], "zone-cp", KeyKind::EcdsaP256, "IP:127.0.0.1")
+        .expect("openssl");
+    let path = |p: &Path| p.display().to_string();
+
+    // Globals: one database, one certificate, one address.
+    let mut global_env = store_env(&global_db.settings);
+    global_env.extend([
+        (
+            "KUMA_MULTIZONE_GLOBAL_KDS_TLS_CERT_FILE",
+            path(&kds_cert.cert),
+        ),
+        (
+            "KUMA_MULTIZONE_GLOBAL_KDS_TLS_KEY_FILE",
+            path(&kds_cert.key),
+        ),
+    ]);
+    let global_env: Vec<(&str, &str)> = global_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let kds_ports = [free_port(), free_port()];
+    let mut globals = [
+        start_global(&hosts[0], kds_ports[0], &global_env),
+        start_global(&hosts[1], kds_ports[1], &global_env),
+    ];
+    let kds_front = Front::start(kds_ports.to_vec());
+
+    // Zone instances: one database, one DP server certificate, one address for proxies.
+    let mut zone_env = store_env(&zone_db.settings);
+    zone_env.extend([
+        ("KUMA_MODE", "zone".to_string()),
+        ("KUMA_MULTIZONE_ZONE_NAME", "zone-1".to_string()),
+        (
+            "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
+            format!("grpcs://127.0.0.1:{}", kds_front.port),
+        ),
+        ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", path(&kds_cert.cert)),
+        ("KUMA_DP_SERVER_TLS_CERT_FILE", path(&dp_cert.cert)),
+        ("KUMA_DP_SERVER_TLS_KEY_FILE", path(&dp_cert.key)),
+    ]);
+    let zone_env: Vec<(&str, &str)> = zone_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let start_zone = |host: &Path| {
+        let cp = ControlPlane::start(host, &zone_env);
+        cp.configure_kumactl();
+        cp
+    };
+    let mut zones = [start_zone(&hosts[2]), start_zone(&hosts[3])];
+    let dp_front = Front::start(zones.iter().map(|z| z.dp_port).collect());
+    wait_for("mesh default in the zone", FAILOVER, || {
+        get_json(&format!("{}/meshes/default", zones[0].api_url()))
+            .filter(|m| m["name"] == "default")
+    });
+
+    // An echo service and a client, both connected through the front.
+    let echo = EchoServer::start("zone-1");
+    let proxy = |name: &str, networking: String| {
+        let file = write_file(
+            &hosts[4],
+            &format!("{name}.yaml"),
+            &format!(
+                "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n{networking}"
+            ),
+        );
+        let token = zones[0].kumactl_ok(&["generate", "dataplane-token", "--name", name]);
+        let token = write_file(&hosts[4], &format!("{name}.token"), token.trim());
+        let mut dp = DataPlane::start_on_port(
+            &zones[0],
+            dp_front.port,
+            &file,
+            Some(&token),
+            &dp_cert.cert,
+            &[],
+        );
+        dp.wait_ready();
+        dp
+    };
+    let _echo_dp = proxy(
+        "echo-1",
+        format!(
+            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: echo\n",
+            free_port(),
+            echo.port
+        ),
+    );
+    let outbound = free_port();
+    let _client = proxy(
+        "client-1",
+        format!(
+            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: client\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: echo\n",
+            free_port(),
+            free_port()
+        ),
+    );
+    wait_for("traffic flows", FAILOVER, || http_get(outbound).ok());
+
+    // kill -9 the zone leader: every proxy it served moves to the other instance, and not one
+    // request fails meanwhile (proxies keep their configuration while they reconnect).
+    let zone_leader = the_leader(&[&zones[0], &zones[1]]);
+    let survivor = 1 - zone_leader;
+    let survivor_id = instance_id(&zones[survivor]);
+    zones[zone_leader].kill9();
+    let (mut sent, mut failed) = (0, Vec::new());
+    wait_for("proxies on the surviving instance", FAILOVER, || {
+        sent += 1;
+        if let Err(e) = http_get(outbound) {
+            failed.push(e);
+        }
+        let moved = ["echo-1", "client-1"].iter().all(|p| {
+            proxy_cp_instance(&zones[survivor], p).as_deref() == Some(survivor_id.as_str())
+                && proxy_status(&zones[survivor], p).as_deref() == Some("online")
+        });
+        (moved && leader_gauge(&zones[survivor]) == Some(1)).then_some(())
+    });
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}",
+        failed.len()
+    );
+    eprintln!("{sent} requests while the zone leader was replaced: none failed");
+    wait_for(
+        "zone-1 synced by the surviving zone instance",
+        FAILOVER,
+        || {
+            (connected_zone_instance(&globals[0]).as_deref() == Some(survivor_id.as_str()))
+                .then_some(())
+        },
+    );
+
+    // kill -9 the leading global: the zone reconnects through the front to the other one.
+    let global_leader = the_leader(&[&globals[0], &globals[1]]);
+    let other = 1 - global_leader;
+    let other_id = instance_id(&globals[other]);
+    globals[global_leader].kill9();
+    wait_for("zone-1 on the other global", FAILOVER, || {
+        let overview = get_json(&format!(
+            "{}/zones/zone-1/_overview",
+            globals[other].api_url()
+        ))?;
+        overview["zoneInsight"]["subscriptions"]
+            .as_array()?
+            .iter()
+            .any(|s| {
+                s.get("disconnectTime").is_none_or(Value::is_null)
+                    && s["globalInstanceId"] == other_id.as_str()
+            })
+            .then_some(())
+    });
+    // A policy made on the survivor reaches the zone.
+    apply_ok(
+        &globals[other],
+        dir.path(),
+        "timeout.yaml",
+        "type: MeshTimeout\nmesh: default\nname: after-global-failover\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      connectionTimeout: 3s\n",
+    );
+    wait_for("the policy in the zone", FAILOVER, || {
+        get_json(&format!(
+            "{}/meshes/default/meshtimeouts",
+            zones[survivor].api_url()
+        ))
+        .filter(|l| l["total"].as_u64().is_some_and(|n| n >= 1))
+    });
+    // Disabling the zone on the survivor acts: it goes Offline there.
+    apply_ok(
+        &globals[other],
+        dir.path(),
+        "zone.yaml",
+        "type: Zone\nname: zone-1\nspec:\n  enabled: false\n",
+    );
+    wait_for("zone-1 Offline once disabled", FAILOVER, || {
+        globals[other]
+            .kumactl_ok(&["inspect", "zones"])
+            .lines()
+            .any(|l| l.starts_with("zone-1 ") && l.contains("Offline"))
+            .then_some(())
+    });
+    assert!(
+        http_get(outbound).is_ok(),
+        "traffic inside the zone goes on"
+    );
+    drop((zones, globals));
+    block_on(zone_db.drop_now());
+    block_on(global_db.drop_now());
 }
