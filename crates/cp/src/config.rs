@@ -23,6 +23,7 @@ pub struct Config {
     pub multizone: Multizone,
     pub dns_server: DnsServer,
     pub defaults: Defaults,
+    pub inter_cp: InterCp,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,6 +208,20 @@ pub struct Defaults {
     pub skip_mesh: bool,
 }
 
+/// Kuma's `interCp`: how the instances sharing a database reach each other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InterCp {
+    pub catalog: InterCpCatalog,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InterCpCatalog {
+    /// The address other instances reach this one at; empty: its host name.
+    pub instance_address: String,
+}
+
 /// The committed defaults file; a unit test keeps it equal to [`Config::default`].
 pub const DEFAULTS_YAML: &str = include_str!("../kuma-cp.defaults.yaml");
 
@@ -298,6 +313,11 @@ impl Default for Config {
                 domain: "mesh".into(),
             },
             defaults: Defaults { skip_mesh: false },
+            inter_cp: InterCp {
+                catalog: InterCpCatalog {
+                    instance_address: String::new(),
+                },
+            },
         }
     }
 }
@@ -545,6 +565,11 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("KUMA_DNS_SERVER_CIDR", "dnsServer.CIDR", Kind::Text),
     ("KUMA_DNS_SERVER_DOMAIN", "dnsServer.domain", Kind::Text),
     ("KUMA_DEFAULTS_SKIP_MESH", "defaults.skipMesh", Kind::Bool),
+    (
+        "KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS",
+        "interCp.catalog.instanceAddress",
+        Kind::Text,
+    ),
 ];
 
 /// The environment variable that sets a config key (for error messages).

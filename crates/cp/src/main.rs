@@ -560,7 +560,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             .ok()
             .map(String::into_bytes)
         });
-        let service = meshzone_kds::global::GlobalKds::new(
+        let mut service = meshzone_kds::global::GlobalKds::new(
             store.clone(),
             instance_id.clone(),
             public_key,
@@ -568,8 +568,38 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             inspect_hub.clone(),
             shutdown.clone(),
             kds_metrics.clone(),
-        )
-        .into_server();
+        );
+        if let Some(backend) = &shared_db {
+            // Several global instances: each advertises where its KDS port is and the certificate
+            // it presents there, and a request about a zone another instance holds goes there.
+            let address = Some(config.inter_cp.catalog.instance_address.clone())
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(hostname);
+            let url = format!("https://{address}:{}", kds.grpc_port);
+            let db_err = |e: meshzone_store::StoreError| {
+                anyhow!("cannot set up forwarding between global instances: {e}")
+            };
+            backend
+                .advertise(&instance_id, &url, &cert)
+                .await
+                .map_err(db_err)?;
+            let token = backend
+                .instance_secret(meshzone_kds::inter_cp::TOKEN_SECRET)
+                .await
+                .map_err(db_err)?;
+            inspect_hub.forward_with(meshzone_kds::inter_cp::forwarder(
+                store.clone(),
+                backend.clone(),
+                instance_id.clone(),
+                token.clone(),
+            ));
+            service = service.taking_forwarded_requests(token);
+            info!(
+                url,
+                "other global instances reach this one at {url} (KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS)"
+            );
+        }
+        let service = service.into_server();
         let server = dp_server::tls_server(
             cert,
             key,

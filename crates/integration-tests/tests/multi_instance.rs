@@ -211,8 +211,9 @@ fn proxy_cp_instance(cp: &ControlPlane, name: &str) -> Option<String> {
 /// Two global instances on one database and two zone instances on another, each pair behind
 /// one address (a TCP front, as a load balancer), with openssl certificates shared by each
 /// pair: kill -9 the zone's leader and its proxies move to the other instance while requests
-/// keep flowing; kill -9 the leading global and the zone moves to the other global, which
-/// then sends a new policy down and disables the zone.
+/// keep flowing; the global instance without the zone's stream forwards inspect requests to
+/// the one with it; kill -9 that one and the zone moves to the other global, which leads, sends
+/// a new policy down and disables the zone.
 #[test]
 fn instances_behind_one_address_take_over_proxies_and_zones_without_failing_requests() {
     let global_db = block_on(TestDatabase::migrated());
@@ -241,6 +242,7 @@ fn instances_behind_one_address_take_over_proxies_and_zones_without_failing_requ
             "KUMA_MULTIZONE_GLOBAL_KDS_TLS_KEY_FILE",
             path(&kds_cert.key),
         ),
+        ("KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS", "127.0.0.1".into()),
     ]);
     let global_env: Vec<(&str, &str)> = global_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let kds_ports = [free_port(), free_port()];
@@ -351,11 +353,40 @@ fn instances_behind_one_address_take_over_proxies_and_zones_without_failing_requ
         },
     );
 
-    // kill -9 the leading global: the zone reconnects through the front to the other one.
-    let global_leader = the_leader(&[&globals[0], &globals[1]]);
-    let other = 1 - global_leader;
+    // Asked on the global instance that does not hold zone-1's streams, a proxy's config dump
+    // and stats come through the one that does (forwarded over its KDS port).
+    let holding = wait_for("zone-1's global instance", FAILOVER, || {
+        let ids = [instance_id(&globals[0]), instance_id(&globals[1])];
+        let overview = get_json(&format!("{}/zones/zone-1/_overview", globals[0].api_url()))?;
+        overview["zoneInsight"]["subscriptions"]
+            .as_array()?
+            .iter()
+            .filter(|s| s.get("disconnectTime").is_none_or(Value::is_null))
+            .find_map(|s| {
+                ids.iter()
+                    .position(|id| s["globalInstanceId"] == id.as_str())
+            })
+    });
+    let other = 1 - holding;
+    let dump = globals[other].kumactl_ok(&[
+        "inspect",
+        "dataplane",
+        "zone-1.echo-1",
+        "--type",
+        "config-dump",
+    ]);
+    assert!(dump.contains("\"ConfigDump\""), "{dump}");
+    let stats =
+        globals[other].kumactl_ok(&["inspect", "dataplane", "zone-1.client-1", "--type", "stats"]);
+    assert!(stats.lines().any(|l| l == "server.live: 1"), "{stats}");
+
+    // kill -9 the global holding the zone (the leader or not): the zone reconnects through the
+    // front to the other one, which leads from then on.
     let other_id = instance_id(&globals[other]);
-    globals[global_leader].kill9();
+    globals[holding].kill9();
+    wait_for("the surviving global leads", FAILOVER, || {
+        (leader_gauge(&globals[other]) == Some(1)).then_some(())
+    });
     wait_for("zone-1 on the other global", FAILOVER, || {
         let overview = get_json(&format!(
             "{}/zones/zone-1/_overview",

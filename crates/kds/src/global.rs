@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::inspect::InspectHub;
 use crate::metrics::{KdsMetrics, Reason};
 use crate::proto::kds_sync_server::{KdsSync, KdsSyncServer};
-use crate::proto::{Ack, Changes, InspectRequest, InspectResponse};
+use crate::proto::{Ack, Changes, ForwardedInspect, InspectRequest, InspectResponse};
 use crate::sync::{self, Received, Set};
 use crate::wire;
 
@@ -31,6 +31,9 @@ pub struct GlobalKds {
     public_key: PublicKeyFn,
     require_zone_token: bool,
     inspect: InspectHub,
+    /// The token other global instances on the same database present with forwarded requests;
+    /// `None`: this instance takes none.
+    forward_token: Option<Arc<str>>,
     /// When it begins, every stream ends with `UNAVAILABLE` and records that it ended.
     shutdown: Shutdown,
     metrics: KdsMetrics,
@@ -57,7 +60,15 @@ impl GlobalKds {
             public_key,
             require_zone_token,
             shutdown,
+            forward_token: None,
         }
+    }
+
+    /// Takes requests forwarded by other global instances that present `token` (the instances'
+    /// shared secret).
+    pub fn taking_forwarded_requests(mut self, token: String) -> Self {
+        self.forward_token = Some(token.into());
+        self
     }
 
     /// Checks the zone token of a connecting zone CP, when global requires one.
@@ -234,6 +245,11 @@ pub async fn mark_zone_proxies_offline(
     Ok(closed)
 }
 
+/// Compares two secrets in time that depends on their length only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
 /// Ends the open zone subscriptions held by a global instance that `dead` names (by its id):
 /// after a restart of global no stream of the previous process can still be alive, while other
 /// live global instances sharing the store keep theirs. The proxies of every zone without an
@@ -331,6 +347,37 @@ async fn disabled_zones(store: &Store) -> Result<Vec<String>, Status> {
 
 #[tonic::async_trait]
 impl KdsSync for GlobalKds {
+    async fn forward_inspect(
+        &self,
+        request: Request<ForwardedInspect>,
+    ) -> Result<Response<InspectResponse>, Status> {
+        let Some(expected) = &self.forward_token else {
+            return Err(Status::unimplemented(
+                "this global instance takes no forwarded requests: it shares no Postgres store with other instances",
+            ));
+        };
+        let token = meshzone_identity::bearer_token(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        );
+        if !same_secret(token.as_bytes(), expected.as_bytes()) {
+            warn!("refused a forwarded inspect request without the instances' token");
+            return Err(Status::unauthenticated(
+                "forwarded requests need the token the global instances share in their store",
+            ));
+        }
+        let ForwardedInspect { zone, request } = request.into_inner();
+        let request = request
+            .ok_or_else(|| Status::invalid_argument("a forwarded request names no request"))?;
+        self.inspect
+            .ask_here(&zone, request)
+            .await
+            .map(Response::new)
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
     type GlobalToZoneStream = ReceiverStream<Result<Changes, Status>>;
 
     async fn global_to_zone(

@@ -70,6 +70,15 @@ pub enum InspectError {
     Refused { zone: String, message: String },
     #[error("zone {zone:?} sent an unreadable answer: {message}")]
     Unreadable { zone: String, message: String },
+    /// Another global instance holds the zone's stream and could not be asked.
+    #[error(
+        "zone {zone:?} is connected to global instance {instance:?}, which could not be asked: {message}"
+    )]
+    Forward {
+        zone: String,
+        instance: String,
+        message: String,
+    },
 }
 
 impl InspectError {
@@ -77,7 +86,10 @@ impl InspectError {
     pub fn unavailable(&self) -> bool {
         matches!(
             self,
-            InspectError::Offline(_) | InspectError::Gone(_) | InspectError::Timeout { .. }
+            InspectError::Offline(_)
+                | InspectError::Gone(_)
+                | InspectError::Timeout { .. }
+                | InspectError::Forward { .. }
         )
     }
 }
@@ -86,10 +98,23 @@ fn answer_id(a: &InspectResponse) -> &str {
     &a.id
 }
 
-/// Global's side: routes requests to the zone that owns a proxy and waits for the answer.
+/// Sends a request about `zone` to the global instance holding its stream (several global
+/// instances on one database); [`InspectError::Offline`] when no other instance holds it.
+pub type ForwardFn = Arc<
+    dyn Fn(
+            String,
+            InspectRequest,
+        ) -> Pin<Box<dyn Future<Output = Result<InspectResponse, InspectError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Global's side: routes requests to the zone that owns a proxy and waits for the answer; a
+/// zone whose stream another global instance holds is asked through that instance.
 #[derive(Clone, Default)]
 pub struct InspectHub {
     calls: ReverseCalls<InspectRequest, InspectResponse>,
+    forward: Arc<std::sync::OnceLock<ForwardFn>>,
 }
 
 impl InspectHub {
@@ -143,15 +168,20 @@ impl InspectHub {
         }
     }
 
-    async fn ask(&self, zone: &str, what: &str, key: &ResourceKey) -> Result<Value, InspectError> {
-        let request = |id| InspectRequest {
-            id,
-            what: what.into(),
-            key: Some(key_to_wire(key)),
-        };
-        let answer = self
-            .calls
-            .call(zone, request, ANSWER_TIMEOUT)
+    /// From now on, requests about zones this instance has no stream of go to `forward`.
+    pub fn forward_with(&self, forward: ForwardFn) {
+        let _ = self.forward.set(forward);
+    }
+
+    /// Asks the zone over this instance's own stream of it (a forwarded request ends here).
+    pub async fn ask_here(
+        &self,
+        zone: &str,
+        request: InspectRequest,
+    ) -> Result<InspectResponse, InspectError> {
+        let InspectRequest { what, key, .. } = request;
+        self.calls
+            .call(zone, |id| InspectRequest { id, what, key }, ANSWER_TIMEOUT)
             .await
             .map_err(|e| match e {
                 CallError::Offline => InspectError::Offline(zone.to_string()),
@@ -160,7 +190,24 @@ impl InspectHub {
                     zone: zone.to_string(),
                     after,
                 },
-            })?;
+            })
+    }
+
+    async fn ask(&self, zone: &str, what: &str, key: &ResourceKey) -> Result<Value, InspectError> {
+        let request = InspectRequest {
+            id: String::new(),
+            what: what.into(),
+            key: Some(key_to_wire(key)),
+        };
+        let answer = match (
+            self.ask_here(zone, request.clone()).await,
+            self.forward.get(),
+        ) {
+            (Err(InspectError::Offline(_)), Some(forward)) => {
+                forward(zone.to_string(), request).await?
+            }
+            (other, _) => other?,
+        };
         if !answer.error.is_empty() {
             return Err(InspectError::Refused {
                 zone: zone.to_string(),

@@ -10,6 +10,7 @@
 
 pub mod global;
 pub mod inspect;
+pub mod inter_cp;
 mod metrics;
 pub mod sync;
 pub mod wire;

@@ -11,7 +11,18 @@ CREATE TABLE leases (
 
 -- Every running instance writes its heartbeat here; an instance whose heartbeat is old is dead,
 -- and the proxy and zone subscriptions it recorded can be closed.
+-- `inter_cp_url` and `inter_cp_certificate` (PEM) are where and how other instances reach it
+-- (global instances forward inspect requests to the one holding a zone's stream).
 CREATE TABLE instances (
     id text PRIMARY KEY,
-    heartbeat_at timestamptz NOT NULL
+    heartbeat_at timestamptz NOT NULL,
+    inter_cp_url text NOT NULL DEFAULT '',
+    inter_cp_certificate text NOT NULL DEFAULT ''
+);
+
+-- Secrets the instances share and nobody else reads (not resources: never served by the API or
+-- sent over KDS), e.g. the token instances present to each other.
+CREATE TABLE instance_secrets (
+    name text PRIMARY KEY,
+    value text NOT NULL
 );

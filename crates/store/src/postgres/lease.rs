@@ -108,4 +108,63 @@ impl PostgresBackend {
             .map(|r| r.try_get("id").map_err(backend_err("reading instances")))
             .collect()
     }
+
+    /// Publishes where and how other instances reach instance `id` (its inter-CP endpoint).
+    pub async fn advertise(&self, id: &str, url: &str, certificate_pem: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO instances (id, heartbeat_at, inter_cp_url, inter_cp_certificate) \
+             VALUES ($1, now(), $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), \
+                 inter_cp_url = EXCLUDED.inter_cp_url, \
+                 inter_cp_certificate = EXCLUDED.inter_cp_certificate",
+        )
+        .bind(id)
+        .bind(url)
+        .bind(certificate_pem)
+        .execute(&self.pool)
+        .await
+        .map_err(backend_err("advertising this instance"))?;
+        Ok(())
+    }
+
+    /// The inter-CP URL and certificate (PEM) instance `id` advertised, if it did.
+    pub async fn instance_endpoint(&self, id: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query(
+            "SELECT inter_cp_url, inter_cp_certificate FROM instances WHERE id = $1 AND inter_cp_url <> ''",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend_err("reading an instance's endpoint"))?;
+        row.map(|r| {
+            Ok((
+                r.try_get("inter_cp_url")
+                    .map_err(backend_err("reading an instance's endpoint"))?,
+                r.try_get("inter_cp_certificate")
+                    .map_err(backend_err("reading an instance's endpoint"))?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// The shared secret `name`, created at random (two UUIDs' worth) by the first instance
+    /// that asks.
+    pub async fn instance_secret(&self, name: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO instance_secrets (name, value) \
+             VALUES ($1, replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(backend_err("creating a shared secret"))?;
+        sqlx::query("SELECT value FROM instance_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend_err("reading a shared secret"))?
+            .try_get("value")
+            .map_err(backend_err("reading a shared secret"))
+    }
 }

@@ -1,0 +1,108 @@
+//! Global instances sharing a Postgres store: a request about a zone whose KDS streams another
+//! instance holds goes to that instance (as Kuma's inter-CP forwarding does), over its KDS port.
+//! Which instance holds the zone comes from the ZoneInsight's open subscription; where it is
+//! and which certificate it presents (pinned) from the instance's own record in the database;
+//! the bearer token is the instances' shared secret, which only the database's users can read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshzone_model::{ResourceKey, ResourceType, Spec};
+use meshzone_store::Store;
+use meshzone_store::postgres::PostgresBackend;
+use meshzone_tls_client::{Connector, Roots, Trust};
+use tonic::transport::Channel;
+
+use crate::inspect::{ForwardFn, InspectError};
+use crate::proto::kds_sync_client::KdsSyncClient;
+use crate::proto::{ForwardedInspect, InspectRequest, InspectResponse};
+
+/// The name of the shared secret forwarded requests carry.
+pub const TOKEN_SECRET: &str = "inter-cp-token";
+
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Forwards to the instance holding the zone; `own` is this instance's id.
+pub fn forwarder(store: Store, backend: PostgresBackend, own: String, token: String) -> ForwardFn {
+    let token: Arc<str> = token.into();
+    Arc::new(move |zone: String, request: InspectRequest| {
+        let (store, backend, own, token) =
+            (store.clone(), backend.clone(), own.clone(), token.clone());
+        Box::pin(async move { forward(&store, &backend, &own, &token, zone, request).await })
+    })
+}
+
+/// The global instance holding `zone`'s newest open subscription, unless it is `own`.
+async fn holder(store: &Store, zone: &str, own: &str) -> Result<Option<String>, String> {
+    let key = ResourceKey::global(ResourceType::ZoneInsight, zone);
+    let Some(r) = store.find(&key).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let Spec::ZoneInsight(spec) = &r.spec else {
+        return Ok(None);
+    };
+    Ok(spec
+        .subscriptions
+        .iter()
+        .filter(|s| s.disconnect_time.is_none() && !s.global_instance_id.is_empty())
+        .max_by_key(|s| s.connect_time)
+        .map(|s| s.global_instance_id.clone())
+        .filter(|id| id != own))
+}
+
+async fn forward(
+    store: &Store,
+    backend: &PostgresBackend,
+    own: &str,
+    token: &str,
+    zone: String,
+    request: InspectRequest,
+) -> Result<InspectResponse, InspectError> {
+    let failed = |instance: &str, message: String| InspectError::Forward {
+        zone: zone.clone(),
+        instance: instance.to_string(),
+        message,
+    };
+    let Some(instance) = holder(store, &zone, own)
+        .await
+        .map_err(|e| failed("?", e))?
+    else {
+        return Err(InspectError::Offline(zone));
+    };
+    let (url, certificate) = backend
+        .instance_endpoint(&instance)
+        .await
+        .map_err(|e| failed(&instance, e.to_string()))?
+        .ok_or_else(|| failed(&instance, "it advertised no inter-CP address".into()))?;
+    let roots = Roots::from_pem(&certificate)
+        .map_err(|e| failed(&instance, format!("its advertised certificate: {e}")))?;
+    let connector =
+        Connector::new(&Trust::Roots(roots), 5685).map_err(|e| failed(&instance, e.to_string()))?;
+    let channel = Channel::from_shared(Connector::tonic_address(&url))
+        .map_err(|e| failed(&instance, format!("its address {url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| {
+            failed(
+                &instance,
+                format!(
+                    "cannot connect to {url}: {} (KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS of that instance must be an address this one reaches, named in its KDS certificate)",
+                    crate::zone::error_chain(&e)
+                ),
+            )
+        })?;
+    let mut call = tonic::Request::new(ForwardedInspect {
+        zone: zone.clone(),
+        request: Some(request),
+    });
+    call.set_timeout(FORWARD_TIMEOUT);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        call.metadata_mut().insert("authorization", v);
+    }
+    KdsSyncClient::new(channel)
+        .forward_inspect(call)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| failed(&instance, status.message().to_string()))
+}
