@@ -9,8 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use meshzone_integration_tests::{
-    ControlPlane, DataPlane, EchoServer, apply_ok, free_port, host_dirs, http_get, start_global,
-    start_loopback_sidecar, wait_for, write_file,
+    ControlPlane, DataPlane, EchoServer, apply_ok, free_port, host_dirs, http_get, mtls_mesh,
+    start_global, start_loopback_sidecar, wait_for, wait_for_mtls_mesh, write_file,
+    zone_token_file,
 };
 use meshzone_store::postgres::testing::TestDatabase;
 use meshzone_tls_client::fixtures::{self, KeyKind};
@@ -60,9 +61,9 @@ fn the_leader(instances: &[&ControlPlane]) -> usize {
     })
 }
 
-/// The zone instance holding zone-1's stream to global, as global's ZoneInsight records it.
-fn connected_zone_instance(global: &ControlPlane) -> Option<String> {
-    let overview = get_json(&format!("{}/zones/zone-1/_overview", global.api_url()))?;
+/// The zone instance holding `zone`'s stream to global, as global's ZoneInsight records it.
+fn connected_zone_instance(global: &ControlPlane, zone: &str) -> Option<String> {
+    let overview = get_json(&format!("{}/zones/{zone}/_overview", global.api_url()))?;
     overview["zoneInsight"]["subscriptions"]
         .as_array()?
         .iter()
@@ -125,7 +126,8 @@ fn zone_instances_on_one_database_share_the_work_and_take_over_from_a_dead_leade
     let follower = 1 - leader;
     let leader_id = instance_id(&instances[leader]);
     wait_for("zone-1 synced by its leader", FAILOVER, || {
-        (connected_zone_instance(&global).as_deref() == Some(leader_id.as_str())).then_some(())
+        (connected_zone_instance(&global, "zone-1").as_deref() == Some(leader_id.as_str()))
+            .then_some(())
     });
     // The default mesh came down from global; a proxy on each instance.
     wait_for("mesh default in the zone", FAILOVER, || {
@@ -148,7 +150,8 @@ fn zone_instances_on_one_database_share_the_work_and_take_over_from_a_dead_leade
     });
     let new_id = instance_id(&instances[follower]);
     wait_for("zone-1 synced by the new leader", FAILOVER, || {
-        (connected_zone_instance(&global).as_deref() == Some(new_id.as_str())).then_some(())
+        (connected_zone_instance(&global, "zone-1").as_deref() == Some(new_id.as_str()))
+            .then_some(())
     });
     // A policy created on global after the failover reaches the zone.
     apply_ok(
@@ -188,7 +191,7 @@ fn zone_instances_on_one_database_share_the_work_and_take_over_from_a_dead_leade
         Some("online")
     );
     assert_eq!(
-        connected_zone_instance(&global).as_deref(),
+        connected_zone_instance(&global, "zone-1").as_deref(),
         Some(new_id.as_str())
     );
     drop(instances);
@@ -208,26 +211,104 @@ fn proxy_cp_instance(cp: &ControlPlane, name: &str) -> Option<String> {
         .and_then(|s| s["controlPlaneInstanceId"].as_str().map(str::to_string))
 }
 
-/// Two global instances on one database and two zone instances on another, each pair behind
-/// one address (a TCP front, as a load balancer), with openssl certificates shared by each
-/// pair: kill -9 the zone's leader and its proxies move to the other instance while requests
-/// keep flowing; the global instance without the zone's stream forwards inspect requests to
-/// the one with it; kill -9 that one and the zone moves to the other global, which leads, sends
-/// a new policy down and disables the zone.
+/// Two instances of one zone on their own database, behind one address for proxies (a TCP
+/// front, as a load balancer) and sharing one openssl DP server certificate, connected to
+/// global through `kds_front`.
+struct ZonePair {
+    instances: [ControlPlane; 2],
+    dp_front: Front,
+}
+
+fn zone_pair(
+    hosts: [&Path; 2],
+    zone: &str,
+    db: &TestDatabase,
+    kds_front: &Front,
+    kds_ca: &Path,
+    dp_cert: &fixtures::CertFiles,
+) -> ZonePair {
+    let path = |p: &Path| p.display().to_string();
+    let mut env = store_env(&db.settings);
+    env.extend([
+        ("KUMA_MODE", "zone".to_string()),
+        ("KUMA_MULTIZONE_ZONE_NAME", zone.to_string()),
+        (
+            "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
+            format!("grpcs://127.0.0.1:{}", kds_front.port),
+        ),
+        ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", path(kds_ca)),
+        ("KUMA_DP_SERVER_TLS_CERT_FILE", path(&dp_cert.cert)),
+        ("KUMA_DP_SERVER_TLS_KEY_FILE", path(&dp_cert.key)),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let instances = hosts.map(|host| {
+        let cp = ControlPlane::start(host, &env);
+        cp.configure_kumactl();
+        cp
+    });
+    let dp_front = Front::start(instances.iter().map(|z| z.dp_port).collect());
+    ZonePair {
+        instances,
+        dp_front,
+    }
+}
+
+impl ZonePair {
+    /// A kuma-dp for `yaml` connected through the front (`args`: more `kuma-dp run` flags).
+    fn proxy(
+        &self,
+        dir: &Path,
+        name: &str,
+        yaml: &str,
+        token: &Path,
+        dp_cert: &Path,
+        args: &[&str],
+    ) -> DataPlane {
+        let file = write_file(dir, &format!("{name}.yaml"), yaml);
+        let mut dp = DataPlane::start_on_port(
+            &self.instances[0],
+            self.dp_front.port,
+            &file,
+            Some(token),
+            dp_cert,
+            args,
+        );
+        dp.wait_ready();
+        dp
+    }
+
+    fn dataplane_token(&self, dir: &Path, name: &str) -> std::path::PathBuf {
+        let token = self.instances[0].kumactl_ok(&["generate", "dataplane-token", "--name", name]);
+        write_file(dir, &format!("{name}.token"), token.trim())
+    }
+}
+
+/// Two global instances on one database; two zones, each with two instances on its own
+/// database; each pair behind one address, with openssl certificates shared by each pair; an
+/// mTLS mesh with an echo service in zone-1 and a client in zone-2 calling it through zone-1's
+/// ingress. kill -9 zone-1's leader: its proxies (the echo's and the ingress) move to the other
+/// instance while not one cross-zone request fails. The global instance without a zone's stream
+/// forwards inspect requests to the one with it; kill -9 that one: both zones move to the other
+/// global, which leads, sends a new policy down to both and disables zone-1.
 #[test]
 fn instances_behind_one_address_take_over_proxies_and_zones_without_failing_requests() {
     let global_db = block_on(TestDatabase::migrated());
-    let zone_db = block_on(TestDatabase::migrated());
+    let zone_dbs = [
+        block_on(TestDatabase::migrated()),
+        block_on(TestDatabase::migrated()),
+    ];
     let dir = tempfile::tempdir().expect("tempdir");
     let hosts = host_dirs(
         dir.path(),
         &[
-            "global-a", "global-b", "zone-a", "zone-b", "proxies", "certs",
+            "global-a", "global-b", "zone-1-a", "zone-1-b", "zone-2-a", "zone-2-b", "proxies",
+            "certs",
         ],
     );
-    let kds_cert = fixtures::self_signed(&hosts[5], "global", KeyKind::EcdsaP256, "IP:127.0.0.1")
+    let (proxies, certs) = (&hosts[6], &hosts[7]);
+    let kds_cert = fixtures::self_signed(certs, "global", KeyKind::EcdsaP256, "IP:127.0.0.1")
         .expect("openssl");
-    let dp_cert = fixtures::self_signed(&hosts[5], "zone-cp", KeyKind::EcdsaP256, "IP:127.0.0.1")
+    let dp_cert = fixtures::self_signed(certs, "zone-cp", KeyKind::EcdsaP256, "IP:127.0.0.1")
         .expect("openssl");
     let path = |p: &Path| p.display().to_string();
 
@@ -251,107 +332,105 @@ fn instances_behind_one_address_take_over_proxies_and_zones_without_failing_requ
         start_global(&hosts[1], kds_ports[1], &global_env),
     ];
     let kds_front = Front::start(kds_ports.to_vec());
+    let mut zone1 = zone_pair(
+        [&hosts[2], &hosts[3]],
+        "zone-1",
+        &zone_dbs[0],
+        &kds_front,
+        &kds_cert.cert,
+        &dp_cert,
+    );
+    let zone2 = zone_pair(
+        [&hosts[4], &hosts[5]],
+        "zone-2",
+        &zone_dbs[1],
+        &kds_front,
+        &kds_cert.cert,
+        &dp_cert,
+    );
+    apply_ok(&globals[0], dir.path(), "mesh.yaml", &mtls_mesh("24h"));
+    wait_for_mtls_mesh(&[&zone1.instances[0], &zone2.instances[0]]);
 
-    // Zone instances: one database, one DP server certificate, one address for proxies.
-    let mut zone_env = store_env(&zone_db.settings);
-    zone_env.extend([
-        ("KUMA_MODE", "zone".to_string()),
-        ("KUMA_MULTIZONE_ZONE_NAME", "zone-1".to_string()),
-        (
-            "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
-            format!("grpcs://127.0.0.1:{}", kds_front.port),
-        ),
-        ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", path(&kds_cert.cert)),
-        ("KUMA_DP_SERVER_TLS_CERT_FILE", path(&dp_cert.cert)),
-        ("KUMA_DP_SERVER_TLS_KEY_FILE", path(&dp_cert.key)),
-    ]);
-    let zone_env: Vec<(&str, &str)> = zone_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let start_zone = |host: &Path| {
-        let cp = ControlPlane::start(host, &zone_env);
-        cp.configure_kumactl();
-        cp
-    };
-    let mut zones = [start_zone(&hosts[2]), start_zone(&hosts[3])];
-    let dp_front = Front::start(zones.iter().map(|z| z.dp_port).collect());
-    wait_for("mesh default in the zone", FAILOVER, || {
-        get_json(&format!("{}/meshes/default", zones[0].api_url()))
-            .filter(|m| m["name"] == "default")
-    });
-
-    // An echo service and a client, both connected through the front.
-    let echo = EchoServer::start("zone-1");
-    let proxy = |name: &str, networking: String| {
-        let file = write_file(
-            &hosts[4],
-            &format!("{name}.yaml"),
-            &format!(
-                "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n{networking}"
-            ),
-        );
-        let token = zones[0].kumactl_ok(&["generate", "dataplane-token", "--name", name]);
-        let token = write_file(&hosts[4], &format!("{name}.token"), token.trim());
-        let mut dp = DataPlane::start_on_port(
-            &zones[0],
-            dp_front.port,
-            &file,
-            Some(&token),
+    // Zone ingresses (zone tokens from global), an echo in zone-1, a client in zone-2.
+    let ingress = |pair: &ZonePair, zone: &str, name: &str| {
+        let port = free_port();
+        pair.proxy(
+            proxies,
+            name,
+            &format!("type: ZoneIngress\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {port}\n"),
+            &zone_token_file(&globals[0], proxies, zone, "ingress"),
             &dp_cert.cert,
-            &[],
-        );
-        dp.wait_ready();
-        dp
+            &["--proxy-type=ingress"],
+        )
     };
-    let _echo_dp = proxy(
+    let _ingress1 = ingress(&zone1, "zone-1", "ingress-1");
+    let _ingress2 = ingress(&zone2, "zone-2", "ingress-2");
+    let echo = EchoServer::start("zone-1");
+    let _echo_dp = zone1.proxy(
+        proxies,
         "echo-1",
-        format!(
-            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: echo\n",
+        &format!(
+            "type: Dataplane\nmesh: default\nname: echo-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: echo\n",
             free_port(),
             echo.port
         ),
+        &zone1.dataplane_token(proxies, "echo-1"),
+        &dp_cert.cert,
+        &[],
     );
     let outbound = free_port();
-    let _client = proxy(
-        "client-1",
-        format!(
-            "  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: client\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: echo\n",
+    let _client = zone2.proxy(
+        proxies,
+        "client-2",
+        &format!(
+            "type: Dataplane\nmesh: default\nname: client-2\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: client\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: echo\n",
             free_port(),
             free_port()
         ),
+        &zone2.dataplane_token(proxies, "client-2"),
+        &dp_cert.cert,
+        &[],
     );
-    wait_for("traffic flows", FAILOVER, || http_get(outbound).ok());
+    wait_for("cross-zone traffic flows", FAILOVER, || {
+        http_get(outbound).ok()
+    });
 
-    // kill -9 the zone leader: every proxy it served moves to the other instance, and not one
+    // kill -9 zone-1's leader: every proxy it served moves to the other instance, and not one
     // request fails meanwhile (proxies keep their configuration while they reconnect).
-    let zone_leader = the_leader(&[&zones[0], &zones[1]]);
+    let zone_leader = the_leader(&[&zone1.instances[0], &zone1.instances[1]]);
     let survivor = 1 - zone_leader;
-    let survivor_id = instance_id(&zones[survivor]);
-    zones[zone_leader].kill9();
+    let survivor_id = instance_id(&zone1.instances[survivor]);
+    zone1.instances[zone_leader].kill9();
     let (mut sent, mut failed) = (0, Vec::new());
-    wait_for("proxies on the surviving instance", FAILOVER, || {
+    let zone1_live = &zone1.instances[survivor];
+    wait_for(
+        "zone-1's proxies on its surviving instance",
+        FAILOVER,
+        || {
+            sent += 1;
+            if let Err(e) = http_get(outbound) {
+                failed.push(e);
+            }
+            let moved = proxy_cp_instance(zone1_live, "echo-1").as_deref()
+                == Some(survivor_id.as_str())
+                && proxy_status(zone1_live, "echo-1").as_deref() == Some("online");
+            (moved && leader_gauge(zone1_live) == Some(1)).then_some(())
+        },
+    );
+    wait_for("zone-1 synced by its surviving instance", FAILOVER, || {
         sent += 1;
         if let Err(e) = http_get(outbound) {
             failed.push(e);
         }
-        let moved = ["echo-1", "client-1"].iter().all(|p| {
-            proxy_cp_instance(&zones[survivor], p).as_deref() == Some(survivor_id.as_str())
-                && proxy_status(&zones[survivor], p).as_deref() == Some("online")
-        });
-        (moved && leader_gauge(&zones[survivor]) == Some(1)).then_some(())
+        (connected_zone_instance(&globals[0], "zone-1").as_deref() == Some(survivor_id.as_str()))
+            .then_some(())
     });
     assert!(
         failed.is_empty(),
         "{} of {sent} requests failed: {failed:?}",
         failed.len()
     );
-    eprintln!("{sent} requests while the zone leader was replaced: none failed");
-    wait_for(
-        "zone-1 synced by the surviving zone instance",
-        FAILOVER,
-        || {
-            (connected_zone_instance(&globals[0]).as_deref() == Some(survivor_id.as_str()))
-                .then_some(())
-        },
-    );
+    eprintln!("{sent} cross-zone requests while zone-1's leader was replaced: none failed");
 
     // Asked on the global instance that does not hold zone-1's streams, a proxy's config dump
     // and stats come through the one that does (forwarded over its KDS port).
@@ -377,45 +456,47 @@ fn instances_behind_one_address_take_over_proxies_and_zones_without_failing_requ
     ]);
     assert!(dump.contains("\"ConfigDump\""), "{dump}");
     let stats =
-        globals[other].kumactl_ok(&["inspect", "dataplane", "zone-1.client-1", "--type", "stats"]);
+        globals[other].kumactl_ok(&["inspect", "dataplane", "zone-1.echo-1", "--type", "stats"]);
     assert!(stats.lines().any(|l| l == "server.live: 1"), "{stats}");
 
-    // kill -9 the global holding the zone (the leader or not): the zone reconnects through the
-    // front to the other one, which leads from then on.
+    // kill -9 the global holding zone-1 (the leader or not): both zones end up on the other
+    // one through the front, and it leads from then on.
     let other_id = instance_id(&globals[other]);
     globals[holding].kill9();
     wait_for("the surviving global leads", FAILOVER, || {
         (leader_gauge(&globals[other]) == Some(1)).then_some(())
     });
-    wait_for("zone-1 on the other global", FAILOVER, || {
-        let overview = get_json(&format!(
-            "{}/zones/zone-1/_overview",
-            globals[other].api_url()
-        ))?;
-        overview["zoneInsight"]["subscriptions"]
-            .as_array()?
-            .iter()
-            .any(|s| {
-                s.get("disconnectTime").is_none_or(Value::is_null)
-                    && s["globalInstanceId"] == other_id.as_str()
-            })
-            .then_some(())
-    });
-    // A policy made on the survivor reaches the zone.
+    for zone in ["zone-1", "zone-2"] {
+        wait_for("the zone on the surviving global", FAILOVER, || {
+            let overview = get_json(&format!(
+                "{}/zones/{zone}/_overview",
+                globals[other].api_url()
+            ))?;
+            overview["zoneInsight"]["subscriptions"]
+                .as_array()?
+                .iter()
+                .any(|s| {
+                    s.get("disconnectTime").is_none_or(Value::is_null)
+                        && s["globalInstanceId"] == other_id.as_str()
+                })
+                .then_some(())
+        });
+    }
+    // A policy made on the survivor reaches both zones.
     apply_ok(
         &globals[other],
         dir.path(),
         "timeout.yaml",
         "type: MeshTimeout\nmesh: default\nname: after-global-failover\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      connectionTimeout: 3s\n",
     );
-    wait_for("the policy in the zone", FAILOVER, || {
-        get_json(&format!(
-            "{}/meshes/default/meshtimeouts",
-            zones[survivor].api_url()
-        ))
-        .filter(|l| l["total"].as_u64().is_some_and(|n| n >= 1))
-    });
-    // Disabling the zone on the survivor acts: it goes Offline there.
+    for cp in [&zone1.instances[survivor], &zone2.instances[0]] {
+        wait_for("the policy in the zone", FAILOVER, || {
+            get_json(&format!("{}/meshes/default/meshtimeouts", cp.api_url()))
+                .filter(|l| l["total"].as_u64().is_some_and(|n| n >= 1))
+        });
+    }
+    assert!(http_get(outbound).is_ok(), "cross-zone traffic goes on");
+    // Disabling zone-1 on the survivor acts: it shows Offline there.
     apply_ok(
         &globals[other],
         dir.path(),
@@ -429,11 +510,9 @@ fn instances_behind_one_address_take_over_proxies_and_zones_without_failing_requ
             .any(|l| l.starts_with("zone-1 ") && l.contains("Offline"))
             .then_some(())
     });
-    assert!(
-        http_get(outbound).is_ok(),
-        "traffic inside the zone goes on"
-    );
-    drop((zones, globals));
-    block_on(zone_db.drop_now());
+    drop((zone1, zone2, globals));
+    for db in zone_dbs {
+        block_on(db.drop_now());
+    }
     block_on(global_db.drop_now());
 }
