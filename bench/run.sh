@@ -16,6 +16,7 @@ cargo build --release -p kuma-cp -p kuma-dp -p meshzone-bench
 MESHZONE_TEST_POSTGRES_URL="${MESHZONE_TEST_POSTGRES_URL:-$(./scripts/test-postgres.sh)}" ./target/release/store-postgres-bench
 ./target/release/proxy-bench
 ./target/release/kds-bench
+MESHZONE_TEST_POSTGRES_URL="${MESHZONE_TEST_POSTGRES_URL:-$(./scripts/test-postgres.sh)}" ./target/release/kds-bench --global-store postgres
 ./target/release/cross-zone-bench
 ./target/release/xds-fanout-bench
 ./target/release/policy-bench

@@ -6,8 +6,10 @@
 //! - resync: a zone restarted (durable store) until global reports it Online again and its
 //!   Dataplanes are all still there.
 //!
-//! Usage: `target/release/kds-bench [--zones N] [--dataplanes M] [--trials T]`; writes
-//! `bench/results/kds.json`.
+//! Usage: `target/release/kds-bench [--zones N] [--dataplanes M] [--trials T]
+//! [--global-store postgres]`; writes `bench/results/kds.json` (`kds-postgres-global.json` with
+//! global on a fresh database of the test server MESHZONE_TEST_POSTGRES_URL names; zones stay
+//! on SQLite).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -151,18 +153,32 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let root = tempfile::tempdir()?;
 
+    let postgres_global = args
+        .iter()
+        .position(|a| a == "--global-store")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        == Some("postgres");
+    let global_db = if postgres_global {
+        Some(meshzone_store::postgres::testing::TestDatabase::migrated().await)
+    } else {
+        None
+    };
     let kds_port = free_port()?;
     let gdir = root.path().join("global");
-    let global = start(
-        &bin,
-        &gdir,
-        &[
-            ("KUMA_MODE", "global".into()),
-            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", kds_port.to_string()),
-        ],
-        &client,
-    )
-    .await?;
+    let mut global_env = vec![
+        ("KUMA_MODE", "global".to_string()),
+        ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", kds_port.to_string()),
+    ];
+    if let Some(db) = &global_db {
+        global_env.extend(meshzone_store::postgres::testing::kuma_cp_env(&db.settings));
+    }
+    let global_store = if postgres_global {
+        "Postgres"
+    } else {
+        "SQLite"
+    };
+    let global = start(&bin, &gdir, &global_env, &client).await?;
     let ca = gdir.join("kuma/kuma-cp.crt").display().to_string();
     let mut zone_cps = Vec::new();
     for z in 0..zones {
@@ -294,7 +310,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let resync_ms = resync_start.elapsed().as_secs_f64() * 1000.0;
 
-    println!("{zones} zones × {dps} Dataplanes (SQLite stores), {trials} trials");
+    println!(
+        "{zones} zones × {dps} Dataplanes (zones on SQLite, global on {global_store}), {trials} trials"
+    );
     println!("{:<44} {:>12}", "METRIC", "VALUE");
     println!(
         "{:<44} {:>9.1} ms",
@@ -321,6 +339,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let results = json!({
         "benchmark": "kds",
+        "globalStore": global_store,
         "date": chrono::Utc::now().to_rfc3339(),
         "zones": zones, "dataplanesPerZone": dps, "trials": trials,
         "propagationP50Millis": p50, "propagationP99Millis": p99,
@@ -329,8 +348,17 @@ async fn main() -> anyhow::Result<()> {
         "zoneRssBytesPerDataplane": zone_rss_avg * 1024.0 / dps as f64,
         "resyncMillis": resync_ms,
     });
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/kds.json");
+    let file = if postgres_global {
+        "results/kds-postgres-global.json"
+    } else {
+        "results/kds.json"
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
     println!("\nwrote {}", path.display());
+    drop(global);
+    if let Some(db) = global_db {
+        db.drop_now().await;
+    }
     Ok(())
 }

@@ -219,15 +219,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         let db = TestDatabase::migrated().await;
-        let s = &db.settings;
-        let env = [
-            ("KUMA_STORE_TYPE", "postgres".to_string()),
-            ("KUMA_STORE_POSTGRES_HOST", s.host.clone()),
-            ("KUMA_STORE_POSTGRES_PORT", s.port.to_string()),
-            ("KUMA_STORE_POSTGRES_USER", s.user.clone()),
-            ("KUMA_STORE_POSTGRES_PASSWORD", s.password.clone()),
-            ("KUMA_STORE_POSTGRES_DB_NAME", s.db_name.clone()),
-        ];
+        let env = meshzone_store::postgres::testing::kuma_cp_env(&db.settings);
         bench_rest(&kuma_cp, "postgres", &env, rest_n, &mut out, &mut growth).await?;
         db.drop_now().await;
     }

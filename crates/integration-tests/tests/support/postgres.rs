@@ -12,12 +12,5 @@ pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 
 /// The `KUMA_STORE_*` settings of a kuma-cp on the database `s` names.
 pub fn store_env(s: &PostgresSettings) -> Vec<(&'static str, String)> {
-    vec![
-        ("KUMA_STORE_TYPE", "postgres".into()),
-        ("KUMA_STORE_POSTGRES_HOST", s.host.clone()),
-        ("KUMA_STORE_POSTGRES_PORT", s.port.to_string()),
-        ("KUMA_STORE_POSTGRES_USER", s.user.clone()),
-        ("KUMA_STORE_POSTGRES_PASSWORD", s.password.clone()),
-        ("KUMA_STORE_POSTGRES_DB_NAME", s.db_name.clone()),
-    ]
+    meshzone_store::postgres::testing::kuma_cp_env(s)
 }
