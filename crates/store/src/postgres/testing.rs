@@ -134,6 +134,18 @@ impl TestDatabase {
     }
 }
 
+/// The `KUMA_STORE_*` environment of a kuma-cp on the database `s` names.
+pub fn kuma_cp_env(s: &PostgresSettings) -> Vec<(&'static str, String)> {
+    vec![
+        ("KUMA_STORE_TYPE", "postgres".into()),
+        ("KUMA_STORE_POSTGRES_HOST", s.host.clone()),
+        ("KUMA_STORE_POSTGRES_PORT", s.port.to_string()),
+        ("KUMA_STORE_POSTGRES_USER", s.user.clone()),
+        ("KUMA_STORE_POSTGRES_PASSWORD", s.password.clone()),
+        ("KUMA_STORE_POSTGRES_DB_NAME", s.db_name.clone()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,16 +165,4 @@ mod tests {
         assert_eq!(s.db_name, "db");
         assert!(parse_url("mysql://x").is_err());
     }
-}
-
-/// The `KUMA_STORE_*` environment of a kuma-cp on the database `s` names.
-pub fn kuma_cp_env(s: &PostgresSettings) -> Vec<(&'static str, String)> {
-    vec![
-        ("KUMA_STORE_TYPE", "postgres".into()),
-        ("KUMA_STORE_POSTGRES_HOST", s.host.clone()),
-        ("KUMA_STORE_POSTGRES_PORT", s.port.to_string()),
-        ("KUMA_STORE_POSTGRES_USER", s.user.clone()),
-        ("KUMA_STORE_POSTGRES_PASSWORD", s.password.clone()),
-        ("KUMA_STORE_POSTGRES_DB_NAME", s.db_name.clone()),
-    ]
 }
