@@ -396,12 +396,8 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         (_, Some(dumps)) => {
             let dumps = dumps.clone();
             Some(Arc::new(move |key: meshzone_model::ResourceKey| {
-                let found = dumps.dump(&key).ok_or_else(|| {
-                    format!(
-                        "{key} is not connected to this control plane (no configuration to show)"
-                    )
-                });
-                Box::pin(async move { found })
+                let dumps = dumps.clone();
+                Box::pin(async move { dumps.dump_anywhere(&key).await })
             }))
         }
     };
@@ -476,6 +472,17 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     if let Some(listener) = dp_listener {
         let work_dir = config.work_dir(&home);
         let (cert, key, cert_path) = dp_server::certificate(&config, &work_dir, &hostname())?;
+        if let (Some(ads), Some(backend)) = (&ads, &shared_db) {
+            // Several zone instances: each advertises its DP server and the certificate it serves
+            // there, and a request about a proxy connected to another instance goes there.
+            let url = format!(
+                "https://{}:{}",
+                instance_address(&config),
+                config.dp_server.port
+            );
+            let token = advertise_instance(backend, &instance_id, &url, &cert).await?;
+            ads.forward_between_instances(backend.clone(), instance_id.clone(), token);
+        }
         info!(cert = %cert_path.display(), port = config.dp_server.port, "DP server (xDS) listening; kuma-dp verifies it with --ca-cert-file {}", cert_path.display());
         let server = dp_server::tls_server(
             cert,
@@ -572,21 +579,8 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         if let Some(backend) = &shared_db {
             // Several global instances: each advertises where its KDS port is and the certificate
             // it presents there, and a request about a zone another instance holds goes there.
-            let address = Some(config.inter_cp.catalog.instance_address.clone())
-                .filter(|a| !a.is_empty())
-                .unwrap_or_else(hostname);
-            let url = format!("https://{address}:{}", kds.grpc_port);
-            let db_err = |e: meshzone_store::StoreError| {
-                anyhow!("cannot set up forwarding between global instances: {e}")
-            };
-            backend
-                .advertise(&instance_id, &url, &cert)
-                .await
-                .map_err(db_err)?;
-            let token = backend
-                .instance_secret(meshzone_kds::inter_cp::TOKEN_SECRET)
-                .await
-                .map_err(db_err)?;
+            let url = format!("https://{}:{}", instance_address(&config), kds.grpc_port);
+            let token = advertise_instance(backend, &instance_id, &url, &cert).await?;
             inspect_hub.forward_with(meshzone_kds::inter_cp::forwarder(
                 store.clone(),
                 backend.clone(),
@@ -700,7 +694,10 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             inspect: meshzone_kds::inspect::LocalAnswers {
                 config_dump: local_dumps.clone().map(|dumps| {
                     let lookup: meshzone_kds::inspect::LocalDumpFn =
-                        Arc::new(move |key: &meshzone_model::ResourceKey| dumps.dump(key));
+                        Arc::new(move |key: meshzone_model::ResourceKey| {
+                            let dumps = dumps.clone();
+                            Box::pin(async move { dumps.dump_anywhere(&key).await })
+                        });
                     lookup
                 }),
                 rules: Some(local_rules(store.clone(), name.clone())),
@@ -840,6 +837,33 @@ async fn returns_only_on_error(task: impl std::future::Future<Output = ()>) -> R
 /// On global: every Mesh with a builtin mTLS backend gets its CA at once, so that KDS carries the
 /// same trust root to every zone before any proxy asks for a certificate.
 /// The zone a Dataplane copy on global came from (its `kuma.io/zone` label).
+/// Where other instances on the same database reach this one:
+/// `KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS`, else the host name.
+fn instance_address(config: &Config) -> String {
+    Some(config.inter_cp.catalog.instance_address.clone())
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(hostname)
+}
+
+/// Publishes this instance's inter-CP URL and certificate; returns the instances' shared token.
+async fn advertise_instance(
+    backend: &meshzone_store::postgres::PostgresBackend,
+    instance_id: &str,
+    url: &str,
+    cert_pem: &str,
+) -> anyhow::Result<String> {
+    let db_err =
+        |e: meshzone_store::StoreError| anyhow!("cannot set up forwarding between instances: {e}");
+    backend
+        .advertise(instance_id, url, cert_pem)
+        .await
+        .map_err(db_err)?;
+    backend
+        .instance_secret(meshzone_store::postgres::lease::INTER_CP_TOKEN_SECRET)
+        .await
+        .map_err(db_err)
+}
+
 /// How the API shows a zone's failure to answer: unreachable (503) or refusing (502).
 fn zone_answer_error(e: meshzone_kds::inspect::InspectError) -> meshzone_api::ZoneAnswerError {
     if e.unavailable() {

@@ -9,6 +9,7 @@
 pub mod available_services;
 pub mod endpoints;
 pub mod external_services;
+mod forward;
 mod handshake;
 mod metrics;
 mod policies;
@@ -78,6 +79,8 @@ pub(crate) struct Shared {
     configs: Mutex<HashMap<meshzone_model::ResourceKey, (u64, Arc<Snapshot>)>>,
     /// The proxies' admin streams (stats, clusters).
     admin_calls: proxy_admin::AdminCalls,
+    /// Several instances on one database: where requests about other instances' proxies go.
+    forwarder: std::sync::OnceLock<forward::Forwarder>,
 }
 
 impl Shared {
@@ -172,6 +175,30 @@ impl ConfigDumps {
     /// The configuration the CP last sent to a connected proxy (`key` of a Dataplane, ZoneIngress
     /// or ZoneEgress), decoded the way kuma-dp runs it: listeners, clusters, endpoints and
     /// secrets (certificates only; private keys never leave), with the version of each type.
+    /// [`Self::dump`], or, for a proxy connected to another instance on the same database, that
+    /// instance's answer; `Err` says why there is none.
+    pub async fn dump_anywhere(
+        &self,
+        key: &meshzone_model::ResourceKey,
+    ) -> Result<serde_json::Value, String> {
+        if let Some(d) = self.dump(key) {
+            return Ok(d);
+        }
+        let not_connected = || format!("{key} is not connected (no configuration to show)");
+        let Some(forwarder) = self.shared.forwarder.get() else {
+            return Err(not_connected());
+        };
+        let body = forwarder
+            .ask(
+                &self.shared.store,
+                key,
+                meshzone_xds::proxy_admin::CONFIG_DUMP,
+            )
+            .await?
+            .ok_or_else(not_connected)?;
+        serde_json::from_slice(&body).map_err(|e| format!("{key}: an unreadable config dump: {e}"))
+    }
+
     pub fn dump(&self, key: &meshzone_model::ResourceKey) -> Option<serde_json::Value> {
         let snapshot = {
             let c = self
@@ -225,6 +252,7 @@ impl AdsService {
                 views: view::MeshViews::default(),
                 configs: Mutex::new(HashMap::new()),
                 admin_calls: proxy_admin::AdminCalls::default(),
+                forwarder: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -234,6 +262,21 @@ impl AdsService {
         ConfigDumps {
             shared: self.shared.clone(),
         }
+    }
+
+    /// Several instances on one Postgres store: requests about a proxy connected to another
+    /// instance go to it (authenticated with `token`); requests from them are taken.
+    pub fn forward_between_instances(
+        &self,
+        backend: meshzone_store::postgres::PostgresBackend,
+        own: String,
+        token: String,
+    ) {
+        let _ = self.shared.forwarder.set(forward::Forwarder {
+            backend,
+            own,
+            token: token.into(),
+        });
     }
 
     /// A handle to read connected proxies' stats and clusters.

@@ -10,7 +10,7 @@ use meshzone_reverse::{CallError, ReverseCalls};
 use meshzone_xds::envoy_types::pb::envoy::config::core::v3::Node;
 use meshzone_xds::envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use meshzone_xds::proxy_admin::proxy_admin_server::{ProxyAdmin, ProxyAdminServer};
-use meshzone_xds::proxy_admin::{AdminAnswer, AdminRequest};
+use meshzone_xds::proxy_admin::{AdminAnswer, AdminRequest, ForwardedRequest};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
@@ -78,6 +78,64 @@ impl ProxyAdmin for ProxyAdminService {
         );
         Ok(Response::new(ReceiverStream::new(requests)))
     }
+
+    async fn forward(
+        &self,
+        request: Request<ForwardedRequest>,
+    ) -> Result<Response<AdminAnswer>, Status> {
+        let Some(forwarder) = self.shared.forwarder.get() else {
+            return Err(Status::unimplemented(
+                "this control plane takes no forwarded requests: it shares no Postgres store with other instances",
+            ));
+        };
+        let token = meshzone_identity::bearer_token(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        );
+        if !forwarder.is_token(&token) {
+            return Err(Status::unauthenticated(
+                "forwarded requests need the token the instances share in their store",
+            ));
+        }
+        let f = request.into_inner();
+        let rt = f
+            .r#type
+            .parse::<meshzone_model::ResourceType>()
+            .map_err(|_| Status::invalid_argument(format!("unknown type {:?}", f.r#type)))?;
+        let key = ResourceKey::new(rt, &f.mesh, &f.name);
+        let mut answer = AdminAnswer::default();
+        // Answered from this instance only: a forwarded request is never forwarded again.
+        if f.what == meshzone_xds::proxy_admin::CONFIG_DUMP {
+            let dumps = crate::ConfigDumps {
+                shared: self.shared.clone(),
+            };
+            match dumps.dump(&key) {
+                Some(d) => answer.body = serde_json::to_vec(&d).unwrap_or_default(),
+                None => answer.error = format!("{key} is not connected to this instance"),
+            }
+        } else {
+            match self
+                .shared
+                .admin_calls
+                .call(
+                    &key.to_string(),
+                    |id| AdminRequest {
+                        id,
+                        what: f.what.clone(),
+                    },
+                    ANSWER_TIMEOUT,
+                )
+                .await
+            {
+                Ok(a) if a.error.is_empty() => answer.body = a.body,
+                Ok(a) => answer.error = format!("{key} cannot show {}: {}", f.what, a.error),
+                Err(e) => answer.error = format!("{key} {e} on this instance"),
+            }
+        }
+        Ok(Response::new(answer))
+    }
 }
 
 /// Reads connected proxies' admin data (`what` is one of the `meshzone_xds::proxy_admin`
@@ -88,7 +146,8 @@ pub struct ProxyAdmins {
 }
 
 impl ProxyAdmins {
-    /// The proxy's answer as text; `Err` says why there is none.
+    /// The proxy's answer as text, from this instance or the one the proxy is connected to;
+    /// `Err` says why there is none.
     pub async fn ask(&self, key: &ResourceKey, what: &str) -> Result<String, String> {
         let request = |id| AdminRequest {
             id,
@@ -104,11 +163,22 @@ impl ProxyAdmins {
             Ok(answer) if answer.error.is_empty() => String::from_utf8(answer.body)
                 .map_err(|_| format!("{key} sent {what} that is not UTF-8")),
             Ok(answer) => Err(format!("{key} cannot show {what}: {}", answer.error)),
-            Err(CallError::Offline) if self.shared.is_configured(key) => Err(format!(
-                "{key} is connected but opened no admin stream (an Envoy sidecar does not): read {what} from its own admin API on its host"
-            )),
+            Err(CallError::Offline) if !self.shared.is_configured(key) => {
+                match self.shared.forwarder.get() {
+                    Some(f) => match f.ask(&self.shared.store, key, what).await? {
+                        Some(body) => String::from_utf8(body)
+                            .map_err(|_| format!("{key} sent {what} that is not UTF-8")),
+                        None => Err(format!(
+                            "{key} is not connected to this control plane (no {what} to show)"
+                        )),
+                    },
+                    None => Err(format!(
+                        "{key} is not connected to this control plane (no {what} to show)"
+                    )),
+                }
+            }
             Err(CallError::Offline) => Err(format!(
-                "{key} is not connected to this control plane (no {what} to show)"
+                "{key} is connected but opened no admin stream (an Envoy sidecar does not): read {what} from its own admin API on its host"
             )),
             Err(e) => Err(format!("{key} {e}")),
         }

@@ -323,6 +323,12 @@ pub async fn issue_zone_token<B: Backend>(
     meshzone_pki::sign_token(&claims, &key).map_err(|e| e.to_string())
 }
 
+/// Whether two secrets are equal, compared in time that depends on their length only.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
 /// The token of an `authorization` header value (`Bearer <token>`, or the bare token); empty
 /// when there is none.
 pub fn bearer_token(header: Option<&str>) -> String {
@@ -617,6 +623,19 @@ mod tests {
     use super::*;
     use meshzone_model::specs::{CertificateAuthorityBackend, MeshMtls};
     use meshzone_store::MemoryBackend;
+
+    #[test]
+    fn secrets_are_equal_only_when_every_byte_is() {
+        for (a, b, same) in [
+            ("s3cret", "s3cret", true),
+            ("s3cret", "s3creT", false),
+            ("s3cret", "s3cre", false),
+            ("", "", true),
+            ("", "x", false),
+        ] {
+            assert_eq!(same_secret(a, b), same, "{a:?} vs {b:?}");
+        }
+    }
 
     fn mtls_mesh() -> MeshSpec {
         MeshSpec {

@@ -112,6 +112,7 @@ fn zone_instances_on_one_database_share_the_work_and_take_over_from_a_dead_leade
             "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
             ca.display().to_string(),
         ),
+        ("KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS", "127.0.0.1".into()),
     ]);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let start = |host: &Path| {
@@ -141,6 +142,29 @@ fn zone_instances_on_one_database_share_the_work_and_take_over_from_a_dead_leade
             (proxy_status(&instances[follower], name).as_deref() == Some("online")).then_some(())
         });
     }
+
+    // Global reaches web-b, connected to the follower, through the leader (which holds zone-1's
+    // stream) and then the follower: config dump and stats are forwarded between zone instances.
+    let dump = global.kumactl_ok(&[
+        "inspect",
+        "dataplane",
+        "zone-1.web-b",
+        "--type",
+        "config-dump",
+    ]);
+    assert!(
+        dump.contains("\"ConfigDump\"") && dump.contains("web-b"),
+        "{dump}"
+    );
+    let stats = global.kumactl_ok(&["inspect", "dataplane", "zone-1.web-b", "--type", "stats"]);
+    assert!(stats.lines().any(|l| l == "server.live: 1"), "{stats}");
+    // And each zone instance answers about the other's proxies.
+    let from_leader =
+        instances[leader].kumactl_ok(&["inspect", "dataplane", "web-b", "--type", "stats"]);
+    assert!(
+        from_leader.lines().any(|l| l == "server.live: 1"),
+        "{from_leader}"
+    );
 
     // kill -9 the leader (and its host's proxy): the follower takes the lead and the stream.
     instances[leader].kill9();

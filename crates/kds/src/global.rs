@@ -245,11 +245,6 @@ pub async fn mark_zone_proxies_offline(
     Ok(closed)
 }
 
-/// Compares two secrets in time that depends on their length only.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
-
 /// Ends the open zone subscriptions held by a global instance that `dead` names (by its id):
 /// after a restart of global no stream of the previous process can still be alive, while other
 /// live global instances sharing the store keep theirs. The proxies of every zone without an
@@ -362,7 +357,7 @@ impl KdsSync for GlobalKds {
                 .get("authorization")
                 .and_then(|v| v.to_str().ok()),
         );
-        if !same_secret(token.as_bytes(), expected.as_bytes()) {
+        if !meshzone_identity::same_secret(&token, expected) {
             warn!("refused a forwarded inspect request without the instances' token");
             return Err(Status::unauthenticated(
                 "forwarded requests need the token the global instances share in their store",

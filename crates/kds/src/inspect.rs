@@ -27,7 +27,11 @@ use crate::wire::{key_from_wire, key_to_wire};
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The zone's lookup of a connected proxy's configuration, by its local key.
-pub type LocalDumpFn = Arc<dyn Fn(&ResourceKey) -> Option<Value> + Send + Sync>;
+pub type LocalDumpFn = Arc<
+    dyn Fn(ResourceKey) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The zone's `_rules` answer for one of its Dataplanes, by its local key; `Err` says why not.
 pub type LocalRulesFn = Arc<
@@ -291,8 +295,9 @@ pub(crate) async fn answer(
                     .config_dump
                     .as_ref()
                     .ok_or("this zone control plane serves no proxies")?;
-                dump(&local.key())
-                    .ok_or_else(|| format!("{} is not connected to zone {zone:?}", local.key()))
+                dump(local.key())
+                    .await
+                    .map_err(|e| format!("zone {zone:?}: {e}"))
             }
         }
     }

@@ -17,9 +17,6 @@ use crate::inspect::{ForwardFn, InspectError};
 use crate::proto::kds_sync_client::KdsSyncClient;
 use crate::proto::{ForwardedInspect, InspectRequest, InspectResponse};
 
-/// The name of the shared secret forwarded requests carry.
-pub const TOKEN_SECRET: &str = "inter-cp-token";
-
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Forwards to the instance holding the zone; `own` is this instance's id.

@@ -20,6 +20,8 @@ pub mod proxy_admin {
     pub const STATS: &str = "stats";
     /// Envoy's text `/clusters`.
     pub const CLUSTERS: &str = "clusters";
+    /// What the CP last sent the proxy (forwarded requests only), JSON.
+    pub const CONFIG_DUMP: &str = "config-dump";
 }
 
 pub use envoy_types;

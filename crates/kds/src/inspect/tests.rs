@@ -187,7 +187,8 @@ async fn global_asks_the_owning_zone_and_says_which_zone_is_offline() {
     assert!(offline.unavailable());
     assert!(offline.to_string().contains("\"zone-1\""), "{offline}");
 
-    let dump: LocalDumpFn = Arc::new(|k: &ResourceKey| Some(json!({"dump": k.name})));
+    let dump: LocalDumpFn =
+        Arc::new(|k: ResourceKey| Box::pin(async move { Ok(json!({"dump": k.name})) }));
     let zone = connect_zone(
         &hub,
         ZONE,

@@ -9,6 +9,9 @@ use sqlx::Row;
 use super::{PostgresBackend, backend_err};
 use crate::Result;
 
+/// The shared secret instances present to each other when they forward requests.
+pub const INTER_CP_TOKEN_SECRET: &str = "inter-cp-token";
+
 /// The lease as one instance saw it after trying to take or keep it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseState {
