@@ -408,6 +408,61 @@ pub fn describe_error(status: StatusCode, body: &Value) -> String {
 mod tests {
     use super::*;
 
+    /// Unreadable or bad TLS files are named with their flag; a key's bytes never show.
+    #[test]
+    fn bad_tls_files_name_the_flag_and_the_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).expect("write");
+            path(name)
+        };
+        let junk = write("junk.pem", "not PEM at all");
+        let secret = write(
+            "secret.key",
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleQ==\n-----END CERTIFICATE-----\n",
+        );
+        // A CERTIFICATE block (its DER is checked by the handshake, not here).
+        let cert = write(
+            "cert.pem",
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        );
+        let tls = |ca: &str, cert: &str, key: &str| Tls {
+            ca_cert_file: ca.into(),
+            client_cert_file: cert.into(),
+            client_key_file: key.into(),
+            skip_verify: ca.is_empty(),
+        };
+        let missing = path("missing.pem");
+        let cases = [
+            (
+                tls(&missing, "", ""),
+                format!("cannot read --ca-cert-file {missing}"),
+            ),
+            (
+                tls(&junk, "", ""),
+                format!("--ca-cert-file {junk}: no certificate"),
+            ),
+            (
+                tls("", &missing, &secret),
+                format!("cannot read --client-cert-file {missing}"),
+            ),
+            (
+                tls("", &junk, &secret),
+                format!("--client-cert-file {junk}: no certificate"),
+            ),
+            (
+                tls("", &cert, &secret),
+                format!("--client-key-file {secret}: no private key"),
+            ),
+        ];
+        for (tls, want) in cases {
+            let e = format!("{:#}", tls_config(&tls).expect_err(&want));
+            assert!(e.starts_with(&want), "{e}");
+            assert!(!e.contains("c2VjcmV0"), "{e}");
+        }
+    }
+
     /// A write refused because of the control plane's mode (405) shows Kuma's message as is.
     #[test]
     fn a_refusal_by_mode_shows_the_apis_message() {
