@@ -90,6 +90,23 @@ fn tls_config(tls: &Tls) -> anyhow::Result<rustls::ClientConfig> {
     Ok(config)
 }
 
+/// The rustls error behind `e`, if any (an `io::Error` hides its inner error from `source`).
+fn rustls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(found) = err.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(found) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(found);
+        }
+        current = err.source();
+    }
+    None
+}
+
 /// A request's body and its content type.
 struct Body<'a> {
     bytes: Vec<u8>,
@@ -220,8 +237,27 @@ impl ApiClient {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let failed =
-            |e: hyper::Error| anyhow!("request to the control plane at {} failed: {e}", self.base);
+        let failed = |e: hyper::Error| {
+            // TLS 1.3: the server refuses a client certificate after the client's handshake.
+            if let Some(rustls::Error::AlertReceived(alert)) = rustls_cause(&e) {
+                let hint = match alert {
+                    rustls::AlertDescription::CertificateRequired => {
+                        ": it requires a client certificate (--client-cert-file, --client-key-file)"
+                    }
+                    rustls::AlertDescription::BadCertificate
+                    | rustls::AlertDescription::CertificateExpired
+                    | rustls::AlertDescription::UnsupportedCertificate => {
+                        ": it did not accept the client certificate (--client-cert-file)"
+                    }
+                    _ => "",
+                };
+                return anyhow!(
+                    "the control plane at {} refused the TLS connection ({alert:?}){hint}",
+                    self.base
+                );
+            }
+            anyhow!("request to the control plane at {} failed: {e}", self.base)
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(failed)?;
@@ -253,9 +289,7 @@ impl ApiClient {
     }
 
     fn tls_error(&self, e: &std::io::Error) -> anyhow::Error {
-        let rustls_error = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        let rustls_error = rustls_cause(e);
         if let Some(rustls::Error::InvalidCertificate(reason)) = rustls_error {
             let trusted_by = match &self.ca_cert_file {
                 Some(file) => format!("--ca-cert-file {file}"),

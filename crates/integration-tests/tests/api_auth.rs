@@ -569,6 +569,35 @@ fn a_required_client_certificate_is_checked_at_the_handshake() {
     );
     // From loopback the admin by default: the CP's host stays admin over HTTPS too.
     assert!(status == 201 || status == 200, "{status} {body}");
+
+    // kumactl: without a certificate the handshake fails, with a clear error and non-zero exit;
+    // with one (the generated certificate as CA, or --skip-verify) it works.
+    let config = dir.path().join("kumactl-required.yaml");
+    let https = cp.https_url();
+    let out = add_control_plane(&config, "no-cert", &https, &["--ca-cert-file", &ca]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("requires a client certificate (--client-cert-file"),
+        "{}",
+        stderr(&out)
+    );
+    let (cert, key) = &stranger_files;
+    for trust in [
+        ["--ca-cert-file", ca.as_str()].as_slice(),
+        &["--skip-verify"],
+    ] {
+        let mut args = trust.to_vec();
+        args.extend([
+            "--client-cert-file",
+            cert,
+            "--client-key-file",
+            key,
+            "--overwrite",
+        ]);
+        ok(&add_control_plane(&config, "with-cert", &https, &args));
+        let meshes = ok(&kumactl(&config, &["get", "meshes"], None));
+        assert!(meshes.contains('x'), "{meshes}");
+    }
 }
 
 #[test]
