@@ -46,7 +46,7 @@ for z in 1 2; do
   HOME="$work/zone-$z" KUMA_MODE=zone KUMA_MULTIZONE_ZONE_NAME="zone-$z" \
     KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=grpcs://127.0.0.1:5685 \
     KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE="$work/global/.kuma/kuma-cp.crt" \
-    KUMA_API_SERVER_HTTP_PORT="${z}5681" KUMA_DIAGNOSTICS_SERVER_PORT="${z}5680" \
+    KUMA_API_SERVER_HTTP_PORT="${z}5681" KUMA_API_SERVER_HTTPS_PORT="${z}5682" KUMA_DIAGNOSTICS_SERVER_PORT="${z}5680" \
     KUMA_DP_SERVER_PORT="${z}5678" KUMA_DNS_SERVER_PORT="${z}5653" "$bin/kuma-cp" run 2>"$work/zone-$z.log" &
   pids+=($!)
   wait_ready "http://127.0.0.1:${z}5680/ready" "$work/zone-$z.log"

@@ -91,6 +91,7 @@ async fn start(
         ),
         ("KUMA_API_SERVER_HTTP_INTERFACE".into(), "127.0.0.1".into()),
         ("KUMA_API_SERVER_HTTP_PORT".into(), api.to_string()),
+        ("KUMA_API_SERVER_HTTPS_ENABLED".into(), "false".into()),
         ("KUMA_DIAGNOSTICS_SERVER_PORT".into(), diag.to_string()),
         ("KUMA_DP_SERVER_PORT".into(), dp.to_string()),
         ("KUMA_DNS_SERVER_PORT".into(), free_port()?.to_string()),

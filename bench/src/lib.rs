@@ -359,6 +359,7 @@ pub async fn start_cp(bin_dir: &Path, work: &Path, env: &[(&str, String)]) -> an
         .env("KUMA_STORE_TYPE", "memory")
         .env("KUMA_API_SERVER_HTTP_INTERFACE", "127.0.0.1")
         .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
+        .env("KUMA_API_SERVER_HTTPS_ENABLED", "false")
         .env("KUMA_DIAGNOSTICS_SERVER_PORT", diag.to_string())
         .env("KUMA_DNS_SERVER_PORT", free_port()?.to_string())
         .env("KUMA_DP_SERVER_PORT", dp_port.to_string())

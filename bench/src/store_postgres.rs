@@ -133,6 +133,7 @@ async fn bench_rest(
         .env("KUMA_GENERAL_WORK_DIR", dir.path().join("kuma"))
         .env("KUMA_API_SERVER_HTTP_INTERFACE", "127.0.0.1")
         .env("KUMA_API_SERVER_HTTP_PORT", api.to_string())
+        .env("KUMA_API_SERVER_HTTPS_ENABLED", "false")
         .env("KUMA_DIAGNOSTICS_SERVER_PORT", diag.to_string())
         .env("KUMA_DNS_SERVER_PORT", free_port()?.to_string())
         .env("KUMA_DP_SERVER_PORT", free_port()?.to_string())

@@ -2,6 +2,9 @@
 //! request names its user with a user token (`Authorization: Bearer <token>`); without one it is
 //! `mesh-system:anonymous`, unless it comes from the CP's own host and
 //! `KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN` is on (Kuma's default), when it is the admin.
+//! A client that presented over HTTPS one of the admin client certificates
+//! (`KUMA_API_SERVER_AUTH_CLIENT_CERTS_DIR`) is the admin whatever token it sends: the server's
+//! TLS accept loop, which compared the certificate, marks its requests with [`AdminClientCert`].
 //!
 //! What each may do ([`decide`], pure): admins (group `mesh-system:admin`) everything; other
 //! users read everything but secrets; anonymous requests read the same when
@@ -39,11 +42,19 @@ impl Default for AuthSettings {
     }
 }
 
+/// A request extension set by the HTTPS server on the requests of a connection whose client
+/// presented one of the admin client certificates. Nothing else sets it: a client cannot send
+/// it, and a connection with an unknown certificate has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminClientCert;
+
 /// Who made a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Principal {
     /// From the CP's host, without a token.
     LocalAdmin,
+    /// Presented an admin client certificate over HTTPS.
+    AdminClientCert,
     User {
         name: String,
         groups: Vec<String>,
@@ -61,7 +72,7 @@ impl Principal {
 
     fn is_admin(&self) -> bool {
         match self {
-            Principal::LocalAdmin => true,
+            Principal::LocalAdmin | Principal::AdminClientCert => true,
             Principal::User { name, groups } => {
                 name == ADMIN_USER || groups.iter().any(|g| g == ADMIN_GROUP)
             }
@@ -122,17 +133,59 @@ pub fn decide(
     }
 }
 
+/// What the connection and the headers say about the caller, before a token is checked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Caller {
+    /// The connection presented an admin client certificate ([`AdminClientCert`]).
+    pub admin_client_cert: bool,
+    /// The peer is on the CP's own host.
+    pub loopback: bool,
+    /// The bearer token sent, if any.
+    pub token: Option<String>,
+}
+
+/// Who the caller is, or the token that says it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Identity {
+    Known(Principal),
+    /// The user token to verify.
+    Token(String),
+}
+
+/// Who `caller` is (pure): an admin client certificate wins over any token; a token names its
+/// user; without one, the CP's host is the admin when `localhost_is_admin`, else anonymous.
+pub fn identify(caller: &Caller, settings: &AuthSettings) -> Identity {
+    if caller.admin_client_cert {
+        return Identity::Known(Principal::AdminClientCert);
+    }
+    match &caller.token {
+        Some(token) => Identity::Token(token.clone()),
+        None if caller.loopback && settings.localhost_is_admin => {
+            Identity::Known(Principal::LocalAdmin)
+        }
+        None => Identity::Known(Principal::Anonymous),
+    }
+}
+
 /// The middleware: finds who made the request and lets it through or refuses it.
 pub(crate) async fn authorize(State(ctx): State<ApiContext>, req: Request, next: Next) -> Response {
     let settings = &ctx.0.settings.auth;
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| meshzone_identity::bearer_token(Some(v)))
-        .filter(|t| !t.is_empty());
-    let who = match token {
-        Some(token) => {
+    let caller = Caller {
+        admin_client_cert: req.extensions().get::<AdminClientCert>().is_some(),
+        loopback: req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback()),
+        token: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| meshzone_identity::bearer_token(Some(v)))
+            .filter(|t| !t.is_empty()),
+    };
+    let who = match identify(&caller, settings) {
+        Identity::Known(who) => who,
+        Identity::Token(token) => {
             match meshzone_identity::verify_user_token(
                 &ctx.0.store,
                 &token,
@@ -149,17 +202,6 @@ pub(crate) async fn authorize(State(ctx): State<ApiContext>, req: Request, next:
                     )
                     .into_response();
                 }
-            }
-        }
-        None => {
-            let local = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
-            if local && settings.localhost_is_admin {
-                Principal::LocalAdmin
-            } else {
-                Principal::Anonymous
             }
         }
     };
@@ -247,6 +289,20 @@ mod tests {
             (
                 &put,
                 "/meshes/default",
+                Principal::AdminClientCert,
+                &closed,
+                None,
+            ),
+            (
+                &get,
+                "/global-secrets/admin-user-token",
+                Principal::AdminClientCert,
+                &closed,
+                None,
+            ),
+            (
+                &put,
+                "/meshes/default",
                 Principal::User {
                     name: ADMIN_USER.into(),
                     groups: vec![],
@@ -268,6 +324,76 @@ mod tests {
                 .map(|e| e.status.as_u16());
             assert_eq!(got, want, "{method} {path} as {who:?} ({settings:?})");
         }
+    }
+
+    #[test]
+    fn who_is_the_caller() {
+        let open = AuthSettings::default();
+        let no_localhost = AuthSettings {
+            localhost_is_admin: false,
+            ..AuthSettings::default()
+        };
+        let caller = |admin_client_cert: bool, loopback: bool, token: Option<&str>| Caller {
+            admin_client_cert,
+            loopback,
+            token: token.map(str::to_string),
+        };
+        let known = Identity::Known;
+        // (caller, settings, expected identity)
+        let cases = vec![
+            // An admin client certificate is the admin, whatever token comes with it.
+            (
+                caller(true, false, None),
+                &no_localhost,
+                known(Principal::AdminClientCert),
+            ),
+            (
+                caller(true, false, Some("forged")),
+                &no_localhost,
+                known(Principal::AdminClientCert),
+            ),
+            (
+                caller(true, true, None),
+                &open,
+                known(Principal::AdminClientCert),
+            ),
+            // Without one (no certificate, or an unknown one): the token decides...
+            (
+                caller(false, false, Some("t")),
+                &open,
+                Identity::Token("t".into()),
+            ),
+            (
+                caller(false, true, Some("t")),
+                &open,
+                Identity::Token("t".into()),
+            ),
+            // ...or, without a token, the peer's host.
+            (
+                caller(false, false, None),
+                &open,
+                known(Principal::Anonymous),
+            ),
+            (
+                caller(false, true, None),
+                &open,
+                known(Principal::LocalAdmin),
+            ),
+            (
+                caller(false, true, None),
+                &no_localhost,
+                known(Principal::Anonymous),
+            ),
+        ];
+        for (who, settings, want) in cases {
+            assert_eq!(identify(&who, settings), want, "{who:?} ({settings:?})");
+        }
+        // An unknown certificate without a token may not write.
+        let Identity::Known(anonymous) = identify(&caller(false, false, None), &no_localhost)
+        else {
+            panic!("no token: known")
+        };
+        assert!(decide(&Method::PUT, "/meshes/m", &anonymous, &no_localhost).is_err());
     }
 
     #[test]

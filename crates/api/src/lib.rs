@@ -30,7 +30,7 @@ use meshzone_store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-pub use auth::AuthSettings;
+pub use auth::{AdminClientCert, AuthSettings};
 pub use defaults::create_initial_policies;
 pub use error::ApiError;
 pub use inspect::local_dataplane_rules;

@@ -103,14 +103,24 @@ pub struct SqliteConfig {
 pub struct ApiServer {
     pub http: HttpListener,
     pub https: HttpsListener,
+    pub auth: ApiAuth,
     pub authn: ApiAuthn,
+}
+
+/// Kuma's `apiServer.auth`: admin client certificates, checked on the HTTPS API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiAuth {
+    /// Directory of PEM certificates; a client presenting one of them over HTTPS is an admin.
+    pub client_certs_dir: String,
 }
 
 /// How API requests are authenticated (Kuma's `apiServer.authn`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApiAuthn {
-    /// `tokens`: user tokens (the only type served; `adminClientCerts` needs the HTTPS API).
+    /// `tokens`: user tokens (the only type; admin client certificates work beside them on
+    /// the HTTPS API, see [`ApiAuth`]).
     #[serde(rename = "type")]
     pub authn_type: String,
     /// Requests from the CP's own host without a token are the admin.
@@ -129,7 +139,14 @@ pub struct HttpListener {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpsListener {
+    pub enabled: bool,
     pub port: u16,
+    pub interface: String,
+    /// PEM certificate of the HTTPS API; empty: the work dir's generated `kuma-cp.crt`.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// Refuse, at the handshake, a client that presents no certificate.
+    pub require_client_cert: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,7 +290,17 @@ impl Default for Config {
                     port: 5681,
                     interface: "0.0.0.0".into(),
                 },
-                https: HttpsListener { port: 5682 },
+                https: HttpsListener {
+                    enabled: true,
+                    port: 5682,
+                    interface: "0.0.0.0".into(),
+                    tls_cert_file: String::new(),
+                    tls_key_file: String::new(),
+                    require_client_cert: false,
+                },
+                auth: ApiAuth {
+                    client_certs_dir: String::new(),
+                },
                 authn: ApiAuthn {
                     authn_type: "tokens".into(),
                     localhost_is_admin: true,
@@ -471,9 +498,39 @@ const ENV: &[(&str, &str, Kind)] = &[
         Kind::Text,
     ),
     (
+        "KUMA_API_SERVER_HTTPS_ENABLED",
+        "apiServer.https.enabled",
+        Kind::Bool,
+    ),
+    (
         "KUMA_API_SERVER_HTTPS_PORT",
         "apiServer.https.port",
         Kind::Port,
+    ),
+    (
+        "KUMA_API_SERVER_HTTPS_INTERFACE",
+        "apiServer.https.interface",
+        Kind::Text,
+    ),
+    (
+        "KUMA_API_SERVER_HTTPS_TLS_CERT_FILE",
+        "apiServer.https.tlsCertFile",
+        Kind::Text,
+    ),
+    (
+        "KUMA_API_SERVER_HTTPS_TLS_KEY_FILE",
+        "apiServer.https.tlsKeyFile",
+        Kind::Text,
+    ),
+    (
+        "KUMA_API_SERVER_HTTPS_REQUIRE_CLIENT_CERT",
+        "apiServer.https.requireClientCert",
+        Kind::Bool,
+    ),
+    (
+        "KUMA_API_SERVER_AUTH_CLIENT_CERTS_DIR",
+        "apiServer.auth.clientCertsDir",
+        Kind::Text,
     ),
     (
         "KUMA_API_SERVER_AUTHN_TYPE",
@@ -817,7 +874,7 @@ impl Config {
             "adminClientCerts" => {
                 return Err(invalid(
                     "apiServer.authn.type",
-                    "adminClientCerts needs the HTTPS API (port 5682), which is not served yet; use tokens",
+                    "use tokens: admin client certificates are accepted beside user tokens on the HTTPS API (KUMA_API_SERVER_AUTH_CLIENT_CERTS_DIR)",
                 ));
             }
             other => {
@@ -850,10 +907,28 @@ impl Config {
             ));
         }
         self.shutdown_timeout()?;
-        if self.api_server.http.interface.parse::<IpAddr>().is_err() {
+        for (key, interface) in [
+            ("apiServer.http.interface", &self.api_server.http.interface),
+            (
+                "apiServer.https.interface",
+                &self.api_server.https.interface,
+            ),
+        ] {
+            if interface.parse::<IpAddr>().is_err() {
+                return Err(invalid(key, format!("{interface:?} is not an IP address")));
+            }
+        }
+        let https = &self.api_server.https;
+        if https.tls_cert_file.is_empty() != https.tls_key_file.is_empty() {
             return Err(invalid(
-                "apiServer.http.interface",
-                format!("{:?} is not an IP address", self.api_server.http.interface),
+                "apiServer.https.tlsCertFile",
+                "set both the certificate and the key file (KUMA_API_SERVER_HTTPS_TLS_KEY_FILE), or neither",
+            ));
+        }
+        if https.require_client_cert && !https.enabled {
+            return Err(invalid(
+                "apiServer.https.requireClientCert",
+                "needs the HTTPS API (KUMA_API_SERVER_HTTPS_ENABLED=true)",
             ));
         }
         if self.general.work_dir.is_empty() {
@@ -1119,9 +1194,70 @@ mod tests {
         assert!(e.to_string().contains("KUMA_MULTIZONE_ZONE_NAME"), "{e}");
     }
 
+    #[test]
+    fn https_api_settings_follow_kuma_keys_and_name_them_when_bad() {
+        let d = load(None, &env(&[])).expect("defaults");
+        let https = &d.api_server.https;
+        assert!(https.enabled && !https.require_client_cert);
+        assert_eq!((https.port, https.interface.as_str()), (5682, "0.0.0.0"));
+        assert!(https.tls_cert_file.is_empty() && d.api_server.auth.client_certs_dir.is_empty());
+        let c = load(
+            None,
+            &env(&[
+                ("KUMA_API_SERVER_HTTPS_ENABLED", "false"),
+                ("KUMA_API_SERVER_HTTPS_PORT", "6682"),
+                ("KUMA_API_SERVER_HTTPS_INTERFACE", "127.0.0.1"),
+                ("KUMA_API_SERVER_HTTPS_TLS_CERT_FILE", "/c.pem"),
+                ("KUMA_API_SERVER_HTTPS_TLS_KEY_FILE", "/k.pem"),
+                ("KUMA_API_SERVER_AUTH_CLIENT_CERTS_DIR", "/admins"),
+            ]),
+        )
+        .expect("load");
+        let https = &c.api_server.https;
+        assert!(!https.enabled);
+        assert_eq!((https.port, https.interface.as_str()), (6682, "127.0.0.1"));
+        assert_eq!(
+            (https.tls_cert_file.as_str(), https.tls_key_file.as_str()),
+            ("/c.pem", "/k.pem")
+        );
+        assert_eq!(c.api_server.auth.client_certs_dir, "/admins");
+        let file =
+            "apiServer:\n  https:\n    requireClientCert: true\n  auth:\n    clientCertsDir: /a\n";
+        let c = load(Some(("cp.yaml", file)), &env(&[])).expect("file");
+        assert!(c.api_server.https.require_client_cert);
+        assert_eq!(c.api_server.auth.client_certs_dir, "/a");
+        for (pairs, want) in [
+            (
+                vec![("KUMA_API_SERVER_HTTPS_TLS_CERT_FILE", "/c.pem")],
+                "apiServer.https.tlsCertFile (KUMA_API_SERVER_HTTPS_TLS_CERT_FILE): set both",
+            ),
+            (
+                vec![("KUMA_API_SERVER_HTTPS_INTERFACE", "localhost")],
+                "apiServer.https.interface (KUMA_API_SERVER_HTTPS_INTERFACE): \"localhost\" is not an IP address",
+            ),
+            (
+                vec![("KUMA_API_SERVER_HTTPS_PORT", "0")],
+                "apiServer.https.port (KUMA_API_SERVER_HTTPS_PORT): port must be",
+            ),
+            (
+                vec![("KUMA_API_SERVER_HTTPS_REQUIRE_CLIENT_CERT", "yes")],
+                "KUMA_API_SERVER_HTTPS_REQUIRE_CLIENT_CERT=\"yes\": expected true or false",
+            ),
+            (
+                vec![
+                    ("KUMA_API_SERVER_HTTPS_ENABLED", "false"),
+                    ("KUMA_API_SERVER_HTTPS_REQUIRE_CLIENT_CERT", "true"),
+                ],
+                "apiServer.https.requireClientCert (KUMA_API_SERVER_HTTPS_REQUIRE_CLIENT_CERT): needs the HTTPS API",
+            ),
+        ] {
+            let e = load(None, &env(&pairs)).expect_err(want).to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+    }
+
     /// Settings that are read but whose feature does not exist yet.
     const NOT_SERVED: &[&str] = &[
-        "KUMA_API_SERVER_HTTPS_PORT",
         "KUMA_STORE_POSTGRES_TLS_DISABLE_SSLSNI",
         "KUMA_STORE_POSTGRES_READ_REPLICA_HOST",
     ];

@@ -15,13 +15,21 @@ use crate::config::Config;
 /// Lifetime of a generated DP server certificate.
 const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// A server certificate and its key (PEM), with the files they were read from.
+pub struct ServerCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
 /// Reads the configured certificate, or the one generated earlier into the work dir, or
 /// generates it there (the seed's `~/.kuma/kuma-cp.crt`, which kuma-dp uses by default).
 pub fn certificate(
     config: &Config,
     work_dir: &Path,
     hostname: &str,
-) -> anyhow::Result<(String, String, PathBuf)> {
+) -> anyhow::Result<ServerCertificate> {
     certificate_from(
         &config.dp_server.tls_cert_file,
         &config.dp_server.tls_key_file,
@@ -36,19 +44,25 @@ pub fn certificate_from(
     key_file: &str,
     work_dir: &Path,
     hostname: &str,
-) -> anyhow::Result<(String, String, PathBuf)> {
+) -> anyhow::Result<ServerCertificate> {
     let read = |p: &Path| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
     };
+    let read_both = |cert_path: PathBuf, key_path: PathBuf| {
+        Ok(ServerCertificate {
+            cert_pem: read(&cert_path)?,
+            key_pem: read(&key_path)?,
+            cert_path,
+            key_path,
+        })
+    };
     if !cert_file.is_empty() {
-        let cert = PathBuf::from(cert_file);
-        let key = PathBuf::from(key_file);
-        return Ok((read(&cert)?, read(&key)?, cert));
+        return read_both(PathBuf::from(cert_file), PathBuf::from(key_file));
     }
     let cert_path = work_dir.join("kuma-cp.crt");
     let key_path = work_dir.join("kuma-cp.key");
     if cert_path.exists() && key_path.exists() {
-        return Ok((read(&cert_path)?, read(&key_path)?, cert_path));
+        return read_both(cert_path, key_path);
     }
     // Every address of this machine, so proxies and zones on other hosts can verify it too.
     let mut names = vec![
@@ -65,14 +79,19 @@ pub fn certificate_from(
     }
     let generated =
         meshzone_pki::self_signed_server_cert(&names, SERVER_CERT_LIFETIME, SystemTime::now())
-            .context("cannot generate the DP server certificate")?;
+            .context("cannot generate the control plane's server certificate")?;
     std::fs::create_dir_all(work_dir)
         .with_context(|| format!("cannot create {}", work_dir.display()))?;
     write_private(&key_path, &generated.key_pem)?;
     std::fs::write(&cert_path, &generated.cert_pem)
         .with_context(|| format!("cannot write {}", cert_path.display()))?;
-    info!(path = %cert_path.display(), "generated the DP server certificate");
-    Ok((generated.cert_pem, generated.key_pem, cert_path))
+    info!(path = %cert_path.display(), "generated the control plane's server certificate");
+    Ok(ServerCertificate {
+        cert_pem: generated.cert_pem,
+        key_pem: generated.key_pem,
+        cert_path,
+        key_path,
+    })
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {

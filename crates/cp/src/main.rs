@@ -3,6 +3,7 @@
 //!
 //! This binary only wires components together; the logic lives in the library crates.
 
+mod api_https;
 mod config;
 mod diagnostics;
 mod dp_server;
@@ -222,6 +223,12 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         "apiServer.http.port",
     )
     .await?;
+    let https = &config.api_server.https;
+    let https_listener = if https.enabled {
+        Some(bind(&https.interface, https.port, "apiServer.https.port").await?)
+    } else {
+        None
+    };
     let diag_listener = bind(
         "0.0.0.0",
         config.diagnostics.server_port,
@@ -469,9 +476,41 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     };
     let api = meshzone_api::router(ApiContext::new(store.clone(), settings, metrics));
 
+    if let Some(listener) = https_listener {
+        let https = &config.api_server.https;
+        let admins = Arc::new(api_https::AdminCerts::read_dir(
+            &config.api_server.auth.client_certs_dir,
+        )?);
+        let cert = dp_server::certificate_from(
+            &https.tls_cert_file,
+            &https.tls_key_file,
+            &config.work_dir(&home),
+            &hostname(),
+        )
+        .context("the HTTPS API's certificate (KUMA_API_SERVER_HTTPS_TLS_CERT_FILE, KUMA_API_SERVER_HTTPS_TLS_KEY_FILE)")?;
+        let acceptor = api_https::tls_acceptor(&cert, admins.clone(), https.require_client_cert)?;
+        info!(
+            port = https.port,
+            cert = %cert.cert_path.display(),
+            admin_client_certs = admins.len(),
+            require_client_cert = https.require_client_cert,
+            "HTTPS API listening; clients verify it with {}",
+            cert.cert_path.display()
+        );
+        supervisor.critical(
+            "HTTPS API server",
+            api_https::serve(listener, acceptor, admins, api.clone(), shutdown.begun()),
+        );
+    }
+
     if let Some(listener) = dp_listener {
         let work_dir = config.work_dir(&home);
-        let (cert, key, cert_path) = dp_server::certificate(&config, &work_dir, &hostname())?;
+        let dp_server::ServerCertificate {
+            cert_pem: cert,
+            key_pem: key,
+            cert_path,
+            ..
+        } = dp_server::certificate(&config, &work_dir, &hostname())?;
         if let (Some(ads), Some(backend)) = (&ads, &shared_db) {
             // Several zone instances: each advertises its DP server and the certificate it serves
             // there, and a request about a proxy connected to another instance goes there.
@@ -523,7 +562,12 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
     if let Some(listener) = kds_listener {
         let work_dir = config.work_dir(&home);
         let kds = &config.multizone.global.kds;
-        let (cert, key, cert_path) = dp_server::certificate_from(
+        let dp_server::ServerCertificate {
+            cert_pem: cert,
+            key_pem: key,
+            cert_path,
+            ..
+        } = dp_server::certificate_from(
             &kds.tls_cert_file,
             &kds.tls_key_file,
             &work_dir,

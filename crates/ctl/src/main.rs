@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow, bail};
 use chrono::Utc;
 use clap::{Parser, Subcommand, ValueEnum};
+use client::Method;
 use meshzone_model::{Resource, ResourceType, parse_documents, to_yaml_string, validate};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::client::ApiClient;
@@ -224,6 +224,18 @@ enum ControlPlanesCommand {
         /// key=value settings of --auth-type (tokens: token=<token>).
         #[arg(long)]
         auth_conf: Vec<String>,
+        /// PEM CA certificate(s) that verify an https:// control plane (default: the system's).
+        #[arg(long)]
+        ca_cert_file: Option<std::path::PathBuf>,
+        /// PEM client certificate to present over https:// (an admin client certificate).
+        #[arg(long)]
+        client_cert_file: Option<std::path::PathBuf>,
+        /// The private key of --client-cert-file.
+        #[arg(long)]
+        client_key_file: Option<std::path::PathBuf>,
+        /// Do not verify the control plane's certificate (trials only; prefer --ca-cert-file).
+        #[arg(long)]
+        skip_verify: bool,
     },
     /// List the configured control planes.
     List,
@@ -288,6 +300,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 overwrite,
                 auth_type,
                 auth_conf,
+                ca_cert_file,
+                client_cert_file,
+                client_key_file,
+                skip_verify,
             } => {
                 let auth = config::Auth::from_flags(auth_type.as_deref(), &auth_conf)?;
                 if !(address.starts_with("http://") || address.starts_with("https://")) {
@@ -295,12 +311,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "--address {address:?} must be an http:// or https:// URL, e.g. http://localhost:5681"
                     );
                 }
-                let client = ApiClient::with_token(&address, auth.token())?;
+                let tls = config::Tls::from_flags(
+                    &address,
+                    ca_cert_file.as_deref(),
+                    client_cert_file.as_deref(),
+                    client_key_file.as_deref(),
+                    skip_verify,
+                )?;
+                let client = ApiClient::new(&address, auth.token(), &tls)?;
                 let index = client.get("/").await?;
                 if index["instanceId"].is_null() && index["version"].is_null() {
                     bail!("{address} does not look like a kuma-cp API server");
                 }
-                config.add(&name, &address, &auth, overwrite)?;
+                config.add(&name, &address, &auth, &tls, overwrite)?;
                 config.save(&config_path)?;
                 println!("added Control Plane {name:?}");
                 println!("switched active Control Plane to {name:?}");

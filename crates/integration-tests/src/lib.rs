@@ -70,6 +70,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
 pub struct ControlPlane {
     pub child: Child,
     pub api_port: u16,
+    /// Port of the HTTPS API (on 127.0.0.1).
+    pub https_port: u16,
     pub diagnostics_port: u16,
     pub dp_port: u16,
     /// UDP port of the zone CP's DNS.
@@ -83,6 +85,7 @@ impl ControlPlane {
     /// Starts a CP with the given extra environment and waits until `/ready` answers.
     pub fn start(work_dir: &Path, extra_env: &[(&str, &str)]) -> ControlPlane {
         let api_port = free_port();
+        let https_port = free_port();
         let diagnostics_port = free_port();
         let dp_port = free_port();
         let dns_port = free_port();
@@ -94,6 +97,8 @@ impl ControlPlane {
             ),
             ("KUMA_API_SERVER_HTTP_INTERFACE".into(), "127.0.0.1".into()),
             ("KUMA_API_SERVER_HTTP_PORT".into(), api_port.to_string()),
+            ("KUMA_API_SERVER_HTTPS_INTERFACE".into(), "127.0.0.1".into()),
+            ("KUMA_API_SERVER_HTTPS_PORT".into(), https_port.to_string()),
             (
                 "KUMA_DIAGNOSTICS_SERVER_PORT".into(),
                 diagnostics_port.to_string(),
@@ -113,6 +118,7 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             child: spawn_cp(&env, &work_dir.join("kuma-cp.log")),
             api_port,
+            https_port,
             diagnostics_port,
             dp_port,
             dns_port,
@@ -126,6 +132,11 @@ impl ControlPlane {
 
     pub fn api_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    /// The HTTPS API's address.
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.https_port)
     }
 
     fn wait_ready(&mut self) {

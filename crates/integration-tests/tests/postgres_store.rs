@@ -18,6 +18,7 @@ use postgres::{block_on, store_env};
 fn kuma_cp(args: &[&str], env: &[(&str, String)], dir: &Path) -> Output {
     let ports = [
         "KUMA_API_SERVER_HTTP_PORT",
+        "KUMA_API_SERVER_HTTPS_PORT",
         "KUMA_DIAGNOSTICS_SERVER_PORT",
         "KUMA_DP_SERVER_PORT",
         "KUMA_DNS_SERVER_PORT",
@@ -30,6 +31,7 @@ fn kuma_cp(args: &[&str], env: &[(&str, String)], dir: &Path) -> Output {
         .env("HOME", dir)
         .env("KUMA_GENERAL_WORK_DIR", dir.join("kuma"))
         .env("KUMA_API_SERVER_HTTP_INTERFACE", "127.0.0.1")
+        .env("KUMA_API_SERVER_HTTPS_INTERFACE", "127.0.0.1")
         .envs(ports.iter().map(|(k, v)| (*k, v.as_str())))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())

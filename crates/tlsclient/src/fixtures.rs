@@ -78,12 +78,26 @@ pub fn ca_and_leaf(
     san: &str,
 ) -> Result<(CertFiles, CertFiles), String> {
     let ca = self_signed(dir, &format!("{name}-ca"), key, "DNS:ca.invalid")?;
+    let leaf = leaf(dir, name, &ca, key, "serverAuth", san)?;
+    Ok((ca, leaf))
+}
+
+/// A leaf `<name>` signed by `ca` with the openssl CLI (CA:FALSE, `extendedKeyUsage=<usage>`,
+/// e.g. serverAuth or clientAuth, `subjectAltName=<san>`).
+pub fn leaf(
+    dir: &Path,
+    name: &str,
+    ca: &CertFiles,
+    key: KeyKind,
+    usage: &str,
+    san: &str,
+) -> Result<CertFiles, String> {
     let leaf = files(dir, name);
     let csr = dir.join(format!("{name}.csr"));
     let ext = dir.join(format!("{name}.ext"));
     std::fs::write(
         &ext,
-        format!("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName={san}\n"),
+        format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\nsubjectAltName={san}\n"),
     )
     .map_err(|e| format!("cannot write {}: {e}", ext.display()))?;
     let d = |p: &Path| p.display().to_string();
@@ -116,7 +130,7 @@ pub fn ca_and_leaf(
             &leaf_cert,
         ],
     )?;
-    Ok((ca, leaf))
+    Ok(leaf)
 }
 
 fn files(dir: &Path, name: &str) -> CertFiles {
