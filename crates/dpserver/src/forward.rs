@@ -10,10 +10,9 @@ use std::time::Duration;
 use meshzone_model::{ResourceKey, ResourceType};
 use meshzone_store::Store;
 use meshzone_store::postgres::PostgresBackend;
-use meshzone_tls_client::{Connector, Roots, Trust};
+use meshzone_tls_client::Connector;
 use meshzone_xds::proxy_admin::proxy_admin_client::ProxyAdminClient;
 use meshzone_xds::proxy_admin::{AdminAnswer, ForwardedRequest};
-use tonic::transport::Channel;
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -75,18 +74,11 @@ impl Forwarder {
             .await
             .map_err(|e| failed(e.to_string()))?
             .ok_or_else(|| failed("it advertised no address".into()))?;
-        let roots = Roots::from_pem(&certificate)
-            .map_err(|e| failed(format!("its advertised certificate: {e}")))?;
-        let connector =
-            Connector::new(&Trust::Roots(roots), 5678).map_err(|e| failed(e.to_string()))?;
-        let channel = Channel::from_shared(Connector::tonic_address(&url))
-            .map_err(|e| failed(format!("its address {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .connect_with_connector(connector)
+        let channel = Connector::pinned_channel(&url, &certificate, 5678)
             .await
             .map_err(|e| {
                 failed(format!(
-                    "cannot connect to {url}: {e} (KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS of that instance must be an address this one reaches, named in its DP server certificate)"
+                    "{e} (KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS of that instance must be an address this one reaches, named in its DP server certificate)"
                 ))
             })?;
         let mut call = tonic::Request::new(ForwardedRequest {

@@ -163,19 +163,16 @@ impl ProxyAdmins {
             Ok(answer) if answer.error.is_empty() => String::from_utf8(answer.body)
                 .map_err(|_| format!("{key} sent {what} that is not UTF-8")),
             Ok(answer) => Err(format!("{key} cannot show {what}: {}", answer.error)),
+            // Not connected here: connected to another instance on the same store, or nowhere.
             Err(CallError::Offline) if !self.shared.is_configured(key) => {
-                match self.shared.forwarder.get() {
-                    Some(f) => match f.ask(&self.shared.store, key, what).await? {
-                        Some(body) => String::from_utf8(body)
-                            .map_err(|_| format!("{key} sent {what} that is not UTF-8")),
-                        None => Err(format!(
-                            "{key} is not connected to this control plane (no {what} to show)"
-                        )),
-                    },
-                    None => Err(format!(
-                        "{key} is not connected to this control plane (no {what} to show)"
-                    )),
-                }
+                let forwarded = match self.shared.forwarder.get() {
+                    Some(f) => f.ask(&self.shared.store, key, what).await?,
+                    None => None,
+                };
+                let body = forwarded.ok_or_else(|| {
+                    format!("{key} is not connected to this control plane (no {what} to show)")
+                })?;
+                String::from_utf8(body).map_err(|_| format!("{key} sent {what} that is not UTF-8"))
             }
             Err(CallError::Offline) => Err(format!(
                 "{key} is connected but opened no admin stream (an Envoy sidecar does not): read {what} from its own admin API on its host"

@@ -10,8 +10,7 @@ use std::time::Duration;
 use meshzone_model::{ResourceKey, ResourceType, Spec};
 use meshzone_store::Store;
 use meshzone_store::postgres::PostgresBackend;
-use meshzone_tls_client::{Connector, Roots, Trust};
-use tonic::transport::Channel;
+use meshzone_tls_client::Connector;
 
 use crate::inspect::{ForwardFn, InspectError};
 use crate::proto::kds_sync_client::KdsSyncClient;
@@ -71,21 +70,13 @@ async fn forward(
         .await
         .map_err(|e| failed(&instance, e.to_string()))?
         .ok_or_else(|| failed(&instance, "it advertised no inter-CP address".into()))?;
-    let roots = Roots::from_pem(&certificate)
-        .map_err(|e| failed(&instance, format!("its advertised certificate: {e}")))?;
-    let connector =
-        Connector::new(&Trust::Roots(roots), 5685).map_err(|e| failed(&instance, e.to_string()))?;
-    let channel = Channel::from_shared(Connector::tonic_address(&url))
-        .map_err(|e| failed(&instance, format!("its address {url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect_with_connector(connector)
+    let channel = Connector::pinned_channel(&url, &certificate, 5685)
         .await
         .map_err(|e| {
             failed(
                 &instance,
                 format!(
-                    "cannot connect to {url}: {} (KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS of that instance must be an address this one reaches, named in its KDS certificate)",
-                    crate::zone::error_chain(&e)
+                    "{e} (KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS of that instance must be an address this one reaches, named in its KDS certificate)"
                 ),
             )
         })?;

@@ -137,7 +137,7 @@ async fn channel(settings: &ZoneSettings) -> Result<Channel, String> {
 }
 
 /// An error with its sources, one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {

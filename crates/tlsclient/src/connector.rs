@@ -50,6 +50,34 @@ impl Connector {
         })
     }
 
+    /// A gRPC channel to `url`, trusting exactly the certificate `certificate_pem` (pinned, as
+    /// another instance advertised it): what instances sharing a store use to reach each other.
+    /// `Err` says which step failed.
+    pub async fn pinned_channel(
+        url: &str,
+        certificate_pem: &str,
+        default_port: u16,
+    ) -> Result<tonic::transport::Channel, String> {
+        let roots = crate::Roots::from_pem(certificate_pem)
+            .map_err(|e| format!("its advertised certificate: {e}"))?;
+        let connector =
+            Connector::new(&Trust::Roots(roots), default_port).map_err(|e| e.to_string())?;
+        tonic::transport::Channel::from_shared(Self::tonic_address(url))
+            .map_err(|e| format!("its address {url:?}: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| {
+                let mut msg = format!("cannot connect to {url}: {e}");
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg = format!("{msg}: {s}");
+                    src = s.source();
+                }
+                msg
+            })
+    }
+
     /// The address to give tonic's `Endpoint` with this connector: `https://` becomes
     /// `http://`, since tonic refuses https without its own TLS settings (the TLS is ours).
     pub fn tonic_address(url: &str) -> String {
