@@ -49,8 +49,12 @@ pub struct Refused {
 enum Ended {
     /// The stream worked and then ended; reconnect.
     AfterUpdates,
-    /// It never got going; reconnect after a backoff.
+    /// It never got going: no connection, or the stream broke before any configuration.
+    /// Reconnect after a backoff.
     Failed(String),
+    /// The control plane was reached and answered with a status worth retrying (Unavailable
+    /// while it starts or stands by, ResourceExhausted, Internal…). Reconnect after a backoff.
+    Answered(String),
     Refused(Refused),
 }
 
@@ -93,6 +97,13 @@ pub async fn run(
                 warn!(
                     cp = settings.cp_address,
                     reason, "cannot reach the control plane; retrying in {backoff:?}"
+                );
+            }
+            Ended::Answered(answer) => {
+                warn!(
+                    cp = settings.cp_address,
+                    answer,
+                    "the control plane did not serve this proxy yet; retrying in {backoff:?}"
                 );
             }
         }
@@ -195,7 +206,7 @@ async fn connect_once(
     }
     let responses = match client.stream_aggregated_resources(request).await {
         Ok(r) => r.into_inner(),
-        Err(status) => return classify(settings, status),
+        Err(status) => return classify(&settings.cp_address, status),
     };
     info!(cp = settings.cp_address, "connected to the control plane");
     stats.set("control_plane.connected_state", 1);
@@ -224,7 +235,7 @@ async fn follow_updates(
         let response = match responses.message().await {
             Ok(Some(r)) => r,
             Ok(None) => break,
-            Err(status) if updates == 0 => return classify(settings, status),
+            Err(status) if updates == 0 => return classify(&settings.cp_address, status),
             Err(status) => {
                 warn!(%status, "stream to the control plane ended");
                 break;
@@ -353,24 +364,66 @@ async fn answer_admin_requests(
     std::future::pending().await
 }
 
-fn classify(settings: &XdsSettings, status: tonic::Status) -> Ended {
+fn classify(cp_address: &str, status: tonic::Status) -> Ended {
     match status.code() {
         Code::Unauthenticated
         | Code::PermissionDenied
         | Code::NotFound
         | Code::InvalidArgument
         | Code::FailedPrecondition => Ended::Refused(Refused {
-            address: settings.cp_address.clone(),
+            address: cp_address.to_string(),
             message: status.message().to_string(),
         }),
         // No ADS here at all (another gRPC server): retrying cannot help.
         Code::Unimplemented => Ended::Refused(Refused {
-            address: settings.cp_address.clone(),
+            address: cp_address.to_string(),
             message: format!(
                 "it does not serve xDS ({}); is this a zone control plane's DP server (port 5678 by default)?",
                 status.message()
             ),
         }),
-        _ => Ended::Failed(format!("{}: {}", status.code(), status.message())),
+        // tonic turns a broken connection into a Status carrying the transport error as its
+        // source; a status the control plane sent has none.
+        _ if std::error::Error::source(&status).is_some() => {
+            Ended::Failed(format!("{}: {}", status.code(), status.message()))
+        }
+        _ => Ended::Answered(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_told_apart_by_who_sent_them() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )));
+        let cases: Vec<(tonic::Status, &str)> = vec![
+            (tonic::Status::unauthenticated("token expired"), "refused"),
+            (tonic::Status::not_found("no Dataplane web"), "refused"),
+            (tonic::Status::unimplemented(""), "refused"),
+            (
+                tonic::Status::unavailable("this instance is not the leader"),
+                "answered",
+            ),
+            (tonic::Status::internal("store error"), "answered"),
+            (broken, "failed"),
+        ];
+        for (status, want) in cases {
+            let shown = format!("{status:?}");
+            let got = match classify("https://zone-cp:5678", status) {
+                Ended::Refused(_) => "refused",
+                Ended::Answered(a) => {
+                    assert!(a.contains(": "), "{a}");
+                    "answered"
+                }
+                Ended::Failed(_) => "failed",
+                Ended::AfterUpdates => "after updates",
+            };
+            assert_eq!(got, want, "{shown}");
+        }
     }
 }
