@@ -757,14 +757,19 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             token: if kds.auth_token_file.is_empty() {
                 None
             } else {
-                Some(
-                    std::fs::read_to_string(&kds.auth_token_file).with_context(|| {
-                        format!(
-                            "cannot read KUMA_MULTIZONE_ZONE_KDS_AUTH_TOKEN_FILE {}",
-                            kds.auth_token_file
-                        )
-                    })?,
-                )
+                let token = std::fs::read_to_string(&kds.auth_token_file).with_context(|| {
+                    format!(
+                        "cannot read KUMA_MULTIZONE_ZONE_KDS_AUTH_TOKEN_FILE {}",
+                        kds.auth_token_file
+                    )
+                })?;
+                meshzone_tls_client::bearer::check(&token).with_context(|| {
+                    format!(
+                        "KUMA_MULTIZONE_ZONE_KDS_AUTH_TOKEN_FILE {}",
+                        kds.auth_token_file
+                    )
+                })?;
+                Some(token)
             },
         };
         let store = store.clone();

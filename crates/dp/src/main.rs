@@ -210,10 +210,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (mesh, name, dataplane_json) = dataplane(&args)?;
     let tls = control_plane_tls(&args)?;
     let token = match &args.dataplane_token_file {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read --dataplane-token-file {}", p.display()))?
-            .trim()
-            .to_string(),
+        Some(p) => {
+            let token = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read --dataplane-token-file {}", p.display()))?
+                .trim()
+                .to_string();
+            meshzone_tls_client::bearer::check(&token)
+                .with_context(|| format!("--dataplane-token-file {}", p.display()))?;
+            token
+        }
         None => String::new(),
     };
 

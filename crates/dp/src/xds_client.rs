@@ -199,10 +199,11 @@ async fn connect_once(
             .await;
     }
     let mut request = Request::new(ReceiverStream::new(rx));
-    if !settings.token.is_empty()
-        && let Ok(v) = format!("Bearer {}", settings.token).parse()
-    {
-        request.metadata_mut().insert("authorization", v);
+    if let Err(e) = meshzone_tls_client::bearer::present(request.metadata_mut(), &settings.token) {
+        return Ended::Refused(Refused {
+            address: settings.cp_address.clone(),
+            message: format!("the data-plane token: {e}"),
+        });
     }
     let responses = match client.stream_aggregated_resources(request).await {
         Ok(r) => r.into_inner(),
@@ -327,10 +328,9 @@ async fn answer_admin_requests(
         return std::future::pending().await;
     }
     let mut request = Request::new(ReceiverStream::new(rx));
-    if !settings.token.is_empty()
-        && let Ok(v) = format!("Bearer {}", settings.token).parse()
-    {
-        request.metadata_mut().insert("authorization", v);
+    if let Err(e) = meshzone_tls_client::bearer::present(request.metadata_mut(), &settings.token) {
+        warn!(reason = %e, "the data-plane token cannot be sent: no admin stream");
+        return std::future::pending().await;
     }
     let mut requests = match ProxyAdminClient::new(channel).stream(request).await {
         Ok(r) => r.into_inner(),

@@ -88,9 +88,8 @@ impl Forwarder {
             name: key.name.clone(),
         });
         call.set_timeout(FORWARD_TIMEOUT);
-        if let Ok(v) = format!("Bearer {}", self.token).parse() {
-            call.metadata_mut().insert("authorization", v);
-        }
+        meshzone_tls_client::bearer::present(call.metadata_mut(), &self.token)
+            .map_err(|e| failed(e.to_string()))?;
         let AdminAnswer { body, error, .. } = ProxyAdminClient::new(channel)
             .forward(call)
             .await

@@ -87,12 +87,9 @@ pub(crate) fn metadata_string(node: &Node, key: &str) -> Option<String> {
 /// The bearer token of a proxy's new stream (ADS or admin) and the stream itself; refused with
 /// `UNAVAILABLE` once this control plane is stopping.
 pub(crate) fn admit<T>(shared: &Shared, request: tonic::Request<T>) -> Result<(String, T), Status> {
-    let token = meshzone_identity::bearer_token(
-        request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok()),
-    );
+    let token = meshzone_identity::bearer_token(meshzone_tls_client::bearer::authorization(
+        request.metadata(),
+    ));
     if shared.shutdown.has_begun() {
         return Err(crate::stream::shutting_down());
     }

@@ -88,12 +88,9 @@ impl ProxyAdmin for ProxyAdminService {
                 "this control plane takes no forwarded requests: it shares no Postgres store with other instances",
             ));
         };
-        let token = meshzone_identity::bearer_token(
-            request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        );
+        let token = meshzone_identity::bearer_token(meshzone_tls_client::bearer::authorization(
+            request.metadata(),
+        ));
         if !forwarder.is_token(&token) {
             return Err(Status::unauthenticated(
                 "forwarded requests need the token the instances share in their store",

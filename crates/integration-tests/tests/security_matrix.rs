@@ -146,6 +146,12 @@ fn forged_and_foreign_tokens_and_certificates_are_refused() {
             encode(&unsigned_header, &claims, ""),
             "token is malformed",
         ),
+        // Refused by kuma-dp itself at the start, naming the file: no header can carry it.
+        (
+            "control-character",
+            format!("{}\u{1}{}", &valid[..10], &valid[10..]),
+            "control-character.token: the token holds characters a gRPC header cannot carry",
+        ),
     ];
     for (case, token, reason) in &cases {
         let log = refused(&cp, dir, case, &intruder, token);

@@ -76,12 +76,9 @@ impl GlobalKds {
         if !self.require_zone_token {
             return Ok(());
         }
-        let token = meshzone_identity::bearer_token(
-            request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        );
+        let token = meshzone_identity::bearer_token(meshzone_tls_client::bearer::authorization(
+            request.metadata(),
+        ));
         meshzone_identity::verify_zone_token(&self.store, &token, zone, "cp", std::time::SystemTime::now())
             .await
             .map(|_| ())
@@ -351,12 +348,9 @@ impl KdsSync for GlobalKds {
                 "this global instance takes no forwarded requests: it shares no Postgres store with other instances",
             ));
         };
-        let token = meshzone_identity::bearer_token(
-            request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        );
+        let token = meshzone_identity::bearer_token(meshzone_tls_client::bearer::authorization(
+            request.metadata(),
+        ));
         if !meshzone_identity::same_secret(&token, expected) {
             warn!("refused a forwarded inspect request without the instances' token");
             return Err(Status::unauthenticated(

@@ -85,9 +85,8 @@ async fn forward(
         request: Some(request),
     });
     call.set_timeout(FORWARD_TIMEOUT);
-    if let Ok(v) = format!("Bearer {token}").parse() {
-        call.metadata_mut().insert("authorization", v);
-    }
+    meshzone_tls_client::bearer::present(call.metadata_mut(), token)
+        .map_err(|e| failed(&instance, e.to_string()))?;
     KdsSyncClient::new(channel)
         .forward_inspect(call)
         .await

@@ -44,14 +44,15 @@ pub struct ZoneSettings {
     pub metrics: crate::KdsMetrics,
 }
 
-fn authorized<T>(settings: &ZoneSettings, message: T) -> Request<T> {
+/// A call presenting the zone token, when there is one.
+fn authorized<T>(settings: &ZoneSettings, message: T) -> Result<Request<T>, String> {
     let mut request = Request::new(message);
-    if let Some(token) = &settings.token
-        && let Ok(v) = format!("Bearer {}", token.trim()).parse()
-    {
-        request.metadata_mut().insert("authorization", v);
+    if let Some(token) = &settings.token {
+        meshzone_tls_client::bearer::present(request.metadata_mut(), token).map_err(|e| {
+            format!("the zone token (KUMA_MULTIZONE_ZONE_KDS_AUTH_TOKEN_FILE): {e}")
+        })?;
     }
-    request
+    Ok(request)
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -176,10 +177,17 @@ async fn answer_inspections(
             ..Default::default()
         })
         .await;
-    let mut requests = match client
-        .inspect(authorized(settings, ReceiverStream::new(rx)))
-        .await
-    {
+    let request = match authorized(settings, ReceiverStream::new(rx)) {
+        Ok(r) => r,
+        Err(reason) => {
+            warn!(
+                zone = settings.zone,
+                reason, "no inspection stream to global"
+            );
+            return std::future::pending().await;
+        }
+    };
+    let mut requests = match client.inspect(request).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
             warn!(zone = settings.zone, %status, "global does not take inspection requests from this zone");
@@ -222,7 +230,7 @@ async fn global_to_zone(
         })
         .await;
     let mut inbound = client
-        .global_to_zone(authorized(settings, ReceiverStream::new(rx)))
+        .global_to_zone(authorized(settings, ReceiverStream::new(rx))?)
         .await
         .map_err(status_text)?
         .into_inner();
@@ -315,7 +323,7 @@ async fn zone_to_global(
         })
         .await;
     let mut acks = client
-        .zone_to_global(authorized(settings, ReceiverStream::new(rx)))
+        .zone_to_global(authorized(settings, ReceiverStream::new(rx))?)
         .await
         .map_err(status_text)?
         .into_inner();

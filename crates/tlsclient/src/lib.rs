@@ -10,11 +10,13 @@
 //!   server name, the validity dates and the handshake signature are still checked. For
 //!   [`Trust::SkipVerify`] (explicit trial settings), the handshake signature only.
 //! - [`Connector`]: the tonic connector (TCP + TLS with ALPN h2) using it.
+//! - [`bearer`]: the bearer token on the gRPC calls made over it, and read by their servers.
 //!
 //! It must not: read the clock (rustls hands the verifier `now`), touch private keys, log,
 //! or serve TLS (servers keep tonic's `ServerTlsConfig`). The only file it reads is the roots
 //! file it is named.
 
+pub mod bearer;
 pub mod client_hello;
 mod connector;
 #[cfg(any(test, feature = "fixtures"))]
