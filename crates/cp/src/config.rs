@@ -160,6 +160,9 @@ pub struct DpServer {
     pub authn: String,
     /// How long a Dataplane registered by a proxy outlives its stream, e.g. `10s`.
     pub deregistration_delay: String,
+    /// How long a proxy whose streams all ended stays before it is deleted (the ones a control
+    /// plane that died could not deregister); `0s`: kept for ever.
+    pub dataplane_cleanup_age: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -313,6 +316,7 @@ impl Default for Config {
                 tls_key_file: String::new(),
                 authn: "dpToken".into(),
                 deregistration_delay: "10s".into(),
+                dataplane_cleanup_age: "72h".into(),
             },
             diagnostics: Diagnostics { server_port: 5680 },
             multizone: Multizone {
@@ -569,6 +573,11 @@ const ENV: &[(&str, &str, Kind)] = &[
         Kind::Text,
     ),
     (
+        "KUMA_RUNTIME_UNIVERSAL_DATAPLANE_CLEANUP_AGE",
+        "dpServer.dataplaneCleanupAge",
+        Kind::Text,
+    ),
+    (
         "KUMA_DIAGNOSTICS_SERVER_PORT",
         "diagnostics.serverPort",
         Kind::Port,
@@ -808,6 +817,21 @@ pub fn parse_global_address(s: &str) -> Result<GlobalAddress, String> {
 
 impl Config {
     /// `general.gracefulShutdownTimeout` as a duration.
+    /// How long an offline proxy is kept; `None`: for ever (`0s`).
+    pub fn dataplane_cleanup_age(&self) -> Result<Option<std::time::Duration>, ConfigError> {
+        meshzone_model::validate::parse_duration(&self.dp_server.dataplane_cleanup_age)
+            .map(|age| (!age.is_zero()).then_some(age))
+            .ok_or_else(|| {
+                invalid(
+                    "dpServer.dataplaneCleanupAge",
+                    format!(
+                        "{:?} is not a duration such as 72h (0s keeps offline proxies for ever)",
+                        self.dp_server.dataplane_cleanup_age
+                    ),
+                )
+            })
+    }
+
     pub fn shutdown_timeout(&self) -> Result<std::time::Duration, ConfigError> {
         meshzone_model::validate::parse_duration(&self.general.graceful_shutdown_timeout)
             .ok_or_else(|| {
@@ -906,6 +930,7 @@ impl Config {
                 ),
             ));
         }
+        self.dataplane_cleanup_age()?;
         self.shutdown_timeout()?;
         for (key, interface) in [
             ("apiServer.http.interface", &self.api_server.http.interface),
@@ -1156,6 +1181,34 @@ mod tests {
                 .contains("diagnostics.serverPort (KUMA_DIAGNOSTICS_SERVER_PORT)"),
             "{e}"
         );
+        let e = load(
+            None,
+            &env(&[("KUMA_RUNTIME_UNIVERSAL_DATAPLANE_CLEANUP_AGE", "3 days")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "dpServer.dataplaneCleanupAge (KUMA_RUNTIME_UNIVERSAL_DATAPLANE_CLEANUP_AGE): \"3 days\" is not a duration"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn offline_proxies_are_cleaned_up_after_72h_unless_turned_off() {
+        let age = |vars: &[(&str, &str)]| {
+            load(None, &env(vars))
+                .expect("valid")
+                .dataplane_cleanup_age()
+                .expect("a duration")
+        };
+        assert_eq!(age(&[]), Some(std::time::Duration::from_secs(72 * 3600)));
+        let var = "KUMA_RUNTIME_UNIVERSAL_DATAPLANE_CLEANUP_AGE";
+        assert_eq!(
+            age(&[(var, "90s")]),
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(age(&[(var, "0s")]), None);
     }
 
     #[test]

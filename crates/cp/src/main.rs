@@ -552,6 +552,13 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                         )
                     });
                 }
+                if let Some(age) = config.dataplane_cleanup_age()? {
+                    // Proxies a stopped control plane could not deregister (as Kuma's GC).
+                    let store = store.clone();
+                    supervisor.leader_only("offline proxy cleanup", leading.clone(), move || {
+                        delete_offline_proxies(store.clone(), age)
+                    });
+                }
             }
             None => supervisor.critical(
                 "DP server",
@@ -876,6 +883,22 @@ fn shown_config(config: &Config) -> serde_json::Value {
     serde_json::to_value(&shown).unwrap_or_default()
 }
 
+/// Deletes, every so often, the proxies offline for `age` (`KUMA_RUNTIME_UNIVERSAL_DATAPLANE_CLEANUP_AGE`).
+async fn delete_offline_proxies(store: Store, age: Duration) -> Result<(), String> {
+    let every = (age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        match meshzone_dp_server::delete_offline_proxies(&store, chrono::Utc::now(), age).await {
+            Ok(deleted) => {
+                for key in deleted {
+                    info!(%key, offline_for_at_least = ?age, "deleted a proxy that stayed offline");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot clean up offline proxies"),
+        }
+    }
+}
+
 /// For a background loop that only returns when something went wrong (its store event channel
 /// closed): the supervisor restarts it.
 async fn returns_only_on_error(task: impl std::future::Future<Output = ()>) -> Result<(), String> {
@@ -883,9 +906,6 @@ async fn returns_only_on_error(task: impl std::future::Future<Output = ()>) -> R
     Err("it stopped following store changes".into())
 }
 
-/// On global: every Mesh with a builtin mTLS backend gets its CA at once, so that KDS carries the
-/// same trust root to every zone before any proxy asks for a certificate.
-/// The zone a Dataplane copy on global came from (its `kuma.io/zone` label).
 /// Where other instances on the same database reach this one:
 /// `KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS`, else the host name.
 fn instance_address(config: &Config) -> String {

@@ -324,6 +324,46 @@ pub async fn close_stale_subscriptions(
     Ok(closed)
 }
 
+/// Deletes the proxies (Dataplane, ZoneIngress, ZoneEgress, with their insights) whose every
+/// stream ended at least `age` before `now`: the ones a control plane that stopped without
+/// deregistering them left behind (Kuma's `dataplaneCleanupAge`). A proxy that never connected
+/// (a Dataplane applied by hand, waiting for its kuma-dp) is kept. Returns what it deleted.
+pub async fn delete_offline_proxies(
+    store: &Store,
+    now: chrono::DateTime<chrono::Utc>,
+    age: Duration,
+) -> Result<Vec<meshzone_model::ResourceKey>, meshzone_store::StoreError> {
+    let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    let gone_long_enough = |insight: &meshzone_model::Resource| {
+        insight
+            .spec
+            .offline_since()
+            .is_some_and(|since| now.signed_duration_since(since) >= age)
+    };
+    let mut deleted = Vec::new();
+    for &rt in meshzone_model::proxy_insight_types() {
+        for insight in store.list_all(rt).await?.iter() {
+            let Some(proxy) = insight.meta.owner.clone() else {
+                continue;
+            };
+            if !gone_long_enough(insight) {
+                continue;
+            }
+            // Read again just before deleting: the proxy may have come back since the list.
+            match store.find(&insight.key()).await? {
+                Some(fresh) if gone_long_enough(&fresh) => {}
+                _ => continue,
+            }
+            match store.delete(&proxy, None).await {
+                Ok(_) => deleted.push(proxy),
+                Err(meshzone_store::StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsService {
     type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -355,6 +395,78 @@ mod tests {
     use meshzone_store::{EventKind, StoreEvent};
 
     use super::may_configure;
+
+    #[tokio::test]
+    async fn only_proxies_gone_for_the_cleanup_age_are_deleted() {
+        use meshzone_model::specs::{DataplaneInsightSpec, DiscoverySubscription};
+        use meshzone_model::{Meta, Resource, Spec};
+        use meshzone_store::{AnyBackend, MemoryBackend, Store};
+        let store = Store::new(AnyBackend::Memory(MemoryBackend::new()));
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("a time");
+        let age = std::time::Duration::from_secs(3600);
+        let ago = |secs: i64| Some(now - chrono::Duration::seconds(secs));
+        store
+            .create(Resource::new(
+                Meta::named("default", ""),
+                Spec::default_for(ResourceType::Mesh),
+            ))
+            .await
+            .expect("mesh");
+        // When each subscription ended (None: still open); no list: no insight at all.
+        type Ends = Option<Vec<Option<chrono::DateTime<chrono::Utc>>>>;
+        let proxies: [(&str, Ends); 5] = [
+            ("gone-long-ago", Some(vec![ago(7200), ago(3600)])),
+            ("gone-recently", Some(vec![ago(7200), ago(60)])),
+            ("connected", Some(vec![ago(7200), None])),
+            ("never-connected", Some(vec![])),
+            ("applied-by-hand", None),
+        ];
+        for (name, subscriptions) in &proxies {
+            let yaml = format!(
+                "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 8080\n    tags: {{kuma.io/service: web}}\n"
+            );
+            let value = serde_norway::from_str(&yaml).expect("yaml");
+            let dataplane = Resource::from_value(value).expect("a valid Dataplane");
+            store.create(dataplane).await.expect("dataplane");
+            let Some(ends) = subscriptions else { continue };
+            let mut insight = Resource::new(
+                Meta::named(name, "default"),
+                Spec::DataplaneInsight(DataplaneInsightSpec {
+                    subscriptions: ends
+                        .iter()
+                        .map(|end| DiscoverySubscription {
+                            id: "s".into(),
+                            connect_time: ago(9000),
+                            disconnect_time: *end,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+            );
+            insight.meta.owner = Some(ResourceKey::new(ResourceType::Dataplane, "default", name));
+            store.create(insight).await.expect("insight");
+        }
+        let deleted = super::delete_offline_proxies(&store, now, age)
+            .await
+            .expect("cleanup");
+        let dataplane = |name| ResourceKey::new(ResourceType::Dataplane, "default", name);
+        assert_eq!(deleted, vec![dataplane("gone-long-ago")]);
+        for (name, _) in &proxies {
+            let kept = store.find(&dataplane(name)).await.expect("find").is_some();
+            assert_eq!(kept, *name != "gone-long-ago", "{name}");
+        }
+        let insight = ResourceKey::new(ResourceType::DataplaneInsight, "default", "gone-long-ago");
+        assert!(
+            store.find(&insight).await.expect("find").is_none(),
+            "its insight goes with it"
+        );
+        // Nothing is left to delete on the next round.
+        let again = super::delete_offline_proxies(&store, now, age)
+            .await
+            .expect("cleanup");
+        assert!(again.is_empty(), "{again:?}");
+    }
 
     #[test]
     fn insight_writes_wake_no_stream() {

@@ -3,7 +3,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use meshzone_integration_tests::{ControlPlane, free_port, kumactl, ok, stderr, stdout, wait_for};
+use meshzone_integration_tests::{
+    ControlPlane, apply_ok, free_port, kumactl, ok, start_loopback_sidecar, stderr, stdout,
+    wait_for,
+};
 use meshzone_model::testdata::invalid_documents;
 use serde_json::Value;
 
@@ -165,6 +168,68 @@ fn apply_list_survive_kill9_delete_and_conflicts() {
         5,
         "{statuses:?}"
     );
+}
+
+/// Kuma's `dataplaneCleanupAge`: a proxy whose control plane was killed (so nobody deregistered
+/// it) is deleted once it has been offline that long, while a connected proxy and a Dataplane
+/// applied by hand, never connected, stay.
+#[test]
+fn proxies_left_by_a_killed_control_plane_are_deleted_after_the_cleanup_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let mut cp = ControlPlane::start(
+        dir,
+        &[
+            ("KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "1h"),
+            ("KUMA_RUNTIME_UNIVERSAL_DATAPLANE_CLEANUP_AGE", "4s"),
+        ],
+    );
+    cp.configure_kumactl();
+    let inbound = || {
+        format!(
+            "  inbound:\n    - port: {}\n      servicePort: {}\n      tags:\n        kuma.io/service: web\n",
+            free_port(),
+            free_port()
+        )
+    };
+    let left = start_loopback_sidecar(&cp, dir, "left-behind", &inbound());
+    cp.kill9();
+    drop(left); // kill -9 of its kuma-dp too: it never comes back
+    cp.start_again();
+    let names = |cp: &ControlPlane| -> Vec<String> {
+        json_of(&cp.kumactl(&["get", "dataplanes", "-o", "json"]))["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let listed = names(&cp);
+    assert!(
+        listed.contains(&"left-behind".to_string()),
+        "the killed CP left it: {listed:?}"
+    );
+    let _connected = start_loopback_sidecar(&cp, dir, "connected", &inbound());
+    apply_ok(
+        &cp,
+        dir,
+        "by-hand.yaml",
+        &format!(
+            "type: Dataplane\nmesh: default\nname: by-hand\nnetworking:\n  address: 127.0.0.1\n{}",
+            inbound()
+        ),
+    );
+    wait_for(
+        "the offline proxy to be deleted",
+        Duration::from_secs(30),
+        || (!names(&cp).contains(&"left-behind".to_string())).then_some(()),
+    );
+    let mut kept = names(&cp);
+    kept.sort();
+    assert_eq!(kept, ["by-hand", "connected"]);
 }
 
 #[test]

@@ -163,6 +163,19 @@ impl Spec {
         closed
     }
 
+    /// When a proxy insight's proxy went away for good: the latest end of its subscriptions
+    /// when every one has ended. `None` while any is open, when it never connected, and for
+    /// other types.
+    pub fn offline_since(&self) -> Option<DateTime<Utc>> {
+        let subscriptions = self.proxy_subscriptions()?;
+        subscriptions
+            .iter()
+            .map(|s| s.disconnect_time)
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .max()
+    }
+
     pub fn resource_type(&self) -> ResourceType {
         match self {
             Spec::Mesh(_) => ResourceType::Mesh,
@@ -526,6 +539,36 @@ mod tests {
                 ResourceType::ZoneEgressInsight,
             ]
         );
+    }
+
+    #[test]
+    fn a_proxy_is_offline_since_its_last_subscription_ended() {
+        use crate::specs::{DataplaneInsightSpec, DiscoverySubscription};
+        let at = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0);
+        let sub = |ended: Option<i64>| DiscoverySubscription {
+            id: "s".into(),
+            connect_time: at(0),
+            disconnect_time: ended.and_then(at),
+            ..Default::default()
+        };
+        // When each subscription ended (None: still open).
+        type Ends = &'static [Option<i64>];
+        // (case, its subscriptions' ends, offline since)
+        let cases: [(&str, Ends, Option<i64>); 5] = [
+            ("never connected", &[], None),
+            ("connected", &[None], None),
+            ("gone", &[Some(10)], Some(10)),
+            ("gone twice: the later end", &[Some(30), Some(10)], Some(30)),
+            ("one stream still open", &[Some(10), None], None),
+        ];
+        for (case, ends, want) in cases {
+            let spec = Spec::DataplaneInsight(DataplaneInsightSpec {
+                subscriptions: ends.iter().map(|end| sub(*end)).collect(),
+                ..Default::default()
+            });
+            assert_eq!(spec.offline_since(), want.and_then(at), "{case}");
+        }
+        assert_eq!(Spec::default_for(ResourceType::Mesh).offline_since(), None);
     }
 
     #[test]
