@@ -40,22 +40,28 @@ type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 pub type HttpClient = Client<Connector, Body>;
 
 /// The pooled client of a cluster: connections made within `timeouts.connect`, idle ones closed
-/// after `timeouts.idle` (MeshTimeout `connectionTimeout`, `idleTimeout`).
+/// after `timeouts.idle` (MeshTimeout `connectionTimeout`, `idleTimeout`). With `pooled` false,
+/// no connection is kept once its request is done: each request opens its own.
 pub fn client(
     tls: Option<(Arc<ClientConfig>, Option<String>)>,
     http2: bool,
     timeouts: &ClusterTimeouts,
     stats: crate::stats::ClusterStatsSlot,
+    pooled: bool,
 ) -> HttpClient {
-    Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .http2_only(http2)
         .pool_idle_timeout(timeouts.idle)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(Connector {
-            tls,
-            connect_timeout: timeouts.connect,
-            stats,
-        })
+        .pool_timer(hyper_util::rt::TokioTimer::new());
+    if !pooled {
+        builder.pool_max_idle_per_host(0);
+    }
+    builder.build(Connector {
+        tls,
+        connect_timeout: timeouts.connect,
+        stats,
+    })
 }
 
 /// Serves one downstream connection as HTTP until it closes: each request goes through the
@@ -518,6 +524,14 @@ async fn tries(
         Some(_) => CONNECT_ATTEMPTS.min(candidates.len()) - 1,
         None => 0,
     };
+    // A lone candidate is usually a zone ingress or egress, which gives each connection to one
+    // of a service's instances: when the instance behind a pooled connection says the request
+    // reached no application (it is still starting), a new connection reaches another.
+    let mut fresh_moves = match replay {
+        Some(_) if candidates.len() == 1 => CONNECT_ATTEMPTS - 1,
+        _ => 0,
+    };
+    let mut fresh_connection = false;
     let retry = policy.retry.filter(|_| replay.is_some());
     let mut retries_left = retry.map_or(0, |r| r.num_retries);
     // Each try must answer within the per-try timeout, the cluster's max stream duration and
@@ -563,7 +577,11 @@ async fn tries(
         let counted = c.stats(stats);
         counted.upstream_rq_total.inc();
         let try_started = std::time::Instant::now();
-        let sent = client.request(request);
+        let sent = if fresh_connection {
+            c.http_unpooled.request(request)
+        } else {
+            client.request(request)
+        };
         let result = match per_try {
             None => Some(sent.await),
             Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
@@ -644,6 +662,16 @@ async fn tries(
             if resp.is_some() {
                 last_refusal = resp;
             }
+            continue;
+        }
+        if undelivered && resp.is_some() && fresh_moves > 0 {
+            tracing::debug!(cluster, %endpoint, "not delivered; trying a new connection");
+            stats.inc(format!(
+                "cluster.{cluster}.upstream_rq_not_delivered_new_connection"
+            ));
+            fresh_moves -= 1;
+            fresh_connection = true;
+            last_refusal = resp;
             continue;
         }
         if let Some(plan) = retry

@@ -57,6 +57,9 @@ pub struct ClusterRuntime {
     pub tls: Result<Option<UpstreamTls>, String>,
     /// Pooled HTTP client (connections are made on first use).
     pub http: crate::http::HttpClient,
+    /// The same client without a pool: a request through it opens a new connection (to reach
+    /// another instance behind a zone proxy).
+    pub http_unpooled: crate::http::HttpClient,
     /// Connection limits (circuit breakers) in force.
     pub limits: crate::limits::Limits,
     /// The active health checker of the endpoints, when the plan has a check; stopped when
@@ -288,15 +291,19 @@ impl ClusterRuntime {
     fn build(config: &ProxyConfig, key: ClusterKey, health: Arc<Health>) -> Self {
         let tls = upstream_tls(config, &key.plan);
         let stats = crate::stats::ClusterStatsSlot::default();
-        let http = crate::http::client(
-            tls.as_ref()
-                .ok()
-                .and_then(Option::as_ref)
-                .map(|u| (u.config.clone(), u.sni.clone())),
-            key.plan.http2,
-            &key.plan.timeouts,
-            stats.clone(),
-        );
+        let client = |pooled| {
+            crate::http::client(
+                tls.as_ref()
+                    .ok()
+                    .and_then(Option::as_ref)
+                    .map(|u| (u.config.clone(), u.sni.clone())),
+                key.plan.http2,
+                &key.plan.timeouts,
+                stats.clone(),
+                pooled,
+            )
+        };
+        let (http, http_unpooled) = (client(true), client(false));
         let limits = crate::limits::Limits::new(key.plan.limits, key.plan.http2);
         let checker = checker(&key, &tls, &health);
         let egresses = key
@@ -313,6 +320,7 @@ impl ClusterRuntime {
             health,
             tls,
             http,
+            http_unpooled,
             limits,
             stats,
         }

@@ -110,7 +110,7 @@ async fn read_view(
         }
         Err(e) => return Err(internal(e)),
     };
-    let mut protocols = protocols_of(&dataplanes);
+    let mut protocols = protocols_of(mesh, &dataplanes, &remote);
     let side = ZoneSide {
         zone: shared.settings.zone.as_deref(),
         egresses: &egresses,
@@ -236,30 +236,43 @@ fn virtual_listeners(
         .collect()
 }
 
-/// The `kuma.io/protocol` of each service, when all its inbounds agree on one; otherwise tcp.
-pub(crate) fn protocols_of(dataplanes: &[Resource]) -> BTreeMap<String, String> {
+/// The `kuma.io/protocol` of each service of `mesh`, when all its inbounds agree on one,
+/// otherwise tcp: the inbounds of this zone's Dataplanes and those other zones offer through
+/// their ingresses (the tags of their available services), so that a service living only in
+/// another zone keeps its protocol (HTTP routes, retries and stats) here.
+pub(crate) fn protocols_of(
+    mesh: &str,
+    dataplanes: &[Resource],
+    remote: &[RemoteIngress],
+) -> BTreeMap<String, String> {
+    let local = dataplanes
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Dataplane(dp) => Some(dp),
+            _ => None,
+        })
+        .flat_map(|dp| dp.networking.inbound.iter().map(|i| &i.tags));
+    let offered = remote
+        .iter()
+        .flat_map(|ingress| &ingress.available)
+        .filter(|a| a.mesh == mesh && !a.external_service)
+        .map(|a| &a.tags);
     let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
-    for r in dataplanes {
-        let Spec::Dataplane(dp) = &r.spec else {
+    for tags in local.chain(offered) {
+        let Some(service) = tags.get(meshzone_model::specs::SERVICE_TAG) else {
             continue;
         };
-        for inbound in &dp.networking.inbound {
-            let Some(service) = inbound.service() else {
-                continue;
-            };
-            let p = inbound
-                .tags
-                .get(meshzone_model::specs::PROTOCOL_TAG)
-                .cloned()
-                .unwrap_or_else(|| "tcp".into());
-            seen.entry(service.to_string())
-                .and_modify(|known| {
-                    if known.as_deref() != Some(p.as_str()) {
-                        *known = None;
-                    }
-                })
-                .or_insert(Some(p));
-        }
+        let p = tags
+            .get(meshzone_model::specs::PROTOCOL_TAG)
+            .cloned()
+            .unwrap_or_else(|| "tcp".into());
+        seen.entry(service.clone())
+            .and_modify(|known| {
+                if known.as_deref() != Some(p.as_str()) {
+                    *known = None;
+                }
+            })
+            .or_insert(Some(p));
     }
     seen.into_iter()
         .map(|(s, p)| (s, p.unwrap_or_else(|| "tcp".into())))
@@ -349,4 +362,71 @@ pub(crate) async fn local_egresses(shared: &Shared) -> Result<Vec<LocalEgress>, 
             _ => None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use meshzone_model::specs::AvailableService;
+
+    use super::*;
+
+    fn dataplane(service: &str, protocol: Option<&str>) -> Resource {
+        let protocol = protocol
+            .map(|p| format!(", kuma.io/protocol: {p}"))
+            .unwrap_or_default();
+        let yaml = format!(
+            "type: Dataplane\nmesh: default\nname: {service}-1\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 8080\n    tags: {{kuma.io/service: {service}{protocol}}}\n"
+        );
+        Resource::from_value(serde_norway::from_str(&yaml).expect("yaml")).expect("dataplane")
+    }
+
+    fn offered(mesh: &str, service: &str, protocol: Option<&str>) -> AvailableService {
+        let mut tags = meshzone_model::specs::Tags::new();
+        tags.insert("kuma.io/service".into(), service.into());
+        if let Some(p) = protocol {
+            tags.insert("kuma.io/protocol".into(), p.into());
+        }
+        AvailableService {
+            tags,
+            instances: 1,
+            mesh: mesh.into(),
+            external_service: false,
+        }
+    }
+
+    #[test]
+    fn protocols_come_from_local_inbounds_and_other_zones_offers() {
+        let local = [
+            dataplane("web", Some("http")),
+            dataplane("db", None),
+            dataplane("api", Some("grpc")),
+        ];
+        let remote = [RemoteIngress {
+            zone: "zone-1".into(),
+            address: "10.1.0.1".into(),
+            port: 10001,
+            available: vec![
+                // Only in the other zone: its protocol holds here.
+                offered("default", "billing", Some("http")),
+                // The same protocol on both sides.
+                offered("default", "web", Some("http")),
+                // The zones disagree: tcp.
+                offered("default", "api", Some("http")),
+                // Another mesh's service says nothing about this mesh.
+                offered("other", "db", Some("http")),
+                offered("other", "reports", Some("http")),
+            ],
+        }];
+        let got = protocols_of("default", &local, &remote);
+        let want: BTreeMap<String, String> = [
+            ("api", "tcp"),
+            ("billing", "http"),
+            ("db", "tcp"),
+            ("web", "http"),
+        ]
+        .into_iter()
+        .map(|(s, p)| (s.to_string(), p.to_string()))
+        .collect();
+        assert_eq!(got, want);
+    }
 }

@@ -38,6 +38,33 @@ fn ingress_yaml(name: &str, port: u16) -> String {
     )
 }
 
+/// Zone `zone`'s ingress `name` on a free port (returned with it), with a zone token generated
+/// on global; started, not yet ready.
+fn start_ingress(
+    global: &ControlPlane,
+    cp: &ControlPlane,
+    dir: &Path,
+    zone: &str,
+    name: &str,
+) -> (DataPlane, u16) {
+    let port = free_port();
+    let file = write_file(dir, &format!("{name}.yaml"), &ingress_yaml(name, port));
+    let token = zone_token_file(global, dir, zone, "ingress");
+    (
+        DataPlane::start_zone_proxy(cp, "ingress", &file, &token),
+        port,
+    )
+}
+
+/// A client sidecar `name` on 127.0.0.1 with one outbound, on `outbound`, to `service`.
+fn client_yaml(name: &str, outbound: u16, service: &str) -> String {
+    format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: client\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: {service}\n",
+        free_port(),
+        free_port()
+    )
+}
+
 /// Names of the instances that answered `n` requests (one connection each); failures count as
 /// "FAILED".
 fn answers(port: u16, n: usize) -> std::collections::BTreeMap<String, usize> {
@@ -60,21 +87,8 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
     wait_for_mtls_mesh(&[&zone1, &zone2]);
 
     // Zone ingresses, with zone tokens generated on global (scope ingress).
-    let (p1, p2) = (free_port(), free_port());
-    let ingress1_file = write_file(dir, "ingress-1.yaml", &ingress_yaml("ingress-1", p1));
-    let mut ingress1 = DataPlane::start_zone_proxy(
-        &zone1,
-        "ingress",
-        &ingress1_file,
-        &zone_token_file(&global, dir, "zone-1", "ingress"),
-    );
-    let ingress2_file = write_file(dir, "ingress-2.yaml", &ingress_yaml("ingress-2", p2));
-    let mut ingress2 = DataPlane::start_zone_proxy(
-        &zone2,
-        "ingress",
-        &ingress2_file,
-        &zone_token_file(&global, dir, "zone-2", "ingress"),
-    );
+    let (mut ingress1, p1) = start_ingress(&global, &zone1, dir, "zone-1", "ingress-1");
+    let (mut ingress2, _) = start_ingress(&global, &zone2, dir, "zone-2", "ingress-2");
     ingress1.wait_ready();
     ingress2.wait_ready();
 
@@ -127,11 +141,7 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
         &zone2,
         dir,
         "client-2",
-        &format!(
-            "type: Dataplane\nmesh: default\nname: client-2\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: client\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: {SERVICE}\n",
-            free_port(),
-            free_port()
-        ),
+        &client_yaml("client-2", outbound, SERVICE),
     );
 
     // A real Envoy 1.40 client sidecar in zone-2 too, configured only by zone-2's CP.
@@ -487,5 +497,101 @@ fn cross_zone_traffic_through_ingresses_egress_and_locality() {
             (status_of(&global, &["inspect", "zoneingresses"], "zone-2.ingress-2") == "Online")
                 .then_some(())
         },
+    );
+}
+
+/// An HTTP sidecar in mesh `default` for service `web`, its application on `app_port`.
+fn web_proxy(cp: &ControlPlane, dir: &Path, name: &str, app_port: u16) -> DataPlane {
+    let yaml = format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {app_port}\n    tags:\n      kuma.io/service: web\n      kuma.io/protocol: http\n",
+        free_port()
+    );
+    start_sidecar(cp, dir, name, &yaml)
+}
+
+/// An instance that joined zone-1 before its application started costs zone-2's client no
+/// request. The client's only endpoint is zone-1's ingress, which gives each connection to the
+/// next instance (round robin): when the instance behind a connection answers that the request
+/// reached no application, the client tries again on a new connection, which the ingress gives
+/// to another instance. A MeshTimeout `maxConnectionDuration` of 1 ms makes every request open
+/// a connection, so the requests (one at a time) meet the starting instance every other time.
+/// The service lives only in zone-1, so zone-2 learns that it is HTTP from the ingress's
+/// available services. The mesh's default MeshRetry is removed: this is the client's own try.
+#[test]
+fn a_starting_instance_behind_an_ingress_costs_no_request() {
+    let root = tempfile::tempdir().expect("tmp");
+    let dir = root.path();
+    let (global, zone1, zone2) = global_and_two_zones(dir);
+    apply_ok(&global, dir, "mesh.yaml", &mesh(""));
+    wait_for_mtls_mesh(&[&zone1, &zone2]);
+    apply_ok(
+        &global,
+        dir,
+        "short-connections.yaml",
+        "type: MeshTimeout\nmesh: default\nname: short-connections\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: web\n    default:\n      http:\n        maxConnectionDuration: 1ms\n",
+    );
+    // Without the mesh's default MeshRetry, which would hide the client's own try again.
+    global.kumactl_ok(&[
+        "delete",
+        "meshretry",
+        "mesh-retry-all-default",
+        "--mesh",
+        "default",
+    ]);
+    wait_for(
+        "the default MeshRetry gone from zone-2",
+        Duration::from_secs(20),
+        || {
+            let retries = zone2.kumactl_ok(&["get", "meshretries", "--mesh", "default"]);
+            (!retries.contains("mesh-retry-all-default")).then_some(())
+        },
+    );
+    let (mut ingress, _) = start_ingress(&global, &zone1, dir, "zone-1", "ingress-1");
+    ingress.wait_ready();
+    let up = EchoServer::start("up");
+    let _up = web_proxy(&zone1, dir, "web-up", up.port);
+    // Nothing listens on this port: the instance's application has not started.
+    let starting = web_proxy(&zone1, dir, "web-starting", free_port());
+    let outbound = free_port();
+    let client = start_sidecar(
+        &zone2,
+        dir,
+        "client-2",
+        &client_yaml("client-2", outbound, "web"),
+    );
+    // HTTP (the retirement of connections is an HTTP client's) and the policy in force.
+    wait_for(
+        "short HTTP connections to web",
+        Duration::from_secs(30),
+        || {
+            let answered = http_get(outbound).is_ok_and(|b| b.trim() == "up");
+            (answered && client.stat("cluster.web.upstream_cx_max_duration_reached") > 0)
+                .then_some(())
+        },
+    );
+    let tried = || {
+        let stats = starting.admin("/stats").unwrap_or_default();
+        stats
+            .lines()
+            .any(|l| l.contains(".downstream_rq_5xx: ") && !l.ends_with(": 0"))
+    };
+    let mut requests = 0;
+    wait_for(
+        "the starting instance to be tried",
+        Duration::from_secs(30),
+        || {
+            for _ in 0..10 {
+                requests += 1;
+                match http_get(outbound) {
+                    Ok(body) => assert_eq!(body.trim(), "up", "request {requests}"),
+                    Err(e) => panic!("request {requests} failed: {e}"),
+                }
+            }
+            tried().then_some(())
+        },
+    );
+    assert!(
+        client.stat("cluster.web.upstream_rq_not_delivered_new_connection") > 0,
+        "the client tried again on a new connection"
     );
 }
