@@ -92,6 +92,42 @@ fn sidecar(cp: &ControlPlane, dir: &Path, name: &str) -> DataPlane {
     )
 }
 
+/// A leader stopped by SIGTERM gives its lease up on the way out (Kuma's pglock lets it lapse):
+/// the lease is free, or already the other instance's, the moment the process has exited, well
+/// before the 5 s it would take to lapse; the other instance then leads.
+#[test]
+fn a_leader_stopped_by_sigterm_hands_its_lease_over() {
+    let db = block_on(TestDatabase::migrated());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = host_dirs(dir.path(), &["zone-a", "zone-b"]);
+    let mut env: Vec<(&str, String)> = store_env(&db.settings);
+    env.push(("KUMA_MODE", "zone".to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut instances = [
+        ControlPlane::start(&hosts[0], &env),
+        ControlPlane::start(&hosts[1], &env),
+    ];
+    let leader = the_leader(&[&instances[0], &instances[1]]);
+    let follower = 1 - leader;
+    let leader_id = instance_id(&instances[leader]);
+    assert!(
+        !leader_id.contains('\''),
+        "an instance id fit for the query: {leader_id}"
+    );
+    let status = instances[leader].sigterm(Duration::from_secs(30));
+    assert!(status.success(), "the leader exited with {status}");
+    // Counts the lease row when it is no longer the stopped leader's to hold.
+    let handed_over = block_on(db.execute(&format!(
+        "UPDATE leases SET holder = holder WHERE name = 'kuma-cp-leader' \
+         AND (expires_at <= now() OR holder <> '{leader_id}')"
+    )));
+    assert_eq!(handed_over, 1, "the stopped leader still holds the lease");
+    wait_for("the other instance to lead", FAILOVER, || {
+        (leader_gauge(&instances[follower]) == Some(1)).then_some(())
+    });
+    block_on(db.drop_now());
+}
+
 #[test]
 fn zone_instances_on_one_database_share_the_work_and_take_over_from_a_dead_leader() {
     let db = block_on(TestDatabase::migrated());
