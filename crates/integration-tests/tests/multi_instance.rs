@@ -128,6 +128,48 @@ fn a_leader_stopped_by_sigterm_hands_its_lease_over() {
     block_on(db.drop_now());
 }
 
+/// A leader whose database stops answering (the network hangs, nothing is closed) stands down
+/// before its lease can lapse: the other instance, which takes the lapsed lease, never leads
+/// beside it. Once the database answers again, the old leader follows.
+#[test]
+fn a_leader_cut_off_from_its_database_stands_down_before_another_leads() {
+    let db = block_on(TestDatabase::migrated());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = host_dirs(dir.path(), &["zone-a", "zone-b"]);
+    // Instance a reaches the database through a relay that can hang.
+    let relay = Front::start(vec![db.settings.port]);
+    let env_for = |port: u16| -> Vec<(&'static str, String)> {
+        let mut env = store_env(&db.settings);
+        env.retain(|(k, _)| *k != "KUMA_STORE_POSTGRES_PORT");
+        env.push(("KUMA_STORE_POSTGRES_PORT", port.to_string()));
+        env.push(("KUMA_MODE", "zone".to_string()));
+        env
+    };
+    let start = |host: &Path, env: &[(&'static str, String)]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ControlPlane::start(host, &env)
+    };
+    let a = start(&hosts[0], &env_for(relay.port));
+    wait_for("a to lead alone", FAILOVER, || {
+        (leader_gauge(&a) == Some(1)).then_some(())
+    });
+    let b = start(&hosts[1], &env_for(db.settings.port));
+    assert_eq!(the_leader(&[&a, &b]), 0, "a, which led first, still leads");
+
+    relay.pause();
+    wait_for("b to lead", FAILOVER, || {
+        // b first: once b leads, a must have stood down already.
+        let b_leads = leader_gauge(&b) == Some(1);
+        let a_leads = leader_gauge(&a) == Some(1);
+        assert!(!(b_leads && a_leads), "a and b led at once");
+        b_leads.then_some(())
+    });
+    relay.resume();
+    assert_eq!(the_leader(&[&a, &b]), 1, "b keeps the lead once a is back");
+    drop((a, b));
+    block_on(db.drop_now());
+}
+
 #[test]
 fn zone_instances_on_one_database_share_the_work_and_take_over_from_a_dead_leader() {
     let db = block_on(TestDatabase::migrated());
