@@ -128,9 +128,9 @@ impl From<ZoneAnswerError> for ApiError {
 pub type ConfigDumpFn = std::sync::Arc<
     dyn Fn(
             ResourceKey,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send>>
-        + Send
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Value, ZoneAnswerError>> + Send>,
+        > + Send
         + Sync,
 >;
 
@@ -575,9 +575,10 @@ async fn dataplane_config_dump(
             "this control plane serves no proxies: ask the zone control plane the proxy is connected to",
         ));
     };
+    // 404 when the proxy is not connected, 503 when its zone cannot be reached (as `_rules`).
     match dump(key).await {
         Ok(v) => Ok(Json(v).into_response()),
-        Err(why) => Err(ApiError::not_found(why)),
+        Err(why) => Err(why.into()),
     }
 }
 

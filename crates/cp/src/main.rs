@@ -394,8 +394,18 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             Some(Arc::new(move |key: meshzone_model::ResourceKey| {
                 let (hub, store) = (hub.clone(), store.clone());
                 Box::pin(async move {
-                    let zone = owning_zone(&store, &key).await?;
-                    hub.config_dump(&zone, &key).await
+                    use meshzone_api::ZoneAnswerError;
+                    use meshzone_kds::inspect::InspectError;
+                    let zone = owning_zone(&store, &key)
+                        .await
+                        .map_err(ZoneAnswerError::NotConnected)?;
+                    hub.config_dump(&zone, &key).await.map_err(|e| match e {
+                        // The zone's own answer: it holds no configuration of that proxy.
+                        InspectError::Refused { .. } => {
+                            ZoneAnswerError::NotConnected(e.to_string())
+                        }
+                        e => zone_answer_error(e),
+                    })
                 })
             }))
         }
@@ -404,7 +414,12 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
             let dumps = dumps.clone();
             Some(Arc::new(move |key: meshzone_model::ResourceKey| {
                 let dumps = dumps.clone();
-                Box::pin(async move { dumps.dump_anywhere(&key).await })
+                Box::pin(async move {
+                    dumps
+                        .dump_anywhere(&key)
+                        .await
+                        .map_err(meshzone_api::ZoneAnswerError::NotConnected)
+                })
             }))
         }
     };

@@ -42,11 +42,16 @@ fn items(cp: &ControlPlane, plural: &str) -> Vec<Value> {
 
 /// `GET /meshes/default/dataplanes/{name}/_rules` on `cp`: status and JSON body.
 fn rules_at(cp: &ControlPlane, name: &str) -> (u16, Value) {
+    inspect_at(cp, name, "_rules")
+}
+
+/// `GET /meshes/default/dataplanes/{name}/{what}` (`_rules`, `xds`): status and JSON body.
+fn inspect_at(cp: &ControlPlane, name: &str, what: &str) -> (u16, Value) {
     let resp = reqwest::blocking::get(format!(
-        "{}/meshes/default/dataplanes/{name}/_rules",
+        "{}/meshes/default/dataplanes/{name}/{what}",
         cp.api_url()
     ))
-    .expect("GET _rules");
+    .expect("GET");
     let status = resp.status().as_u16();
     (status, resp.json().expect("JSON body"))
 }
@@ -226,6 +231,15 @@ fn policies_created_on_global_reach_every_zone_and_zones_refuse_policy_writes() 
             (status != 200).then_some((status, body))
         },
     );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("\"zone-a\"")),
+        "{body}"
+    );
+    // The configuration dump says the same, not that the proxy is unknown (404).
+    let (status, body) = inspect_at(&global, "zone-a.payments-1", "xds");
     assert_eq!(status, 503, "{body}");
     assert!(
         body["details"]

@@ -143,10 +143,8 @@ impl InspectHub {
     }
 
     /// The configuration of proxy `key` (as global names it) from the zone that owns it.
-    pub async fn config_dump(&self, zone: &str, key: &ResourceKey) -> Result<Value, String> {
-        self.ask(zone, CONFIG_DUMP, key)
-            .await
-            .map_err(|e| e.to_string())
+    pub async fn config_dump(&self, zone: &str, key: &ResourceKey) -> Result<Value, InspectError> {
+        self.ask(zone, CONFIG_DUMP, key).await
     }
 
     /// The `_rules` of proxy `key` (as global names it), computed by the zone that owns it and
