@@ -705,15 +705,20 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
         let (table_tx, table_rx) = tokio::sync::watch::channel(Arc::new(Default::default()));
         let table_tx = Arc::new(table_tx);
         {
+            // The leader assigns VIPs (as Kuma's allocator); every instance answers the stored ones.
+            let store = store.clone();
+            supervisor.leader_only("DNS VIP allocation", leading.clone(), move || {
+                returns_only_on_error(meshzone_dns::server::allocate_vips(store.clone(), cidr))
+            });
+        }
+        {
             let (store, domain) = (store.clone(), domain.clone());
             supervisor.restarting("DNS virtual IPs", move || {
                 let table_tx = table_tx.clone();
                 let (store, domain) = (store.clone(), domain.clone());
                 async move {
-                    returns_only_on_error(meshzone_dns::server::maintain(
-                        store, cidr, domain, &table_tx,
-                    ))
-                    .await
+                    returns_only_on_error(meshzone_dns::server::maintain(store, domain, &table_tx))
+                        .await
                 }
             });
         }

@@ -1,4 +1,6 @@
-//! Keeps the VIP table current from store events, persists it, and answers DNS over UDP.
+//! Keeps the VIP assignments current from store events and persists them ([`allocate_vips`],
+//! run by the leader only when several instances share a store), keeps every instance's name
+//! table equal to the stored assignments ([`maintain`]), and answers DNS over UDP.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -130,58 +132,59 @@ pub async fn load_vips(store: &Store) -> Result<BTreeMap<String, Ipv4Addr>, VipE
     Ok(load(store).await?.1)
 }
 
-/// Recomputes and persists the assignments; returns the name table.
-async fn refresh(store: &Store, cidr: Cidr, domain: &str) -> Result<Table, VipError> {
+/// Recomputes the assignments from what wants a VIP and persists them when they changed. A
+/// damaged stored table is never overwritten.
+async fn allocate_once(store: &Store, cidr: Cidr) -> Result<(), VipError> {
     loop {
         let (stored, previous) = load(store).await?;
         let assigned = allocate(&previous, &wanted(store).await?, cidr);
-        if assigned != previous {
-            let config = ConfigSpec {
-                config: serde_json::to_string(&assigned).unwrap_or_default(),
-            };
-            let result = match stored {
-                Some(mut r) => {
-                    r.spec = Spec::Config(config);
-                    store.update(r).await.map(|_| ())
-                }
-                None => store
-                    .create(Resource::new(
-                        Meta::named(VIPS_CONFIG, ""),
-                        Spec::Config(config),
-                    ))
-                    .await
-                    .map(|_| ()),
-            };
-            match result {
-                Ok(()) => {}
-                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        if assigned == previous {
+            return Ok(());
         }
-        let mut table = BTreeMap::new();
-        for (service, ip) in &assigned {
-            for name in key_names(service, domain) {
-                table.insert(name, *ip);
+        let config = ConfigSpec {
+            config: serde_json::to_string(&assigned).unwrap_or_default(),
+        };
+        let result = match stored {
+            Some(mut r) => {
+                r.spec = Spec::Config(config);
+                store.update(r).await.map(|_| ())
             }
+            None => store
+                .create(Resource::new(
+                    Meta::named(VIPS_CONFIG, ""),
+                    Spec::Config(config),
+                ))
+                .await
+                .map(|_| ()),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => continue,
+            Err(e) => return Err(e.into()),
         }
-        return Ok(Arc::new(table));
     }
 }
 
-/// Keeps `table` current: recomputes on every change of Dataplanes, ZoneIngresses,
-/// VirtualOutbounds, ExternalServices or the stored table itself. On an error the last good table stays in service.
-pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: &watch::Sender<Table>) {
+/// The name table of the stored assignments.
+async fn stored_table(store: &Store, domain: &str) -> Result<Table, VipError> {
+    let mut table = BTreeMap::new();
+    for (service, ip) in load_vips(store).await? {
+        for name in key_names(&service, domain) {
+            table.insert(name, ip);
+        }
+    }
+    Ok(Arc::new(table))
+}
+
+/// Keeps the stored assignments current: reallocates on every change of Dataplanes,
+/// ZoneIngresses, VirtualOutbounds, ExternalServices or the stored table itself. One writer per
+/// store: the leader, when instances share one (as Kuma's VIP allocator).
+pub async fn allocate_vips(store: Store, cidr: Cidr) {
     let mut events = store.subscribe();
     loop {
         let started = std::time::Instant::now();
-        match refresh(&store, cidr, &domain).await {
-            Ok(t) => {
-                table.send_if_modified(|current| {
-                    let changed = *current != t;
-                    *current = t;
-                    changed
-                });
-            }
+        match allocate_once(&store, cidr).await {
+            Ok(()) => {}
             Err(e @ VipError::Damaged(_)) => error!(error = %e, "cannot update DNS virtual IPs"),
             Err(e) => warn!(error = %e, "cannot update DNS virtual IPs"),
         }
@@ -197,6 +200,32 @@ pub async fn maintain(store: Store, cidr: Cidr, domain: String, table: &watch::S
             started.elapsed(),
         )
         .await
+        {
+            return;
+        }
+    }
+}
+
+/// Keeps `table` equal to the stored assignments (every instance answers the same VIPs): reads
+/// them again on every change of the stored table. While it is damaged, the last good table
+/// stays in service.
+pub async fn maintain(store: Store, domain: String, table: &watch::Sender<Table>) {
+    let mut events = store.subscribe();
+    loop {
+        let started = std::time::Instant::now();
+        match stored_table(&store, &domain).await {
+            Ok(t) => {
+                table.send_if_modified(|current| {
+                    let changed = *current != t;
+                    *current = t;
+                    changed
+                });
+            }
+            Err(e @ VipError::Damaged(_)) => error!(error = %e, "cannot read DNS virtual IPs"),
+            Err(e) => warn!(error = %e, "cannot read DNS virtual IPs"),
+        }
+        if !meshzone_store::changed_paced(&mut events, &[ResourceType::Config], started.elapsed())
+            .await
         {
             return;
         }
@@ -271,7 +300,7 @@ mod tests {
             .create(config("{\"web\": \"240.0.0.7\""))
             .await
             .expect("create");
-        let err = refresh(&store, cidr, "mesh").await.expect_err("damaged");
+        let err = allocate_once(&store, cidr).await.expect_err("damaged");
         assert!(matches!(err, VipError::Damaged(_)), "{err}");
         assert!(
             err.to_string().contains("keeping the last good table"),
@@ -296,6 +325,14 @@ mod tests {
         store.create(r).await.expect("create dataplane");
     }
 
+    /// The allocator and the table keeper, as a single instance runs them.
+    fn both(store: &Store, cidr: Cidr, tx: watch::Sender<Table>) -> tokio::task::JoinHandle<()> {
+        let (a, b) = (store.clone(), store.clone());
+        tokio::spawn(async move {
+            tokio::join!(allocate_vips(a, cidr), maintain(b, "mesh".into(), &tx));
+        })
+    }
+
     async fn next_table(rx: &mut watch::Receiver<Table>, done: impl Fn(&Table) -> bool) -> Table {
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
             loop {
@@ -318,10 +355,7 @@ mod tests {
         add_dataplane(&store, "web-1", "web").await;
         let cidr = Cidr::parse("240.0.0.0/4").expect("cidr");
         let (tx, mut rx) = watch::channel(Table::default());
-        let task = tokio::spawn({
-            let store = store.clone();
-            async move { maintain(store, cidr, "mesh".into(), &tx).await }
-        });
+        let task = both(&store, cidr, tx);
         let good = next_table(&mut rx, |t| t.contains_key("web.mesh")).await;
         let web = good["web.mesh"];
 
@@ -376,10 +410,7 @@ mod tests {
         store.create(vo).await.expect("create vo");
         let cidr = Cidr::parse("240.0.0.0/4").expect("cidr");
         let (tx, mut rx) = watch::channel(Table::default());
-        let task = tokio::spawn({
-            let store = store.clone();
-            async move { maintain(store, cidr, "mesh".into(), &tx).await }
-        });
+        let task = both(&store, cidr, tx);
         let t = next_table(&mut rx, |t| t.contains_key("v1.web.mesh")).await;
         assert_ne!(
             t["v1.web.mesh"], t["web.mesh"],

@@ -79,6 +79,24 @@ fn proxy_status(cp: &ControlPlane, name: &str) -> Option<String> {
     overview["status"].as_str().map(str::to_string)
 }
 
+/// The A record `dig` gets for `name` from the DNS server on `port` (empty when none).
+fn dig_a(port: u16, name: &str) -> String {
+    let o = std::process::Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+short",
+            "+tries=2",
+            "+time=1",
+            name,
+            "A",
+        ])
+        .output()
+        .expect("dig (Debian package dnsutils) must be installed");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 fn sidecar(cp: &ControlPlane, dir: &Path, name: &str) -> DataPlane {
     start_loopback_sidecar(
         cp,
@@ -219,6 +237,20 @@ fn zone_instances_on_one_database_share_the_work_and_take_over_from_a_dead_leade
         wait_for("proxies Online", FAILOVER, || {
             (proxy_status(&instances[follower], name).as_deref() == Some("online")).then_some(())
         });
+    }
+    // `.mesh` DNS: the leader assigns the VIPs, and both instances answer the same ones.
+    for name in ["web-a.mesh", "web-b.mesh"] {
+        let vip = wait_for("one VIP on both instances", FAILOVER, || {
+            let answers: Vec<String> = instances
+                .iter()
+                .map(|cp| dig_a(cp.dns_port, name))
+                .collect();
+            (!answers[0].is_empty() && answers[0] == answers[1]).then(|| answers[0].clone())
+        });
+        assert!(
+            vip.starts_with("24"),
+            "{name}: {vip} is not from 240.0.0.0/4"
+        );
     }
 
     // Global reaches web-b, connected to the follower, through the leader (which holds zone-1's
