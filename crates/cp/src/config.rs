@@ -816,7 +816,6 @@ pub fn parse_global_address(s: &str) -> Result<GlobalAddress, String> {
 }
 
 impl Config {
-    /// `general.gracefulShutdownTimeout` as a duration.
     /// How long an offline proxy is kept; `None`: for ever (`0s`).
     pub fn dataplane_cleanup_age(&self) -> Result<Option<std::time::Duration>, ConfigError> {
         meshzone_model::validate::parse_duration(&self.dp_server.dataplane_cleanup_age)
@@ -832,6 +831,7 @@ impl Config {
             })
     }
 
+    /// `general.gracefulShutdownTimeout` as a duration.
     pub fn shutdown_timeout(&self) -> Result<std::time::Duration, ConfigError> {
         meshzone_model::validate::parse_duration(&self.general.graceful_shutdown_timeout)
             .ok_or_else(|| {

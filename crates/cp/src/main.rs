@@ -571,7 +571,7 @@ async fn serve(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<
                     // Proxies a stopped control plane could not deregister (as Kuma's GC).
                     let store = store.clone();
                     supervisor.leader_only("offline proxy cleanup", leading.clone(), move || {
-                        delete_offline_proxies(store.clone(), age)
+                        clean_up_offline_proxies(store.clone(), age)
                     });
                 }
             }
@@ -904,7 +904,7 @@ fn shown_config(config: &Config) -> serde_json::Value {
 }
 
 /// Deletes, every so often, the proxies offline for `age` (`KUMA_RUNTIME_UNIVERSAL_DATAPLANE_CLEANUP_AGE`).
-async fn delete_offline_proxies(store: Store, age: Duration) -> Result<(), String> {
+async fn clean_up_offline_proxies(store: Store, age: Duration) -> Result<(), String> {
     let every = (age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         tokio::time::sleep(every).await;
