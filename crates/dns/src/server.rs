@@ -347,6 +347,42 @@ mod tests {
         .expect("table in time")
     }
 
+    /// An instance that does not lead (no `allocate_vips`) writes nothing: it answers what the
+    /// leader stored, once it is stored.
+    #[tokio::test]
+    async fn a_follower_answers_only_the_stored_vips() {
+        let store = Store::new(AnyBackend::Memory(MemoryBackend::new()));
+        let mesh = Resource::new(Meta::named("default", ""), Spec::Mesh(Default::default()));
+        store.create(mesh).await.expect("mesh");
+        add_dataplane(&store, "web-1", "web").await;
+        let (tx, mut rx) = watch::channel(Table::default());
+        let follower = tokio::spawn({
+            let store = store.clone();
+            async move { maintain(store, "mesh".into(), &tx).await }
+        });
+        add_dataplane(&store, "api-1", "api").await;
+        // Let the follower run its passes (the test runtime has one thread).
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        let key = ResourceKey::global(ResourceType::Config, VIPS_CONFIG);
+        assert!(
+            store.find(&key).await.expect("find").is_none(),
+            "a follower wrote VIPs"
+        );
+        assert!(rx.borrow().is_empty());
+        // The leader's allocation: the follower's table follows it.
+        let cidr = Cidr::parse("240.0.0.0/4").expect("cidr");
+        allocate_once(&store, cidr).await.expect("allocated");
+        let t = next_table(&mut rx, |t| {
+            t.contains_key("web.mesh") && t.contains_key("api.mesh")
+        })
+        .await;
+        let stored = load_vips(&store).await.expect("stored");
+        assert_eq!(t.get("web.mesh"), stored.get("web"));
+        follower.abort();
+    }
+
     #[tokio::test]
     async fn the_last_good_table_stays_in_service_while_the_stored_one_is_damaged() {
         let store = Store::new(AnyBackend::Memory(MemoryBackend::new()));

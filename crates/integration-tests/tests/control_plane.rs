@@ -314,6 +314,58 @@ fn clear_errors_for_unreachable_cp_busy_port_and_bad_config() {
         stderr(&bad)
     );
 
+    // A zone token file no gRPC header can carry stops the zone CP at the start, naming it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("zone.token");
+    std::fs::write(&token, "abc\u{1}def").expect("token file");
+    let mut zone = std::process::Command::new(meshzone_integration_tests::binary("kuma-cp"));
+    zone.arg("run")
+        .env("HOME", dir.path())
+        .env("KUMA_GENERAL_WORK_DIR", dir.path().join("kuma"))
+        .env("KUMA_STORE_TYPE", "memory")
+        .env("KUMA_MULTIZONE_ZONE_NAME", "zone-1")
+        .env(
+            "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
+            format!("grpcs://127.0.0.1:{}", free_port()),
+        )
+        .env("KUMA_MULTIZONE_ZONE_KDS_AUTH_TOKEN_FILE", &token);
+    for var in [
+        "KUMA_API_SERVER_HTTP_PORT",
+        "KUMA_API_SERVER_HTTPS_PORT",
+        "KUMA_DP_SERVER_PORT",
+        "KUMA_DIAGNOSTICS_SERVER_PORT",
+        "KUMA_DNS_SERVER_PORT",
+    ] {
+        zone.env(var, free_port().to_string());
+    }
+    let log = dir.path().join("zone-cp.log");
+    let mut child = zone
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("zone cp");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the zone CP started with a token file no header can carry");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let msg = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        msg.contains(&format!(
+            "KUMA_MULTIZONE_ZONE_KDS_AUTH_TOKEN_FILE {}",
+            token.display()
+        )) && msg.contains("a gRPC header cannot carry"),
+        "{msg}"
+    );
+
     // Graceful stop on SIGTERM.
     let pid = cp.child.id().to_string();
     let status = std::process::Command::new("kill")
